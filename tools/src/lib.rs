@@ -1,0 +1,1 @@
+//! Shared code of ringpost's load tools.
