@@ -1,5 +1,36 @@
 //! ringpost: a thread-per-core Mail Transfer Agent for high-volume relays.
 //! See docs/ARCHITECTURE.md for the pipeline and why it is shaped so.
+//!
+//! The pipeline, one shard: ingress (sockets, SMTP sessions) → queue
+//! (durable before 250) → deliver (Maildir, SMTP to the next hop, bounces).
 
 pub mod config;
+pub mod deliver;
+pub mod ingress;
+pub mod log;
+pub mod queue;
+pub mod shard;
 pub mod smtp;
+
+pub use config::load;
+
+/// Seconds since the Unix epoch, by the wall clock.
+pub fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Raises the open-file limit to its hard maximum: every session holds a
+/// socket, and a relay holds thousands.
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

@@ -5,11 +5,25 @@
 //! Place in the pipeline: read once at start-up by `main`, then shared
 //! read-only (`Arc<Config>`) by every shard.
 //!
-//! SKELETON: the field set below is the agreed contract; loading, overrides,
-//! validation and printing are filled in by the config work.
+//! Loading runs in two steps: the file and the overrides are merged into one
+//! tree that remembers where each key and value was written (`source.rs`),
+//! then the typed `Config` is read out of it with every value checked
+//! (`read.rs`). `to_toml` (`print.rs`) prints the effective configuration.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+mod error;
+mod print;
+mod read;
+mod source;
+#[cfg(test)]
+mod tests;
+mod types;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+pub use error::{ConfigError, Origin};
+pub use read::SHARD_COUNT_MAX;
+pub use types::{check_host_name, check_smarthost, HOST_NAME_BYTES_MAX};
 
 /// A duration written in the config as `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"5d"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +37,7 @@ pub struct Cidr {
     pub prefix_len: u8,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub server: Server,
     pub smtp: Smtp,
@@ -34,7 +48,7 @@ pub struct Config {
     pub queue: Queue,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
     /// Name in the greeting, EHLO reply, Received headers, bounces. Default: the system host name.
     pub hostname: String,
@@ -58,7 +72,7 @@ pub enum BareLf {
     Normalize,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Smtp {
     /// Text after the host name in the 220 greeting. Default "ESMTP ringpost".
     pub greeting: String,
@@ -78,20 +92,20 @@ pub struct Smtp {
     pub bare_lf: BareLf,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Domains {
     /// Domains delivered locally (Maildir). Default `["localhost"]`.
     pub local: Vec<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Local {
     /// Maildir path template; `{user}` is the recipient's local part (lower-cased,
     /// subaddress kept). Default "./var/mail/{user}/Maildir".
     pub maildir: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Relay {
     /// Clients that may relay to any domain. Default `["127.0.0.0/8", "::1/128"]`.
     pub networks: Vec<Cidr>,
@@ -99,7 +113,7 @@ pub struct Relay {
     pub domains: Vec<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
     /// Next hop for every non-local recipient, "host:port". Default: unset (relayed
     /// recipients get 451 4.4.4 at RCPT until it is set).
@@ -112,7 +126,7 @@ pub struct Delivery {
     pub connect_timeout: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Queue {
     /// Spool directories; shard i uses `spool[i % n]`. Default `["./var/spool"]`.
     pub spool: Vec<PathBuf>,
@@ -122,4 +136,180 @@ pub struct Queue {
     pub retry_interval_max: Duration,
     /// Messages older than this bounce instead of being retried. Default "5d".
     pub max_age: Duration,
+}
+
+/// Reads the configuration: the TOML file at `path` if given (otherwise every
+/// key takes its default), then each `--set key=value` override in order.
+/// Unknown keys, wrong types and invalid values are refused with the file,
+/// line, column and key (or the override) that caused them.
+pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
+    match path {
+        None => load_str(Path::new("(none)"), "", overrides),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            load_str(path, &text, overrides)
+        }
+    }
+}
+
+/// As `load`, with the file's text given; `path` names it in errors.
+pub fn load_str(path: &Path, text: &str, overrides: &[String]) -> Result<Config, ConfigError> {
+    let mut root = source::parse_file(path, text)?;
+    for text in overrides {
+        source::apply_override(&mut root, text)?;
+    }
+    read::read_config(&root, Config::default())
+}
+
+impl Config {
+    /// The effective configuration as TOML, every key included; what
+    /// `ringpost check-config` prints. Loading it gives back an equal `Config`.
+    pub fn to_toml(&self) -> String {
+        print::to_toml(self)
+    }
+
+    /// Number of shards to start: `server.shards`, or one per available core
+    /// when it is 0.
+    pub fn shard_count(&self) -> usize {
+        match self.server.shards {
+            0 => std::thread::available_parallelism().map_or(1, |count| count.get()).min(SHARD_COUNT_MAX),
+            shards => shards,
+        }
+    }
+
+    /// The spool directory of shard `shard`: `queue.spool[shard % n]`.
+    pub fn spool_for_shard(&self, shard: usize) -> &Path {
+        // Invariant: loading refuses an empty `queue.spool`.
+        assert!(!self.queue.spool.is_empty(), "queue.spool must name at least one directory");
+        &self.queue.spool[shard % self.queue.spool.len()]
+    }
+
+    /// The name the outbound client sends in EHLO: `delivery.helo_name`, else
+    /// `server.hostname`.
+    pub fn helo_name(&self) -> &str {
+        self.delivery.helo_name.as_deref().unwrap_or(&self.server.hostname)
+    }
+}
+
+impl Relay {
+    /// Whether a client at `ip` may relay to any domain (it is in `networks`).
+    pub fn allows_client(&self, ip: IpAddr) -> bool {
+        self.networks.iter().any(|network| network.contains(ip))
+    }
+}
+
+impl Domains {
+    /// Whether `domain` is delivered locally; case-insensitive, a trailing dot
+    /// on either side ignored.
+    pub fn is_local(&self, domain: &str) -> bool {
+        let domain = domain.strip_suffix('.').unwrap_or(domain);
+        self.local.iter().any(|local| local.strip_suffix('.').unwrap_or(local).eq_ignore_ascii_case(domain))
+    }
+}
+
+/// The system host name (gethostname(2)), or "localhost" when it cannot be
+/// read or is not a usable host name.
+pub fn system_host_name() -> String {
+    let mut buffer = [0u8; HOST_NAME_BYTES_MAX + 1];
+    // SAFETY: the pointer and length describe `buffer`, which outlives the call.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast::<libc::c_char>(), buffer.len()) };
+    if rc != 0 {
+        return "localhost".to_string();
+    }
+    let name_len = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    match std::str::from_utf8(&buffer[..name_len]) {
+        Ok(name) if check_host_name(name).is_ok() => name.to_string(),
+        _ => "localhost".to_string(),
+    }
+}
+
+impl Default for Config {
+    /// The embedded default: a relay for the local host that listens on
+    /// 127.0.0.1:2525 and keeps its spool and mail under the working directory.
+    fn default() -> Config {
+        Config {
+            server: Server::default(),
+            smtp: Smtp::default(),
+            domains: Domains::default(),
+            local: Local::default(),
+            relay: Relay::default(),
+            delivery: Delivery::default(),
+            queue: Queue::default(),
+        }
+    }
+}
+
+impl Default for Server {
+    fn default() -> Server {
+        Server {
+            hostname: system_host_name(),
+            listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 2525))],
+            shards: 0,
+            pin: true,
+            max_sessions_per_shard: 10_000,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Smtp {
+    fn default() -> Smtp {
+        Smtp {
+            greeting: "ESMTP ringpost".to_string(),
+            max_recipients: 1000,
+            max_message_bytes: 26_214_400,
+            max_text_line_bytes: 1000,
+            max_errors: 10,
+            command_timeout: Duration::from_secs(5 * 60),
+            data_timeout: Duration::from_secs(5 * 60),
+            bare_lf: BareLf::Reject,
+        }
+    }
+}
+
+impl Default for Domains {
+    fn default() -> Domains {
+        Domains { local: vec!["localhost".to_string()] }
+    }
+}
+
+impl Default for Local {
+    fn default() -> Local {
+        Local { maildir: "./var/mail/{user}/Maildir".to_string() }
+    }
+}
+
+impl Default for Relay {
+    fn default() -> Relay {
+        Relay {
+            networks: vec![
+                Cidr { addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), prefix_len: 8 },
+                Cidr { addr: IpAddr::V6(Ipv6Addr::LOCALHOST), prefix_len: 128 },
+            ],
+            domains: Vec::new(),
+        }
+    }
+}
+
+impl Default for Delivery {
+    fn default() -> Delivery {
+        Delivery {
+            smarthost: None,
+            helo_name: None,
+            max_concurrent_per_shard: 100,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue {
+            spool: vec![PathBuf::from("./var/spool")],
+            retry_interval: Duration::from_secs(5 * 60),
+            retry_interval_max: Duration::from_secs(60 * 60),
+            max_age: Duration::from_secs(5 * 24 * 60 * 60),
+        }
+    }
 }

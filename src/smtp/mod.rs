@@ -3,3 +3,7 @@
 //! `src/deliver/` (client side) own the sockets and feed these machines.
 
 pub mod reply;
+pub mod address;
+pub mod received;
+pub mod server;
+pub mod client;

@@ -1,0 +1,424 @@
+//! The typed records of the envelope logs and their invariants.
+//!
+//! Record table (the values are the `record_type` byte; see SPEC.md for the
+//! byte diagram of each payload):
+//!
+//! | type | name                | meaning |
+//! |------|---------------------|---------|
+//! | 0    | (none)              | never written: a zero type byte at a record start is unwritten space, the end of the log |
+//! | 1    | Padding             | zero payload; closes a batch on a 4 KiB boundary; carries no meaning |
+//! | 2    | Envelope            | a message as accepted: sender, recipients, body (inline or body file). First record of every message |
+//! | 3    | ReplacementEnvelope | the whole envelope again with updated recipient states and the next retry time; supersedes every earlier envelope of the message |
+//! | 4    | RecipientResult     | one recipient of one envelope generation reached a new state (delivered, failed, or deferred with a reply) |
+//! | 5    | Completion          | the message is done; every record of its queue id, earlier or in the other log, is dead |
+//!
+//! Decoded records borrow from the bytes they were read from: a start-up
+//! scan of a whole log copies no bodies.
+
+use crate::error::{Field, LimitError};
+use crate::layout::*;
+
+/// Which of a shard's two logs a segment or record belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum LogKind {
+    /// New envelopes, recipient results and completions of fresh messages.
+    Head = 1,
+    /// Replacement envelopes, and the results and completions of messages
+    /// whose newest envelope is a replacement.
+    Retry = 2,
+}
+
+impl LogKind {
+    pub fn from_u8(value: u8) -> Option<LogKind> {
+        match value {
+            1 => Some(LogKind::Head),
+            2 => Some(LogKind::Retry),
+            _ => None,
+        }
+    }
+}
+
+/// The `record_type` byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RecordType {
+    Padding = 1,
+    Envelope = 2,
+    ReplacementEnvelope = 3,
+    RecipientResult = 4,
+    Completion = 5,
+}
+
+impl RecordType {
+    pub fn from_u8(value: u8) -> Option<RecordType> {
+        match value {
+            1 => Some(RecordType::Padding),
+            2 => Some(RecordType::Envelope),
+            3 => Some(RecordType::ReplacementEnvelope),
+            4 => Some(RecordType::RecipientResult),
+            5 => Some(RecordType::Completion),
+            _ => None,
+        }
+    }
+}
+
+/// A message's queue id: 16 opaque bytes, unique for the life of a spool
+/// and never reused. All zeros is not a queue id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId(pub [u8; 16]);
+
+impl core::fmt::Debug for QueueId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "QueueId({self})")
+    }
+}
+
+impl core::fmt::Display for QueueId {
+    /// 32 lowercase hex digits, byte 0 first: the form used in logs.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-recipient delivery state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RecipientState {
+    /// Not yet delivered; the reply, if any, is the last temporary failure.
+    Pending = 1,
+    /// The next hop accepted it (its reply is kept).
+    Delivered = 2,
+    /// Permanently failed (its reply is kept for the bounce).
+    Failed = 3,
+}
+
+impl RecipientState {
+    pub fn from_u8(value: u8) -> Option<RecipientState> {
+        match value {
+            1 => Some(RecipientState::Pending),
+            2 => Some(RecipientState::Delivered),
+            3 => Some(RecipientState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// Why a message left the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CompletionReason {
+    /// Every recipient is delivered or failed (any bounce is its own message).
+    Done = 1,
+    /// The queue lifetime ran out; the pending recipients were bounced.
+    Expired = 2,
+    /// An operator removed the message.
+    Removed = 3,
+}
+
+impl CompletionReason {
+    pub fn from_u8(value: u8) -> Option<CompletionReason> {
+        match value {
+            1 => Some(CompletionReason::Done),
+            2 => Some(CompletionReason::Expired),
+            3 => Some(CompletionReason::Removed),
+            _ => None,
+        }
+    }
+}
+
+/// Envelope flag bits (u16). Bits not named here must be zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct EnvelopeFlags(u16);
+
+impl EnvelopeFlags {
+    /// MAIL FROM carried BODY=8BITMIME.
+    pub const BODY_8BITMIME: EnvelopeFlags = EnvelopeFlags(1 << 0);
+    /// MAIL FROM carried SMTPUTF8: addresses and headers may be UTF-8.
+    pub const SMTPUTF8: EnvelopeFlags = EnvelopeFlags(1 << 1);
+    /// The sender is the null reverse path `<>` (a bounce); `sender` is empty.
+    pub const NULL_SENDER: EnvelopeFlags = EnvelopeFlags(1 << 2);
+    /// Every bit v1 defines.
+    pub const ALL: EnvelopeFlags = EnvelopeFlags(0b111);
+
+    pub const fn empty() -> EnvelopeFlags {
+        EnvelopeFlags(0)
+    }
+    pub const fn bits(self) -> u16 {
+        self.0
+    }
+    /// None if a bit v1 does not define is set.
+    pub const fn from_bits(bits: u16) -> Option<EnvelopeFlags> {
+        if bits & !Self::ALL.0 == 0 {
+            Some(EnvelopeFlags(bits))
+        } else {
+            None
+        }
+    }
+    pub const fn contains(self, other: EnvelopeFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+    pub const fn union(self, other: EnvelopeFlags) -> EnvelopeFlags {
+        EnvelopeFlags(self.0 | other.0)
+    }
+}
+
+/// Where the message body lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyRef<'a> {
+    /// The body bytes are in the record. Their CRC32C is stored beside them
+    /// (computed by the encoder) so delivery can pass it on unchanged.
+    Inline(&'a [u8]),
+    /// The body is in its own file, named by `file_id` in the shard's body
+    /// directory; it is `size_bytes` long and its CRC32C is `checksum`.
+    File {
+        file_id: u64,
+        size_bytes: u64,
+        checksum: u32,
+    },
+}
+
+/// One recipient inside an envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recipient<'a> {
+    pub state: RecipientState,
+    /// The RCPT TO address without angle brackets, 1..=512 bytes.
+    pub address: &'a [u8],
+    /// Raw ESMTP RCPT parameters (NOTIFY=, ORCPT=), possibly empty.
+    pub params: &'a [u8],
+    /// The last reply for this recipient (empty if none yet).
+    pub reply: &'a [u8],
+}
+
+/// Payload of Envelope and ReplacementEnvelope records (one layout, two types).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub queue_id: QueueId,
+    pub arrival_unix_ms: u64,
+    /// When the next delivery attempt is due; it picks the runner.
+    pub retry_next_unix_ms: u64,
+    /// Delivery attempts made so far. It is also the envelope's generation:
+    /// an Envelope has 0, each ReplacementEnvelope one more than the last.
+    pub attempt_count: u16,
+    pub flags: EnvelopeFlags,
+    /// MAIL FROM address without angle brackets; empty iff NULL_SENDER.
+    pub sender: &'a [u8],
+    /// Raw ESMTP MAIL parameters (BODY=, ENVID=, RET=), possibly empty.
+    pub mail_params: &'a [u8],
+    pub client_address: &'a [u8],
+    pub client_helo: &'a [u8],
+    pub headers_prepended: &'a [u8],
+    /// 1..=RECIPIENT_COUNT_MAX recipients; their index is their position.
+    pub recipients: Vec<Recipient<'a>>,
+    pub body: BodyRef<'a>,
+}
+
+/// Payload of a RecipientResult record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecipientResult<'a> {
+    pub queue_id: QueueId,
+    pub result_unix_ms: u64,
+    /// The envelope generation this result applies to.
+    pub attempt_count: u16,
+    pub recipient_index: u16,
+    pub state: RecipientState,
+    pub reply: &'a [u8],
+}
+
+/// Payload of a Completion record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub queue_id: QueueId,
+    pub completion_unix_ms: u64,
+    /// The envelope generation that was current when the message finished.
+    pub attempt_count: u16,
+    pub reason: CompletionReason,
+}
+
+/// The record header fields other than type, size and checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordFrame {
+    /// Position in its log: the first record of a log is 1, each next
+    /// record one more (across segments gaps are allowed, see SPEC.md).
+    pub record_sequence: u64,
+    pub log_kind: LogKind,
+    pub shard_index: u16,
+}
+
+/// What a record says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordBody<'a> {
+    Padding { payload_size_bytes: u32 },
+    Envelope(Envelope<'a>),
+    ReplacementEnvelope(Envelope<'a>),
+    RecipientResult(RecipientResult<'a>),
+    Completion(Completion),
+}
+
+/// One record: its frame and its body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub frame: RecordFrame,
+    pub body: RecordBody<'a>,
+}
+
+impl RecordBody<'_> {
+    pub fn record_type(&self) -> RecordType {
+        match self {
+            RecordBody::Padding { .. } => RecordType::Padding,
+            RecordBody::Envelope(_) => RecordType::Envelope,
+            RecordBody::ReplacementEnvelope(_) => RecordType::ReplacementEnvelope,
+            RecordBody::RecipientResult(_) => RecordType::RecipientResult,
+            RecordBody::Completion(_) => RecordType::Completion,
+        }
+    }
+
+    /// The message this record is about (None for Padding).
+    pub fn queue_id(&self) -> Option<QueueId> {
+        match self {
+            RecordBody::Padding { .. } => None,
+            RecordBody::Envelope(e) | RecordBody::ReplacementEnvelope(e) => Some(e.queue_id),
+            RecordBody::RecipientResult(r) => Some(r.queue_id),
+            RecordBody::Completion(c) => Some(c.queue_id),
+        }
+    }
+
+    /// Every limit and invariant of SPEC.md that the value alone can break.
+    /// The encoder refuses a body that fails it; the decoder reports it.
+    pub fn check(&self) -> Result<(), LimitError> {
+        match self {
+            RecordBody::Padding { payload_size_bytes } => limit(
+                Field::Padding,
+                *payload_size_bytes as usize,
+                PADDING_PAYLOAD_SIZE_BYTES_MAX,
+            ),
+            RecordBody::Envelope(e) => e.check(false),
+            RecordBody::ReplacementEnvelope(e) => e.check(true),
+            RecordBody::RecipientResult(r) => r.check(),
+            RecordBody::Completion(c) => check_queue_id(c.queue_id),
+        }
+    }
+}
+
+fn limit(field: Field, size: usize, max: usize) -> Result<(), LimitError> {
+    if size > max {
+        Err(LimitError::FieldTooLong { field, size, max })
+    } else {
+        Ok(())
+    }
+}
+
+fn check_queue_id(queue_id: QueueId) -> Result<(), LimitError> {
+    if queue_id.0 == [0; 16] {
+        Err(LimitError::QueueIdZero)
+    } else {
+        Ok(())
+    }
+}
+
+impl Envelope<'_> {
+    fn check(&self, replacement: bool) -> Result<(), LimitError> {
+        check_queue_id(self.queue_id)?;
+        limit(Field::Sender, self.sender.len(), ADDRESS_SIZE_BYTES_MAX)?;
+        limit(
+            Field::MailParams,
+            self.mail_params.len(),
+            ESMTP_PARAMS_SIZE_BYTES_MAX,
+        )?;
+        limit(
+            Field::ClientAddress,
+            self.client_address.len(),
+            CLIENT_ADDRESS_SIZE_BYTES_MAX,
+        )?;
+        limit(
+            Field::ClientHelo,
+            self.client_helo.len(),
+            CLIENT_HELO_SIZE_BYTES_MAX,
+        )?;
+        limit(
+            Field::HeadersPrepended,
+            self.headers_prepended.len(),
+            HEADERS_PREPENDED_SIZE_BYTES_MAX,
+        )?;
+        limit(
+            Field::Recipients,
+            self.recipients.len(),
+            RECIPIENT_COUNT_MAX,
+        )?;
+        if self.recipients.is_empty() {
+            return Err(LimitError::RecipientsEmpty);
+        }
+        if self.flags.contains(EnvelopeFlags::NULL_SENDER) != self.sender.is_empty() {
+            return Err(LimitError::NullSenderMismatch);
+        }
+        for recipient in &self.recipients {
+            recipient.check()?;
+        }
+        match self.body {
+            BodyRef::Inline(bytes) => {
+                limit(Field::InlineBody, bytes.len(), INLINE_BODY_SIZE_BYTES_MAX)?
+            }
+            BodyRef::File { file_id, .. } => {
+                if file_id == 0 {
+                    return Err(LimitError::BodyFileIdZero);
+                }
+            }
+        }
+        if replacement {
+            if self.attempt_count == 0 {
+                return Err(LimitError::AttemptCount { attempt_count: 0 });
+            }
+            if self.retry_next_unix_ms < self.arrival_unix_ms {
+                return Err(LimitError::RetryBeforeArrival);
+            }
+            if !self
+                .recipients
+                .iter()
+                .any(|r| r.state == RecipientState::Pending)
+            {
+                return Err(LimitError::NothingPending);
+            }
+        } else if self.attempt_count != 0 {
+            return Err(LimitError::AttemptCount {
+                attempt_count: self.attempt_count,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Recipient<'_> {
+    fn check(&self) -> Result<(), LimitError> {
+        if self.address.is_empty() {
+            return Err(LimitError::RecipientAddressEmpty);
+        }
+        limit(
+            Field::RecipientAddress,
+            self.address.len(),
+            ADDRESS_SIZE_BYTES_MAX,
+        )?;
+        limit(
+            Field::RecipientParams,
+            self.params.len(),
+            ESMTP_PARAMS_SIZE_BYTES_MAX,
+        )?;
+        limit(Field::Reply, self.reply.len(), REPLY_SIZE_BYTES_MAX)
+    }
+}
+
+impl RecipientResult<'_> {
+    fn check(&self) -> Result<(), LimitError> {
+        check_queue_id(self.queue_id)?;
+        if self.recipient_index as usize >= RECIPIENT_COUNT_MAX {
+            return Err(LimitError::FieldTooLong {
+                field: Field::RecipientIndex,
+                size: self.recipient_index as usize,
+                max: RECIPIENT_COUNT_MAX - 1,
+            });
+        }
+        limit(Field::Reply, self.reply.len(), REPLY_SIZE_BYTES_MAX)
+    }
+}

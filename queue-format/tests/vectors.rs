@@ -1,0 +1,361 @@
+//! The checked-in vectors in `vectors/` are the truth: each test encodes a
+//! value and asserts the exact bytes of `NAME.bin`, decodes `NAME.bin` and
+//! asserts the value, and asserts the text form in `NAME.txt`.
+//!
+//! To rewrite the files after a deliberate format change (which also bumps
+//! FORMAT_VERSION and adds a line to SPEC.md's version history):
+//! `RINGPOST_REGENERATE_VECTORS=1 cargo test -p queue-format --test vectors`
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+
+use common::*;
+use queue_format::*;
+
+fn vectors_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectors")
+}
+
+fn regenerating() -> bool {
+    std::env::var_os("RINGPOST_REGENERATE_VECTORS").is_some()
+}
+
+/// Returns the checked-in bytes of `name` (writing `bytes` and `text` first
+/// when regenerating), after asserting they equal `bytes`.
+fn checked_in_bytes(name: &str, bytes: &[u8], text: impl Fn(&[u8]) -> String) -> Vec<u8> {
+    let bin_path = vectors_dir().join(format!("{name}.bin"));
+    let txt_path = vectors_dir().join(format!("{name}.txt"));
+    if regenerating() {
+        fs::write(&bin_path, bytes).unwrap();
+        fs::write(&txt_path, text(bytes)).unwrap();
+    }
+    let stored = fs::read(&bin_path).unwrap_or_else(|e| panic!("{}: {e}", bin_path.display()));
+    assert!(
+        stored == bytes,
+        "{name}: encoding differs from the checked-in vector"
+    );
+    let stored_text =
+        fs::read_to_string(&txt_path).unwrap_or_else(|e| panic!("{}: {e}", txt_path.display()));
+    assert_eq!(
+        text(&stored),
+        stored_text,
+        "{name}: text form differs from {name}.txt"
+    );
+    stored
+}
+
+fn record_text(bytes: &[u8]) -> String {
+    let (record, size_bytes) = decode(bytes).expect("vector decodes");
+    let mut out = String::new();
+    dump::record(&record, Some((0, size_bytes)), &mut out);
+    out
+}
+
+fn record_vector(name: &str, record: Record<'static>) {
+    let mut encoded = Vec::new();
+    let size_bytes = encode(&record, &mut encoded).unwrap();
+    assert_eq!(size_bytes, encoded.len());
+    let stored = checked_in_bytes(name, &encoded, record_text);
+    let (decoded, consumed) = decode(&stored).unwrap();
+    assert_eq!(consumed, stored.len());
+    assert_eq!(decoded, record);
+}
+
+#[test]
+fn segment_header_vector() {
+    let header = segment_header(LogKind::Head, 42, 1000);
+    let mut block = [0u8; SEGMENT_HEADER_SIZE_BYTES];
+    header.encode(&mut block).unwrap();
+    let text = |bytes: &[u8]| {
+        let mut out = String::new();
+        dump::segment_header(&SegmentHeader::decode(bytes).unwrap(), &mut out);
+        out
+    };
+    let stored = checked_in_bytes("segment_header", &block, text);
+    assert_eq!(SegmentHeader::decode(&stored), Ok(header));
+    assert_eq!(&stored[..8], b"RINGPOSQ");
+}
+
+#[test]
+fn envelope_inline_vector() {
+    record_vector(
+        "envelope_inline",
+        Record {
+            frame: frame(LogKind::Head, 1000),
+            body: RecordBody::Envelope(envelope_inline()),
+        },
+    );
+}
+
+#[test]
+fn envelope_body_file_vector() {
+    record_vector(
+        "envelope_body_file",
+        Record {
+            frame: frame(LogKind::Head, 1001),
+            body: RecordBody::Envelope(envelope_body_file()),
+        },
+    );
+}
+
+#[test]
+fn replacement_envelope_vector() {
+    record_vector(
+        "replacement_envelope",
+        Record {
+            frame: frame(LogKind::Retry, 2000),
+            body: RecordBody::ReplacementEnvelope(replacement_envelope()),
+        },
+    );
+}
+
+#[test]
+fn recipient_result_vector() {
+    record_vector(
+        "recipient_result",
+        Record {
+            frame: frame(LogKind::Head, 1002),
+            body: RecordBody::RecipientResult(recipient_result()),
+        },
+    );
+}
+
+#[test]
+fn completion_vector() {
+    record_vector(
+        "completion",
+        Record {
+            frame: frame(LogKind::Head, 1003),
+            body: RecordBody::Completion(completion()),
+        },
+    );
+}
+
+#[test]
+fn padding_vector() {
+    record_vector(
+        "padding",
+        Record {
+            frame: frame(LogKind::Head, 1004),
+            body: RecordBody::Padding {
+                payload_size_bytes: 40,
+            },
+        },
+    );
+}
+
+fn batch_records() -> Vec<RecordBody<'static>> {
+    vec![
+        RecordBody::Envelope(envelope_inline()),
+        RecordBody::RecipientResult(recipient_result()),
+        RecordBody::Completion(completion()),
+    ]
+}
+
+fn build_batch(
+    log_kind: LogKind,
+    record_sequence_first: u64,
+    bodies: &[RecordBody<'_>],
+) -> batch::Batch<Vec<u8>> {
+    let mut builder = BatchBuilder::new(
+        vec![0u8; 4 * BLOCK_SIZE_BYTES],
+        log_kind,
+        SHARD_INDEX,
+        record_sequence_first,
+    );
+    for (index, body) in bodies.iter().enumerate() {
+        assert_eq!(builder.push(body), Ok(record_sequence_first + index as u64));
+    }
+    builder.finish()
+}
+
+fn batch_bytes(
+    log_kind: LogKind,
+    record_sequence_first: u64,
+    bodies: &[RecordBody<'_>],
+) -> Vec<u8> {
+    let batch = build_batch(log_kind, record_sequence_first, bodies);
+    batch.buffer[..batch.size_bytes].to_vec()
+}
+
+fn batch_text(bytes: &[u8]) -> String {
+    let expect = LogExpect {
+        log_kind: LogKind::Head,
+        shard_index: SHARD_INDEX,
+        record_sequence_next: 1000,
+    };
+    let mut reader = LogReader::new(bytes, 0, expect);
+    let mut out = String::new();
+    for entry in reader.by_ref() {
+        dump::record(
+            &entry.record,
+            Some((entry.offset, entry.size_bytes)),
+            &mut out,
+        );
+    }
+    dump::stop(&reader.stop().unwrap(), &mut out);
+    out
+}
+
+#[test]
+fn batch_padded_vector() {
+    let bodies = batch_records();
+    let batch = build_batch(LogKind::Head, 1000, &bodies);
+    assert_eq!(batch.size_bytes, BLOCK_SIZE_BYTES);
+    assert_eq!(
+        (
+            batch.record_sequence_first,
+            batch.record_sequence_next,
+            batch.record_count
+        ),
+        (1000, 1004, 4)
+    );
+    let stored = checked_in_bytes(
+        "batch_padded",
+        &batch.buffer[..batch.size_bytes],
+        batch_text,
+    );
+
+    let expect = LogExpect {
+        log_kind: LogKind::Head,
+        shard_index: SHARD_INDEX,
+        record_sequence_next: 1000,
+    };
+    let mut reader = LogReader::new(&stored, 0, expect);
+    let entries: Vec<LogEntry<'_>> = reader.by_ref().collect();
+    assert_eq!(entries.len(), 4);
+    for (index, body) in bodies.iter().enumerate() {
+        assert_eq!(
+            entries[index].record,
+            Record {
+                frame: frame(LogKind::Head, 1000 + index as u64),
+                body: body.clone()
+            }
+        );
+    }
+    let padding = &entries[3];
+    assert!(matches!(padding.record.body, RecordBody::Padding { .. }));
+    assert_eq!(padding.offset + padding.size_bytes, BLOCK_SIZE_BYTES);
+    assert_eq!(
+        reader.stop(),
+        Some(LogStop {
+            offset: BLOCK_SIZE_BYTES,
+            reason: StopReason::EndOfBytes
+        })
+    );
+}
+
+fn segment_start(log_kind: LogKind, segment_sequence: u64, record_sequence_first: u64) -> Vec<u8> {
+    let mut header = segment_header(log_kind, segment_sequence, record_sequence_first);
+    header.segment_size_bytes = SEGMENT_SIZE_BYTES_MIN;
+    let mut block = [0u8; SEGMENT_HEADER_SIZE_BYTES];
+    header.encode(&mut block).unwrap();
+    block.to_vec()
+}
+
+fn read_segment(bytes: &[u8]) -> (Vec<LogEntry<'_>>, LogStop) {
+    let (_, mut reader) = LogReader::open_segment(bytes).unwrap();
+    let entries = reader.by_ref().collect();
+    (entries, reader.stop().unwrap())
+}
+
+#[test]
+fn log_zeroed_end_vector() {
+    let mut bytes = segment_start(LogKind::Head, 7, 1000);
+    bytes.extend(batch_bytes(LogKind::Head, 1000, &batch_records()));
+    bytes.extend([0u8; BLOCK_SIZE_BYTES]);
+    let stored = checked_in_bytes("log_zeroed_end", &bytes, dump::segment);
+    let (entries, stop) = read_segment(&stored);
+    assert_eq!(entries.len(), 4);
+    assert_eq!(
+        stop,
+        LogStop {
+            offset: 2 * BLOCK_SIZE_BYTES,
+            reason: StopReason::Zeroed
+        }
+    );
+    assert!(stop.reason.is_clean());
+}
+
+/// A body that makes its envelope cross a block boundary.
+static LONG_BODY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let mut body = b"Subject: minutes\r\n\r\n".to_vec();
+    for line in 0..120 {
+        body.extend(
+            format!("Line {line:03} of the minutes of the relay operators' meeting.\r\n").bytes(),
+        );
+    }
+    body
+});
+
+#[test]
+fn log_torn_tail_vector() {
+    let mut long = envelope_inline();
+    long.queue_id = queue_id(4);
+    long.body = BodyRef::Inline(&LONG_BODY);
+    let mut bytes = segment_start(LogKind::Head, 8, 1000);
+    bytes.extend(batch_bytes(
+        LogKind::Head,
+        1000,
+        &[RecordBody::Envelope(envelope_inline())],
+    ));
+    let second = [
+        RecordBody::RecipientResult(recipient_result()),
+        RecordBody::Envelope(long),
+        RecordBody::Completion(completion()),
+    ];
+    let batch = batch_bytes(LogKind::Head, 1002, &second);
+    assert_eq!(batch.len(), 2 * BLOCK_SIZE_BYTES);
+    bytes.extend(&batch);
+    // The crash tore the batch's second block: its first sector reached the
+    // disk, the other seven still hold the zeros of the preallocated file.
+    let torn_block = 3 * BLOCK_SIZE_BYTES;
+    bytes[torn_block + 512..].fill(0);
+
+    let stored = checked_in_bytes("log_torn_tail", &bytes, dump::segment);
+    let (entries, stop) = read_segment(&stored);
+    let sequences: Vec<u64> = entries
+        .iter()
+        .map(|e| e.record.frame.record_sequence)
+        .collect();
+    assert_eq!(sequences, [1000, 1001, 1002]);
+    let torn_record_offset = entries[2].offset + entries[2].size_bytes;
+    assert!(torn_record_offset < torn_block);
+    assert_eq!(stop.offset, torn_record_offset);
+    assert!(matches!(
+        stop.reason,
+        StopReason::Corrupt(DecodeError::BadChecksum { .. })
+    ));
+    assert!(!stop.reason.is_clean());
+}
+
+#[test]
+fn log_stale_recycled_vector() {
+    let mut bytes = segment_start(LogKind::Retry, 9, 2000);
+    bytes.extend(batch_bytes(
+        LogKind::Retry,
+        2000,
+        &[RecordBody::ReplacementEnvelope(replacement_envelope())],
+    ));
+    // The next block still holds a batch from the segment's previous life.
+    bytes.extend(batch_bytes(
+        LogKind::Retry,
+        37,
+        &[RecordBody::Completion(completion())],
+    ));
+    let stored = checked_in_bytes("log_stale_recycled", &bytes, dump::segment);
+    let (entries, stop) = read_segment(&stored);
+    assert_eq!(entries.len(), 2);
+    assert_eq!(
+        stop,
+        LogStop {
+            offset: 2 * BLOCK_SIZE_BYTES,
+            reason: StopReason::SequenceMismatch {
+                expected: 2002,
+                found: 37
+            }
+        }
+    );
+}

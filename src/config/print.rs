@@ -1,0 +1,96 @@
+//! Prints the effective configuration as TOML with every key, in the order of
+//! `docs/config.md`. Loading the printed text gives back an equal `Config`.
+//!
+//! Place in the pipeline: used by `ringpost check-config` after loading, and
+//! by start-up logging; never on a hot path.
+
+use std::fmt::{self, Write as _};
+
+use super::Config;
+
+/// A TOML basic string: `"…"` with `"`, `\` and control characters escaped.
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A TOML array of strings, one line.
+fn string_array<T: fmt::Display>(items: &[T]) -> String {
+    let quoted_items: Vec<String> = items.iter().map(|item| quoted(&item.to_string())).collect();
+    format!("[{}]", quoted_items.join(", "))
+}
+
+pub fn to_toml(config: &Config) -> String {
+    let mut out = String::new();
+    write_all(&mut out, config).expect("writing to a String cannot fail");
+    out
+}
+
+fn write_all(out: &mut String, c: &Config) -> fmt::Result {
+    let s = &c.server;
+    writeln!(out, "[server]")?;
+    writeln!(out, "hostname = {}", quoted(&s.hostname))?;
+    writeln!(out, "listen = {}", string_array(&s.listen))?;
+    writeln!(out, "shards = {}", s.shards)?;
+    writeln!(out, "pin = {}", s.pin)?;
+    writeln!(out, "max_sessions_per_shard = {}", s.max_sessions_per_shard)?;
+    writeln!(out, "drain_timeout = {}", quoted(&s.drain_timeout.to_string()))?;
+
+    let m = &c.smtp;
+    writeln!(out, "\n[smtp]")?;
+    writeln!(out, "greeting = {}", quoted(&m.greeting))?;
+    writeln!(out, "max_recipients = {}", m.max_recipients)?;
+    writeln!(out, "max_message_bytes = {}", m.max_message_bytes)?;
+    writeln!(out, "max_text_line_bytes = {}", m.max_text_line_bytes)?;
+    writeln!(out, "max_errors = {}", m.max_errors)?;
+    writeln!(out, "command_timeout = {}", quoted(&m.command_timeout.to_string()))?;
+    writeln!(out, "data_timeout = {}", quoted(&m.data_timeout.to_string()))?;
+    writeln!(out, "bare_lf = {}", quoted(m.bare_lf.as_str()))?;
+
+    writeln!(out, "\n[domains]")?;
+    writeln!(out, "local = {}", string_array(&c.domains.local))?;
+
+    writeln!(out, "\n[local]")?;
+    writeln!(out, "maildir = {}", quoted(&c.local.maildir))?;
+
+    writeln!(out, "\n[relay]")?;
+    writeln!(out, "networks = {}", string_array(&c.relay.networks))?;
+    writeln!(out, "domains = {}", string_array(&c.relay.domains))?;
+
+    let d = &c.delivery;
+    writeln!(out, "\n[delivery]")?;
+    match &d.smarthost {
+        Some(host) => writeln!(out, "smarthost = {}", quoted(host))?,
+        None => writeln!(out, "smarthost = \"\"  # unset: relayed recipients get 451 4.4.4 at RCPT")?,
+    }
+    match &d.helo_name {
+        Some(name) => writeln!(out, "helo_name = {}", quoted(name))?,
+        None => writeln!(out, "helo_name = \"\"  # unset: server.hostname is sent")?,
+    }
+    writeln!(out, "max_concurrent_per_shard = {}", d.max_concurrent_per_shard)?;
+    writeln!(out, "connect_timeout = {}", quoted(&d.connect_timeout.to_string()))?;
+
+    let q = &c.queue;
+    let spool: Vec<String> = q.spool.iter().map(|path| path.to_string_lossy().into_owned()).collect();
+    writeln!(out, "\n[queue]")?;
+    writeln!(out, "spool = {}", string_array(&spool))?;
+    writeln!(out, "retry_interval = {}", quoted(&q.retry_interval.to_string()))?;
+    writeln!(out, "retry_interval_max = {}", quoted(&q.retry_interval_max.to_string()))?;
+    writeln!(out, "max_age = {}", quoted(&q.max_age.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! Reads the typed `Config` out of the merged source tree (`source.rs`):
+//! refuses unknown keys, checks every value's type, validates it, and fills
+//! every key that is absent from the defaults. Each error names the origin of
+//! the value it refuses and its dotted key.
+//!
+//! Place in the pipeline: the second step of loading the configuration at
+//! start-up: text -> `Table` (`source.rs`) -> `Config` (here).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use super::error::ConfigError;
+use super::source::{Node, Table, Value};
+use super::types::{check_host_name, check_smarthost};
+use super::{BareLf, Cidr, Config, Delivery, Domains, Duration, Local, Queue, Relay, Server, Smtp};
+
+/// Most shards a configuration may ask for; far above any core count we run
+/// on, low enough that a typing slip does not start a million threads.
+pub const SHARD_COUNT_MAX: usize = 1024;
+
+const ROOT_KEYS: &[&str] = &["server", "smtp", "domains", "local", "relay", "delivery", "queue"];
+pub(super) const SERVER_KEYS: &[&str] =
+    &["hostname", "listen", "shards", "pin", "max_sessions_per_shard", "drain_timeout"];
+pub(super) const SMTP_KEYS: &[&str] = &[
+    "greeting",
+    "max_recipients",
+    "max_message_bytes",
+    "max_text_line_bytes",
+    "max_errors",
+    "command_timeout",
+    "data_timeout",
+    "bare_lf",
+];
+pub(super) const DOMAINS_KEYS: &[&str] = &["local"];
+pub(super) const LOCAL_KEYS: &[&str] = &["maildir"];
+pub(super) const RELAY_KEYS: &[&str] = &["networks", "domains"];
+pub(super) const DELIVERY_KEYS: &[&str] = &["smarthost", "helo_name", "max_concurrent_per_shard", "connect_timeout"];
+pub(super) const QUEUE_KEYS: &[&str] = &["spool", "retry_interval", "retry_interval_max", "max_age"];
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// One table of the configuration (`[server]`, …), possibly absent.
+struct Section<'a> {
+    name: &'static str,
+    table: Option<&'a Table>,
+}
+
+impl<'a> Section<'a> {
+    /// Finds table `name` in `root`, refusing a non-table value and unknown keys.
+    fn open(root: &'a Table, name: &'static str, known: &[&str]) -> Result<Section<'a>> {
+        let table = match root.get(name) {
+            None => None,
+            Some(entry) => match &entry.node.value {
+                Value::Table(table) => Some(table),
+                other => return Err(wrong_type(&entry.node, name, "a table", other)),
+            },
+        };
+        if let Some(table) = table {
+            refuse_unknown_keys(table, name, known)?;
+        }
+        Ok(Section { name, table })
+    }
+
+    fn node(&self, key: &str) -> Option<&'a Node> {
+        self.table.and_then(|table| table.get(key)).map(|entry| &entry.node)
+    }
+
+    /// The value of `key` read by `convert`, or `default` when absent.
+    fn read<T>(&self, key: &str, default: T, convert: impl Fn(&Node, &str) -> Result<T>) -> Result<T> {
+        match self.node(key) {
+            None => Ok(default),
+            Some(node) => convert(node, &format!("{}.{key}", self.name)),
+        }
+    }
+}
+
+fn refuse_unknown_keys(table: &Table, prefix: &str, known: &[&str]) -> Result<()> {
+    match table.entries.iter().find(|entry| !known.contains(&entry.key.as_str())) {
+        None => Ok(()),
+        Some(entry) => {
+            let key = if prefix.is_empty() { entry.key.clone() } else { format!("{prefix}.{}", entry.key) };
+            Err(ConfigError::UnknownKey { origin: entry.key_origin.clone(), key })
+        }
+    }
+}
+
+fn wrong_type(node: &Node, key: &str, expected: &'static str, found: &Value) -> ConfigError {
+    ConfigError::WrongType { origin: node.origin.clone(), key: key.to_string(), expected, found: found.type_name() }
+}
+
+fn invalid(node: &Node, key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { origin: node.origin.clone(), key: key.to_string(), reason: reason.into() }
+}
+
+fn ensure(condition: bool, node: &Node, key: &str, reason: &str) -> Result<()> {
+    if condition {
+        Ok(())
+    } else {
+        Err(invalid(node, key, reason))
+    }
+}
+
+fn string(node: &Node, key: &str) -> Result<String> {
+    match &node.value {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(wrong_type(node, key, "a string", other)),
+    }
+}
+
+fn boolean(node: &Node, key: &str) -> Result<bool> {
+    match &node.value {
+        Value::Boolean(b) => Ok(*b),
+        other => Err(wrong_type(node, key, "a boolean", other)),
+    }
+}
+
+/// A non-negative integer that fits `T`.
+fn integer<T: TryFrom<i64>>(node: &Node, key: &str) -> Result<T> {
+    match &node.value {
+        Value::Integer(i) if *i < 0 => Err(invalid(node, key, format!("must not be negative, got {i}"))),
+        Value::Integer(i) => T::try_from(*i).map_err(|_| invalid(node, key, format!("{i} is too large"))),
+        other => Err(wrong_type(node, key, "an integer", other)),
+    }
+}
+
+/// A positive integer that fits `T`.
+fn positive<T: TryFrom<i64>>(node: &Node, key: &str) -> Result<T> {
+    if let Value::Integer(0) = node.value {
+        return Err(invalid(node, key, "must be at least 1"));
+    }
+    integer(node, key)
+}
+
+/// A duration string (`"30s"`) or an integer number of seconds.
+fn duration(node: &Node, key: &str) -> Result<Duration> {
+    match &node.value {
+        Value::String(text) => Duration::from_str(text).map_err(|reason| invalid(node, key, reason)),
+        Value::Integer(_) => Ok(Duration::from_secs(integer(node, key)?)),
+        other => Err(wrong_type(node, key, "a duration (\"30s\") or an integer of seconds", other)),
+    }
+}
+
+/// A duration greater than zero.
+fn duration_nonzero(node: &Node, key: &str) -> Result<Duration> {
+    let value = duration(node, key)?;
+    ensure(!value.0.is_zero(), node, key, "must be longer than 0s")?;
+    Ok(value)
+}
+
+fn array<T>(node: &Node, key: &str, element: impl Fn(&Node, &str) -> Result<T>) -> Result<Vec<T>> {
+    match &node.value {
+        Value::Array(elements) => {
+            elements.iter().enumerate().map(|(index, node)| element(node, &format!("{key}[{index}]"))).collect()
+        }
+        other => Err(wrong_type(node, key, "an array", other)),
+    }
+}
+
+fn nonempty_array<T>(node: &Node, key: &str, element: impl Fn(&Node, &str) -> Result<T>) -> Result<Vec<T>> {
+    let values = array(node, key, element)?;
+    ensure(!values.is_empty(), node, key, "must not be empty")?;
+    Ok(values)
+}
+
+fn host_name(node: &Node, key: &str) -> Result<String> {
+    let name = string(node, key)?;
+    check_host_name(&name).map_err(|reason| invalid(node, key, reason))?;
+    Ok(name)
+}
+
+fn socket_addr(node: &Node, key: &str) -> Result<SocketAddr> {
+    let text = string(node, key)?;
+    text.parse().map_err(|_| {
+        invalid(
+            node,
+            key,
+            format!("bad socket address {text:?}: expected \"ip:port\" such as \"0.0.0.0:25\" or \"[::]:25\""),
+        )
+    })
+}
+
+fn cidr(node: &Node, key: &str) -> Result<Cidr> {
+    let text = string(node, key)?;
+    Cidr::from_str(&text).map_err(|reason| invalid(node, key, reason))
+}
+
+fn path(node: &Node, key: &str) -> Result<PathBuf> {
+    let text = string(node, key)?;
+    ensure(!text.is_empty(), node, key, "must not be empty")?;
+    Ok(PathBuf::from(text))
+}
+
+/// Text sent on one SMTP reply line: no CR, LF or other control characters.
+fn reply_text(node: &Node, key: &str) -> Result<String> {
+    let text = string(node, key)?;
+    ensure(!text.chars().any(char::is_control), node, key, "must not contain control characters (CR, LF, …)")?;
+    Ok(text)
+}
+
+/// An optional string; the empty string means unset (so `--set key=""` can
+/// clear what the file set).
+fn optional<T>(node: &Node, key: &str, convert: impl Fn(&Node, &str) -> Result<T>) -> Result<Option<T>> {
+    match &node.value {
+        Value::String(s) if s.is_empty() => Ok(None),
+        _ => convert(node, key).map(Some),
+    }
+}
+
+/// Builds the configuration from `root`, taking every absent key from `defaults`.
+pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
+    refuse_unknown_keys(root, "", ROOT_KEYS)?;
+    Ok(Config {
+        server: read_server(&Section::open(root, "server", SERVER_KEYS)?, defaults.server)?,
+        smtp: read_smtp(&Section::open(root, "smtp", SMTP_KEYS)?, defaults.smtp)?,
+        domains: read_domains(&Section::open(root, "domains", DOMAINS_KEYS)?, defaults.domains)?,
+        local: read_local(&Section::open(root, "local", LOCAL_KEYS)?, defaults.local)?,
+        relay: read_relay(&Section::open(root, "relay", RELAY_KEYS)?, defaults.relay)?,
+        delivery: read_delivery(&Section::open(root, "delivery", DELIVERY_KEYS)?, defaults.delivery)?,
+        queue: read_queue(&Section::open(root, "queue", QUEUE_KEYS)?, defaults.queue)?,
+    })
+}
+
+fn read_server(section: &Section<'_>, d: Server) -> Result<Server> {
+    Ok(Server {
+        hostname: section.read("hostname", d.hostname, host_name)?,
+        listen: section.read("listen", d.listen, |node, key| nonempty_array(node, key, socket_addr))?,
+        shards: section.read("shards", d.shards, |node, key| {
+            let shards = integer(node, key)?;
+            ensure(shards <= SHARD_COUNT_MAX, node, key, &format!("at most {SHARD_COUNT_MAX} shards"))?;
+            Ok(shards)
+        })?,
+        pin: section.read("pin", d.pin, boolean)?,
+        max_sessions_per_shard: section.read("max_sessions_per_shard", d.max_sessions_per_shard, positive)?,
+        drain_timeout: section.read("drain_timeout", d.drain_timeout, duration)?,
+    })
+}
+
+fn read_smtp(section: &Section<'_>, d: Smtp) -> Result<Smtp> {
+    Ok(Smtp {
+        greeting: section.read("greeting", d.greeting, reply_text)?,
+        max_recipients: section.read("max_recipients", d.max_recipients, positive)?,
+        max_message_bytes: section.read("max_message_bytes", d.max_message_bytes, positive)?,
+        max_text_line_bytes: section.read("max_text_line_bytes", d.max_text_line_bytes, |node, key| {
+            let bytes: usize = integer(node, key)?;
+            ensure(bytes >= 3, node, key, "must be at least 3 (one character and CRLF)")?;
+            Ok(bytes)
+        })?,
+        max_errors: section.read("max_errors", d.max_errors, positive)?,
+        command_timeout: section.read("command_timeout", d.command_timeout, duration_nonzero)?,
+        data_timeout: section.read("data_timeout", d.data_timeout, duration_nonzero)?,
+        bare_lf: section.read("bare_lf", d.bare_lf, |node, key| {
+            BareLf::from_str(&string(node, key)?).map_err(|reason| invalid(node, key, reason))
+        })?,
+    })
+}
+
+fn read_domains(section: &Section<'_>, d: Domains) -> Result<Domains> {
+    Ok(Domains { local: section.read("local", d.local, |node, key| array(node, key, host_name))? })
+}
+
+fn read_local(section: &Section<'_>, d: Local) -> Result<Local> {
+    Ok(Local {
+        maildir: section.read("maildir", d.maildir, |node, key| {
+            let template = string(node, key)?;
+            ensure(template.contains("{user}"), node, key, "the Maildir template must contain {user}")?;
+            Ok(template)
+        })?,
+    })
+}
+
+fn read_relay(section: &Section<'_>, d: Relay) -> Result<Relay> {
+    Ok(Relay {
+        networks: section.read("networks", d.networks, |node, key| array(node, key, cidr))?,
+        domains: section.read("domains", d.domains, |node, key| array(node, key, host_name))?,
+    })
+}
+
+fn read_delivery(section: &Section<'_>, d: Delivery) -> Result<Delivery> {
+    Ok(Delivery {
+        smarthost: section.read("smarthost", d.smarthost, |node, key| {
+            optional(node, key, |node, key| {
+                let text = string(node, key)?;
+                check_smarthost(&text).map_err(|reason| invalid(node, key, reason))?;
+                Ok(text)
+            })
+        })?,
+        helo_name: section.read("helo_name", d.helo_name, |node, key| optional(node, key, host_name))?,
+        max_concurrent_per_shard: section.read("max_concurrent_per_shard", d.max_concurrent_per_shard, positive)?,
+        connect_timeout: section.read("connect_timeout", d.connect_timeout, duration_nonzero)?,
+    })
+}
+
+fn read_queue(section: &Section<'_>, d: Queue) -> Result<Queue> {
+    let queue = Queue {
+        spool: section.read("spool", d.spool, |node, key| nonempty_array(node, key, path))?,
+        retry_interval: section.read("retry_interval", d.retry_interval, duration_nonzero)?,
+        retry_interval_max: section.read("retry_interval_max", d.retry_interval_max, duration_nonzero)?,
+        max_age: section.read("max_age", d.max_age, duration_nonzero)?,
+    };
+    if queue.retry_interval_max.0 < queue.retry_interval.0 {
+        // Blame the value that was written; when both were, the maximum.
+        let blamed = section.node("retry_interval_max").map(|node| (node, "queue.retry_interval_max"));
+        let blamed = blamed.or_else(|| section.node("retry_interval").map(|node| (node, "queue.retry_interval")));
+        if let Some((node, key)) = blamed {
+            let reason = format!(
+                "queue.retry_interval_max ({}) is shorter than queue.retry_interval ({})",
+                queue.retry_interval_max, queue.retry_interval
+            );
+            return Err(invalid(node, key, reason));
+        }
+    }
+    Ok(queue)
+}

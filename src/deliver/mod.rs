@@ -1,0 +1,8 @@
+//! Delivery: turning queued messages into deliveries (outbound SMTP,
+//! Maildir) and, for the recipients that failed, into bounces.
+
+pub mod dsn;
+pub mod maildir;
+pub mod dotstuff;
+pub mod engine;
+pub mod outbound;

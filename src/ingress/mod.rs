@@ -1,0 +1,354 @@
+//! The socket side of inbound SMTP: accept loops and session drivers.
+//!
+//! Place in the pipeline: first stage. A session driver owns one TCP
+//! connection and one sans-IO [`Server`] machine; it moves bytes between
+//! them, answers the machine's MAIL/RCPT questions with [`policy`], streams
+//! message content into the queue while it is received, and sends the reply
+//! to the final dot only after the queue has made the message durable. Then
+//! it hands the envelope to the shard's delivery engine.
+
+pub mod policy;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Instant, SystemTime};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::log;
+use crate::queue::{Envelope, MessageWriter, QueueError, RcptState, Recipient};
+use crate::shard::{Phase, Shard};
+use crate::smtp::address::ReversePath;
+use crate::smtp::reply::{Enhanced, Reply};
+use crate::smtp::server::{Event, PeerInfo, Server};
+
+/// Bytes read from the socket at a time; the SMTP machine's input buffer
+/// holds at most one read.
+const READ_BYTES: usize = 16 * 1024;
+
+/// Accepts connections on one listener until the shard starts draining.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let accepted = {
+            let phase_changed = shard.phase_listener();
+            if shard.phase() != Phase::Running {
+                break;
+            }
+            let accept = async { Some(listener.accept().await) };
+            let stop = async {
+                phase_changed.await;
+                None
+            };
+            futures_lite::future::or(accept, stop).await
+        };
+        let stream = match accepted {
+            None => continue, // phase changed; the loop head re-checks it
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                log::event("accept_error", &[("shard", &shard.index), ("error", &e)]);
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.sessions_active.get() >= shard.config.server.max_sessions_per_shard {
+            glommio::spawn_local_into(refuse_busy(stream), shard.tq_smtp).map(|t| t.detach()).ok();
+            continue;
+        }
+        shard.sessions_active.set(shard.sessions_active.get() + 1);
+        let session_shard = shard.clone();
+        let task = glommio::spawn_local_into(
+            async move {
+                run_session(&session_shard, stream).await;
+                session_shard.sessions_active.set(session_shard.sessions_active.get() - 1);
+                session_shard.session_ended();
+            },
+            shard.tq_smtp,
+        );
+        match task {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(e) => {
+                shard.sessions_active.set(shard.sessions_active.get() - 1);
+                log::event("spawn_error", &[("error", &e)]);
+            }
+        };
+    }
+}
+
+async fn refuse_busy(mut stream: TcpStream) {
+    let mut out = Vec::new();
+    Reply::new(421, Enhanced(4, 3, 2), "Too many connections, try again later").write_to(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
+}
+
+/// What the session waits for besides input.
+enum Wake {
+    Input(std::io::Result<usize>),
+    Timeout,
+    PhaseChanged,
+}
+
+/// A message being received in the current transaction.
+struct Incoming {
+    writer: Option<MessageWriter>,
+    id: String,
+    error: Option<QueueError>,
+}
+
+async fn run_session(shard: &Shard, mut stream: TcpStream) {
+    let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(p), Ok(l)) => (p, l),
+        _ => return,
+    };
+    let _ = stream.set_write_timeout(Some(shard.config.smtp.command_timeout.0));
+    let started = Instant::now();
+    log::event("connect", &[("shard", &shard.index), ("client", &peer)]);
+    let mut machine = Server::new(shard.server_params.clone(), PeerInfo { addr: peer, local }, started);
+    let mut incoming: Option<Incoming> = None;
+    let mut buf = vec![0u8; READ_BYTES];
+    let mut messages_accepted: u32 = 0;
+    let mut close_reason = "quit";
+    loop {
+        match machine.poll(Instant::now()) {
+            Event::NeedInput => {
+                if shard.phase() == Phase::Closing
+                    || (shard.phase() == Phase::Draining && !machine.in_transaction())
+                {
+                    machine.shutdown();
+                    close_reason = "shutdown";
+                    continue;
+                }
+                if flush(&mut stream, &mut machine).await.is_err() {
+                    close_reason = "write_error";
+                    break;
+                }
+                match wait_input(shard, &mut stream, &mut buf, machine.deadline(), machine.in_transaction()).await {
+                    Wake::Input(Ok(0)) => {
+                        close_reason = "client_closed";
+                        break;
+                    }
+                    Wake::Input(Ok(n)) => machine.feed(&buf[..n]),
+                    Wake::Input(Err(_)) => {
+                        close_reason = "read_error";
+                        break;
+                    }
+                    Wake::Timeout => {
+                        close_reason = "timeout";
+                        machine.on_timeout(Instant::now());
+                    }
+                    Wake::PhaseChanged => {}
+                }
+            }
+            Event::Helo { name, esmtp } => {
+                log::event("helo", &[("client", &peer), ("helo", &name), ("esmtp", &esmtp)]);
+            }
+            Event::Mail { .. } => machine.decide(Reply::new(250, Enhanced(2, 1, 0), "Sender ok")),
+            Event::Rcpt { forward_path, .. } => {
+                let reply = policy::check_rcpt(&shard.config, peer.ip(), &forward_path);
+                if !reply.is_positive() {
+                    log::event(
+                        "rcpt_refused",
+                        &[("client", &peer), ("to", &forward_path), ("reply", &reply.summary())],
+                    );
+                }
+                machine.decide(reply);
+            }
+            Event::DataStart => incoming = Some(start_message(shard, &machine, peer).await),
+            Event::Body(chunk) => {
+                if let Some(m) = incoming.as_mut() {
+                    write_body(m, &chunk, shard).await;
+                }
+            }
+            Event::DataEnd => {
+                let reply = match incoming.take() {
+                    Some(m) => finish_message(shard, &machine, peer, m).await,
+                    None => QueueError::Io(std::io::Error::other("no message in progress")).reply(),
+                };
+                if reply.is_positive() {
+                    messages_accepted += 1;
+                }
+                machine.decide(reply);
+                end_if_draining(shard, &mut machine);
+            }
+            Event::DataAborted { reply } => {
+                if let Some(m) = incoming.take() {
+                    log::event("message_refused", &[("id", &m.id), ("client", &peer), ("reply", &reply.summary())]);
+                    if let Some(w) = m.writer {
+                        w.abort(&shard.queue).await;
+                    }
+                }
+                end_if_draining(shard, &mut machine);
+            }
+            Event::Pending => {
+                debug_assert!(false, "every question is answered before polling again");
+                break;
+            }
+            Event::Close => {
+                let _ = flush(&mut stream, &mut machine).await;
+                break;
+            }
+        }
+    }
+    if let Some(m) = incoming.take() {
+        if let Some(w) = m.writer {
+            w.abort(&shard.queue).await;
+        }
+    }
+    let _ = stream.close().await;
+    log::event(
+        "disconnect",
+        &[
+            ("shard", &shard.index),
+            ("client", &peer),
+            ("reason", &close_reason),
+            ("messages", &messages_accepted),
+            ("duration_ms", &started.elapsed().as_millis()),
+        ],
+    );
+}
+
+/// While draining, a session whose transaction just ended gets 421 instead
+/// of a reply to its next command.
+fn end_if_draining(shard: &Shard, machine: &mut Server) {
+    if shard.phase() != Phase::Running {
+        machine.shutdown();
+    }
+}
+
+async fn flush(stream: &mut TcpStream, machine: &mut Server) -> std::io::Result<()> {
+    let out = machine.take_output();
+    if !out.is_empty() {
+        stream.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+/// Reads once, unless the deadline passes or the shard's phase changes in a
+/// way that concerns this session first.
+async fn wait_input(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+    in_transaction: bool,
+) -> Wake {
+    let phase = shard.phase();
+    let phase_changed = shard.phase_listener();
+    if shard.phase() != phase {
+        return Wake::PhaseChanged;
+    }
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let read = async { Wake::Input(stream.read(buf).await) };
+    let timer = async {
+        glommio::timer::sleep(wait).await;
+        Wake::Timeout
+    };
+    let watch_phase = phase == Phase::Running || (phase == Phase::Draining && in_transaction);
+    let phase_wait = async {
+        if watch_phase {
+            phase_changed.await;
+            Wake::PhaseChanged
+        } else {
+            futures_lite::future::pending().await
+        }
+    };
+    futures_lite::future::or(read, futures_lite::future::or(timer, phase_wait)).await
+}
+
+async fn start_message(shard: &Shard, machine: &Server, peer: SocketAddr) -> Incoming {
+    let mut writer = match shard.queue.create().await {
+        Ok(w) => w,
+        Err(e) => {
+            log::event("queue_error", &[("client", &peer), ("error", &e)]);
+            return Incoming { writer: None, id: String::new(), error: Some(e) };
+        }
+    };
+    let id = writer.id().to_string();
+    let single_rcpt = machine.transaction().and_then(|t| match t.recipients.as_slice() {
+        [one] => Some(one.to_string()),
+        _ => None,
+    });
+    let header = crate::smtp::received::received_header(
+        &shard.config.server.hostname,
+        peer,
+        machine.helo_name(),
+        machine.protocol(),
+        &id,
+        single_rcpt.as_deref(),
+        SystemTime::now(),
+    );
+    let mut m = Incoming { writer: None, id, error: None };
+    if let Err(e) = writer.write(header.as_bytes()).await {
+        writer.abort(&shard.queue).await;
+        m.error = Some(e);
+    } else {
+        m.writer = Some(writer);
+    }
+    m
+}
+
+async fn write_body(m: &mut Incoming, chunk: &[u8], shard: &Shard) {
+    let Some(writer) = m.writer.as_mut() else { return };
+    if let Err(e) = writer.write(chunk).await {
+        log::event("queue_error", &[("id", &m.id), ("error", &e)]);
+        if let Some(w) = m.writer.take() {
+            w.abort(&shard.queue).await;
+        }
+        m.error = Some(e);
+    }
+}
+
+async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: Incoming) -> Reply {
+    if let Some(e) = m.error {
+        return e.reply();
+    }
+    let (Some(writer), Some(txn)) = (m.writer, machine.transaction()) else {
+        return QueueError::Io(std::io::Error::other("transaction lost")).reply();
+    };
+    let now_s = crate::unix_now_s();
+    let env = Envelope {
+        id: m.id.clone(),
+        sender: match &txn.reverse_path {
+            ReversePath::Null => String::new(),
+            ReversePath::Path(a) => a.to_string(),
+        },
+        recipients: txn
+            .recipients
+            .iter()
+            .map(|a| Recipient { address: a.to_string(), state: RcptState::Pending, last_reply: String::new() })
+            .collect(),
+        arrival_unix_s: now_s,
+        next_retry_unix_s: now_s,
+        attempt_count: 0,
+        size_bytes: writer.size_bytes(),
+        body_8bit: txn.params.body_8bit(),
+        smtputf8: txn.params.smtputf8,
+        client: peer.ip().to_string(),
+        helo: machine.helo_name().unwrap_or_default().to_string(),
+    };
+    match writer.commit(&shard.queue, &env).await {
+        Ok(()) => {
+            let to: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+            log::event(
+                "queued",
+                &[
+                    ("id", &env.id),
+                    ("client", &peer),
+                    ("from", &format!("<{}>", env.sender)),
+                    ("to", &to.join(",")),
+                    ("size", &env.size_bytes),
+                ],
+            );
+            let reply = Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", env.id));
+            shard.delivery.submit(env);
+            reply
+        }
+        Err(e) => {
+            log::event("queue_error", &[("id", &env.id), ("client", &peer), ("error", &e)]);
+            e.reply()
+        }
+    }
+}

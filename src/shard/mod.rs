@@ -1,0 +1,219 @@
+//! Shards: one glommio executor per core, each owning its listeners (one
+//! SO_REUSEPORT socket per `server.listen` address), its SMTP sessions, its
+//! spool directory and its delivery engine. Shards share nothing mutable.
+//!
+//! Place in the pipeline: the frame every other stage runs in. Task queues
+//! set the shares of the core: SMTP sessions are latency-sensitive and get
+//! the larger share; delivery and queue runners get a smaller one, so a
+//! delivery backlog slows delivery, not the replies clients wait for.
+//!
+//! Shutdown: the process's SIGTERM/SIGINT flag is watched by every shard.
+//! Phase `Draining`: listeners close, idle sessions get 421, sessions in a
+//! transaction may finish it. After `server.drain_timeout`, phase `Closing`:
+//! every remaining session gets 421 and unacknowledged transactions are
+//! dropped. What was acknowledged is on disk and is delivered after restart.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
+
+use crate::config::{BareLf, Config};
+use crate::deliver::engine::Delivery;
+use crate::log;
+use crate::queue::Queue;
+use crate::smtp::server::{BareLfPolicy, ServerParams};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Running,
+    Draining,
+    Closing,
+}
+
+/// Per-shard state, shared by the shard's tasks (never across threads).
+pub struct Shard {
+    pub index: usize,
+    pub config: Arc<Config>,
+    pub server_params: Arc<ServerParams>,
+    pub queue: Rc<Queue>,
+    pub delivery: Rc<Delivery>,
+    pub tq_smtp: TaskQueueHandle,
+    pub tq_delivery: TaskQueueHandle,
+    pub sessions_active: Cell<usize>,
+    phase: Cell<Phase>,
+    phase_event: event_listener::Event,
+    session_event: event_listener::Event,
+}
+
+impl Shard {
+    pub fn phase(&self) -> Phase {
+        self.phase.get()
+    }
+
+    /// A future that completes at the next phase change. Take it before
+    /// checking the phase, so that no change is missed.
+    pub fn phase_listener(&self) -> event_listener::EventListener {
+        self.phase_event.listen()
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        assert!(phase > self.phase.get(), "phases only move forward");
+        self.phase.set(phase);
+        self.phase_event.notify(usize::MAX);
+    }
+
+    pub fn session_ended(&self) {
+        self.session_event.notify(usize::MAX);
+    }
+
+    /// Waits until no session is left or the deadline passes.
+    async fn sessions_gone(&self, deadline: Instant) -> bool {
+        loop {
+            let listener = self.session_event.listen();
+            if self.sessions_active.get() == 0 {
+                return true;
+            }
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                return false;
+            }
+            let timer = async {
+                glommio::timer::sleep(wait).await;
+            };
+            futures_lite::future::or(listener, timer).await;
+        }
+    }
+}
+
+/// The SMTP machine's parameters, from the configuration.
+pub fn server_params(config: &Config) -> ServerParams {
+    ServerParams {
+        hostname: config.server.hostname.clone(),
+        greeting: config.smtp.greeting.clone(),
+        max_recipients: config.smtp.max_recipients,
+        max_message_bytes: config.smtp.max_message_bytes,
+        max_text_line_bytes: config.smtp.max_text_line_bytes,
+        max_errors: config.smtp.max_errors,
+        command_timeout: config.smtp.command_timeout.0,
+        data_timeout: config.smtp.data_timeout.0,
+        bare_lf: match config.smtp.bare_lf {
+            BareLf::Reject => BareLfPolicy::Reject,
+            BareLf::Normalize => BareLfPolicy::Normalize,
+        },
+    }
+}
+
+/// Runs every shard until `stop` is set and they have drained.
+pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let shard_count = config.shard_count();
+    let cpus: Vec<usize> = glommio::CpuSet::online()
+        .map(|set| set.into_iter().map(|l| l.cpu).collect())
+        .unwrap_or_default();
+    log::event(
+        "start",
+        &[
+            ("shards", &shard_count),
+            ("pin", &config.server.pin),
+            ("listen", &format!("{:?}", config.server.listen)),
+        ],
+    );
+    let mut handles = Vec::with_capacity(shard_count);
+    for index in 0..shard_count {
+        let placement = if config.server.pin && !cpus.is_empty() {
+            Placement::Fixed(cpus[index % cpus.len()])
+        } else {
+            Placement::Unbound
+        };
+        let (config, stop) = (config.clone(), stop.clone());
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{index}"))
+            .io_memory(2 << 20)
+            .spawn(move || async move { shard_main(index, config, stop).await })
+            .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        handles.push(handle);
+    }
+    let mut first_error = None;
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("shard failed: {e}"));
+            }
+        }
+    }
+    match first_error {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+async fn shard_main(index: usize, config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let executor = glommio::executor();
+    let tq_smtp = executor.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(5)), "smtp");
+    let tq_delivery = executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "delivery");
+    let spool = config.spool_for_shard(index).to_path_buf();
+    let (queue, envelopes) = Queue::open(&spool, index as u16)
+        .await
+        .map_err(|e| format!("shard {index}: cannot open spool {}: {e}", spool.display()))?;
+    let queue = Rc::new(queue);
+    let delivery = Rc::new(Delivery::new(config.clone(), queue.clone(), index));
+    let recovered = envelopes.len();
+    for env in envelopes {
+        delivery.submit(env);
+    }
+    let mut listeners = Vec::new();
+    for addr in &config.server.listen {
+        let listener = glommio::net::TcpListener::bind(addr)
+            .map_err(|e| format!("shard {index}: cannot listen on {addr}: {e}"))?;
+        listeners.push(listener);
+    }
+    let shard = Rc::new(Shard {
+        index,
+        server_params: Arc::new(server_params(&config)),
+        config,
+        queue,
+        delivery,
+        tq_smtp,
+        tq_delivery,
+        sessions_active: Cell::new(0),
+        phase: Cell::new(Phase::Running),
+        phase_event: event_listener::Event::new(),
+        session_event: event_listener::Event::new(),
+    });
+    log::event("shard_ready", &[("shard", &index), ("recovered", &recovered)]);
+    let mut accept_tasks = Vec::new();
+    for listener in listeners {
+        let task = glommio::spawn_local_into(crate::ingress::accept_loop(shard.clone(), listener), tq_smtp)
+            .map_err(|e| format!("shard {index}: {e}"))?;
+        accept_tasks.push(task);
+    }
+    let delivery_task = glommio::spawn_local_into(shard.delivery.clone().run(shard.clone()), tq_delivery)
+        .map_err(|e| format!("shard {index}: {e}"))?;
+
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+    }
+    log::event("drain", &[("shard", &index), ("sessions", &shard.sessions_active.get())]);
+    shard.set_phase(Phase::Draining);
+    for task in accept_tasks {
+        task.await;
+    }
+    let drain_deadline = Instant::now() + shard.config.server.drain_timeout.0;
+    if !shard.sessions_gone(drain_deadline).await {
+        shard.set_phase(Phase::Closing);
+        shard.sessions_gone(Instant::now() + Duration::from_secs(5)).await;
+    } else {
+        shard.set_phase(Phase::Closing);
+    }
+    delivery_task.await;
+    shard.delivery.wait_idle(Instant::now() + Duration::from_secs(10)).await;
+    log::event("stopped", &[("shard", &index)]);
+    Ok(())
+}

@@ -1,0 +1,1683 @@
+//! The outbound SMTP client state machine (RFC 5321 with SIZE, PIPELINING,
+//! 8BITMIME, SMTPUTF8 and enhanced status codes), sans-IO: one transaction
+//! (one sender, its recipients, one message) over one connection. The driver
+//! feeds the bytes the server sent and the current time, writes what
+//! `take_output()` returns, and streams the content when asked to.
+//!
+//! Place in the pipeline: `src/deliver/` opens the connection, runs one
+//! `Client` per attempt and turns the `Outcome` (one result per recipient,
+//! in order) into queue records, retries and bounces. Call-forward
+//! verification drives the same machine.
+//!
+//! Bounds: a reply line is at most `REPLY_LINE_BYTES_MAX` bytes and a reply
+//! at most `REPLY_LINE_COUNT_MAX` lines; the machine holds at most one
+//! incomplete line, one incomplete reply, and no more complete replies than
+//! it has commands outstanding (anything more is a protocol error). Every
+//! wait has a deadline (RFC 5321 §4.5.3.2).
+//!
+//! Failure is always per recipient and never a panic: a timeout, a lost
+//! connection or a malformed reply makes every recipient without a final
+//! answer transient (4.4.2 or 4.5.0), so the message is retried later.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::reply::{Enhanced, Reply};
+
+/// Longest reply line the machine accepts, CRLF included.
+pub const REPLY_LINE_BYTES_MAX: usize = 4096;
+/// Most lines of one (multi-line) reply.
+pub const REPLY_LINE_COUNT_MAX: usize = 100;
+/// Longest address the machine will put in a command. RFC 5321 §4.5.3.1.3
+/// allows 256 octets for a path; UTF-8 addresses (RFC 6531) may need more
+/// bytes, so the bound is looser and only keeps commands bounded.
+pub const ADDRESS_BYTES_MAX: usize = 1000;
+
+/// How long to wait for each reply (RFC 5321 §4.5.3.2). `data_block` bounds
+/// the driver's wait while it writes content (one block to the next).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub greeting: Duration,
+    /// EHLO and HELO; RFC 5321 names none, so the MAIL value is the default.
+    pub ehlo: Duration,
+    pub mail: Duration,
+    pub rcpt: Duration,
+    /// For the 354 after DATA.
+    pub data_init: Duration,
+    pub data_block: Duration,
+    /// For the reply to the final dot.
+    pub data_final: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            greeting: Duration::from_secs(5 * 60),
+            ehlo: Duration::from_secs(5 * 60),
+            mail: Duration::from_secs(5 * 60),
+            rcpt: Duration::from_secs(5 * 60),
+            data_init: Duration::from_secs(2 * 60),
+            data_block: Duration::from_secs(3 * 60),
+            data_final: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// Settings shared by every connection of a transport.
+#[derive(Clone, Debug)]
+pub struct ClientParams {
+    /// Our name in EHLO/HELO.
+    pub helo_name: String,
+    pub timeouts: Timeouts,
+    /// Use PIPELINING when the server offers it (RFC 2920).
+    pub pipelining_enabled: bool,
+}
+
+impl ClientParams {
+    pub fn new(helo_name: impl Into<String>) -> ClientParams {
+        ClientParams {
+            helo_name: helo_name.into(),
+            timeouts: Timeouts::default(),
+            pipelining_enabled: true,
+        }
+    }
+}
+
+/// One message to one server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transaction {
+    /// Without angle brackets; "" is the null sender `<>`.
+    pub reverse_path: String,
+    /// Without angle brackets, in canonical wire form. At least one.
+    pub recipients: Vec<String>,
+    /// Size of the content as stored, for SIZE= (RFC 1870).
+    pub size_bytes: u64,
+    /// The content has 8-bit bytes and needs BODY=8BITMIME (RFC 6152).
+    pub body_8bit: bool,
+    /// The message needs SMTPUTF8 (RFC 6531). Non-ASCII addresses imply it.
+    pub smtputf8: bool,
+}
+
+impl Transaction {
+    fn needs_smtputf8(&self) -> bool {
+        self.smtputf8
+            || !self.reverse_path.is_ascii()
+            || self.recipients.iter().any(|r| !r.is_ascii())
+    }
+}
+
+/// What the server offered in its EHLO reply (RFC 5321 §4.1.1.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extensions {
+    pub pipelining: bool,
+    pub size_advertised: bool,
+    /// The fixed maximum from `SIZE n`; 0 when none was stated.
+    pub size_max_bytes: u64,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub enhanced_status_codes: bool,
+}
+
+impl Extensions {
+    fn from_keywords(keywords: &[String]) -> Extensions {
+        let mut ext = Extensions::default();
+        for line in keywords {
+            let mut words = line.split_ascii_whitespace();
+            match words.next().unwrap_or_default() {
+                "PIPELINING" => ext.pipelining = true,
+                "SIZE" => {
+                    ext.size_advertised = true;
+                    ext.size_max_bytes = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                }
+                "8BITMIME" => ext.eight_bit_mime = true,
+                "SMTPUTF8" => ext.smtputf8 = true,
+                "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
+                _ => {}
+            }
+        }
+        ext
+    }
+}
+
+/// The result for one recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RcptOutcome {
+    /// The server took responsibility (2xx to the final dot).
+    Delivered(Reply),
+    /// Try again later.
+    Transient(Reply),
+    /// Give up and bounce.
+    Permanent(Reply),
+}
+
+impl RcptOutcome {
+    pub fn reply(&self) -> &Reply {
+        match self {
+            RcptOutcome::Delivered(r) | RcptOutcome::Transient(r) | RcptOutcome::Permanent(r) => r,
+        }
+    }
+
+    /// Classifies a reply by its first digit; None for 1xx and 3xx, which
+    /// are never final.
+    fn from_reply(reply: &Reply) -> Option<RcptOutcome> {
+        match reply.code / 100 {
+            2 => Some(RcptOutcome::Delivered(reply.clone())),
+            4 => Some(RcptOutcome::Transient(reply.clone())),
+            5 => Some(RcptOutcome::Permanent(reply.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the attempt found out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// One per recipient of the transaction, in order.
+    pub recipients: Vec<RcptOutcome>,
+    /// The text of the 220 greeting, lines joined with a space.
+    pub server_greeting: Option<String>,
+    /// The EHLO reply lines after the first, keyword upper-cased.
+    pub ehlo_keywords: Vec<String>,
+    pub extensions: Extensions,
+    /// The reply to the final dot, if the content was sent.
+    pub final_reply: Option<Reply>,
+}
+
+/// What the driver should do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Write `take_output()`, then read from the server and `feed()` it,
+    /// or call `on_timeout()` at `deadline()`.
+    NeedInput,
+    /// Write `take_output()`, then stream the content through
+    /// `deliver::dotstuff::DotStuffer` (terminator included) and call
+    /// `body_sent()`.
+    SendBody,
+    /// The attempt is over. Write `take_output()` (usually QUIT) without
+    /// waiting for the 221, then close the connection.
+    Done(Outcome),
+}
+
+/// Why a reply could not be parsed or did not fit the conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyError {
+    LineTooLong,
+    TooManyLines,
+    /// Not three digits 2xx..5xx followed by SP, '-' or the line end.
+    BadCode,
+    /// The lines of one multi-line reply carry different codes.
+    CodeMismatch,
+    /// A reply with no command outstanding.
+    Unexpected,
+    /// A code that makes no sense at this point (e.g. 354 to RCPT).
+    WrongCode(u16),
+}
+
+impl fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplyError::LineTooLong => f.write_str("reply line too long"),
+            ReplyError::TooManyLines => f.write_str("reply has too many lines"),
+            ReplyError::BadCode => f.write_str("malformed reply code"),
+            ReplyError::CodeMismatch => f.write_str("inconsistent codes in multi-line reply"),
+            ReplyError::Unexpected => f.write_str("unexpected reply"),
+            ReplyError::WrongCode(code) => write!(f, "unexpected reply code {code}"),
+        }
+    }
+}
+
+/// Splits server bytes into replies. Holds one incomplete line and one
+/// incomplete reply at most.
+#[derive(Debug, Default)]
+struct ReplyReader {
+    line: Vec<u8>,
+    code: Option<u16>,
+    enhanced: Option<Enhanced>,
+    lines: Vec<String>,
+}
+
+impl ReplyReader {
+    /// Consumes `input` and returns every reply completed by it. After an
+    /// error the reader's state is meaningless; the caller stops using it.
+    fn feed(&mut self, input: &[u8], out: &mut Vec<Result<Reply, ReplyError>>) {
+        let mut rest = input;
+        while !rest.is_empty() {
+            let (chunk, complete) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            rest = &rest[chunk.len() + usize::from(complete)..];
+            // The stored line excludes LF: with it, at most REPLY_LINE_BYTES_MAX.
+            if self.line.len() + chunk.len() >= REPLY_LINE_BYTES_MAX {
+                out.push(Err(ReplyError::LineTooLong));
+                return;
+            }
+            self.line.extend_from_slice(chunk);
+            if complete {
+                let line = std::mem::take(&mut self.line);
+                match self.take_line(&line) {
+                    Ok(Some(reply)) => out.push(Ok(reply)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        out.push(Err(e));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds one line (without LF); returns the reply it completes, if any.
+    fn take_line(&mut self, line: &[u8]) -> Result<Option<Reply>, ReplyError> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let (code, last, text) = parse_reply_line(line)?;
+        if self.code.is_some_and(|c| c != code) {
+            return Err(ReplyError::CodeMismatch);
+        }
+        if self.lines.len() + 1 >= REPLY_LINE_COUNT_MAX && !last {
+            return Err(ReplyError::TooManyLines);
+        }
+        self.code = Some(code);
+        let text = String::from_utf8_lossy(text);
+        let text = match parse_enhanced(&text, code) {
+            Some((enhanced, rest)) => {
+                if self.enhanced.is_none() {
+                    self.enhanced = Some(enhanced);
+                }
+                rest.to_string()
+            }
+            None => text.into_owned(),
+        };
+        self.lines.push(text);
+        if !last {
+            return Ok(None);
+        }
+        self.code = None;
+        Ok(Some(Reply {
+            code,
+            enhanced: self.enhanced.take(),
+            lines: std::mem::take(&mut self.lines),
+        }))
+    }
+}
+
+/// Parses `ddd[SP|-]text`; returns the code, whether this is the last line,
+/// and the text.
+pub fn parse_reply_line(line: &[u8]) -> Result<(u16, bool, &[u8]), ReplyError> {
+    let digits = line.get(..3).ok_or(ReplyError::BadCode)?;
+    if !digits.iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&digits[0]) {
+        return Err(ReplyError::BadCode);
+    }
+    let code = digits
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    match line.get(3) {
+        None => Ok((code, true, &[])),
+        Some(b' ') => Ok((code, true, &line[4..])),
+        Some(b'-') => Ok((code, false, &line[4..])),
+        Some(_) => Err(ReplyError::BadCode),
+    }
+}
+
+/// Parses an enhanced status code (RFC 2034) at the start of `text` whose
+/// class matches `code`; returns it and the text after it.
+pub fn parse_enhanced(text: &str, code: u16) -> Option<(Enhanced, &str)> {
+    let (token, rest) = match text.find(' ') {
+        Some(i) => (&text[..i], &text[i + 1..]),
+        None => (text, ""),
+    };
+    let mut parts = token.split('.');
+    let class: u8 = parse_status_number(parts.next()?, 1)?.try_into().ok()?;
+    let subject = parse_status_number(parts.next()?, 3)?;
+    let detail = parse_status_number(parts.next()?, 3)?;
+    if parts.next().is_some() || !matches!(class, 2 | 4 | 5) || u16::from(class) != code / 100 {
+        return None;
+    }
+    Some((Enhanced(class, subject, detail), rest))
+}
+
+fn parse_status_number(s: &str, digits_max: usize) -> Option<u16> {
+    if s.is_empty() || s.len() > digits_max || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A command whose reply is outstanding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Await {
+    Greeting,
+    Ehlo,
+    Helo,
+    Mail,
+    Rcpt(usize),
+    Data,
+    Dot,
+}
+
+impl Await {
+    fn name(self) -> &'static str {
+        match self {
+            Await::Greeting => "the greeting",
+            Await::Ehlo => "EHLO",
+            Await::Helo => "HELO",
+            Await::Mail => "MAIL FROM",
+            Await::Rcpt(_) => "RCPT TO",
+            Await::Data => "DATA",
+            Await::Dot => "end of data",
+        }
+    }
+
+    fn timeout(self, t: &Timeouts) -> Duration {
+        match self {
+            Await::Greeting => t.greeting,
+            Await::Ehlo | Await::Helo => t.ehlo,
+            Await::Mail => t.mail,
+            Await::Rcpt(_) => t.rcpt,
+            Await::Data => t.data_init,
+            Await::Dot => t.data_final,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Commands and replies.
+    Talking,
+    /// The driver is writing the content.
+    Body,
+    Done,
+}
+
+/// One outbound SMTP transaction.
+#[derive(Debug)]
+pub struct Client {
+    params: ClientParams,
+    txn: Transaction,
+    phase: Phase,
+    reader: ReplyReader,
+    /// Replies parsed but not yet acted on; never more than `awaiting`.
+    replies: VecDeque<Result<Reply, ReplyError>>,
+    /// Commands sent whose replies have not been acted on, in order.
+    awaiting: VecDeque<Await>,
+    /// The command whose reply is being acted on.
+    answering: Option<Await>,
+    output: Vec<u8>,
+    deadline: Instant,
+    /// The deadline must be re-armed from the next `poll()`'s time.
+    rearm: bool,
+    now_last: Instant,
+    pipelined: bool,
+    mail_failed: bool,
+    /// Recipients the server accepted and that wait for the final reply.
+    accepted: Vec<bool>,
+    results: Vec<Option<RcptOutcome>>,
+    /// Next recipient to send RCPT for when not pipelining.
+    rcpt_next_index: usize,
+    greeting: Option<String>,
+    ehlo_keywords: Vec<String>,
+    extensions: Extensions,
+    final_reply: Option<Reply>,
+    outcome: Option<Outcome>,
+}
+
+impl Client {
+    pub fn new(params: ClientParams, txn: Transaction, now: Instant) -> Client {
+        debug_assert!(!txn.recipients.is_empty(), "a transaction has recipients");
+        let results = txn
+            .recipients
+            .iter()
+            .map(|r| check_address(r, Enhanced(5, 1, 3)))
+            .collect();
+        let deadline = now + params.timeouts.greeting;
+        let count = txn.recipients.len();
+        Client {
+            params,
+            txn,
+            phase: Phase::Talking,
+            reader: ReplyReader::default(),
+            replies: VecDeque::new(),
+            awaiting: VecDeque::from([Await::Greeting]),
+            answering: None,
+            output: Vec::new(),
+            deadline,
+            rearm: false,
+            now_last: now,
+            pipelined: false,
+            mail_failed: false,
+            accepted: vec![false; count],
+            results,
+            rcpt_next_index: 0,
+            greeting: None,
+            ehlo_keywords: Vec::new(),
+            extensions: Extensions::default(),
+            final_reply: None,
+            outcome: None,
+        }
+    }
+
+    /// Takes bytes the server sent. Nothing is acted on until `poll()`.
+    pub fn feed(&mut self, input: &[u8]) {
+        if self.phase == Phase::Done || self.replies.back().is_some_and(|r| r.is_err()) {
+            return;
+        }
+        let mut parsed = Vec::new();
+        self.reader.feed(input, &mut parsed);
+        // While the body is written, an early reply answers the coming dot.
+        let allowed = self.awaiting.len() + usize::from(self.phase == Phase::Body);
+        for reply in parsed {
+            let failed = reply.is_err();
+            if self.replies.len() >= allowed {
+                self.replies.push_back(Err(ReplyError::Unexpected));
+                return;
+            }
+            self.replies.push_back(reply);
+            if failed {
+                return;
+            }
+        }
+    }
+
+    /// Acts on the replies fed so far and on the time; says what to do next.
+    pub fn poll(&mut self, now: Instant) -> ClientEvent {
+        self.now_last = now;
+        if self.rearm {
+            self.arm(now);
+        }
+        while self.phase == Phase::Talking {
+            let Some(reply) = self.replies.pop_front() else {
+                break;
+            };
+            match reply {
+                Ok(reply) => self.on_reply(now, reply),
+                Err(e) => self.protocol_error(e),
+            }
+        }
+        if self.phase != Phase::Done && now >= self.deadline {
+            self.on_timeout(now);
+        }
+        match self.phase {
+            Phase::Talking => ClientEvent::NeedInput,
+            Phase::Body => ClientEvent::SendBody,
+            Phase::Done => {
+                ClientEvent::Done(self.outcome.clone().unwrap_or_else(|| self.build_outcome()))
+            }
+        }
+    }
+
+    /// Bytes to write to the server.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// The driver wrote the whole content, terminator included.
+    pub fn body_sent(&mut self) {
+        debug_assert_eq!(self.phase, Phase::Body, "body_sent() only after SendBody");
+        if self.phase != Phase::Body {
+            return;
+        }
+        self.phase = Phase::Talking;
+        self.awaiting.push_back(Await::Dot);
+        self.rearm = true;
+        self.deadline = self.now_last + self.params.timeouts.data_final;
+    }
+
+    /// The driver wrote another block of content: the data-block timeout
+    /// starts again.
+    pub fn body_progress(&mut self, now: Instant) {
+        if self.phase == Phase::Body {
+            self.now_last = now;
+            self.deadline = now + self.params.timeouts.data_block;
+        }
+    }
+
+    /// When the driver must give up waiting and call `on_timeout()`.
+    pub fn deadline(&self) -> Instant {
+        match self.phase {
+            Phase::Done => self.now_last,
+            _ => self.deadline,
+        }
+    }
+
+    /// The wait for the server (or for the content write) took too long.
+    pub fn on_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        self.now_last = now;
+        let what = match (self.phase, self.awaiting.front()) {
+            (Phase::Body, _) => "timeout while sending message content".to_string(),
+            (_, Some(a)) => format!("timeout waiting for reply to {}", a.name()),
+            (_, None) => "timeout".to_string(),
+        };
+        self.abort(Reply::new(451, Enhanced(4, 4, 2), what));
+    }
+
+    /// The connection closed or failed. Replies that arrived before are
+    /// acted on first, so a final reply already received still counts.
+    pub fn on_connection_lost(&mut self) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        let now = self.now_last;
+        while self.phase == Phase::Talking {
+            let Some(reply) = self.replies.pop_front() else {
+                break;
+            };
+            match reply {
+                Ok(reply) => self.on_reply(now, reply),
+                Err(e) => self.protocol_error(e),
+            }
+        }
+        if self.phase == Phase::Done {
+            return;
+        }
+        let what = match (self.phase, self.awaiting.front()) {
+            (Phase::Body, _) => "connection lost while sending message content".to_string(),
+            (_, Some(a)) => format!("connection lost while waiting for reply to {}", a.name()),
+            (_, None) => "connection lost".to_string(),
+        };
+        self.abort(Reply::new(451, Enhanced(4, 4, 2), what));
+    }
+
+    /// Ends the attempt without QUIT: unresolved recipients get `reply`.
+    fn abort(&mut self, reply: Reply) {
+        self.output.clear();
+        self.resolve_unresolved(&RcptOutcome::Transient(reply));
+        self.finish();
+    }
+
+    fn protocol_error(&mut self, e: ReplyError) {
+        let what = match self.answering.or(self.awaiting.front().copied()) {
+            Some(a) => format!("protocol error in reply to {}: {e}", a.name()),
+            None => format!("protocol error: {e}"),
+        };
+        self.resolve_unresolved(&RcptOutcome::Transient(Reply::new(
+            451,
+            Enhanced(4, 5, 0),
+            what,
+        )));
+        self.quit();
+    }
+
+    fn on_reply(&mut self, now: Instant, reply: Reply) {
+        let Some(awaited) = self.awaiting.pop_front() else {
+            self.protocol_error(ReplyError::Unexpected);
+            return;
+        };
+        self.answering = Some(awaited);
+        if reply.code == 421 {
+            // The server is closing the channel (RFC 5321 §3.8): no QUIT.
+            self.abort(reply);
+            return;
+        }
+        match awaited {
+            Await::Greeting => self.on_greeting(now, reply),
+            Await::Ehlo => self.on_ehlo(now, reply),
+            Await::Helo => self.on_helo(now, reply),
+            Await::Mail => self.on_mail(now, reply),
+            Await::Rcpt(index) => self.on_rcpt(now, index, reply),
+            Await::Data => self.on_data(reply),
+            Await::Dot => self.on_dot(reply),
+        }
+        self.answering = None;
+        if self.phase == Phase::Talking {
+            self.arm(now);
+        }
+    }
+
+    fn on_greeting(&mut self, now: Instant, reply: Reply) {
+        self.greeting = Some(reply.lines.join(" "));
+        match reply.code {
+            220 => self.send(
+                now,
+                format!("EHLO {}\r\n", self.params.helo_name),
+                Await::Ehlo,
+            ),
+            400..=599 => self.fail_and_quit(reply),
+            code => self.protocol_error(ReplyError::WrongCode(code)),
+        }
+    }
+
+    fn on_ehlo(&mut self, now: Instant, reply: Reply) {
+        match reply.code {
+            200..=299 => {
+                self.ehlo_keywords = reply
+                    .lines
+                    .iter()
+                    .skip(1)
+                    .map(|l| upper_keyword(l))
+                    .collect();
+                self.extensions = Extensions::from_keywords(&self.ehlo_keywords);
+                self.start_mail(now);
+            }
+            500..=599 => self.send(
+                now,
+                format!("HELO {}\r\n", self.params.helo_name),
+                Await::Helo,
+            ),
+            400..=499 => self.fail_and_quit(reply),
+            code => self.protocol_error(ReplyError::WrongCode(code)),
+        }
+    }
+
+    fn on_helo(&mut self, now: Instant, reply: Reply) {
+        match reply.code {
+            200..=299 => self.start_mail(now),
+            400..=599 => self.fail_and_quit(reply),
+            code => self.protocol_error(ReplyError::WrongCode(code)),
+        }
+    }
+
+    /// Checks what the server can take, then sends MAIL (and, pipelining,
+    /// every RCPT and DATA in the same batch, RFC 2920 §3.1).
+    fn start_mail(&mut self, now: Instant) {
+        if let Some(reply) = self.local_refusal() {
+            self.fail_and_quit(reply);
+            return;
+        }
+        if self.results.iter().all(Option::is_some) {
+            self.quit();
+            return;
+        }
+        self.output
+            .extend_from_slice(self.mail_command().as_bytes());
+        self.awaiting.push_back(Await::Mail);
+        self.pipelined = self.extensions.pipelining && self.params.pipelining_enabled;
+        if self.pipelined {
+            for index in 0..self.txn.recipients.len() {
+                if self.results[index].is_none() {
+                    self.push_rcpt(index);
+                }
+            }
+            self.output.extend_from_slice(b"DATA\r\n");
+            self.awaiting.push_back(Await::Data);
+        }
+        self.arm(now);
+    }
+
+    /// A reason to refuse the whole transaction without asking the server.
+    fn local_refusal(&self) -> Option<Reply> {
+        let ext = &self.extensions;
+        if let Some(RcptOutcome::Permanent(reply)) =
+            check_address(&self.txn.reverse_path, Enhanced(5, 1, 7))
+        {
+            return Some(reply);
+        }
+        if self.txn.needs_smtputf8() && !ext.smtputf8 {
+            return Some(Reply::new(
+                553,
+                Enhanced(5, 6, 7),
+                "message needs SMTPUTF8, which the server does not offer",
+            ));
+        }
+        if self.txn.body_8bit && !ext.eight_bit_mime {
+            return Some(Reply::new(
+                554,
+                Enhanced(5, 6, 3),
+                "conversion required but not supported: 8-bit content and the server does not offer 8BITMIME",
+            ));
+        }
+        if ext.size_max_bytes > 0 && self.txn.size_bytes > ext.size_max_bytes {
+            return Some(Reply::new(
+                552,
+                Enhanced(5, 3, 4),
+                format!(
+                    "message size {} exceeds the server's limit of {} bytes",
+                    self.txn.size_bytes, ext.size_max_bytes
+                ),
+            ));
+        }
+        None
+    }
+
+    fn mail_command(&self) -> String {
+        let mut command = format!("MAIL FROM:<{}>", self.txn.reverse_path);
+        if self.extensions.size_advertised {
+            command.push_str(&format!(" SIZE={}", self.txn.size_bytes));
+        }
+        if self.txn.body_8bit {
+            command.push_str(" BODY=8BITMIME");
+        }
+        if self.txn.needs_smtputf8() {
+            command.push_str(" SMTPUTF8");
+        }
+        command.push_str("\r\n");
+        command
+    }
+
+    fn push_rcpt(&mut self, index: usize) {
+        let command = format!("RCPT TO:<{}>\r\n", self.txn.recipients[index]);
+        self.output.extend_from_slice(command.as_bytes());
+        self.awaiting.push_back(Await::Rcpt(index));
+    }
+
+    fn on_mail(&mut self, now: Instant, reply: Reply) {
+        match reply.code {
+            200..=299 if !self.pipelined => self.next_rcpt_or_data(now),
+            200..=299 => {}
+            400..=599 => {
+                self.mail_failed = true;
+                self.resolve_unresolved(&class_outcome(reply));
+                if !self.pipelined {
+                    self.quit();
+                }
+            }
+            code => self.protocol_error(ReplyError::WrongCode(code)),
+        }
+    }
+
+    fn on_rcpt(&mut self, now: Instant, index: usize, reply: Reply) {
+        if !self.mail_failed {
+            match reply.code {
+                200..=299 => self.accepted[index] = true,
+                400..=599 => self.results[index] = Some(class_outcome(reply)),
+                code => {
+                    self.protocol_error(ReplyError::WrongCode(code));
+                    return;
+                }
+            }
+        }
+        if !self.pipelined {
+            self.next_rcpt_or_data(now);
+        }
+    }
+
+    /// Without pipelining: the next RCPT, else DATA if anyone was
+    /// accepted, else QUIT.
+    fn next_rcpt_or_data(&mut self, now: Instant) {
+        while self.rcpt_next_index < self.txn.recipients.len() {
+            let index = self.rcpt_next_index;
+            self.rcpt_next_index += 1;
+            if self.results[index].is_none() {
+                self.push_rcpt(index);
+                self.arm(now);
+                return;
+            }
+        }
+        if self.accepted.iter().any(|&a| a) {
+            self.send(now, "DATA\r\n".to_string(), Await::Data);
+        } else {
+            self.quit();
+        }
+    }
+
+    fn on_data(&mut self, reply: Reply) {
+        match reply.code {
+            354 if self.accepted.iter().any(|&a| a) && !self.mail_failed => {
+                self.phase = Phase::Body;
+                self.awaiting.clear();
+                self.deadline = self.now_last + self.params.timeouts.data_block;
+            }
+            354 => {
+                // Pipelined, and every RCPT failed, yet the server wants
+                // content: send an empty message's end (RFC 2920 §3.1).
+                self.output.extend_from_slice(b".\r\n");
+                self.quit();
+            }
+            400..=599 => {
+                self.resolve_unresolved(&class_outcome(reply));
+                self.quit();
+            }
+            code => self.protocol_error(ReplyError::WrongCode(code)),
+        }
+    }
+
+    fn on_dot(&mut self, reply: Reply) {
+        match RcptOutcome::from_reply(&reply) {
+            Some(outcome) => {
+                self.final_reply = Some(reply);
+                self.resolve_unresolved(&outcome);
+                self.quit();
+            }
+            None => self.protocol_error(ReplyError::WrongCode(reply.code)),
+        }
+    }
+
+    fn send(&mut self, now: Instant, command: String, awaited: Await) {
+        self.output.extend_from_slice(command.as_bytes());
+        self.awaiting.push_back(awaited);
+        self.arm(now);
+    }
+
+    /// Starts the timer for the oldest outstanding command.
+    fn arm(&mut self, now: Instant) {
+        self.rearm = false;
+        if let Some(a) = self.awaiting.front() {
+            self.deadline = now + a.timeout(&self.params.timeouts);
+        }
+    }
+
+    fn fail_and_quit(&mut self, reply: Reply) {
+        self.resolve_unresolved(&class_outcome(reply));
+        self.quit();
+    }
+
+    /// Sends QUIT and ends; the 221 is not waited for.
+    fn quit(&mut self) {
+        self.output.extend_from_slice(b"QUIT\r\n");
+        self.finish();
+    }
+
+    fn resolve_unresolved(&mut self, outcome: &RcptOutcome) {
+        for result in self.results.iter_mut().filter(|r| r.is_none()) {
+            *result = Some(outcome.clone());
+        }
+    }
+
+    fn finish(&mut self) {
+        self.phase = Phase::Done;
+        self.awaiting.clear();
+        self.replies.clear();
+        self.outcome = Some(self.build_outcome());
+    }
+
+    fn build_outcome(&self) -> Outcome {
+        debug_assert!(self.phase != Phase::Done || self.results.iter().all(Option::is_some));
+        let recipients = self
+            .results
+            .iter()
+            .map(|r| {
+                r.clone().unwrap_or_else(|| {
+                    RcptOutcome::Transient(Reply::new(
+                        451,
+                        Enhanced(4, 5, 0),
+                        "no reply for this recipient",
+                    ))
+                })
+            })
+            .collect();
+        Outcome {
+            recipients,
+            server_greeting: self.greeting.clone(),
+            ehlo_keywords: self.ehlo_keywords.clone(),
+            extensions: self.extensions.clone(),
+            final_reply: self.final_reply.clone(),
+        }
+    }
+}
+
+/// 4xx is transient and anything else here permanent: only called with
+/// 4xx and 5xx replies.
+fn class_outcome(reply: Reply) -> RcptOutcome {
+    debug_assert!((400..600).contains(&reply.code));
+    if reply.is_transient() {
+        RcptOutcome::Transient(reply)
+    } else {
+        RcptOutcome::Permanent(reply)
+    }
+}
+
+/// None if `address` can go into a command; otherwise a local permanent
+/// refusal with `enhanced` (5.1.3 for recipients, 5.1.7 for the sender).
+fn check_address(address: &str, enhanced: Enhanced) -> Option<RcptOutcome> {
+    let why = if address.len() > ADDRESS_BYTES_MAX {
+        "address too long"
+    } else if address.bytes().any(|b| b.is_ascii_control()) {
+        "control character in address"
+    } else if address.contains(['<', '>']) {
+        "angle bracket in address"
+    } else {
+        return None;
+    };
+    Some(RcptOutcome::Permanent(Reply::new(501, enhanced, why)))
+}
+
+/// `size 1000` -> `SIZE 1000`: the keyword upper-cased, parameters kept.
+fn upper_keyword(line: &str) -> String {
+    match line.split_once(' ') {
+        Some((keyword, params)) => format!("{} {}", keyword.to_ascii_uppercase(), params),
+        None => line.to_ascii_uppercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EHLO_PLAIN: &str = "250-mx.example.net\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n";
+    const EHLO_PIPE: &str =
+        "250-mx.example.net hello\r\n250-PIPELINING\r\n250-SIZE\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n";
+
+    fn txn(recipients: &[&str]) -> Transaction {
+        Transaction {
+            reverse_path: "alice@example.org".into(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            size_bytes: 1234,
+            body_8bit: false,
+            smtputf8: false,
+        }
+    }
+
+    /// A client and a clock; the test plays the server.
+    struct Fake {
+        client: Client,
+        now: Instant,
+    }
+
+    impl Fake {
+        fn new(t: Transaction) -> Fake {
+            let now = Instant::now();
+            Fake {
+                client: Client::new(ClientParams::new("relay.example.org"), t, now),
+                now,
+            }
+        }
+
+        fn with_params(params: ClientParams, t: Transaction) -> Fake {
+            let now = Instant::now();
+            Fake {
+                client: Client::new(params, t, now),
+                now,
+            }
+        }
+
+        /// The server says `text`; returns the client's next event.
+        fn say(&mut self, text: &str) -> ClientEvent {
+            self.client.feed(text.as_bytes());
+            self.client.poll(self.now)
+        }
+
+        fn sent(&mut self) -> String {
+            String::from_utf8(self.client.take_output()).expect("commands are UTF-8")
+        }
+
+        /// Greeting and EHLO with the given EHLO reply; returns what the
+        /// client sent after the EHLO reply.
+        fn open(&mut self, ehlo_reply: &str) -> String {
+            assert_eq!(self.client.poll(self.now), ClientEvent::NeedInput);
+            assert_eq!(self.sent(), "");
+            assert_eq!(
+                self.say("220 mx.example.net ESMTP\r\n"),
+                ClientEvent::NeedInput
+            );
+            assert_eq!(self.sent(), "EHLO relay.example.org\r\n");
+            self.say(ehlo_reply);
+            self.sent()
+        }
+    }
+
+    fn done(event: ClientEvent) -> Outcome {
+        match event {
+            ClientEvent::Done(o) => o,
+            other => panic!("expected Done, got {other:?}"),
+        }
+    }
+
+    fn codes(o: &Outcome) -> Vec<(char, u16)> {
+        o.recipients
+            .iter()
+            .map(|r| match r {
+                RcptOutcome::Delivered(r) => ('D', r.code),
+                RcptOutcome::Transient(r) => ('T', r.code),
+                RcptOutcome::Permanent(r) => ('P', r.code),
+            })
+            .collect()
+    }
+
+    fn enhanced_of(o: &Outcome, index: usize) -> Option<Enhanced> {
+        o.recipients[index].reply().enhanced
+    }
+
+    #[test]
+    fn one_at_a_time_with_mixed_recipients() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+        assert_eq!(
+            f.open(EHLO_PLAIN),
+            "MAIL FROM:<alice@example.org> SIZE=1234\r\n"
+        );
+        assert_eq!(f.say("250 2.1.0 ok\r\n"), ClientEvent::NeedInput);
+        assert_eq!(f.sent(), "RCPT TO:<a@x.net>\r\n");
+        f.say("250 2.1.5 ok\r\n");
+        assert_eq!(f.sent(), "RCPT TO:<b@x.net>\r\n");
+        f.say("550 5.1.1 no such user\r\n");
+        assert_eq!(f.sent(), "DATA\r\n");
+        assert_eq!(f.say("354 go ahead\r\n"), ClientEvent::SendBody);
+        assert_eq!(f.sent(), "");
+        assert_eq!(f.client.poll(f.now), ClientEvent::SendBody);
+        f.client.body_sent();
+        assert_eq!(f.client.poll(f.now), ClientEvent::NeedInput);
+        let o = done(f.say("250 2.0.0 queued as 123\r\n"));
+        assert_eq!(f.sent(), "QUIT\r\n");
+        assert_eq!(codes(&o), vec![('D', 250), ('P', 550)]);
+        assert_eq!(enhanced_of(&o, 1), Some(Enhanced(5, 1, 1)));
+        assert_eq!(
+            o.recipients[1].reply().lines,
+            vec!["no such user".to_string()]
+        );
+        assert_eq!(o.final_reply.as_ref().map(|r| r.code), Some(250));
+        assert_eq!(o.server_greeting.as_deref(), Some("mx.example.net ESMTP"));
+        assert_eq!(
+            o.ehlo_keywords,
+            vec!["SIZE 1000000".to_string(), "8BITMIME".to_string()]
+        );
+        assert!(!o.extensions.pipelining);
+        assert_eq!(o.extensions.size_max_bytes, 1_000_000);
+        // Done stays Done, and nothing more is written.
+        assert_eq!(done(f.client.poll(f.now)), o);
+        f.client.on_connection_lost();
+        f.client.on_timeout(f.now);
+        assert_eq!(done(f.client.poll(f.now)), o);
+        assert_eq!(f.sent(), "");
+    }
+
+    #[test]
+    fn pipelined_batch_and_three_way_results() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net", "c@x.net"]));
+        let batch = f.open(EHLO_PIPE);
+        assert_eq!(
+            batch,
+            "MAIL FROM:<alice@example.org> SIZE=1234\r\nRCPT TO:<a@x.net>\r\nRCPT TO:<b@x.net>\r\n\
+             RCPT TO:<c@x.net>\r\nDATA\r\n"
+        );
+        let replies = "250 2.1.0 ok\r\n250 2.1.5 ok\r\n451 4.7.1 greylisted\r\n550 5.1.1 unknown\r\n354 go\r\n";
+        assert_eq!(f.say(replies), ClientEvent::SendBody);
+        f.client.body_sent();
+        let o = done(f.say("250 2.0.0 ok\r\n"));
+        assert_eq!(codes(&o), vec![('D', 250), ('T', 451), ('P', 550)]);
+        assert_eq!(f.sent(), "QUIT\r\n");
+        assert!(
+            o.extensions.pipelining && o.extensions.smtputf8 && o.extensions.enhanced_status_codes
+        );
+        assert_eq!(o.extensions.size_max_bytes, 0);
+    }
+
+    #[test]
+    fn pipelined_replies_fed_one_byte_at_a_time() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+        f.open(EHLO_PIPE);
+        let replies = "250-2.1.0 sender\r\n250 2.1.0 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n";
+        let mut last = ClientEvent::NeedInput;
+        for b in replies.bytes() {
+            f.client.feed(&[b]);
+            last = f.client.poll(f.now);
+        }
+        assert_eq!(last, ClientEvent::SendBody);
+        f.client.body_sent();
+        for b in "250 2.0.0 ok\r\n".bytes() {
+            f.client.feed(&[b]);
+            last = f.client.poll(f.now);
+        }
+        assert_eq!(codes(&done(last)), vec![('D', 250), ('D', 250)]);
+    }
+
+    #[test]
+    fn pipelining_can_be_turned_off() {
+        let mut params = ClientParams::new("relay.example.org");
+        params.pipelining_enabled = false;
+        let mut f = Fake::with_params(params, txn(&["a@x.net"]));
+        assert_eq!(
+            f.open(EHLO_PIPE),
+            "MAIL FROM:<alice@example.org> SIZE=1234\r\n"
+        );
+    }
+
+    #[test]
+    fn final_reply_transient_and_permanent() {
+        for (reply, expected) in [("452 4.3.1 full\r\n", 'T'), ("554 5.7.1 spam\r\n", 'P')] {
+            let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+            f.open(EHLO_PIPE);
+            f.say("250 ok\r\n250 ok\r\n550 no\r\n354 go\r\n");
+            f.client.body_sent();
+            let o = done(f.say(reply));
+            assert_eq!(
+                o.recipients[0].reply().code,
+                reply[..3].parse::<u16>().unwrap()
+            );
+            assert_eq!(codes(&o)[0].0, expected);
+            assert_eq!(
+                codes(&o)[1],
+                ('P', 550),
+                "a refused recipient keeps its own reply"
+            );
+        }
+    }
+
+    #[test]
+    fn greeting_421_and_554() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+        let o = done(f.say("421 4.3.2 busy, try later\r\n"));
+        assert_eq!(codes(&o), vec![('T', 421), ('T', 421)]);
+        assert_eq!(f.sent(), "", "no QUIT to a server that is closing");
+
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        let o = done(f.say("554-mx.example.net no SMTP service here\r\n554 go away\r\n"));
+        assert_eq!(codes(&o), vec![('P', 554)]);
+        assert_eq!(o.recipients[0].reply().lines.len(), 2);
+        assert_eq!(f.sent(), "QUIT\r\n");
+
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        let o = done(f.say("450 not now\r\n"));
+        assert_eq!(codes(&o), vec![('T', 450)]);
+    }
+
+    #[test]
+    fn greeting_with_wrong_code_is_a_protocol_error() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        let o = done(f.say("250 hello?\r\n"));
+        assert_eq!(codes(&o), vec![('T', 451)]);
+        assert_eq!(enhanced_of(&o, 0), Some(Enhanced(4, 5, 0)));
+    }
+
+    #[test]
+    fn ehlo_refused_falls_back_to_helo() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        assert_eq!(
+            f.open("502 5.5.1 command not implemented\r\n"),
+            "HELO relay.example.org\r\n"
+        );
+        f.say("250 mx.example.net\r\n");
+        assert_eq!(
+            f.sent(),
+            "MAIL FROM:<alice@example.org>\r\n",
+            "no SIZE without EHLO"
+        );
+        f.say("250 ok\r\n");
+        assert_eq!(f.sent(), "RCPT TO:<a@x.net>\r\n");
+        f.say("250 ok\r\n");
+        assert_eq!(f.sent(), "DATA\r\n");
+        assert_eq!(f.say("354 go\r\n"), ClientEvent::SendBody);
+        f.client.body_sent();
+        assert_eq!(codes(&done(f.say("250 ok\r\n"))), vec![('D', 250)]);
+    }
+
+    #[test]
+    fn helo_refused_too() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open("500 what\r\n");
+        let o = done(f.say("550 5.7.1 go away\r\n"));
+        assert_eq!(codes(&o), vec![('P', 550)]);
+        assert_eq!(f.sent(), "QUIT\r\n");
+    }
+
+    #[test]
+    fn ehlo_transient_failure() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.client.poll(f.now);
+        f.say("220 hi\r\n");
+        f.sent();
+        let o = done(f.say("451 4.3.0 local problem\r\n"));
+        assert_eq!(codes(&o), vec![('T', 451)]);
+        assert_eq!(f.sent(), "QUIT\r\n");
+    }
+
+    #[test]
+    fn smtputf8_needed() {
+        // Not offered: refused locally, nothing but QUIT sent.
+        let mut t = txn(&["jörg@x.net", "b@x.net"]);
+        let mut f = Fake::new(t.clone());
+        assert_eq!(f.open(EHLO_PLAIN), "QUIT\r\n");
+        let o = done(f.client.poll(f.now));
+        assert_eq!(codes(&o), vec![('P', 553), ('P', 553)]);
+        assert_eq!(enhanced_of(&o, 0), Some(Enhanced(5, 6, 7)));
+        // Offered: MAIL says SMTPUTF8.
+        let mut f = Fake::new(t.clone());
+        assert!(f
+            .open(EHLO_PIPE)
+            .starts_with("MAIL FROM:<alice@example.org> SIZE=1234 SMTPUTF8\r\n"));
+        // The flag alone also requires it.
+        t.recipients = vec!["a@x.net".into()];
+        t.smtputf8 = true;
+        let mut f = Fake::new(t);
+        assert_eq!(f.open(EHLO_PLAIN), "QUIT\r\n");
+    }
+
+    #[test]
+    fn eight_bit_body() {
+        let mut t = txn(&["a@x.net"]);
+        t.body_8bit = true;
+        let mut f = Fake::new(t.clone());
+        assert_eq!(f.open("250-mx\r\n250 SIZE\r\n"), "QUIT\r\n");
+        let o = done(f.client.poll(f.now));
+        assert_eq!(codes(&o), vec![('P', 554)]);
+        assert_eq!(enhanced_of(&o, 0), Some(Enhanced(5, 6, 3)));
+        assert!(o.recipients[0].reply().lines[0].contains("conversion required but not supported"));
+        let mut f = Fake::new(t);
+        assert_eq!(
+            f.open(EHLO_PLAIN),
+            "MAIL FROM:<alice@example.org> SIZE=1234 BODY=8BITMIME\r\n"
+        );
+    }
+
+    #[test]
+    fn message_larger_than_the_server_takes() {
+        let mut t = txn(&["a@x.net"]);
+        t.size_bytes = 2_000_000;
+        let mut f = Fake::new(t);
+        assert_eq!(f.open(EHLO_PLAIN), "QUIT\r\n");
+        let o = done(f.client.poll(f.now));
+        assert_eq!(codes(&o), vec![('P', 552)]);
+        assert_eq!(enhanced_of(&o, 0), Some(Enhanced(5, 3, 4)));
+    }
+
+    #[test]
+    fn null_sender() {
+        let mut t = txn(&["a@x.net"]);
+        t.reverse_path = String::new();
+        let mut f = Fake::new(t);
+        assert_eq!(f.open(EHLO_PLAIN), "MAIL FROM:<> SIZE=1234\r\n");
+    }
+
+    #[test]
+    fn mail_refused_without_pipelining() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+        f.open(EHLO_PLAIN);
+        let o = done(f.say("451 4.3.0 try later\r\n"));
+        assert_eq!(codes(&o), vec![('T', 451), ('T', 451)]);
+        assert_eq!(f.sent(), "QUIT\r\n");
+    }
+
+    #[test]
+    fn mail_refused_with_pipelining_consumes_the_batch() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+        f.open(EHLO_PIPE);
+        assert_eq!(
+            f.say("550 5.7.1 sender blocked\r\n"),
+            ClientEvent::NeedInput
+        );
+        assert_eq!(f.sent(), "");
+        let o = done(
+            f.say("503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no valid recipients\r\n"),
+        );
+        assert_eq!(codes(&o), vec![('P', 550), ('P', 550)]);
+        assert_eq!(enhanced_of(&o, 1), Some(Enhanced(5, 7, 1)));
+        assert_eq!(f.sent(), "QUIT\r\n");
+    }
+
+    #[test]
+    fn every_recipient_refused_without_pipelining() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+        f.open(EHLO_PLAIN);
+        f.say("250 ok\r\n");
+        f.sent();
+        f.say("550 no\r\n");
+        assert_eq!(f.sent(), "RCPT TO:<b@x.net>\r\n");
+        let o = done(f.say("452 4.5.3 too many recipients\r\n"));
+        assert_eq!(f.sent(), "QUIT\r\n", "no DATA without a recipient");
+        assert_eq!(codes(&o), vec![('P', 550), ('T', 452)]);
+    }
+
+    #[test]
+    fn every_recipient_refused_pipelined_data_refused() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        let o = done(f.say("250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n"));
+        assert_eq!(codes(&o), vec![('P', 550)]);
+        assert_eq!(f.sent(), "QUIT\r\n");
+    }
+
+    #[test]
+    fn every_recipient_refused_pipelined_but_data_accepted() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        let o = done(f.say("250 ok\r\n450 4.2.0 later\r\n354 go\r\n"));
+        assert_eq!(codes(&o), vec![('T', 450)]);
+        assert_eq!(
+            f.sent(),
+            ".\r\nQUIT\r\n",
+            "an empty message ends the DATA (RFC 2920)"
+        );
+    }
+
+    #[test]
+    fn data_refused() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+        f.open(EHLO_PLAIN);
+        f.say("250 ok\r\n");
+        f.say("250 ok\r\n");
+        f.say("550 no\r\n");
+        assert_eq!(
+            f.sent(),
+            "RCPT TO:<a@x.net>\r\nRCPT TO:<b@x.net>\r\nDATA\r\n"
+        );
+        let o = done(f.say("451 4.3.0 no\r\n"));
+        assert_eq!(codes(&o), vec![('T', 451), ('P', 550)]);
+    }
+
+    #[test]
+    fn data_answered_with_2xx_is_a_protocol_error() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        let o = done(f.say("250 ok\r\n250 ok\r\n250 ok\r\n"));
+        assert_eq!(codes(&o), vec![('T', 451)]);
+        assert_eq!(enhanced_of(&o, 0), Some(Enhanced(4, 5, 0)));
+    }
+
+    #[test]
+    fn rcpt_answered_with_354_is_a_protocol_error() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+        f.open(EHLO_PLAIN);
+        f.say("250 ok\r\n");
+        f.say("250 ok\r\n");
+        let o = done(f.say("354 what\r\n"));
+        assert_eq!(codes(&o), vec![('T', 451), ('T', 451)]);
+        assert!(o.recipients[0].reply().lines[0].contains("RCPT TO"));
+        assert_eq!(
+            f.sent(),
+            "RCPT TO:<a@x.net>\r\nRCPT TO:<b@x.net>\r\nQUIT\r\n"
+        );
+    }
+
+    #[test]
+    fn final_reply_354_is_a_protocol_error() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        f.say("250 ok\r\n250 ok\r\n354 go\r\n");
+        f.client.body_sent();
+        let o = done(f.say("354 again\r\n"));
+        assert_eq!(codes(&o), vec![('T', 451)]);
+        assert_eq!(o.final_reply, None);
+    }
+
+    #[test]
+    fn server_closing_mid_transaction() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+        f.open(EHLO_PIPE);
+        let o = done(f.say("250 ok\r\n550 no\r\n421 4.4.2 shutting down\r\n"));
+        assert_eq!(codes(&o), vec![('P', 550), ('T', 421)]);
+        assert_eq!(f.sent(), "");
+    }
+
+    #[test]
+    fn malformed_replies_are_protocol_errors() {
+        let bad = [
+            "hello world\r\n",
+            "25\r\n",
+            "250x ok\r\n",
+            "650 ok\r\n",
+            "199 ok\r\n",
+            "250-one\r\n251 two\r\n",
+        ];
+        for text in bad {
+            let mut f = Fake::new(txn(&["a@x.net"]));
+            f.open(EHLO_PLAIN);
+            let o = done(f.say(text));
+            assert_eq!(codes(&o), vec![('T', 451)], "{text:?}");
+            assert_eq!(enhanced_of(&o, 0), Some(Enhanced(4, 5, 0)), "{text:?}");
+            assert_eq!(f.sent(), "QUIT\r\n");
+        }
+    }
+
+    #[test]
+    fn reply_line_limit() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PLAIN);
+        let long = format!("250 {}", "x".repeat(REPLY_LINE_BYTES_MAX));
+        // No line end yet: still refused once the limit is passed.
+        let o = done(f.say(&long));
+        assert!(o.recipients[0].reply().lines[0].contains("too long"));
+        // Exactly at the limit is fine.
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PLAIN);
+        let fits = format!("250 {}\r\n", "x".repeat(REPLY_LINE_BYTES_MAX - 6));
+        assert_eq!(fits.len(), REPLY_LINE_BYTES_MAX);
+        assert_eq!(f.say(&fits), ClientEvent::NeedInput);
+        assert_eq!(f.sent(), "RCPT TO:<a@x.net>\r\n");
+    }
+
+    #[test]
+    fn reply_line_count_limit() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PLAIN);
+        let mut text = "250-x\r\n".repeat(REPLY_LINE_COUNT_MAX - 1);
+        text.push_str("250 last\r\n");
+        assert_eq!(
+            f.say(&text),
+            ClientEvent::NeedInput,
+            "exactly the limit is fine"
+        );
+        f.sent();
+        let text = "250-x\r\n".repeat(REPLY_LINE_COUNT_MAX + 1);
+        let o = done(f.say(&text));
+        assert!(o.recipients[0].reply().lines[0].contains("too many lines"));
+    }
+
+    #[test]
+    fn unsolicited_reply_is_a_protocol_error() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        let o = done(f.say("220 hi\r\n250 what is this\r\n"));
+        assert_eq!(codes(&o), vec![('T', 451)]);
+        assert!(o.recipients[0].reply().lines[0].contains("unexpected"));
+    }
+
+    #[test]
+    fn bare_lf_and_code_only_lines() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.client.poll(f.now);
+        f.say("220\n");
+        assert_eq!(f.sent(), "EHLO relay.example.org\r\n");
+        f.say("250-mx\n250 pipelining\n");
+        assert!(f.sent().ends_with("DATA\r\n"));
+    }
+
+    #[test]
+    fn unusable_addresses_are_refused_locally() {
+        let mut f = Fake::new(txn(&["a@x.net", "evil@x.net>\r\nRSET", "b@x.net"]));
+        let batch = f.open(EHLO_PIPE);
+        assert_eq!(
+            batch,
+            "MAIL FROM:<alice@example.org> SIZE=1234\r\nRCPT TO:<a@x.net>\r\nRCPT TO:<b@x.net>\r\nDATA\r\n"
+        );
+        f.say("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+        f.client.body_sent();
+        let o = done(f.say("250 ok\r\n"));
+        assert_eq!(codes(&o), vec![('D', 250), ('P', 501), ('D', 250)]);
+        assert_eq!(enhanced_of(&o, 1), Some(Enhanced(5, 1, 3)));
+
+        let mut t = txn(&["a@x.net"]);
+        t.reverse_path = "a\r\nb@x".into();
+        let mut f = Fake::new(t);
+        assert_eq!(f.open(EHLO_PIPE), "QUIT\r\n");
+        let o = done(f.client.poll(f.now));
+        assert_eq!(enhanced_of(&o, 0), Some(Enhanced(5, 1, 7)));
+
+        let mut f = Fake::new(txn(&["x\0y@x.net"]));
+        assert_eq!(f.open(EHLO_PIPE), "QUIT\r\n", "nothing left to send");
+    }
+
+    #[test]
+    fn deadlines_per_state() {
+        let t = Timeouts::default();
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        let start = f.now;
+        assert_eq!(f.client.deadline(), start + t.greeting);
+        assert_eq!(t.greeting, Duration::from_secs(300));
+        f.now = start + Duration::from_secs(10);
+        f.say("220 hi\r\n");
+        assert_eq!(f.client.deadline(), f.now + t.ehlo);
+        f.say(EHLO_PLAIN);
+        assert_eq!(f.client.deadline(), f.now + Duration::from_secs(300));
+        f.say("250 ok\r\n");
+        assert_eq!(f.client.deadline(), f.now + t.rcpt);
+        f.say("250 ok\r\n");
+        assert_eq!(f.client.deadline(), f.now + Duration::from_secs(120));
+        f.say("354 go\r\n");
+        assert_eq!(f.client.deadline(), f.now + Duration::from_secs(180));
+        f.now += Duration::from_secs(100);
+        f.client.body_progress(f.now);
+        assert_eq!(f.client.deadline(), f.now + t.data_block);
+        f.now += Duration::from_secs(1);
+        f.client.body_sent();
+        assert_eq!(f.client.poll(f.now), ClientEvent::NeedInput);
+        assert_eq!(f.client.deadline(), f.now + Duration::from_secs(600));
+    }
+
+    #[test]
+    fn pipelined_deadline_follows_the_oldest_command() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        assert_eq!(f.client.deadline(), f.now + Timeouts::default().mail);
+        f.say("250 ok\r\n250 ok\r\n");
+        assert_eq!(f.client.deadline(), f.now + Timeouts::default().data_init);
+    }
+
+    #[test]
+    fn timeout_waiting_for_greeting() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+        assert_eq!(
+            f.client.poll(f.now + Duration::from_secs(299)),
+            ClientEvent::NeedInput
+        );
+        let o = done(f.client.poll(f.now + Duration::from_secs(300)));
+        assert_eq!(codes(&o), vec![('T', 451), ('T', 451)]);
+        assert_eq!(enhanced_of(&o, 0), Some(Enhanced(4, 4, 2)));
+        assert!(o.recipients[0].reply().lines[0].contains("greeting"));
+        assert_eq!(f.sent(), "");
+    }
+
+    #[test]
+    fn timeout_after_some_recipients_resolved() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net", "c@x.net"]));
+        f.open(EHLO_PIPE);
+        f.say("250 ok\r\n250 ok\r\n550 no\r\n");
+        f.client.on_timeout(f.now);
+        let o = done(f.client.poll(f.now));
+        assert_eq!(codes(&o), vec![('T', 451), ('P', 550), ('T', 451)]);
+        assert!(o.recipients[0].reply().lines[0].contains("RCPT TO"));
+        assert_eq!(f.sent(), "");
+    }
+
+    #[test]
+    fn timeout_waiting_for_final_reply() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        f.say("250 ok\r\n250 ok\r\n354 go\r\n");
+        f.client.body_sent();
+        f.client.poll(f.now);
+        let o = done(f.client.poll(f.now + Duration::from_secs(600)));
+        assert_eq!(codes(&o), vec![('T', 451)]);
+        assert!(o.recipients[0].reply().lines[0].contains("end of data"));
+    }
+
+    #[test]
+    fn connection_lost_before_the_final_reply() {
+        let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+        f.open(EHLO_PIPE);
+        f.say("250 ok\r\n250 ok\r\n550 no\r\n354 go\r\n");
+        f.client.body_sent();
+        f.client.poll(f.now);
+        f.client.on_connection_lost();
+        let o = done(f.client.poll(f.now));
+        assert_eq!(codes(&o), vec![('T', 451), ('P', 550)]);
+        assert_eq!(enhanced_of(&o, 0), Some(Enhanced(4, 4, 2)));
+        assert_eq!(f.sent(), "");
+    }
+
+    #[test]
+    fn connection_lost_during_the_body() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        assert_eq!(
+            f.say("250 ok\r\n250 ok\r\n354 go\r\n"),
+            ClientEvent::SendBody
+        );
+        f.client.on_connection_lost();
+        let o = done(f.client.poll(f.now));
+        assert!(o.recipients[0].reply().lines[0].contains("content"));
+        assert_eq!(codes(&o), vec![('T', 451)]);
+    }
+
+    #[test]
+    fn connection_lost_after_the_final_reply_arrived() {
+        // The final reply was fed but not yet polled when the close came.
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        f.say("250 ok\r\n250 ok\r\n354 go\r\n");
+        f.client.body_sent();
+        f.client.poll(f.now);
+        f.client.feed(b"250 2.0.0 ok\r\n");
+        f.client.on_connection_lost();
+        let o = done(f.client.poll(f.now));
+        assert_eq!(codes(&o), vec![('D', 250)]);
+        assert_eq!(f.sent(), "QUIT\r\n");
+    }
+
+    #[test]
+    fn early_reply_during_the_body_answers_the_dot() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        f.say("250 ok\r\n250 ok\r\n354 go\r\n");
+        f.client.feed(b"554 5.7.0 rejected early\r\n");
+        f.client.body_sent();
+        let o = done(f.client.poll(f.now));
+        assert_eq!(codes(&o), vec![('P', 554)]);
+    }
+
+    #[test]
+    fn enhanced_codes_parsed_and_stripped() {
+        assert_eq!(
+            parse_enhanced("5.1.1 no such user", 550),
+            Some((Enhanced(5, 1, 1), "no such user"))
+        );
+        assert_eq!(
+            parse_enhanced("4.7.10", 451),
+            Some((Enhanced(4, 7, 10), ""))
+        );
+        assert_eq!(parse_enhanced("5.1.1 wrong class", 450), None);
+        assert_eq!(parse_enhanced("5.1 short", 550), None);
+        assert_eq!(parse_enhanced("5.1.1.1 long", 550), None);
+        assert_eq!(parse_enhanced("5.1234.1 wide", 550), None);
+        assert_eq!(parse_enhanced("3.1.1 bad class", 354), None);
+        assert_eq!(parse_enhanced("mx.example.net", 220), None);
+        assert_eq!(parse_enhanced("", 250), None);
+        let mut reader = ReplyReader::default();
+        let mut out = Vec::new();
+        reader.feed(b"550-5.1.1 first\r\n550 5.1.1 second\r\n", &mut out);
+        let reply = out.pop().unwrap().unwrap();
+        assert_eq!(reply.enhanced, Some(Enhanced(5, 1, 1)));
+        assert_eq!(reply.lines, vec!["first".to_string(), "second".to_string()]);
+        assert_eq!(reply.summary(), "550 5.1.1 first second");
+    }
+
+    #[test]
+    fn reply_line_parser() {
+        assert_eq!(parse_reply_line(b"250 ok"), Ok((250, true, &b"ok"[..])));
+        assert_eq!(parse_reply_line(b"250-ok"), Ok((250, false, &b"ok"[..])));
+        assert_eq!(parse_reply_line(b"250"), Ok((250, true, &b""[..])));
+        assert_eq!(parse_reply_line(b""), Err(ReplyError::BadCode));
+        assert_eq!(parse_reply_line(b"2a0 x"), Err(ReplyError::BadCode));
+        assert_eq!(parse_reply_line(b"250_x"), Err(ReplyError::BadCode));
+        assert_eq!(parse_reply_line("25ö".as_bytes()), Err(ReplyError::BadCode));
+    }
+
+    #[test]
+    fn non_utf8_reply_text_does_not_panic() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        f.client.feed(b"250 \xff\xfe ok\r\n250 ok\r\n354 go\r\n");
+        assert_eq!(f.client.poll(f.now), ClientEvent::SendBody);
+    }
+
+    #[test]
+    fn any_byte_sequence_never_panics() {
+        // A small deterministic fuzz: random bytes at every state.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet: &[u8] = b"0123456789 -\r\n.2345abc\xff";
+        for _ in 0..500 {
+            let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+            for _ in 0..20 {
+                let len = (next() % 40) as usize;
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect();
+                f.client.feed(&bytes);
+                match f.client.poll(f.now) {
+                    ClientEvent::SendBody => f.client.body_sent(),
+                    ClientEvent::Done(o) => {
+                        assert_eq!(o.recipients.len(), 2);
+                        break;
+                    }
+                    ClientEvent::NeedInput => {}
+                }
+                f.client.take_output();
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The Received trace header (RFC 5321 §4.4) that the server prepends to
+//! every accepted message, and the RFC 5322 §3.3 date it ends with.
+//!
+//! Place in the pipeline: the ingress driver calls `received_header` when a
+//! message's content starts (Event::DataStart) and writes the result to the
+//! queue ahead of the body. Client-supplied parts (the HELO name) are
+//! sanitized so that they cannot break the header's structure.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Longest HELO name copied into the header; longer names are cut.
+const HELO_BYTES_MAX: usize = 255;
+
+/// Builds `Received: from HELO ([ip])\r\n\tby HOST (ringpost) with PROTO id
+/// ID\r\n\t[for <RCPT>]; DATE\r\n`. `single_recipient` is given only when
+/// the transaction has exactly one recipient (listing several would leak
+/// the others' addresses to each of them).
+pub fn received_header(
+    hostname: &str,
+    peer: SocketAddr,
+    helo: Option<&str>,
+    protocol: &str,
+    queue_id: &str,
+    single_recipient: Option<&str>,
+    now: SystemTime,
+) -> String {
+    let mut h = String::with_capacity(256);
+    let helo = helo
+        .map(sanitize)
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string());
+    let _ = write!(
+        h,
+        "Received: from {} ({})\r\n",
+        helo,
+        address_literal(peer.ip())
+    );
+    let _ = write!(
+        h,
+        "\tby {} (ringpost) with {} id {}\r\n",
+        sanitize(hostname),
+        sanitize(protocol),
+        sanitize(queue_id)
+    );
+    h.push('\t');
+    if let Some(rcpt) = single_recipient {
+        let _ = write!(h, "for <{}>; ", sanitize(rcpt));
+    }
+    h.push_str(&rfc5322_date(now));
+    h.push_str("\r\n");
+    h
+}
+
+/// `[192.0.2.1]` or `[IPv6:2001:db8::1]` (RFC 5321 §4.1.3); an IPv4-mapped
+/// IPv6 peer is shown as IPv4.
+fn address_literal(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("[{}]", v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("[{}]", v4),
+            None => format!("[IPv6:{}]", v6),
+        },
+    }
+}
+
+/// Keeps a client-supplied token from changing the header's structure:
+/// controls, white space and the characters that delimit comments, paths
+/// and the date become `?`; the result is at most `HELO_BYTES_MAX` bytes.
+fn sanitize(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(HELO_BYTES_MAX));
+    for c in s.chars() {
+        if out.len() + c.len_utf8() > HELO_BYTES_MAX {
+            break;
+        }
+        let bad = c.is_control() || c.is_whitespace() || "()<>;\\\"".contains(c);
+        out.push(if bad { '?' } else { c });
+    }
+    out
+}
+
+/// RFC 5322 §3.3 date-time in UTC: `Sat, 28 Nov 2026 11:24:30 +0000`.
+/// Times before 1970 are shown as the epoch.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let second_of_day = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[(days % 7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    )
+}
+
+/// Proleptic Gregorian (year, month 1..=12, day 1..=31) of a day count
+/// since 1970-01-01 (H. Hinnant's `civil_from_days`, non-negative input).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097; // day of era, 0..=146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era, 0..=399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of year from March 1st, 0..=365
+    let mp = (5 * doy + 2) / 153; // month from March, 0..=11
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn dates_against_known_timestamps() {
+        assert_eq!(rfc5322_date(at(0)), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(at(1_795_865_070)),
+            "Sat, 28 Nov 2026 11:24:30 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(at(951_782_400)),
+            "Tue, 29 Feb 2000 00:00:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(at(4_107_542_399)),
+            "Sun, 28 Feb 2100 23:59:59 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(at(1_709_164_800)),
+            "Thu, 29 Feb 2024 00:00:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(at(1_735_689_599)),
+            "Tue, 31 Dec 2024 23:59:59 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(UNIX_EPOCH - Duration::from_secs(5)),
+            "Thu, 01 Jan 1970 00:00:00 +0000"
+        );
+    }
+
+    #[test]
+    fn header_shape() {
+        let h = received_header(
+            "host.name",
+            "127.0.0.1:2525".parse().unwrap(),
+            Some("helo.name"),
+            "ESMTP",
+            "0123ABC",
+            Some("a@b"),
+            at(1_795_865_070),
+        );
+        assert_eq!(
+            h,
+            "Received: from helo.name ([127.0.0.1])\r\n\tby host.name (ringpost) with ESMTP id 0123ABC\r\n\tfor <a@b>; Sat, 28 Nov 2026 11:24:30 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn header_without_helo_or_recipient_and_ipv6() {
+        let h = received_header(
+            "mx",
+            "[2001:db8::7]:25".parse().unwrap(),
+            None,
+            "SMTP",
+            "X1",
+            None,
+            at(0),
+        );
+        assert_eq!(
+            h,
+            "Received: from unknown ([IPv6:2001:db8::7])\r\n\tby mx (ringpost) with SMTP id X1\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn hostile_helo_is_defused() {
+        let h = received_header(
+            "mx",
+            "192.0.2.1:25".parse().unwrap(),
+            Some("a\r\nX-Evil: 1 (x)"),
+            "ESMTP",
+            "Q",
+            None,
+            at(0),
+        );
+        assert!(
+            h.starts_with("Received: from a??X-Evil:?1??x? ([192.0.2.1])\r\n"),
+            "{h}"
+        );
+        assert_eq!(h.matches("\r\n").count(), 3);
+        let long = "a".repeat(1000);
+        let h = received_header(
+            "mx",
+            "192.0.2.1:25".parse().unwrap(),
+            Some(&long),
+            "ESMTP",
+            "Q",
+            None,
+            at(0),
+        );
+        assert!(h.len() < 400);
+    }
+}

@@ -1,0 +1,1224 @@
+//! The SMTP server state machine (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
+//! ENHANCEDSTATUSCODES, SMTPUTF8, CHUNKING and BINARYMIME), sans-IO: the
+//! driver feeds received bytes and the current time, and takes back replies
+//! to write and events to act on. No sockets, no timers, no async here.
+//!
+//! Place in the pipeline: `src/ingress/` owns the socket and runs one
+//! `Server` per connection; every question that needs policy (accept this
+//! sender? this recipient? is the message safely queued?) comes out as an
+//! event and waits for `decide()`. The machine itself enforces the protocol
+//! limits: command line length, recipient count, message size, text line
+//! length, bare CR/LF, error count and timeouts.
+//!
+//! Bounds: the input buffer holds at most one incomplete command line
+//! (< `COMMAND_LINE_BYTES_MAX`) plus one read of the driver, and never more
+//! than `INPUT_BYTES_MAX`; content leaves in `Body` chunks of at most
+//! `BODY_CHUNK_BYTES_MAX` (+2); at most `EVENT_QUEUE_MAX` events wait.
+//!
+//! Content ends only at `<CR><LF>.<CR><LF>` on the wire (RFC 5321 §4.1.1.4);
+//! a bare CR or LF never starts or ends a line for that purpose, so no
+//! variant such as `<LF>.<LF>` can end a message early and smuggle a second
+//! one past the filters of this or the next hop (RFC 5321 §2.3.8).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::address::{
+    parse_forward_path, parse_mail_params, parse_rcpt_params, parse_reverse_path,
+};
+pub use super::address::{Address, BodyType, MailParams, RcptParams, ReversePath};
+use super::address::{AddressError, ParamError};
+use super::reply::{Enhanced, Reply};
+
+/// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
+pub const COMMAND_LINE_BYTES_MAX: usize = 512;
+/// Largest `Body` chunk handed to the driver (a chunk may exceed it by 2).
+pub const BODY_CHUNK_BYTES_MAX: usize = 64 * 1024;
+/// Most unprocessed input the machine holds; a driver that feeds more than
+/// this without polling gets the session closed with 421.
+pub const INPUT_BYTES_MAX: usize = 1024 * 1024;
+/// Most events waiting in the machine at one time.
+const EVENT_QUEUE_MAX: usize = 4;
+/// Longest HELO/EHLO argument (a domain, RFC 5321 §4.5.3.1.2).
+const HELO_BYTES_MAX: usize = 255;
+
+/// What to do with a bare CR or LF in message content (RFC 5321 §2.3.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BareLfPolicy {
+    /// Refuse the whole message with 550 5.6.11 after its end.
+    Reject,
+    /// Store each bare CR or LF as CRLF.
+    Normalize,
+}
+
+/// The machine's limits and names; shared by every session of a process.
+#[derive(Clone, Debug)]
+pub struct ServerParams {
+    /// In the 220 greeting and the EHLO reply.
+    pub hostname: String,
+    /// Text after the host name in the 220 greeting, e.g. "ESMTP ringpost".
+    pub greeting: String,
+    /// More RCPTs than this get 452 4.5.3 (RFC 5321 §4.5.3.1.8).
+    pub max_recipients: usize,
+    /// Advertised as SIZE; larger MAIL SIZE= or content gets 552 5.3.4.
+    pub max_message_bytes: u64,
+    /// Longest content text line including CRLF (RFC 5321 §4.5.3.1.6);
+    /// longer refuses the message with 500 5.6.0 after its end.
+    pub max_text_line_bytes: usize,
+    /// Client errors tolerated; the next one gets 421 4.7.0 and a close.
+    pub max_errors: u32,
+    /// Longest wait for a command.
+    pub command_timeout: Duration,
+    /// Longest wait for the next piece of content.
+    pub data_timeout: Duration,
+    pub bare_lf: BareLfPolicy,
+}
+
+/// The two ends of the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// What the driver must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Needs more input (the driver must first flush `take_output()` to the
+    /// socket, then read).
+    NeedInput,
+    /// HELO/EHLO seen; the machine already replied (250). Informational.
+    Helo { name: String, esmtp: bool },
+    /// MAIL FROM parsed and valid; waits for `decide(reply)`.
+    Mail {
+        reverse_path: ReversePath,
+        params: MailParams,
+    },
+    /// RCPT TO parsed and valid, within the recipient limit; waits for
+    /// `decide(reply)` (2xx accepts the recipient, anything else refuses it).
+    Rcpt {
+        forward_path: Address,
+        params: RcptParams,
+    },
+    /// The message content starts (DATA got 354, or the first BDAT chunk).
+    DataStart,
+    /// Content bytes, un-dot-stuffed, in order; CRLF line endings unless
+    /// the transaction is BODY=BINARYMIME.
+    Body(Vec<u8>),
+    /// The content ended well and passed every check; waits for
+    /// `decide(reply)`, the reply to the final dot or BDAT LAST (the driver
+    /// makes the message durable before it answers 250).
+    DataEnd,
+    /// The content was refused or abandoned; the machine has already sent
+    /// `reply` (if the peer is still there); the driver discards what it
+    /// stored.
+    DataAborted { reply: Reply },
+    /// Waiting for a `decide()` call.
+    Pending,
+    /// The session is over; the driver flushes output and closes.
+    Close,
+}
+
+/// A mail transaction: from an accepted MAIL to the end of its content or
+/// RSET (RFC 5321 §3.3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transaction {
+    pub reverse_path: ReversePath,
+    pub params: MailParams,
+    /// The recipients accepted so far, in order.
+    pub recipients: Vec<Address>,
+    pub helo_name: String,
+    /// The Received "with" value (RFC 3848, RFC 6531).
+    pub protocol: &'static str,
+    /// BDAT has been used: DATA and RCPT are out of sequence now.
+    pub chunking: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Helo {
+    name: String,
+    esmtp: bool,
+}
+
+/// Where input goes.
+#[derive(Clone, Debug)]
+enum Mode {
+    /// Reading command lines.
+    Command,
+    /// Discarding the rest of an overlong command line (already answered).
+    SkipLine,
+    /// Reading DATA content up to CRLF.CRLF.
+    Data,
+    /// Reading a BDAT chunk; `refusal` set means discard the octets, then
+    /// send that reply.
+    Bdat {
+        chunk_bytes: u64,
+        remaining_bytes: u64,
+        last: bool,
+        refusal: Option<Reply>,
+    },
+    /// Content complete; pass the last Body, then DataEnd or DataAborted.
+    ContentDone,
+    Closed,
+}
+
+/// A question the driver must answer with `decide()`.
+#[derive(Clone, Debug)]
+enum Pending {
+    Mail {
+        reverse_path: ReversePath,
+        params: MailParams,
+    },
+    Rcpt {
+        forward_path: Address,
+    },
+    DataEnd,
+}
+
+/// What `poll`'s loop does after one step.
+enum Flow {
+    Continue,
+    NeedInput,
+}
+
+/// The sans-IO SMTP server for one connection.
+pub struct Server {
+    params: Arc<ServerParams>,
+    peer: PeerInfo,
+    /// Received bytes; `input[input_pos..]` is not processed yet.
+    input: Vec<u8>,
+    input_pos: usize,
+    output: Vec<u8>,
+    mode: Mode,
+    helo: Option<Helo>,
+    txn: Option<Transaction>,
+    /// Present from the start of a message's content to its end or abort.
+    content: Option<Content>,
+    body: Vec<u8>,
+    pending: Option<Pending>,
+    events: VecDeque<Event>,
+    error_count: u32,
+    deadline: Instant,
+}
+
+impl Server {
+    /// Starts a session and queues the 220 greeting.
+    pub fn new(params: Arc<ServerParams>, peer: PeerInfo, now: Instant) -> Server {
+        let mut s = Server {
+            deadline: now + params.command_timeout,
+            params,
+            peer,
+            input: Vec::new(),
+            input_pos: 0,
+            output: Vec::new(),
+            mode: Mode::Command,
+            helo: None,
+            txn: None,
+            content: None,
+            body: Vec::new(),
+            pending: None,
+            events: VecDeque::new(),
+            error_count: 0,
+        };
+        let text = format!("{} {}", s.params.hostname, s.params.greeting);
+        s.send(&Reply {
+            code: 220,
+            enhanced: None,
+            lines: vec![text],
+        });
+        s
+    }
+
+    /// Appends received bytes. The driver reads (and feeds) only after
+    /// `poll` said `NeedInput`, so the buffer holds one read plus at most
+    /// an incomplete command line.
+    pub fn feed(&mut self, input: &[u8]) {
+        if matches!(self.mode, Mode::Closed) {
+            return;
+        }
+        self.compact();
+        if self.input.len() + input.len() > INPUT_BYTES_MAX {
+            debug_assert!(false, "driver fed {} bytes without polling", input.len());
+            self.close_with(Reply::new(
+                421,
+                Enhanced(4, 3, 0),
+                format!("{} input buffer full", self.params.hostname),
+            ));
+            return;
+        }
+        self.input.extend_from_slice(input);
+    }
+
+    /// Runs the machine on buffered input until it needs the driver.
+    pub fn poll(&mut self, now: Instant) -> Event {
+        loop {
+            debug_assert!(self.events.len() <= EVENT_QUEUE_MAX);
+            if let Some(e) = self.events.pop_front() {
+                return e;
+            }
+            if self.pending.is_some() {
+                return Event::Pending;
+            }
+            let flow = match self.mode {
+                Mode::Closed => return Event::Close,
+                Mode::Command => self.step_command(),
+                Mode::SkipLine => self.step_skip_line(),
+                Mode::Data => self.step_data(),
+                Mode::Bdat { .. } => self.step_bdat(),
+                Mode::ContentDone => self.step_content_done(),
+            };
+            if let Flow::NeedInput = flow {
+                self.compact();
+                let timeout = match self.mode {
+                    Mode::Data | Mode::Bdat { .. } => self.params.data_timeout,
+                    _ => self.params.command_timeout,
+                };
+                self.deadline = now + timeout;
+                return Event::NeedInput;
+            }
+        }
+    }
+
+    /// Answers the pending Mail, Rcpt or DataEnd event. A 421 reply also
+    /// ends the session.
+    pub fn decide(&mut self, reply: Reply) {
+        let Some(pending) = self.pending.take() else {
+            debug_assert!(false, "decide() without a pending question");
+            return;
+        };
+        match pending {
+            Pending::Mail {
+                reverse_path,
+                params,
+            } => {
+                if reply.is_positive() {
+                    self.txn = Some(self.new_transaction(reverse_path, params));
+                }
+            }
+            Pending::Rcpt { forward_path } => {
+                if let (true, Some(t)) = (reply.is_positive(), self.txn.as_mut()) {
+                    t.recipients.push(forward_path);
+                }
+            }
+            Pending::DataEnd => {
+                // RFC 5321 §4.1.1.4: the end of data ends the transaction,
+                // whatever the reply.
+                self.txn = None;
+            }
+        }
+        if reply.code == 421 {
+            self.close_with(reply);
+        } else {
+            self.send(&reply);
+        }
+    }
+
+    /// Replies queued for the socket (maybe empty).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// By when more input must arrive: set each time `poll` returns
+    /// `NeedInput`, from the data timeout while content is being read and
+    /// the command timeout otherwise.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The deadline passed without input: 421 4.4.2 and Close.
+    pub fn on_timeout(&mut self, _now: Instant) {
+        let text = format!(
+            "{} timeout exceeded, closing connection",
+            self.params.hostname
+        );
+        self.close_with(Reply::new(421, Enhanced(4, 4, 2), text));
+    }
+
+    /// The server is stopping: 421 4.3.2 and Close.
+    pub fn shutdown(&mut self) {
+        let text = format!(
+            "{} service shutting down, closing connection",
+            self.params.hostname
+        );
+        self.close_with(Reply::new(421, Enhanced(4, 3, 2), text));
+    }
+
+    /// The client closed its side: any content in progress is abandoned
+    /// (DataAborted, with a reply no one will read), then Close.
+    pub fn on_eof(&mut self) {
+        if matches!(self.mode, Mode::Closed) {
+            return;
+        }
+        if self.content.take().is_some() {
+            let reply = Reply::new(
+                451,
+                Enhanced(4, 4, 2),
+                "connection closed during message content",
+            );
+            self.events.push_back(Event::DataAborted { reply });
+        }
+        self.enter_closed();
+    }
+
+    /// True from an accepted MAIL until the end of its transaction.
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    pub fn transaction(&self) -> Option<&Transaction> {
+        self.txn.as_ref()
+    }
+
+    pub fn helo_name(&self) -> Option<&str> {
+        self.helo.as_ref().map(|h| h.name.as_str())
+    }
+
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    /// Client errors counted so far.
+    pub fn error_count(&self) -> u32 {
+        self.error_count
+    }
+
+    /// The Received "with" value: "SMTP" after HELO, "ESMTP" after EHLO,
+    /// "UTF8SMTP" for an SMTPUTF8 transaction (RFC 3848, RFC 6531 §3.7.3).
+    pub fn protocol(&self) -> &'static str {
+        match (&self.helo, &self.txn) {
+            (Some(h), _) if !h.esmtp => "SMTP",
+            (None, _) => "SMTP",
+            (_, Some(t)) if t.params.smtputf8 => "UTF8SMTP",
+            _ => "ESMTP",
+        }
+    }
+
+    // ---- output and bookkeeping ----
+
+    fn send(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.output);
+    }
+
+    fn reply(&mut self, code: u16, enhanced: Enhanced, text: impl Into<String>) {
+        self.send(&Reply::new(code, enhanced, text));
+    }
+
+    /// A reply caused by a client mistake: counted, and past `max_errors`
+    /// replaced by 421 4.7.0 and a close.
+    fn client_error(&mut self, code: u16, enhanced: Enhanced, text: impl Into<String>) {
+        self.error_count = self.error_count.saturating_add(1);
+        if self.error_count > self.params.max_errors {
+            let text = format!(
+                "{} too many errors, closing connection",
+                self.params.hostname
+            );
+            self.close_with(Reply::new(421, Enhanced(4, 7, 0), text));
+        } else {
+            self.reply(code, enhanced, text);
+        }
+    }
+
+    /// Sends `reply`, abandons any content (DataAborted) and closes.
+    fn close_with(&mut self, reply: Reply) {
+        if matches!(self.mode, Mode::Closed) {
+            return;
+        }
+        self.send(&reply);
+        if self.content.take().is_some() {
+            self.events.push_back(Event::DataAborted { reply });
+        }
+        self.enter_closed();
+    }
+
+    fn enter_closed(&mut self) {
+        self.pending = None;
+        self.txn = None;
+        self.content = None;
+        self.body = Vec::new();
+        self.input = Vec::new();
+        self.input_pos = 0;
+        self.mode = Mode::Closed;
+    }
+
+    fn compact(&mut self) {
+        if self.input_pos > 0 {
+            self.input.drain(..self.input_pos);
+            self.input_pos = 0;
+        }
+    }
+
+    fn push_event(&mut self, e: Event) {
+        debug_assert!(self.events.len() < EVENT_QUEUE_MAX);
+        self.events.push_back(e);
+    }
+
+    fn new_transaction(&self, reverse_path: ReversePath, params: MailParams) -> Transaction {
+        let (helo_name, esmtp) = match &self.helo {
+            Some(h) => (h.name.clone(), h.esmtp),
+            None => (String::new(), false),
+        };
+        let protocol = match (esmtp, params.smtputf8) {
+            (false, _) => "SMTP",
+            (true, true) => "UTF8SMTP",
+            (true, false) => "ESMTP",
+        };
+        Transaction {
+            reverse_path,
+            params,
+            recipients: Vec::new(),
+            helo_name,
+            protocol,
+            chunking: false,
+        }
+    }
+
+    /// Ends the transaction (RSET, HELO, EHLO). Content already passed to
+    /// the driver (BDAT chunks) is abandoned with DataAborted carrying the
+    /// reply that the command got.
+    fn reset_transaction(&mut self, reply: &Reply) {
+        self.txn = None;
+        self.body.clear();
+        if self.content.take().is_some() {
+            self.push_event(Event::DataAborted {
+                reply: reply.clone(),
+            });
+        }
+    }
+
+    // ---- commands ----
+
+    fn step_command(&mut self) -> Flow {
+        let avail = &self.input[self.input_pos..];
+        let Some(lf) = avail.iter().position(|&b| b == b'\n') else {
+            if avail.len() >= COMMAND_LINE_BYTES_MAX {
+                self.input_pos = self.input.len();
+                self.mode = Mode::SkipLine;
+                self.line_too_long();
+            }
+            return Flow::NeedInput;
+        };
+        let line_bytes = lf + 1;
+        let line = avail[..lf].to_vec();
+        self.input_pos += line_bytes;
+        if line_bytes > COMMAND_LINE_BYTES_MAX {
+            self.line_too_long();
+            return Flow::Continue;
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(&line[..]);
+        match std::str::from_utf8(line) {
+            Ok(text) if !text.chars().any(|c| c.is_control()) => {
+                let text = text.trim_end_matches(' ').to_string();
+                self.command(&text);
+            }
+            _ => self.client_error(
+                500,
+                Enhanced(5, 5, 2),
+                "syntax error: invalid characters in command",
+            ),
+        }
+        Flow::Continue
+    }
+
+    fn line_too_long(&mut self) {
+        self.client_error(
+            500,
+            Enhanced(5, 5, 2),
+            "line too long: command lines are limited to 512 octets",
+        );
+    }
+
+    fn step_skip_line(&mut self) -> Flow {
+        let avail = &self.input[self.input_pos..];
+        match avail.iter().position(|&b| b == b'\n') {
+            Some(lf) => {
+                self.input_pos += lf + 1;
+                self.mode = Mode::Command;
+                Flow::Continue
+            }
+            None => {
+                self.input_pos = self.input.len();
+                Flow::NeedInput
+            }
+        }
+    }
+
+    fn command(&mut self, line: &str) {
+        let (verb, args) = match line.split_once(' ') {
+            Some((v, a)) => (v, a),
+            None => (line, ""),
+        };
+        match verb.to_ascii_uppercase().as_str() {
+            "EHLO" => self.cmd_helo(args, true),
+            "HELO" => self.cmd_helo(args, false),
+            "MAIL" => self.cmd_mail(args),
+            "RCPT" => self.cmd_rcpt(args),
+            "DATA" => self.cmd_data(args),
+            "BDAT" => self.cmd_bdat(args),
+            "RSET" => self.cmd_rset(args),
+            "NOOP" => self.reply(250, Enhanced(2, 0, 0), "OK"),
+            "QUIT" => {
+                let text = format!("{} closing connection", self.params.hostname);
+                self.close_with(Reply::new(221, Enhanced(2, 0, 0), text));
+            }
+            "VRFY" if args.is_empty() => {
+                self.client_error(501, Enhanced(5, 5, 4), "syntax: VRFY <address>")
+            }
+            "VRFY" => self.reply(
+                252,
+                Enhanced(2, 1, 5),
+                "cannot VRFY user, but will accept message and attempt delivery",
+            ),
+            "EXPN" => self.reply(502, Enhanced(5, 5, 1), "EXPN not available"),
+            "HELP" => self.reply(
+                214,
+                Enhanced(2, 0, 0),
+                "commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY",
+            ),
+            // A web client or proxy talking to the SMTP port (cross-protocol
+            // attacks): nothing useful follows, so close at once.
+            "GET" | "POST" | "HEAD" | "PUT" | "CONNECT" | "OPTIONS" => {
+                let text = format!(
+                    "{} this is an SMTP server, closing connection",
+                    self.params.hostname
+                );
+                self.close_with(Reply::new(421, Enhanced(4, 7, 0), text));
+            }
+            _ => self.client_error(500, Enhanced(5, 5, 1), "command not recognized"),
+        }
+    }
+
+    fn cmd_helo(&mut self, args: &str, esmtp: bool) {
+        let name = args.split(' ').find(|s| !s.is_empty()).unwrap_or("");
+        if name.is_empty() {
+            let verb = if esmtp { "EHLO" } else { "HELO" };
+            return self.client_error(501, Enhanced(5, 5, 4), format!("syntax: {} <domain>", verb));
+        }
+        if name.len() > HELO_BYTES_MAX {
+            return self.client_error(501, Enhanced(5, 5, 4), "HELO/EHLO argument too long");
+        }
+        let host = self.params.hostname.clone();
+        let reply = if esmtp {
+            let lines = vec![
+                host,
+                "PIPELINING".to_string(),
+                format!("SIZE {}", self.params.max_message_bytes),
+                "8BITMIME".to_string(),
+                "ENHANCEDSTATUSCODES".to_string(),
+                "SMTPUTF8".to_string(),
+                "CHUNKING".to_string(),
+                "BINARYMIME".to_string(),
+            ];
+            // RFC 2034 §3: no enhanced code in the reply to EHLO/HELO.
+            Reply {
+                code: 250,
+                enhanced: None,
+                lines,
+            }
+        } else {
+            Reply {
+                code: 250,
+                enhanced: None,
+                lines: vec![host],
+            }
+        };
+        self.send(&reply);
+        self.reset_transaction(&reply);
+        self.helo = Some(Helo {
+            name: name.to_string(),
+            esmtp,
+        });
+        self.push_event(Event::Helo {
+            name: name.to_string(),
+            esmtp,
+        });
+    }
+
+    fn cmd_rset(&mut self, args: &str) {
+        if !args.is_empty() {
+            return self.client_error(501, Enhanced(5, 5, 4), "syntax: RSET takes no arguments");
+        }
+        let reply = Reply::new(250, Enhanced(2, 0, 0), "OK");
+        self.send(&reply);
+        self.reset_transaction(&reply);
+    }
+
+    fn cmd_mail(&mut self, args: &str) {
+        let esmtp = match &self.helo {
+            None => return self.client_error(503, Enhanced(5, 5, 1), "send HELO or EHLO first"),
+            Some(h) => h.esmtp,
+        };
+        if self.txn.is_some() {
+            return self.client_error(503, Enhanced(5, 5, 1), "nested MAIL command");
+        }
+        let Some(path_and_params) = strip_prefix_ignore_case(args, "FROM:") else {
+            return self.client_error(501, Enhanced(5, 5, 4), "syntax: MAIL FROM:<address>");
+        };
+        let path_and_params = path_and_params.trim_start_matches(' ');
+        let (reverse_path, rest) = match parse_reverse_path(path_and_params, true) {
+            Ok(x) => x,
+            Err(e) => return self.address_error(e, Enhanced(5, 1, 7), "sender"),
+        };
+        let Some(param_text) = params_after_path(rest) else {
+            return self.client_error(
+                501,
+                Enhanced(5, 1, 7),
+                "syntax: junk after the sender address",
+            );
+        };
+        if !param_text.is_empty() && !esmtp {
+            return self.client_error(555, Enhanced(5, 5, 4), "MAIL parameters need EHLO");
+        }
+        let params = match parse_mail_params(param_text, self.params.max_message_bytes) {
+            Ok(p) => p,
+            Err(e) => return self.param_error(e),
+        };
+        let utf8_path = matches!(&reverse_path, ReversePath::Path(a) if a.is_utf8());
+        if utf8_path && !params.smtputf8 {
+            return self.address_error(AddressError::NonAscii, Enhanced(5, 1, 7), "sender");
+        }
+        self.pending = Some(Pending::Mail {
+            reverse_path: reverse_path.clone(),
+            params: params.clone(),
+        });
+        self.push_event(Event::Mail {
+            reverse_path,
+            params,
+        });
+    }
+
+    fn cmd_rcpt(&mut self, args: &str) {
+        let Some(txn) = &self.txn else {
+            return self.client_error(503, Enhanced(5, 5, 1), "need MAIL before RCPT");
+        };
+        if txn.chunking {
+            return self.client_error(503, Enhanced(5, 5, 1), "RCPT not allowed after BDAT");
+        }
+        let (smtputf8, recipient_count) = (txn.params.smtputf8, txn.recipients.len());
+        let Some(path_and_params) = strip_prefix_ignore_case(args, "TO:") else {
+            return self.client_error(501, Enhanced(5, 5, 4), "syntax: RCPT TO:<address>");
+        };
+        let path_and_params = path_and_params.trim_start_matches(' ');
+        let (forward_path, rest) = match parse_forward_path(path_and_params, true) {
+            Ok(x) => x,
+            Err(e) => return self.address_error(e, Enhanced(5, 1, 3), "recipient"),
+        };
+        let Some(param_text) = params_after_path(rest) else {
+            return self.client_error(
+                501,
+                Enhanced(5, 1, 3),
+                "syntax: junk after the recipient address",
+            );
+        };
+        let params = match parse_rcpt_params(param_text) {
+            Ok(p) => p,
+            Err(e) => return self.param_error(e),
+        };
+        if forward_path.is_utf8() && !smtputf8 {
+            return self.address_error(AddressError::NonAscii, Enhanced(5, 1, 3), "recipient");
+        }
+        if recipient_count >= self.params.max_recipients {
+            // RFC 5321 §4.5.3.1.10: a limit, not a client mistake.
+            return self.reply(452, Enhanced(4, 5, 3), "too many recipients");
+        }
+        self.pending = Some(Pending::Rcpt {
+            forward_path: forward_path.clone(),
+        });
+        self.push_event(Event::Rcpt {
+            forward_path,
+            params,
+        });
+    }
+
+    fn address_error(&mut self, e: AddressError, syntax_code: Enhanced, role: &str) {
+        match e {
+            AddressError::NonAscii => self.client_error(
+                553,
+                Enhanced(5, 6, 7),
+                format!("non-ASCII {} address requires SMTPUTF8", role),
+            ),
+            AddressError::Syntax(why) => self.client_error(
+                501,
+                syntax_code,
+                format!("bad {} address syntax: {}", role, why),
+            ),
+            AddressError::LocalPartTooLong
+            | AddressError::DomainTooLong
+            | AddressError::PathTooLong => self.client_error(
+                501,
+                Enhanced(5, 1, 3),
+                format!("bad {} address: {}", role, e),
+            ),
+        }
+    }
+
+    fn param_error(&mut self, e: ParamError) {
+        match e {
+            ParamError::Syntax(why) => {
+                self.client_error(501, Enhanced(5, 5, 4), format!("syntax: {}", why))
+            }
+            ParamError::Unsupported(key) => self.client_error(
+                555,
+                Enhanced(5, 5, 4),
+                format!("unsupported parameter {}", key),
+            ),
+            ParamError::TooBig { .. } => {
+                let text = format!(
+                    "message size exceeds fixed maximum of {} octets",
+                    self.params.max_message_bytes
+                );
+                self.reply(552, Enhanced(5, 3, 4), text)
+            }
+        }
+    }
+
+    fn cmd_data(&mut self, args: &str) {
+        if !args.is_empty() {
+            return self.client_error(501, Enhanced(5, 5, 4), "syntax: DATA takes no arguments");
+        }
+        let Some(txn) = &self.txn else {
+            return self.client_error(503, Enhanced(5, 5, 1), "need MAIL before DATA");
+        };
+        if txn.chunking {
+            return self.client_error(503, Enhanced(5, 5, 1), "DATA not allowed after BDAT");
+        }
+        if txn.params.body == Some(BodyType::BinaryMime) {
+            // RFC 3030 §3.
+            return self.client_error(503, Enhanced(5, 5, 1), "BODY=BINARYMIME requires BDAT");
+        }
+        if txn.recipients.is_empty() {
+            // Normal under PIPELINING when every RCPT was refused: no count.
+            return self.reply(503, Enhanced(5, 5, 1), "no valid recipients");
+        }
+        self.send(&Reply {
+            code: 354,
+            enhanced: None,
+            lines: vec!["End data with <CR><LF>.<CR><LF>".to_string()],
+        });
+        self.content = Some(Content::new(&self.params, true, true));
+        self.mode = Mode::Data;
+        self.push_event(Event::DataStart);
+    }
+
+    fn cmd_bdat(&mut self, args: &str) {
+        let mut words = args.split(' ').filter(|w| !w.is_empty());
+        let size = words
+            .next()
+            .filter(|w| w.len() <= 20 && w.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|w| w.parse::<u64>().ok());
+        let Some(chunk_bytes) = size else {
+            // The chunk cannot be delimited; its octets will be read as
+            // commands and fail there. Content already received can no
+            // longer become a whole message.
+            let reply = Reply::new(501, Enhanced(5, 5, 4), "syntax: BDAT <size> [LAST]");
+            self.client_error(501, Enhanced(5, 5, 4), reply.lines.concat());
+            return self.abandon_chunking(&reply);
+        };
+        let last = match (words.next(), words.next()) {
+            (None, _) => Some(false),
+            (Some(w), None) if w.eq_ignore_ascii_case("LAST") => Some(true),
+            _ => None,
+        };
+        let refusal = match (&self.txn, last) {
+            (_, None) => Some(Reply::new(
+                501,
+                Enhanced(5, 5, 4),
+                "syntax: BDAT <size> [LAST]",
+            )),
+            (None, _) => Some(Reply::new(503, Enhanced(5, 5, 1), "need MAIL before BDAT")),
+            (Some(t), _) if t.recipients.is_empty() => {
+                Some(Reply::new(503, Enhanced(5, 5, 1), "no valid recipients"))
+            }
+            _ => None,
+        };
+        if refusal.is_none() {
+            if let Some(t) = self.txn.as_mut() {
+                if !t.chunking {
+                    t.chunking = true;
+                    let binary = t.params.body == Some(BodyType::BinaryMime);
+                    self.content = Some(Content::new(&self.params, false, !binary));
+                    self.push_event(Event::DataStart);
+                }
+            }
+        }
+        self.mode = Mode::Bdat {
+            chunk_bytes,
+            remaining_bytes: chunk_bytes,
+            last: last.unwrap_or(false),
+            refusal,
+        };
+    }
+
+    /// A refused BDAT chunk fails the transaction (RFC 3030 §2): the
+    /// chunks before it must never be delivered without it.
+    fn abandon_chunking(&mut self, reply: &Reply) {
+        if self.content.is_some() && self.txn.as_ref().is_some_and(|t| t.chunking) {
+            self.reset_transaction(reply);
+        }
+    }
+
+    // ---- content ----
+
+    fn step_data(&mut self) -> Flow {
+        let Some(content) = self.content.as_mut() else {
+            debug_assert!(false, "Data mode without content");
+            self.mode = Mode::Command;
+            return Flow::Continue;
+        };
+        let avail = &self.input[self.input_pos..];
+        if avail.is_empty() {
+            return self.flush_body_or(Flow::NeedInput);
+        }
+        let (used, ended) = content.consume(avail, &mut self.body, BODY_CHUNK_BYTES_MAX);
+        self.input_pos += used;
+        if ended {
+            self.mode = Mode::ContentDone;
+        } else if self.body.len() >= BODY_CHUNK_BYTES_MAX {
+            return self.flush_body_or(Flow::Continue);
+        }
+        Flow::Continue
+    }
+
+    /// Passes the collected content on as a Body event, if there is any.
+    fn flush_body_or(&mut self, flow: Flow) -> Flow {
+        if self.body.is_empty() {
+            return flow;
+        }
+        let chunk = std::mem::take(&mut self.body);
+        self.push_event(Event::Body(chunk));
+        Flow::Continue
+    }
+
+    fn step_bdat(&mut self) -> Flow {
+        let Mode::Bdat {
+            chunk_bytes,
+            remaining_bytes,
+            last,
+            ref refusal,
+        } = self.mode
+        else {
+            return Flow::Continue;
+        };
+        if remaining_bytes == 0 {
+            let refusal = refusal.clone();
+            return self.bdat_chunk_done(chunk_bytes, last, refusal);
+        }
+        let avail = self.input.len() - self.input_pos;
+        if avail == 0 {
+            return self.flush_body_or(Flow::NeedInput);
+        }
+        let take = usize::try_from(remaining_bytes)
+            .unwrap_or(usize::MAX)
+            .min(avail);
+        let used = match (refusal, self.content.as_mut()) {
+            (None, Some(content)) => {
+                let chunk = &self.input[self.input_pos..self.input_pos + take];
+                content
+                    .consume(chunk, &mut self.body, BODY_CHUNK_BYTES_MAX)
+                    .0
+            }
+            _ => take,
+        };
+        self.input_pos += used;
+        if let Mode::Bdat {
+            remaining_bytes, ..
+        } = &mut self.mode
+        {
+            *remaining_bytes -= used as u64;
+        }
+        if self.body.len() >= BODY_CHUNK_BYTES_MAX {
+            return self.flush_body_or(Flow::Continue);
+        }
+        Flow::Continue
+    }
+
+    fn bdat_chunk_done(&mut self, chunk_bytes: u64, last: bool, refusal: Option<Reply>) -> Flow {
+        self.mode = Mode::Command;
+        if let Some(reply) = refusal {
+            let enhanced = reply.enhanced.unwrap_or(Enhanced(5, 5, 1));
+            self.client_error(reply.code, enhanced, reply.lines.concat());
+            self.abandon_chunking(&reply);
+            return Flow::Continue;
+        }
+        let Some(content) = self.content.as_mut() else {
+            debug_assert!(false, "BDAT chunk without content");
+            return Flow::Continue;
+        };
+        if last {
+            content.finish(&mut self.body);
+            self.mode = Mode::ContentDone;
+            return Flow::Continue;
+        }
+        if content.refusal.is_some() {
+            // RFC 3030 §2: a refused chunk fails the transaction at once.
+            self.mode = Mode::ContentDone;
+            return Flow::Continue;
+        }
+        self.reply(
+            250,
+            Enhanced(2, 0, 0),
+            format!("{} octets received", chunk_bytes),
+        );
+        self.flush_body_or(Flow::Continue)
+    }
+
+    /// After the end of content: the last Body, then DataEnd (waiting for
+    /// the driver) or DataAborted with the machine's own reply.
+    fn step_content_done(&mut self) -> Flow {
+        let refusal = match &self.content {
+            Some(c) => c.refusal,
+            None => None,
+        };
+        self.mode = Mode::Command;
+        self.content = None;
+        match refusal {
+            None => {
+                let flow = self.flush_body_or(Flow::Continue);
+                self.pending = Some(Pending::DataEnd);
+                self.push_event(Event::DataEnd);
+                flow
+            }
+            Some(r) => {
+                self.body.clear();
+                self.txn = None;
+                let reply = r.reply(&self.params);
+                self.send(&reply);
+                self.push_event(Event::DataAborted { reply });
+                Flow::Continue
+            }
+        }
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+/// What follows a path must be nothing or SP-separated parameters.
+fn params_after_path(rest: &str) -> Option<&str> {
+    if rest.is_empty() {
+        return Some("");
+    }
+    rest.strip_prefix(' ').map(|p| p.trim_start_matches(' '))
+}
+
+/// Why content was refused; the first reason found wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    TooBig,
+    BareLineEnd,
+    LineTooLong,
+}
+
+impl Refusal {
+    fn reply(self, params: &ServerParams) -> Reply {
+        match self {
+            Refusal::TooBig => Reply::new(
+                552,
+                Enhanced(5, 3, 4),
+                format!(
+                    "message size exceeds fixed maximum of {} octets",
+                    params.max_message_bytes
+                ),
+            ),
+            Refusal::BareLineEnd => Reply::new(
+                550,
+                Enhanced(5, 6, 11),
+                "bare CR or LF not allowed (RFC 5321 §2.3.8)",
+            ),
+            Refusal::LineTooLong => Reply::new(
+                500,
+                Enhanced(5, 6, 0),
+                format!(
+                    "line too long: text lines are limited to {} octets (RFC 5321 §4.5.3.1.6)",
+                    params.max_text_line_bytes
+                ),
+            ),
+        }
+    }
+}
+
+/// Where the content parser stands on the wire. A line starts only after
+/// CRLF (or at the very start of DATA content, right after the command's
+/// CRLF); a bare CR or LF never starts one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    LineStart,
+    /// "." at the start of a line.
+    Dot,
+    /// "." CR at the start of a line: one LF away from the end.
+    DotCr,
+    /// Inside a line.
+    Mid,
+    /// CR seen; LF makes it a line end, anything else makes it bare.
+    Cr,
+}
+
+/// Content of one message as it arrives: dot-unstuffing and end detection
+/// (DATA only), bare CR/LF policy, text line and size limits.
+#[derive(Clone, Debug)]
+struct Content {
+    /// DATA content (dot-stuffed, ends at CRLF.CRLF); false for BDAT.
+    dot_stuffed: bool,
+    /// False for BINARYMIME: octets pass as they are, no line rules.
+    text: bool,
+    normalize: bool,
+    wire: Wire,
+    /// Octets in the current stored line, CRLF not counted.
+    line_bytes: usize,
+    line_bytes_max: usize,
+    content_bytes: u64,
+    content_bytes_max: u64,
+    refusal: Option<Refusal>,
+}
+
+impl Content {
+    fn new(params: &ServerParams, dot_stuffed: bool, text: bool) -> Content {
+        Content {
+            dot_stuffed,
+            text,
+            normalize: params.bare_lf == BareLfPolicy::Normalize,
+            wire: Wire::LineStart,
+            line_bytes: 0,
+            line_bytes_max: params.max_text_line_bytes.saturating_sub(2),
+            content_bytes: 0,
+            content_bytes_max: params.max_message_bytes,
+            refusal: None,
+        }
+    }
+
+    fn refuse(&mut self, r: Refusal) {
+        if self.refusal.is_none() {
+            self.refusal = Some(r);
+        }
+    }
+
+    fn count(&mut self, n: usize) {
+        self.content_bytes = self.content_bytes.saturating_add(n as u64);
+        if self.content_bytes > self.content_bytes_max {
+            self.refuse(Refusal::TooBig);
+        }
+    }
+
+    /// Stores text octets (no CR or LF among them).
+    fn emit_text(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
+        self.line_bytes = self.line_bytes.saturating_add(bytes.len());
+        if self.line_bytes > self.line_bytes_max {
+            self.refuse(Refusal::LineTooLong);
+        }
+        self.count(bytes.len());
+        if self.refusal.is_none() {
+            out.extend_from_slice(bytes);
+        }
+    }
+
+    fn emit_eol(&mut self, out: &mut Vec<u8>) {
+        self.line_bytes = 0;
+        self.count(2);
+        if self.refusal.is_none() {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    fn bare_line_end(&mut self, out: &mut Vec<u8>) {
+        if self.normalize {
+            self.emit_eol(out);
+        } else {
+            self.refuse(Refusal::BareLineEnd);
+        }
+    }
+
+    /// Consumes from `input` until it is used up, the end of DATA content
+    /// is found, or `out` holds `out_cap` bytes. Returns the octets used and
+    /// whether the end was found (the terminator is used, not stored).
+    fn consume(&mut self, input: &[u8], out: &mut Vec<u8>, out_cap: usize) -> (usize, bool) {
+        if !self.text {
+            let take = input.len().min(out_cap.saturating_sub(out.len()));
+            self.count(take);
+            if self.refusal.is_none() {
+                out.extend_from_slice(&input[..take]);
+            }
+            return (take, false);
+        }
+        let mut i = 0;
+        while i < input.len() && out.len() < out_cap {
+            let b = input[i];
+            match self.wire {
+                Wire::LineStart if self.dot_stuffed && b == b'.' => {
+                    self.wire = Wire::Dot;
+                    i += 1;
+                }
+                Wire::LineStart | Wire::Mid => {
+                    i += self.consume_in_line(&input[i..], out, out_cap);
+                }
+                // A dot at the start of a line followed by anything but CR is
+                // a stuffing dot: drop it and read the octet as line content.
+                Wire::Dot if b == b'\r' => {
+                    self.wire = Wire::DotCr;
+                    i += 1;
+                }
+                Wire::Dot => self.wire = Wire::Mid,
+                Wire::DotCr if b == b'\n' => {
+                    self.wire = Wire::LineStart;
+                    return (i + 1, true);
+                }
+                // "." CR without LF: the dot was stuffing, the CR is pending.
+                Wire::DotCr => self.wire = Wire::Cr,
+                Wire::Cr if b == b'\n' => {
+                    self.emit_eol(out);
+                    self.wire = Wire::LineStart;
+                    i += 1;
+                }
+                Wire::Cr => {
+                    self.bare_line_end(out);
+                    self.wire = Wire::Mid;
+                }
+            }
+        }
+        (i, false)
+    }
+
+    /// Inside a line (or at its start, not on a stuffing dot): consumes one
+    /// CR or LF, or a run of other octets. Returns the octets used (>= 1).
+    fn consume_in_line(&mut self, input: &[u8], out: &mut Vec<u8>, out_cap: usize) -> usize {
+        debug_assert!(!input.is_empty());
+        match input[0] {
+            b'\r' => {
+                self.wire = Wire::Cr;
+                1
+            }
+            b'\n' => {
+                // A bare LF ends no line on the wire: what follows is Mid.
+                self.bare_line_end(out);
+                self.wire = Wire::Mid;
+                1
+            }
+            _ => {
+                let run = input
+                    .iter()
+                    .position(|&c| c == b'\r' || c == b'\n')
+                    .unwrap_or(input.len());
+                let room = out_cap.saturating_sub(out.len()).max(1);
+                let run = run.min(room);
+                self.emit_text(out, &input[..run]);
+                self.wire = Wire::Mid;
+                run
+            }
+        }
+    }
+
+    /// The end of BDAT content: a CR left waiting for its LF is bare.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.text && self.wire == Wire::Cr {
+            self.bare_line_end(out);
+            self.wire = Wire::Mid;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -1,0 +1,1563 @@
+//! Transcript tests of the SMTP server machine: client bytes in, reply codes
+//! (with enhanced codes) and events out, no sockets. Limits are tiny so that
+//! every one of them is really hit.
+
+use super::*;
+use std::time::{Duration, Instant};
+
+fn params() -> ServerParams {
+    ServerParams {
+        hostname: "mx.test".to_string(),
+        greeting: "ESMTP ringpost".to_string(),
+        max_recipients: 3,
+        max_message_bytes: 1000,
+        max_text_line_bytes: 100,
+        max_errors: 5,
+        command_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(600),
+        bare_lf: BareLfPolicy::Reject,
+    }
+}
+
+/// A recorded event, simplified for comparison.
+#[derive(Debug, PartialEq, Eq, Clone)]
+enum Ev {
+    Helo(String, bool),
+    Mail(String),
+    Rcpt(String),
+    DataStart,
+    DataEnd,
+    Aborted(String),
+    Close,
+}
+
+type Decider = Box<dyn FnMut(&Event) -> Reply>;
+
+/// Default answers: senders 250 2.1.0; recipients 250 2.1.5 unless the local
+/// part starts with "unknown" (550 5.1.1); messages 250 2.0.0.
+fn default_decider() -> Decider {
+    Box::new(|e| match e {
+        Event::Mail { .. } => Reply::new(250, Enhanced(2, 1, 0), "sender ok"),
+        Event::Rcpt { forward_path, .. } if forward_path.local_part.starts_with("unknown") => {
+            Reply::new(550, Enhanced(5, 1, 1), "no such user")
+        }
+        Event::Rcpt { .. } => Reply::new(250, Enhanced(2, 1, 5), "recipient ok"),
+        _ => Reply::new(250, Enhanced(2, 0, 0), "queued"),
+    })
+}
+
+struct Session {
+    s: Server,
+    now: Instant,
+    decider: Decider,
+    events: Vec<Ev>,
+    /// Every Body chunk of the session, concatenated.
+    body: Vec<u8>,
+    body_chunks: usize,
+    /// Reply summaries ("250 2.1.0" or "250") not yet checked.
+    replies: Vec<String>,
+    /// Raw reply lines of the whole session.
+    raw: String,
+    closed: bool,
+}
+
+impl Session {
+    fn new() -> Session {
+        Session::with(|_| {})
+    }
+
+    fn with(f: impl FnOnce(&mut ServerParams)) -> Session {
+        let mut p = params();
+        f(&mut p);
+        let peer = PeerInfo {
+            addr: "192.0.2.9:40000".parse().unwrap(),
+            local: "192.0.2.1:25".parse().unwrap(),
+        };
+        let now = Instant::now();
+        let mut t = Session {
+            s: Server::new(Arc::new(p), peer, now),
+            now,
+            decider: default_decider(),
+            events: Vec::new(),
+            body: Vec::new(),
+            body_chunks: 0,
+            replies: Vec::new(),
+            raw: String::new(),
+            closed: false,
+        };
+        t.run();
+        t.expect(&["220"]);
+        t
+    }
+
+    /// A session after EHLO.
+    fn ehlo() -> Session {
+        let mut t = Session::new();
+        t.send("EHLO client.test\r\n");
+        t.expect(&["250"]);
+        t.events.clear();
+        t
+    }
+
+    fn ehlo_with(f: impl FnOnce(&mut ServerParams)) -> Session {
+        let mut t = Session::with(f);
+        t.send("EHLO client.test\r\n");
+        t.expect(&["250"]);
+        t.events.clear();
+        t
+    }
+
+    fn send(&mut self, text: &str) {
+        self.send_bytes(text.as_bytes());
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        self.s.feed(bytes);
+        self.run();
+    }
+
+    /// Polls until the machine needs input or closes, answering questions.
+    fn run(&mut self) {
+        for _ in 0..1_000_000 {
+            match self.s.poll(self.now) {
+                Event::NeedInput => break,
+                Event::Close => {
+                    self.events.push(Ev::Close);
+                    self.closed = true;
+                    break;
+                }
+                Event::Pending => panic!("Pending without a question"),
+                Event::Helo { name, esmtp } => self.events.push(Ev::Helo(name, esmtp)),
+                e @ (Event::Mail { .. } | Event::Rcpt { .. } | Event::DataEnd) => {
+                    match &e {
+                        Event::Mail { reverse_path, .. } => {
+                            self.events.push(Ev::Mail(reverse_path.to_string()))
+                        }
+                        Event::Rcpt { forward_path, .. } => {
+                            self.events.push(Ev::Rcpt(forward_path.to_string()))
+                        }
+                        _ => self.events.push(Ev::DataEnd),
+                    }
+                    assert_eq!(self.s.poll(self.now), Event::Pending);
+                    let r = (self.decider)(&e);
+                    self.s.decide(r);
+                }
+                Event::DataStart => self.events.push(Ev::DataStart),
+                Event::Body(b) => {
+                    assert!(b.len() <= BODY_CHUNK_BYTES_MAX + 2);
+                    assert!(!b.is_empty());
+                    self.body_chunks += 1;
+                    self.body.extend_from_slice(&b);
+                }
+                Event::DataAborted { reply } => self.events.push(Ev::Aborted(summary(&reply))),
+            }
+        }
+        self.collect();
+    }
+
+    fn collect(&mut self) {
+        let out = self.s.take_output();
+        let text = String::from_utf8(out).expect("replies are UTF-8");
+        for line in text.split_terminator("\r\n") {
+            assert!(line.len() >= 4, "short reply line {line:?}");
+            if line.as_bytes()[3] == b' ' {
+                self.replies.push(line_summary(line));
+            }
+        }
+        self.raw.push_str(&text);
+    }
+
+    /// Asserts the replies since the last check, in order.
+    fn expect(&mut self, want: &[&str]) {
+        let got = std::mem::take(&mut self.replies);
+        assert_eq!(got, want, "replies; transcript so far:\n{}", self.raw);
+    }
+
+    fn expect_events(&mut self, want: &[Ev]) {
+        let got = std::mem::take(&mut self.events);
+        assert_eq!(got, want);
+    }
+
+    /// MAIL, RCPT, DATA for one recipient, checked.
+    fn start_data(&mut self) {
+        self.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+        self.expect(&["250 2.1.0", "250 2.1.5", "354"]);
+        self.events.clear();
+        self.body.clear();
+    }
+
+    fn start_bdat(&mut self) {
+        self.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n");
+        self.expect(&["250 2.1.0", "250 2.1.5"]);
+        self.events.clear();
+        self.body.clear();
+    }
+}
+
+fn summary(r: &Reply) -> String {
+    match r.enhanced {
+        Some(e) => format!("{} {}", r.code, e),
+        None => r.code.to_string(),
+    }
+}
+
+/// "250 2.1.0 text" -> "250 2.1.0"; "250 mx.test" -> "250".
+fn line_summary(line: &str) -> String {
+    let code = &line[..3];
+    let rest = &line[4..];
+    let token = rest.split(' ').next().unwrap_or("");
+    let parts: Vec<&str> = token.split('.').collect();
+    let enhanced = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts[0].as_bytes()[0] == code.as_bytes()[0];
+    if enhanced {
+        format!("{} {}", code, token)
+    } else {
+        code.to_string()
+    }
+}
+
+// ---- greeting, EHLO, HELO ----
+
+#[test]
+fn greeting_names_host() {
+    let t = Session::new();
+    assert_eq!(t.raw, "220 mx.test ESMTP ringpost\r\n");
+}
+
+#[test]
+fn ehlo_lists_keywords() {
+    let mut t = Session::new();
+    t.send("EHLO client.test\r\n");
+    t.expect(&["250"]);
+    let lines: Vec<&str> = t.raw.split_terminator("\r\n").skip(1).collect();
+    assert_eq!(
+        lines,
+        [
+            "250-mx.test",
+            "250-PIPELINING",
+            "250-SIZE 1000",
+            "250-8BITMIME",
+            "250-ENHANCEDSTATUSCODES",
+            "250-SMTPUTF8",
+            "250-CHUNKING",
+            "250 BINARYMIME"
+        ]
+    );
+    t.expect_events(&[Ev::Helo("client.test".into(), true)]);
+    assert_eq!(t.s.helo_name(), Some("client.test"));
+    assert_eq!(t.s.protocol(), "ESMTP");
+}
+
+#[test]
+fn helo_plain_reply() {
+    let mut t = Session::new();
+    t.send("HELO client.test\r\n");
+    t.expect(&["250"]);
+    assert!(t.raw.ends_with("250 mx.test\r\n"));
+    t.expect_events(&[Ev::Helo("client.test".into(), false)]);
+    assert_eq!(t.s.protocol(), "SMTP");
+}
+
+#[test]
+fn ehlo_without_argument() {
+    let mut t = Session::new();
+    t.send("EHLO\r\nHELO \r\n");
+    t.expect(&["501 5.5.4", "501 5.5.4"]);
+    assert_eq!(t.s.helo_name(), None);
+}
+
+#[test]
+fn ehlo_argument_too_long() {
+    let mut t = Session::new();
+    t.send(&format!("EHLO {}\r\n", "a".repeat(300)));
+    t.expect(&["501 5.5.4"]);
+}
+
+#[test]
+fn verbs_are_case_insensitive() {
+    let mut t = Session::new();
+    t.send("ehlo client.test\r\nmail from:<a@example.com>\r\nrCpT To:<b@example.com>\r\nnoop\r\nrset\r\nQuIt\r\n");
+    t.expect(&[
+        "250",
+        "250 2.1.0",
+        "250 2.1.5",
+        "250 2.0.0",
+        "250 2.0.0",
+        "221 2.0.0",
+    ]);
+    assert!(t.closed);
+}
+
+#[test]
+fn ehlo_resets_transaction() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nEHLO again.test\r\nRCPT TO:<b@example.com>\r\n");
+    t.expect(&["250 2.1.0", "250", "503 5.5.1"]);
+    assert!(!t.s.in_transaction());
+    assert_eq!(t.s.helo_name(), Some("again.test"));
+}
+
+#[test]
+fn helo_resets_transaction() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nHELO again.test\r\nMAIL FROM:<a@example.com>\r\n");
+    t.expect(&["250 2.1.0", "250", "250 2.1.0"]);
+    assert_eq!(t.s.transaction().unwrap().protocol, "SMTP");
+}
+
+// ---- simple commands ----
+
+#[test]
+fn noop_help_vrfy_expn() {
+    let mut t = Session::new();
+    t.send("NOOP\r\nNOOP anything\r\nHELP\r\nVRFY user\r\nVRFY\r\nEXPN list\r\n");
+    t.expect(&[
+        "250 2.0.0",
+        "250 2.0.0",
+        "214 2.0.0",
+        "252 2.1.5",
+        "501 5.5.4",
+        "502 5.5.1",
+    ]);
+}
+
+#[test]
+fn quit_closes_and_stays_closed() {
+    let mut t = Session::ehlo();
+    t.send("QUIT\r\nNOOP\r\n");
+    t.expect(&["221 2.0.0"]);
+    t.expect_events(&[Ev::Close]);
+    assert_eq!(t.s.poll(t.now), Event::Close);
+    t.s.feed(b"NOOP\r\n");
+    assert_eq!(t.s.poll(t.now), Event::Close);
+    assert!(t.s.take_output().is_empty());
+}
+
+#[test]
+fn rset_resets_transaction() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nRSET\r\nRCPT TO:<b@example.com>\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5", "250 2.0.0", "503 5.5.1"]);
+}
+
+#[test]
+fn rset_with_argument_is_syntax_error() {
+    let mut t = Session::ehlo();
+    t.send("RSET now\r\n");
+    t.expect(&["501 5.5.4"]);
+}
+
+#[test]
+fn unknown_command() {
+    let mut t = Session::ehlo();
+    t.send("FROB\r\nSTARTTLS\r\n");
+    t.expect(&["500 5.5.1", "500 5.5.1"]);
+}
+
+#[test]
+fn empty_line_is_an_error() {
+    let mut t = Session::ehlo();
+    t.send("\r\n");
+    t.expect(&["500 5.5.1"]);
+}
+
+#[test]
+fn lf_terminated_commands_accepted() {
+    let mut t = Session::new();
+    t.send("EHLO client.test\nMAIL FROM:<a@example.com>\nRCPT TO:<b@example.com>\nQUIT\n");
+    t.expect(&["250", "250 2.1.0", "250 2.1.5", "221 2.0.0"]);
+}
+
+#[test]
+fn control_characters_in_command_refused() {
+    let mut t = Session::new();
+    t.send("EHLO a\rb\r\n");
+    t.expect(&["500 5.5.2"]);
+    t.send_bytes(b"EHLO \xff\xfe\r\n");
+    t.expect(&["500 5.5.2"]);
+    assert_eq!(t.s.helo_name(), None);
+}
+
+#[test]
+fn http_request_closes_at_once() {
+    let mut t = Session::new();
+    t.send("GET / HTTP/1.1\r\nHost: mx.test\r\n\r\n");
+    t.expect(&["421 4.7.0"]);
+    assert!(t.closed);
+}
+
+#[test]
+fn command_split_across_feeds() {
+    let mut t = Session::new();
+    t.send("EH");
+    t.expect(&[]);
+    t.send("LO client.te");
+    t.expect(&[]);
+    t.send("st\r");
+    t.expect(&[]);
+    t.send("\n");
+    t.expect(&["250"]);
+}
+
+// ---- sequence ----
+
+#[test]
+fn mail_before_helo() {
+    let mut t = Session::new();
+    t.send("MAIL FROM:<a@example.com>\r\n");
+    t.expect(&["503 5.5.1"]);
+}
+
+#[test]
+fn rcpt_before_mail() {
+    let mut t = Session::ehlo();
+    t.send("RCPT TO:<b@example.com>\r\n");
+    t.expect(&["503 5.5.1"]);
+}
+
+#[test]
+fn data_before_mail() {
+    let mut t = Session::ehlo();
+    t.send("DATA\r\n");
+    t.expect(&["503 5.5.1"]);
+}
+
+#[test]
+fn data_without_good_recipient() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<unknown@example.com>\r\nDATA\r\n");
+    t.expect(&["250 2.1.0", "550 5.1.1", "503 5.5.1"]);
+    assert_eq!(
+        t.s.error_count(),
+        0,
+        "no valid recipients under pipelining is not a client mistake"
+    );
+}
+
+#[test]
+fn nested_mail() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nMAIL FROM:<c@example.com>\r\n");
+    t.expect(&["250 2.1.0", "503 5.5.1"]);
+    assert_eq!(
+        t.s.transaction().unwrap().reverse_path.to_string(),
+        "<a@example.com>"
+    );
+}
+
+#[test]
+fn refused_mail_starts_no_transaction() {
+    let mut t = Session::ehlo();
+    t.decider = Box::new(|e| match e {
+        Event::Mail { .. } => Reply::new(550, Enhanced(5, 7, 1), "sender refused"),
+        _ => Reply::new(250, Enhanced(2, 0, 0), "ok"),
+    });
+    t.send("MAIL FROM:<spam@example.com>\r\nRCPT TO:<b@example.com>\r\n");
+    t.expect(&["550 5.7.1", "503 5.5.1"]);
+    assert!(!t.s.in_transaction());
+}
+
+#[test]
+fn data_with_argument() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA now\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5", "501 5.5.4"]);
+}
+
+// ---- MAIL and RCPT syntax ----
+
+#[test]
+fn mail_space_after_colon_tolerated() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM: <a@example.com>\r\nRCPT TO: <b@example.com>\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5"]);
+    t.expect_events(&[
+        Ev::Mail("<a@example.com>".into()),
+        Ev::Rcpt("b@example.com".into()),
+    ]);
+}
+
+#[test]
+fn mail_null_reverse_path() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<>\r\n");
+    t.expect(&["250 2.1.0"]);
+    assert_eq!(t.s.transaction().unwrap().reverse_path, ReversePath::Null);
+}
+
+#[test]
+fn mail_missing_from() {
+    let mut t = Session::ehlo();
+    t.send("MAIL <a@example.com>\r\nMAIL TO:<a@example.com>\r\nMAIL\r\n");
+    t.expect(&["501 5.5.4", "501 5.5.4", "501 5.5.4"]);
+}
+
+#[test]
+fn mail_without_brackets() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:a@example.com\r\n");
+    t.expect(&["501 5.1.7"]);
+}
+
+#[test]
+fn mail_bad_address_syntax() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a b@example.com>\r\nMAIL FROM:<a@exa mple.com>\r\nMAIL FROM:<a@>\r\nMAIL FROM:<a@example.com>junk\r\n");
+    t.expect(&["501 5.1.7", "501 5.1.7", "501 5.1.7", "501 5.1.7"]);
+}
+
+#[test]
+fn rcpt_bad_address_syntax() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<>\r\nRCPT TO:<b>\r\nRCPT TO:b@example.com\r\nRCPT <b@example.com>\r\n");
+    t.expect(&[
+        "250 2.1.0",
+        "501 5.1.3",
+        "501 5.1.3",
+        "501 5.1.3",
+        "501 5.5.4",
+    ]);
+}
+
+#[test]
+fn rcpt_postmaster_without_domain() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<postmaster>\r\nRCPT TO:<PostMaster>\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5", "250 2.1.5"]);
+    let r = &t.s.transaction().unwrap().recipients;
+    assert!(r.iter().all(|a| a.domain.is_none()));
+}
+
+#[test]
+fn quoted_local_parts() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<\"a b\"@example.com>\r\nRCPT TO:<\"plain\"@example.com>\r\nRCPT TO:<\"x>y\"@example.com>\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5", "250 2.1.5"]);
+    t.expect_events(&[
+        Ev::Mail("<\"a b\"@example.com>".into()),
+        Ev::Rcpt("plain@example.com".into()),
+        Ev::Rcpt("\"x>y\"@example.com".into()),
+    ]);
+}
+
+#[test]
+fn address_literals_in_paths() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@[192.0.2.1]>\r\nRCPT TO:<b@[IPv6:2001:db8::1]>\r\nRCPT TO:<c@[192.0.2.999]>\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5", "501 5.1.3"]);
+}
+
+#[test]
+fn source_route_ignored() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<@hop1.example,@hop2.example:a@example.com>\r\nRCPT TO:<@hop.example:b@example.com>\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5"]);
+    t.expect_events(&[
+        Ev::Mail("<a@example.com>".into()),
+        Ev::Rcpt("b@example.com".into()),
+    ]);
+}
+
+#[test]
+fn local_part_length_limit() {
+    let mut t = Session::ehlo();
+    let ok = "l".repeat(64);
+    let long = "l".repeat(65);
+    t.send(&format!("MAIL FROM:<{long}@example.com>\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<{ok}@example.com>\r\nRCPT TO:<{long}@example.com>\r\n"));
+    t.expect(&["501 5.1.3", "250 2.1.0", "250 2.1.5", "501 5.1.3"]);
+}
+
+#[test]
+fn domain_length_limit() {
+    let mut t = Session::ehlo();
+    let label = "d".repeat(63);
+    // 252 octets: the longest that fits the 256-octet path with "b@".
+    let domain = format!("{label}.{label}.{label}.{}", "d".repeat(60));
+    let too_long = format!("{label}.{label}.{label}.{label}x");
+    t.send(&format!(
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@{domain}>\r\nRCPT TO:<b@{too_long}>\r\n"
+    ));
+    t.expect(&["250 2.1.0", "250 2.1.5", "501 5.1.3"]);
+}
+
+#[test]
+fn rcpt_parameters_refused() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com> NOTIFY=NEVER\r\nRCPT TO:<b@example.com> =x\r\n");
+    t.expect(&["250 2.1.0", "555 5.5.4", "501 5.5.4"]);
+}
+
+// ---- MAIL parameters ----
+
+#[test]
+fn mail_size_within_limit() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com> SIZE=1000\r\n");
+    t.expect(&["250 2.1.0"]);
+    assert_eq!(t.s.transaction().unwrap().params.size, Some(1000));
+}
+
+#[test]
+fn mail_size_over_limit() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com> SIZE=1001\r\nMAIL FROM:<a@example.com> SIZE=abc\r\n");
+    t.expect(&["552 5.3.4", "501 5.5.4"]);
+    assert!(!t.s.in_transaction());
+}
+
+#[test]
+fn mail_body_parameter() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com> BODY=8BITMIME\r\nRSET\r\nMAIL FROM:<a@example.com> BODY=7bit\r\nRSET\r\nMAIL FROM:<a@example.com> BODY=9BIT\r\n");
+    t.expect(&[
+        "250 2.1.0",
+        "250 2.0.0",
+        "250 2.1.0",
+        "250 2.0.0",
+        "555 5.5.4",
+    ]);
+}
+
+#[test]
+fn mail_unknown_parameter() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com> AUTH=<>\r\nMAIL FROM:<a@example.com> SIZE=10 SIZE=10\r\n");
+    t.expect(&["555 5.5.4", "501 5.5.4"]);
+}
+
+#[test]
+fn mail_parameters_need_ehlo() {
+    let mut t = Session::new();
+    t.send(
+        "HELO client.test\r\nMAIL FROM:<a@example.com> SIZE=10\r\nMAIL FROM:<a@example.com>\r\n",
+    );
+    t.expect(&["250", "555 5.5.4", "250 2.1.0"]);
+}
+
+// ---- SMTPUTF8 ----
+
+#[test]
+fn utf8_sender_without_smtputf8() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<jösé@example.com>\r\n");
+    t.expect(&["553 5.6.7"]);
+}
+
+#[test]
+fn utf8_recipient_without_smtputf8() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@exämple.com>\r\n");
+    t.expect(&["250 2.1.0", "553 5.6.7"]);
+}
+
+#[test]
+fn utf8_with_smtputf8() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<jösé@exämple.com> SMTPUTF8\r\nRCPT TO:<δοκιμή@παράδειγμα.δοκιμή>\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5"]);
+    assert_eq!(t.s.protocol(), "UTF8SMTP");
+    assert_eq!(t.s.transaction().unwrap().protocol, "UTF8SMTP");
+    t.expect_events(&[
+        Ev::Mail("<jösé@exämple.com>".into()),
+        Ev::Rcpt("δοκιμή@παράδειγμα.δοκιμή".into()),
+    ]);
+}
+
+#[test]
+fn smtputf8_with_value_refused() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com> SMTPUTF8=yes\r\n");
+    t.expect(&["501 5.5.4"]);
+}
+
+// ---- recipients ----
+
+#[test]
+fn recipient_limit() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b1@example.com>\r\nRCPT TO:<b2@example.com>\r\nRCPT TO:<b3@example.com>\r\nRCPT TO:<b4@example.com>\r\n");
+    t.expect(&[
+        "250 2.1.0",
+        "250 2.1.5",
+        "250 2.1.5",
+        "250 2.1.5",
+        "452 4.5.3",
+    ]);
+    assert_eq!(t.s.transaction().unwrap().recipients.len(), 3);
+    assert_eq!(t.s.error_count(), 0);
+}
+
+#[test]
+fn refused_recipients_do_not_count_toward_limit() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<unknown1@example.com>\r\nRCPT TO:<unknown2@example.com>\r\nRCPT TO:<b1@example.com>\r\nRCPT TO:<b2@example.com>\r\nRCPT TO:<b3@example.com>\r\n");
+    t.expect(&[
+        "250 2.1.0",
+        "550 5.1.1",
+        "550 5.1.1",
+        "250 2.1.5",
+        "250 2.1.5",
+        "250 2.1.5",
+    ]);
+    let r: Vec<String> =
+        t.s.transaction()
+            .unwrap()
+            .recipients
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+    assert_eq!(r, ["b1@example.com", "b2@example.com", "b3@example.com"]);
+}
+
+#[test]
+fn pending_blocks_until_decided() {
+    let mut t = Session::ehlo();
+    t.s.feed(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n");
+    assert!(matches!(t.s.poll(t.now), Event::Mail { .. }));
+    assert_eq!(t.s.poll(t.now), Event::Pending);
+    assert_eq!(t.s.poll(t.now), Event::Pending);
+    t.s.decide(Reply::new(250, Enhanced(2, 1, 0), "ok"));
+    assert!(matches!(t.s.poll(t.now), Event::Rcpt { .. }));
+    t.s.decide(Reply::new(250, Enhanced(2, 1, 5), "ok"));
+    assert_eq!(t.s.poll(t.now), Event::NeedInput);
+    t.collect();
+    t.expect(&["250 2.1.0", "250 2.1.5"]);
+}
+
+#[test]
+fn decide_421_closes() {
+    let mut t = Session::ehlo();
+    t.decider = Box::new(|_| Reply::new(421, Enhanced(4, 3, 0), "try later"));
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n");
+    t.expect(&["421 4.3.0"]);
+    assert!(t.closed);
+}
+
+// ---- DATA ----
+
+#[test]
+fn simple_message() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.send("Subject: hi\r\n\r\nhello\r\n.\r\n");
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, b"Subject: hi\r\n\r\nhello\r\n");
+    t.expect_events(&[Ev::DataEnd]);
+    assert!(
+        !t.s.in_transaction(),
+        "the end of data ends the transaction"
+    );
+    assert_eq!(t.s.helo_name(), Some("client.test"));
+}
+
+#[test]
+fn transaction_visible_at_data_end() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.s.feed(b"x\r\n.\r\n");
+    assert!(matches!(t.s.poll(t.now), Event::Body(_)));
+    assert_eq!(t.s.poll(t.now), Event::DataEnd);
+    let txn = t.s.transaction().expect("transaction kept until decided");
+    assert_eq!(txn.recipients.len(), 1);
+    assert_eq!(txn.helo_name, "client.test");
+    t.s.decide(Reply::new(250, Enhanced(2, 0, 0), "queued"));
+    assert!(t.s.transaction().is_none());
+}
+
+#[test]
+fn empty_message() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.send(".\r\n");
+    t.expect(&["250 2.0.0"]);
+    assert!(t.body.is_empty());
+}
+
+#[test]
+fn dot_unstuffing() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.send("..leading dot\r\n...two\r\n.\r\n");
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, b".leading dot\r\n..two\r\n");
+}
+
+#[test]
+fn dot_inside_line_is_content() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.send("a.\r\nb .\r\n. \r\n.\r\n");
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, b"a.\r\nb .\r\n \r\n");
+}
+
+#[test]
+fn second_message_on_same_connection() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.send("one\r\n.\r\n");
+    t.expect(&["250 2.0.0"]);
+    t.start_data();
+    t.send("two\r\n.\r\n");
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, b"two\r\n");
+}
+
+#[test]
+fn rejected_message_reply_comes_from_decide() {
+    let mut t = Session::ehlo();
+    t.decider = Box::new(|e| match e {
+        Event::DataEnd => Reply::new(554, Enhanced(5, 7, 1), "spam"),
+        Event::Mail { .. } => Reply::new(250, Enhanced(2, 1, 0), "ok"),
+        _ => Reply::new(250, Enhanced(2, 1, 5), "ok"),
+    });
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+    t.send("spam\r\n.\r\nMAIL FROM:<a@example.com>\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5", "354", "554 5.7.1", "250 2.1.0"]);
+}
+
+#[test]
+fn pipelined_transaction_in_one_feed() {
+    let mut t = Session::new();
+    t.send("EHLO client.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n");
+    t.expect(&["250", "250 2.1.0", "250 2.1.5", "250 2.1.5", "354"]);
+    t.send("Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    t.expect(&["250 2.0.0", "221 2.0.0"]);
+    assert_eq!(t.body, b"Subject: x\r\n\r\nbody\r\n");
+    assert_eq!(
+        t.events,
+        [
+            Ev::Helo("client.test".into(), true),
+            Ev::Mail("<a@example.com>".into()),
+            Ev::Rcpt("b@example.com".into()),
+            Ev::Rcpt("c@example.com".into()),
+            Ev::DataStart,
+            Ev::DataEnd,
+            Ev::Close
+        ]
+    );
+}
+
+#[test]
+fn commands_after_data_in_same_packet_are_content() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nRSET\r\nQUIT\r\n.\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5", "354", "250 2.0.0"]);
+    assert_eq!(t.body, b"RSET\r\nQUIT\r\n");
+    assert!(!t.closed);
+}
+
+#[test]
+fn whole_session_in_one_feed() {
+    let mut t = Session::new();
+    t.send("EHLO c.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nhi\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nbounce\r\n.\r\nQUIT\r\n");
+    t.expect(&[
+        "250",
+        "250 2.1.0",
+        "250 2.1.5",
+        "354",
+        "250 2.0.0",
+        "250 2.1.0",
+        "250 2.1.5",
+        "354",
+        "250 2.0.0",
+        "221 2.0.0",
+    ]);
+    assert_eq!(t.body, b"hi\r\nbounce\r\n");
+}
+
+#[test]
+fn content_one_byte_at_a_time_same_body() {
+    let message = b"Subject: t\r\n\r\n..dot\r\nline two\r\n\r\n.x\r\nend\r\n.\r\n";
+    let mut whole = Session::ehlo();
+    whole.start_data();
+    whole.send_bytes(message);
+    whole.expect(&["250 2.0.0"]);
+    let mut t = Session::ehlo();
+    t.start_data();
+    for b in message.iter() {
+        t.send_bytes(std::slice::from_ref(b));
+    }
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, whole.body);
+    assert_eq!(
+        t.body,
+        b"Subject: t\r\n\r\n.dot\r\nline two\r\n\r\nx\r\nend\r\n"
+    );
+}
+
+#[test]
+fn content_split_at_every_boundary_same_body() {
+    let message: &[u8] = b"a\r\n..b\r\n.\rc\r\n.\n\r\n.\r\n";
+    for policy in [BareLfPolicy::Reject, BareLfPolicy::Normalize] {
+        let mut whole = Session::ehlo_with(|p| p.bare_lf = policy);
+        whole.start_data();
+        whole.send_bytes(message);
+        let want_replies = std::mem::take(&mut whole.replies);
+        for split in 0..=message.len() {
+            let mut t = Session::ehlo_with(|p| p.bare_lf = policy);
+            t.start_data();
+            t.send_bytes(&message[..split]);
+            t.send_bytes(&message[split..]);
+            assert_eq!(t.replies, want_replies, "split at {split}");
+            if whole.events.contains(&Ev::DataEnd) {
+                assert_eq!(t.body, whole.body, "split at {split}");
+            }
+            assert_eq!(t.events, whole.events, "split at {split}");
+        }
+    }
+}
+
+#[test]
+fn large_body_in_bounded_chunks() {
+    let mut t = Session::ehlo_with(|p| {
+        p.max_message_bytes = 1 << 20;
+        p.max_text_line_bytes = 1000;
+    });
+    t.start_data();
+    let line = format!("{}\r\n", "x".repeat(98));
+    let mut content = line.repeat(5000);
+    content.push_str(".\r\n");
+    t.send(&content);
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body.len(), 500_000);
+    assert!(t.body_chunks >= 500_000 / (BODY_CHUNK_BYTES_MAX + 2));
+}
+
+#[test]
+fn body_event_per_read_before_end() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.s.feed(b"partial line");
+    assert_eq!(t.s.poll(t.now), Event::Body(b"partial line".to_vec()));
+    assert_eq!(t.s.poll(t.now), Event::NeedInput);
+}
+
+// ---- content limits ----
+
+#[test]
+fn content_size_limit() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    let line = format!("{}\r\n", "y".repeat(48));
+    t.send(&line.repeat(21));
+    t.expect(&[]);
+    t.send(".\r\n");
+    t.expect(&["552 5.3.4"]);
+    t.expect_events(&[Ev::Aborted("552 5.3.4".into())]);
+    assert!(!t.s.in_transaction());
+    t.send("MAIL FROM:<a@example.com>\r\n");
+    t.expect(&["250 2.1.0"]);
+}
+
+#[test]
+fn content_exactly_at_size_limit() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    let line = format!("{}\r\n", "y".repeat(48));
+    t.send(&line.repeat(20));
+    t.send(".\r\n");
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body.len(), 1000);
+}
+
+#[test]
+fn text_line_length_limit() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.send(&format!("{}\r\n", "z".repeat(98)));
+    t.send(&format!("{}\r\nmore\r\n", "z".repeat(99)));
+    t.expect(&[]);
+    t.send(".\r\n");
+    t.expect(&["500 5.6.0"]);
+    assert!(t.raw.contains("line too long"));
+    t.expect_events(&[Ev::Aborted("500 5.6.0".into())]);
+}
+
+#[test]
+fn dot_stuffing_does_not_count_toward_line_length() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.send(&format!(".{}\r\n.\r\n", ".".repeat(98)));
+    t.expect(&["250 2.0.0"]);
+}
+
+#[test]
+fn default_line_limit_of_1000() {
+    let mut t = Session::ehlo_with(|p| {
+        p.max_text_line_bytes = 1000;
+        p.max_message_bytes = 10_000;
+    });
+    t.start_data();
+    t.send(&format!("{}\r\n.\r\n", "w".repeat(998)));
+    t.expect(&["250 2.0.0"]);
+    t.start_data();
+    t.send(&format!("{}\r\n.\r\n", "w".repeat(999)));
+    t.expect(&["500 5.6.0"]);
+}
+
+// ---- bare CR / LF and smuggling ----
+
+fn smuggle(policy: BareLfPolicy, fake_end: &str) -> Session {
+    let mut t = Session::ehlo_with(|p| p.bare_lf = policy);
+    t.start_data();
+    t.send(&format!("before{fake_end}MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nsmuggled\r\n"));
+    // Not ended: no reply, no MAIL event, everything was content.
+    t.expect(&[]);
+    assert!(t.events.is_empty(), "{:?}", t.events);
+    t.send(".\r\n");
+    t
+}
+
+fn assert_smuggling_refused(fake_end: &str) {
+    let mut t = smuggle(BareLfPolicy::Reject, fake_end);
+    t.expect(&["550 5.6.11"]);
+    t.expect_events(&[Ev::Aborted("550 5.6.11".into())]);
+    assert!(t.raw.contains("bare CR or LF"));
+}
+
+fn assert_smuggling_normalized(fake_end: &str) {
+    let mut t = smuggle(BareLfPolicy::Normalize, fake_end);
+    t.expect(&["250 2.0.0"]);
+    t.expect_events(&[Ev::DataEnd]);
+    let body = String::from_utf8(t.body.clone()).unwrap();
+    assert!(body.starts_with("before"), "{body:?}");
+    assert!(
+        body.ends_with(
+            "MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nsmuggled\r\n"
+        ),
+        "{body:?}"
+    );
+    assert!(
+        !body.replace("\r\n", "").contains('\r') && !body.replace("\r\n", "").contains('\n'),
+        "{body:?}"
+    );
+}
+
+#[test]
+fn smuggle_lf_dot_lf_rejected() {
+    assert_smuggling_refused("\n.\n");
+}
+
+#[test]
+fn smuggle_crlf_dot_lf_rejected() {
+    assert_smuggling_refused("\r\n.\n");
+}
+
+#[test]
+fn smuggle_lf_dot_crlf_rejected() {
+    assert_smuggling_refused("\n.\r\n");
+}
+
+#[test]
+fn smuggle_cr_dot_cr_rejected() {
+    assert_smuggling_refused("\r.\r");
+}
+
+#[test]
+fn smuggle_cr_dot_lf_rejected() {
+    assert_smuggling_refused("\r.\n");
+}
+
+#[test]
+fn smuggle_crlf_dot_cr_rejected() {
+    assert_smuggling_refused("\r\n.\r");
+}
+
+#[test]
+fn smuggle_cr_dot_crlf_rejected() {
+    assert_smuggling_refused("\r.\r\n");
+}
+
+#[test]
+fn smuggle_crlf_dot_cr_cr_lf_rejected() {
+    assert_smuggling_refused("\r\n.\r\r\n");
+}
+
+#[test]
+fn smuggle_lf_dot_lf_normalized() {
+    assert_smuggling_normalized("\n.\n");
+}
+
+#[test]
+fn smuggle_crlf_dot_lf_normalized() {
+    assert_smuggling_normalized("\r\n.\n");
+}
+
+#[test]
+fn smuggle_lf_dot_crlf_normalized() {
+    assert_smuggling_normalized("\n.\r\n");
+}
+
+#[test]
+fn smuggle_cr_dot_cr_normalized() {
+    assert_smuggling_normalized("\r.\r");
+}
+
+#[test]
+fn smuggle_cr_dot_lf_normalized() {
+    assert_smuggling_normalized("\r.\n");
+}
+
+#[test]
+fn normalize_stores_crlf() {
+    let mut t = Session::ehlo_with(|p| p.bare_lf = BareLfPolicy::Normalize);
+    t.start_data();
+    // After the bare LF, ".\r\n" is not at the start of a wire line: content.
+    t.send("a\nb\rc\r\r\nd\n.\r\n");
+    t.expect(&[]);
+    t.send(".\r\n");
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, b"a\r\nb\r\nc\r\n\r\nd\r\n.\r\n");
+}
+
+#[test]
+fn reject_policy_refuses_single_bare_lf() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.send("Subject: x\n\r\nbody\r\n.\r\n");
+    t.expect(&["550 5.6.11"]);
+    assert!(!t.s.in_transaction());
+}
+
+#[test]
+fn bare_lf_then_dot_at_real_line_start_still_ends() {
+    // The terminator is CRLF.CRLF; a bare LF earlier on the line does not
+    // hide a real one.
+    let mut t = Session::ehlo_with(|p| p.bare_lf = BareLfPolicy::Normalize);
+    t.start_data();
+    t.send("x\ny\r\n.\r\nNOOP\r\n");
+    t.expect(&["250 2.0.0", "250 2.0.0"]);
+    assert_eq!(t.body, b"x\r\ny\r\n");
+}
+
+#[test]
+fn smuggled_content_one_byte_at_a_time() {
+    for policy in [BareLfPolicy::Reject, BareLfPolicy::Normalize] {
+        let mut t = Session::ehlo_with(|p| p.bare_lf = policy);
+        t.start_data();
+        for b in b"a\n.\nMAIL FROM:<e@example.com>\r\n\r.\r\n.\r\n".iter() {
+            t.send_bytes(std::slice::from_ref(b));
+        }
+        let want = if policy == BareLfPolicy::Reject {
+            "550 5.6.11"
+        } else {
+            "250 2.0.0"
+        };
+        t.expect(&[want]);
+        assert!(!t.events.iter().any(|e| matches!(e, Ev::Mail(_))));
+    }
+}
+
+// ---- command line limits and errors ----
+
+#[test]
+fn command_line_at_limit() {
+    let mut t = Session::ehlo();
+    let line = format!("NOOP {}\r\n", "n".repeat(512 - 7));
+    assert_eq!(line.len(), 512);
+    t.send(&line);
+    t.expect(&["250 2.0.0"]);
+}
+
+#[test]
+fn command_line_too_long_in_one_piece() {
+    let mut t = Session::ehlo();
+    t.send(&format!("NOOP {}\r\nNOOP\r\n", "n".repeat(512 - 6)));
+    t.expect(&["500 5.5.2", "250 2.0.0"]);
+}
+
+#[test]
+fn command_line_too_long_rest_never_interpreted() {
+    let mut t = Session::ehlo();
+    // The tail of the long line looks like a command; it must be discarded.
+    let head = format!("NOOP {}", "n".repeat(600));
+    t.send(&head);
+    t.expect(&["500 5.5.2"]);
+    t.send("QUIT\r\n");
+    t.expect(&[]);
+    assert!(!t.closed);
+    t.send("NOOP\r\n");
+    t.expect(&["250 2.0.0"]);
+}
+
+#[test]
+fn endless_line_keeps_buffer_bounded() {
+    let mut t = Session::ehlo_with(|p| p.max_errors = 100);
+    t.send("X");
+    for _ in 0..100 {
+        t.send(&"x".repeat(4096));
+        assert!(t.s.input.len() < COMMAND_LINE_BYTES_MAX + 4096);
+    }
+    t.expect(&["500 5.5.2"]);
+    t.send("\r\nNOOP\r\n");
+    t.expect(&["250 2.0.0"]);
+}
+
+#[test]
+fn too_many_errors_closes() {
+    let mut t = Session::ehlo();
+    t.send("BAD1\r\nBAD2\r\nBAD3\r\nBAD4\r\nBAD5\r\nBAD6\r\nNOOP\r\n");
+    t.expect(&[
+        "500 5.5.1",
+        "500 5.5.1",
+        "500 5.5.1",
+        "500 5.5.1",
+        "500 5.5.1",
+        "421 4.7.0",
+    ]);
+    assert!(t.closed);
+}
+
+#[test]
+fn error_count_includes_sequence_and_syntax_errors() {
+    let mut t = Session::with(|p| p.max_errors = 2);
+    t.send("MAIL FROM:<a@example.com>\r\nEHLO\r\nRCPT TO:<b@example.com>\r\n");
+    t.expect(&["503 5.5.1", "501 5.5.4", "421 4.7.0"]);
+    assert!(t.closed);
+}
+
+// ---- timeouts and shutdown ----
+
+#[test]
+fn command_deadline_and_timeout() {
+    let mut t = Session::ehlo();
+    assert_eq!(t.s.deadline(), t.now + Duration::from_secs(300));
+    let later = t.now + Duration::from_secs(10);
+    t.now = later;
+    t.send("NOOP\r\n");
+    assert_eq!(t.s.deadline(), later + Duration::from_secs(300));
+    t.s.on_timeout(t.s.deadline());
+    t.run();
+    t.expect(&["250 2.0.0", "421 4.4.2"]);
+    assert!(t.closed);
+}
+
+#[test]
+fn data_deadline_and_timeout_aborts_content() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    assert_eq!(t.s.deadline(), t.now + Duration::from_secs(600));
+    t.send("partial\r\n");
+    t.s.on_timeout(t.s.deadline());
+    t.run();
+    t.expect(&["421 4.4.2"]);
+    t.expect_events(&[Ev::Aborted("421 4.4.2".into()), Ev::Close]);
+}
+
+#[test]
+fn deadline_back_to_command_timeout_after_data() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.send("x\r\n.\r\n");
+    assert_eq!(t.s.deadline(), t.now + Duration::from_secs(300));
+}
+
+#[test]
+fn shutdown_sends_421() {
+    let mut t = Session::ehlo();
+    t.s.shutdown();
+    t.run();
+    t.expect(&["421 4.3.2"]);
+    assert!(t.closed);
+}
+
+#[test]
+fn eof_during_content_aborts() {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.send("partial");
+    t.s.on_eof();
+    t.run();
+    t.expect(&[]);
+    t.expect_events(&[Ev::Aborted("451 4.4.2".into()), Ev::Close]);
+}
+
+// ---- BDAT ----
+
+#[test]
+fn bdat_single_last_chunk() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT 12 LAST\r\nhello\r\nworld");
+    t.expect(&["250 2.0.0"]);
+    t.expect_events(&[Ev::DataStart, Ev::DataEnd]);
+    assert_eq!(t.body, b"hello\r\nworld");
+    assert!(!t.s.in_transaction());
+}
+
+#[test]
+fn bdat_several_chunks() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT 7\r\nhello\r\nBDAT 7\r\nworld\r\nBDAT 0 LAST\r\n");
+    t.expect(&["250 2.0.0", "250 2.0.0", "250 2.0.0"]);
+    assert_eq!(t.body, b"hello\r\nworld\r\n");
+    t.expect_events(&[Ev::DataStart, Ev::DataEnd]);
+}
+
+#[test]
+fn bdat_chunk_split_across_feeds() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT 10 LAST\r\n01234");
+    t.expect(&[]);
+    t.send("567");
+    t.expect(&[]);
+    t.send("89NOOP\r\n");
+    t.expect(&["250 2.0.0", "250 2.0.0"]);
+    assert_eq!(t.body, b"0123456789");
+}
+
+#[test]
+fn bdat_content_is_not_dot_stuffed_and_may_hold_commands() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    let content = "..x\r\n.\r\nQUIT\r\n";
+    t.send(&format!("BDAT {} LAST\r\n{}", content.len(), content));
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, content.as_bytes());
+    assert!(!t.closed);
+}
+
+#[test]
+fn bdat_without_transaction_consumes_octets() {
+    let mut t = Session::ehlo();
+    t.send("BDAT 6\r\nQUIT\r\nNOOP\r\n");
+    t.expect(&["503 5.5.1", "250 2.0.0"]);
+    assert!(!t.closed);
+    assert!(t.events.is_empty());
+}
+
+#[test]
+fn bdat_without_recipients_consumes_octets() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<unknown@example.com>\r\nBDAT 6 LAST\r\nQUIT\r\n");
+    t.expect(&["250 2.1.0", "550 5.1.1", "503 5.5.1"]);
+    assert!(!t.closed);
+}
+
+#[test]
+fn bdat_zero_last_is_empty_message() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT 0 LAST\r\n");
+    t.expect(&["250 2.0.0"]);
+    t.expect_events(&[Ev::DataStart, Ev::DataEnd]);
+    assert!(t.body.is_empty());
+}
+
+#[test]
+fn data_after_bdat_refused() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT 3\r\nabcDATA\r\nRCPT TO:<c@example.com>\r\n");
+    t.expect(&["250 2.0.0", "503 5.5.1", "503 5.5.1"]);
+    assert!(t.s.in_transaction());
+}
+
+#[test]
+fn bdat_syntax_errors() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT\r\nBDAT x\r\nBDAT -1\r\n");
+    t.expect(&["501 5.5.4", "501 5.5.4", "501 5.5.4"]);
+    // A known size with a bad flag: the octets are still consumed.
+    t.send("BDAT 4 FIRST\r\nQUITNOOP\r\n");
+    t.expect(&["501 5.5.4", "250 2.0.0"]);
+    assert!(!t.closed);
+}
+
+#[test]
+fn refused_chunk_fails_the_transaction() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT 3\r\nabcBDAT 3 FIRST\r\ndefBDAT 3 LAST\r\nghi");
+    t.expect(&["250 2.0.0", "501 5.5.4", "503 5.5.1"]);
+    t.expect_events(&[Ev::DataStart, Ev::Aborted("501 5.5.4".into())]);
+    t.start_bdat();
+    t.send("BDAT 3\r\nabcBDAT x\r\n");
+    t.expect(&["250 2.0.0", "501 5.5.4"]);
+    t.expect_events(&[Ev::DataStart, Ev::Aborted("501 5.5.4".into())]);
+    assert!(!t.s.in_transaction());
+}
+
+#[test]
+fn bdat_size_limit_aborts_at_chunk_end() {
+    let mut t = Session::ehlo_with(|p| p.max_text_line_bytes = 2000);
+    t.start_bdat();
+    let chunk = "q".repeat(1001);
+    t.send(&format!("BDAT 1001\r\n{chunk}BDAT 3 LAST\r\nabc"));
+    t.expect(&["552 5.3.4", "503 5.5.1"]);
+    t.expect_events(&[Ev::DataStart, Ev::Aborted("552 5.3.4".into())]);
+    assert!(!t.s.in_transaction());
+}
+
+#[test]
+fn bdat_bare_lf_rejected_at_last() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT 4 LAST\r\na\nb\n");
+    t.expect(&["550 5.6.11"]);
+}
+
+#[test]
+fn bdat_crlf_split_across_chunks_is_not_bare() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT 2\r\na\rBDAT 2 LAST\r\n\nb");
+    t.expect(&["250 2.0.0", "250 2.0.0"]);
+    assert_eq!(t.body, b"a\r\nb");
+}
+
+#[test]
+fn bdat_trailing_cr_is_bare() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT 2 LAST\r\na\r");
+    t.expect(&["550 5.6.11"]);
+}
+
+#[test]
+fn bdat_normalize_policy() {
+    let mut t = Session::ehlo_with(|p| p.bare_lf = BareLfPolicy::Normalize);
+    t.start_bdat();
+    t.send("BDAT 5 LAST\r\na\nb\rc");
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, b"a\r\nb\r\nc");
+}
+
+#[test]
+fn bdat_binarymime_passes_any_octet() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@example.com> BODY=BINARYMIME\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5", "503 5.5.1"]);
+    let content: &[u8] = b"\x00\n\r\xff.\r\n\n";
+    t.send_bytes(format!("BDAT {} LAST\r\n", content.len()).as_bytes());
+    t.send_bytes(content);
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, content);
+}
+
+#[test]
+fn bdat_one_byte_at_a_time() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    for b in b"BDAT 5\r\nab\r\ncBDAT 2 LAST\r\nde".iter() {
+        t.send_bytes(std::slice::from_ref(b));
+    }
+    t.expect(&["250 2.0.0", "250 2.0.0"]);
+    assert_eq!(t.body, b"ab\r\ncde");
+}
+
+#[test]
+fn rset_between_chunks_aborts_content() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT 3\r\nabcRSET\r\n");
+    t.expect(&["250 2.0.0", "250 2.0.0"]);
+    t.expect_events(&[Ev::DataStart, Ev::Aborted("250 2.0.0".into())]);
+    assert!(!t.s.in_transaction());
+}
+
+#[test]
+fn quit_between_chunks_aborts_content() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT 3\r\nabcQUIT\r\n");
+    t.expect(&["250 2.0.0", "221 2.0.0"]);
+    t.expect_events(&[Ev::DataStart, Ev::Aborted("221 2.0.0".into()), Ev::Close]);
+}
+
+#[test]
+fn bdat_deadline_is_data_timeout() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send("BDAT 100\r\nabc");
+    assert_eq!(t.s.deadline(), t.now + Duration::from_secs(600));
+}
+
+#[test]
+fn huge_bdat_without_transaction_discards_in_bounded_memory() {
+    let mut t = Session::ehlo();
+    t.send("BDAT 1000000\r\n");
+    let block = vec![b'x'; 65536];
+    let mut sent = 0;
+    while sent + block.len() <= 1_000_000 {
+        t.send_bytes(&block);
+        sent += block.len();
+        assert!(t.s.input.len() <= block.len());
+    }
+    t.send_bytes(&vec![b'x'; 1_000_000 - sent]);
+    t.send("NOOP\r\n");
+    t.expect(&["503 5.5.1", "250 2.0.0"]);
+}
+
+// ---- robustness ----
+
+/// A small deterministic PRNG (xorshift64*), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn random_input_never_panics_and_stays_bounded() {
+    const PIECES: &[&str] = &[
+        "EHLO x\r\n",
+        "HELO y\r\n",
+        "MAIL FROM:<a@b.c>\r\n",
+        "MAIL FROM:<> SIZE=5 BODY=BINARYMIME\r\n",
+        "RCPT TO:<d@e.f>\r\n",
+        "RCPT TO:<postmaster>\r\n",
+        "DATA\r\n",
+        "BDAT 5\r\n",
+        "BDAT 3 LAST\r\n",
+        "BDAT 0 LAST\r\n",
+        "RSET\r\n",
+        "NOOP\r\n",
+        ".\r\n",
+        "\r\n.\r\n",
+        "\n.\n",
+        "\r.\r",
+        "..x\r\n",
+        "\r",
+        "\n",
+        ".",
+        "\u{e9}",
+        "<\"q\\\"\"@[IPv6:::1]>",
+        "MAIL FROM:<\u{e9}@\u{e9}.x> SMTPUTF8\r\n",
+    ];
+    for seed in 1..200u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut t = Session::ehlo_with(|p| p.max_errors = 1000);
+        for _ in 0..200 {
+            let mut chunk: Vec<u8> = Vec::new();
+            for _ in 0..rng.below(8) {
+                if rng.below(4) == 0 {
+                    let n = rng.below(300);
+                    chunk.extend((0..n).map(|_| rng.next() as u8));
+                } else {
+                    chunk.extend_from_slice(PIECES[rng.below(PIECES.len())].as_bytes());
+                }
+            }
+            t.send_bytes(&chunk);
+            assert!(t.s.input.len() < COMMAND_LINE_BYTES_MAX, "seed {seed}");
+            if t.closed {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+"""Fixtures for integration tests: the real ringpost binary and real peers
+(Postfix's smtp-sink) started on loopback addresses, each in its own
+temporary directory, stopped at the end of the test."""
+
+import os
+import shutil
+import tempfile
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RINGPOST = ROOT / "target" / "release" / "ringpost"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, host="127.0.0.1", timeout_s=15.0, proc=None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port}")
+
+
+def wait_for(predicate, timeout_s=20.0, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+class Ringpost:
+    """One ringpost process with its own spool and mail directories."""
+
+    def __init__(self, workdir: Path, settings: dict):
+        self.workdir = workdir
+        self.port = free_port()
+        self.spool = workdir / "spool"
+        self.mail = workdir / "mail"
+        self.log_path = workdir / "ringpost.log"
+        self.settings = {
+            "server.listen": f'["127.0.0.1:{self.port}"]',
+            "server.hostname": "mx.test",
+            "server.shards": "2",
+            "server.pin": "false",
+            "server.drain_timeout": '"5s"',
+            "queue.spool": f'["{self.spool}"]',
+            "queue.retry_interval": '"1s"',
+            "queue.retry_interval_max": '"2s"',
+            "local.maildir": f'"{self.mail}/{{user}}/Maildir"',
+        }
+        self.settings.update(settings)
+        self.proc = None
+
+    def args(self, command="serve"):
+        args = [str(RINGPOST)]
+        for key, value in self.settings.items():
+            args += ["--set", f"{key}={value}"]
+        return args + [command]
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args(), cwd=self.workdir, stderr=self.log, stdout=self.log)
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout_s=20):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        self.log.close()
+        return code
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace")
+
+    def maildir_files(self, user):
+        new = self.mail / user / "Maildir" / "new"
+        return sorted(new.iterdir()) if new.is_dir() else []
+
+    def queue_files(self):
+        return sorted(p for p in self.spool.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def ringpost(tmp_path):
+    """Factory: ringpost(**settings) starts a server; all are stopped after the test."""
+    started = []
+
+    def start(settings=None, workdir=None):
+        wd = workdir or tmp_path / f"rp{len(started)}"
+        wd.mkdir(exist_ok=True)
+        server = Ringpost(wd, settings or {}).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+class SmtpSink:
+    """Postfix's smtp-sink, dumping each message to a file."""
+
+    def __init__(self, workdir: Path, extra_args=(), port=None):
+        self.port = port or free_port()
+        # smtp-sink drops privileges to nobody (it refuses to run as root), so
+        # its dump directory must be reachable by nobody: not under pytest's
+        # private tmp_path.
+        self.dump = Path(tempfile.mkdtemp(prefix="ringpost-sink-"))
+        os.chmod(self.dump, 0o777)
+        args = [SMTP_SINK]
+        if os.geteuid() == 0:
+            args += ["-u", "nobody"]
+        args += ["-d", f"{self.dump}/%H%M%S.", *extra_args, f"127.0.0.1:{self.port}", "100"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, proc=self.proc)
+
+    def messages(self):
+        return [p.read_bytes() for p in sorted(self.dump.iterdir())]
+
+    def wait_message(self, needle: bytes, timeout_s=30.0):
+        """Waits until a dumped message contains `needle` (smtp-sink creates
+        the file at MAIL and fills it as the transaction goes on)."""
+        return wait_for(lambda: [m for m in self.messages() if needle in m],
+                        timeout_s=timeout_s, what=f"smtp-sink to receive {needle!r}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.dump, ignore_errors=True)
+
+
+@pytest.fixture
+def smtp_sink(tmp_path):
+    sinks = []
+
+    def start(*extra_args, port=None):
+        sink = SmtpSink(tmp_path / f"sink{len(sinks)}", extra_args, port)
+        sinks.append(sink)
+        return sink
+
+    yield start
+    for sink in sinks:
+        sink.stop()
