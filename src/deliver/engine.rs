@@ -313,7 +313,8 @@ impl Delivery {
             next_retry_unix_s: now_s,
             attempt_count: 0,
             size_bytes: writer.size_bytes(),
-            body_8bit: false,
+            // A report about a UTF-8 address (RFC 6533) carries 8-bit text.
+            body_8bit: message.iter().any(|b| *b >= 0x80),
             smtputf8: env.smtputf8,
             client: "local".into(),
             helo: String::new(),

@@ -44,6 +44,7 @@ pub async fn deliver(config: &Config, body_path: &Path, env: &Envelope, indexes:
         smtputf8: env.smtputf8,
     };
     let params = ClientParams::new(config.helo_name().to_string());
+    let block_timeout = params.timeouts.data_block;
     let mut client = Client::new(params, txn, Instant::now());
     let mut buf = vec![0u8; READ_BYTES];
     let outcome = loop {
@@ -68,15 +69,9 @@ pub async fn deliver(config: &Config, body_path: &Path, env: &Envelope, indexes:
             }
             ClientEvent::SendBody => {
                 let out = client.take_output();
-                let sent = async {
-                    if !out.is_empty() {
-                        stream.write_all(&out).await?;
-                    }
-                    send_body(&mut stream, body_path).await
-                };
-                match glommio::timer::timeout(Duration::from_secs(600), async { Ok(sent.await) }).await {
-                    Ok(Ok(())) => client.body_sent(),
-                    _ => client.on_connection_lost(),
+                match send_body(&mut stream, &out, body_path, &mut client, block_timeout).await {
+                    Ok(()) => client.body_sent(),
+                    Err(_) => client.on_connection_lost(),
                 }
             }
             ClientEvent::Done(outcome) => break outcome,
@@ -94,7 +89,17 @@ pub async fn deliver(config: &Config, body_path: &Path, env: &Envelope, indexes:
     outcome.recipients
 }
 
-async fn send_body(stream: &mut TcpStream, body_path: &Path) -> std::io::Result<()> {
+/// Writes pending commands, then the dot-stuffed content and its
+/// terminator. Each block must be written within the client's data-block
+/// timeout (RFC 5321 §4.5.3.2.5), which every written block restarts.
+async fn send_body(
+    stream: &mut TcpStream,
+    pending: &[u8],
+    body_path: &Path,
+    client: &mut Client,
+    block_timeout: Duration,
+) -> std::io::Result<()> {
+    write_within(stream, pending, block_timeout).await?;
     let file = BufferedFile::open(body_path).await.map_err(std::io::Error::from)?;
     let mut stuffer = DotStuffer::new();
     let mut offset_bytes = 0u64;
@@ -107,11 +112,20 @@ async fn send_body(stream: &mut TcpStream, body_path: &Path) -> std::io::Result<
         offset_bytes += chunk.len() as u64;
         wire.clear();
         stuffer.encode(&chunk, &mut wire);
-        stream.write_all(&wire).await?;
+        write_within(stream, &wire, block_timeout).await?;
+        client.body_progress(Instant::now());
     }
     let _ = file.close().await;
     wire.clear();
     stuffer.finish(&mut wire);
-    stream.write_all(&wire).await?;
-    Ok(())
+    write_within(stream, &wire, block_timeout).await
+}
+
+async fn write_within(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    glommio::timer::timeout(timeout, async { Ok(stream.write_all(bytes).await) })
+        .await
+        .map_err(std::io::Error::from)?
 }

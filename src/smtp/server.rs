@@ -1027,13 +1027,13 @@ impl Refusal {
             Refusal::BareLineEnd => Reply::new(
                 550,
                 Enhanced(5, 6, 11),
-                "bare CR or LF not allowed (RFC 5321 §2.3.8)",
+                "bare CR or LF not allowed (RFC 5321 section 2.3.8)",
             ),
             Refusal::LineTooLong => Reply::new(
                 500,
                 Enhanced(5, 6, 0),
                 format!(
-                    "line too long: text lines are limited to {} octets (RFC 5321 §4.5.3.1.6)",
+                    "line too long: text lines are limited to {} octets (RFC 5321 section 4.5.3.1.6)",
                     params.max_text_line_bytes
                 ),
             ),

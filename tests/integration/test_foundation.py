@@ -316,3 +316,42 @@ def test_embedded_default_serves_from_working_directory(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_large_message_streams_through_queue_and_relay(ringpost, smtp_sink):
+    sink = smtp_sink()
+    rp = ringpost({"delivery.smarthost": f"127.0.0.1:{sink.port}"})
+    lines = [f"line {n:07d} " + "x" * 60 for n in range(40000)]  # about 2.9 MiB
+    lines[100] = "." + lines[100]
+    body = ("Subject: big\r\n\r\n" + "\r\n".join(lines) + "\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as s:
+        s.sendmail("alice@example.org", ["big@localhost", "big@example.net"], body)
+    local = wait_for(lambda: rp.maildir_files("big"), what="local delivery")
+    _, rest = split_trace(local[0].read_bytes())
+    assert rest == body.replace(b"\r\n", b"\n")
+    got = sink.wait_message(lines[-1].encode())[0].replace(b"\r\n", b"\n")
+    assert body.replace(b"\r\n", b"\n").split(b"\n\n", 1)[1] in got
+
+
+def test_size_limit_gives_552(ringpost):
+    rp = ringpost({"smtp.max_message_bytes": "10000"})
+    with smtplib.SMTP("127.0.0.1", rp.port, timeout=10) as s:
+        s.ehlo("big.test")
+        assert s.has_extn("size") and s.esmtp_features["size"] == "10000"
+        code, text = s.mail("a@example.org", ["SIZE=20000"])
+        assert code == 552 and text.startswith(b"5.3.4"), text
+        s.rset()
+        # Without SIZE at MAIL the limit is enforced on the content itself.
+        assert s.mail("a@example.org")[0] == 250
+        assert s.rcpt("toobig@localhost")[0] == 250
+        code, text = s.data(b"Subject: x\r\n\r\n" + (b"y" * 70 + b"\r\n") * 300)
+        assert code == 552 and text.startswith(b"5.3.4"), text
+    time.sleep(0.3)
+    assert rp.maildir_files("toobig") == []
+    with smtplib.SMTP("127.0.0.1", rp.port, timeout=10) as s:
+        s.ehlo("long.test")
+        assert s.mail("a@example.org")[0] == 250
+        assert s.rcpt("toobig@localhost")[0] == 250
+        code, text = s.data(b"Subject: x\r\n\r\n" + b"y" * 2000)
+        assert code == 500 and text.startswith(b"5.6.0") and text.isascii(), text
+    assert not [p for p in rp.queue_files() if p.suffix in (".body", ".env")]
