@@ -221,4 +221,31 @@ mod tests {
         );
         assert!(h.len() < 400);
     }
+
+    #[test]
+    fn dates_agree_with_a_day_counter() {
+        // Walk day by day from 1970 and compare with a naive calendar.
+        let (mut y, mut m, mut d) = (1970u64, 1u64, 1u64);
+        let leap =
+            |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
+        for days in 0..(200 * 366) {
+            assert_eq!(civil_from_days(days), (y, m, d), "day {days}");
+            let month_days = match m {
+                2 if leap(y) => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            d += 1;
+            if d > month_days {
+                d = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+        }
+    }
+
 }
