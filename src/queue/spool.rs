@@ -132,14 +132,21 @@ pub struct MessageWriter {
     buffer: Vec<u8>,
 }
 
-async fn write_all_at(file: &BufferedFile, mut bytes: Vec<u8>, mut offset: u64) -> Result<(), QueueError> {
-    while !bytes.is_empty() {
-        let n = file.write_at(bytes.clone(), offset).await.map_err(io_err)?;
-        if n == 0 {
-            return Err(QueueError::Io(std::io::Error::new(std::io::ErrorKind::WriteZero, "short write")));
-        }
-        bytes.drain(..n);
-        offset += n as u64;
+/// Writes `bytes` at `offset`. A short write on a regular file means the
+/// file system ran out of room part-way; it is reported as an error (the
+/// message is refused with a 4xx) instead of being retried, which also
+/// spares copying every buffer in case it were.
+async fn write_all_at(file: &BufferedFile, bytes: Vec<u8>, offset: u64) -> Result<(), QueueError> {
+    let len = bytes.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let written = file.write_at(bytes, offset).await.map_err(io_err)?;
+    if written != len {
+        return Err(QueueError::NoSpace(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            format!("short write: {written} of {len} bytes"),
+        )));
     }
     Ok(())
 }
