@@ -18,6 +18,7 @@ use glommio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::deliver::{dsn, maildir, outbound};
+use crate::ingress::policy::{route_of_text, Route};
 use crate::log;
 use crate::queue::{Envelope, Queue, RcptState};
 use crate::shard::{Phase, Shard};
@@ -40,19 +41,6 @@ pub struct Delivery {
     permits: Rc<Semaphore>,
     attempts_active: std::cell::Cell<usize>,
     idle: event_listener::Event,
-}
-
-enum Route {
-    Local,
-    Remote,
-}
-
-fn route(config: &Config, address: &str) -> Route {
-    match address.rsplit_once('@') {
-        None => Route::Local,
-        Some((_, domain)) if config.domains.is_local(domain) => Route::Local,
-        Some(_) => Route::Remote,
-    }
 }
 
 impl Delivery {
@@ -156,9 +144,9 @@ impl Delivery {
         let mut remote = Vec::new();
         for (i, r) in env.recipients.iter().enumerate() {
             if r.state == RcptState::Pending {
-                match route(&self.config, &r.address) {
+                match route_of_text(&self.config, &r.address) {
                     Route::Local => local.push(i),
-                    Route::Remote => remote.push(i),
+                    Route::Relay => remote.push(i),
                 }
             }
         }

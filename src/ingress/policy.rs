@@ -25,7 +25,17 @@ pub enum Route {
 /// Classifies a recipient address: local (its domain is in `domains.local`,
 /// or it is the bare `postmaster`) or remote.
 pub fn route_of(config: &Config, address: &Address) -> Route {
-    match &address.domain {
+    route_of_domain(config, address.domain.as_deref())
+}
+
+/// The same classification for a queued recipient, stored as text
+/// (`local@domain`, or a bare `postmaster`).
+pub fn route_of_text(config: &Config, address: &str) -> Route {
+    route_of_domain(config, address.rsplit_once('@').map(|(_, domain)| domain))
+}
+
+fn route_of_domain(config: &Config, domain: Option<&str>) -> Route {
+    match domain {
         None => Route::Local,
         Some(domain) if config.domains.is_local(domain) => Route::Local,
         Some(_) => Route::Relay,
