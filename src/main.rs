@@ -1,5 +1,5 @@
 //! The `ringpost` command: `serve` runs the MTA, `check-config` validates and
-//! prints the effective configuration.
+//! prints the effective configuration, `queue` shows what the spool holds.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +28,29 @@ enum Command {
     Serve,
     /// Validate the configuration and print it with every default filled in.
     CheckConfig,
+    /// Look at the queue (works on a running or stopped spool; reads only).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Every live message with its pending recipients, like mailq.
+    List,
+    /// One message's whole envelope.
+    Show {
+        /// The queue id (16 hex digits, as in the 250 reply and the logs).
+        id: String,
+    },
+    /// Segments, live messages and body files per shard.
+    Stats,
+    /// Decode a segment file record by record.
+    Dump {
+        /// A segment file (`head-….seg`, `retry-….seg`).
+        segment: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +68,34 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config),
+        Command::Queue { command } => queue(&config, command),
+    }
+}
+
+fn queue(config: &ringpost::config::Config, command: QueueCommand) -> ExitCode {
+    use ringpost::queue::tools;
+    let result = match command {
+        QueueCommand::List => tools::list(config),
+        QueueCommand::Stats => tools::stats(config),
+        QueueCommand::Dump { segment } => tools::dump(&segment),
+        QueueCommand::Show { id } => match tools::show(config, &id) {
+            Ok(Some(text)) => Ok(text),
+            Ok(None) => {
+                eprintln!("ringpost: {id}: no such message in the queue");
+                return ExitCode::from(1);
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringpost: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

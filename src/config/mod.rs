@@ -130,10 +130,18 @@ pub struct Delivery {
 pub struct Queue {
     /// Spool directories; shard i uses `spool[i % n]`. Default `["./var/spool"]`.
     pub spool: Vec<PathBuf>,
-    /// First retry delay after a temporary failure; doubles per attempt. Default "5m".
-    pub retry_interval: Duration,
-    /// Longest retry delay. Default "1h".
-    pub retry_interval_max: Duration,
+    /// The lags of the retry runners behind the retry log's write point,
+    /// shortest first. A message's n-th retry waits the n-th lag (the last
+    /// one repeats). Default ["5m", "30m", "1h", "2h", "4h"].
+    pub retry_lags: Vec<Duration>,
+    /// Largest message kept inside its envelope record; larger ones get a
+    /// body file. Default 65536, at most 1048576.
+    pub inline_max_bytes: u32,
+    /// Size of each log segment file. Default 64 MiB.
+    pub segment_size_bytes: u64,
+    /// How long the committer waits for more records before a flush, in
+    /// microseconds. Default 0 (flush as soon as the previous flush returned).
+    pub commit_delay_us: u32,
     /// Messages older than this bounce instead of being retried. Default "5d".
     pub max_age: Duration,
 }
@@ -307,8 +315,13 @@ impl Default for Queue {
     fn default() -> Queue {
         Queue {
             spool: vec![PathBuf::from("./var/spool")],
-            retry_interval: Duration::from_secs(5 * 60),
-            retry_interval_max: Duration::from_secs(60 * 60),
+            retry_lags: [5 * 60, 30 * 60, 60 * 60, 2 * 60 * 60, 4 * 60 * 60]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            inline_max_bytes: 65536,
+            segment_size_bytes: 64 << 20,
+            commit_delay_us: 0,
             max_age: Duration::from_secs(5 * 24 * 60 * 60),
         }
     }

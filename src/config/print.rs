@@ -89,8 +89,11 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     let spool: Vec<String> = q.spool.iter().map(|path| path.to_string_lossy().into_owned()).collect();
     writeln!(out, "\n[queue]")?;
     writeln!(out, "spool = {}", string_array(&spool))?;
-    writeln!(out, "retry_interval = {}", quoted(&q.retry_interval.to_string()))?;
-    writeln!(out, "retry_interval_max = {}", quoted(&q.retry_interval_max.to_string()))?;
+    let lags: Vec<String> = q.retry_lags.iter().map(|lag| lag.to_string()).collect();
+    writeln!(out, "retry_lags = {}", string_array(&lags))?;
     writeln!(out, "max_age = {}", quoted(&q.max_age.to_string()))?;
+    writeln!(out, "inline_max_bytes = {}", q.inline_max_bytes)?;
+    writeln!(out, "segment_size_bytes = {}", q.segment_size_bytes)?;
+    writeln!(out, "commit_delay_us = {}", q.commit_delay_us)?;
     Ok(())
 }

@@ -19,6 +19,13 @@ use super::{BareLf, Cidr, Config, Delivery, Domains, Duration, Local, Queue, Rel
 /// on, low enough that a typing slip does not start a million threads.
 pub const SHARD_COUNT_MAX: usize = 1024;
 
+/// Most retry runners a shard runs.
+const RETRY_LAGS_MAX: usize = 16;
+/// Smallest segment: the header and a batch with a small envelope.
+const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
+/// Longest commit delay: 100 ms.
+const COMMIT_DELAY_US_MAX: u32 = 100_000;
+
 const ROOT_KEYS: &[&str] = &["server", "smtp", "domains", "local", "relay", "delivery", "queue"];
 pub(super) const SERVER_KEYS: &[&str] =
     &["hostname", "listen", "shards", "pin", "max_sessions_per_shard", "drain_timeout"];
@@ -36,7 +43,14 @@ pub(super) const DOMAINS_KEYS: &[&str] = &["local"];
 pub(super) const LOCAL_KEYS: &[&str] = &["maildir"];
 pub(super) const RELAY_KEYS: &[&str] = &["networks", "domains"];
 pub(super) const DELIVERY_KEYS: &[&str] = &["smarthost", "helo_name", "max_concurrent_per_shard", "connect_timeout"];
-pub(super) const QUEUE_KEYS: &[&str] = &["spool", "retry_interval", "retry_interval_max", "max_age"];
+pub(super) const QUEUE_KEYS: &[&str] = &[
+    "spool",
+    "retry_lags",
+    "max_age",
+    "inline_max_bytes",
+    "segment_size_bytes",
+    "commit_delay_us",
+];
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -118,8 +132,8 @@ fn boolean(node: &Node, key: &str) -> Result<bool> {
 /// A non-negative integer that fits `T`.
 fn integer<T: TryFrom<i64>>(node: &Node, key: &str) -> Result<T> {
     match &node.value {
-        Value::Integer(i) if *i < 0 => Err(invalid(node, key, format!("must not be negative, got {i}"))),
-        Value::Integer(i) => T::try_from(*i).map_err(|_| invalid(node, key, format!("{i} is too large"))),
+        Value::Integer(i) if *i < 0 => Err(invalid(node, key, &format!("must not be negative, got {i}"))),
+        Value::Integer(i) => T::try_from(*i).map_err(|_| invalid(node, key, &format!("{i} is too large"))),
         other => Err(wrong_type(node, key, "an integer", other)),
     }
 }
@@ -294,18 +308,47 @@ fn read_delivery(section: &Section<'_>, d: Delivery) -> Result<Delivery> {
 fn read_queue(section: &Section<'_>, d: Queue) -> Result<Queue> {
     let queue = Queue {
         spool: section.read("spool", d.spool, |node, key| nonempty_array(node, key, path))?,
-        retry_interval: section.read("retry_interval", d.retry_interval, duration_nonzero)?,
-        retry_interval_max: section.read("retry_interval_max", d.retry_interval_max, duration_nonzero)?,
+        retry_lags: section.read("retry_lags", d.retry_lags, |node, key| {
+            let lags = nonempty_array(node, key, duration_nonzero)?;
+            ensure(lags.len() <= RETRY_LAGS_MAX, node, key, &format!("at most {RETRY_LAGS_MAX} lags"))?;
+            let increasing = lags.windows(2).all(|pair| pair[0].0 < pair[1].0);
+            ensure(increasing, node, key, "lags must be strictly increasing, shortest first")?;
+            Ok(lags)
+        })?,
         max_age: section.read("max_age", d.max_age, duration_nonzero)?,
+        inline_max_bytes: section.read("inline_max_bytes", d.inline_max_bytes, |node, key| {
+            let value: u32 = integer(node, key)?;
+            let max = queue_format::INLINE_BODY_SIZE_BYTES_MAX as u32;
+            ensure(value <= max, node, key, &format!("at most {max} (1 MiB)"))?;
+            Ok(value)
+        })?,
+        segment_size_bytes: section.read("segment_size_bytes", d.segment_size_bytes, |node, key| {
+            let value: u64 = integer(node, key)?;
+            let (min, max) = (SEGMENT_SIZE_BYTES_CONFIG_MIN, queue_format::SEGMENT_SIZE_BYTES_MAX);
+            ensure(
+                (min..=max).contains(&value) && value % queue_format::BLOCK_SIZE_BYTES as u64 == 0,
+                node,
+                key,
+                &format!("must be a multiple of 4096 between {min} and {max}"),
+            )?;
+            Ok(value)
+        })?,
+        commit_delay_us: section.read("commit_delay_us", d.commit_delay_us, |node, key| {
+            let value: u32 = integer(node, key)?;
+            ensure(value <= COMMIT_DELAY_US_MAX, node, key, &format!("at most {COMMIT_DELAY_US_MAX}"))?;
+            Ok(value)
+        })?,
     };
-    if queue.retry_interval_max.0 < queue.retry_interval.0 {
-        // Blame the value that was written; when both were, the maximum.
-        let blamed = section.node("retry_interval_max").map(|node| (node, "queue.retry_interval_max"));
-        let blamed = blamed.or_else(|| section.node("retry_interval").map(|node| (node, "queue.retry_interval")));
+    // A segment must hold its header and one batch with the largest inline
+    // envelope this configuration produces.
+    let needed = queue.inline_max_bytes as u64 + SEGMENT_SIZE_BYTES_CONFIG_MIN;
+    if queue.segment_size_bytes < needed {
+        let blamed = section.node("segment_size_bytes").map(|node| (node, "queue.segment_size_bytes"));
+        let blamed = blamed.or_else(|| section.node("inline_max_bytes").map(|node| (node, "queue.inline_max_bytes")));
         if let Some((node, key)) = blamed {
             let reason = format!(
-                "queue.retry_interval_max ({}) is shorter than queue.retry_interval ({})",
-                queue.retry_interval_max, queue.retry_interval
+                "queue.segment_size_bytes ({}) must be at least queue.inline_max_bytes + {} ({needed})",
+                queue.segment_size_bytes, SEGMENT_SIZE_BYTES_CONFIG_MIN
             );
             return Err(invalid(node, key, reason));
         }

@@ -69,8 +69,11 @@ fn defaults_match_the_documented_values() {
     assert_eq!(c.delivery.max_concurrent_per_shard, 100);
     assert_eq!(c.delivery.connect_timeout.to_string(), "30s");
     assert_eq!(c.queue.spool, vec![PathBuf::from("./var/spool")]);
-    assert_eq!(c.queue.retry_interval.to_string(), "5m");
-    assert_eq!(c.queue.retry_interval_max.to_string(), "1h");
+    let lags: Vec<String> = c.queue.retry_lags.iter().map(|lag| lag.to_string()).collect();
+    assert_eq!(lags, ["5m", "30m", "1h", "2h", "4h"]);
+    assert_eq!(c.queue.inline_max_bytes, 65536);
+    assert_eq!(c.queue.segment_size_bytes, 64 << 20);
+    assert_eq!(c.queue.commit_delay_us, 0);
     assert_eq!(c.queue.max_age.to_string(), "5d");
 }
 
@@ -126,9 +129,11 @@ connect_timeout = "5s"
 
 [queue]
 spool = ["/var/spool/a", "/var/spool/b"]
-retry_interval = "1m"
-retry_interval_max = "2h"
+retry_lags = ["1m", "2h"]
 max_age = "3d"
+inline_max_bytes = 4096
+segment_size_bytes = 1048576
+commit_delay_us = 2000
 "#;
     let c = load_text(text).expect("full file loads");
     assert_eq!(c.server.hostname, "mx1.example.org");
@@ -172,7 +177,7 @@ fn override_toml_values_of_each_type() {
             "server.shards=1",
             "server.pin=false",
             r#"server.drain_timeout="5s""#,
-            "queue.retry_interval=1s",
+            r#"queue.retry_lags=["1s", "2s"]"#,
             "smtp.command_timeout=90",
             r#"local.maildir="/tmp/mail/{user}/Maildir""#,
             "smtp.greeting='ESMTP test'",
@@ -183,7 +188,7 @@ fn override_toml_values_of_each_type() {
     assert_eq!(c.server.shards, 1);
     assert!(!c.server.pin);
     assert_eq!(c.server.drain_timeout.to_string(), "5s");
-    assert_eq!(c.queue.retry_interval.to_string(), "1s");
+    assert_eq!(c.queue.retry_lags.len(), 2);
     assert_eq!(c.smtp.command_timeout.to_string(), "90s");
     assert_eq!(c.local.maildir, "/tmp/mail/{user}/Maildir");
     assert_eq!(c.smtp.greeting, "ESMTP test");
@@ -408,8 +413,12 @@ fn bad_values_name_file_line_and_key() {
         ("[delivery]\nsmarthost = \"mx.example.org:0\"\n", "config.toml:2:13: delivery.smarthost: bad smarthost \"mx.example.org:0\": port must be 1 to 65535"),
         ("[delivery]\nsmarthost = \"::1:25\"\n", "config.toml:2:13: delivery.smarthost: bad smarthost \"::1:25\": write an IPv6 address in brackets, \"[::1]:25\""),
         ("[queue]\nspool = []\n", "config.toml:2:9: queue.spool: must not be empty"),
-        ("[queue]\nretry_interval = \"2h\"\n", "config.toml:2:18: queue.retry_interval: queue.retry_interval_max (1h) is shorter than queue.retry_interval (2h)"),
-        ("[queue]\nretry_interval_max = \"1m\"\n", "config.toml:2:22: queue.retry_interval_max: queue.retry_interval_max (1m) is shorter than queue.retry_interval (5m)"),
+        ("[queue]\nretry_lags = [\"1h\", \"5m\"]\n", "config.toml:2:14: queue.retry_lags: lags must be strictly increasing, shortest first"),
+        ("[queue]\nretry_lags = []\n", "config.toml:2:14: queue.retry_lags: must not be empty"),
+        ("[queue]\ninline_max_bytes = 2000000\n", "config.toml:2:20: queue.inline_max_bytes: at most 1048576 (1 MiB)"),
+        ("[queue]\nsegment_size_bytes = 65537\n", "config.toml:2:22: queue.segment_size_bytes: must be a multiple of 4096 between 65536 and 4294967296"),
+        ("[queue]\nsegment_size_bytes = 65536\n", "config.toml:2:22: queue.segment_size_bytes: queue.segment_size_bytes (65536) must be at least queue.inline_max_bytes + 65536 (131072)"),
+        ("[queue]\ncommit_delay_us = 200000\n", "config.toml:2:19: queue.commit_delay_us: at most 100000"),
         ("[domains]\nlocal = [\"example.org\", \"\"]\n", "config.toml:2:25: domains.local[1]: must not be empty"),
     ];
     for (text, expected) in cases {

@@ -20,7 +20,8 @@ use crate::config::Config;
 use crate::deliver::{dsn, maildir, outbound};
 use crate::ingress::policy::{route_of_text, Route};
 use crate::log;
-use crate::queue::{Envelope, Queue, RcptState};
+use crate::queue::{Body, Envelope, Queue, RcptState};
+use queue_format::CompletionReason;
 use crate::shard::{Phase, Shard};
 use crate::smtp::client::RcptOutcome;
 
@@ -28,6 +29,10 @@ use crate::smtp::client::RcptOutcome;
 const SCHEDULER_SLEEP_MAX: Duration = Duration::from_secs(60);
 /// Original header bytes attached to a bounce at most.
 const BOUNCE_HEADERS_BYTES_MAX: usize = 64 * 1024;
+/// Wait before trying again to record an attempt the queue could not take.
+const QUEUE_ERROR_RETRY: Duration = Duration::from_secs(10);
+/// Messages held in memory per permit, at most, before the runners wait.
+const BACKLOG_PER_PERMIT: usize = 4;
 
 pub struct Delivery {
     config: Arc<Config>,
@@ -41,6 +46,10 @@ pub struct Delivery {
     permits: Rc<Semaphore>,
     attempts_active: std::cell::Cell<usize>,
     idle: event_listener::Event,
+    /// Set when the scheduler has stopped: nothing more is taken in.
+    closing: std::cell::Cell<bool>,
+    /// Wakes runners waiting for room in memory.
+    room: event_listener::Event,
 }
 
 impl Delivery {
@@ -56,13 +65,35 @@ impl Delivery {
             permits,
             attempts_active: std::cell::Cell::new(0),
             idle: event_listener::Event::new(),
+            closing: std::cell::Cell::new(false),
+            room: event_listener::Event::new(),
+        }
+    }
+
+    /// Takes the messages the retry runners hand over, waiting while too
+    /// many are in memory. Ends when every runner has stopped.
+    pub async fn take_due(self: Rc<Self>, due: glommio::channels::local_channel::LocalReceiver<Envelope>) {
+        let backlog_max = self.config.delivery.max_concurrent_per_shard as usize * BACKLOG_PER_PERMIT;
+        while let Some(env) = due.recv().await {
+            loop {
+                let listener = self.room.listen();
+                if self.closing.get() || self.envelopes.borrow().len() < backlog_max {
+                    break;
+                }
+                listener.await;
+            }
+            if self.closing.get() {
+                self.queue.release(&env.id);
+                continue;
+            }
+            self.submit(env);
         }
     }
 
     /// Takes a durable envelope: fresh (attempted at once) or recovered
     /// (attempted at its next-retry time).
     pub fn submit(&self, env: Envelope) {
-        let due = env.next_retry_unix_s;
+        let due = env.next_retry_unix_ms / 1000;
         let id = env.id.clone();
         self.envelopes.borrow_mut().insert(id.clone(), env);
         self.schedule.borrow_mut().push(Reverse((due, id)));
@@ -76,6 +107,8 @@ impl Delivery {
             let woken = self.wake.listen();
             let phase_changed = shard.phase_listener();
             if shard.phase() == Phase::Closing {
+                self.closing.set(true);
+                self.room.notify(usize::MAX);
                 return;
             }
             let now = crate::unix_now_s();
@@ -201,12 +234,18 @@ impl Delivery {
             Err(_) => return RcptOutcome::Permanent(Reply::new(550, Enhanced(5, 1, 3), "Bad mailbox name")),
         };
         let body_path = self.queue.body_path(&env.id);
+        let body = env.body.clone();
         let hostname = self.config.server.hostname.clone();
         let prefix = format!("Return-Path: <{}>\r\n", env.sender).into_bytes();
         let result = glommio::executor()
             .spawn_blocking(move || -> std::io::Result<std::path::PathBuf> {
-                let mut body = std::fs::File::open(&body_path)?;
-                maildir::deliver(&path, &hostname, &prefix, &mut body)
+                match body {
+                    Body::Inline(bytes) => maildir::deliver(&path, &hostname, &prefix, &mut &bytes[..]),
+                    Body::File { .. } => {
+                        let mut file = std::fs::File::open(&body_path)?;
+                        maildir::deliver(&path, &hostname, &prefix, &mut file)
+                    }
+                }
             })
             .await;
         match result {
@@ -225,9 +264,11 @@ impl Delivery {
     /// Records the attempt: bounce for new permanent failures, then either
     /// remove the message or write its replacement envelope and reschedule.
     async fn finish(&self, mut env: Envelope, mut failed_now: Vec<usize>) {
-        let now = crate::unix_now_s();
-        let age_s = now.saturating_sub(env.arrival_unix_s);
-        if env.pending_count() > 0 && age_s >= self.config.queue.max_age.0.as_secs() {
+        let now_ms = crate::queue::unix_now_ms();
+        let age = Duration::from_millis(now_ms.saturating_sub(env.arrival_unix_ms));
+        let mut reason = CompletionReason::Done;
+        if env.pending_count() > 0 && age >= self.config.queue.max_age.0 {
+            reason = CompletionReason::Expired;
             for (i, r) in env.recipients.iter_mut().enumerate() {
                 if r.state == RcptState::Pending {
                     r.state = RcptState::Failed;
@@ -246,38 +287,40 @@ impl Delivery {
                 }
             }
         }
-        if env.pending_count() == 0 {
-            if let Err(e) = self.queue.complete(&env.id).await {
-                log::event("queue_error", &[("id", &env.id), ("error", &e)]);
+        let recorded = if env.pending_count() == 0 {
+            self.queue.complete(&env, reason).await.map(|()| "removed")
+        } else {
+            env.next_retry_unix_ms = now_ms + self.queue.retry_delay(env.attempt_count).as_millis() as u64;
+            self.queue.defer(&env).await.map(|()| "deferred")
+        };
+        match recorded {
+            Ok(what) => {
+                if what == "removed" {
+                    log::event("removed", &[("id", &env.id)]);
+                }
+                // Deferred messages come back through the retry runners.
+                self.envelopes.borrow_mut().remove(&env.id);
+                self.room.notify(1);
             }
-            log::event("removed", &[("id", &env.id)]);
-            self.envelopes.borrow_mut().remove(&env.id);
-            return;
+            Err(e) => {
+                // Kept in memory and recorded again later; the states
+                // reached so far stay with it.
+                log::event("queue_error", &[("id", &env.id), ("error", &e)]);
+                env.next_retry_unix_ms = now_ms + QUEUE_ERROR_RETRY.as_millis() as u64;
+                self.submit(env);
+            }
         }
-        let shift = env.attempt_count.saturating_sub(1).min(20);
-        let delay = self
-            .config
-            .queue
-            .retry_interval
-            .0
-            .saturating_mul(1 << shift)
-            .min(self.config.queue.retry_interval_max.0);
-        env.next_retry_unix_s = now + delay.as_secs().max(1);
-        if let Err(e) = self.queue.defer(&env).await {
-            log::event("queue_error", &[("id", &env.id), ("error", &e)]);
-        }
-        self.submit(env);
     }
 
     /// Queues one DSN to the sender listing `failed` recipients.
     async fn bounce(&self, env: &Envelope, failed: &[usize]) -> Result<(), crate::queue::QueueError> {
-        let headers = self.original_headers(&env.id).await;
+        let headers = self.original_headers(env).await;
         let now = SystemTime::now();
         let input = dsn::BounceInput {
             reporting_mta: self.config.server.hostname.clone(),
             queue_id: env.id.clone(),
             original_sender: env.sender.clone(),
-            arrival: std::time::UNIX_EPOCH + Duration::from_secs(env.arrival_unix_s),
+            arrival: std::time::UNIX_EPOCH + Duration::from_millis(env.arrival_unix_ms),
             now,
             recipients: failed
                 .iter()
@@ -288,7 +331,7 @@ impl Delivery {
         let message = dsn::build_bounce(&input);
         let mut writer = self.queue.create().await?;
         writer.write(&message).await?;
-        let now_s = crate::unix_now_s();
+        let now_ms = crate::queue::unix_now_ms();
         let bounce = Envelope {
             id: writer.id().to_string(),
             sender: String::new(),
@@ -297,8 +340,8 @@ impl Delivery {
                 state: RcptState::Pending,
                 last_reply: String::new(),
             }],
-            arrival_unix_s: now_s,
-            next_retry_unix_s: now_s,
+            arrival_unix_ms: now_ms,
+            next_retry_unix_ms: now_ms,
             attempt_count: 0,
             size_bytes: writer.size_bytes(),
             // A report about a UTF-8 address (RFC 6533) carries 8-bit text.
@@ -306,22 +349,29 @@ impl Delivery {
             smtputf8: env.smtputf8,
             client: "local".into(),
             helo: String::new(),
+            body: Body::Inline(Default::default()),
         };
-        writer.commit(&self.queue, &bounce).await?;
+        let bounce = writer.commit(&self.queue, bounce).await?;
         log::event("bounce", &[("id", &bounce.id), ("original", &env.id), ("to", &env.sender)]);
         self.submit(bounce);
         Ok(())
     }
 
     /// The original message's header block (up to the empty line), bounded.
-    async fn original_headers(&self, id: &str) -> Vec<u8> {
-        let path = self.queue.body_path(id);
+    async fn original_headers(&self, env: &Envelope) -> Vec<u8> {
+        let path = self.queue.body_path(&env.id);
+        let body = env.body.clone();
         glommio::executor()
             .spawn_blocking(move || {
                 use std::io::Read;
                 let mut buf = Vec::new();
-                if let Ok(f) = std::fs::File::open(&path) {
-                    let _ = f.take(BOUNCE_HEADERS_BYTES_MAX as u64).read_to_end(&mut buf);
+                match body {
+                    Body::Inline(bytes) => buf.extend_from_slice(&bytes[..bytes.len().min(BOUNCE_HEADERS_BYTES_MAX)]),
+                    Body::File { .. } => {
+                        if let Ok(f) = std::fs::File::open(&path) {
+                            let _ = f.take(BOUNCE_HEADERS_BYTES_MAX as u64).read_to_end(&mut buf);
+                        }
+                    }
                 }
                 if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                     buf.truncate(end + 2);

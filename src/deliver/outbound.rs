@@ -14,7 +14,7 @@ use glommio::net::TcpStream;
 
 use crate::config::Config;
 use crate::deliver::dotstuff::DotStuffer;
-use crate::queue::Envelope;
+use crate::queue::{Body, Envelope};
 use crate::smtp::client::{Client, ClientEvent, ClientParams, RcptOutcome, Transaction};
 use crate::smtp::reply::{Enhanced, Reply};
 
@@ -69,7 +69,7 @@ pub async fn deliver(config: &Config, body_path: &Path, env: &Envelope, indexes:
             }
             ClientEvent::SendBody => {
                 let out = client.take_output();
-                match send_body(&mut stream, &out, body_path, &mut client, block_timeout).await {
+                match send_body(&mut stream, &out, &env.body, body_path, &mut client, block_timeout).await {
                     Ok(()) => client.body_sent(),
                     Err(_) => client.on_connection_lost(),
                 }
@@ -95,27 +95,40 @@ pub async fn deliver(config: &Config, body_path: &Path, env: &Envelope, indexes:
 async fn send_body(
     stream: &mut TcpStream,
     pending: &[u8],
+    body: &Body,
     body_path: &Path,
     client: &mut Client,
     block_timeout: Duration,
 ) -> std::io::Result<()> {
     write_within(stream, pending, block_timeout).await?;
-    let file = BufferedFile::open(body_path).await.map_err(std::io::Error::from)?;
     let mut stuffer = DotStuffer::new();
-    let mut offset_bytes = 0u64;
     let mut wire = Vec::with_capacity(BODY_READ_BYTES + BODY_READ_BYTES / 8);
-    loop {
-        let chunk = file.read_at(offset_bytes, BODY_READ_BYTES).await.map_err(std::io::Error::from)?;
-        if chunk.is_empty() {
-            break;
+    match body {
+        Body::Inline(bytes) => {
+            for chunk in bytes.chunks(BODY_READ_BYTES) {
+                wire.clear();
+                stuffer.encode(chunk, &mut wire);
+                write_within(stream, &wire, block_timeout).await?;
+                client.body_progress(Instant::now());
+            }
         }
-        offset_bytes += chunk.len() as u64;
-        wire.clear();
-        stuffer.encode(&chunk, &mut wire);
-        write_within(stream, &wire, block_timeout).await?;
-        client.body_progress(Instant::now());
+        Body::File { .. } => {
+            let file = BufferedFile::open(body_path).await.map_err(std::io::Error::from)?;
+            let mut offset_bytes = 0u64;
+            loop {
+                let chunk = file.read_at(offset_bytes, BODY_READ_BYTES).await.map_err(std::io::Error::from)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                offset_bytes += chunk.len() as u64;
+                wire.clear();
+                stuffer.encode(&chunk, &mut wire);
+                write_within(stream, &wire, block_timeout).await?;
+                client.body_progress(Instant::now());
+            }
+            let _ = file.close().await;
+        }
     }
-    let _ = file.close().await;
     wire.clear();
     stuffer.finish(&mut wire);
     write_within(stream, &wire, block_timeout).await

@@ -17,7 +17,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::log;
-use crate::queue::{Envelope, MessageWriter, QueueError, RcptState, Recipient};
+use crate::queue::{Body, Envelope, MessageWriter, QueueError, RcptState, Recipient};
 use crate::shard::{Phase, Shard};
 use crate::smtp::address::ReversePath;
 use crate::smtp::reply::{Enhanced, Reply};
@@ -159,7 +159,7 @@ async fn run_session(shard: &Shard, mut stream: TcpStream) {
             Event::DataStart => incoming = Some(start_message(shard, &machine, peer).await),
             Event::Body(chunk) => {
                 if let Some(m) = incoming.as_mut() {
-                    write_body(m, &chunk, shard).await;
+                    write_body(m, &chunk).await;
                 }
             }
             Event::DataEnd => {
@@ -177,7 +177,7 @@ async fn run_session(shard: &Shard, mut stream: TcpStream) {
                 if let Some(m) = incoming.take() {
                     log::event("message_refused", &[("id", &m.id), ("client", &peer), ("reply", &reply.summary())]);
                     if let Some(w) = m.writer {
-                        w.abort(&shard.queue).await;
+                        w.abort().await;
                     }
                 }
                 end_if_draining(shard, &mut machine);
@@ -194,7 +194,7 @@ async fn run_session(shard: &Shard, mut stream: TcpStream) {
     }
     if let Some(m) = incoming.take() {
         if let Some(w) = m.writer {
-            w.abort(&shard.queue).await;
+            w.abort().await;
         }
     }
     let _ = stream.close().await;
@@ -282,7 +282,7 @@ async fn start_message(shard: &Shard, machine: &Server, peer: SocketAddr) -> Inc
     );
     let mut m = Incoming { writer: None, id, error: None };
     if let Err(e) = writer.write(header.as_bytes()).await {
-        writer.abort(&shard.queue).await;
+        writer.abort().await;
         m.error = Some(e);
     } else {
         m.writer = Some(writer);
@@ -290,12 +290,12 @@ async fn start_message(shard: &Shard, machine: &Server, peer: SocketAddr) -> Inc
     m
 }
 
-async fn write_body(m: &mut Incoming, chunk: &[u8], shard: &Shard) {
+async fn write_body(m: &mut Incoming, chunk: &[u8]) {
     let Some(writer) = m.writer.as_mut() else { return };
     if let Err(e) = writer.write(chunk).await {
         log::event("queue_error", &[("id", &m.id), ("error", &e)]);
         if let Some(w) = m.writer.take() {
-            w.abort(&shard.queue).await;
+            w.abort().await;
         }
         m.error = Some(e);
     }
@@ -308,7 +308,7 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
     let (Some(writer), Some(txn)) = (m.writer, machine.transaction()) else {
         return QueueError::Io(std::io::Error::other("transaction lost")).reply();
     };
-    let now_s = crate::unix_now_s();
+    let now_ms = crate::queue::unix_now_ms();
     let env = Envelope {
         id: m.id.clone(),
         sender: match &txn.reverse_path {
@@ -320,17 +320,19 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
             .iter()
             .map(|a| Recipient { address: a.to_string(), state: RcptState::Pending, last_reply: String::new() })
             .collect(),
-        arrival_unix_s: now_s,
-        next_retry_unix_s: now_s,
+        arrival_unix_ms: now_ms,
+        next_retry_unix_ms: now_ms,
         attempt_count: 0,
         size_bytes: writer.size_bytes(),
         body_8bit: txn.params.body_8bit(),
         smtputf8: txn.params.smtputf8,
         client: peer.ip().to_string(),
         helo: machine.helo_name().unwrap_or_default().to_string(),
+        body: Body::Inline(Default::default()),
     };
-    match writer.commit(&shard.queue, &env).await {
-        Ok(()) => {
+    let id = env.id.clone();
+    match writer.commit(&shard.queue, env).await {
+        Ok(env) => {
             let to: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
             log::event(
                 "queued",
@@ -347,7 +349,7 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
             reply
         }
         Err(e) => {
-            log::event("queue_error", &[("id", &env.id), ("client", &peer), ("error", &e)]);
+            log::event("queue_error", &[("id", &id), ("client", &peer), ("error", &e)]);
             e.reply()
         }
     }

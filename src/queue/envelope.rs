@@ -1,11 +1,16 @@
-//! The envelope of a queued message: sender, recipients with their delivery
-//! state, and the facts delivery and bounces need. Stored as one JSON
-//! document per message by the spool stand-in.
+//! The envelope of a queued message as the rest of ringpost sees it: sender,
+//! recipients with their delivery state, the facts delivery and bounces
+//! need, and where the body is (inline bytes, or its own body file).
+//!
+//! Place in the pipeline: built by ingress at the final dot, carried by
+//! delivery, and turned into a `queue_format::Envelope` record (and back)
+//! by the log. The conversions here are the only place the two meet.
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+use queue_format::{BodyRef, EnvelopeFlags, QueueId, RecipientState};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RcptState {
     /// Not yet delivered; retried until delivered, failed, or too old.
     Pending,
@@ -15,24 +20,34 @@ pub enum RcptState {
     Failed,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recipient {
     pub address: String,
     pub state: RcptState,
     /// The last reply or error seen for this recipient, for logs and bounces.
-    #[serde(default)]
     pub last_reply: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Where the content of a message is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// Inside the envelope record (messages up to `queue.inline_max_bytes`).
+    Inline(Arc<[u8]>),
+    /// In the body file named by the queue id (`body-<id>`).
+    File { size_bytes: u64, checksum: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
+    /// 16 upper-case hex digits: microseconds since the epoch and the shard.
     pub id: String,
     /// The reverse path without angle brackets; empty for the null sender `<>`.
     pub sender: String,
     pub recipients: Vec<Recipient>,
-    pub arrival_unix_s: u64,
-    pub next_retry_unix_s: u64,
-    pub attempt_count: u32,
+    pub arrival_unix_ms: u64,
+    pub next_retry_unix_ms: u64,
+    /// Delivery attempts so far; also the envelope's generation in the log.
+    pub attempt_count: u16,
     /// Content size in octets as stored (CRLF line endings).
     pub size_bytes: u64,
     pub body_8bit: bool,
@@ -40,6 +55,7 @@ pub struct Envelope {
     /// The client's address and HELO name, for logs.
     pub client: String,
     pub helo: String,
+    pub body: Body,
 }
 
 impl Envelope {
@@ -48,5 +64,175 @@ impl Envelope {
     }
     pub fn is_null_sender(&self) -> bool {
         self.sender.is_empty()
+    }
+    pub fn queue_id(&self) -> QueueId {
+        queue_id_of(&self.id)
+    }
+}
+
+/// The 16 id bytes of a queue id (its ASCII hex digits).
+pub fn queue_id_of(id: &str) -> QueueId {
+    let mut bytes = [b'0'; 16];
+    let src = id.as_bytes();
+    assert_eq!(src.len(), 16, "queue ids are 16 hex digits: {id:?}");
+    bytes.copy_from_slice(src);
+    QueueId(bytes)
+}
+
+/// The text form of a queue id read from the log.
+pub fn id_text(id: &QueueId) -> String {
+    String::from_utf8_lossy(&id.0).into_owned()
+}
+
+fn state_to_format(state: RcptState) -> RecipientState {
+    match state {
+        RcptState::Pending => RecipientState::Pending,
+        RcptState::Delivered => RecipientState::Delivered,
+        RcptState::Failed => RecipientState::Failed,
+    }
+}
+
+fn state_from_format(state: RecipientState) -> RcptState {
+    match state {
+        RecipientState::Pending => RcptState::Pending,
+        RecipientState::Delivered => RcptState::Delivered,
+        RecipientState::Failed => RcptState::Failed,
+    }
+}
+
+/// The body file id of a message: its queue id read as a hex number.
+pub fn body_file_id(id: &str) -> u64 {
+    u64::from_str_radix(id, 16).unwrap_or(0).max(1)
+}
+
+/// Keeps the first `max` bytes of a reply, cut on a character boundary.
+fn bounded(text: &str, max: usize) -> &[u8] {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text.as_bytes()[..end]
+}
+
+impl Envelope {
+    /// The record form, borrowing from `self`.
+    pub fn to_format(&self) -> queue_format::Envelope<'_> {
+        let mut flags = EnvelopeFlags::empty();
+        if self.body_8bit {
+            flags = flags.union(EnvelopeFlags::BODY_8BITMIME);
+        }
+        if self.smtputf8 {
+            flags = flags.union(EnvelopeFlags::SMTPUTF8);
+        }
+        if self.sender.is_empty() {
+            flags = flags.union(EnvelopeFlags::NULL_SENDER);
+        }
+        let body = match &self.body {
+            Body::Inline(bytes) => BodyRef::Inline(bytes),
+            Body::File { size_bytes, checksum } => {
+                BodyRef::File { file_id: body_file_id(&self.id), size_bytes: *size_bytes, checksum: *checksum }
+            }
+        };
+        queue_format::Envelope {
+            queue_id: self.queue_id(),
+            arrival_unix_ms: self.arrival_unix_ms,
+            retry_next_unix_ms: self.next_retry_unix_ms.max(self.arrival_unix_ms),
+            attempt_count: self.attempt_count,
+            flags,
+            sender: self.sender.as_bytes(),
+            mail_params: b"",
+            client_address: bounded(&self.client, queue_format::CLIENT_ADDRESS_SIZE_BYTES_MAX),
+            client_helo: bounded(&self.helo, queue_format::CLIENT_HELO_SIZE_BYTES_MAX),
+            headers_prepended: b"",
+            recipients: self
+                .recipients
+                .iter()
+                .map(|r| queue_format::Recipient {
+                    state: state_to_format(r.state),
+                    address: r.address.as_bytes(),
+                    params: b"",
+                    reply: bounded(&r.last_reply, queue_format::REPLY_SIZE_BYTES_MAX),
+                })
+                .collect(),
+            body,
+        }
+    }
+
+    /// The owned form of a record read from the log.
+    pub fn from_format(record: &queue_format::Envelope<'_>) -> Envelope {
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let (body, size_bytes) = match record.body {
+            BodyRef::Inline(bytes) => (Body::Inline(Arc::from(bytes)), bytes.len() as u64),
+            BodyRef::File { size_bytes, checksum, .. } => (Body::File { size_bytes, checksum }, size_bytes),
+        };
+        Envelope {
+            id: id_text(&record.queue_id),
+            sender: text(record.sender),
+            recipients: record
+                .recipients
+                .iter()
+                .map(|r| Recipient {
+                    address: text(r.address),
+                    state: state_from_format(r.state),
+                    last_reply: text(r.reply),
+                })
+                .collect(),
+            arrival_unix_ms: record.arrival_unix_ms,
+            next_retry_unix_ms: record.retry_next_unix_ms,
+            attempt_count: record.attempt_count,
+            size_bytes,
+            body_8bit: record.flags.contains(EnvelopeFlags::BODY_8BITMIME),
+            smtputf8: record.flags.contains(EnvelopeFlags::SMTPUTF8),
+            client: text(record.client_address),
+            helo: text(record.client_helo),
+            body,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(body: Body) -> Envelope {
+        Envelope {
+            id: "0006201A2B3C4D01".into(),
+            sender: "a@example.org".into(),
+            recipients: vec![
+                Recipient { address: "b@example.net".into(), state: RcptState::Pending, last_reply: String::new() },
+                Recipient {
+                    address: "c@example.net".into(),
+                    state: RcptState::Delivered,
+                    last_reply: "250 2.0.0 ok".into(),
+                },
+            ],
+            arrival_unix_ms: 1_767_225_600_000,
+            next_retry_unix_ms: 1_767_225_900_000,
+            attempt_count: 2,
+            size_bytes: 5,
+            body_8bit: true,
+            smtputf8: false,
+            client: "[127.0.0.1]:4000".into(),
+            helo: "client.example".into(),
+            body,
+        }
+    }
+
+    #[test]
+    fn round_trip_inline_and_file() {
+        for body in [Body::Inline(Arc::from(&b"hello"[..])), Body::File { size_bytes: 5, checksum: 7 }] {
+            let env = sample(body);
+            let back = Envelope::from_format(&env.to_format());
+            assert_eq!(back, env);
+        }
+    }
+
+    #[test]
+    fn long_reply_is_cut_on_a_character_boundary() {
+        let mut env = sample(Body::Inline(Arc::from(&b"hello"[..])));
+        env.recipients[0].last_reply = "é".repeat(600);
+        let record = env.to_format();
+        assert!(record.recipients[0].reply.len() <= queue_format::REPLY_SIZE_BYTES_MAX);
+        assert!(std::str::from_utf8(record.recipients[0].reply).is_ok());
     }
 }

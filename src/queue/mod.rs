@@ -1,26 +1,58 @@
-//! The queue: where an accepted message becomes durable, and where delivery
-//! finds it again.
+//! The queue: where an accepted message becomes durable, where delivery
+//! records what became of it, and where a restart finds it again.
 //!
-//! Place in the pipeline: ingress streams a message into a [`MessageWriter`]
-//! while it is received and calls [`MessageWriter::commit`]; the 250 after DATA
-//! is sent only when `commit` returned, that is when the body and the envelope
-//! are on stable storage. Delivery then records progress with
-//! [`Queue::defer`] (a durable replacement envelope) and [`Queue::complete`].
-//! At start-up [`Queue::open`] returns every live envelope (recovery).
+//! Place in the pipeline: ingress streams a message into a
+//! [`MessageWriter`] while it is received and calls [`MessageWriter::commit`];
+//! the 250 after DATA is sent only when `commit` returned, that is when the
+//! envelope record (and the body file, for a large message) is on stable
+//! storage. Delivery then records each attempt with [`Queue::defer`] (a
+//! replacement envelope in the retry log) or [`Queue::complete`]. The retry
+//! runners read the retry log and hand due messages back to delivery.
 //!
-//! This implementation is the simple, honest stand-in behind that interface:
-//! one body file and one envelope file per message in the shard's spool
-//! directory, each flushed with fdatasync, the envelope renamed into place
-//! and the directory flushed. The log-structured queue (see DESIGN.md) will
-//! implement the same interface with inlined bodies and group commit.
+//! Layout (`queue-format/SPEC.md` has the bytes): per shard a head log and a
+//! retry log, each a sequence of fixed-size segment files
+//! (`head-<seq>.seg`, `retry-<seq>.seg`), written in 4 KiB-aligned O_DIRECT
+//! batches; a message of at most `queue.inline_max_bytes` lives inside its
+//! envelope record (no file of its own), a larger one in `body-<id>`.
+//!
+//! Group commit: a record is staged in its log; the log's committer takes
+//! everything staged since its last flush, writes it as one batch, issues
+//! one fdatasync and only then wakes the sessions whose records were in it.
+//! While that flush is in flight the next batch forms by itself.
+//!
+//! Garbage collection: the in-memory index knows the newest record of every
+//! live message and counts the live records of every segment; a segment
+//! whose records are all dead is deleted (or kept for reuse) whole, oldest
+//! first, by the rules of SPEC section 13.
 
 mod envelope;
-mod spool;
+pub mod log;
+pub mod recover;
+mod runner;
+pub mod storage;
+pub mod tools;
 
-pub use envelope::{Envelope, RcptState, Recipient};
-pub use spool::{MessageWriter, Queue};
+#[cfg(test)]
+mod tests;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use glommio::io::BufferedFile;
+use queue_format::{Completion, CompletionReason, LogKind, QueueId};
+
+pub use envelope::{body_file_id, id_text, queue_id_of, Body, Envelope, RcptState, Recipient};
+use log::{Location, LogState, Staged, Waiter, FREE_SEGMENTS_MAX, STAGED_BYTES_MAX};
+pub use runner::Span;
+use storage::{DiskStorage, SegmentFile, Storage};
 
 use crate::smtp::reply::{Enhanced, Reply};
+
+/// Body bytes gathered before one write to a body file.
+const BODY_WRITE_BYTES: usize = 64 * 1024;
 
 /// Why a message could not be made durable. Nothing was acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +84,830 @@ impl QueueError {
             QueueError::Io(_) => {
                 Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later")
             }
+        }
+    }
+
+    /// The same error again, for every record of a failed batch.
+    fn duplicate(&self) -> QueueError {
+        let copy = |e: &std::io::Error| match e.raw_os_error() {
+            Some(errno) => std::io::Error::from_raw_os_error(errno),
+            None => std::io::Error::new(e.kind(), e.to_string()),
+        };
+        match self {
+            QueueError::NoSpace(e) => QueueError::NoSpace(copy(e)),
+            QueueError::Io(e) => QueueError::Io(copy(e)),
+        }
+    }
+}
+
+/// The queue settings a shard needs (from `[queue]`).
+#[derive(Clone, Debug)]
+pub struct QueueParams {
+    pub inline_max_bytes: usize,
+    pub segment_size_bytes: u64,
+    pub commit_delay: Duration,
+    pub retry_lags: Vec<Duration>,
+}
+
+impl QueueParams {
+    pub fn from_config(config: &crate::config::Config) -> QueueParams {
+        let q = &config.queue;
+        QueueParams {
+            inline_max_bytes: q.inline_max_bytes as usize,
+            segment_size_bytes: q.segment_size_bytes,
+            commit_delay: Duration::from_micros(q.commit_delay_us as u64),
+            retry_lags: q.retry_lags.iter().map(|lag| lag.0).collect(),
+        }
+    }
+}
+
+/// The index entry of a live message: where its newest envelope is.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub location: Location,
+    pub attempt_count: u16,
+    pub retry_next_unix_ms: u64,
+    pub body_file: bool,
+    /// Delivery holds the message (fresh, or handed over by a runner).
+    pub in_flight: bool,
+}
+
+/// Records per flush, in power-of-two buckets: bucket i counts flushes of
+/// [2^i, 2^(i+1)) records.
+#[derive(Clone, Debug, Default)]
+pub struct CommitStats {
+    pub flushes: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub failures: u64,
+    pub batch_records_buckets: [u64; 16],
+}
+
+impl CommitStats {
+    fn count(&mut self, records: usize, bytes: usize) {
+        self.flushes += 1;
+        self.records += records as u64;
+        self.bytes += bytes as u64;
+        let bucket = (usize::BITS - 1 - records.max(1).leading_zeros()) as usize;
+        self.batch_records_buckets[bucket.min(15)] += 1;
+    }
+
+    /// `1:12,2-3:40,4-7:3`: records-per-flush ranges and their flush counts.
+    pub fn histogram_text(&self) -> String {
+        let mut parts = Vec::new();
+        for (i, n) in self.batch_records_buckets.iter().enumerate() {
+            if *n > 0 {
+                let low = 1u64 << i;
+                let high = (1u64 << (i + 1)) - 1;
+                if low == high {
+                    parts.push(format!("{low}:{n}"));
+                } else {
+                    parts.push(format!("{low}-{high}:{n}"));
+                }
+            }
+        }
+        parts.join(",")
+    }
+}
+
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// The queue of one shard.
+pub struct Queue<S: Storage = DiskStorage> {
+    storage: S,
+    shard_index: u16,
+    params: QueueParams,
+    logs: [RefCell<LogState<S::File>>; 2],
+    /// Wakes a log's committer when something is staged.
+    staged_events: [event_listener::Event; 2],
+    /// Wakes stagers waiting for room.
+    space_event: event_listener::Event,
+    index: RefCell<HashMap<QueueId, Entry>>,
+    /// Retry-log batches in write order, for the runners.
+    spans: RefCell<VecDeque<Span>>,
+    /// Absolute number of `spans[0]`.
+    spans_base: Cell<u64>,
+    spans_event: event_listener::Event,
+    /// Runners' positions (absolute span numbers).
+    runner_cursors: RefCell<Vec<u64>>,
+    gc_event: event_listener::Event,
+    /// Body files of completed messages, removed by the collector.
+    bodies_dead: RefCell<Vec<String>>,
+    stats: [RefCell<CommitStats>; 2],
+    last_id: Cell<u64>,
+    closed: Cell<bool>,
+    closed_event: event_listener::Event,
+}
+
+fn log_slot(kind: LogKind) -> usize {
+    recover::log_index(kind)
+}
+
+fn body_name(id: &str) -> String {
+    format!("body-{id}")
+}
+
+impl Queue<DiskStorage> {
+    /// Opens the shard's spool directory (`<spool>/shard-N`), creating it if
+    /// needed, and recovers it. Returns the queue and the live messages of
+    /// the head log (for delivery); retry-log messages come back through
+    /// the runners.
+    pub async fn open(spool: &Path, shard_index: u16, params: QueueParams) -> std::io::Result<(Rc<Queue>, Vec<Envelope>)> {
+        let dir = spool.join(format!("shard-{shard_index}"));
+        std::fs::create_dir_all(&dir)?;
+        let dir = std::fs::canonicalize(&dir)?;
+        let storage = DiskStorage::open(&dir).await?;
+        Queue::open_with(storage, shard_index, params).await
+    }
+}
+
+impl<S: Storage + 'static> Queue<S> {
+    pub async fn open_with(storage: S, shard_index: u16, params: QueueParams) -> std::io::Result<(Rc<Queue<S>>, Vec<Envelope>)> {
+        assert!(!params.retry_lags.is_empty());
+        let queue = Queue {
+            shard_index,
+            logs: [
+                RefCell::new(LogState::new(LogKind::Head, shard_index, params.segment_size_bytes)),
+                RefCell::new(LogState::new(LogKind::Retry, shard_index, params.segment_size_bytes)),
+            ],
+            params,
+            storage,
+            staged_events: [event_listener::Event::new(), event_listener::Event::new()],
+            space_event: event_listener::Event::new(),
+            index: RefCell::new(HashMap::new()),
+            spans: RefCell::new(VecDeque::new()),
+            spans_base: Cell::new(0),
+            spans_event: event_listener::Event::new(),
+            runner_cursors: RefCell::new(Vec::new()),
+            gc_event: event_listener::Event::new(),
+            bodies_dead: RefCell::new(Vec::new()),
+            stats: [RefCell::new(CommitStats::default()), RefCell::new(CommitStats::default())],
+            last_id: Cell::new(0),
+            closed: Cell::new(false),
+            closed_event: event_listener::Event::new(),
+        };
+        let fresh = queue.recover().await?;
+        let queue = Rc::new(queue);
+        queue.runner_cursors.borrow_mut().resize(queue.params.retry_lags.len(), 0);
+        Ok((queue, fresh))
+    }
+
+    /// Reads every segment, rebuilds the index and the runners' spans,
+    /// removes orphan body files, and sets up the logs so that the next
+    /// batch of each opens a new segment (writer rule 6).
+    async fn recover(&self) -> std::io::Result<Vec<Envelope>> {
+        let names = self.storage.list()?;
+        let mut segments: Vec<(LogKind, u64, String)> = Vec::new();
+        let mut bodies = Vec::new();
+        for name in names {
+            if let Some((kind, seq)) = log::parse_segment_name(&name) {
+                segments.push((kind, seq, name));
+            } else if name.starts_with("free-") && name.ends_with(".seg") {
+                let kind = if name.starts_with("free-head") { LogKind::Head } else { LogKind::Retry };
+                self.logs[log_slot(kind)].borrow_mut().free.push(name);
+            } else if let Some(id) = name.strip_prefix("body-") {
+                bodies.push(id.to_string());
+            }
+        }
+        segments.sort_by_key(|(kind, seq, _)| (log_slot(*kind), *seq));
+        let mut scan = recover::Scan::default();
+        let mut files = Vec::new();
+        for (kind, seq, name) in &segments {
+            let file = self.storage.open(name).await?;
+            let size = file.size_bytes().await?;
+            let bytes = file.read_at(0, size as usize).await?;
+            scan.add_segment(*kind, *seq, name, &bytes, *kind == LogKind::Head);
+            files.push(Rc::new(file));
+        }
+        for segment in scan.damaged() {
+            crate::log::event(
+                "queue_recovery",
+                &[
+                    ("shard", &self.shard_index),
+                    ("segment", &segment.name),
+                    ("problem", &segment.problem.clone().unwrap_or_default()),
+                ],
+            );
+        }
+        let newest_head = segments.iter().filter(|s| s.0 == LogKind::Head).map(|s| s.1).max();
+        for ((kind, seq, name), file) in segments.iter().zip(files) {
+            let mut log = self.logs[log_slot(*kind)].borrow_mut();
+            log.segments.insert(
+                *seq,
+                log::Segment {
+                    file,
+                    name: name.clone(),
+                    live: 0,
+                    sealed_head_sequence: Some(newest_head.unwrap_or(0)),
+                },
+            );
+            log.segment_sequence_next = log.segment_sequence_next.max(seq + 1);
+        }
+        for (slot, last) in scan.record_sequence_last.iter().enumerate() {
+            let mut log = self.logs[slot].borrow_mut();
+            log.record_sequence_next = match last {
+                Some(last) => last + 1 + queue_format::RECORD_SEQUENCE_RESTART_GAP,
+                None => {
+                    // Nothing trusted: still past any number a segment of this
+                    // log could have used, if segments exist.
+                    if log.segments.is_empty() { 1 } else { 1 + queue_format::RECORD_SEQUENCE_RESTART_GAP }
+                }
+            };
+        }
+        // Index, live counts, fresh envelopes for delivery, spans for runners.
+        let mut fresh = Vec::new();
+        let mut retry_live: Vec<(u64, Location, u64)> = Vec::new();
+        let now = unix_now_ms();
+        let mut index = self.index.borrow_mut();
+        for (id, candidate) in scan.live.drain() {
+            let slot = log_slot(candidate.location.log);
+            if let Some(segment) =
+                self.logs[slot].borrow_mut().segments.get_mut(&candidate.location.segment_sequence)
+            {
+                segment.live += 1;
+            }
+            let in_flight = candidate.location.log == LogKind::Head;
+            index.insert(
+                id,
+                Entry {
+                    location: candidate.location,
+                    attempt_count: candidate.attempt_count,
+                    retry_next_unix_ms: candidate.retry_next_unix_ms,
+                    body_file: candidate.body_file,
+                    in_flight,
+                },
+            );
+            match candidate.envelope {
+                Some(env) if in_flight => fresh.push(env),
+                _ => retry_live.push((
+                    self.recovered_written_ms(candidate.retry_next_unix_ms, now),
+                    candidate.location,
+                    candidate.record_sequence,
+                )),
+            }
+        }
+        drop(index);
+        retry_live.sort_by_key(|(written, location, _)| (*written, location.segment_sequence, location.offset));
+        let mut spans = self.spans.borrow_mut();
+        for (written, location, sequence) in retry_live {
+            spans.push_back(Span::recovered(location, sequence, written));
+        }
+        drop(spans);
+        // Body files no live envelope names are orphans (SPEC section 11, case 8).
+        let live_ids: std::collections::HashSet<String> =
+            self.index.borrow().iter().filter(|(_, e)| e.body_file).map(|(id, _)| id_text(id)).collect();
+        for id in bodies {
+            if !live_ids.contains(&id) {
+                self.storage.remove(&body_name(&id)).await?;
+            }
+        }
+        fresh.sort_by(|a, b| a.id.cmp(&b.id));
+        crate::log::event(
+            "queue_recovered",
+            &[
+                ("shard", &self.shard_index),
+                ("segments", &segments.len()),
+                ("records", &scan.records),
+                ("live", &self.index.borrow().len()),
+                ("fresh", &fresh.len()),
+            ],
+        );
+        Ok(fresh)
+    }
+
+    /// For a recovered retry record: a write time such that the runner
+    /// whose lag first covers the remaining wait reaches it at its retry
+    /// time (and never later than now).
+    fn recovered_written_ms(&self, retry_next_unix_ms: u64, now_ms: u64) -> u64 {
+        let remaining = retry_next_unix_ms.saturating_sub(now_ms);
+        let lags = &self.params.retry_lags;
+        let lag = lags.iter().find(|lag| lag.as_millis() as u64 >= remaining).unwrap_or(lags.last().unwrap());
+        retry_next_unix_ms.saturating_sub(lag.as_millis() as u64).min(now_ms)
+    }
+
+    pub fn params(&self) -> &QueueParams {
+        &self.params
+    }
+
+    pub fn shard_index(&self) -> u16 {
+        self.shard_index
+    }
+
+    /// A new queue id: microseconds since the epoch (strictly increasing
+    /// within the shard) and the shard index, in upper-case hex.
+    pub fn next_id(&self) -> String {
+        let now_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
+        let id = now_us.max(self.last_id.get() + 1);
+        self.last_id.set(id);
+        format!("{:014X}{:02X}", id, self.shard_index)
+    }
+
+    pub fn body_path(&self, id: &str) -> PathBuf {
+        self.storage.path().join(body_name(id))
+    }
+
+    /// The wait before a message's next attempt after attempt `attempt_count`:
+    /// the lag of the runner that will hand it back.
+    pub fn retry_delay(&self, attempt_count: u16) -> Duration {
+        let lags = &self.params.retry_lags;
+        lags[(attempt_count.max(1) as usize - 1).min(lags.len() - 1)]
+    }
+
+    /// Starts a new message; its content is streamed with [`MessageWriter::write`].
+    pub async fn create(&self) -> Result<MessageWriter, QueueError> {
+        let id = self.next_id();
+        Ok(MessageWriter {
+            path: self.body_path(&id),
+            id,
+            inline: Vec::new(),
+            inline_max_bytes: self.params.inline_max_bytes,
+            file: None,
+            file_offset_bytes: 0,
+            checksum: 0,
+            size_bytes: 0,
+        })
+    }
+
+    /// Stages a record in its log and waits until it is durable.
+    async fn append(&self, kind: LogKind, staged: Staged) -> Result<Location, QueueError> {
+        let slot = log_slot(kind);
+        loop {
+            let listener = self.space_event.listen();
+            if self.logs[slot].borrow().staged_bytes < STAGED_BYTES_MAX {
+                break;
+            }
+            listener.await;
+        }
+        let waiter = self.logs[slot].borrow_mut().stage(staged)?;
+        self.staged_events[slot].notify(1);
+        waiter.wait().await
+    }
+
+    /// Records a delivery attempt that left recipients pending: the whole
+    /// envelope again, in the retry log, due at `env.next_retry_unix_ms`.
+    pub async fn defer(&self, env: &Envelope) -> Result<(), QueueError> {
+        assert!(env.attempt_count >= 1 && env.pending_count() > 0);
+        self.append(LogKind::Retry, Staged::Replacement(env.clone())).await?;
+        Ok(())
+    }
+
+    /// Records that a message is finished; its body file goes once the
+    /// completion is durable.
+    pub async fn complete(&self, env: &Envelope, reason: CompletionReason) -> Result<(), QueueError> {
+        let qid = env.queue_id();
+        let Some(entry) = self.index.borrow().get(&qid).copied() else {
+            return Ok(());
+        };
+        let completion = Completion {
+            queue_id: qid,
+            completion_unix_ms: unix_now_ms(),
+            attempt_count: entry.attempt_count,
+            reason,
+        };
+        self.append(entry.location.log, Staged::Completion(completion)).await?;
+        Ok(())
+    }
+
+    /// The index entry of a message, if it is live.
+    pub fn entry(&self, id: &str) -> Option<Entry> {
+        self.index.borrow().get(&queue_id_of(id)).copied()
+    }
+
+    /// Live messages in the index.
+    pub fn live_count(&self) -> usize {
+        self.index.borrow().len()
+    }
+
+    /// Segment files of each log (head, retry).
+    pub fn segment_counts(&self) -> (usize, usize) {
+        (self.logs[0].borrow().segments.len(), self.logs[1].borrow().segments.len())
+    }
+
+    pub fn stats(&self, kind: LogKind) -> CommitStats {
+        self.stats[log_slot(kind)].borrow().clone()
+    }
+
+    /// Delivery gave a message back unfinished (an I/O error while
+    /// recording the attempt): a runner may hand it over again.
+    pub fn release(&self, id: &str) {
+        if let Some(entry) = self.index.borrow_mut().get_mut(&queue_id_of(id)) {
+            entry.in_flight = false;
+        }
+    }
+
+    /// Stops the committers once everything staged is flushed, and the
+    /// runners and the collector at once.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.closed_event.notify(usize::MAX);
+        for event in &self.staged_events {
+            event.notify(usize::MAX);
+        }
+        self.spans_event.notify(usize::MAX);
+        self.gc_event.notify(usize::MAX);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// The committer of one log: one batch in flight at a time.
+    pub async fn run_committer(self: Rc<Self>, kind: LogKind) {
+        let slot = log_slot(kind);
+        loop {
+            let listener = self.staged_events[slot].listen();
+            if self.logs[slot].borrow().staged.is_empty() {
+                if self.closed.get() {
+                    return;
+                }
+                listener.await;
+                continue;
+            }
+            if !self.params.commit_delay.is_zero() && !self.closed.get() {
+                glommio::timer::sleep(self.params.commit_delay).await;
+            }
+            self.commit_batch(kind).await;
+        }
+    }
+
+    /// Opens the next segment of a log: a freed file renamed, or a new one
+    /// allocated at full size; the directory is flushed before any record
+    /// goes in, so the name is durable with the first batch.
+    async fn open_segment(&self, kind: LogKind) -> std::io::Result<()> {
+        let slot = log_slot(kind);
+        let (sequence, free, size) = {
+            let log = self.logs[slot].borrow();
+            (log.segment_sequence_next, log.free.last().cloned(), log.segment_size_bytes)
+        };
+        let name = log::segment_name(kind, sequence);
+        let mut file = None;
+        if let Some(free) = free {
+            self.logs[slot].borrow_mut().free.pop();
+            self.storage.rename(&free, &name).await?;
+            let reused = self.storage.open(&name).await?;
+            if reused.size_bytes().await? == size {
+                file = Some(reused);
+            }
+        }
+        let file = match file {
+            Some(file) => file,
+            None => self.storage.create(&name, size).await?,
+        };
+        self.storage.sync_dir().await?;
+        let newest_head = self.logs[0].borrow().newest_segment();
+        let mut log = self.logs[slot].borrow_mut();
+        // The segment being left stops taking records.
+        if let Some(old) = log.active.take() {
+            let sealed = if kind == LogKind::Retry { newest_head } else { None };
+            if let Some(segment) = log.segments.get_mut(&old.sequence) {
+                segment.sealed_head_sequence = Some(sealed.unwrap_or(old.sequence));
+            }
+        }
+        log.segment_sequence_next = sequence + 1;
+        log.rotate_requested = false;
+        log.segments.insert(sequence, log::Segment { file: Rc::new(file), name, live: 0, sealed_head_sequence: None });
+        log.active = Some(log::Active {
+            sequence,
+            write_offset: queue_format::SEGMENT_HEADER_SIZE_BYTES as u64,
+            header_pending: true,
+            record_sequence_first: log.record_sequence_next,
+        });
+        Ok(())
+    }
+
+    async fn commit_batch(&self, kind: LogKind) {
+        let slot = log_slot(kind);
+        let (records, size) = self.logs[slot].borrow_mut().take_batch();
+        self.space_event.notify(usize::MAX);
+        if records.is_empty() {
+            return;
+        }
+        let padded = queue_format::padded_size_bytes(size);
+        let result = self.write_batch(kind, &records, padded, size).await;
+        match result {
+            Ok((batch_locations, written_bytes)) => {
+                self.stats[slot].borrow_mut().count(records.len(), written_bytes);
+                self.on_durable(kind, &records, &batch_locations);
+                for ((_, waiter), location) in records.iter().zip(batch_locations) {
+                    waiter.finish(Ok(location));
+                }
+                self.gc_event.notify(1);
+            }
+            Err((error, sequence_next)) => {
+                self.stats[slot].borrow_mut().failures += 1;
+                crate::log::event(
+                    "queue_flush_failed",
+                    &[("shard", &self.shard_index), ("log", &log::kind_name(kind)), ("records", &records.len()), ("error", &error)],
+                );
+                let mut log = self.logs[slot].borrow_mut();
+                if let Some(active) = log.active.take() {
+                    let sealed = log.segments.get_mut(&active.sequence);
+                    if let Some(segment) = sealed {
+                        segment.sealed_head_sequence = Some(active.sequence);
+                    }
+                }
+                let sequence_next = sequence_next.unwrap_or(log.record_sequence_next);
+                log.batch_failed(sequence_next);
+                drop(log);
+                for (_, waiter) in &records {
+                    waiter.finish(Err(error.duplicate()));
+                }
+            }
+        }
+    }
+
+    /// Writes one batch and flushes it. On failure returns the error and,
+    /// if the batch was encoded, the sequence number after it.
+    async fn write_batch(
+        &self,
+        kind: LogKind,
+        records: &[(Staged, Rc<Waiter>)],
+        padded: usize,
+        size: usize,
+    ) -> Result<(Vec<Location>, usize), (QueueError, Option<u64>)> {
+        let slot = log_slot(kind);
+        let needs_segment = self.logs[slot].borrow().needs_segment(padded);
+        if needs_segment {
+            self.open_segment(kind).await.map_err(|e| (QueueError::from(e), None))?;
+        }
+        let (batch, file) = {
+            let log = self.logs[slot].borrow();
+            let batch = log.encode_batch(records, size, unix_now_ms());
+            let file = log.segments[&batch.segment_sequence].file.clone();
+            (batch, file)
+        };
+        let sequence_next = Some(batch.record_sequence_next);
+        let written = file.write_at(&batch.bytes, batch.write_offset).await.map_err(|e| (QueueError::from(e), sequence_next))?;
+        if written != batch.bytes.len() {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short write: {written} of {} bytes", batch.bytes.len()),
+            );
+            return Err((QueueError::NoSpace(e), sequence_next));
+        }
+        file.sync().await.map_err(|e| (QueueError::from(e), sequence_next))?;
+        let locations = batch
+            .placed
+            .iter()
+            .map(|&(offset, size_bytes)| Location {
+                log: kind,
+                segment_sequence: batch.segment_sequence,
+                offset,
+                size_bytes,
+            })
+            .collect();
+        if kind == LogKind::Retry {
+            self.push_span(Span::batch(&batch, unix_now_ms()));
+        }
+        self.logs[slot].borrow_mut().batch_durable(&batch);
+        Ok((locations, batch.bytes.len()))
+    }
+
+    /// The index follows the durable records: a newer envelope moves a
+    /// message's entry (its old record dies), a completion removes it.
+    fn on_durable(&self, kind: LogKind, records: &[(Staged, Rc<Waiter>)], locations: &[Location]) {
+        let mut index = self.index.borrow_mut();
+        for ((staged, _), location) in records.iter().zip(locations) {
+            let (qid, old) = match staged {
+                Staged::Envelope(env) | Staged::Replacement(env) => {
+                    let qid = env.queue_id();
+                    let entry = Entry {
+                        location: *location,
+                        attempt_count: env.attempt_count,
+                        retry_next_unix_ms: env.next_retry_unix_ms,
+                        body_file: matches!(env.body, Body::File { .. }),
+                        // A fresh envelope is with delivery already; a
+                        // replacement waits for its runner.
+                        in_flight: matches!(staged, Staged::Envelope(_)),
+                    };
+                    let old = index.insert(qid, entry);
+                    self.logs[log_slot(kind)]
+                        .borrow_mut()
+                        .segments
+                        .get_mut(&location.segment_sequence)
+                        .expect("the batch's segment exists")
+                        .live += 1;
+                    (qid, old)
+                }
+                Staged::Completion(c) => {
+                    let old = index.remove(&c.queue_id);
+                    if let Some(old) = old {
+                        if old.body_file {
+                            self.bodies_dead.borrow_mut().push(body_name(&id_text(&c.queue_id)));
+                        }
+                    }
+                    (c.queue_id, old)
+                }
+            };
+            let _ = qid;
+            if let Some(old) = old {
+                let mut log = self.logs[log_slot(old.location.log)].borrow_mut();
+                if let Some(segment) = log.segments.get_mut(&old.location.segment_sequence) {
+                    assert!(segment.live > 0, "live count of segment {} below zero", segment.name);
+                    segment.live -= 1;
+                }
+            }
+        }
+    }
+
+    /// Segments that may go now, oldest first per log (SPEC section 13).
+    /// Asks the head log to move to a new segment when only its active
+    /// segment keeps a dead retry segment alive.
+    fn collectable(&self) -> Vec<(LogKind, u64)> {
+        let mut out = Vec::new();
+        let head_oldest_after: Option<u64>;
+        {
+            let head = self.logs[0].borrow();
+            let active = head.active.as_ref().map(|a| a.sequence);
+            let mut next_oldest = None;
+            for (&seq, segment) in &head.segments {
+                if Some(seq) == active || segment.live > 0 {
+                    next_oldest = Some(seq);
+                    break;
+                }
+                out.push((LogKind::Head, seq));
+            }
+            head_oldest_after = next_oldest;
+        }
+        let mut rotate_head = false;
+        {
+            let retry = self.logs[1].borrow();
+            let active = retry.active.as_ref().map(|a| a.sequence);
+            for (&seq, segment) in &retry.segments {
+                if Some(seq) == active || segment.live > 0 {
+                    break;
+                }
+                let sealed = segment.sealed_head_sequence.unwrap_or(u64::MAX);
+                if let Some(oldest) = head_oldest_after {
+                    if oldest <= sealed {
+                        let head = self.logs[0].borrow();
+                        rotate_head = head.active.as_ref().map(|a| a.sequence) == Some(oldest)
+                            && head.segments.get(&oldest).map(|s| s.live) == Some(0);
+                        break;
+                    }
+                }
+                out.push((LogKind::Retry, seq));
+            }
+        }
+        if rotate_head {
+            self.logs[0].borrow_mut().rotate_requested = true;
+        }
+        out
+    }
+
+    /// The collector: deletes (or keeps for reuse) dead segments and the
+    /// body files of completed messages.
+    pub async fn run_collector(self: Rc<Self>) {
+        loop {
+            let listener = self.gc_event.listen();
+            if self.closed.get() {
+                return;
+            }
+            for (kind, seq) in self.collectable() {
+                if let Err(e) = self.retire_segment(kind, seq).await {
+                    crate::log::event("queue_gc_error", &[("shard", &self.shard_index), ("error", &e)]);
+                }
+            }
+            let bodies = std::mem::take(&mut *self.bodies_dead.borrow_mut());
+            for name in bodies {
+                if let Err(e) = self.storage.remove(&name).await {
+                    crate::log::event("queue_gc_error", &[("shard", &self.shard_index), ("file", &name), ("error", &e)]);
+                }
+            }
+            listener.await;
+        }
+    }
+
+    async fn retire_segment(&self, kind: LogKind, seq: u64) -> std::io::Result<()> {
+        let slot = log_slot(kind);
+        let Some(segment) = self.logs[slot].borrow_mut().segments.remove(&seq) else {
+            return Ok(());
+        };
+        let keep = self.logs[slot].borrow().free.len() < FREE_SEGMENTS_MAX;
+        if keep {
+            let free = format!("free-{}-{seq:016x}.seg", log::kind_name(kind));
+            self.storage.rename(&segment.name, &free).await?;
+            self.logs[slot].borrow_mut().free.push(free);
+        } else {
+            self.storage.remove(&segment.name).await?;
+        }
+        crate::log::event(
+            "queue_segment_retired",
+            &[("shard", &self.shard_index), ("segment", &segment.name), ("reused", &keep)],
+        );
+        Ok(())
+    }
+
+    fn push_span(&self, span: Span) {
+        self.spans.borrow_mut().push_back(span);
+        self.spans_event.notify(usize::MAX);
+    }
+}
+
+/// A message being received. Up to `queue.inline_max_bytes` its content is
+/// kept in memory for the envelope record; past that it goes to its body
+/// file, its final resting place, in 64 KiB writes.
+pub struct MessageWriter {
+    id: String,
+    path: PathBuf,
+    inline: Vec<u8>,
+    inline_max_bytes: usize,
+    file: Option<BufferedFile>,
+    file_offset_bytes: u64,
+    checksum: u32,
+    size_bytes: u64,
+}
+
+/// Writes `bytes` at `offset`. A short write on a regular file means the
+/// file system ran out of room part-way; it is reported as a full disk.
+async fn write_all_at(file: &BufferedFile, bytes: Vec<u8>, offset: u64) -> Result<(), QueueError> {
+    let len = bytes.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let written = file.write_at(bytes, offset).await.map_err(std::io::Error::from)?;
+    if written != len {
+        return Err(QueueError::NoSpace(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            format!("short write: {written} of {len} bytes"),
+        )));
+    }
+    Ok(())
+}
+
+impl MessageWriter {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), QueueError> {
+        self.checksum = queue_format::checksum::crc32c_append(self.checksum, bytes);
+        self.size_bytes += bytes.len() as u64;
+        self.inline.extend_from_slice(bytes);
+        if self.file.is_none() && self.inline.len() > self.inline_max_bytes {
+            let file = BufferedFile::create(&self.path).await.map_err(std::io::Error::from)?;
+            self.file = Some(file);
+        }
+        if self.file.is_some() && self.inline.len() >= BODY_WRITE_BYTES {
+            self.flush_buffer().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_buffer(&mut self) -> Result<(), QueueError> {
+        let file = self.file.as_ref().expect("a body file is open");
+        let bytes = std::mem::take(&mut self.inline);
+        let len = bytes.len() as u64;
+        write_all_at(file, bytes, self.file_offset_bytes).await?;
+        self.file_offset_bytes += len;
+        Ok(())
+    }
+
+    /// Makes the message durable: the body file (if any) flushed, then the
+    /// envelope record in the head log. Returns the envelope as queued
+    /// (with its body) only when both are on stable storage.
+    pub async fn commit<S: Storage + 'static>(mut self, queue: &Queue<S>, mut env: Envelope) -> Result<Envelope, QueueError> {
+        debug_assert_eq!(env.id, self.id);
+        env.size_bytes = self.size_bytes;
+        let result = async {
+            if self.file.is_some() {
+                self.flush_buffer().await?;
+                let file = self.file.take().expect("checked above");
+                file.fdatasync().await.map_err(std::io::Error::from)?;
+                file.close().await.map_err(std::io::Error::from)?;
+                env.body = Body::File { size_bytes: self.size_bytes, checksum: self.checksum };
+            } else {
+                env.body = Body::Inline(std::sync::Arc::from(std::mem::take(&mut self.inline)));
+            }
+            queue.append(LogKind::Head, Staged::Envelope(env.clone())).await
+        }
+        .await;
+        match result {
+            Ok(_) => Ok(env),
+            Err(e) => {
+                self.discard().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops a message that will not be acknowledged.
+    pub async fn abort(mut self) {
+        self.discard().await;
+    }
+
+    async fn discard(&mut self) {
+        if let Some(file) = self.file.take() {
+            let _ = file.close().await;
+        }
+        if self.size_bytes > self.inline_max_bytes as u64 {
+            let _ = glommio::io::remove(&self.path).await;
         }
     }
 }

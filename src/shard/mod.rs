@@ -24,7 +24,8 @@ use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle}
 use crate::config::{BareLf, Config};
 use crate::deliver::engine::Delivery;
 use crate::log;
-use crate::queue::Queue;
+use crate::queue::{Queue, QueueParams};
+use queue_format::LogKind;
 use crate::smtp::server::{BareLfPolicy, ServerParams};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -159,15 +160,37 @@ async fn shard_main(index: usize, config: Arc<Config>, stop: Arc<AtomicBool>) ->
     let tq_smtp = executor.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(5)), "smtp");
     let tq_delivery = executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "delivery");
     let spool = config.spool_for_shard(index).to_path_buf();
-    let (queue, envelopes) = Queue::open(&spool, index as u16)
+    let (queue, envelopes) = Queue::open(&spool, index as u16, QueueParams::from_config(&config))
         .await
         .map_err(|e| format!("shard {index}: cannot open spool {}: {e}", spool.display()))?;
-    let queue = Rc::new(queue);
     let delivery = Rc::new(Delivery::new(config.clone(), queue.clone(), index));
     let recovered = envelopes.len();
     for env in envelopes {
         delivery.submit(env);
     }
+    // The queue's own tasks: a committer per log next to the sessions it
+    // acknowledges; the collector and the retry runners with delivery.
+    let mut queue_tasks = Vec::new();
+    for kind in [LogKind::Head, LogKind::Retry] {
+        let task = glommio::spawn_local_into(queue.clone().run_committer(kind), tq_smtp)
+            .map_err(|e| format!("shard {index}: {e}"))?;
+        queue_tasks.push(task);
+    }
+    let collector = glommio::spawn_local_into(queue.clone().run_collector(), tq_delivery)
+        .map_err(|e| format!("shard {index}: {e}"))?;
+    let (due_sender, due_receiver) =
+        glommio::channels::local_channel::new_bounded(config.delivery.max_concurrent_per_shard as usize);
+    let due_sender = Rc::new(due_sender);
+    let mut runner_tasks = Vec::new();
+    for runner in 0..queue.params().retry_lags.len() {
+        let task = glommio::spawn_local_into(queue.clone().run_runner(runner, due_sender.clone()), tq_delivery)
+            .map_err(|e| format!("shard {index}: {e}"))?;
+        runner_tasks.push(task);
+    }
+    drop(due_sender);
+    glommio::spawn_local_into(delivery.clone().take_due(due_receiver), tq_delivery)
+        .map_err(|e| format!("shard {index}: {e}"))?
+        .detach();
     let mut listeners = Vec::new();
     for addr in &config.server.listen {
         let listener = glommio::net::TcpListener::bind(addr)
@@ -214,6 +237,30 @@ async fn shard_main(index: usize, config: Arc<Config>, stop: Arc<AtomicBool>) ->
     }
     delivery_task.await;
     shard.delivery.wait_idle(Instant::now() + Duration::from_secs(10)).await;
+    // Records staged by the last attempts are flushed before the committers end.
+    shard.queue.close();
+    for task in queue_tasks {
+        task.await;
+    }
+    collector.await;
+    for task in runner_tasks {
+        task.await;
+    }
+    for kind in [LogKind::Head, LogKind::Retry] {
+        let stats = shard.queue.stats(kind);
+        log::event(
+            "commit_stats",
+            &[
+                ("shard", &index),
+                ("log", &crate::queue::log::kind_name(kind)),
+                ("flushes", &stats.flushes),
+                ("records", &stats.records),
+                ("bytes", &stats.bytes),
+                ("failures", &stats.failures),
+                ("batch_records", &stats.histogram_text()),
+            ],
+        );
+    }
     log::event("stopped", &[("shard", &index)]);
     Ok(())
 }

@@ -63,8 +63,7 @@ class Ringpost:
             "server.pin": "false",
             "server.drain_timeout": '"5s"',
             "queue.spool": f'["{self.spool}"]',
-            "queue.retry_interval": '"1s"',
-            "queue.retry_interval_max": '"2s"',
+            "queue.retry_lags": '["1s", "2s"]',
             "local.maildir": f'"{self.mail}/{{user}}/Maildir"',
         }
         self.settings.update(settings)
@@ -104,8 +103,18 @@ class Ringpost:
         new = self.mail / user / "Maildir" / "new"
         return sorted(new.iterdir()) if new.is_dir() else []
 
-    def queue_files(self):
-        return sorted(p for p in self.spool.rglob("*") if p.is_file())
+    def queue_stats(self):
+        """`ringpost queue stats` of this spool: the totals as a dict."""
+        out = subprocess.run(self.args("queue") + ["stats"], capture_output=True, check=True, text=True).stdout
+        total = [line for line in out.splitlines() if line.startswith("total ")][-1]
+        return {k: int(v) for k, v in (item.split("=") for item in total.split()[1:])}
+
+    def queue_live(self):
+        """Live messages in the spool, as a restart would find them."""
+        return self.queue_stats()["live"]
+
+    def body_files(self):
+        return sorted(p for p in self.spool.rglob("body-*") if p.is_file())
 
 
 @pytest.fixture

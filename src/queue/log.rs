@@ -1,0 +1,302 @@
+//! One envelope log of one shard (the head log or the retry log): its
+//! segments, the records staged for its next batch, and the batch encoder.
+//!
+//! Place in the pipeline: owned by [`super::Queue`], whose committer task
+//! takes the staged records, asks this module for the bytes of one batch
+//! (segment header included when the batch opens a segment), writes them
+//! with one O_DIRECT write and one fdatasync, and then wakes the waiters.
+//! The writer rules of `queue-format/SPEC.md` section 10 are kept here:
+//! one batch in flight, whole padded blocks, a new segment after a restart
+//! or a failed batch, sequence numbers that jump by 2^32 when they do.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use queue_format::{
+    encoded_size_bytes, padded_size_bytes, BatchBuilder, Completion, LogKind, RecordBody, SegmentHeader,
+    BLOCK_SIZE_BYTES, RECORD_SEQUENCE_RESTART_GAP, SEGMENT_HEADER_SIZE_BYTES,
+};
+
+use super::envelope::Envelope;
+use super::QueueError;
+
+/// Largest batch written at once (one write, one fdatasync).
+pub const BATCH_BYTES_MAX: usize = 8 << 20;
+/// Staged bytes per log beyond which new records wait for room.
+pub const STAGED_BYTES_MAX: usize = 32 << 20;
+/// Freed segment files kept per log for reuse (written once already, so
+/// flushes inside them are the cheapest).
+pub const FREE_SEGMENTS_MAX: usize = 2;
+
+/// Where a record is: its log, segment and byte range in the segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub log: LogKind,
+    pub segment_sequence: u64,
+    pub offset: u32,
+    pub size_bytes: u32,
+}
+
+/// A record waiting for the next batch, owned until it is encoded.
+pub enum Staged {
+    /// A first envelope (head log). `in_flight`: delivery already holds it.
+    Envelope(Envelope),
+    /// A replacement envelope (retry log).
+    Replacement(Envelope),
+    Completion(Completion),
+}
+
+impl Staged {
+    pub fn body(&self) -> RecordBody<'_> {
+        match self {
+            Staged::Envelope(env) => RecordBody::Envelope(env.to_format()),
+            Staged::Replacement(env) => RecordBody::ReplacementEnvelope(env.to_format()),
+            Staged::Completion(c) => RecordBody::Completion(*c),
+        }
+    }
+}
+
+/// How a staged record ended: durable at a location, or refused.
+pub struct Waiter {
+    outcome: Cell<Option<Result<Location, QueueError>>>,
+    event: event_listener::Event,
+}
+
+impl Waiter {
+    pub fn new() -> Rc<Waiter> {
+        Rc::new(Waiter { outcome: Cell::new(None), event: event_listener::Event::new() })
+    }
+
+    pub fn finish(&self, outcome: Result<Location, QueueError>) {
+        self.outcome.set(Some(outcome));
+        self.event.notify(usize::MAX);
+    }
+
+    /// Waits until the batch holding the record was flushed (or failed).
+    pub async fn wait(&self) -> Result<Location, QueueError> {
+        loop {
+            let listener = self.event.listen();
+            if let Some(outcome) = self.outcome.take() {
+                return outcome;
+            }
+            listener.await;
+        }
+    }
+}
+
+pub struct Segment<F> {
+    pub file: Rc<F>,
+    pub name: String,
+    /// Records in this segment the index still needs.
+    pub live: u32,
+    /// Retry log only: the newest head-log segment when this one stopped
+    /// taking records; it is kept until that head segment is gone
+    /// (SPEC section 13). None while it is the active segment.
+    pub sealed_head_sequence: Option<u64>,
+}
+
+/// The segment taking batches.
+pub struct Active {
+    pub sequence: u64,
+    /// Where the next batch goes (block-aligned).
+    pub write_offset: u64,
+    /// The header block goes out with the first batch (writer rule 1).
+    pub header_pending: bool,
+    pub record_sequence_first: u64,
+}
+
+pub struct LogState<F> {
+    pub kind: LogKind,
+    pub shard_index: u16,
+    pub segment_size_bytes: u64,
+    pub segments: BTreeMap<u64, Segment<F>>,
+    pub active: Option<Active>,
+    pub record_sequence_next: u64,
+    pub segment_sequence_next: u64,
+    pub staged: Vec<(Staged, Rc<Waiter>)>,
+    pub staged_bytes: usize,
+    /// Start the next batch in a new segment (set by garbage collection).
+    pub rotate_requested: bool,
+    /// Names of freed segment files ready for reuse.
+    pub free: Vec<String>,
+}
+
+/// A batch ready to write: its bytes, where they go, and where each
+/// record landed.
+pub struct BatchOut {
+    pub bytes: Vec<u8>,
+    pub write_offset: u64,
+    pub segment_sequence: u64,
+    pub record_sequence_first: u64,
+    pub record_sequence_next: u64,
+    /// Per staged record: offset and size in the segment.
+    pub placed: Vec<(u32, u32)>,
+    pub record_count: usize,
+}
+
+pub fn segment_name(kind: LogKind, sequence: u64) -> String {
+    format!("{}-{sequence:016x}.seg", kind_name(kind))
+}
+
+pub fn kind_name(kind: LogKind) -> &'static str {
+    match kind {
+        LogKind::Head => "head",
+        LogKind::Retry => "retry",
+    }
+}
+
+/// Parses `head-0000000000000001.seg` into (kind, sequence).
+pub fn parse_segment_name(name: &str) -> Option<(LogKind, u64)> {
+    let stem = name.strip_suffix(".seg")?;
+    let (kind, seq) = stem.split_once('-')?;
+    let kind = match kind {
+        "head" => LogKind::Head,
+        "retry" => LogKind::Retry,
+        _ => return None,
+    };
+    if seq.len() != 16 {
+        return None;
+    }
+    Some((kind, u64::from_str_radix(seq, 16).ok()?))
+}
+
+impl<F> LogState<F> {
+    pub fn new(kind: LogKind, shard_index: u16, segment_size_bytes: u64) -> LogState<F> {
+        assert!(segment_size_bytes.is_multiple_of(BLOCK_SIZE_BYTES as u64));
+        LogState {
+            kind,
+            shard_index,
+            segment_size_bytes,
+            segments: BTreeMap::new(),
+            active: None,
+            record_sequence_next: 1,
+            segment_sequence_next: 1,
+            staged: Vec::new(),
+            staged_bytes: 0,
+            rotate_requested: false,
+            free: Vec::new(),
+        }
+    }
+
+    /// Bytes a batch may hold: the batch limit and what a fresh segment holds.
+    pub fn batch_capacity_bytes(&self) -> usize {
+        BATCH_BYTES_MAX.min(self.segment_size_bytes as usize - SEGMENT_HEADER_SIZE_BYTES)
+    }
+
+    /// Takes staged records for one batch: as many as fit, at least one.
+    /// Returns them with the unpadded batch size.
+    pub fn take_batch(&mut self) -> (Vec<(Staged, Rc<Waiter>)>, usize) {
+        let capacity = self.batch_capacity_bytes();
+        let mut size = 0usize;
+        let mut count = 0usize;
+        for (staged, _) in &self.staged {
+            let record = encoded_size_bytes(&staged.body());
+            if count > 0 && padded_size_bytes(size + record) > capacity {
+                break;
+            }
+            size += record;
+            count += 1;
+        }
+        let taken: Vec<_> = self.staged.drain(..count).collect();
+        self.staged_bytes = self.staged_bytes.saturating_sub(size);
+        (taken, size)
+    }
+
+    /// Whether the batch of `padded` bytes needs a new segment first.
+    pub fn needs_segment(&self, padded: usize) -> bool {
+        match &self.active {
+            None => true,
+            Some(active) => {
+                self.rotate_requested || active.write_offset + padded as u64 > self.segment_size_bytes
+            }
+        }
+    }
+
+    /// Encodes `records` into one batch for the active segment, header
+    /// block first if the segment has none on disk yet.
+    pub fn encode_batch(&self, records: &[(Staged, Rc<Waiter>)], size: usize, now_unix_ms: u64) -> BatchOut {
+        let active = self.active.as_ref().expect("a segment is open before a batch is encoded");
+        let padded = padded_size_bytes(size);
+        let header_bytes = if active.header_pending { SEGMENT_HEADER_SIZE_BYTES } else { 0 };
+        let mut bytes = vec![0u8; header_bytes + padded];
+        if active.header_pending {
+            let header = SegmentHeader {
+                log_kind: self.kind,
+                shard_index: self.shard_index,
+                segment_sequence: active.sequence,
+                record_sequence_first: active.record_sequence_first,
+                created_unix_ms: now_unix_ms,
+                segment_size_bytes: self.segment_size_bytes,
+            };
+            let block: &mut [u8; SEGMENT_HEADER_SIZE_BYTES] =
+                (&mut bytes[..SEGMENT_HEADER_SIZE_BYTES]).try_into().expect("one block");
+            header.encode(block).expect("the header of a configured segment is valid");
+        }
+        let batch_offset = active.write_offset;
+        let mut builder =
+            BatchBuilder::new(&mut bytes[header_bytes..], self.kind, self.shard_index, self.record_sequence_next);
+        let mut placed = Vec::with_capacity(records.len());
+        for (staged, _) in records {
+            let start = builder.size_bytes();
+            builder.push(&staged.body()).expect("records are checked when staged and the batch sized for them");
+            let end = builder.size_bytes();
+            placed.push(((batch_offset as usize + start) as u32, (end - start) as u32));
+        }
+        let batch = builder.finish();
+        assert_eq!(batch.size_bytes, padded);
+        let (record_sequence_first, record_sequence_next) = (batch.record_sequence_first, batch.record_sequence_next);
+        BatchOut {
+            bytes,
+            write_offset: batch_offset - header_bytes as u64,
+            segment_sequence: active.sequence,
+            record_sequence_first,
+            record_sequence_next,
+            placed,
+            record_count: records.len(),
+        }
+    }
+
+    /// The batch is durable: the segment's write point moves past it.
+    pub fn batch_durable(&mut self, batch: &BatchOut) {
+        let active = self.active.as_mut().expect("the batch went to the active segment");
+        assert_eq!(active.sequence, batch.segment_sequence);
+        active.write_offset = batch.write_offset + batch.bytes.len() as u64;
+        active.header_pending = false;
+        self.record_sequence_next = batch.record_sequence_next;
+        assert!(active.write_offset <= self.segment_size_bytes);
+    }
+
+    /// The batch failed: nothing of it is acknowledged, the segment is
+    /// abandoned, and the next segment's numbers start past anything the
+    /// failed batch may have left on disk (writer rule 7).
+    pub fn batch_failed(&mut self, batch_record_sequence_next: u64) {
+        self.active = None;
+        self.record_sequence_next = batch_record_sequence_next + RECORD_SEQUENCE_RESTART_GAP;
+    }
+
+    /// Stage a record; the caller waits on the returned waiter.
+    pub fn stage(&mut self, staged: Staged) -> Result<Rc<Waiter>, QueueError> {
+        let body = staged.body();
+        body.check().map_err(|e| QueueError::Io(std::io::Error::other(format!("record refused: {e}"))))?;
+        let size = encoded_size_bytes(&body);
+        if padded_size_bytes(size) > self.batch_capacity_bytes() {
+            return Err(QueueError::Io(std::io::Error::other(format!(
+                "record of {size} bytes does not fit a {}-byte segment",
+                self.segment_size_bytes
+            ))));
+        }
+        let waiter = Waiter::new();
+        self.staged_bytes += size;
+        self.staged.push((staged, waiter.clone()));
+        Ok(waiter)
+    }
+
+    pub fn newest_segment(&self) -> Option<u64> {
+        self.segments.keys().next_back().copied()
+    }
+
+    pub fn oldest_segment(&self) -> Option<u64> {
+        self.segments.keys().next().copied()
+    }
+}

@@ -1,0 +1,173 @@
+//! The retry runners: each reads the retry log sequentially at a fixed lag
+//! behind its write point (`queue.retry_lags`) and hands the messages that
+//! are due to delivery. They are also the garbage collector's other half:
+//! the oldest runner leaves nothing live behind it, so a retry segment
+//! older than the longest lag holds only dead records and is deleted whole.
+//!
+//! Place in the pipeline: between the queue and delivery, in the shard's
+//! delivery task queue. Fresh messages never pass here (delivery takes them
+//! straight from ingress); a replacement envelope comes back through the
+//! runner whose lag equals its retry delay: a message deferred after its
+//! n-th attempt waits the n-th lag, so the n-th runner reaches it exactly
+//! when it is due.
+//!
+//! A runner's position is a list of spans: one per retry-log batch, with
+//! the time it was written (recovery makes one span per live record, with
+//! a write time chosen so the right runner reaches it at its retry time).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::channels::local_channel::LocalSender;
+use queue_format::{LogExpect, LogKind, LogReader, RecordBody};
+
+use super::envelope::Envelope;
+use super::log::{BatchOut, Location};
+use super::storage::{SegmentFile, Storage};
+use super::{unix_now_ms, Queue};
+
+/// Longest sleep of a runner between looks at the clock.
+const RUNNER_SLEEP_MAX: Duration = Duration::from_secs(30);
+
+/// A stretch of the retry log a runner reads in one go.
+#[derive(Clone, Copy, Debug)]
+pub struct Span {
+    pub segment_sequence: u64,
+    /// Offset in the segment of the first record (a record boundary).
+    pub offset: u64,
+    pub size_bytes: u64,
+    pub record_sequence_first: u64,
+    pub written_unix_ms: u64,
+}
+
+impl Span {
+    pub(super) fn batch(batch: &BatchOut, written_unix_ms: u64) -> Span {
+        let header = if batch.write_offset == 0 { queue_format::SEGMENT_HEADER_SIZE_BYTES as u64 } else { 0 };
+        let offset = batch.write_offset + header;
+        Span {
+            segment_sequence: batch.segment_sequence,
+            offset,
+            size_bytes: batch.write_offset + batch.bytes.len() as u64 - offset,
+            record_sequence_first: batch.record_sequence_first,
+            written_unix_ms,
+        }
+    }
+
+    pub(super) fn recovered(location: Location, record_sequence: u64, written_unix_ms: u64) -> Span {
+        Span {
+            segment_sequence: location.segment_sequence,
+            offset: location.offset as u64,
+            size_bytes: location.size_bytes as u64,
+            record_sequence_first: record_sequence,
+            written_unix_ms,
+        }
+    }
+}
+
+impl<S: Storage + 'static> Queue<S> {
+    /// Runner `index` (lag `queue.retry_lags[index]`) until the queue closes.
+    pub async fn run_runner(self: Rc<Self>, index: usize, due: Rc<LocalSender<Envelope>>) {
+        let lags = self.params.retry_lags.clone();
+        let lag_ms = lags[index].as_millis() as u64;
+        loop {
+            if self.closed.get() {
+                return;
+            }
+            let listener = self.spans_event.listen();
+            let closed = self.closed_event.listen();
+            let cursor = self.runner_cursors.borrow()[index];
+            let span = {
+                let spans = self.spans.borrow();
+                let at = (cursor - self.spans_base.get()) as usize;
+                spans.get(at).copied()
+            };
+            let Some(span) = span else {
+                futures_lite::future::or(listener, closed).await;
+                continue;
+            };
+            let now = unix_now_ms();
+            let due_at = span.written_unix_ms + lag_ms;
+            if now < due_at {
+                let wait = Duration::from_millis(due_at - now).min(RUNNER_SLEEP_MAX);
+                futures_lite::future::or(closed, async { glommio::timer::sleep(wait).await }).await;
+                continue;
+            }
+            if !self.run_span(&span, index, &lags, &due).await {
+                return;
+            }
+            self.runner_cursors.borrow_mut()[index] += 1;
+            self.drop_passed_spans();
+        }
+    }
+
+    /// Spans every runner has passed are forgotten.
+    fn drop_passed_spans(&self) {
+        let passed = self.runner_cursors.borrow().iter().copied().min().unwrap_or(0);
+        let mut spans = self.spans.borrow_mut();
+        while self.spans_base.get() < passed && !spans.is_empty() {
+            spans.pop_front();
+            self.spans_base.set(self.spans_base.get() + 1);
+        }
+    }
+
+    /// Reads one span and hands over what is due at this runner. Returns
+    /// false when delivery has gone (the shard is closing).
+    async fn run_span(&self, span: &Span, index: usize, lags: &[Duration], due: &LocalSender<Envelope>) -> bool {
+        let file = {
+            let retry = self.logs[1].borrow();
+            match retry.segments.get(&span.segment_sequence) {
+                Some(segment) => segment.file.clone(),
+                // Deleted: all its records were dead.
+                None => return true,
+            }
+        };
+        let bytes = match file.read_at(span.offset, span.size_bytes as usize).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                crate::log::event("queue_runner_error", &[("shard", &self.shard_index), ("error", &e)]);
+                return true;
+            }
+        };
+        let expect = LogExpect {
+            log_kind: LogKind::Retry,
+            shard_index: self.shard_index,
+            record_sequence_next: span.record_sequence_first,
+        };
+        let oldest = index + 1 == lags.len();
+        let lag_before_ms = index.checked_sub(1).map(|i| lags[i].as_millis() as u64);
+        let now = unix_now_ms();
+        let mut handed = Vec::new();
+        for entry in LogReader::new(&bytes, 0, expect) {
+            if entry.offset as u64 >= span.size_bytes {
+                break;
+            }
+            let RecordBody::ReplacementEnvelope(env) = &entry.record.body else { continue };
+            let offset = (span.offset + entry.offset as u64) as u32;
+            let mut index_map = self.index.borrow_mut();
+            let Some(current) = index_map.get_mut(&env.queue_id) else { continue };
+            let newest = current.location.log == LogKind::Retry
+                && current.location.segment_sequence == span.segment_sequence
+                && current.location.offset == offset;
+            if !newest || current.in_flight {
+                continue;
+            }
+            // Due now, and not already due when the runner before this one
+            // passed; the oldest runner takes whatever is still live.
+            let is_due = env.retry_next_unix_ms <= now;
+            let mine = match lag_before_ms {
+                None => true,
+                Some(before) => env.retry_next_unix_ms > span.written_unix_ms + before,
+            };
+            if oldest || (is_due && mine) {
+                current.in_flight = true;
+                handed.push(Envelope::from_format(env));
+            }
+        }
+        for env in handed {
+            if due.send(env).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}

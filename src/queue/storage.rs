@@ -1,0 +1,284 @@
+//! Storage under the envelope logs: a directory of segment files written
+//! with O_DIRECT at block-aligned offsets and flushed with fdatasync.
+//!
+//! Place in the pipeline: the lowest layer of the queue. The log committer
+//! (`log.rs`), recovery (`recover.rs`) and the runners (`runner.rs`) reach
+//! the disk only through [`Storage`] and [`SegmentFile`], so the tests can
+//! put [`FaultStorage`] underneath and make writes torn or short, flushes
+//! fail, or the disk full, at the moment they choose.
+//!
+//! [`DiskStorage`] is the real one: glommio DMA files on io_uring. A segment
+//! is created at its full size with fallocate so that an fdatasync inside it
+//! flushes data, not file-size metadata, and the directory is flushed after
+//! every create, rename and remove so the name is as durable as the bytes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaFile, OpenOptions};
+
+/// A directory of segment files.
+#[allow(async_fn_in_trait)]
+pub trait Storage {
+    type File: SegmentFile;
+    /// Creates (or truncates) `name`, allocated to `size_bytes`.
+    async fn create(&self, name: &str, size_bytes: u64) -> io::Result<Self::File>;
+    /// Opens an existing file for reading and writing.
+    async fn open(&self, name: &str) -> io::Result<Self::File>;
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    async fn remove(&self, name: &str) -> io::Result<()>;
+    /// Flushes the directory itself (names created, renamed, removed).
+    async fn sync_dir(&self) -> io::Result<()>;
+    /// Every file name in the directory.
+    fn list(&self) -> io::Result<Vec<String>>;
+    fn path(&self) -> &Path;
+}
+
+/// One segment file. Writes are whole 4 KiB blocks at block offsets.
+#[allow(async_fn_in_trait)]
+pub trait SegmentFile {
+    /// Writes `bytes` at `offset`; returns how many bytes were written.
+    async fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<usize>;
+    /// fdatasync.
+    async fn sync(&self) -> io::Result<()>;
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    async fn size_bytes(&self) -> io::Result<u64>;
+}
+
+fn glommio_err(e: glommio::GlommioError<()>) -> io::Error {
+    e.into()
+}
+
+/// Segment files on a real disk through glommio's DMA (O_DIRECT) files.
+pub struct DiskStorage {
+    dir: PathBuf,
+    handle: glommio::io::Directory,
+}
+
+impl DiskStorage {
+    /// Opens `dir` (which must exist and be absolute: glommio resolves
+    /// relative names against it only when it is).
+    pub async fn open(dir: &Path) -> io::Result<DiskStorage> {
+        assert!(dir.is_absolute(), "spool directory {} must be absolute", dir.display());
+        let handle = glommio::io::Directory::open(dir).await.map_err(glommio_err)?;
+        Ok(DiskStorage { dir: dir.to_path_buf(), handle })
+    }
+}
+
+pub struct DiskFile {
+    file: DmaFile,
+    path: PathBuf,
+}
+
+impl Storage for DiskStorage {
+    type File = DiskFile;
+
+    async fn create(&self, name: &str, size_bytes: u64) -> io::Result<DiskFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(self.dir.join(name))
+            .await
+            .map_err(glommio_err)?;
+        file.pre_allocate(size_bytes, false).await.map_err(glommio_err)?;
+        Ok(DiskFile { file, path: self.dir.join(name) })
+    }
+
+    async fn open(&self, name: &str) -> io::Result<DiskFile> {
+        let file =
+            OpenOptions::new().read(true).write(true).dma_open(self.dir.join(name)).await.map_err(glommio_err)?;
+        Ok(DiskFile { file, path: self.dir.join(name) })
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        glommio::io::rename(self.dir.join(from), self.dir.join(to)).await.map_err(glommio_err)
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        glommio::io::remove(self.dir.join(name)).await.map_err(glommio_err)
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        self.handle.sync().await.map_err(glommio_err)
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl SegmentFile for DiskFile {
+    async fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<usize> {
+        let mut buffer = self.file.alloc_dma_buffer(bytes.len());
+        buffer.as_bytes_mut().copy_from_slice(bytes);
+        self.file.write_at(buffer, offset).await.map_err(glommio_err)
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(glommio_err)
+    }
+
+    /// Reads go through the page cache on a helper thread: they are the
+    /// runners' sequential passes and recovery, never on the path of an
+    /// acknowledgement, and need no alignment that way.
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let path = self.path.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let file = std::fs::File::open(&path)?;
+                let mut bytes = vec![0u8; len];
+                let mut done = 0;
+                while done < len {
+                    let n = file.read_at(&mut bytes[done..], offset + done as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
+                }
+                bytes.truncate(done);
+                Ok(bytes)
+            })
+            .await
+    }
+
+    async fn size_bytes(&self) -> io::Result<u64> {
+        self.file.file_size().await.map_err(glommio_err)
+    }
+}
+
+/// What the next operations of a [`FaultStorage`] do wrong. Each fault
+/// fires once, on the next matching operation, then clears itself.
+#[derive(Default)]
+pub struct Faults {
+    /// The next segment write fails with this errno, writing nothing.
+    pub write_error: Cell<Option<i32>>,
+    /// The next segment write stops after this many bytes and reports it
+    /// (a short write).
+    pub write_short_bytes: Cell<Option<usize>>,
+    /// The next segment write puts only this many leading bytes on disk
+    /// but reports success (a torn write, as a crash would leave it).
+    pub write_torn_bytes: Cell<Option<usize>>,
+    /// The next fdatasync fails with this errno.
+    pub sync_error: Cell<Option<i32>>,
+    /// The next file creation fails with this errno.
+    pub create_error: Cell<Option<i32>>,
+    /// Operations seen, for assertions: (writes, syncs).
+    pub writes: Cell<u64>,
+    pub syncs: Cell<u64>,
+}
+
+/// The real storage with [`Faults`] injected: tests of the committer,
+/// recovery and garbage collection run on it.
+pub struct FaultStorage {
+    inner: DiskStorage,
+    pub faults: Rc<Faults>,
+    /// Files created, by name, for tests that count them.
+    pub created: RefCell<HashMap<String, u32>>,
+}
+
+impl FaultStorage {
+    pub fn new(inner: DiskStorage) -> FaultStorage {
+        FaultStorage { inner, faults: Rc::new(Faults::default()), created: RefCell::new(HashMap::new()) }
+    }
+}
+
+pub struct FaultFile {
+    inner: DiskFile,
+    faults: Rc<Faults>,
+}
+
+impl Storage for FaultStorage {
+    type File = FaultFile;
+
+    async fn create(&self, name: &str, size_bytes: u64) -> io::Result<FaultFile> {
+        if let Some(errno) = self.faults.create_error.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        *self.created.borrow_mut().entry(name.to_string()).or_default() += 1;
+        let inner = self.inner.create(name, size_bytes).await?;
+        Ok(FaultFile { inner, faults: self.faults.clone() })
+    }
+
+    async fn open(&self, name: &str) -> io::Result<FaultFile> {
+        let inner = self.inner.open(name).await?;
+        Ok(FaultFile { inner, faults: self.faults.clone() })
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.inner.rename(from, to).await
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        self.inner.remove(name).await
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        self.inner.sync_dir().await
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.inner.list()
+    }
+
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+}
+
+impl SegmentFile for FaultFile {
+    async fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<usize> {
+        self.faults.writes.set(self.faults.writes.get() + 1);
+        if let Some(errno) = self.faults.write_error.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        if let Some(short) = self.faults.write_short_bytes.take() {
+            let short = short.min(bytes.len()) / 4096 * 4096;
+            if short > 0 {
+                self.inner.write_at(&bytes[..short], offset).await?;
+            }
+            return Ok(short);
+        }
+        if let Some(torn) = self.faults.write_torn_bytes.take() {
+            // Sectors past the tear keep what they held before.
+            let torn = torn.min(bytes.len());
+            let old = self.inner.read_at(offset, bytes.len()).await?;
+            let mut mixed = bytes[..torn].to_vec();
+            mixed.extend_from_slice(&old[torn.min(old.len())..]);
+            mixed.resize(bytes.len(), 0);
+            self.inner.write_at(&mixed, offset).await?;
+            return Ok(bytes.len());
+        }
+        self.inner.write_at(bytes, offset).await
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.faults.syncs.set(self.faults.syncs.get() + 1);
+        if let Some(errno) = self.faults.sync_error.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        self.inner.sync().await
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.inner.read_at(offset, len).await
+    }
+
+    async fn size_bytes(&self) -> io::Result<u64> {
+        self.inner.size_bytes().await
+    }
+}
