@@ -1,0 +1,90 @@
+"""The log-structured queue seen from outside: no file per small message,
+a body file for a large one, the queue tools on a running and a stopped
+spool, deferred mail coming back through the retry runners."""
+
+import re
+import smtplib
+import subprocess
+
+from conftest import free_port, wait_for
+
+
+def send(port, count, body=b"Subject: q\r\n\r\nbody\r\n", rcpt="someone@example.net"):
+    ids = []
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        s.ehlo("queue.test")
+        for _ in range(count):
+            s.mail("alice@example.org")
+            assert s.rcpt(rcpt)[0] == 250
+            code, text = s.data(body)
+            assert code == 250, text
+            ids.append(re.search(rb"queued as ([0-9A-F]{16})", text).group(1).decode())
+    return ids
+
+
+def queue_cmd(rp, *args, check=True):
+    return subprocess.run(rp.args("queue") + list(args), capture_output=True, text=True, check=check)
+
+
+def spool_files(rp):
+    return sorted(p.name for p in rp.spool.rglob("*") if p.is_file())
+
+
+def test_small_messages_create_no_files_and_tools_show_the_queue(ringpost, smtp_sink):
+    port = free_port()
+    rp = ringpost({"delivery.smarthost": f"127.0.0.1:{port}", "server.shards": "1"})
+    before = spool_files(rp)
+    ids = send(rp.port, 20)
+    wait_for(lambda: rp.log_text().count("status=deferred") >= 20, what="20 deferrals")
+    # Only segment files: nothing per message.
+    after = spool_files(rp)
+    assert all(name.endswith(".seg") for name in after), after
+    assert len(after) - len(before) <= 2, (before, after)
+    big = send(rp.port, 1, body=b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 100)[0]
+    assert f"body-{big}" in spool_files(rp)
+
+    listing = queue_cmd(rp, "list").stdout
+    for queue_id in ids + [big]:
+        assert queue_id in listing
+    assert "someone@example.net" in listing
+    assert "-- " in listing and "21 messages" in listing
+    shown = queue_cmd(rp, "show", ids[0]).stdout
+    assert f"id: {ids[0]}" in shown and "from: <alice@example.org>" in shown
+    assert "body: inline" in shown and "rcpt[0]: someone@example.net pending" in shown
+    assert "body: file" in queue_cmd(rp, "show", big).stdout
+    missing = queue_cmd(rp, "show", "0000000000000000", check=False)
+    assert missing.returncode == 1 and "no such message" in missing.stderr
+    assert rp.queue_live() == 21
+    segment = next(rp.spool.rglob("head-*.seg"))
+    dump = queue_cmd(rp, "dump", str(segment)).stdout
+    assert "Envelope" in dump and ids[0] in dump
+
+    # The next hop comes up: the runners hand the deferred mail back.
+    sink = smtp_sink(port=port)
+    wait_for(lambda: len(sink.messages()) >= 21, timeout_s=30, what="all 21 delivered after the retry")
+    wait_for(lambda: rp.queue_live() == 0, what="queue to empty")
+    wait_for(lambda: rp.body_files() == [], what="body file removed")
+    assert rp.stop() == 0
+    # The stopped spool reads the same.
+    assert "Mail queue is empty" in queue_cmd(rp, "list").stdout
+    stats = queue_cmd(rp, "stats").stdout
+    assert "total live=0" in stats and "damaged=0" in stats
+    assert "event=commit_stats" in rp.log_text()
+
+
+def test_deferred_mail_survives_restart_in_the_retry_log(ringpost, smtp_sink):
+    port = free_port()
+    rp = ringpost({"delivery.smarthost": f"127.0.0.1:{port}", "queue.retry_lags": '["2s", "4s"]'})
+    ids = send(rp.port, 5)
+    wait_for(lambda: rp.log_text().count("status=deferred") >= 5, what="5 deferrals")
+    assert rp.stop() == 0
+    assert rp.queue_live() == 5
+    assert "deferred=" in queue_cmd(rp, "stats").stdout
+    sink = smtp_sink(port=port)
+    rp.start()
+    wait_for(lambda: len(sink.messages()) >= 5, timeout_s=30, what="the deferred mail delivered after the restart")
+    wait_for(lambda: rp.queue_live() == 0, what="queue to empty")
+    delivered = rp.log_text().count("status=delivered")
+    assert delivered == 5, rp.log_text()[-3000:]
+    for queue_id in ids:
+        assert f"id={queue_id}" in rp.log_text()
