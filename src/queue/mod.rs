@@ -556,15 +556,8 @@ impl<S: Storage + 'static> Queue<S> {
             None => self.storage.create(&name, size).await?,
         };
         self.storage.sync_dir().await?;
-        let newest_head = self.logs[0].borrow().newest_segment();
+        self.seal_active(kind);
         let mut log = self.logs[slot].borrow_mut();
-        // The segment being left stops taking records.
-        if let Some(old) = log.active.take() {
-            let sealed = if kind == LogKind::Retry { newest_head } else { None };
-            if let Some(segment) = log.segments.get_mut(&old.sequence) {
-                segment.sealed_head_sequence = Some(sealed.unwrap_or(old.sequence));
-            }
-        }
         log.segment_sequence_next = sequence + 1;
         log.rotate_requested = false;
         log.segments.insert(sequence, log::Segment { file: Rc::new(file), name, live: 0, sealed_head_sequence: None });
@@ -575,6 +568,20 @@ impl<S: Storage + 'static> Queue<S> {
             record_sequence_first: log.record_sequence_next,
         });
         Ok(())
+    }
+
+    /// The active segment stops taking records (a rotation, or a failed
+    /// batch abandoning it). A retry segment remembers the newest head
+    /// segment of that moment: it must outlive it (SPEC section 13).
+    fn seal_active(&self, kind: LogKind) {
+        let newest_head = self.logs[0].borrow().newest_segment();
+        let mut log = self.logs[log_slot(kind)].borrow_mut();
+        if let Some(active) = log.active.take() {
+            let sealed = if kind == LogKind::Retry { newest_head } else { None };
+            if let Some(segment) = log.segments.get_mut(&active.sequence) {
+                segment.sealed_head_sequence = Some(sealed.unwrap_or(active.sequence));
+            }
+        }
     }
 
     async fn commit_batch(&self, kind: LogKind) {
@@ -601,13 +608,8 @@ impl<S: Storage + 'static> Queue<S> {
                     "queue_flush_failed",
                     &[("shard", &self.shard_index), ("log", &log::kind_name(kind)), ("records", &records.len()), ("error", &error)],
                 );
+                self.seal_active(kind);
                 let mut log = self.logs[slot].borrow_mut();
-                if let Some(active) = log.active.take() {
-                    let sealed = log.segments.get_mut(&active.sequence);
-                    if let Some(segment) = sealed {
-                        segment.sealed_head_sequence = Some(active.sequence);
-                    }
-                }
                 let sequence_next = sequence_next.unwrap_or(log.record_sequence_next);
                 log.batch_failed(sequence_next);
                 drop(log);
@@ -670,7 +672,7 @@ impl<S: Storage + 'static> Queue<S> {
     fn on_durable(&self, kind: LogKind, records: &[(Staged, Rc<Waiter>)], locations: &[Location]) {
         let mut index = self.index.borrow_mut();
         for ((staged, _), location) in records.iter().zip(locations) {
-            let (qid, old) = match staged {
+            let old = match staged {
                 Staged::Envelope(env) | Staged::Replacement(env) => {
                     let qid = env.queue_id();
                     let entry = Entry {
@@ -689,7 +691,7 @@ impl<S: Storage + 'static> Queue<S> {
                         .get_mut(&location.segment_sequence)
                         .expect("the batch's segment exists")
                         .live += 1;
-                    (qid, old)
+                    old
                 }
                 Staged::Completion(c) => {
                     let old = index.remove(&c.queue_id);
@@ -698,10 +700,9 @@ impl<S: Storage + 'static> Queue<S> {
                             self.bodies_dead.borrow_mut().push(body_name(&id_text(&c.queue_id)));
                         }
                     }
-                    (c.queue_id, old)
+                    old
                 }
             };
-            let _ = qid;
             if let Some(old) = old {
                 let mut log = self.logs[log_slot(old.location.log)].borrow_mut();
                 if let Some(segment) = log.segments.get_mut(&old.location.segment_sequence) {
