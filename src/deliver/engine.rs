@@ -288,7 +288,7 @@ impl Delivery {
             }
         }
         let recorded = if env.pending_count() == 0 {
-            self.queue.complete(&env, reason).await.map(|()| "removed")
+            self.queue.complete(&env, reason).map(|()| "removed")
         } else {
             env.next_retry_unix_ms = now_ms + self.queue.retry_delay(env.attempt_count).as_millis() as u64;
             self.queue.defer(&env).await.map(|()| "deferred")

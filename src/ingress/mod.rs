@@ -108,10 +108,16 @@ async fn run_session(shard: &Shard, mut stream: TcpStream) {
     log::event("connect", &[("shard", &shard.index), ("client", &peer)]);
     let mut machine = Server::new(shard.server_params.clone(), PeerInfo { addr: peer, local }, started);
     let mut incoming: Option<Incoming> = None;
+    // From an accepted MAIL until the envelope is staged: tells the
+    // committer a record is coming (queue.commit_delay_us).
+    let mut expected: Option<crate::queue::RecordExpected> = None;
     let mut buf = vec![0u8; READ_BYTES];
     let mut messages_accepted: u32 = 0;
     let mut close_reason = "quit";
     loop {
+        if expected.is_some() && !machine.in_transaction() {
+            expected = None;
+        }
         match machine.poll(Instant::now()) {
             Event::NeedInput => {
                 if shard.phase() == Phase::Closing
@@ -145,7 +151,10 @@ async fn run_session(shard: &Shard, mut stream: TcpStream) {
             Event::Helo { name, esmtp } => {
                 log::event("helo", &[("client", &peer), ("helo", &name), ("esmtp", &esmtp)]);
             }
-            Event::Mail { .. } => machine.decide(Reply::new(250, Enhanced(2, 1, 0), "Sender ok")),
+            Event::Mail { .. } => {
+                machine.decide(Reply::new(250, Enhanced(2, 1, 0), "Sender ok"));
+                expected = Some(shard.queue.expect_record());
+            }
             Event::Rcpt { forward_path, .. } => {
                 let reply = policy::check_rcpt(&shard.config, peer.ip(), &forward_path);
                 if !reply.is_positive() {
@@ -163,6 +172,7 @@ async fn run_session(shard: &Shard, mut stream: TcpStream) {
                 }
             }
             Event::DataEnd => {
+                expected = None;
                 let reply = match incoming.take() {
                     Some(m) => finish_message(shard, &machine, peer, m).await,
                     None => QueueError::Io(std::io::Error::other("no message in progress")).reply(),

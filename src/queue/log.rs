@@ -48,6 +48,12 @@ pub enum Staged {
 }
 
 impl Staged {
+    /// A completion waits for the next batch (nobody waits for it); any
+    /// other record is someone's acknowledgement and is flushed at once.
+    pub fn is_urgent(&self) -> bool {
+        !matches!(self, Staged::Completion(_))
+    }
+
     pub fn body(&self) -> RecordBody<'_> {
         match self {
             Staged::Envelope(env) => RecordBody::Envelope(env.to_format()),
@@ -116,6 +122,8 @@ pub struct LogState<F> {
     pub segment_sequence_next: u64,
     pub staged: Vec<(Staged, Rc<Waiter>)>,
     pub staged_bytes: usize,
+    /// Staged records someone waits for (all but completions).
+    pub staged_urgent: usize,
     /// Start the next batch in a new segment (set by garbage collection).
     pub rotate_requested: bool,
     /// Names of freed segment files ready for reuse.
@@ -174,6 +182,7 @@ impl<F> LogState<F> {
             segment_sequence_next: 1,
             staged: Vec::new(),
             staged_bytes: 0,
+            staged_urgent: 0,
             rotate_requested: false,
             free: Vec::new(),
         }
@@ -200,6 +209,7 @@ impl<F> LogState<F> {
         }
         let taken: Vec<_> = self.staged.drain(..count).collect();
         self.staged_bytes = self.staged_bytes.saturating_sub(size);
+        self.staged_urgent -= taken.iter().filter(|(staged, _)| staged.is_urgent()).count();
         (taken, size)
     }
 
@@ -275,6 +285,18 @@ impl<F> LogState<F> {
         self.record_sequence_next = batch_record_sequence_next + RECORD_SEQUENCE_RESTART_GAP;
     }
 
+    /// Puts the completions of a failed batch back in front of the staged
+    /// records, to be written again (writer rule 7).
+    pub fn restage_front(&mut self, records: Vec<(Staged, Rc<Waiter>)>) {
+        let mut again: Vec<(Staged, Rc<Waiter>)> = records;
+        for (staged, _) in &again {
+            self.staged_bytes += encoded_size_bytes(&staged.body());
+            self.staged_urgent += usize::from(staged.is_urgent());
+        }
+        again.append(&mut self.staged);
+        self.staged = again;
+    }
+
     /// Stage a record; the caller waits on the returned waiter.
     pub fn stage(&mut self, staged: Staged) -> Result<Rc<Waiter>, QueueError> {
         let body = staged.body();
@@ -288,6 +310,7 @@ impl<F> LogState<F> {
         }
         let waiter = Waiter::new();
         self.staged_bytes += size;
+        self.staged_urgent += usize::from(staged.is_urgent());
         self.staged.push((staged, waiter.clone()));
         Ok(waiter)
     }

@@ -53,6 +53,9 @@ use crate::smtp::reply::{Enhanced, Reply};
 
 /// Body bytes gathered before one write to a body file.
 const BODY_WRITE_BYTES: usize = 64 * 1024;
+/// Longest a completion waits for an acknowledgement's flush to ride
+/// before it gets a flush of its own.
+const COMPLETION_FLUSH_DELAY: Duration = Duration::from_millis(200);
 
 /// Why a message could not be made durable. Nothing was acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -197,8 +200,24 @@ pub struct Queue<S: Storage = DiskStorage> {
     bodies_dead: RefCell<Vec<String>>,
     stats: [RefCell<CommitStats>; 2],
     last_id: Cell<u64>,
+    /// Sessions inside a transaction whose envelope is not staged yet
+    /// (see [`Queue::expect_record`]).
+    expected: Rc<Cell<usize>>,
     closed: Cell<bool>,
     closed_event: event_listener::Event,
+}
+
+/// Held by a session from an accepted MAIL until its envelope is staged or
+/// the transaction ends: with a commit delay, the committer waits for the
+/// records it announces instead of sleeping blindly.
+pub struct RecordExpected {
+    expected: Rc<Cell<usize>>,
+}
+
+impl Drop for RecordExpected {
+    fn drop(&mut self) {
+        self.expected.set(self.expected.get() - 1);
+    }
 }
 
 fn log_slot(kind: LogKind) -> usize {
@@ -245,6 +264,7 @@ impl<S: Storage + 'static> Queue<S> {
             bodies_dead: RefCell::new(Vec::new()),
             stats: [RefCell::new(CommitStats::default()), RefCell::new(CommitStats::default())],
             last_id: Cell::new(0),
+            expected: Rc::new(Cell::new(0)),
             closed: Cell::new(false),
             closed_event: event_listener::Event::new(),
         };
@@ -415,6 +435,12 @@ impl<S: Storage + 'static> Queue<S> {
         lags[(attempt_count.max(1) as usize - 1).min(lags.len() - 1)]
     }
 
+    /// A session started a transaction whose envelope will be staged soon.
+    pub fn expect_record(&self) -> RecordExpected {
+        self.expected.set(self.expected.get() + 1);
+        RecordExpected { expected: self.expected.clone() }
+    }
+
     /// Starts a new message; its content is streamed with [`MessageWriter::write`].
     pub async fn create(&self) -> Result<MessageWriter, QueueError> {
         let id = self.next_id();
@@ -453,9 +479,12 @@ impl<S: Storage + 'static> Queue<S> {
         Ok(())
     }
 
-    /// Records that a message is finished; its body file goes once the
-    /// completion is durable.
-    pub async fn complete(&self, env: &Envelope, reason: CompletionReason) -> Result<(), QueueError> {
+    /// Records that a message is finished. The completion rides the next
+    /// batch (an acknowledgement's flush, or its own after at most
+    /// `COMPLETION_FLUSH_DELAY`); nobody waits for it. The body file goes
+    /// once it is durable. A crash before that delivers the message again
+    /// (SPEC section 11, case 9).
+    pub fn complete(&self, env: &Envelope, reason: CompletionReason) -> Result<(), QueueError> {
         let qid = env.queue_id();
         let Some(entry) = self.index.borrow().get(&qid).copied() else {
             return Ok(());
@@ -466,7 +495,9 @@ impl<S: Storage + 'static> Queue<S> {
             attempt_count: entry.attempt_count,
             reason,
         };
-        self.append(entry.location.log, Staged::Completion(completion)).await?;
+        let slot = log_slot(entry.location.log);
+        self.logs[slot].borrow_mut().stage(Staged::Completion(completion))?;
+        self.staged_events[slot].notify(1);
         Ok(())
     }
 
@@ -518,17 +549,49 @@ impl<S: Storage + 'static> Queue<S> {
         let slot = log_slot(kind);
         loop {
             let listener = self.staged_events[slot].listen();
-            if self.logs[slot].borrow().staged.is_empty() {
+            let (staged, urgent) = {
+                let log = self.logs[slot].borrow();
+                (log.staged.len(), log.staged_urgent)
+            };
+            if staged == 0 {
                 if self.closed.get() {
                     return;
                 }
                 listener.await;
                 continue;
             }
-            if !self.params.commit_delay.is_zero() && !self.closed.get() {
-                glommio::timer::sleep(self.params.commit_delay).await;
+            if urgent == 0 && !self.closed.get() {
+                // Only completions: let an acknowledgement's flush carry them.
+                futures_lite::future::or(listener, async {
+                    glommio::timer::sleep(COMPLETION_FLUSH_DELAY).await;
+                })
+                .await;
+                if self.logs[slot].borrow().staged_urgent == 0 {
+                    self.commit_batch(kind).await;
+                }
+                continue;
+            }
+            if !self.params.commit_delay.is_zero() {
+                self.wait_for_expected(slot).await;
             }
             self.commit_batch(kind).await;
+        }
+    }
+
+    /// With a commit delay: waits, at most that long, while sessions that
+    /// announced an envelope have not staged it yet.
+    async fn wait_for_expected(&self, slot: usize) {
+        let deadline = std::time::Instant::now() + self.params.commit_delay;
+        loop {
+            let listener = self.staged_events[slot].listen();
+            let now = std::time::Instant::now();
+            if self.expected.get() == 0 || self.closed.get() || now >= deadline {
+                return;
+            }
+            futures_lite::future::or(listener, async {
+                glommio::timer::sleep((deadline - now).min(Duration::from_micros(250))).await;
+            })
+            .await;
         }
     }
 
@@ -613,9 +676,15 @@ impl<S: Storage + 'static> Queue<S> {
                 let sequence_next = sequence_next.unwrap_or(log.record_sequence_next);
                 log.batch_failed(sequence_next);
                 drop(log);
-                for (_, waiter) in &records {
-                    waiter.finish(Err(error.duplicate()));
+                let mut completions = Vec::new();
+                for (staged, waiter) in records {
+                    if staged.is_urgent() {
+                        waiter.finish(Err(error.duplicate()));
+                    } else {
+                        completions.push((staged, waiter));
+                    }
                 }
+                self.logs[slot].borrow_mut().restage_front(completions);
             }
         }
     }
