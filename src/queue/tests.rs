@@ -337,3 +337,24 @@ fn runners_hand_back_deferred_messages_at_their_lag_and_after_a_restart() {
         })
     });
 }
+
+#[test]
+fn a_completion_whose_flush_failed_is_written_again() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("restage");
+            let q = open(&dir, params()).await;
+            let env = accept(&q.queue, b"done soon\r\n").await.unwrap();
+            q.faults.sync_error.set(Some(libc::EIO));
+            q.queue.complete(&env, CompletionReason::Done).unwrap();
+            // Its own flush (after the completion delay) fails; it is staged
+            // again and the next flush carries it.
+            glommio::timer::sleep(Duration::from_millis(700)).await;
+            assert_eq!(q.queue.stats(LogKind::Head).failures, 1);
+            assert_eq!(q.queue.live_count(), 0);
+            drop(q);
+            let q = open(&dir, params()).await;
+            assert!(q.fresh.is_empty());
+        })
+    });
+}
