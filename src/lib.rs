@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod deliver;
+pub mod dns;
 pub mod ingress;
 pub mod log;
 pub mod queue;
