@@ -9,7 +9,9 @@ pub mod deliver;
 pub mod dns;
 pub mod ingress;
 pub mod log;
+pub mod pool;
 pub mod queue;
+pub mod route;
 pub mod shard;
 pub mod smtp;
 
