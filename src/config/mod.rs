@@ -45,6 +45,7 @@ pub struct Config {
     pub local: Local,
     pub relay: Relay,
     pub delivery: Delivery,
+    pub dns: Dns,
     pub queue: Queue,
 }
 
@@ -116,14 +117,37 @@ pub struct Relay {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
     /// Next hop for every non-local recipient, "host:port". Default: unset (relayed
-    /// recipients get 451 4.4.4 at RCPT until it is set).
+    /// recipients go to the MX hosts of their domain).
     pub smarthost: Option<String>,
+    /// TCP port of the MX hosts connected to. Default 25.
+    pub port: u16,
     /// Name sent in EHLO by the outbound client. Default: `server.hostname`.
     pub helo_name: Option<String>,
     /// Concurrent delivery attempts per shard. Default 100.
     pub max_concurrent_per_shard: usize,
     /// Outbound TCP connect timeout. Default "30s".
     pub connect_timeout: Duration,
+    /// Connections open at once per shard to one destination (a domain, or
+    /// the smarthost). Default 20.
+    pub max_connections_per_destination: usize,
+    /// Outbound connections open at once per shard, in use or idle. Default 200.
+    pub max_connections_per_shard: usize,
+    /// How long an idle connection is kept for the next message to the same
+    /// host. "0s" closes each connection after its message. Default "5s".
+    pub connection_reuse_time: Duration,
+    /// Transactions sent over one connection before it is closed. Default 100.
+    pub max_transactions_per_connection: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dns {
+    /// Recursive name servers, "addr" or "addr:port" ("[v6]:port"). Default:
+    /// empty, meaning the `nameserver` lines of /etc/resolv.conf.
+    pub servers: Vec<SocketAddr>,
+    /// Wait for each query. Default: resolv.conf's `timeout`, else "5s".
+    pub timeout: Option<Duration>,
+    /// Rounds over the servers. Default: resolv.conf's `attempts`, else 2.
+    pub attempts: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -243,6 +267,7 @@ impl Default for Config {
             local: Local::default(),
             relay: Relay::default(),
             delivery: Delivery::default(),
+            dns: Dns::default(),
             queue: Queue::default(),
         }
     }
@@ -305,9 +330,20 @@ impl Default for Delivery {
         Delivery {
             smarthost: None,
             helo_name: None,
+            port: 25,
             max_concurrent_per_shard: 100,
             connect_timeout: Duration::from_secs(30),
+            max_connections_per_destination: 20,
+            max_connections_per_shard: 200,
+            connection_reuse_time: Duration::from_secs(5),
+            max_transactions_per_connection: 100,
         }
+    }
+}
+
+impl Default for Dns {
+    fn default() -> Dns {
+        Dns { servers: Vec::new(), timeout: None, attempts: None }
     }
 }
 

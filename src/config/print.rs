@@ -76,14 +76,32 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "\n[delivery]")?;
     match &d.smarthost {
         Some(host) => writeln!(out, "smarthost = {}", quoted(host))?,
-        None => writeln!(out, "smarthost = \"\"  # unset: relayed recipients get 451 4.4.4 at RCPT")?,
+        None => writeln!(out, "smarthost = \"\"  # unset: relayed recipients go to their domain's MX hosts")?,
     }
     match &d.helo_name {
         Some(name) => writeln!(out, "helo_name = {}", quoted(name))?,
         None => writeln!(out, "helo_name = \"\"  # unset: server.hostname is sent")?,
     }
     writeln!(out, "max_concurrent_per_shard = {}", d.max_concurrent_per_shard)?;
+    writeln!(out, "port = {}", d.port)?;
     writeln!(out, "connect_timeout = {}", quoted(&d.connect_timeout.to_string()))?;
+    writeln!(out, "max_connections_per_destination = {}", d.max_connections_per_destination)?;
+    writeln!(out, "max_connections_per_shard = {}", d.max_connections_per_shard)?;
+    writeln!(out, "connection_reuse_time = {}", quoted(&d.connection_reuse_time.to_string()))?;
+    writeln!(out, "max_transactions_per_connection = {}", d.max_transactions_per_connection)?;
+
+    let n = &c.dns;
+    writeln!(out, "\n[dns]")?;
+    let servers: Vec<String> = n.servers.iter().map(|server| server.to_string()).collect();
+    writeln!(out, "servers = {}{}", string_array(&servers), if servers.is_empty() { "  # empty: /etc/resolv.conf" } else { "" })?;
+    match n.timeout {
+        Some(timeout) => writeln!(out, "timeout = {}", quoted(&timeout.to_string()))?,
+        None => writeln!(out, "# timeout: unset, resolv.conf's or 5s")?,
+    }
+    match n.attempts {
+        Some(attempts) => writeln!(out, "attempts = {attempts}")?,
+        None => writeln!(out, "# attempts: unset, resolv.conf's or 2")?,
+    }
 
     let q = &c.queue;
     let spool: Vec<String> = q.spool.iter().map(|path| path.to_string_lossy().into_owned()).collect();

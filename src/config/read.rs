@@ -13,7 +13,7 @@ use std::str::FromStr;
 use super::error::ConfigError;
 use super::source::{Node, Table, Value};
 use super::types::{check_host_name, check_smarthost};
-use super::{BareLf, Cidr, Config, Delivery, Domains, Duration, Local, Queue, Relay, Server, Smtp};
+use super::{BareLf, Cidr, Config, Delivery, Dns, Domains, Duration, Local, Queue, Relay, Server, Smtp};
 
 /// Most shards a configuration may ask for; far above any core count we run
 /// on, low enough that a typing slip does not start a million threads.
@@ -26,7 +26,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 /// Longest commit delay: 100 ms.
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
-const ROOT_KEYS: &[&str] = &["server", "smtp", "domains", "local", "relay", "delivery", "queue"];
+const ROOT_KEYS: &[&str] = &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "queue"];
 pub(super) const SERVER_KEYS: &[&str] =
     &["hostname", "listen", "shards", "pin", "max_sessions_per_shard", "drain_timeout"];
 pub(super) const SMTP_KEYS: &[&str] = &[
@@ -42,7 +42,24 @@ pub(super) const SMTP_KEYS: &[&str] = &[
 pub(super) const DOMAINS_KEYS: &[&str] = &["local"];
 pub(super) const LOCAL_KEYS: &[&str] = &["maildir"];
 pub(super) const RELAY_KEYS: &[&str] = &["networks", "domains"];
-pub(super) const DELIVERY_KEYS: &[&str] = &["smarthost", "helo_name", "max_concurrent_per_shard", "connect_timeout"];
+pub(super) const DELIVERY_KEYS: &[&str] = &[
+    "smarthost",
+    "helo_name",
+    "port",
+    "max_concurrent_per_shard",
+    "connect_timeout",
+    "max_connections_per_destination",
+    "max_connections_per_shard",
+    "connection_reuse_time",
+    "max_transactions_per_connection",
+];
+pub(super) const DNS_KEYS: &[&str] = &["servers", "timeout", "attempts"];
+/// Most name servers `dns.servers` may list.
+const DNS_SERVER_COUNT_MAX: usize = crate::dns::SERVER_COUNT_MAX;
+/// Longest DNS query timeout.
+const DNS_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most rounds over the name servers.
+const DNS_ATTEMPTS_MAX: u32 = 10;
 pub(super) const QUEUE_KEYS: &[&str] = &[
     "spool",
     "retry_lags",
@@ -231,6 +248,7 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
         local: read_local(&Section::open(root, "local", LOCAL_KEYS)?, defaults.local)?,
         relay: read_relay(&Section::open(root, "relay", RELAY_KEYS)?, defaults.relay)?,
         delivery: read_delivery(&Section::open(root, "delivery", DELIVERY_KEYS)?, defaults.delivery)?,
+        dns: read_dns(&Section::open(root, "dns", DNS_KEYS)?, defaults.dns)?,
         queue: read_queue(&Section::open(root, "queue", QUEUE_KEYS)?, defaults.queue)?,
     })
 }
@@ -301,7 +319,43 @@ fn read_delivery(section: &Section<'_>, d: Delivery) -> Result<Delivery> {
         })?,
         helo_name: section.read("helo_name", d.helo_name, |node, key| optional(node, key, host_name))?,
         max_concurrent_per_shard: section.read("max_concurrent_per_shard", d.max_concurrent_per_shard, positive)?,
+        port: section.read("port", d.port, positive)?,
         connect_timeout: section.read("connect_timeout", d.connect_timeout, duration_nonzero)?,
+        max_connections_per_destination: section.read(
+            "max_connections_per_destination",
+            d.max_connections_per_destination,
+            positive,
+        )?,
+        max_connections_per_shard: section.read("max_connections_per_shard", d.max_connections_per_shard, positive)?,
+        connection_reuse_time: section.read("connection_reuse_time", d.connection_reuse_time, duration)?,
+        max_transactions_per_connection: section.read(
+            "max_transactions_per_connection",
+            d.max_transactions_per_connection,
+            positive,
+        )?,
+    })
+}
+
+fn read_dns(section: &Section<'_>, d: Dns) -> Result<Dns> {
+    Ok(Dns {
+        servers: section.read("servers", d.servers, |node, key| {
+            let servers = array(node, key, |node, key| {
+                let text = string(node, key)?;
+                crate::dns::parse_server(&text).map_err(|reason| invalid(node, key, reason))
+            })?;
+            ensure(servers.len() <= DNS_SERVER_COUNT_MAX, node, key, &format!("at most {DNS_SERVER_COUNT_MAX} servers"))?;
+            Ok(servers)
+        })?,
+        timeout: section.read("timeout", d.timeout, |node, key| {
+            let timeout = duration_nonzero(node, key)?;
+            ensure(timeout.0 <= DNS_TIMEOUT_MAX, node, key, "at most 60s")?;
+            Ok(Some(timeout))
+        })?,
+        attempts: section.read("attempts", d.attempts, |node, key| {
+            let attempts: u32 = positive(node, key)?;
+            ensure(attempts <= DNS_ATTEMPTS_MAX, node, key, &format!("at most {DNS_ATTEMPTS_MAX}"))?;
+            Ok(Some(attempts))
+        })?,
     })
 }
 

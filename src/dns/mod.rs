@@ -161,3 +161,50 @@ impl ResolveError {
         matches!(self, ResolveError::InvalidName { .. } | ResolveError::CnameChainTooLong { .. })
     }
 }
+
+/// Parses a name server as `dns.servers` writes it: `"192.0.2.53"`,
+/// `"192.0.2.53:5353"`, `"2001:db8::53"` or `"[2001:db8::53]:5353"`; the
+/// port defaults to 53.
+pub fn parse_server(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::{IpAddr, SocketAddr};
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return if addr.port() == 0 { Err(format!("bad name server {text:?}: port 0")) } else { Ok(addr) };
+    }
+    match text.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, 53)),
+        Err(_) => Err(format!(
+            "bad name server {text:?}: expected an IP address, \"addr:port\" or \"[v6addr]:port\""
+        )),
+    }
+}
+
+/// The resolver settings for a configuration: resolv.conf's, with
+/// `dns.servers`, `dns.timeout` and `dns.attempts` taking precedence.
+pub fn params_for(config: &crate::config::Dns) -> std::io::Result<ResolverParams> {
+    let mut params = ResolverParams::from_system()?;
+    if !config.servers.is_empty() {
+        params.servers = config.servers.clone();
+    }
+    if let Some(timeout) = config.timeout {
+        params.timeout = timeout.0;
+    }
+    if let Some(attempts) = config.attempts {
+        params.attempts = attempts;
+    }
+    Ok(params)
+}
+
+#[cfg(test)]
+mod parse_server_tests {
+    use super::parse_server;
+
+    #[test]
+    fn forms() {
+        assert_eq!(parse_server("127.0.0.1").unwrap().to_string(), "127.0.0.1:53");
+        assert_eq!(parse_server("127.0.0.1:5353").unwrap().to_string(), "127.0.0.1:5353");
+        assert_eq!(parse_server("::1").unwrap().to_string(), "[::1]:53");
+        assert_eq!(parse_server("[::1]:5353").unwrap().to_string(), "[::1]:5353");
+        assert!(parse_server("ns.example").is_err());
+        assert!(parse_server("127.0.0.1:0").is_err());
+    }
+}

@@ -57,9 +57,6 @@ pub fn check_rcpt(config: &Config, client_ip: IpAddr, address: &Address) -> Repl
             if !config.relay.allows_client(client_ip) && !relay_domain {
                 return Reply::new(550, Enhanced(5, 7, 1), "Relay access denied");
             }
-            if config.delivery.smarthost.is_none() {
-                return Reply::new(451, Enhanced(4, 4, 4), "No route to remote domains (delivery.smarthost unset)");
-            }
             Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")
         }
     }

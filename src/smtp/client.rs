@@ -72,6 +72,9 @@ pub struct ClientParams {
     pub timeouts: Timeouts,
     /// Use PIPELINING when the server offers it (RFC 2920).
     pub pipelining_enabled: bool,
+    /// After a transaction that ended cleanly, stay connected instead of
+    /// sending QUIT, so that `next_transaction()` can reuse the session.
+    pub keep_open: bool,
 }
 
 impl ClientParams {
@@ -80,6 +83,7 @@ impl ClientParams {
             helo_name: helo_name.into(),
             timeouts: Timeouts::default(),
             pipelining_enabled: true,
+            keep_open: false,
         }
     }
 }
@@ -182,6 +186,17 @@ pub struct Outcome {
     pub extensions: Extensions,
     /// The reply to the final dot, if the content was sent.
     pub final_reply: Option<Reply>,
+    /// The greeting and EHLO (or HELO) succeeded on this connection.
+    pub session_established: bool,
+    /// The server accepted MAIL FROM for this transaction.
+    pub mail_accepted: bool,
+    /// The session is at a clean point and open (`keep_open` was set): the
+    /// driver may keep the connection for `next_transaction()`.
+    pub reusable: bool,
+    /// The connection was reused and failed before the server answered
+    /// anything of this transaction (it had closed the idle session): the
+    /// driver should try the transaction again on a fresh connection.
+    pub stale: bool,
 }
 
 /// What the driver should do next.
@@ -354,6 +369,7 @@ enum Await {
     Rcpt(usize),
     Data,
     Dot,
+    Rset,
 }
 
 impl Await {
@@ -366,6 +382,7 @@ impl Await {
             Await::Rcpt(_) => "RCPT TO",
             Await::Data => "DATA",
             Await::Dot => "end of data",
+            Await::Rset => "RSET",
         }
     }
 
@@ -373,7 +390,7 @@ impl Await {
         match self {
             Await::Greeting => t.greeting,
             Await::Ehlo | Await::Helo => t.ehlo,
-            Await::Mail => t.mail,
+            Await::Mail | Await::Rset => t.mail,
             Await::Rcpt(_) => t.rcpt,
             Await::Data => t.data_init,
             Await::Dot => t.data_final,
@@ -420,6 +437,17 @@ pub struct Client {
     extensions: Extensions,
     final_reply: Option<Reply>,
     outcome: Option<Outcome>,
+    session_established: bool,
+    mail_accepted: bool,
+    /// Set when the transaction ended at a clean point with the session open.
+    reusable: bool,
+    /// The server may still hold transaction state: RSET before the next.
+    needs_rset: bool,
+    /// This transaction runs on a session an earlier one used.
+    reused: bool,
+    /// Replies acted on in this transaction.
+    txn_reply_count: usize,
+    stale: bool,
 }
 
 impl Client {
@@ -454,6 +482,44 @@ impl Client {
             extensions: Extensions::default(),
             final_reply: None,
             outcome: None,
+            session_established: false,
+            mail_accepted: false,
+            reusable: false,
+            needs_rset: false,
+            reused: false,
+            txn_reply_count: 0,
+            stale: false,
+        }
+    }
+
+    /// Starts the next transaction on a session whose last outcome was
+    /// `reusable`: RSET first if the server may hold state, then MAIL.
+    pub fn next_transaction(&mut self, txn: Transaction, now: Instant) {
+        assert!(self.phase == Phase::Done && self.reusable, "next_transaction() only after a reusable outcome");
+        debug_assert!(!txn.recipients.is_empty(), "a transaction has recipients");
+        self.results = txn.recipients.iter().map(|r| check_address(r, Enhanced(5, 1, 3))).collect();
+        self.accepted = vec![false; txn.recipients.len()];
+        self.txn = txn;
+        self.phase = Phase::Talking;
+        self.replies.clear();
+        self.awaiting.clear();
+        self.answering = None;
+        self.output.clear();
+        self.now_last = now;
+        self.pipelined = false;
+        self.mail_failed = false;
+        self.rcpt_next_index = 0;
+        self.final_reply = None;
+        self.outcome = None;
+        self.mail_accepted = false;
+        self.reusable = false;
+        self.reused = true;
+        self.txn_reply_count = 0;
+        self.stale = false;
+        if std::mem::take(&mut self.needs_rset) {
+            self.send(now, "RSET\r\n".to_string(), Await::Rset);
+        } else {
+            self.start_mail(now);
         }
     }
 
@@ -583,6 +649,7 @@ impl Client {
 
     /// Ends the attempt without QUIT: unresolved recipients get `reply`.
     fn abort(&mut self, reply: Reply) {
+        self.stale = self.reused && self.txn_reply_count == 0;
         self.output.clear();
         self.resolve_unresolved(&RcptOutcome::Transient(reply));
         self.finish();
@@ -607,6 +674,12 @@ impl Client {
             return;
         };
         self.answering = Some(awaited);
+        self.txn_reply_count += 1;
+        if reply.code == 421 && self.reused && self.txn_reply_count == 1 {
+            // The server closed the idle session; no reply of this
+            // transaction counts.
+            self.txn_reply_count = 0;
+        }
         if reply.code == 421 {
             // The server is closing the channel (RFC 5321 §3.8): no QUIT.
             self.abort(reply);
@@ -620,6 +693,7 @@ impl Client {
             Await::Rcpt(index) => self.on_rcpt(now, index, reply),
             Await::Data => self.on_data(reply),
             Await::Dot => self.on_dot(reply),
+            Await::Rset => self.on_rset(now, reply),
         }
         self.answering = None;
         if self.phase == Phase::Talking {
@@ -650,6 +724,7 @@ impl Client {
                     .map(|l| upper_keyword(l))
                     .collect();
                 self.extensions = Extensions::from_keywords(&self.ehlo_keywords);
+                self.session_established = true;
                 self.start_mail(now);
             }
             500..=599 => self.send(
@@ -664,9 +739,24 @@ impl Client {
 
     fn on_helo(&mut self, now: Instant, reply: Reply) {
         match reply.code {
-            200..=299 => self.start_mail(now),
+            200..=299 => {
+                self.session_established = true;
+                self.start_mail(now);
+            }
             400..=599 => self.fail_and_quit(reply),
             code => self.protocol_error(ReplyError::WrongCode(code)),
+        }
+    }
+
+    fn on_rset(&mut self, now: Instant, reply: Reply) {
+        match reply.code {
+            200..=299 => self.start_mail(now),
+            // The session is no good for this transaction; a fresh one may be.
+            _ => {
+                self.stale = true;
+                self.resolve_unresolved(&RcptOutcome::Transient(reply));
+                self.quit();
+            }
         }
     }
 
@@ -674,11 +764,12 @@ impl Client {
     /// every RCPT and DATA in the same batch, RFC 2920 §3.1).
     fn start_mail(&mut self, now: Instant) {
         if let Some(reply) = self.local_refusal() {
-            self.fail_and_quit(reply);
+            self.resolve_unresolved(&class_outcome(reply));
+            self.end_transaction(false);
             return;
         }
         if self.results.iter().all(Option::is_some) {
-            self.quit();
+            self.end_transaction(false);
             return;
         }
         self.output
@@ -755,13 +846,17 @@ impl Client {
 
     fn on_mail(&mut self, now: Instant, reply: Reply) {
         match reply.code {
-            200..=299 if !self.pipelined => self.next_rcpt_or_data(now),
-            200..=299 => {}
+            200..=299 => {
+                self.mail_accepted = true;
+                if !self.pipelined {
+                    self.next_rcpt_or_data(now);
+                }
+            }
             400..=599 => {
                 self.mail_failed = true;
                 self.resolve_unresolved(&class_outcome(reply));
                 if !self.pipelined {
-                    self.quit();
+                    self.end_transaction(true);
                 }
             }
             code => self.protocol_error(ReplyError::WrongCode(code)),
@@ -799,7 +894,7 @@ impl Client {
         if self.accepted.iter().any(|&a| a) {
             self.send(now, "DATA\r\n".to_string(), Await::Data);
         } else {
-            self.quit();
+            self.end_transaction(true);
         }
     }
 
@@ -818,7 +913,7 @@ impl Client {
             }
             400..=599 => {
                 self.resolve_unresolved(&class_outcome(reply));
-                self.quit();
+                self.end_transaction(true);
             }
             code => self.protocol_error(ReplyError::WrongCode(code)),
         }
@@ -829,7 +924,7 @@ impl Client {
             Some(outcome) => {
                 self.final_reply = Some(reply);
                 self.resolve_unresolved(&outcome);
-                self.quit();
+                self.end_transaction(false);
             }
             None => self.protocol_error(ReplyError::WrongCode(reply.code)),
         }
@@ -852,6 +947,19 @@ impl Client {
     fn fail_and_quit(&mut self, reply: Reply) {
         self.resolve_unresolved(&class_outcome(reply));
         self.quit();
+    }
+
+    /// The transaction is over and the session is at a clean point: keep it
+    /// open for the next one when asked to, else QUIT. `needs_rset`: the
+    /// server may still hold a transaction (MAIL accepted, no final dot).
+    fn end_transaction(&mut self, needs_rset: bool) {
+        if !self.params.keep_open {
+            self.quit();
+            return;
+        }
+        self.needs_rset = needs_rset;
+        self.reusable = true;
+        self.finish();
     }
 
     /// Sends QUIT and ends; the 221 is not waited for.
@@ -894,6 +1002,10 @@ impl Client {
             ehlo_keywords: self.ehlo_keywords.clone(),
             extensions: self.extensions.clone(),
             final_reply: self.final_reply.clone(),
+            session_established: self.session_established,
+            mail_accepted: self.mail_accepted,
+            reusable: self.reusable,
+            stale: self.stale,
         }
     }
 }
@@ -1679,5 +1791,130 @@ mod tests {
                 f.client.take_output();
             }
         }
+    }
+
+    fn keep_open() -> ClientParams {
+        ClientParams { keep_open: true, ..ClientParams::new("relay.example.org") }
+    }
+
+    /// Sends the body of the pipelined transaction that `sent` started and
+    /// answers the final dot with `dot_reply`.
+    fn finish_body(f: &mut Fake, dot_reply: &str) -> Outcome {
+        assert_eq!(f.client.poll(f.now), ClientEvent::SendBody);
+        f.client.body_sent();
+        done(f.say(dot_reply))
+    }
+
+    #[test]
+    fn reused_session_sends_the_next_mail_without_quit() {
+        let mut f = Fake::with_params(keep_open(), txn(&["a@x.net"]));
+        assert_eq!(
+            f.open(EHLO_PIPE),
+            "MAIL FROM:<alice@example.org> SIZE=1234\r\nRCPT TO:<a@x.net>\r\nDATA\r\n"
+        );
+        f.say("250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n");
+        let first = finish_body(&mut f, "250 2.0.0 queued as A\r\n");
+        assert_eq!(codes(&first), vec![('D', 250)]);
+        assert!(first.reusable && first.session_established && first.mail_accepted && !first.stale);
+        assert_eq!(f.sent(), "", "no QUIT on a session kept open");
+
+        f.client.next_transaction(txn(&["b@x.net", "c@x.net"]), f.now);
+        assert_eq!(f.client.poll(f.now), ClientEvent::NeedInput);
+        assert_eq!(
+            f.sent(),
+            "MAIL FROM:<alice@example.org> SIZE=1234\r\nRCPT TO:<b@x.net>\r\nRCPT TO:<c@x.net>\r\nDATA\r\n"
+        );
+        f.say("250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 unknown\r\n354 go\r\n");
+        let second = finish_body(&mut f, "250 2.0.0 queued as B\r\n");
+        assert_eq!(codes(&second), vec![('D', 250), ('P', 550)]);
+        assert!(second.reusable);
+    }
+
+    #[test]
+    fn rset_before_reuse_after_every_recipient_failed() {
+        let mut f = Fake::with_params(keep_open(), txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        let first = done(f.say("250 2.1.0 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n"));
+        assert_eq!(codes(&first), vec![('P', 550)]);
+        assert!(first.reusable);
+        assert_eq!(f.sent(), "");
+
+        f.client.next_transaction(txn(&["b@x.net"]), f.now);
+        f.client.poll(f.now);
+        assert_eq!(f.sent(), "RSET\r\n");
+        f.say("250 2.0.0 reset\r\n");
+        assert_eq!(
+            f.sent(),
+            "MAIL FROM:<alice@example.org> SIZE=1234\r\nRCPT TO:<b@x.net>\r\nDATA\r\n"
+        );
+        f.say("250 ok\r\n250 ok\r\n354 go\r\n");
+        let second = finish_body(&mut f, "250 ok\r\n");
+        assert_eq!(codes(&second), vec![('D', 250)]);
+    }
+
+    #[test]
+    fn idle_session_closed_by_the_server_is_stale() {
+        let mut f = Fake::with_params(keep_open(), txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        f.say("250 ok\r\n250 ok\r\n354 go\r\n");
+        assert!(finish_body(&mut f, "250 ok\r\n").reusable);
+
+        // The server timed the idle session out with a 421 and closed it.
+        f.client.next_transaction(txn(&["b@x.net"]), f.now);
+        f.client.poll(f.now);
+        f.sent();
+        let o = done(f.say("421 4.4.2 idle timeout\r\n"));
+        assert!(o.stale && !o.reusable);
+        assert_eq!(codes(&o), vec![('T', 421)]);
+
+        // Or closed it without a word.
+        let mut f = Fake::with_params(keep_open(), txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        f.say("250 ok\r\n250 ok\r\n354 go\r\n");
+        finish_body(&mut f, "250 ok\r\n");
+        f.client.next_transaction(txn(&["b@x.net"]), f.now);
+        f.client.poll(f.now);
+        f.client.on_connection_lost();
+        let o = done(f.client.poll(f.now));
+        assert!(o.stale && !o.reusable);
+    }
+
+    #[test]
+    fn a_failure_after_the_first_reply_of_a_reused_transaction_is_not_stale() {
+        let mut f = Fake::with_params(keep_open(), txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        f.say("250 ok\r\n250 ok\r\n354 go\r\n");
+        finish_body(&mut f, "250 ok\r\n");
+        f.client.next_transaction(txn(&["b@x.net"]), f.now);
+        f.client.poll(f.now);
+        f.sent();
+        f.say("250 ok\r\n");
+        f.client.on_connection_lost();
+        let o = done(f.client.poll(f.now));
+        assert!(!o.stale && !o.reusable);
+        assert_eq!(codes(&o), vec![('T', 451)]);
+    }
+
+    #[test]
+    fn without_keep_open_the_session_ends_with_quit() {
+        let mut f = Fake::new(txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        f.say("250 ok\r\n250 ok\r\n354 go\r\n");
+        let o = finish_body(&mut f, "250 ok\r\n");
+        assert!(!o.reusable);
+        assert_eq!(f.sent(), "QUIT\r\n");
+    }
+
+    #[test]
+    fn greeting_failure_is_a_session_failure() {
+        let mut f = Fake::with_params(keep_open(), txn(&["a@x.net"]));
+        f.client.poll(f.now);
+        let o = done(f.say("421 4.3.2 busy\r\n"));
+        assert!(!o.session_established && !o.mail_accepted && !o.reusable);
+        let mut f = Fake::with_params(keep_open(), txn(&["a@x.net"]));
+        f.client.poll(f.now);
+        let o = done(f.say("554 5.7.1 go away\r\n"));
+        assert!(!o.session_established);
+        assert_eq!(codes(&o), vec![('P', 554)]);
     }
 }
