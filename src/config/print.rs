@@ -96,11 +96,11 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "servers = {}{}", string_array(&servers), if servers.is_empty() { "  # empty: /etc/resolv.conf" } else { "" })?;
     match n.timeout {
         Some(timeout) => writeln!(out, "timeout = {}", quoted(&timeout.to_string()))?,
-        None => writeln!(out, "# timeout: unset, resolv.conf's or 5s")?,
+        None => writeln!(out, "timeout = \"\"  # unset: resolv.conf's, else 5s")?,
     }
     match n.attempts {
         Some(attempts) => writeln!(out, "attempts = {attempts}")?,
-        None => writeln!(out, "# attempts: unset, resolv.conf's or 2")?,
+        None => writeln!(out, "attempts = \"\"  # unset: resolv.conf's, else 2")?,
     }
 
     let q = &c.queue;

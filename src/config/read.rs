@@ -347,14 +347,18 @@ fn read_dns(section: &Section<'_>, d: Dns) -> Result<Dns> {
             Ok(servers)
         })?,
         timeout: section.read("timeout", d.timeout, |node, key| {
-            let timeout = duration_nonzero(node, key)?;
-            ensure(timeout.0 <= DNS_TIMEOUT_MAX, node, key, "at most 60s")?;
-            Ok(Some(timeout))
+            optional(node, key, |node, key| {
+                let timeout = duration_nonzero(node, key)?;
+                ensure(timeout.0 <= DNS_TIMEOUT_MAX, node, key, "at most 60s")?;
+                Ok(timeout)
+            })
         })?,
         attempts: section.read("attempts", d.attempts, |node, key| {
-            let attempts: u32 = positive(node, key)?;
-            ensure(attempts <= DNS_ATTEMPTS_MAX, node, key, &format!("at most {DNS_ATTEMPTS_MAX}"))?;
-            Ok(Some(attempts))
+            optional(node, key, |node, key| {
+                let attempts: u32 = positive(node, key)?;
+                ensure(attempts <= DNS_ATTEMPTS_MAX, node, key, &format!("at most {DNS_ATTEMPTS_MAX}"))?;
+                Ok(attempts)
+            })
         })?,
     })
 }

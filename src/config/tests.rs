@@ -311,13 +311,14 @@ fn docs_example_loads_and_docs_list_every_key() {
     }
 }
 
-fn all_keys() -> [(&'static str, &'static [&'static str]); 7] {
+fn all_keys() -> [(&'static str, &'static [&'static str]); 8] {
     [
         ("server", read::SERVER_KEYS),
         ("smtp", read::SMTP_KEYS),
         ("domains", read::DOMAINS_KEYS),
         ("local", read::LOCAL_KEYS),
         ("relay", read::RELAY_KEYS),
+        ("dns", read::DNS_KEYS),
         ("delivery", read::DELIVERY_KEYS),
         ("queue", read::QUEUE_KEYS),
     ]

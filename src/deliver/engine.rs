@@ -1,8 +1,10 @@
 //! The delivery engine of one shard: takes envelopes the shard accepted or
-//! recovered, attempts delivery (Maildir for local recipients, SMTP to the
-//! smarthost for the rest), records per-recipient results in the queue,
-//! schedules retries with exponential back-off, and sends one bounce per
-//! attempt for the recipients that failed permanently (never to `<>`).
+//! recovered, attempts delivery (Maildir for local recipients; SMTP for the
+//! rest, grouped by destination — the smarthost, or each domain's MX
+//! hosts — one transaction per group), records per-recipient results in
+//! the queue, hands messages with recipients left to the retry runners,
+//! and sends one bounce per message, once no recipient is pending any
+//! more, listing every recipient that failed permanently (never to `<>`).
 //!
 //! Place in the pipeline: after the queue. Runs in the shard's low-share
 //! task queue; at most `delivery.max_concurrent_per_shard` attempts at once.
@@ -17,7 +19,10 @@ use std::time::{Duration, Instant, SystemTime};
 use glommio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::deliver::{dsn, maildir, outbound};
+use crate::deliver::connections::Connections;
+use crate::deliver::outbound::{self, Destination, Outbound};
+use crate::deliver::{dsn, maildir};
+use crate::dns::{Resolver, ResolverParams};
 use crate::ingress::policy::{route_of_text, Route};
 use crate::log;
 use crate::queue::{Body, Envelope, Queue, RcptState};
@@ -33,6 +38,11 @@ const BOUNCE_HEADERS_BYTES_MAX: usize = 64 * 1024;
 const QUEUE_ERROR_RETRY: Duration = Duration::from_secs(10);
 /// Messages held in memory per permit, at most, before the runners wait.
 const BACKLOG_PER_PERMIT: usize = 4;
+/// Recipients per SMTP transaction; more to one destination are split
+/// (Postfix's smtp_destination_recipient_limit is 50).
+pub const RECIPIENTS_PER_TRANSACTION_MAX: usize = 100;
+/// How often idle outbound connections are looked at.
+const CONNECTION_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Delivery {
     config: Arc<Config>,
@@ -50,12 +60,16 @@ pub struct Delivery {
     closing: std::cell::Cell<bool>,
     /// Wakes runners waiting for room in memory.
     room: event_listener::Event,
+    resolver: Resolver,
+    connections: Connections,
 }
 
 impl Delivery {
-    pub fn new(config: Arc<Config>, queue: Rc<Queue>, shard_index: usize) -> Delivery {
+    pub fn new(config: Arc<Config>, queue: Rc<Queue>, shard_index: usize, dns: ResolverParams) -> Result<Delivery, String> {
         let permits = Rc::new(Semaphore::new(config.delivery.max_concurrent_per_shard as u64));
-        Delivery {
+        let resolver = Resolver::new(dns).map_err(|e| format!("dns: {e}"))?;
+        let connections = Connections::new(&config);
+        Ok(Delivery {
             config,
             queue,
             shard_index,
@@ -67,6 +81,35 @@ impl Delivery {
             idle: event_listener::Event::new(),
             closing: std::cell::Cell::new(false),
             room: event_listener::Event::new(),
+            resolver,
+            connections,
+        })
+    }
+
+    /// Closes every idle outbound connection (QUIT, then close).
+    pub async fn close_connections(&self) {
+        self.connections.close_all().await;
+    }
+
+    /// Counters of the outbound connections.
+    pub fn connection_stats(&self) -> crate::deliver::connections::ConnectionStats {
+        self.connections.stats()
+    }
+
+    /// Closes idle outbound connections that have waited too long, until
+    /// the shard closes; then closes them all.
+    pub async fn sweep_connections(self: Rc<Self>, shard: Rc<Shard>) {
+        loop {
+            if shard.phase() == Phase::Closing {
+                self.connections.close_all().await;
+                return;
+            }
+            let phase_changed = shard.phase_listener();
+            futures_lite::future::or(phase_changed, async {
+                glommio::timer::sleep(CONNECTION_SWEEP_INTERVAL).await;
+            })
+            .await;
+            self.connections.sweep().await;
         }
     }
 
@@ -174,25 +217,29 @@ impl Delivery {
         let Some(mut env) = self.envelopes.borrow().get(id).cloned() else { return };
         env.attempt_count += 1;
         let mut local = Vec::new();
-        let mut remote = Vec::new();
+        let mut remote: std::collections::BTreeMap<Destination, Vec<usize>> = std::collections::BTreeMap::new();
         for (i, r) in env.recipients.iter().enumerate() {
             if r.state == RcptState::Pending {
                 match route_of_text(&self.config, &r.address) {
                     Route::Local => local.push(i),
-                    Route::Relay => remote.push(i),
+                    Route::Relay => remote.entry(Destination::of(&self.config, &r.address)).or_default().push(i),
                 }
             }
         }
-        let mut results: Vec<(usize, RcptOutcome)> = Vec::new();
+        let mut results: Vec<(usize, RcptOutcome, String)> = Vec::new();
         for i in local {
-            results.push((i, self.deliver_local(&env, i).await));
+            results.push((i, self.deliver_local(&env, i).await, "local".to_string()));
         }
-        if !remote.is_empty() {
-            let outcomes = outbound::deliver(&self.config, &self.queue.body_path(id), &env, &remote).await;
-            results.extend(remote.iter().copied().zip(outcomes));
+        let out = Outbound { config: &self.config, resolver: &self.resolver, connections: &self.connections };
+        let body_path = self.queue.body_path(id);
+        for (destination, indexes) in &remote {
+            for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
+                let delivered = outbound::deliver(&out, destination, &body_path, &env, group).await;
+                let relay = format!("{} conn_use={}", delivered.relay, delivered.conn_use);
+                results.extend(group.iter().copied().zip(delivered.outcomes).map(|(i, o)| (i, o, relay.clone())));
+            }
         }
-        let mut failed_now = Vec::new();
-        for (i, outcome) in results {
+        for (i, outcome, relay) in results {
             let r = &mut env.recipients[i];
             let (state, reply) = match &outcome {
                 RcptOutcome::Delivered(reply) => (RcptState::Delivered, reply.summary()),
@@ -201,9 +248,6 @@ impl Delivery {
             };
             r.state = state;
             r.last_reply = reply;
-            if state == RcptState::Failed {
-                failed_now.push(i);
-            }
             let status = match state {
                 RcptState::Delivered => "delivered",
                 RcptState::Pending => "deferred",
@@ -216,13 +260,14 @@ impl Delivery {
                     ("id", &env.id),
                     ("from", &format!("<{}>", env.sender)),
                     ("to", &r.address),
+                    ("relay", &relay),
                     ("status", &status),
                     ("attempt", &env.attempt_count),
                     ("reply", &r.last_reply),
                 ],
             );
         }
-        self.finish(env, failed_now).await;
+        self.finish(env).await;
     }
 
     async fn deliver_local(&self, env: &Envelope, index: usize) -> RcptOutcome {
@@ -261,36 +306,44 @@ impl Delivery {
         }
     }
 
-    /// Records the attempt: bounce for new permanent failures, then either
-    /// remove the message or write its replacement envelope and reschedule.
-    async fn finish(&self, mut env: Envelope, mut failed_now: Vec<usize>) {
+    /// Records the attempt. While recipients are pending, the message goes
+    /// to the retry runners with every recipient's state. Once none is, one
+    /// bounce lists every failed recipient (unless the sender is `<>`) and
+    /// the message is removed; if the bounce cannot be queued, the message
+    /// stays (states kept) and the bounce is tried again later.
+    async fn finish(&self, mut env: Envelope) {
         let now_ms = crate::queue::unix_now_ms();
         let age = Duration::from_millis(now_ms.saturating_sub(env.arrival_unix_ms));
         let mut reason = CompletionReason::Done;
         if env.pending_count() > 0 && age >= self.config.queue.max_age.0 {
             reason = CompletionReason::Expired;
-            for (i, r) in env.recipients.iter_mut().enumerate() {
+            for r in env.recipients.iter_mut() {
                 if r.state == RcptState::Pending {
                     r.state = RcptState::Failed;
                     r.last_reply = format!("4.4.7 message expired in queue; last: {}", r.last_reply);
-                    failed_now.push(i);
                 }
             }
         }
-        if !failed_now.is_empty() && !env.is_null_sender() {
-            if let Err(e) = self.bounce(&env, &failed_now).await {
-                // Not a single failed recipient is forgotten: they become pending
-                // again, so that a later attempt reports them.
-                log::event("bounce_error", &[("id", &env.id), ("error", &e)]);
-                for &i in &failed_now {
-                    env.recipients[i].state = RcptState::Pending;
+        let mut bounce_failed = false;
+        if env.pending_count() == 0 && !env.is_null_sender() {
+            let failed: Vec<usize> =
+                (0..env.recipients.len()).filter(|&i| env.recipients[i].state == RcptState::Failed).collect();
+            if !failed.is_empty() {
+                if let Err(e) = self.bounce(&env, &failed).await {
+                    log::event("bounce_error", &[("id", &env.id), ("error", &e)]);
+                    bounce_failed = true;
                 }
             }
         }
-        let recorded = if env.pending_count() == 0 {
+        let recorded = if env.pending_count() == 0 && !bounce_failed {
             self.queue.complete(&env, reason).map(|()| "removed")
         } else {
-            env.next_retry_unix_ms = now_ms + self.queue.retry_delay(env.attempt_count).as_millis() as u64;
+            let delay = if bounce_failed {
+                QUEUE_ERROR_RETRY
+            } else {
+                self.queue.retry_delay(env.attempt_count)
+            };
+            env.next_retry_unix_ms = now_ms + delay.as_millis() as u64;
             self.queue.defer(&env).await.map(|()| "deferred")
         };
         match recorded {

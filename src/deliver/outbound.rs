@@ -1,10 +1,17 @@
-//! Outbound SMTP over a socket: drives the sans-IO [`Client`] for one
-//! transaction to the smarthost, streaming the body from its queue file
-//! through the dot-stuffer.
+//! Outbound SMTP: delivers one message to the recipients of one
+//! destination (a domain's MX hosts, or the smarthost). Finds the hosts
+//! (DNS on the shard's resolver), tries them in preference order with
+//! fallback to the next address when a host cannot be reached or refuses
+//! the session, reuses an idle session to the same host when one is open,
+//! and drives the sans-IO [`Client`] over the socket, streaming the body
+//! from the queue through the dot-stuffer.
 //!
-//! Place in the pipeline: a transport of the delivery engine. Returns one
-//! outcome per recipient; connection failures and timeouts are transient.
+//! Place in the pipeline: the SMTP transport of the delivery engine.
+//! Returns one outcome per recipient; connection failures, timeouts and
+//! temporary DNS failures are transient, a null MX or a domain that does
+//! not exist is permanent.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -13,28 +20,96 @@ use glommio::io::BufferedFile;
 use glommio::net::TcpStream;
 
 use crate::config::Config;
+use crate::deliver::connections::{self, Connections, Session};
 use crate::deliver::dotstuff::DotStuffer;
+use crate::dns::{RecordKind, Resolver};
 use crate::queue::{Body, Envelope};
-use crate::smtp::client::{Client, ClientEvent, ClientParams, RcptOutcome, Transaction};
+use crate::smtp::client::{Client, ClientEvent, ClientParams, Outcome, RcptOutcome, Transaction};
 use crate::smtp::reply::{Enhanced, Reply};
 
 /// Body bytes read from the queue file at a time.
 const BODY_READ_BYTES: usize = 64 * 1024;
 /// Reply bytes read from the server at a time.
 const READ_BYTES: usize = 16 * 1024;
+/// Addresses tried for one delivery, over all MX hosts (Postfix's
+/// smtp_mx_address_limit is 5).
+pub const ADDRESS_TRIES_MAX: usize = 5;
 
-/// Delivers `env` to the recipients at `indexes` through the smarthost.
-pub async fn deliver(config: &Config, body_path: &Path, env: &Envelope, indexes: &[usize]) -> Vec<RcptOutcome> {
-    let all = |reply: Reply| indexes.iter().map(|_| RcptOutcome::Transient(reply.clone())).collect();
-    let Some(smarthost) = config.delivery.smarthost.as_deref() else {
-        return all(Reply::new(451, Enhanced(4, 4, 4), "no route: delivery.smarthost unset"));
-    };
-    let connect = TcpStream::connect_timeout(smarthost, config.delivery.connect_timeout.0).await;
-    let mut stream = match connect {
-        Ok(s) => s,
-        Err(e) => {
-            return all(Reply::new(451, Enhanced(4, 4, 1), format!("connect to {smarthost}: {e}")));
+/// Where the recipients of one group go.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    /// `delivery.smarthost`, "host:port".
+    Smarthost(String),
+    /// The MX hosts of a domain (lower-case).
+    Domain(String),
+}
+
+impl Destination {
+    /// The key the per-destination connection limit counts by.
+    pub fn key(&self) -> &str {
+        match self {
+            Destination::Smarthost(host) | Destination::Domain(host) => host,
         }
+    }
+
+    /// The destination of a recipient address for this configuration.
+    pub fn of(config: &Config, address: &str) -> Destination {
+        match &config.delivery.smarthost {
+            Some(host) => Destination::Smarthost(host.clone()),
+            None => {
+                let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or(address);
+                Destination::Domain(domain.trim_end_matches('.').to_ascii_lowercase())
+            }
+        }
+    }
+}
+
+/// What one delivery to a destination found out.
+pub struct Delivered {
+    /// One per recipient index given, in order.
+    pub outcomes: Vec<RcptOutcome>,
+    /// The host that gave the outcomes, `name[addr]:port`, or the
+    /// destination when no host was reached.
+    pub relay: String,
+    /// The transaction's number on its connection (1 for a new connection).
+    pub conn_use: u32,
+}
+
+/// The shard's outbound side: resolver, connections and settings.
+pub struct Outbound<'a> {
+    pub config: &'a Config,
+    pub resolver: &'a Resolver,
+    pub connections: &'a Connections,
+}
+
+/// A host to try: its name (for logs) and address.
+struct Target {
+    name: String,
+    addr: SocketAddr,
+}
+
+/// Delivers `env` to the recipients at `indexes`, all of `destination`.
+pub async fn deliver(
+    out: &Outbound<'_>,
+    destination: &Destination,
+    body_path: &Path,
+    env: &Envelope,
+    indexes: &[usize],
+) -> Delivered {
+    let all = |reply: Reply, relay: String| Delivered {
+        outcomes: indexes
+            .iter()
+            .map(|_| if reply.is_permanent() { RcptOutcome::Permanent(reply.clone()) } else { RcptOutcome::Transient(reply.clone()) })
+            .collect(),
+        relay,
+        conn_use: 0,
+    };
+    let targets = match targets(out, destination).await {
+        Ok(targets) => targets,
+        Err(reply) => return all(reply, destination.key().to_string()),
+    };
+    let Some(_turn) = out.connections.destination_permit(destination.key()).await else {
+        return all(Reply::new(451, Enhanced(4, 3, 0), "delivery is shutting down"), destination.key().to_string());
     };
     let txn = Transaction {
         reverse_path: env.sender.clone(),
@@ -43,11 +118,142 @@ pub async fn deliver(config: &Config, body_path: &Path, env: &Envelope, indexes:
         body_8bit: env.body_8bit,
         smtputf8: env.smtputf8,
     };
-    let params = ClientParams::new(config.helo_name().to_string());
-    let block_timeout = params.timeouts.data_block;
-    let mut client = Client::new(params, txn, Instant::now());
+    let mut last: Option<Delivered> = None;
+    for target in targets.iter().take(ADDRESS_TRIES_MAX) {
+        let relay = format!("{}[{}]:{}", target.name, target.addr.ip(), target.addr.port());
+        let (outcome, conn_use) = match transact(out, target, &txn, body_path, env).await {
+            Ok(done) => done,
+            Err(e) => {
+                let reply = Reply::new(451, Enhanced(4, 4, 1), format!("connect to {relay}: {e}"));
+                last = Some(all(reply, relay));
+                continue;
+            }
+        };
+        let delivered = Delivered { outcomes: outcome.recipients.clone(), relay, conn_use };
+        // The next host may do better when this one would not talk to us
+        // at all, or refused the transaction for now (RFC 5321 §5.1).
+        let session_failed = !outcome.session_established;
+        let refused_for_now =
+            !outcome.mail_accepted && outcome.recipients.iter().all(|r| matches!(r, RcptOutcome::Transient(_)));
+        if session_failed || refused_for_now {
+            last = Some(delivered);
+            continue;
+        }
+        return delivered;
+    }
+    last.unwrap_or_else(|| all(Reply::new(451, Enhanced(4, 4, 4), "no address to try"), destination.key().to_string()))
+}
+
+/// The addresses to try, best first: the smarthost's, or the MX hosts'
+/// (IPv4 before IPv6 for each host: loopback-only and IPv4-only relays
+/// are common, and an IPv6 failure costs a connect timeout).
+async fn targets(out: &Outbound<'_>, destination: &Destination) -> Result<Vec<Target>, Reply> {
+    match destination {
+        Destination::Smarthost(hostport) => {
+            let (host, port) = split_host_port(hostport)
+                .ok_or_else(|| Reply::new(451, Enhanced(4, 3, 5), format!("bad smarthost {hostport:?}")))?;
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                return Ok(vec![Target { name: host.to_string(), addr: SocketAddr::new(ip, port) }]);
+            }
+            let a = out.resolver.lookup(host, RecordKind::A).await;
+            let aaaa = out.resolver.lookup(host, RecordKind::Aaaa).await;
+            let mut addrs: Vec<IpAddr> = Vec::new();
+            let mut errors = Vec::new();
+            for lookup in [a, aaaa] {
+                match lookup {
+                    Ok(lookup) => {
+                        let (v4, v6) = lookup.addresses();
+                        addrs.extend(v4.into_iter().map(IpAddr::V4));
+                        addrs.extend(v6.into_iter().map(IpAddr::V6));
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            if addrs.is_empty() {
+                let why = if errors.is_empty() { "no address".to_string() } else { errors.join("; ") };
+                return Err(Reply::new(451, Enhanced(4, 4, 3), format!("smarthost {host}: {why}")));
+            }
+            Ok(addrs.into_iter().map(|ip| Target { name: host.to_string(), addr: SocketAddr::new(ip, port) }).collect())
+        }
+        Destination::Domain(domain) => {
+            let route = crate::dns::route(out.resolver, domain).await.map_err(|e| e.reply())?;
+            let port = out.config.delivery.port;
+            let mut targets = Vec::new();
+            for host in route.hosts {
+                for ip in host.ipv4.iter().copied().map(IpAddr::V4).chain(host.ipv6.iter().copied().map(IpAddr::V6)) {
+                    targets.push(Target { name: host.name.clone(), addr: SocketAddr::new(ip, port) });
+                }
+            }
+            Ok(targets)
+        }
+    }
+}
+
+/// "host:port" or "[v6]:port" into its parts.
+fn split_host_port(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    Some((host, port.parse().ok()?))
+}
+
+/// One transaction with `target`: on an idle session to it if there is
+/// one (and once more on a fresh connection if that session turns out to
+/// have been closed), else on a new connection. Err only when no
+/// connection could be made.
+async fn transact(
+    out: &Outbound<'_>,
+    target: &Target,
+    txn: &Transaction,
+    body_path: &Path,
+    env: &Envelope,
+) -> std::io::Result<(Outcome, u32)> {
+    if let Some(mut session) = out.connections.take_idle(target.addr) {
+        session.client.next_transaction(txn.clone(), Instant::now());
+        let outcome = run(&mut session, body_path, env).await;
+        if !outcome.stale {
+            let conn_use = session.transaction_count;
+            finish_session(out.connections, session, &outcome).await;
+            return Ok((outcome, conn_use));
+        }
+        connections::close(session).await;
+    }
+    let (stream, slot) = out.connections.connect(target.addr, out.config.delivery.connect_timeout.0).await?;
+    let mut params = ClientParams::new(out.config.helo_name().to_string());
+    params.keep_open = out.connections.reuse_enabled();
+    let client = Client::new(params, txn.clone(), Instant::now());
+    let mut session = out.connections.session(stream, client, target.addr, slot);
+    let outcome = run(&mut session, body_path, env).await;
+    let conn_use = session.transaction_count;
+    finish_session(out.connections, session, &outcome).await;
+    Ok((outcome, conn_use))
+}
+
+/// Keeps the session for the next message when it is at a clean point,
+/// else writes what the client has left to say (QUIT) and closes it.
+async fn finish_session(connections: &Connections, mut session: Session, outcome: &Outcome) {
+    if outcome.reusable {
+        connections.put_idle(session).await;
+        return;
+    }
+    let out = session.client.take_output();
+    let _ = glommio::timer::timeout(Duration::from_secs(5), async {
+        if !out.is_empty() {
+            let _ = session.stream.write_all(&out).await;
+        }
+        let _ = session.stream.close().await;
+        Ok(())
+    })
+    .await;
+}
+
+/// Drives the session's client through one transaction.
+async fn run(session: &mut Session, body_path: &Path, env: &Envelope) -> Outcome {
+    session.transaction_count += 1;
+    let stream = &mut session.stream;
+    let client = &mut session.client;
+    let block_timeout = client.data_block_timeout();
     let mut buf = vec![0u8; READ_BYTES];
-    let outcome = loop {
+    loop {
         match client.poll(Instant::now()) {
             ClientEvent::NeedInput => {
                 let out = client.take_output();
@@ -69,24 +275,14 @@ pub async fn deliver(config: &Config, body_path: &Path, env: &Envelope, indexes:
             }
             ClientEvent::SendBody => {
                 let out = client.take_output();
-                match send_body(&mut stream, &out, &env.body, body_path, &mut client, block_timeout).await {
+                match send_body(stream, &out, &env.body, body_path, client, block_timeout).await {
                     Ok(()) => client.body_sent(),
                     Err(_) => client.on_connection_lost(),
                 }
             }
-            ClientEvent::Done(outcome) => break outcome,
+            ClientEvent::Done(outcome) => return outcome,
         }
-    };
-    let out = client.take_output();
-    if !out.is_empty() {
-        let _ = glommio::timer::timeout(Duration::from_secs(5), async {
-            let _ = stream.write_all(&out).await;
-            Ok(())
-        })
-        .await;
     }
-    let _ = stream.close().await;
-    outcome.recipients
 }
 
 /// Writes pending commands, then the dot-stuffed content and its

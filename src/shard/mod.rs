@@ -122,6 +122,8 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
             ("listen", &format!("{:?}", config.server.listen)),
         ],
     );
+    let dns = crate::dns::params_for(&config.dns).map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?;
+    dns.validate().map_err(|e| format!("dns: {e}"))?;
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
         let placement = if config.server.pin && !cpus.is_empty() {
@@ -129,11 +131,11 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
         } else {
             Placement::Unbound
         };
-        let (config, stop) = (config.clone(), stop.clone());
+        let (config, dns, stop) = (config.clone(), dns.clone(), stop.clone());
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(2 << 20)
-            .spawn(move || async move { shard_main(index, config, stop).await })
+            .spawn(move || async move { shard_main(index, config, dns, stop).await })
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
     }
@@ -155,7 +157,12 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
     }
 }
 
-async fn shard_main(index: usize, config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
+async fn shard_main(
+    index: usize,
+    config: Arc<Config>,
+    dns: crate::dns::ResolverParams,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
     let executor = glommio::executor();
     let tq_smtp = executor.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(5)), "smtp");
     let tq_delivery = executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "delivery");
@@ -163,7 +170,7 @@ async fn shard_main(index: usize, config: Arc<Config>, stop: Arc<AtomicBool>) ->
     let (queue, envelopes) = Queue::open(&spool, index as u16, QueueParams::from_config(&config))
         .await
         .map_err(|e| format!("shard {index}: cannot open spool {}: {e}", spool.display()))?;
-    let delivery = Rc::new(Delivery::new(config.clone(), queue.clone(), index));
+    let delivery = Rc::new(Delivery::new(config.clone(), queue.clone(), index, dns.clone())?);
     let recovered = envelopes.len();
     for env in envelopes {
         delivery.submit(env);
@@ -219,6 +226,8 @@ async fn shard_main(index: usize, config: Arc<Config>, stop: Arc<AtomicBool>) ->
     }
     let delivery_task = glommio::spawn_local_into(shard.delivery.clone().run(shard.clone()), tq_delivery)
         .map_err(|e| format!("shard {index}: {e}"))?;
+    let sweep_task = glommio::spawn_local_into(shard.delivery.clone().sweep_connections(shard.clone()), tq_delivery)
+        .map_err(|e| format!("shard {index}: {e}"))?;
 
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
@@ -237,6 +246,8 @@ async fn shard_main(index: usize, config: Arc<Config>, stop: Arc<AtomicBool>) ->
     }
     delivery_task.await;
     shard.delivery.wait_idle(Instant::now() + Duration::from_secs(10)).await;
+    sweep_task.await;
+    shard.delivery.close_connections().await;
     // Records staged by the last attempts are flushed before the committers end.
     shard.queue.close();
     for task in queue_tasks {

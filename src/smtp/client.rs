@@ -523,6 +523,11 @@ impl Client {
         }
     }
 
+    /// The longest wait for writing one block of content.
+    pub fn data_block_timeout(&self) -> Duration {
+        self.params.timeouts.data_block
+    }
+
     /// Takes bytes the server sent. Nothing is acted on until `poll()`.
     pub fn feed(&mut self, input: &[u8]) {
         if self.phase == Phase::Done || self.replies.back().is_some_and(|r| r.is_err()) {

@@ -1,0 +1,230 @@
+//! The outbound connections of one shard: SMTP sessions kept open after a
+//! transaction for the next message to the same host, and the limits on
+//! how many connections are open at once, per destination and in all.
+//!
+//! Place in the pipeline: used by `outbound` for every remote delivery.
+//! Sessions are `!Send` (glommio sockets); each shard has its own cache.
+//!
+//! Limits: `delivery.max_connections_per_destination` (a semaphore per
+//! destination, held while a delivery to it runs), `delivery.
+//! max_connections_per_shard` (a permit per open connection, idle ones
+//! included: when none is left, the oldest idle connection is closed),
+//! `delivery.connection_reuse_time` (idle sessions older than that are
+//! closed by `sweep`) and `delivery.max_transactions_per_connection`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use glommio::sync::{Semaphore, StaticPermit};
+
+use crate::config::Config;
+use crate::smtp::client::Client;
+
+/// Destinations whose semaphores are kept while unused; beyond it, idle
+/// ones are dropped.
+const DESTINATION_ENTRIES_MAX: usize = 4096;
+/// How long closing a session may take (writing QUIT).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An open SMTP session to one host.
+pub struct Session {
+    pub stream: TcpStream,
+    pub client: Client,
+    pub addr: SocketAddr,
+    /// Transactions this session has carried.
+    pub transaction_count: u32,
+    _slot: StaticPermit,
+}
+
+struct IdleSession {
+    session: Session,
+    since: Instant,
+}
+
+/// Counters for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    pub opened: u64,
+    pub reused: u64,
+    pub idle_now: usize,
+}
+
+pub struct Connections {
+    reuse_time: Duration,
+    transactions_max: u32,
+    per_destination_max: usize,
+    slots: Rc<Semaphore>,
+    idle: RefCell<HashMap<SocketAddr, Vec<IdleSession>>>,
+    idle_count: Cell<usize>,
+    destinations: RefCell<HashMap<String, Rc<Semaphore>>>,
+    opened: Cell<u64>,
+    reused: Cell<u64>,
+}
+
+impl Connections {
+    pub fn new(config: &Config) -> Connections {
+        let d = &config.delivery;
+        Connections {
+            reuse_time: d.connection_reuse_time.0,
+            transactions_max: d.max_transactions_per_connection,
+            per_destination_max: d.max_connections_per_destination,
+            slots: Rc::new(Semaphore::new(d.max_connections_per_shard as u64)),
+            idle: RefCell::new(HashMap::new()),
+            idle_count: Cell::new(0),
+            destinations: RefCell::new(HashMap::new()),
+            opened: Cell::new(0),
+            reused: Cell::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> ConnectionStats {
+        ConnectionStats { opened: self.opened.get(), reused: self.reused.get(), idle_now: self.idle_count.get() }
+    }
+
+    /// Whether sessions are kept open after their transaction at all.
+    pub fn reuse_enabled(&self) -> bool {
+        !self.reuse_time.is_zero()
+    }
+
+    /// Waits for a turn to deliver to `destination` (a domain, or the
+    /// smarthost): at most `max_connections_per_destination` at once.
+    pub async fn destination_permit(&self, destination: &str) -> Option<StaticPermit> {
+        let semaphore = {
+            let mut destinations = self.destinations.borrow_mut();
+            if destinations.len() >= DESTINATION_ENTRIES_MAX && !destinations.contains_key(destination) {
+                // Drop the semaphores nobody holds or waits for.
+                let max = self.per_destination_max as u64;
+                destinations.retain(|_, s| Rc::strong_count(s) > 1 || s.available() < max);
+            }
+            destinations
+                .entry(destination.to_string())
+                .or_insert_with(|| Rc::new(Semaphore::new(self.per_destination_max as u64)))
+                .clone()
+        };
+        semaphore.acquire_static_permit(1).await.ok()
+    }
+
+    /// An idle session to `addr`, if one is open and fresh enough.
+    pub fn take_idle(&self, addr: SocketAddr) -> Option<Session> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(entry) = list.pop() {
+            self.idle_count.set(self.idle_count.get() - 1);
+            if now.duration_since(entry.since) < self.reuse_time {
+                if list.is_empty() {
+                    idle.remove(&addr);
+                }
+                self.reused.set(self.reused.get() + 1);
+                return Some(entry.session);
+            }
+            // Too old: dropping it closes the socket.
+        }
+        idle.remove(&addr);
+        None
+    }
+
+    /// Opens a connection to `addr` within `timeout`, waiting for a free
+    /// slot (closing the oldest idle session when none is free).
+    pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<(TcpStream, StaticPermit)> {
+        if self.slots.available() == 0 {
+            self.close_oldest_idle().await;
+        }
+        let slot = self
+            .slots
+            .clone()
+            .acquire_static_permit(1)
+            .await
+            .map_err(|e| std::io::Error::other(format!("connection slots closed: {e}")))?;
+        let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(std::io::Error::from)?;
+        self.opened.set(self.opened.get() + 1);
+        Ok((stream, slot))
+    }
+
+    /// Wraps a connected stream and its client into a session.
+    pub fn session(&self, stream: TcpStream, client: Client, addr: SocketAddr, slot: StaticPermit) -> Session {
+        Session { stream, client, addr, transaction_count: 0, _slot: slot }
+    }
+
+    /// Keeps a session whose last transaction ended cleanly for the next
+    /// message to its host, or closes it when it has carried enough.
+    pub async fn put_idle(&self, session: Session) {
+        if !self.reuse_enabled() || session.transaction_count >= self.transactions_max {
+            close(session).await;
+            return;
+        }
+        let addr = session.addr;
+        self.idle.borrow_mut().entry(addr).or_default().push(IdleSession { session, since: Instant::now() });
+        self.idle_count.set(self.idle_count.get() + 1);
+    }
+
+    /// Closes idle sessions older than `connection_reuse_time`; returns how
+    /// many were closed.
+    pub async fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut idle = self.idle.borrow_mut();
+            for list in idle.values_mut() {
+                let (old, fresh): (Vec<_>, Vec<_>) =
+                    list.drain(..).partition(|entry| now.duration_since(entry.since) >= self.reuse_time);
+                *list = fresh;
+                expired.extend(old);
+            }
+            idle.retain(|_, list| !list.is_empty());
+        }
+        self.idle_count.set(self.idle_count.get() - expired.len());
+        let count = expired.len();
+        for entry in expired {
+            close(entry.session).await;
+        }
+        count
+    }
+
+    /// Closes every idle session (at shutdown).
+    pub async fn close_all(&self) {
+        let all: Vec<IdleSession> = self.idle.borrow_mut().drain().flat_map(|(_, list)| list).collect();
+        self.idle_count.set(0);
+        for entry in all {
+            close(entry.session).await;
+        }
+    }
+
+    async fn close_oldest_idle(&self) {
+        let oldest = {
+            let mut idle = self.idle.borrow_mut();
+            let addr = idle
+                .iter()
+                .filter_map(|(addr, list)| list.first().map(|entry| (entry.since, *addr)))
+                .min()
+                .map(|(_, addr)| addr);
+            addr.and_then(|addr| {
+                let list = idle.get_mut(&addr)?;
+                let entry = list.remove(0);
+                if list.is_empty() {
+                    idle.remove(&addr);
+                }
+                Some(entry)
+            })
+        };
+        if let Some(entry) = oldest {
+            self.idle_count.set(self.idle_count.get() - 1);
+            close(entry.session).await;
+        }
+    }
+}
+
+/// Says QUIT (without waiting for the 221) and closes the socket.
+pub async fn close(mut session: Session) {
+    let _ = glommio::timer::timeout(CLOSE_TIMEOUT, async {
+        let _ = session.stream.write_all(b"QUIT\r\n").await;
+        let _ = session.stream.close().await;
+        Ok(())
+    })
+    .await;
+}
