@@ -179,3 +179,171 @@ def smtp_sink(tmp_path):
     yield start
     for sink in sinks:
         sink.stop()
+
+
+def unbound_binary():
+    for d in os.environ.get("PATH", "").split(":") + ["/usr/sbin", "/sbin"]:
+        p = Path(d) / "unbound"
+        if p.is_file():
+            return p
+    return None
+
+
+class Unbound:
+    """A private unbound on 127.0.0.1 and a free port, serving `records`
+    (zone-file lines) from a static local zone `zone`."""
+
+    def __init__(self, workdir: Path, zone: str, records):
+        binary = unbound_binary()
+        if binary is None:
+            pytest.skip("unbound is not installed (tests/run installs it)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        data = "\n".join(f'    local-data: "{r}"' for r in records)
+        for _ in range(5):
+            self.port = free_port()
+            conf = workdir / "unbound.conf"
+            conf.write_text(f"""server:
+    interface: 127.0.0.1@{self.port}
+    port: {self.port}
+    do-daemonize: no
+    use-syslog: no
+    logfile: ""
+    chroot: ""
+    username: ""
+    directory: "{workdir}"
+    pidfile: ""
+    do-ip6: no
+    num-threads: 1
+    module-config: "iterator"
+    access-control: 127.0.0.0/8 allow
+    local-zone: "{zone}." static
+    local-data: "{zone}. 3600 IN SOA ns.{zone}. admin.{zone}. 1 3600 600 86400 60"
+{data}
+remote-control:
+    control-enable: no
+""")
+            self.log = open(workdir / "unbound.log", "ab")
+            self.proc = subprocess.Popen([str(binary), "-d", "-c", str(conf)], stdout=self.log, stderr=self.log)
+            if self._answers(zone):
+                return
+            self.stop()
+        raise RuntimeError(f"unbound did not start; see {workdir}")
+
+    def _answers(self, zone, timeout_s=5.0):
+        """Whether unbound answers a query for the zone's SOA in time."""
+        name = b"".join(bytes([len(label)]) + label.encode() for label in zone.split(".")) + b"\0"
+        query = bytes.fromhex("123401000001000000000000") + name + bytes.fromhex("00060001")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(0.2)
+                try:
+                    s.sendto(query, ("127.0.0.1", self.port))
+                    s.recvfrom(512)
+                    return True
+                except OSError:
+                    time.sleep(0.05)
+        return False
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def unbound(tmp_path):
+    servers = []
+
+    def start(zone, records):
+        server = Unbound(tmp_path / f"unbound{len(servers)}", zone, records)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+class Postfix:
+    """A private Postfix (its own main.cf, master.cf, queue and log) whose
+    smtpd listens on `addr:port` and relays everything it accepts to
+    `[127.0.0.1]:relay_port`. `access` lines go into a texthash recipient
+    access map checked first, so tests can refuse or defer chosen
+    recipients; `set_access()` changes them and reloads."""
+
+    def __init__(self, addr: str, port: int, relay_port: int, relay_domains, access=()):
+        # Postfix's daemons run as postfix and must reach their data
+        # directory: not under pytest's private (0700) tmp_path.
+        workdir = Path(tempfile.mkdtemp(prefix="ringpost-postfix-"))
+        os.chmod(workdir, 0o755)
+        self.workdir = workdir
+        self.etc, self.spool, self.data = workdir / "etc", workdir / "spool", workdir / "data"
+        for d in (self.etc, self.spool, self.data):
+            d.mkdir(parents=True)
+        shutil.chown(self.data, "postfix")
+        self.log_path = workdir / "postfix.log"
+        self.access = self.etc / "access"
+        self.access.write_text("".join(f"{line}\n" for line in access))
+        master = Path("/etc/postfix/master.cf").read_text().splitlines()
+        master = ["#" + l if l.split()[:2] in (["smtp", "inet"], ["submission", "inet"], ["smtps", "inet"]) else l
+                  for l in master]
+        master.append(f"{addr}:{port} inet n - n - - smtpd")
+        (self.etc / "master.cf").write_text("\n".join(master) + "\n")
+        (self.etc / "main.cf").write_text(f"""compatibility_level = 3.6
+queue_directory = {self.spool}
+data_directory = {self.data}
+inet_interfaces = all
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+myhostname = downstream.test
+mydestination =
+relay_domains = {' '.join(relay_domains)}
+relay_transport = smtp:[127.0.0.1]:{relay_port}
+default_transport = smtp:[127.0.0.1]:{relay_port}
+smtpd_recipient_restrictions = check_recipient_access texthash:{self.access}, permit_mynetworks, reject_unauth_destination
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+maillog_file = {self.log_path}
+maillog_file_prefixes = {workdir}
+""")
+        for f in ("/etc/postfix/dynamicmaps.cf", "/etc/postfix/postfix-files"):
+            if Path(f).exists():
+                shutil.copy(f, self.etc)
+        if Path("/etc/postfix/postfix-files.d").is_dir():
+            shutil.copytree("/etc/postfix/postfix-files.d", self.etc / "postfix-files.d")
+        self._postfix("start")
+        wait_port(port, host=addr)
+
+    def _postfix(self, command):
+        r = subprocess.run(["postfix", "-c", str(self.etc), command], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"postfix {command} failed: {r.stdout}{r.stderr}")
+
+    def set_access(self, lines):
+        self.access.write_text("".join(f"{line}\n" for line in lines))
+        self._postfix("reload")
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self):
+        subprocess.run(["postfix", "-c", str(self.etc), "stop"], capture_output=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def postfix(tmp_path):
+    started = []
+
+    def start(addr, port, relay_port, relay_domains, access=()):
+        server = Postfix(addr, port, relay_port, relay_domains, access)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
