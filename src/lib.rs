@@ -14,6 +14,7 @@ pub mod queue;
 pub mod route;
 pub mod shard;
 pub mod smtp;
+pub mod tls;
 
 pub use config::load;
 

@@ -46,7 +46,53 @@ pub struct Config {
     pub relay: Relay,
     pub delivery: Delivery,
     pub dns: Dns,
+    pub tls: Tls,
     pub queue: Queue,
+}
+
+/// Outbound TLS policy (Postfix's security levels of the same names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// Never STARTTLS.
+    None,
+    /// STARTTLS when the server offers it; plaintext otherwise, or when the
+    /// handshake fails (the message is then sent on a new plain connection).
+    May,
+    /// STARTTLS required: a server that does not offer it, or a failed
+    /// handshake, defers the message (4.7.4 / 4.7.5).
+    Encrypt,
+}
+
+impl TlsPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsPolicy::None => "none",
+            TlsPolicy::May => "may",
+            TlsPolicy::Encrypt => "encrypt",
+        }
+    }
+}
+
+impl std::str::FromStr for TlsPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<TlsPolicy, String> {
+        match text {
+            "none" => Ok(TlsPolicy::None),
+            "may" => Ok(TlsPolicy::May),
+            "encrypt" => Ok(TlsPolicy::Encrypt),
+            _ => Err(format!("must be \"none\", \"may\" or \"encrypt\", not {text:?}")),
+        }
+    }
+}
+
+/// Inbound TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// PEM certificate chain; with `key`, STARTTLS is offered. Default unset.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`. Default unset.
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +183,8 @@ pub struct Delivery {
     pub connection_reuse_time: Duration,
     /// Transactions sent over one connection before it is closed. Default 100.
     pub max_transactions_per_connection: u32,
+    /// STARTTLS toward next hops. Default "may".
+    pub tls: TlsPolicy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -268,6 +316,7 @@ impl Default for Config {
             relay: Relay::default(),
             delivery: Delivery::default(),
             dns: Dns::default(),
+            tls: Tls::default(),
             queue: Queue::default(),
         }
     }
@@ -337,6 +386,7 @@ impl Default for Delivery {
             max_connections_per_shard: 200,
             connection_reuse_time: Duration::from_secs(5),
             max_transactions_per_connection: 100,
+            tls: TlsPolicy::May,
         }
     }
 }

@@ -89,6 +89,18 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "max_connections_per_shard = {}", d.max_connections_per_shard)?;
     writeln!(out, "connection_reuse_time = {}", quoted(&d.connection_reuse_time.to_string()))?;
     writeln!(out, "max_transactions_per_connection = {}", d.max_transactions_per_connection)?;
+    writeln!(out, "tls = {}", quoted(d.tls.as_str()))?;
+
+    writeln!(out, "\n[tls]")?;
+    let unset = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+    match unset(&c.tls.cert) {
+        Some(cert) => writeln!(out, "cert = {}", quoted(&cert))?,
+        None => writeln!(out, "cert = \"\"  # unset: STARTTLS is not offered")?,
+    }
+    match unset(&c.tls.key) {
+        Some(key) => writeln!(out, "key = {}", quoted(&key))?,
+        None => writeln!(out, "key = \"\"")?,
+    }
 
     let n = &c.dns;
     writeln!(out, "\n[dns]")?;

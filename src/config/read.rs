@@ -13,7 +13,7 @@ use std::str::FromStr;
 use super::error::ConfigError;
 use super::source::{Node, Table, Value};
 use super::types::{check_host_name, check_smarthost};
-use super::{BareLf, Cidr, Config, Delivery, Dns, Domains, Duration, Local, Queue, Relay, Server, Smtp};
+use super::{BareLf, Cidr, Config, Delivery, Dns, Domains, Duration, Local, Queue, Relay, Server, Smtp, Tls, TlsPolicy};
 
 /// Most shards a configuration may ask for; far above any core count we run
 /// on, low enough that a typing slip does not start a million threads.
@@ -26,7 +26,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 /// Longest commit delay: 100 ms.
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
-const ROOT_KEYS: &[&str] = &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "queue"];
+const ROOT_KEYS: &[&str] = &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue"];
 pub(super) const SERVER_KEYS: &[&str] =
     &["hostname", "listen", "shards", "pin", "max_sessions_per_shard", "drain_timeout"];
 pub(super) const SMTP_KEYS: &[&str] = &[
@@ -52,7 +52,9 @@ pub(super) const DELIVERY_KEYS: &[&str] = &[
     "max_connections_per_shard",
     "connection_reuse_time",
     "max_transactions_per_connection",
+    "tls",
 ];
+pub(super) const TLS_KEYS: &[&str] = &["cert", "key"];
 pub(super) const DNS_KEYS: &[&str] = &["servers", "timeout", "attempts"];
 /// Most name servers `dns.servers` may list.
 const DNS_SERVER_COUNT_MAX: usize = crate::dns::SERVER_COUNT_MAX;
@@ -249,6 +251,7 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
         relay: read_relay(&Section::open(root, "relay", RELAY_KEYS)?, defaults.relay)?,
         delivery: read_delivery(&Section::open(root, "delivery", DELIVERY_KEYS)?, defaults.delivery)?,
         dns: read_dns(&Section::open(root, "dns", DNS_KEYS)?, defaults.dns)?,
+        tls: read_tls(&Section::open(root, "tls", TLS_KEYS)?, defaults.tls)?,
         queue: read_queue(&Section::open(root, "queue", QUEUE_KEYS)?, defaults.queue)?,
     })
 }
@@ -333,7 +336,24 @@ fn read_delivery(section: &Section<'_>, d: Delivery) -> Result<Delivery> {
             d.max_transactions_per_connection,
             positive,
         )?,
+        tls: section.read("tls", d.tls, |node, key| {
+            TlsPolicy::from_str(&string(node, key)?).map_err(|reason| invalid(node, key, reason))
+        })?,
     })
+}
+
+fn read_tls(section: &Section<'_>, d: Tls) -> Result<Tls> {
+    let tls = Tls {
+        cert: section.read("cert", d.cert, |node, key| optional(node, key, path))?,
+        key: section.read("key", d.key, |node, key| optional(node, key, path))?,
+    };
+    if tls.cert.is_some() != tls.key.is_some() {
+        let (given, missing) = if tls.cert.is_some() { ("cert", "key") } else { ("key", "cert") };
+        if let Some(node) = section.node(given) {
+            return Err(invalid(node, &format!("tls.{given}"), format!("tls.{missing} must be set as well")));
+        }
+    }
+    Ok(tls)
 }
 
 fn read_dns(section: &Section<'_>, d: Dns) -> Result<Dns> {

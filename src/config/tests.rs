@@ -311,7 +311,7 @@ fn docs_example_loads_and_docs_list_every_key() {
     }
 }
 
-fn all_keys() -> [(&'static str, &'static [&'static str]); 8] {
+fn all_keys() -> [(&'static str, &'static [&'static str]); 9] {
     [
         ("server", read::SERVER_KEYS),
         ("smtp", read::SMTP_KEYS),
@@ -319,6 +319,7 @@ fn all_keys() -> [(&'static str, &'static [&'static str]); 8] {
         ("local", read::LOCAL_KEYS),
         ("relay", read::RELAY_KEYS),
         ("dns", read::DNS_KEYS),
+        ("tls", read::TLS_KEYS),
         ("delivery", read::DELIVERY_KEYS),
         ("queue", read::QUEUE_KEYS),
     ]

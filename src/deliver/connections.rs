@@ -24,6 +24,7 @@ use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::config::Config;
 use crate::smtp::client::Client;
+use crate::tls::Stream;
 
 /// Destinations whose semaphores are kept while unused; beyond it, idle
 /// ones are dropped.
@@ -33,7 +34,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// An open SMTP session to one host.
 pub struct Session {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub client: Client,
     pub addr: SocketAddr,
     /// Transactions this session has carried.
@@ -148,7 +149,7 @@ impl Connections {
 
     /// Wraps a connected stream and its client into a session.
     pub fn session(&self, stream: TcpStream, client: Client, addr: SocketAddr, slot: StaticPermit) -> Session {
-        Session { stream, client, addr, transaction_count: 0, _slot: slot }
+        Session { stream: Stream::Plain(stream), client, addr, transaction_count: 0, _slot: slot }
     }
 
     /// Keeps a session whose last transaction ended cleanly for the next

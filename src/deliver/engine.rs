@@ -62,10 +62,17 @@ pub struct Delivery {
     room: event_listener::Event,
     resolver: Resolver,
     connections: Connections,
+    tls_client: Arc<rustls::ClientConfig>,
 }
 
 impl Delivery {
-    pub fn new(config: Arc<Config>, queue: Rc<Queue>, shard_index: usize, dns: ResolverParams) -> Result<Delivery, String> {
+    pub fn new(
+        config: Arc<Config>,
+        queue: Rc<Queue>,
+        shard_index: usize,
+        dns: ResolverParams,
+        tls_client: Arc<rustls::ClientConfig>,
+    ) -> Result<Delivery, String> {
         let permits = Rc::new(Semaphore::new(config.delivery.max_concurrent_per_shard as u64));
         let resolver = Resolver::new(dns).map_err(|e| format!("dns: {e}"))?;
         let connections = Connections::new(&config);
@@ -83,6 +90,7 @@ impl Delivery {
             room: event_listener::Event::new(),
             resolver,
             connections,
+            tls_client,
         })
     }
 
@@ -230,12 +238,18 @@ impl Delivery {
         for i in local {
             results.push((i, self.deliver_local(&env, i).await, "local".to_string()));
         }
-        let out = Outbound { config: &self.config, resolver: &self.resolver, connections: &self.connections };
+        let out = Outbound {
+            config: &self.config,
+            resolver: &self.resolver,
+            connections: &self.connections,
+            tls_client: &self.tls_client,
+        };
         let body_path = self.queue.body_path(id);
         for (destination, indexes) in &remote {
             for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
                 let delivered = outbound::deliver(&out, destination, &body_path, &env, group).await;
-                let relay = format!("{} conn_use={}", delivered.relay, delivered.conn_use);
+                let tls = if delivered.tls { " tls=yes" } else { "" };
+                let relay = format!("{} conn_use={}{tls}", delivered.relay, delivered.conn_use);
                 results.extend(group.iter().copied().zip(delivered.outcomes).map(|(i, o)| (i, o, relay.clone())));
             }
         }

@@ -13,18 +13,19 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::io::BufferedFile;
-use glommio::net::TcpStream;
 
-use crate::config::Config;
+use crate::config::{Config, TlsPolicy};
 use crate::deliver::connections::{self, Connections, Session};
 use crate::deliver::dotstuff::DotStuffer;
 use crate::dns::{RecordKind, Resolver};
 use crate::queue::{Body, Envelope};
-use crate::smtp::client::{Client, ClientEvent, ClientParams, Outcome, RcptOutcome, Transaction};
+use crate::smtp::client::{Client, ClientEvent, ClientParams, Outcome, RcptOutcome, StartTls, Transaction};
+use crate::tls::Stream;
 use crate::smtp::reply::{Enhanced, Reply};
 
 /// Body bytes read from the queue file at a time.
@@ -73,6 +74,8 @@ pub struct Delivered {
     pub relay: String,
     /// The transaction's number on its connection (1 for a new connection).
     pub conn_use: u32,
+    /// The transaction ran over TLS.
+    pub tls: bool,
 }
 
 /// The shard's outbound side: resolver, connections and settings.
@@ -80,6 +83,7 @@ pub struct Outbound<'a> {
     pub config: &'a Config,
     pub resolver: &'a Resolver,
     pub connections: &'a Connections,
+    pub tls_client: &'a Arc<rustls::ClientConfig>,
 }
 
 /// A host to try: its name (for logs) and address.
@@ -103,6 +107,7 @@ pub async fn deliver(
             .collect(),
         relay,
         conn_use: 0,
+        tls: false,
     };
     let targets = match targets(out, destination).await {
         Ok(targets) => targets,
@@ -129,7 +134,7 @@ pub async fn deliver(
                 continue;
             }
         };
-        let delivered = Delivered { outcomes: outcome.recipients.clone(), relay, conn_use };
+        let delivered = Delivered { outcomes: outcome.recipients.clone(), relay, conn_use, tls: outcome.tls };
         // The next host may do better when this one would not talk to us
         // at all, or refused the transaction for now (RFC 5321 §5.1).
         let session_failed = !outcome.session_established;
@@ -209,7 +214,7 @@ async fn transact(
 ) -> std::io::Result<(Outcome, u32)> {
     if let Some(mut session) = out.connections.take_idle(target.addr) {
         session.client.next_transaction(txn.clone(), Instant::now());
-        let outcome = run(&mut session, body_path, env).await;
+        let outcome = run(&mut session, body_path, env, out.tls_client, &target.name).await;
         if !outcome.stale {
             let conn_use = session.transaction_count;
             finish_session(out.connections, session, &outcome).await;
@@ -217,12 +222,37 @@ async fn transact(
         }
         connections::close(session).await;
     }
+    let policy = out.config.delivery.tls;
+    let starttls = match policy {
+        TlsPolicy::None => StartTls::Never,
+        TlsPolicy::May => StartTls::IfOffered,
+        TlsPolicy::Encrypt => StartTls::Required,
+    };
+    let (outcome, conn_use) = transact_new(out, target, txn, body_path, env, starttls).await?;
+    if outcome.tls_failed && policy == TlsPolicy::May {
+        // Opportunistic: a server whose TLS is broken still gets its mail,
+        // in plaintext, on a new connection.
+        return transact_new(out, target, txn, body_path, env, StartTls::Never).await;
+    }
+    Ok((outcome, conn_use))
+}
+
+/// One transaction on a new connection.
+async fn transact_new(
+    out: &Outbound<'_>,
+    target: &Target,
+    txn: &Transaction,
+    body_path: &Path,
+    env: &Envelope,
+    starttls: StartTls,
+) -> std::io::Result<(Outcome, u32)> {
     let (stream, slot) = out.connections.connect(target.addr, out.config.delivery.connect_timeout.0).await?;
     let mut params = ClientParams::new(out.config.helo_name().to_string());
     params.keep_open = out.connections.reuse_enabled();
+    params.starttls = starttls;
     let client = Client::new(params, txn.clone(), Instant::now());
     let mut session = out.connections.session(stream, client, target.addr, slot);
-    let outcome = run(&mut session, body_path, env).await;
+    let outcome = run(&mut session, body_path, env, out.tls_client, &target.name).await;
     let conn_use = session.transaction_count;
     finish_session(out.connections, session, &outcome).await;
     Ok((outcome, conn_use))
@@ -246,8 +276,15 @@ async fn finish_session(connections: &Connections, mut session: Session, outcome
     .await;
 }
 
-/// Drives the session's client through one transaction.
-async fn run(session: &mut Session, body_path: &Path, env: &Envelope) -> Outcome {
+/// Drives the session's client through one transaction (and the TLS
+/// handshake when the client asks for it; `host` is the name sent in SNI).
+async fn run(
+    session: &mut Session,
+    body_path: &Path,
+    env: &Envelope,
+    tls_client: &Arc<rustls::ClientConfig>,
+    host: &str,
+) -> Outcome {
     session.transaction_count += 1;
     let stream = &mut session.stream;
     let client = &mut session.client;
@@ -280,6 +317,14 @@ async fn run(session: &mut Session, body_path: &Path, env: &Envelope) -> Outcome
                     Err(_) => client.on_connection_lost(),
                 }
             }
+            ClientEvent::StartTls => {
+                let out = client.take_output();
+                debug_assert!(out.is_empty(), "nothing is sent between STARTTLS's 220 and the handshake");
+                match stream.connect(tls_client.clone(), host).await {
+                    Ok(()) => client.tls_started(Instant::now()),
+                    Err(e) => client.tls_failed(Instant::now(), &e.to_string()),
+                }
+            }
             ClientEvent::Done(outcome) => return outcome,
         }
     }
@@ -289,7 +334,7 @@ async fn run(session: &mut Session, body_path: &Path, env: &Envelope) -> Outcome
 /// terminator. Each block must be written within the client's data-block
 /// timeout (RFC 5321 §4.5.3.2.5), which every written block restarts.
 async fn send_body(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     pending: &[u8],
     body: &Body,
     body_path: &Path,
@@ -330,7 +375,7 @@ async fn send_body(
     write_within(stream, &wire, block_timeout).await
 }
 
-async fn write_within(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
+async fn write_within(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
     if bytes.is_empty() {
         return Ok(());
     }

@@ -22,6 +22,7 @@ use crate::shard::{Phase, Shard};
 use crate::smtp::address::ReversePath;
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::smtp::server::{Event, PeerInfo, Server};
+use crate::tls::Stream;
 
 /// Bytes read from the socket at a time; the SMTP machine's input buffer
 /// holds at most one read.
@@ -98,12 +99,13 @@ struct Incoming {
     error: Option<QueueError>,
 }
 
-async fn run_session(shard: &Shard, mut stream: TcpStream) {
-    let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
+async fn run_session(shard: &Shard, tcp: TcpStream) {
+    let (peer, local) = match (tcp.peer_addr(), tcp.local_addr()) {
         (Ok(p), Ok(l)) => (p, l),
         _ => return,
     };
-    let _ = stream.set_write_timeout(Some(shard.config.smtp.command_timeout.0));
+    let _ = tcp.set_write_timeout(Some(shard.config.smtp.command_timeout.0));
+    let mut stream = Stream::Plain(tcp);
     let started = Instant::now();
     log::event("connect", &[("shard", &shard.index), ("client", &peer)]);
     let mut machine = Server::new(shard.server_params.clone(), PeerInfo { addr: peer, local }, started);
@@ -165,7 +167,7 @@ async fn run_session(shard: &Shard, mut stream: TcpStream) {
                 }
                 machine.decide(reply);
             }
-            Event::DataStart => incoming = Some(start_message(shard, &machine, peer).await),
+            Event::DataStart => incoming = Some(start_message(shard, &machine, peer, stream.describe()).await),
             Event::Body(chunk) => {
                 if let Some(m) = incoming.as_mut() {
                     write_body(m, &chunk).await;
@@ -200,6 +202,28 @@ async fn run_session(shard: &Shard, mut stream: TcpStream) {
                 let _ = flush(&mut stream, &mut machine).await;
                 break;
             }
+            Event::StartTls => {
+                let Some(config) = shard.tls_server.clone() else {
+                    debug_assert!(false, "STARTTLS is offered only with a server configuration");
+                    break;
+                };
+                if flush(&mut stream, &mut machine).await.is_err() {
+                    close_reason = "write_error";
+                    break;
+                }
+                match stream.accept(config).await {
+                    Ok(()) => {
+                        let tls = stream.describe().unwrap_or_default();
+                        log::event("tls", &[("client", &peer), ("tls", &tls)]);
+                        machine.tls_started(Instant::now());
+                    }
+                    Err(e) => {
+                        log::event("tls_failed", &[("client", &peer), ("error", &e)]);
+                        close_reason = "tls_failed";
+                        break;
+                    }
+                }
+            }
         }
     }
     if let Some(m) = incoming.take() {
@@ -228,7 +252,7 @@ fn end_if_draining(shard: &Shard, machine: &mut Server) {
     }
 }
 
-async fn flush(stream: &mut TcpStream, machine: &mut Server) -> std::io::Result<()> {
+async fn flush(stream: &mut Stream, machine: &mut Server) -> std::io::Result<()> {
     let out = machine.take_output();
     if !out.is_empty() {
         stream.write_all(&out).await?;
@@ -240,7 +264,7 @@ async fn flush(stream: &mut TcpStream, machine: &mut Server) -> std::io::Result<
 /// way that concerns this session first.
 async fn wait_input(
     shard: &Shard,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut [u8],
     deadline: Instant,
     in_transaction: bool,
@@ -268,7 +292,7 @@ async fn wait_input(
     futures_lite::future::or(read, futures_lite::future::or(timer, phase_wait)).await
 }
 
-async fn start_message(shard: &Shard, machine: &Server, peer: SocketAddr) -> Incoming {
+async fn start_message(shard: &Shard, machine: &Server, peer: SocketAddr, tls: Option<String>) -> Incoming {
     let mut writer = match shard.queue.create().await {
         Ok(w) => w,
         Err(e) => {
@@ -288,6 +312,7 @@ async fn start_message(shard: &Shard, machine: &Server, peer: SocketAddr) -> Inc
         machine.protocol(),
         &id,
         single_rcpt.as_deref(),
+        tls.as_deref(),
         SystemTime::now(),
     );
     let mut m = Incoming { writer: None, id, error: None };

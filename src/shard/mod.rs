@@ -44,6 +44,8 @@ pub struct Shard {
     pub delivery: Rc<Delivery>,
     pub tq_smtp: TaskQueueHandle,
     pub tq_delivery: TaskQueueHandle,
+    /// The server side of STARTTLS; None when `tls.cert` is unset.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
     pub sessions_active: Cell<usize>,
     phase: Cell<Phase>,
     phase_event: event_listener::Event,
@@ -105,6 +107,7 @@ pub fn server_params(config: &Config) -> ServerParams {
             BareLf::Reject => BareLfPolicy::Reject,
             BareLf::Normalize => BareLfPolicy::Normalize,
         },
+        starttls: config.tls.cert.is_some() && config.tls.key.is_some(),
     }
 }
 
@@ -124,6 +127,11 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
     );
     let dns = crate::dns::params_for(&config.dns).map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?;
     dns.validate().map_err(|e| format!("dns: {e}"))?;
+    let tls_server = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key).map_err(|e| format!("tls: {e}"))?),
+        _ => None,
+    };
+    let start = Start { dns, tls_server, tls_client: crate::tls::client_config() };
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
         let placement = if config.server.pin && !cpus.is_empty() {
@@ -131,11 +139,11 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
         } else {
             Placement::Unbound
         };
-        let (config, dns, stop) = (config.clone(), dns.clone(), stop.clone());
+        let (config, start, stop) = (config.clone(), start.clone(), stop.clone());
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(2 << 20)
-            .spawn(move || async move { shard_main(index, config, dns, stop).await })
+            .spawn(move || async move { shard_main(index, config, start, stop).await })
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
     }
@@ -157,12 +165,16 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
     }
 }
 
-async fn shard_main(
-    index: usize,
-    config: Arc<Config>,
+/// What every shard starts with, read once by `run`.
+#[derive(Clone)]
+struct Start {
     dns: crate::dns::ResolverParams,
-    stop: Arc<AtomicBool>,
-) -> Result<(), String> {
+    tls_server: Option<Arc<rustls::ServerConfig>>,
+    tls_client: Arc<rustls::ClientConfig>,
+}
+
+async fn shard_main(index: usize, config: Arc<Config>, start: Start, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let Start { dns, tls_server, tls_client } = start;
     let executor = glommio::executor();
     let tq_smtp = executor.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(5)), "smtp");
     let tq_delivery = executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "delivery");
@@ -170,7 +182,7 @@ async fn shard_main(
     let (queue, envelopes) = Queue::open(&spool, index as u16, QueueParams::from_config(&config))
         .await
         .map_err(|e| format!("shard {index}: cannot open spool {}: {e}", spool.display()))?;
-    let delivery = Rc::new(Delivery::new(config.clone(), queue.clone(), index, dns.clone())?);
+    let delivery = Rc::new(Delivery::new(config.clone(), queue.clone(), index, dns, tls_client)?);
     let recovered = envelopes.len();
     for env in envelopes {
         delivery.submit(env);
@@ -212,6 +224,7 @@ async fn shard_main(
         delivery,
         tq_smtp,
         tq_delivery,
+        tls_server,
         sessions_active: Cell::new(0),
         phase: Cell::new(Phase::Running),
         phase_event: event_listener::Event::new(),

@@ -64,6 +64,16 @@ impl Default for Timeouts {
     }
 }
 
+/// Whether to ask for TLS (RFC 3207) after EHLO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartTls {
+    Never,
+    /// When the server offers it.
+    IfOffered,
+    /// A server that does not offer it fails the transaction (4.7.4).
+    Required,
+}
+
 /// Settings shared by every connection of a transport.
 #[derive(Clone, Debug)]
 pub struct ClientParams {
@@ -75,6 +85,7 @@ pub struct ClientParams {
     /// After a transaction that ended cleanly, stay connected instead of
     /// sending QUIT, so that `next_transaction()` can reuse the session.
     pub keep_open: bool,
+    pub starttls: StartTls,
 }
 
 impl ClientParams {
@@ -84,6 +95,7 @@ impl ClientParams {
             timeouts: Timeouts::default(),
             pipelining_enabled: true,
             keep_open: false,
+            starttls: StartTls::Never,
         }
     }
 }
@@ -121,6 +133,7 @@ pub struct Extensions {
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
     pub enhanced_status_codes: bool,
+    pub starttls: bool,
 }
 
 impl Extensions {
@@ -137,6 +150,7 @@ impl Extensions {
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
+                "STARTTLS" => ext.starttls = true,
                 _ => {}
             }
         }
@@ -197,6 +211,10 @@ pub struct Outcome {
     /// anything of this transaction (it had closed the idle session): the
     /// driver should try the transaction again on a fresh connection.
     pub stale: bool,
+    /// The session runs over TLS.
+    pub tls: bool,
+    /// The TLS handshake failed (the driver said so with `tls_failed()`).
+    pub tls_failed: bool,
 }
 
 /// What the driver should do next.
@@ -209,6 +227,9 @@ pub enum ClientEvent {
     /// `deliver::dotstuff::DotStuffer` (terminator included) and call
     /// `body_sent()`.
     SendBody,
+    /// The server said 220 to STARTTLS: run the TLS handshake, then call
+    /// `tls_started()`, or `tls_failed()`.
+    StartTls,
     /// The attempt is over. Write `take_output()` (usually QUIT) without
     /// waiting for the 221, then close the connection.
     Done(Outcome),
@@ -370,6 +391,7 @@ enum Await {
     Data,
     Dot,
     Rset,
+    StartTls,
 }
 
 impl Await {
@@ -383,6 +405,7 @@ impl Await {
             Await::Data => "DATA",
             Await::Dot => "end of data",
             Await::Rset => "RSET",
+            Await::StartTls => "STARTTLS",
         }
     }
 
@@ -390,7 +413,7 @@ impl Await {
         match self {
             Await::Greeting => t.greeting,
             Await::Ehlo | Await::Helo => t.ehlo,
-            Await::Mail | Await::Rset => t.mail,
+            Await::Mail | Await::Rset | Await::StartTls => t.mail,
             Await::Rcpt(_) => t.rcpt,
             Await::Data => t.data_init,
             Await::Dot => t.data_final,
@@ -404,6 +427,8 @@ enum Phase {
     Talking,
     /// The driver is writing the content.
     Body,
+    /// The driver is running the TLS handshake.
+    Tls,
     Done,
 }
 
@@ -448,6 +473,8 @@ pub struct Client {
     /// Replies acted on in this transaction.
     txn_reply_count: usize,
     stale: bool,
+    tls_active: bool,
+    tls_failed: bool,
 }
 
 impl Client {
@@ -489,7 +516,33 @@ impl Client {
             reused: false,
             txn_reply_count: 0,
             stale: false,
+            tls_active: false,
+            tls_failed: false,
         }
+    }
+
+    /// The TLS handshake succeeded: EHLO again (RFC 3207 §4.2).
+    pub fn tls_started(&mut self, now: Instant) {
+        debug_assert_eq!(self.phase, Phase::Tls, "tls_started() only after StartTls");
+        if self.phase != Phase::Tls {
+            return;
+        }
+        self.tls_active = true;
+        self.phase = Phase::Talking;
+        self.extensions = Extensions::default();
+        self.ehlo_keywords.clear();
+        self.send(now, format!("EHLO {}\r\n", self.params.helo_name), Await::Ehlo);
+    }
+
+    /// The TLS handshake failed: the connection is unusable.
+    pub fn tls_failed(&mut self, now: Instant, error: &str) {
+        if self.phase != Phase::Tls {
+            return;
+        }
+        self.now_last = now;
+        self.phase = Phase::Talking;
+        self.tls_failed = true;
+        self.abort(Reply::new(451, Enhanced(4, 7, 5), format!("TLS handshake failed: {error}")));
     }
 
     /// Starts the next transaction on a session whose last outcome was
@@ -565,12 +618,13 @@ impl Client {
                 Err(e) => self.protocol_error(e),
             }
         }
-        if self.phase != Phase::Done && now >= self.deadline {
+        if !matches!(self.phase, Phase::Done | Phase::Tls) && now >= self.deadline {
             self.on_timeout(now);
         }
         match self.phase {
             Phase::Talking => ClientEvent::NeedInput,
             Phase::Body => ClientEvent::SendBody,
+            Phase::Tls => ClientEvent::StartTls,
             Phase::Done => {
                 ClientEvent::Done(self.outcome.clone().unwrap_or_else(|| self.build_outcome()))
             }
@@ -699,6 +753,7 @@ impl Client {
             Await::Data => self.on_data(reply),
             Await::Dot => self.on_dot(reply),
             Await::Rset => self.on_rset(now, reply),
+            Await::StartTls => self.on_starttls(now, reply),
         }
         self.answering = None;
         if self.phase == Phase::Talking {
@@ -729,6 +784,20 @@ impl Client {
                     .map(|l| upper_keyword(l))
                     .collect();
                 self.extensions = Extensions::from_keywords(&self.ehlo_keywords);
+                if !self.tls_active && self.params.starttls != StartTls::Never {
+                    if self.extensions.starttls {
+                        self.send(now, "STARTTLS\r\n".to_string(), Await::StartTls);
+                        return;
+                    }
+                    if self.params.starttls == StartTls::Required {
+                        self.fail_and_quit(Reply::new(
+                            451,
+                            Enhanced(4, 7, 4),
+                            "TLS is required, but was not offered by the server",
+                        ));
+                        return;
+                    }
+                }
                 self.session_established = true;
                 self.start_mail(now);
             }
@@ -749,6 +818,25 @@ impl Client {
                 self.start_mail(now);
             }
             400..=599 => self.fail_and_quit(reply),
+            code => self.protocol_error(ReplyError::WrongCode(code)),
+        }
+    }
+
+    fn on_starttls(&mut self, now: Instant, reply: Reply) {
+        match reply.code {
+            220 => {
+                self.phase = Phase::Tls;
+                self.awaiting.clear();
+            }
+            _ if self.params.starttls == StartTls::Required => {
+                let text = format!("TLS is required, but STARTTLS was refused: {}", reply.summary());
+                self.fail_and_quit(Reply::new(451, Enhanced(4, 7, 4), text));
+            }
+            // Opportunistic: go on in plaintext.
+            200..=599 => {
+                self.session_established = true;
+                self.start_mail(now);
+            }
             code => self.protocol_error(ReplyError::WrongCode(code)),
         }
     }
@@ -1011,6 +1099,8 @@ impl Client {
             mail_accepted: self.mail_accepted,
             reusable: self.reusable,
             stale: self.stale,
+            tls: self.tls_active,
+            tls_failed: self.tls_failed,
         }
     }
 }
@@ -1792,6 +1882,7 @@ mod tests {
                         break;
                     }
                     ClientEvent::NeedInput => {}
+                    ClientEvent::StartTls => f.client.tls_failed(f.now, "test"),
                 }
                 f.client.take_output();
             }
@@ -1922,4 +2013,68 @@ mod tests {
         assert!(!o.session_established);
         assert_eq!(codes(&o), vec![('P', 554)]);
     }
+
+    fn tls_params(starttls: StartTls) -> ClientParams {
+        ClientParams { starttls, ..ClientParams::new("relay.example.org") }
+    }
+
+    const EHLO_TLS: &str = "250-mx.example.net\r\n250-PIPELINING\r\n250 STARTTLS\r\n";
+
+    #[test]
+    fn starttls_when_offered_then_ehlo_again() {
+        let mut f = Fake::with_params(tls_params(StartTls::IfOffered), txn(&["a@x.net"]));
+        assert_eq!(f.open(EHLO_TLS), "STARTTLS\r\n");
+        assert_eq!(f.say("220 2.0.0 go ahead\r\n"), ClientEvent::StartTls);
+        assert_eq!(f.sent(), "");
+        f.client.tls_started(f.now);
+        assert_eq!(f.client.poll(f.now), ClientEvent::NeedInput);
+        assert_eq!(f.sent(), "EHLO relay.example.org\r\n");
+        // The server must not offer STARTTLS again; if it does, no loop.
+        f.say(EHLO_TLS);
+        assert_eq!(f.sent(), "MAIL FROM:<alice@example.org>\r\nRCPT TO:<a@x.net>\r\nDATA\r\n");
+        f.say("250 ok\r\n250 ok\r\n354 go\r\n");
+        f.client.body_sent();
+        let o = done(f.say("250 ok\r\n"));
+        assert!(o.tls && !o.tls_failed);
+        assert_eq!(codes(&o), vec![('D', 250)]);
+    }
+
+    #[test]
+    fn starttls_not_offered() {
+        // Opportunistic: plaintext.
+        let mut f = Fake::with_params(tls_params(StartTls::IfOffered), txn(&["a@x.net"]));
+        assert!(f.open(EHLO_PIPE).starts_with("MAIL FROM:"));
+        // Required: a temporary failure, 4.7.4, and no MAIL.
+        let mut f = Fake::with_params(tls_params(StartTls::Required), txn(&["a@x.net"]));
+        assert_eq!(f.open(EHLO_PIPE), "QUIT\r\n");
+        let o = done(f.client.poll(f.now));
+        assert_eq!(codes(&o), vec![('T', 451)]);
+        assert_eq!(enhanced_of(&o, 0), Some(Enhanced(4, 7, 4)));
+        // Never: not even when offered.
+        let mut f = Fake::with_params(tls_params(StartTls::Never), txn(&["a@x.net"]));
+        assert!(f.open(EHLO_TLS).starts_with("MAIL FROM:"));
+    }
+
+    #[test]
+    fn starttls_refused_or_handshake_failed() {
+        let mut f = Fake::with_params(tls_params(StartTls::IfOffered), txn(&["a@x.net"]));
+        f.open(EHLO_TLS);
+        f.say("454 4.7.0 TLS not available\r\n");
+        assert!(f.sent().starts_with("MAIL FROM:"), "opportunistic goes on in plaintext");
+
+        let mut f = Fake::with_params(tls_params(StartTls::Required), txn(&["a@x.net"]));
+        f.open(EHLO_TLS);
+        let o = done(f.say("454 4.7.0 TLS not available\r\n"));
+        assert_eq!(enhanced_of(&o, 0), Some(Enhanced(4, 7, 4)));
+
+        let mut f = Fake::with_params(tls_params(StartTls::IfOffered), txn(&["a@x.net"]));
+        f.open(EHLO_TLS);
+        assert_eq!(f.say("220 go\r\n"), ClientEvent::StartTls);
+        f.client.tls_failed(f.now, "bad record mac");
+        let o = done(f.client.poll(f.now));
+        assert!(o.tls_failed && !o.reusable);
+        assert_eq!(enhanced_of(&o, 0), Some(Enhanced(4, 7, 5)));
+        assert_eq!(f.sent(), "", "nothing more is written on a failed TLS connection");
+    }
 }
+

@@ -13,8 +13,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Longest HELO name copied into the header; longer names are cut.
 const HELO_BYTES_MAX: usize = 255;
 
-/// Builds `Received: from HELO ([ip])\r\n\tby HOST (ringpost) with PROTO id
-/// ID\r\n\t[for <RCPT>]; DATE\r\n`. `single_recipient` is given only when
+/// Builds `Received: from HELO ([ip])\r\n\t[(using TLS)\r\n\t]by HOST
+/// (ringpost) with PROTO id ID\r\n\t[for <RCPT>]; DATE\r\n`; `tls` is the
+/// protocol version and cipher when the session ran over TLS, as Postfix
+/// writes them. `single_recipient` is given only when
 /// the transaction has exactly one recipient (listing several would leak
 /// the others' addresses to each of them).
 pub fn received_header(
@@ -24,6 +26,7 @@ pub fn received_header(
     protocol: &str,
     queue_id: &str,
     single_recipient: Option<&str>,
+    tls: Option<&str>,
     now: SystemTime,
 ) -> String {
     let mut h = String::with_capacity(256);
@@ -37,6 +40,10 @@ pub fn received_header(
         helo,
         address_literal(peer.ip())
     );
+    if let Some(tls) = tls {
+        let tls: String = tls.chars().take(HELO_BYTES_MAX).map(|c| if c.is_control() || "()".contains(c) { '?' } else { c }).collect();
+        let _ = write!(h, "\t(using {tls})\r\n");
+    }
     let _ = write!(
         h,
         "\tby {} (ringpost) with {} id {}\r\n",
@@ -168,11 +175,30 @@ mod tests {
             "ESMTP",
             "0123ABC",
             Some("a@b"),
+            None,
             at(1_795_865_070),
         );
         assert_eq!(
             h,
             "Received: from helo.name ([127.0.0.1])\r\n\tby host.name (ringpost) with ESMTP id 0123ABC\r\n\tfor <a@b>; Sat, 28 Nov 2026 11:24:30 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn header_after_starttls_names_the_cipher() {
+        let h = received_header(
+            "host.name",
+            "127.0.0.1:2525".parse().unwrap(),
+            Some("helo.name"),
+            "ESMTPS",
+            "0123ABC",
+            None,
+            Some("TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384"),
+            at(1_795_865_070),
+        );
+        assert_eq!(
+            h,
+            "Received: from helo.name ([127.0.0.1])\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\tby host.name (ringpost) with ESMTPS id 0123ABC\r\n\tSat, 28 Nov 2026 11:24:30 +0000\r\n"
         );
     }
 
@@ -184,6 +210,7 @@ mod tests {
             None,
             "SMTP",
             "X1",
+            None,
             None,
             at(0),
         );
@@ -202,6 +229,7 @@ mod tests {
             "ESMTP",
             "Q",
             None,
+            None,
             at(0),
         );
         assert!(
@@ -216,6 +244,7 @@ mod tests {
             Some(&long),
             "ESMTP",
             "Q",
+            None,
             None,
             at(0),
         );

@@ -74,6 +74,8 @@ pub struct ServerParams {
     /// Longest wait for the next piece of content.
     pub data_timeout: Duration,
     pub bare_lf: BareLfPolicy,
+    /// Offer STARTTLS (RFC 3207): the driver can upgrade the connection.
+    pub starttls: bool,
 }
 
 /// The two ends of the connection.
@@ -119,6 +121,10 @@ pub enum Event {
     Pending,
     /// The session is over; the driver flushes output and closes.
     Close,
+    /// STARTTLS was accepted: the driver flushes the 220 reply, runs the
+    /// TLS handshake, then calls `tls_started()` (or closes on failure).
+    /// Input received after the STARTTLS line has been discarded.
+    StartTls,
 }
 
 /// A mail transaction: from an accepted MAIL to the end of its content or
@@ -161,6 +167,8 @@ enum Mode {
     },
     /// Content complete; pass the last Body, then DataEnd or DataAborted.
     ContentDone,
+    /// STARTTLS answered 220; waiting for the driver's handshake.
+    Handshake,
     Closed,
 }
 
@@ -201,6 +209,8 @@ pub struct Server {
     events: VecDeque<Event>,
     error_count: u32,
     deadline: Instant,
+    /// TLS is active on the connection (after STARTTLS and its handshake).
+    tls_active: bool,
 }
 
 impl Server {
@@ -221,6 +231,7 @@ impl Server {
             pending: None,
             events: VecDeque::new(),
             error_count: 0,
+            tls_active: false,
         };
         let text = format!("{} {}", s.params.hostname, s.params.greeting);
         s.send(&Reply {
@@ -268,6 +279,7 @@ impl Server {
                 Mode::Data => self.step_data(),
                 Mode::Bdat { .. } => self.step_bdat(),
                 Mode::ContentDone => self.step_content_done(),
+                Mode::Handshake => return Event::StartTls,
             };
             if let Flow::NeedInput = flow {
                 self.compact();
@@ -362,6 +374,29 @@ impl Server {
         self.enter_closed();
     }
 
+    /// The TLS handshake after STARTTLS succeeded: the session starts over
+    /// (RFC 3207 §4.2: the client must EHLO again; nothing from before is
+    /// remembered) and STARTTLS is no longer offered.
+    pub fn tls_started(&mut self, now: Instant) {
+        debug_assert!(matches!(self.mode, Mode::Handshake), "tls_started() only after StartTls");
+        if !matches!(self.mode, Mode::Handshake) {
+            return;
+        }
+        self.tls_active = true;
+        self.helo = None;
+        self.txn = None;
+        self.body.clear();
+        self.input.clear();
+        self.input_pos = 0;
+        self.mode = Mode::Command;
+        self.deadline = now + self.params.command_timeout;
+    }
+
+    /// Whether TLS is active.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
+    }
+
     /// True from an accepted MAIL until the end of its transaction.
     pub fn in_transaction(&self) -> bool {
         self.txn.is_some()
@@ -387,12 +422,9 @@ impl Server {
     /// The Received "with" value: "SMTP" after HELO, "ESMTP" after EHLO,
     /// "UTF8SMTP" for an SMTPUTF8 transaction (RFC 3848, RFC 6531 §3.7.3).
     pub fn protocol(&self) -> &'static str {
-        match (&self.helo, &self.txn) {
-            (Some(h), _) if !h.esmtp => "SMTP",
-            (None, _) => "SMTP",
-            (_, Some(t)) if t.params.smtputf8 => "UTF8SMTP",
-            _ => "ESMTP",
-        }
+        let utf8 = self.txn.as_ref().is_some_and(|t| t.params.smtputf8);
+        let esmtp = self.helo.as_ref().is_some_and(|h| h.esmtp);
+        protocol_name(esmtp, utf8, self.tls_active)
     }
 
     // ---- output and bookkeeping ----
@@ -459,11 +491,7 @@ impl Server {
             Some(h) => (h.name.clone(), h.esmtp),
             None => (String::new(), false),
         };
-        let protocol = match (esmtp, params.smtputf8) {
-            (false, _) => "SMTP",
-            (true, true) => "UTF8SMTP",
-            (true, false) => "ESMTP",
-        };
+        let protocol = protocol_name(esmtp, params.smtputf8, self.tls_active);
         Transaction {
             reverse_path,
             params,
@@ -558,6 +586,7 @@ impl Server {
             "BDAT" => self.cmd_bdat(args),
             "RSET" => self.cmd_rset(args),
             "NOOP" => self.reply(250, Enhanced(2, 0, 0), "OK"),
+            "STARTTLS" => self.cmd_starttls(args),
             "QUIT" => {
                 let text = format!("{} closing connection", self.params.hostname);
                 self.close_with(Reply::new(221, Enhanced(2, 0, 0), text));
@@ -610,6 +639,10 @@ impl Server {
                 "CHUNKING".to_string(),
                 "BINARYMIME".to_string(),
             ];
+            let mut lines = lines;
+            if self.params.starttls && !self.tls_active {
+                lines.push("STARTTLS".to_string());
+            }
             // RFC 2034 §3: no enhanced code in the reply to EHLO/HELO.
             Reply {
                 code: 250,
@@ -633,6 +666,28 @@ impl Server {
             name: name.to_string(),
             esmtp,
         });
+    }
+
+    fn cmd_starttls(&mut self, args: &str) {
+        if !self.params.starttls {
+            return self.client_error(502, Enhanced(5, 5, 1), "STARTTLS not available");
+        }
+        if self.tls_active {
+            return self.client_error(503, Enhanced(5, 5, 1), "TLS already active");
+        }
+        if !args.is_empty() {
+            return self.client_error(501, Enhanced(5, 5, 4), "syntax: STARTTLS takes no arguments");
+        }
+        if self.content.is_some() {
+            return self.client_error(503, Enhanced(5, 5, 1), "STARTTLS not allowed during message content");
+        }
+        self.reply(220, Enhanced(2, 0, 0), "Ready to start TLS");
+        // RFC 3207 §5: whatever the client sent after STARTTLS in the clear
+        // must not be acted on after the handshake (command injection).
+        self.input.clear();
+        self.input_pos = 0;
+        self.txn = None;
+        self.mode = Mode::Handshake;
     }
 
     fn cmd_rset(&mut self, args: &str) {
@@ -1222,3 +1277,15 @@ impl Content {
 #[cfg(test)]
 #[path = "server_tests.rs"]
 mod tests;
+
+/// The Received "with" keyword (RFC 3848, RFC 6531 §3.7.3).
+fn protocol_name(esmtp: bool, utf8: bool, tls: bool) -> &'static str {
+    match (esmtp, utf8, tls) {
+        (false, _, false) => "SMTP",
+        (false, _, true) => "SMTPS",
+        (true, false, false) => "ESMTP",
+        (true, false, true) => "ESMTPS",
+        (true, true, false) => "UTF8SMTP",
+        (true, true, true) => "UTF8SMTPS",
+    }
+}

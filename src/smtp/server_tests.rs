@@ -16,6 +16,7 @@ fn params() -> ServerParams {
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(600),
         bare_lf: BareLfPolicy::Reject,
+        starttls: false,
     }
 }
 
@@ -29,6 +30,7 @@ enum Ev {
     DataEnd,
     Aborted(String),
     Close,
+    StartTls,
 }
 
 type Decider = Box<dyn FnMut(&Event) -> Reply>;
@@ -150,6 +152,11 @@ impl Session {
                     self.body.extend_from_slice(&b);
                 }
                 Event::DataAborted { reply } => self.events.push(Ev::Aborted(summary(&reply))),
+                Event::StartTls => {
+                    // The driver's handshake, always successful here.
+                    self.events.push(Ev::StartTls);
+                    self.s.tls_started(self.now);
+                }
             }
         }
         self.collect();
@@ -354,7 +361,8 @@ fn rset_with_argument_is_syntax_error() {
 fn unknown_command() {
     let mut t = Session::ehlo();
     t.send("FROB\r\nSTARTTLS\r\n");
-    t.expect(&["500 5.5.1", "500 5.5.1"]);
+    // STARTTLS is known but not offered without a certificate.
+    t.expect(&["500 5.5.1", "502 5.5.1"]);
 }
 
 #[test]
@@ -1561,3 +1569,76 @@ fn random_input_never_panics_and_stays_bounded() {
         }
     }
 }
+
+// ---- STARTTLS (RFC 3207) ----
+
+fn tls_session() -> Session {
+    Session::ehlo_with(|p| p.starttls = true)
+}
+
+#[test]
+fn starttls_is_advertised_only_when_configured_and_not_yet_active() {
+    let mut t = Session::new();
+    t.send("EHLO client.test\r\n");
+    assert!(!t.raw.contains("STARTTLS"));
+    let mut t = Session::with(|p| p.starttls = true);
+    t.send("EHLO client.test\r\n");
+    assert!(t.raw.contains("250-STARTTLS\r\n") || t.raw.contains("250 STARTTLS\r\n"), "{}", t.raw);
+    t.expect(&["250"]);
+    t.send("STARTTLS\r\n");
+    t.expect(&["220 2.0.0"]);
+    assert_eq!(t.events.last(), Some(&Ev::StartTls));
+    assert!(t.s.tls_active());
+    let before = t.raw.len();
+    t.send("EHLO client.test\r\n");
+    t.expect(&["250"]);
+    assert!(!t.raw[before..].contains("STARTTLS"), "not offered again: {}", &t.raw[before..]);
+    t.send("STARTTLS\r\n");
+    t.expect(&["503 5.5.1"]);
+}
+
+#[test]
+fn starttls_resets_the_session() {
+    let mut t = tls_session();
+    t.send("MAIL FROM:<a@example.com>\r\n");
+    t.expect(&["250 2.1.0"]);
+    t.send("STARTTLS\r\n");
+    t.expect(&["220 2.0.0"]);
+    // No HELO and no transaction survive the handshake.
+    t.send("RCPT TO:<b@example.com>\r\n");
+    t.expect(&["503 5.5.1"]);
+    t.send("MAIL FROM:<a@example.com>\r\n");
+    t.expect(&["503 5.5.1"]);
+    t.send("EHLO client.test\r\nMAIL FROM:<a@example.com>\r\n");
+    t.expect(&["250", "250 2.1.0"]);
+    assert_eq!(t.s.protocol(), "ESMTPS");
+}
+
+#[test]
+fn commands_pipelined_after_starttls_are_discarded() {
+    let mut t = tls_session();
+    // An attacker in the path appends a command to the client's STARTTLS
+    // (CVE-2011-0411): it must never run inside the TLS session.
+    t.send("STARTTLS\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.com>\r\n");
+    t.expect(&["220 2.0.0"]);
+    assert_eq!(t.events, vec![Ev::StartTls]);
+    t.send("EHLO client.test\r\n");
+    t.expect(&["250"]);
+    t.send("RCPT TO:<b@example.com>\r\n");
+    t.expect(&["503 5.5.1"]);
+}
+
+#[test]
+fn starttls_with_arguments_or_during_content_is_refused() {
+    let mut t = tls_session();
+    t.send("STARTTLS now\r\n");
+    t.expect(&["501 5.5.4"]);
+    assert!(!t.s.tls_active());
+    t.start_data();
+    t.send("STARTTLS\r\n.\r\n");
+    // Inside DATA, "STARTTLS" is message content.
+    t.expect(&["250 2.0.0"]);
+    assert!(t.body.starts_with(b"STARTTLS\r\n"));
+    assert!(!t.s.tls_active());
+}
+

@@ -275,7 +275,7 @@ class Postfix:
     access map checked first, so tests can refuse or defer chosen
     recipients; `set_access()` changes them and reloads."""
 
-    def __init__(self, addr: str, port: int, relay_port: int, relay_domains, access=()):
+    def __init__(self, addr: str, port: int, relay_port: int, relay_domains, access=(), tls=None):
         # Postfix's daemons run as postfix and must reach their data
         # directory: not under pytest's private (0700) tmp_path.
         workdir = Path(tempfile.mkdtemp(prefix="ringpost-postfix-"))
@@ -310,6 +310,12 @@ smtpd_client_connection_rate_limit = 0
 maillog_file = {self.log_path}
 maillog_file_prefixes = {workdir}
 """)
+        if tls is not None:
+            cert, key = tls
+            with open(self.etc / "main.cf", "a") as f:
+                f.write(f"smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {cert}\n"
+                        f"smtpd_tls_key_file = {key}\nsmtpd_tls_loglevel = 1\n"
+                        "smtpd_tls_received_header = yes\n")
         for f in ("/etc/postfix/dynamicmaps.cf", "/etc/postfix/postfix-files"):
             if Path(f).exists():
                 shutil.copy(f, self.etc)
@@ -339,11 +345,24 @@ maillog_file_prefixes = {workdir}
 def postfix(tmp_path):
     started = []
 
-    def start(addr, port, relay_port, relay_domains, access=()):
-        server = Postfix(addr, port, relay_port, relay_domains, access)
+    def start(addr, port, relay_port, relay_domains, access=(), tls=None):
+        server = Postfix(addr, port, relay_port, relay_domains, access, tls)
         started.append(server)
         return server
 
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def test_cert(tmp_path_factory):
+    """A self-signed certificate and key for mx.test (openssl), PEM paths."""
+    d = tmp_path_factory.mktemp("cert")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=mx.test", "-addext", "subjectAltName=DNS:mx.test",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    os.chmod(d, 0o755)
+    return cert, key
+

@@ -59,7 +59,8 @@ def test_smtplib_delivers_byte_exact_to_maildir(ringpost):
     assert b"by mx.test" in trace and b"for <bob@localhost>" in trace
     # The Maildir convention stores LF line endings; otherwise byte for byte.
     assert rest == body.replace(b"\r\n", b"\n")
-    assert "status=delivered" in rp.log_text()
+    # The log line follows the Maildir link.
+    wait_for(lambda: "status=delivered" in rp.log_text(), what="the delivery log line")
 
 
 def test_swaks_delivers_to_maildir(ringpost):
