@@ -48,6 +48,100 @@ pub struct Config {
     pub dns: Dns,
     pub tls: Tls,
     pub queue: Queue,
+    /// `[[transport]]` rules, first match wins. Default: none.
+    pub transports: Vec<TransportRule>,
+}
+
+/// How a transport rule delivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    Smtp,
+    Lmtp,
+    Pipe,
+    Maildir,
+}
+
+impl TransportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Smtp => "smtp",
+            TransportKind::Lmtp => "lmtp",
+            TransportKind::Pipe => "pipe",
+            TransportKind::Maildir => "maildir",
+        }
+    }
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<TransportKind, String> {
+        match text {
+            "smtp" => Ok(TransportKind::Smtp),
+            "lmtp" => Ok(TransportKind::Lmtp),
+            "pipe" => Ok(TransportKind::Pipe),
+            "maildir" => Ok(TransportKind::Maildir),
+            _ => Err(format!("must be \"smtp\", \"lmtp\", \"pipe\" or \"maildir\", not {text:?}")),
+        }
+    }
+}
+
+/// One `[[transport]]` table: where mail for some domains goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportRule {
+    /// "example.org" (that domain), ".example.org" (its subdomains) or "*".
+    pub domains: Vec<String>,
+    pub transport: TransportKind,
+    /// smtp: "host:port" (the domain's MX hosts when unset); lmtp:
+    /// "unix:/path" or "host:port".
+    pub nexthop: Option<String>,
+    /// smtp: overrides `delivery.tls`.
+    pub tls: Option<TlsPolicy>,
+    /// smtp and lmtp: overrides `delivery.max_connections_per_destination`.
+    pub max_connections: Option<usize>,
+    /// pipe: the program and its arguments (no shell).
+    pub command: Vec<String>,
+    /// pipe: the user and group it runs as.
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// pipe: how long it may run.
+    pub timeout: Duration,
+    /// maildir: the path template (`{user}`); default `local.maildir`.
+    pub maildir: Option<String>,
+}
+
+impl TransportRule {
+    /// Whether this rule covers `domain` (case-insensitive, without a final dot).
+    pub fn matches(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.');
+        self.domains.iter().any(|pattern| {
+            if pattern == "*" {
+                return true;
+            }
+            match pattern.strip_prefix('.') {
+                Some(parent) => {
+                    domain.len() > parent.len()
+                        && domain[domain.len() - parent.len()..].eq_ignore_ascii_case(parent)
+                        && domain.as_bytes()[domain.len() - parent.len() - 1] == b'.'
+                }
+                None => pattern.trim_end_matches('.').eq_ignore_ascii_case(domain),
+            }
+        })
+    }
+
+    /// Whether the rule names `domain` itself (not only through "*"): mail
+    /// for it is accepted from any client, as for `relay.domains`.
+    pub fn names(&self, domain: &str) -> bool {
+        let named = TransportRule { domains: self.domains.iter().filter(|d| *d != "*").cloned().collect(), ..self.clone() };
+        named.matches(domain)
+    }
+}
+
+impl Config {
+    /// The first transport rule for `domain`.
+    pub fn transport_for(&self, domain: &str) -> Option<&TransportRule> {
+        self.transports.iter().find(|rule| rule.matches(domain))
+    }
 }
 
 /// Outbound TLS policy (Postfix's security levels of the same names).
@@ -318,6 +412,7 @@ impl Default for Config {
             dns: Dns::default(),
             tls: Tls::default(),
             queue: Queue::default(),
+            transports: Vec::new(),
         }
     }
 }

@@ -125,5 +125,32 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "inline_max_bytes = {}", q.inline_max_bytes)?;
     writeln!(out, "segment_size_bytes = {}", q.segment_size_bytes)?;
     writeln!(out, "commit_delay_us = {}", q.commit_delay_us)?;
+    for rule in &c.transports {
+        writeln!(out, "\n[[transport]]")?;
+        writeln!(out, "domains = {}", string_array(&rule.domains))?;
+        writeln!(out, "transport = {}", quoted(rule.transport.as_str()))?;
+        if let Some(hop) = &rule.nexthop {
+            writeln!(out, "nexthop = {}", quoted(hop))?;
+        }
+        if let Some(tls) = rule.tls {
+            writeln!(out, "tls = {}", quoted(tls.as_str()))?;
+        }
+        if let Some(max) = rule.max_connections {
+            writeln!(out, "max_connections = {max}")?;
+        }
+        if !rule.command.is_empty() {
+            writeln!(out, "command = {}", string_array(&rule.command))?;
+        }
+        if let Some(user) = &rule.user {
+            writeln!(out, "user = {}", quoted(user))?;
+        }
+        if let Some(group) = &rule.group {
+            writeln!(out, "group = {}", quoted(group))?;
+        }
+        writeln!(out, "timeout = {}", quoted(&rule.timeout.to_string()))?;
+        if let Some(maildir) = &rule.maildir {
+            writeln!(out, "maildir = {}", quoted(maildir))?;
+        }
+    }
     Ok(())
 }

@@ -13,7 +13,10 @@ use std::str::FromStr;
 use super::error::ConfigError;
 use super::source::{Node, Table, Value};
 use super::types::{check_host_name, check_smarthost};
-use super::{BareLf, Cidr, Config, Delivery, Dns, Domains, Duration, Local, Queue, Relay, Server, Smtp, Tls, TlsPolicy};
+use super::{
+    BareLf, Cidr, Config, Delivery, Dns, Domains, Duration, Local, Queue, Relay, Server, Smtp, Tls, TlsPolicy,
+    TransportKind, TransportRule,
+};
 
 /// Most shards a configuration may ask for; far above any core count we run
 /// on, low enough that a typing slip does not start a million threads.
@@ -26,7 +29,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 /// Longest commit delay: 100 ms.
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
-const ROOT_KEYS: &[&str] = &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue"];
+const ROOT_KEYS: &[&str] = &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport"];
 pub(super) const SERVER_KEYS: &[&str] =
     &["hostname", "listen", "shards", "pin", "max_sessions_per_shard", "drain_timeout"];
 pub(super) const SMTP_KEYS: &[&str] = &[
@@ -55,6 +58,10 @@ pub(super) const DELIVERY_KEYS: &[&str] = &[
     "tls",
 ];
 pub(super) const TLS_KEYS: &[&str] = &["cert", "key"];
+pub(super) const TRANSPORT_KEYS: &[&str] =
+    &["domains", "transport", "nexthop", "tls", "max_connections", "command", "user", "group", "timeout", "maildir"];
+/// Most `[[transport]]` rules.
+const TRANSPORT_RULES_MAX: usize = 10_000;
 pub(super) const DNS_KEYS: &[&str] = &["servers", "timeout", "attempts"];
 /// Most name servers `dns.servers` may list.
 const DNS_SERVER_COUNT_MAX: usize = crate::dns::SERVER_COUNT_MAX;
@@ -253,7 +260,104 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
         dns: read_dns(&Section::open(root, "dns", DNS_KEYS)?, defaults.dns)?,
         tls: read_tls(&Section::open(root, "tls", TLS_KEYS)?, defaults.tls)?,
         queue: read_queue(&Section::open(root, "queue", QUEUE_KEYS)?, defaults.queue)?,
+        transports: match root.get("transport") {
+            None => defaults.transports,
+            Some(entry) => read_transports(&entry.node)?,
+        },
     })
+}
+
+/// `[[transport]]`: an array of tables, each checked for its transport's keys.
+fn read_transports(node: &Node) -> Result<Vec<TransportRule>> {
+    let Value::Array(elements) = &node.value else {
+        return Err(wrong_type(node, "transport", "an array of tables ([[transport]])", &node.value));
+    };
+    ensure(elements.len() <= TRANSPORT_RULES_MAX, node, "transport", &format!("at most {TRANSPORT_RULES_MAX} rules"))?;
+    let mut rules = Vec::with_capacity(elements.len());
+    for (index, element) in elements.iter().enumerate() {
+        let Value::Table(table) = &element.value else {
+            return Err(wrong_type(element, "transport", "a table", &element.value));
+        };
+        let name = format!("transport[{index}]");
+        refuse_unknown_keys(table, &name, TRANSPORT_KEYS)?;
+        let get = |key: &str| table.get(key).map(|entry| (&entry.node, format!("{name}.{key}")));
+        let (domains_node, key) = get("domains").ok_or_else(|| invalid(element, &name, "domains is required"))?;
+        let domains = nonempty_array(domains_node, &key, |node, key| {
+            let text = string(node, key)?;
+            if text != "*" {
+                check_host_name(text.strip_prefix('.').unwrap_or(&text)).map_err(|reason| invalid(node, key, reason))?;
+            }
+            Ok(text.to_ascii_lowercase())
+        })?;
+        let (kind_node, key) = get("transport").ok_or_else(|| invalid(element, &name, "transport is required"))?;
+        let transport =
+            TransportKind::from_str(&string(kind_node, &key)?).map_err(|reason| invalid(kind_node, &key, reason))?;
+        let opt_string = |key: &str| -> Result<Option<String>> {
+            match get(key) {
+                None => Ok(None),
+                Some((node, key)) => optional(node, &key, string),
+            }
+        };
+        let nexthop = opt_string("nexthop")?;
+        if let (Some(hop), Some((node, key))) = (&nexthop, get("nexthop")) {
+            let checked = match (transport, hop.strip_prefix("unix:")) {
+                (TransportKind::Lmtp, Some(path)) if path.starts_with('/') => Ok(()),
+                (TransportKind::Lmtp, Some(_)) => Err("a unix socket path must be absolute".to_string()),
+                (TransportKind::Smtp | TransportKind::Lmtp, None) => check_smarthost(hop),
+                _ => Err(format!("a {} transport takes no nexthop", transport.as_str())),
+            };
+            checked.map_err(|reason| invalid(node, &key, reason))?;
+        }
+        if transport == TransportKind::Lmtp && nexthop.is_none() {
+            return Err(invalid(element, &name, "an lmtp transport needs nexthop (\"unix:/path\" or \"host:port\")"));
+        }
+        let tls = match get("tls") {
+            None => None,
+            Some((node, key)) => {
+                Some(TlsPolicy::from_str(&string(node, &key)?).map_err(|reason| invalid(node, &key, reason))?)
+            }
+        };
+        let max_connections = match get("max_connections") {
+            None => None,
+            Some((node, key)) => Some(positive(node, &key)?),
+        };
+        let command = match get("command") {
+            None => Vec::new(),
+            Some((node, key)) => nonempty_array(node, &key, string)?,
+        };
+        if transport == TransportKind::Pipe && command.is_empty() {
+            return Err(invalid(element, &name, "a pipe transport needs command (the program and its arguments)"));
+        }
+        if let Some(program) = command.first() {
+            if !program.starts_with('/') {
+                let (node, key) = get("command").expect("command was read");
+                return Err(invalid(node, &key, "the program must be an absolute path"));
+            }
+        }
+        let user = opt_string("user")?;
+        let group = opt_string("group")?;
+        let timeout = match get("timeout") {
+            None => Duration::from_secs(60),
+            Some((node, key)) => duration_nonzero(node, &key)?,
+        };
+        let maildir = opt_string("maildir")?;
+        if let (Some(template), Some((node, key))) = (&maildir, get("maildir")) {
+            ensure(template.contains("{user}"), node, &key, "the Maildir template must contain {user}")?;
+        }
+        rules.push(TransportRule {
+            domains,
+            transport,
+            nexthop,
+            tls,
+            max_connections,
+            command,
+            user,
+            group,
+            timeout,
+            maildir,
+        });
+    }
+    Ok(rules)
 }
 
 fn read_server(section: &Section<'_>, d: Server) -> Result<Server> {

@@ -58,7 +58,6 @@ pub struct ConnectionStats {
 pub struct Connections {
     reuse_time: Duration,
     transactions_max: u32,
-    per_destination_max: usize,
     slots: Rc<Semaphore>,
     idle: RefCell<HashMap<SocketAddr, Vec<IdleSession>>>,
     idle_count: Cell<usize>,
@@ -73,7 +72,6 @@ impl Connections {
         Connections {
             reuse_time: d.connection_reuse_time.0,
             transactions_max: d.max_transactions_per_connection,
-            per_destination_max: d.max_connections_per_destination,
             slots: Rc::new(Semaphore::new(d.max_connections_per_shard as u64)),
             idle: RefCell::new(HashMap::new()),
             idle_count: Cell::new(0),
@@ -92,19 +90,20 @@ impl Connections {
         !self.reuse_time.is_zero()
     }
 
-    /// Waits for a turn to deliver to `destination` (a domain, or the
-    /// smarthost): at most `max_connections_per_destination` at once.
-    pub async fn destination_permit(&self, destination: &str) -> Option<StaticPermit> {
+    /// Waits for a turn to deliver to `destination` (a domain, a next hop,
+    /// a local store): at most `max` at once (the first caller's `max`
+    /// sizes the destination's semaphore).
+    pub async fn destination_permit(&self, destination: &str, max: usize) -> Option<StaticPermit> {
         let semaphore = {
             let mut destinations = self.destinations.borrow_mut();
             if destinations.len() >= DESTINATION_ENTRIES_MAX && !destinations.contains_key(destination) {
                 // Drop the semaphores nobody holds or waits for.
-                let max = self.per_destination_max as u64;
-                destinations.retain(|_, s| Rc::strong_count(s) > 1 || s.available() < max);
+                // A held permit keeps a reference to its semaphore.
+                destinations.retain(|_, s| Rc::strong_count(s) > 1);
             }
             destinations
                 .entry(destination.to_string())
-                .or_insert_with(|| Rc::new(Semaphore::new(self.per_destination_max as u64)))
+                .or_insert_with(|| Rc::new(Semaphore::new(max.max(1) as u64)))
                 .clone()
         };
         semaphore.acquire_static_permit(1).await.ok()

@@ -21,7 +21,8 @@ use glommio::sync::Semaphore;
 use crate::config::Config;
 use crate::deliver::connections::Connections;
 use crate::deliver::outbound::{self, Destination, Outbound};
-use crate::deliver::{dsn, maildir};
+use crate::config::TransportKind;
+use crate::deliver::{dsn, lmtp, maildir, pipe};
 use crate::dns::{Resolver, ResolverParams};
 use crate::ingress::policy::{route_of_text, Route};
 use crate::log;
@@ -43,6 +44,23 @@ const BACKLOG_PER_PERMIT: usize = 4;
 pub const RECIPIENTS_PER_TRANSACTION_MAX: usize = 100;
 /// How often idle outbound connections are looked at.
 const CONNECTION_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How a group of a message's recipients is delivered.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Path {
+    /// Into Maildirs by this path template.
+    Maildir(String),
+    /// SMTP, by a transport rule (its index) or by default.
+    Smtp { destination: Destination, rule: Option<usize> },
+    Lmtp { rule: usize },
+    Pipe { rule: usize },
+}
+
+/// The same temporary failure for `count` recipients.
+fn transient_all(count: usize, class: u8, subject: u16, detail: u16, text: &str) -> Vec<RcptOutcome> {
+    let reply = crate::smtp::reply::Reply::new(451, crate::smtp::reply::Enhanced(class, subject, detail), text);
+    (0..count).map(|_| RcptOutcome::Transient(reply.clone())).collect()
+}
 
 pub struct Delivery {
     config: Arc<Config>,
@@ -224,20 +242,13 @@ impl Delivery {
     async fn attempt(&self, id: &str) {
         let Some(mut env) = self.envelopes.borrow().get(id).cloned() else { return };
         env.attempt_count += 1;
-        let mut local = Vec::new();
-        let mut remote: std::collections::BTreeMap<Destination, Vec<usize>> = std::collections::BTreeMap::new();
+        let mut groups: std::collections::BTreeMap<Path, Vec<usize>> = std::collections::BTreeMap::new();
         for (i, r) in env.recipients.iter().enumerate() {
             if r.state == RcptState::Pending {
-                match route_of_text(&self.config, &r.address) {
-                    Route::Local => local.push(i),
-                    Route::Relay => remote.entry(Destination::of(&self.config, &r.address)).or_default().push(i),
-                }
+                groups.entry(self.path_of(&r.address)).or_default().push(i);
             }
         }
         let mut results: Vec<(usize, RcptOutcome, String)> = Vec::new();
-        for i in local {
-            results.push((i, self.deliver_local(&env, i).await, "local".to_string()));
-        }
         let out = Outbound {
             config: &self.config,
             resolver: &self.resolver,
@@ -245,12 +256,69 @@ impl Delivery {
             tls_client: &self.tls_client,
         };
         let body_path = self.queue.body_path(id);
-        for (destination, indexes) in &remote {
-            for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
-                let delivered = outbound::deliver(&out, destination, &body_path, &env, group).await;
-                let tls = if delivered.tls { " tls=yes" } else { "" };
-                let relay = format!("{} conn_use={}{tls}", delivered.relay, delivered.conn_use);
-                results.extend(group.iter().copied().zip(delivered.outcomes).map(|(i, o)| (i, o, relay.clone())));
+        for (path, indexes) in &groups {
+            match path {
+                Path::Maildir(template) => {
+                    for &i in indexes {
+                        results.push((i, self.deliver_local(&env, i, template).await, "local".to_string()));
+                    }
+                }
+                Path::Smtp { destination, rule } => {
+                    let rule = rule.map(|r| &self.config.transports[r]);
+                    let policy = outbound::Policy {
+                        tls: rule.and_then(|r| r.tls).unwrap_or(self.config.delivery.tls),
+                        max_connections: rule
+                            .and_then(|r| r.max_connections)
+                            .unwrap_or(self.config.delivery.max_connections_per_destination),
+                    };
+                    for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
+                        let delivered = outbound::deliver(&out, destination, policy, &body_path, &env, group).await;
+                        let tls = if delivered.tls { " tls=yes" } else { "" };
+                        let relay = format!("{} conn_use={}{tls}", delivered.relay, delivered.conn_use);
+                        results.extend(group.iter().copied().zip(delivered.outcomes).map(|(i, o)| (i, o, relay.clone())));
+                    }
+                }
+                Path::Lmtp { rule } => {
+                    let rule = &self.config.transports[*rule];
+                    let hop = rule.nexthop.as_deref().unwrap_or_default();
+                    let outcomes = match hop.parse::<lmtp::LmtpTarget>() {
+                        Ok(target) => {
+                            let max = rule.max_connections.unwrap_or(self.config.delivery.max_connections_per_destination);
+                            let _turn = self.connections.destination_permit(hop, max).await;
+                            let mut outcomes = Vec::with_capacity(indexes.len());
+                            for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
+                                outcomes.extend(
+                                    lmtp::deliver(
+                                        &target,
+                                        self.config.helo_name(),
+                                        self.config.delivery.connect_timeout.0,
+                                        &body_path,
+                                        &env,
+                                        group,
+                                    )
+                                    .await,
+                                );
+                            }
+                            outcomes
+                        }
+                        Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
+                    };
+                    let relay = format!("lmtp:{hop}");
+                    results.extend(indexes.iter().copied().zip(outcomes).map(|(i, o)| (i, o, relay.clone())));
+                }
+                Path::Pipe { rule } => {
+                    let rule = &self.config.transports[*rule];
+                    let outcomes = match pipe::PipeParams::from_rule(&rule.command, rule.user.as_deref(), rule.group.as_deref(), rule.timeout.0) {
+                        Ok(params) => {
+                            let max = rule.max_connections.unwrap_or(self.config.delivery.max_connections_per_destination);
+                            let _turn = self.connections.destination_permit(&rule.command[0], max).await;
+                            pipe::deliver(&params, &body_path, &env, indexes).await
+                        }
+                        Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
+                    };
+                    let relay = format!("pipe:{}", rule.command[0]);
+                    results.extend(indexes.iter().copied().zip(outcomes).map(|(i, o)| (i, o, relay.clone())));
+                }
             }
         }
         for (i, outcome, relay) in results {
@@ -284,11 +352,40 @@ impl Delivery {
         self.finish(env).await;
     }
 
-    async fn deliver_local(&self, env: &Envelope, index: usize) -> RcptOutcome {
+    /// How a recipient is delivered: the first `[[transport]]` rule for
+    /// its domain, else Maildir for a local domain, else SMTP to the
+    /// smarthost or the domain's MX hosts.
+    fn path_of(&self, address: &str) -> Path {
+        let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        let found = self.config.transports.iter().position(|rule| !domain.is_empty() && rule.matches(domain));
+        if let Some(index) = found {
+            let rule = &self.config.transports[index];
+            return match rule.transport {
+                TransportKind::Smtp => {
+                    let destination = match &rule.nexthop {
+                        Some(hop) => Destination::Smarthost(hop.clone()),
+                        None => Destination::Domain(domain.trim_end_matches('.').to_ascii_lowercase()),
+                    };
+                    Path::Smtp { destination, rule: Some(index) }
+                }
+                TransportKind::Lmtp => Path::Lmtp { rule: index },
+                TransportKind::Pipe => Path::Pipe { rule: index },
+                TransportKind::Maildir => {
+                    Path::Maildir(rule.maildir.clone().unwrap_or_else(|| self.config.local.maildir.clone()))
+                }
+            };
+        }
+        match route_of_text(&self.config, address) {
+            Route::Local => Path::Maildir(self.config.local.maildir.clone()),
+            Route::Relay => Path::Smtp { destination: Destination::of(&self.config, address), rule: None },
+        }
+    }
+
+    async fn deliver_local(&self, env: &Envelope, index: usize, template: &str) -> RcptOutcome {
         use crate::smtp::reply::{Enhanced, Reply};
         let address = env.recipients[index].address.clone();
         let user = address.rsplit_once('@').map(|(l, _)| l).unwrap_or(&address).to_string();
-        let path = match maildir::expand_template(&self.config.local.maildir, &user) {
+        let path = match maildir::expand_template(template, &user) {
             Ok(p) => p,
             Err(_) => return RcptOutcome::Permanent(Reply::new(550, Enhanced(5, 1, 3), "Bad mailbox name")),
         };

@@ -3,7 +3,9 @@
 
 pub mod connections;
 pub mod dsn;
+pub mod lmtp;
 pub mod maildir;
+pub mod pipe;
 pub mod dotstuff;
 pub mod engine;
 pub mod outbound;

@@ -86,6 +86,13 @@ pub struct Outbound<'a> {
     pub tls_client: &'a Arc<rustls::ClientConfig>,
 }
 
+/// Per-destination settings (from a transport rule or the defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub tls: TlsPolicy,
+    pub max_connections: usize,
+}
+
 /// A host to try: its name (for logs) and address.
 struct Target {
     name: String,
@@ -96,6 +103,7 @@ struct Target {
 pub async fn deliver(
     out: &Outbound<'_>,
     destination: &Destination,
+    policy: Policy,
     body_path: &Path,
     env: &Envelope,
     indexes: &[usize],
@@ -113,7 +121,7 @@ pub async fn deliver(
         Ok(targets) => targets,
         Err(reply) => return all(reply, destination.key().to_string()),
     };
-    let Some(_turn) = out.connections.destination_permit(destination.key()).await else {
+    let Some(_turn) = out.connections.destination_permit(destination.key(), policy.max_connections).await else {
         return all(Reply::new(451, Enhanced(4, 3, 0), "delivery is shutting down"), destination.key().to_string());
     };
     let txn = Transaction {
@@ -126,7 +134,7 @@ pub async fn deliver(
     let mut last: Option<Delivered> = None;
     for target in targets.iter().take(ADDRESS_TRIES_MAX) {
         let relay = format!("{}[{}]:{}", target.name, target.addr.ip(), target.addr.port());
-        let (outcome, conn_use) = match transact(out, target, &txn, body_path, env).await {
+        let (outcome, conn_use) = match transact(out, target, policy.tls, &txn, body_path, env).await {
             Ok(done) => done,
             Err(e) => {
                 let reply = Reply::new(451, Enhanced(4, 4, 1), format!("connect to {relay}: {e}"));
@@ -208,6 +216,7 @@ fn split_host_port(text: &str) -> Option<(&str, u16)> {
 async fn transact(
     out: &Outbound<'_>,
     target: &Target,
+    policy: TlsPolicy,
     txn: &Transaction,
     body_path: &Path,
     env: &Envelope,
@@ -222,7 +231,6 @@ async fn transact(
         }
         connections::close(session).await;
     }
-    let policy = out.config.delivery.tls;
     let starttls = match policy {
         TlsPolicy::None => StartTls::Never,
         TlsPolicy::May => StartTls::IfOffered,
@@ -286,8 +294,20 @@ async fn run(
     host: &str,
 ) -> Outcome {
     session.transaction_count += 1;
-    let stream = &mut session.stream;
-    let client = &mut session.client;
+    drive(&mut session.stream, &mut session.client, body_path, env, tls_client, host).await
+}
+
+/// Moves bytes between `stream` and `client` until the client's
+/// transaction is over; streams the body and runs the TLS handshake when
+/// the client asks for them. Used for SMTP and LMTP alike.
+pub async fn drive(
+    stream: &mut Stream,
+    client: &mut Client,
+    body_path: &Path,
+    env: &Envelope,
+    tls_client: &Arc<rustls::ClientConfig>,
+    host: &str,
+) -> Outcome {
     let block_timeout = client.data_block_timeout();
     let mut buf = vec![0u8; READ_BYTES];
     loop {

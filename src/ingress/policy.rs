@@ -53,7 +53,10 @@ pub fn check_rcpt(config: &Config, client_ip: IpAddr, address: &Address) -> Repl
         }
         Route::Relay => {
             let domain = address.domain.as_deref().unwrap_or_default();
-            let relay_domain = config.relay.domains.iter().any(|d| domain_eq(d, domain));
+            // A domain named by a transport rule is ours to deliver, as are
+            // relay.domains (a "*" rule only says how relayed mail goes).
+            let relay_domain = config.relay.domains.iter().any(|d| domain_eq(d, domain))
+                || config.transports.iter().any(|rule| rule.names(domain));
             if !config.relay.allows_client(client_ip) && !relay_domain {
                 return Reply::new(550, Enhanced(5, 7, 1), "Relay access denied");
             }

@@ -86,6 +86,9 @@ pub struct ClientParams {
     /// sending QUIT, so that `next_transaction()` can reuse the session.
     pub keep_open: bool,
     pub starttls: StartTls,
+    /// Speak LMTP (RFC 2033): LHLO, and one reply per accepted recipient
+    /// after the final dot.
+    pub lmtp: bool,
 }
 
 impl ClientParams {
@@ -96,6 +99,7 @@ impl ClientParams {
             pipelining_enabled: true,
             keep_open: false,
             starttls: StartTls::Never,
+            lmtp: false,
         }
     }
 }
@@ -392,6 +396,8 @@ enum Await {
     Dot,
     Rset,
     StartTls,
+    /// LMTP: the reply to the final dot for the recipient at this index.
+    LmtpDot(usize),
 }
 
 impl Await {
@@ -406,6 +412,7 @@ impl Await {
             Await::Dot => "end of data",
             Await::Rset => "RSET",
             Await::StartTls => "STARTTLS",
+            Await::LmtpDot(_) => "end of data",
         }
     }
 
@@ -416,7 +423,7 @@ impl Await {
             Await::Mail | Await::Rset | Await::StartTls => t.mail,
             Await::Rcpt(_) => t.rcpt,
             Await::Data => t.data_init,
-            Await::Dot => t.data_final,
+            Await::Dot | Await::LmtpDot(_) => t.data_final,
         }
     }
 }
@@ -643,7 +650,15 @@ impl Client {
             return;
         }
         self.phase = Phase::Talking;
-        self.awaiting.push_back(Await::Dot);
+        if self.params.lmtp {
+            for index in 0..self.accepted.len() {
+                if self.accepted[index] && self.results[index].is_none() {
+                    self.awaiting.push_back(Await::LmtpDot(index));
+                }
+            }
+        } else {
+            self.awaiting.push_back(Await::Dot);
+        }
         self.rearm = true;
         self.deadline = self.now_last + self.params.timeouts.data_final;
     }
@@ -754,6 +769,7 @@ impl Client {
             Await::Dot => self.on_dot(reply),
             Await::Rset => self.on_rset(now, reply),
             Await::StartTls => self.on_starttls(now, reply),
+            Await::LmtpDot(index) => self.on_lmtp_dot(index, reply),
         }
         self.answering = None;
         if self.phase == Phase::Talking {
@@ -764,11 +780,10 @@ impl Client {
     fn on_greeting(&mut self, now: Instant, reply: Reply) {
         self.greeting = Some(reply.lines.join(" "));
         match reply.code {
-            220 => self.send(
-                now,
-                format!("EHLO {}\r\n", self.params.helo_name),
-                Await::Ehlo,
-            ),
+            220 => {
+                let verb = if self.params.lmtp { "LHLO" } else { "EHLO" };
+                self.send(now, format!("{verb} {}\r\n", self.params.helo_name), Await::Ehlo)
+            }
             400..=599 => self.fail_and_quit(reply),
             code => self.protocol_error(ReplyError::WrongCode(code)),
         }
@@ -801,6 +816,8 @@ impl Client {
                 self.session_established = true;
                 self.start_mail(now);
             }
+            // LMTP has no HELO to fall back to (RFC 2033 §4.1).
+            500..=599 if self.params.lmtp => self.fail_and_quit(reply),
             500..=599 => self.send(
                 now,
                 format!("HELO {}\r\n", self.params.helo_name),
@@ -1009,6 +1026,20 @@ impl Client {
                 self.end_transaction(true);
             }
             code => self.protocol_error(ReplyError::WrongCode(code)),
+        }
+    }
+
+    /// LMTP: one recipient's outcome; the transaction ends with the last.
+    fn on_lmtp_dot(&mut self, index: usize, reply: Reply) {
+        match RcptOutcome::from_reply(&reply) {
+            Some(outcome) => {
+                self.results[index] = Some(outcome);
+                self.final_reply = Some(reply);
+                if !self.awaiting.iter().any(|a| matches!(a, Await::LmtpDot(_))) {
+                    self.end_transaction(false);
+                }
+            }
+            None => self.protocol_error(ReplyError::WrongCode(reply.code)),
         }
     }
 
@@ -2075,6 +2106,63 @@ mod tests {
         assert!(o.tls_failed && !o.reusable);
         assert_eq!(enhanced_of(&o, 0), Some(Enhanced(4, 7, 5)));
         assert_eq!(f.sent(), "", "nothing more is written on a failed TLS connection");
+    }
+
+    fn lmtp_params() -> ClientParams {
+        ClientParams { lmtp: true, ..ClientParams::new("relay.example.org") }
+    }
+
+    const LHLO_PIPE: &str = "250-store.example.net\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n";
+
+    #[test]
+    fn lmtp_gets_one_reply_per_accepted_recipient() {
+        let mut f = Fake::with_params(lmtp_params(), txn(&["a@x.net", "b@x.net", "c@x.net", "d@x.net"]));
+        assert_eq!(f.client.poll(f.now), ClientEvent::NeedInput);
+        f.say("220 store LMTP\r\n");
+        assert_eq!(f.sent(), "LHLO relay.example.org\r\n");
+        f.say(LHLO_PIPE);
+        assert_eq!(
+            f.sent(),
+            "MAIL FROM:<alice@example.org>\r\nRCPT TO:<a@x.net>\r\nRCPT TO:<b@x.net>\r\nRCPT TO:<c@x.net>\r\nRCPT TO:<d@x.net>\r\nDATA\r\n"
+        );
+        assert_eq!(
+            f.say("250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+            ClientEvent::SendBody
+        );
+        f.client.body_sent();
+        // a, c and d were accepted: three replies, in RCPT order.
+        assert_eq!(f.say("250 2.0.0 a saved\r\n"), ClientEvent::NeedInput);
+        assert_eq!(f.say("452 4.2.2 c over quota\r\n"), ClientEvent::NeedInput);
+        let o = done(f.say("550 5.2.0 d refused\r\n"));
+        assert_eq!(codes(&o), vec![('D', 250), ('P', 550), ('T', 452), ('P', 550)]);
+        assert_eq!(enhanced_of(&o, 2), Some(Enhanced(4, 2, 2)));
+        assert_eq!(f.sent(), "QUIT\r\n");
+    }
+
+    #[test]
+    fn lmtp_connection_lost_between_per_recipient_replies() {
+        let mut f = Fake::with_params(lmtp_params(), txn(&["a@x.net", "b@x.net"]));
+        f.client.poll(f.now);
+        f.say("220 store LMTP\r\n");
+        f.say(LHLO_PIPE);
+        f.say("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+        f.client.body_sent();
+        f.say("250 2.0.0 a saved\r\n");
+        f.client.on_connection_lost();
+        let o = done(f.client.poll(f.now));
+        // a stays delivered; b is retried.
+        assert_eq!(codes(&o), vec![('D', 250), ('T', 451)]);
+    }
+
+    #[test]
+    fn lmtp_without_pipelining_and_no_helo_fallback() {
+        let mut f = Fake::with_params(lmtp_params(), txn(&["a@x.net"]));
+        f.client.poll(f.now);
+        f.say("220 store LMTP\r\n");
+        f.sent();
+        let o = done(f.say("500 5.5.1 what\r\n"));
+        assert_eq!(codes(&o), vec![('P', 500)]);
+        assert!(!f.sent().contains("HELO"));
     }
 }
 

@@ -34,6 +34,8 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// A connection before or after STARTTLS.
 pub enum Stream {
     Plain(TcpStream),
+    /// A local socket (LMTP to a store on this host); never upgraded.
+    Unix(glommio::net::UnixStream),
     Server(Box<futures_rustls::server::TlsStream<TcpStream>>),
     Client(Box<futures_rustls::client::TlsStream<TcpStream>>),
     /// What is left after a failed upgrade: every operation fails.
@@ -49,7 +51,7 @@ impl Stream {
     /// and logs; None before the upgrade.
     pub fn describe(&self) -> Option<String> {
         let common = match self {
-            Stream::Plain(_) | Stream::Detached => return None,
+            Stream::Plain(_) | Stream::Unix(_) | Stream::Detached => return None,
             Stream::Server(s) => s.get_ref().1 as &rustls::CommonState,
             Stream::Client(s) => s.get_ref().1 as &rustls::CommonState,
         };
@@ -96,6 +98,7 @@ impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Detached => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
@@ -107,6 +110,7 @@ impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Detached => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
@@ -116,6 +120,7 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Detached => Poll::Ready(Ok(())),
@@ -125,6 +130,7 @@ impl AsyncWrite for Stream {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            Stream::Unix(s) => Pin::new(s).poll_close(cx),
             Stream::Server(s) => Pin::new(s.as_mut()).poll_close(cx),
             Stream::Client(s) => Pin::new(s.as_mut()).poll_close(cx),
             Stream::Detached => Poll::Ready(Ok(())),

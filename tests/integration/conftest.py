@@ -366,3 +366,92 @@ def test_cert(tmp_path_factory):
     os.chmod(d, 0o755)
     return cert, key
 
+
+
+class Dovecot:
+    """A private Dovecot with only its LMTP service, on 127.0.0.1:`port` and
+    the unix socket `socket`; users from a passwd-file, mail in
+    `mail/<user>/Maildir`, owned by nobody."""
+
+    def __init__(self, users):
+        if shutil.which("dovecot") is None and not Path("/usr/sbin/dovecot").exists():
+            pytest.skip("dovecot is not installed (tests/run installs dovecot-lmtpd)")
+        # Dovecot's processes run as nobody and dovecot: not under pytest's
+        # private (0700) tmp_path.
+        self.dir = Path(tempfile.mkdtemp(prefix="ringpost-dovecot-"))
+        os.chmod(self.dir, 0o755)
+        self.mail = self.dir / "mail"
+        self.mail.mkdir()
+        shutil.chown(self.mail, "nobody", "nogroup")
+        run = self.dir / "run"
+        run.mkdir()
+        uid = int(subprocess.run(["id", "-u", "nobody"], capture_output=True, text=True).stdout)
+        gid = int(subprocess.run(["id", "-g", "nobody"], capture_output=True, text=True).stdout)
+        (self.dir / "users").write_text("".join(
+            f"{u}::{uid}:{gid}::{self.mail}/{u}::\n" for u in users))
+        self.port = free_port()
+        self.socket = run / "lmtp"
+        self.conf = self.dir / "dovecot.conf"
+        self.conf.write_text(f"""base_dir = {run}
+state_dir = {self.dir}/state
+log_path = {self.dir}/dovecot.log
+protocols = lmtp
+listen = 127.0.0.1
+ssl = no
+first_valid_uid = 1
+auth_username_format = %Ln
+mail_location = maildir:{self.mail}/%n/Maildir
+passdb {{
+  driver = passwd-file
+  args = {self.dir}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = {self.dir}/users
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+}}
+""")
+        self.proc = subprocess.Popen(["dovecot", "-F", "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr.log", "wb"))
+        wait_port(self.port, proc=self.proc)
+        wait_for(lambda: self.socket.exists(), what="dovecot's LMTP socket")
+
+    def maildir_files(self, user):
+        new = self.mail / user / "Maildir" / "new"
+        return sorted(new.iterdir()) if new.is_dir() else []
+
+    def log_text(self):
+        p = self.dir / "dovecot.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def stop(self):
+        subprocess.run(["doveadm", "-c", str(self.conf), "stop"], capture_output=True)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecot():
+    started = []
+
+    def start(users):
+        server = Dovecot(users)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,119 @@
+//! LMTP delivery (RFC 2033) to a local message store such as Dovecot: the
+//! sans-IO client in LMTP mode (LHLO; after the final dot one reply per
+//! accepted recipient, so each recipient gets its own outcome) over a unix
+//! socket or TCP.
+//!
+//! Place in the pipeline: a transport of the delivery engine, chosen by a
+//! `[[transport]]` rule with `transport = "lmtp"`. One connection per
+//! delivery (a store is local; connection reuse buys little); at most the
+//! rule's `max_connections` at once per shard.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::net::{TcpStream, UnixStream};
+
+use crate::deliver::outbound::drive;
+use crate::queue::Envelope;
+use crate::smtp::client::{Client, ClientParams, RcptOutcome, Transaction};
+use crate::smtp::reply::{Enhanced, Reply};
+use crate::tls::Stream;
+
+/// Where the store listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LmtpTarget {
+    Unix(PathBuf),
+    /// "host:port".
+    Tcp(String),
+}
+
+impl FromStr for LmtpTarget {
+    type Err = String;
+
+    /// `"unix:/path"` or `"host:port"`.
+    fn from_str(text: &str) -> Result<LmtpTarget, String> {
+        match text.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => Ok(LmtpTarget::Unix(PathBuf::from(path))),
+            Some(_) => Err(format!("bad LMTP target {text:?}: the socket path must be absolute")),
+            None => crate::config::check_smarthost(text).map(|()| LmtpTarget::Tcp(text.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for LmtpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LmtpTarget::Unix(path) => write!(f, "unix:{}", path.display()),
+            LmtpTarget::Tcp(hostport) => f.write_str(hostport),
+        }
+    }
+}
+
+/// Delivers `env` to the recipients at `indexes` through the store at
+/// `target`; one outcome per index, in order. A store that cannot be
+/// reached defers every recipient.
+pub async fn deliver(
+    target: &LmtpTarget,
+    helo_name: &str,
+    connect_timeout: Duration,
+    body_path: &Path,
+    env: &Envelope,
+    indexes: &[usize],
+) -> Vec<RcptOutcome> {
+    let connected = match target {
+        LmtpTarget::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix).map_err(std::io::Error::from),
+        LmtpTarget::Tcp(hostport) => match hostport.parse::<std::net::SocketAddr>() {
+            Ok(addr) => TcpStream::connect_timeout(addr, connect_timeout)
+                .await
+                .map(Stream::Plain)
+                .map_err(std::io::Error::from),
+            Err(_) => Err(std::io::Error::other("an LMTP host must be an IP address and port")),
+        },
+    };
+    let mut stream = match connected {
+        Ok(stream) => stream,
+        Err(e) => {
+            let reply = Reply::new(451, Enhanced(4, 4, 1), format!("connect to LMTP {target}: {e}"));
+            return indexes.iter().map(|_| RcptOutcome::Transient(reply.clone())).collect();
+        }
+    };
+    let txn = Transaction {
+        reverse_path: env.sender.clone(),
+        recipients: indexes.iter().map(|&i| env.recipients[i].address.clone()).collect(),
+        size_bytes: env.size_bytes,
+        body_8bit: env.body_8bit,
+        smtputf8: env.smtputf8,
+    };
+    let params = ClientParams { lmtp: true, ..ClientParams::new(helo_name.to_string()) };
+    let mut client = Client::new(params, txn, Instant::now());
+    // Never asked for: LMTP runs without STARTTLS.
+    let tls = crate::tls::client_config();
+    let outcome = drive(&mut stream, &mut client, body_path, env, &Arc::clone(&tls), "localhost").await;
+    let out = client.take_output();
+    let _ = glommio::timer::timeout(Duration::from_secs(5), async {
+        use futures_lite::AsyncWriteExt;
+        if !out.is_empty() {
+            let _ = stream.write_all(&out).await;
+        }
+        let _ = stream.close().await;
+        Ok(())
+    })
+    .await;
+    outcome.recipients
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!("unix:/run/dovecot/lmtp".parse(), Ok(LmtpTarget::Unix("/run/dovecot/lmtp".into())));
+        assert_eq!("127.0.0.1:24".parse(), Ok(LmtpTarget::Tcp("127.0.0.1:24".into())));
+        assert!("unix:relative".parse::<LmtpTarget>().is_err());
+        assert!("nohost".parse::<LmtpTarget>().is_err());
+        assert_eq!(LmtpTarget::Unix("/x".into()).to_string(), "unix:/x");
+    }
+}
