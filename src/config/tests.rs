@@ -563,3 +563,51 @@ fn local_domains_ignore_case_and_trailing_dot() {
     assert!(!domains.is_local(""));
     assert!(Config::default().domains.is_local("LOCALHOST"));
 }
+
+#[test]
+fn transport_rules_load_print_and_match() {
+    let text = r#"
+[[transport]]
+domains = ["store.test", ".dept.test"]
+transport = "lmtp"
+nexthop = "unix:/run/dovecot/lmtp"
+max_connections = 4
+
+[[transport]]
+domains = ["*"]
+transport = "smtp"
+tls = "encrypt"
+
+[[transport]]
+domains = ["tickets.test"]
+transport = "pipe"
+command = ["/usr/local/bin/import", "{user}"]
+user = "nobody"
+timeout = "2m"
+"#;
+    let config = load_text(text).expect("loads");
+    assert_eq!(config.transports.len(), 3);
+    assert_eq!(config.transport_for("STORE.test").map(|r| r.transport), Some(TransportKind::Lmtp));
+    assert_eq!(config.transport_for("a.dept.test").map(|r| r.transport), Some(TransportKind::Lmtp));
+    assert_eq!(config.transport_for("dept.test").map(|r| r.transport), Some(TransportKind::Smtp), "'.dept.test' is subdomains only");
+    assert_eq!(config.transport_for("xdept.test").map(|r| r.transport), Some(TransportKind::Smtp));
+    assert!(config.transports[0].names("store.test"));
+    assert!(!config.transports[1].names("anything.test"), "a catch-all names no domain");
+    let printed = config.to_toml();
+    assert_eq!(load_text(&printed).expect("printed config loads"), config, "{printed}");
+}
+
+#[test]
+fn transport_rule_errors_name_the_line() {
+    assert_eq!(
+        error_of("[[transport]]\ndomains = [\"a.test\"]\ntransport = \"carrier-pigeon\"\n"),
+        "config.toml:3:13: transport[0].transport: must be \"smtp\", \"lmtp\", \"pipe\" or \"maildir\", not \"carrier-pigeon\""
+    );
+    assert!(error_of("[[transport]]\ndomains = [\"a.test\"]\ntransport = \"pipe\"\n").contains("needs command"));
+    assert!(error_of("[[transport]]\ndomains = [\"a.test\"]\ntransport = \"pipe\"\ncommand = [\"relative\"]\n")
+        .starts_with("config.toml:4:11: transport[0].command: the program must be an absolute path"));
+    assert!(error_of("[[transport]]\ndomains = [\"a.test\"]\ntransport = \"lmtp\"\nnexthop = \"unix:run/lmtp\"\n")
+        .contains("must be absolute"));
+    assert!(error_of("[[transport]]\ndomains = [\"a.test\"]\ntransport = \"smtp\"\ncolour = 1\n")
+        .contains("unknown key transport[0].colour"));
+}
