@@ -175,9 +175,11 @@ impl Delivery {
         env.attempt_count += 1;
         let mut local = Vec::new();
         let mut remote = Vec::new();
+        let routing = crate::route::current_with_routers();
         for (i, r) in env.recipients.iter().enumerate() {
             if r.state == RcptState::Pending {
                 match route_of_text(&self.config, &r.address) {
+                    _ if routing.is_some() => local.push(i),
                     Route::Local => local.push(i),
                     Route::Relay => remote.push(i),
                 }
@@ -185,7 +187,11 @@ impl Delivery {
         }
         let mut results: Vec<(usize, RcptOutcome)> = Vec::new();
         for i in local {
-            results.push((i, self.deliver_local(&env, i).await));
+            let outcome = match &routing {
+                Some(engine) => self.deliver_routed(engine, &env, i).await,
+                None => self.deliver_local(&env, i, None).await,
+            };
+            results.push((i, outcome));
         }
         if !remote.is_empty() {
             let outcomes = outbound::deliver(&self.config, &self.queue.body_path(id), &env, &remote).await;
@@ -225,9 +231,56 @@ impl Delivery {
         self.finish(env, failed_now).await;
     }
 
-    async fn deliver_local(&self, env: &Envelope, index: usize) -> RcptOutcome {
+    /// Delivers recipient `index` where the routers send it: each local
+    /// final address to its Maildir, each SMTP next hop through the outbound
+    /// client. All must succeed for the recipient to count as delivered.
+    async fn deliver_routed(&self, engine: &crate::route::Engine, env: &Envelope, index: usize) -> RcptOutcome {
+        use crate::route::{Decision, Mode};
         use crate::smtp::reply::{Enhanced, Reply};
-        let address = env.recipients[index].address.clone();
+        let routed = engine.route(&env.recipients[index].address, &env.sender, Mode::Deliver).await;
+        let deliveries = match routed.decision {
+            Decision::Reject(reply) => return RcptOutcome::Permanent(reply),
+            Decision::Defer(reply) => return RcptOutcome::Transient(reply),
+            Decision::Discard => return RcptOutcome::Delivered(Reply::new(250, Enhanced(2, 0, 0), "discarded by routing")),
+            Decision::Deliver { deliveries, .. } => deliveries,
+        };
+        let mut replies = Vec::new();
+        for delivery in deliveries {
+            let outcome = match (delivery.transport.as_str(), &delivery.next_hop) {
+                ("local", _) => self.deliver_local(env, index, Some(&delivery.address)).await,
+                ("pipe" | "file", _) => RcptOutcome::Permanent(Reply::new(
+                    550,
+                    Enhanced(5, 3, 5),
+                    format!("{} transport not available", delivery.transport),
+                )),
+                (_, hop) => {
+                    let hop = hop.clone().or_else(|| self.config.delivery.smarthost.clone());
+                    let Some(hop) = hop.map(|h| crate::route::socket_host(&h)) else {
+                        return RcptOutcome::Transient(Reply::new(451, Enhanced(4, 4, 4), "no next hop for MX routing yet"));
+                    };
+                    let mut config = (*self.config).clone();
+                    config.delivery.smarthost = Some(hop);
+                    let mut one = env.clone();
+                    one.recipients[index].address = delivery.address.clone();
+                    let body = self.queue.body_path(&env.id);
+                    let outcomes = outbound::deliver(&config, &body, &one, &[index]).await;
+                    outcomes.into_iter().next().unwrap_or_else(|| {
+                        RcptOutcome::Transient(Reply::new(451, Enhanced(4, 3, 0), "no outcome from outbound delivery"))
+                    })
+                }
+            };
+            match outcome {
+                RcptOutcome::Delivered(reply) => replies.push(reply),
+                other => return other,
+            }
+        }
+        let reply = replies.pop().unwrap_or_else(|| Reply::new(250, Enhanced(2, 0, 0), "delivered"));
+        RcptOutcome::Delivered(reply)
+    }
+
+    async fn deliver_local(&self, env: &Envelope, index: usize, routed: Option<&str>) -> RcptOutcome {
+        use crate::smtp::reply::{Enhanced, Reply};
+        let address = routed.map_or_else(|| env.recipients[index].address.clone(), str::to_string);
         let user = address.rsplit_once('@').map(|(l, _)| l).unwrap_or(&address).to_string();
         let path = match maildir::expand_template(&self.config.local.maildir, &user) {
             Ok(p) => p,
