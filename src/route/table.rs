@@ -52,9 +52,12 @@ pub fn parse_text(path: &Path, text: &str) -> Result<Vec<(String, String)>, Stri
             continue;
         }
         finish(current.take(), &mut entries, &mut seen);
+        if line.starts_with(':') {
+            return Err(format!("{}:{line_no}: entry without a key", path.display()));
+        }
         let space = line.find([' ', '\t']).unwrap_or(line.len());
         let (key, value) = match line.find(':') {
-            Some(colon) if colon < space && !line.starts_with(':') => (&line[..colon], &line[colon + 1..]),
+            Some(colon) if colon < space => (&line[..colon], &line[colon + 1..]),
             _ => (&line[..space], &line[space..]),
         };
         if key.is_empty() {
