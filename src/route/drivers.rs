@@ -423,9 +423,9 @@ impl<'e> Walk<'e> {
                         Some((separator, d)) => (d.to_string(), format!("{separator}{d}")),
                         None => (String::new(), String::new()),
                     };
-                    let user = if catch_all { base } else { base };
+                    let _ = catch_all;
                     let target = value
-                        .replace("%1", user)
+                        .replace("%1", base)
                         .replace("%2", &detail_text)
                         .replace("%3", &with_separator);
                     let target = if let Some(target_domain) = target.strip_prefix('@') {

@@ -154,7 +154,18 @@ impl Engine {
     pub async fn route(&self, address: &str, sender: &str, mode: Mode) -> Routed {
         let mut walk = drivers::Walk::new(self, sender, mode);
         let address = self.qualify(address);
-        let decision = walk.route(address, 0, Vec::new(), None, 0).await;
+        let mut decision = walk.route(address.clone(), 0, Vec::new(), None, 0).await;
+        if let Decision::Reject(_) = decision {
+            // RFC 5321 §4.5.1: postmaster of a local domain is always
+            // accepted, whatever the tables say; it goes to its Maildir.
+            let (local, domain) = address.rsplit_once('@').unwrap_or((&address, ""));
+            if local == "postmaster" && self.config.domains.is_local(domain) {
+                walk.trace.push(format!("postmaster of a local domain: deliver <{address}> by local"));
+                let delivery =
+                    Delivery { transport: "local".into(), next_hop: None, address, router: "postmaster".into() };
+                decision = Decision::Deliver { deliveries: vec![delivery], failed: Vec::new() };
+            }
+        }
         Routed { decision, trace: walk.trace }
     }
 

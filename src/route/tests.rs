@@ -86,6 +86,9 @@ fn virtusertable_precedence_exact_then_detail_then_catch_all() {
         ("alice@example.net", "local:alice@example.org"),
         ("info@example.net", "discard"),
         ("nobody@example.net", "550 5.1.1 <nobody@example.org>: Recipient address rejected: User unknown"),
+        ("postmaster@example.org", "local:postmaster@example.org"),
+        ("postmaster", "local:postmaster@example.org"),
+        ("postmaster@example.com", "550 5.1.1 Mailbox unknown on example.com"),
     ];
     for (address, expected) in cases {
         assert_eq!(summary(&route(&engine, address)), expected, "{address}");
