@@ -86,6 +86,9 @@ pub async fn check_mail(routing: Option<&Engine>, sender: &ReversePath) -> Reply
         let mut reply = reply;
         if reply.enhanced == Some(Enhanced(5, 1, 1)) {
             reply.enhanced = Some(Enhanced(5, 1, 7));
+            for line in &mut reply.lines {
+                *line = line.replace("Recipient address rejected", "Sender address rejected");
+            }
         }
         reply
     }

@@ -206,3 +206,15 @@ def test_route_command_prints_steps_and_decision(tmp_path):
     assert "team@example.org -> <carol@example.org> transport local (router users)" in out
     assert "RCPT TO:<team@example.org> -> 250 2.1.5 Recipient ok" in out
     assert "ghost@example.com is undeliverable: 550 5.1.1 No such mailbox at example.com, sorry" in out
+
+
+def test_sender_verification_at_mail(routed, tmp_path):
+    tables(tmp_path)
+    rp = routed(CONFIG.replace("[route]\n", "[route]\nverify_sender = true\n"))
+    with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as client:
+        client.ehlo("client.test")
+        code, text = client.mail("forged@example.org")
+        assert (code, text) == (550, b"5.1.7 <forged@example.org>: Sender address rejected: User unknown")
+        assert client.mail("alice@example.org")[0] == 250
+        client.rset()
+        assert client.mail("")[0] == 250
