@@ -38,7 +38,9 @@ pub(crate) fn build(config: &Config, router: &Router) -> Result<Built, String> {
         (None, Some(spec)) => {
             let query = router.query.as_deref().unwrap_or_default();
             let inner: Arc<dyn LookupSource> = match spec.strip_prefix("sqlite:") {
-                Some(path) => Arc::new(super::sqlite::SqliteSource::open(path, query, config.route.sqlite_max_in_flight)?),
+                Some(path) => {
+                    Arc::new(super::sqlite::SqliteSource::open(path, query, config.route.sqlite_max_in_flight)?)
+                }
                 None => crate::pool::open_source(spec, query, &crate::pool::PoolParams::default())?,
             };
             let cached = super::sqlite::Cached::new(inner, config.route.cache_ttl.0, config.route.cache_entries);
@@ -96,7 +98,12 @@ fn read_rules(path: &Path) -> Result<Vec<(String, String)>, String> {
 
 fn read_passwd(path: &Path) -> Result<HashSet<String>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(text.lines().filter_map(|line| line.split(':').next()).filter(|n| !n.is_empty()).map(str::to_lowercase).collect())
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split(':').next())
+        .filter(|n| !n.is_empty())
+        .map(str::to_lowercase)
+        .collect())
 }
 
 /// Splits a local part at the first subaddress separator present (tried in
@@ -190,13 +197,17 @@ impl<'e> Walk<'e> {
                     match self.step(router, &address).await {
                         Step::Decline => {
                             let table = router.table.describe();
-                            self.note(depth, format!("  router {name} ({}, {table}): declined", router.config.driver.as_str()))
+                            self.note(
+                                depth,
+                                format!("  router {name} ({}, {table}): declined", router.config.driver.as_str()),
+                            )
                         }
                         Step::Rewrite(new) => {
                             self.note(depth, format!("  router {name}: rewritten to <{new}>"));
                             rewrites += 1;
                             if rewrites > route.max_rewrites {
-                                let text = format!("Routing loop: more than {} rewrites of <{address}>", route.max_rewrites);
+                                let text =
+                                    format!("Routing loop: more than {} rewrites of <{address}>", route.max_rewrites);
                                 self.note(depth, format!("  {text}"));
                                 return Decision::Reject(Reply::new(550, Enhanced(5, 4, 6), text));
                             }
@@ -255,7 +266,12 @@ impl<'e> Walk<'e> {
                 ));
             }
             if let Some(command) = item.strip_prefix('|') {
-                deliveries.push(Delivery { transport: "pipe".into(), next_hop: None, address: command.trim().to_string(), router: router.into() });
+                deliveries.push(Delivery {
+                    transport: "pipe".into(),
+                    next_hop: None,
+                    address: command.trim().to_string(),
+                    router: router.into(),
+                });
                 continue;
             }
             if item == "/dev/null" {
@@ -263,10 +279,16 @@ impl<'e> Walk<'e> {
                 continue;
             }
             if item.starts_with('/') {
-                deliveries.push(Delivery { transport: "file".into(), next_hop: None, address: item, router: router.into() });
+                deliveries.push(Delivery {
+                    transport: "file".into(),
+                    next_hop: None,
+                    address: item,
+                    router: router.into(),
+                });
                 continue;
             }
-            let target = if item.contains('@') { item.to_lowercase() } else { format!("{}@{domain}", item.to_lowercase()) };
+            let target =
+                if item.contains('@') { item.to_lowercase() } else { format!("{}@{domain}", item.to_lowercase()) };
             let decision = if target == address {
                 // An alias that lists itself: delivered past this router.
                 self.route(target.clone(), depth + 1, ancestors.clone(), Some(router_index), rewrites).await
@@ -346,9 +368,10 @@ impl<'e> Walk<'e> {
         }
         if !config.senders.is_empty() {
             let sender_domain = self.sender.rsplit_once('@').map_or("", |(_, d)| d);
-            let ok = config.senders.iter().any(|s| {
-                *s == self.sender || s.strip_prefix('@').is_some_and(|d| d == sender_domain)
-            });
+            let ok = config
+                .senders
+                .iter()
+                .any(|s| *s == self.sender || s.strip_prefix('@').is_some_and(|d| d == sender_domain));
             if !ok {
                 return false;
             }
@@ -357,11 +380,7 @@ impl<'e> Walk<'e> {
     }
 
     async fn lookup(&self, router: &Built, key: &str) -> Result<Option<String>, Decision> {
-        router
-            .table
-            .get(key)
-            .await
-            .map_err(|e| Decision::Defer(lookup_failed(&router.config.name, &e)))
+        router.table.get(key).await.map_err(|e| Decision::Defer(lookup_failed(&router.config.name, &e)))
     }
 
     async fn step(&mut self, router: &Built, address: &str) -> Step {
@@ -424,17 +443,16 @@ impl<'e> Walk<'e> {
                         None => (String::new(), String::new()),
                     };
                     let _ = catch_all;
-                    let target = value
-                        .replace("%1", base)
-                        .replace("%2", &detail_text)
-                        .replace("%3", &with_separator);
+                    let target = value.replace("%1", base).replace("%2", &detail_text).replace("%3", &with_separator);
                     let target = if let Some(target_domain) = target.strip_prefix('@') {
                         format!("{local}@{target_domain}")
                     } else {
                         target
                     };
                     if target.contains(',') {
-                        return Step::Expand(target.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+                        return Step::Expand(
+                            target.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                        );
                     }
                     return Step::Rewrite(self.engine.qualify(&target));
                 }
@@ -511,7 +529,11 @@ impl<'e> Walk<'e> {
                                 || value == "*"
                                 || (value != "none"
                                     && value.split([',', ' ']).map(str::trim).any(|d| d.eq_ignore_ascii_case(detail)));
-                            if allowed { deliver(base) } else { unknown }
+                            if allowed {
+                                deliver(base)
+                            } else {
+                                unknown
+                            }
                         }
                     },
                 }
@@ -531,7 +553,8 @@ impl<'e> Walk<'e> {
                     ))),
                     Some(host) => {
                         let transport = router.config.transport.clone().unwrap_or_else(|| "smtp".into());
-                        let delivery = Delivery { transport, next_hop: Some(host), address: address.to_string(), router: name };
+                        let delivery =
+                            Delivery { transport, next_hop: Some(host), address: address.to_string(), router: name };
                         Step::Decide(Decision::Deliver { deliveries: vec![delivery], failed: Vec::new() })
                     }
                 }
@@ -553,10 +576,19 @@ impl<'e> Walk<'e> {
                     Ok(text) => text,
                     Err(e) => {
                         crate::log::event("include_failed", &[("path", &path), ("error", &e)]);
-                        return Err(Decision::Defer(Reply::new(451, Enhanced(4, 3, 0), "Temporary lookup failure, try again later")));
+                        return Err(Decision::Defer(Reply::new(
+                            451,
+                            Enhanced(4, 3, 0),
+                            "Temporary lookup failure, try again later",
+                        )));
                     }
                 };
-                let joined: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).take(INCLUDE_ENTRIES_MAX).collect();
+                let joined: Vec<&str> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .take(INCLUDE_ENTRIES_MAX)
+                    .collect();
                 items.extend(self.alias_items(&joined.join(","), include_depth + 1)?);
             } else {
                 items.push(item);

@@ -40,7 +40,12 @@ impl SqliteSource {
         let connection = connect(path)?;
         connection.prepare(query).map_err(|e| format!("sqlite:{path}: query {query:?}: {e}"))?;
         let pool = Pool { idle: vec![connection], open: 1 };
-        Ok(SqliteSource { path: path.to_string(), query: query.to_string(), max_in_flight, pool: Arc::new(Mutex::new(pool)) })
+        Ok(SqliteSource {
+            path: path.to_string(),
+            query: query.to_string(),
+            max_in_flight,
+            pool: Arc::new(Mutex::new(pool)),
+        })
     }
 
     /// Takes an idle connection or opens one while fewer than
@@ -71,7 +76,10 @@ impl SqliteSource {
                 break connection;
             }
             if Instant::now() >= deadline {
-                return Err(LookupError::Temporary(format!("sqlite:{}: {} lookups in flight", self.path, self.max_in_flight)));
+                return Err(LookupError::Temporary(format!(
+                    "sqlite:{}: {} lookups in flight",
+                    self.path, self.max_in_flight
+                )));
             }
             glommio::timer::sleep(Duration::from_millis(1)).await;
         };
@@ -91,11 +99,9 @@ impl SqliteSource {
 
 fn connect(path: &str) -> Result<rusqlite::Connection, String> {
     use rusqlite::OpenFlags;
-    let connection = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| format!("sqlite:{path}: {e}"))?;
+    let connection =
+        rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| format!("sqlite:{path}: {e}"))?;
     let _ = connection.busy_timeout(Duration::from_millis(SQLITE_WAIT_MS));
     Ok(connection)
 }

@@ -26,7 +26,9 @@ pub fn parse_text(path: &Path, text: &str) -> Result<Vec<(String, String)>, Stri
     let mut entries: Vec<(String, String)> = Vec::new();
     let mut seen: HashMap<String, ()> = HashMap::new();
     let mut current: Option<(usize, String, String)> = None;
-    let finish = |current: Option<(usize, String, String)>, entries: &mut Vec<(String, String)>, seen: &mut HashMap<String, ()>| {
+    let finish = |current: Option<(usize, String, String)>,
+                  entries: &mut Vec<(String, String)>,
+                  seen: &mut HashMap<String, ()>| {
         if let Some((_, key, value)) = current {
             if seen.insert(key.clone(), ()).is_none() {
                 entries.push((key, value.trim().to_string()));

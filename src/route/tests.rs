@@ -124,7 +124,8 @@ fn local_users_choose_their_valid_subaddresses() {
     let f = Fixture::new("users");
     // alice: any detail; bob: none; carol: only work and lists; dave+news listed as a key.
     f.file("users", "alice\nbob none\ncarol work, lists\ndave none\ndave+news\n");
-    let engine = f.engine(&format!("{LOCAL}\n[[router]]\nname = \"users\"\ndriver = \"local_users\"\nfile = \"DIR/users\"\n"));
+    let engine =
+        f.engine(&format!("{LOCAL}\n[[router]]\nname = \"users\"\ndriver = \"local_users\"\nfile = \"DIR/users\"\n"));
     let cases = [
         ("alice+anything@example.org", true),
         ("alice-x@example.org", true),
@@ -155,10 +156,7 @@ fn rewrite_routes_again_from_the_top_and_loops_stop() {
     ));
     assert_eq!(summary(&route(&engine, "alice@old.example")), "local:alice@example.org");
     let loop_decision = route(&engine, "ping@example.org");
-    assert_eq!(
-        summary(&loop_decision),
-        "550 5.4.6 Routing loop: more than 10 rewrites of <ping@example.org>",
-    );
+    assert_eq!(summary(&loop_decision), "550 5.4.6 Routing loop: more than 10 rewrites of <ping@example.org>",);
 }
 
 #[test]
@@ -240,7 +238,11 @@ fn cdb_and_sqlite_tables_answer_like_text() {
     super::table::makemap(Path::new(&text)).expect("makemap");
     let db = f.dir.join("users.sqlite");
     let connection = rusqlite::Connection::open(&db).unwrap();
-    connection.execute_batch("CREATE TABLE users (name TEXT PRIMARY KEY, details TEXT); INSERT INTO users VALUES ('bob', '');").unwrap();
+    connection
+        .execute_batch(
+            "CREATE TABLE users (name TEXT PRIMARY KEY, details TEXT); INSERT INTO users VALUES ('bob', '');",
+        )
+        .unwrap();
     drop(connection);
     let engine = f.engine(&format!(
         "{LOCAL}\n[[router]]\nname = \"virt\"\ndriver = \"virtual\"\nfile = \"DIR/virtusertable.cdb\"\n\
