@@ -1,5 +1,7 @@
 //! The `ringpost` command: `serve` runs the MTA, `check-config` validates and
-//! prints the effective configuration, `queue` shows what the spool holds.
+//! prints the effective configuration, `queue` shows what the spool holds,
+//! `route` shows how the routers decide for an address, `makemap` builds a
+//! cdb table. SIGHUP while serving reloads the routers and their tables.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +34,25 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+    /// Route addresses through the configured routers and print each step
+    /// and the decision (like exim -bt).
+    Route {
+        /// Verify mode, as at RCPT: print the SMTP reply too.
+        #[arg(long)]
+        verify: bool,
+        /// The envelope sender (for routers with a `senders` condition).
+        #[arg(long, default_value = "")]
+        sender: String,
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
+    /// Build TEXTFILE.cdb from a text table (written to a temporary file and
+    /// renamed into place).
+    Makemap {
+        /// `cdb` (the only format; may be omitted) and the text table.
+        #[arg(required = true, num_args = 1..=2)]
+        args: Vec<String>,
     },
 }
 
@@ -67,10 +88,113 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
-        Command::Serve => serve(config),
+        Command::Serve => serve(config, cli.config, cli.overrides),
         Command::Queue { command } => queue(&config, command),
+        Command::Route { verify, sender, addresses } => route(config, verify, sender, addresses),
+        Command::Makemap { args } => makemap(&args),
     }
 }
+
+fn makemap(args: &[String]) -> ExitCode {
+    let path = match args {
+        [path] => path,
+        [kind, path] if kind == "cdb" => path,
+        [kind, _] => {
+            eprintln!("ringpost: makemap: unknown map type {kind:?} (only cdb)");
+            return ExitCode::from(2);
+        }
+        _ => unreachable!("clap takes one or two arguments"),
+    };
+    match ringpost::route::table::makemap(std::path::Path::new(path)) {
+        Ok((out, count)) => {
+            println!("{}: {count} entries", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringpost: makemap: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn route(config: ringpost::config::Config, verify: bool, sender: String, addresses: Vec<String>) -> ExitCode {
+    use ringpost::route::{Decision, Engine, Mode};
+    let engine = match Engine::build(&config) {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("ringpost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if engine.is_empty() {
+        println!("# no [[router]] configured: local domains {:?} go to local.maildir, others to delivery.smarthost", config.domains.local);
+    }
+    let mode = if verify { Mode::Verify } else { Mode::Deliver };
+    let ran = glommio::LocalExecutorBuilder::default().name("route").spawn(move || async move {
+        let mut all_ok = true;
+        for address in &addresses {
+            let routed = engine.route(address, &sender, mode).await;
+            for line in &routed.trace {
+                println!("{line}");
+            }
+            match &routed.decision {
+                Decision::Deliver { deliveries, failed } => {
+                    for d in deliveries {
+                        let hop = d.next_hop.as_deref().map(|h| format!(" via {h}")).unwrap_or_default();
+                        println!("{address} -> <{}> transport {}{hop} (router {})", d.address, d.transport, d.router);
+                    }
+                    for (member, reply) in failed {
+                        println!("{address} -> <{member}> failed: {}", reply.summary());
+                    }
+                }
+                Decision::Reject(reply) => {
+                    all_ok = false;
+                    println!("{address} is undeliverable: {}", reply.summary());
+                }
+                Decision::Defer(reply) => {
+                    all_ok = false;
+                    println!("{address} is deferred: {}", reply.summary());
+                }
+                Decision::Discard => println!("{address} is discarded"),
+            }
+            if verify {
+                println!("RCPT TO:<{address}> -> {}", routed.decision.verify_reply().summary());
+            }
+        }
+        all_ok
+    });
+    match ran.map(|handle| handle.join()) {
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        Ok(Ok(false)) => ExitCode::from(1),
+        Ok(Err(e)) | Err(e) => {
+            eprintln!("ringpost: route: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Watches the SIGHUP flag: re-reads the configuration and rebuilds the
+/// routers with their tables; a broken configuration or table keeps the
+/// routers in use and is logged with its file:line.
+fn watch_reload(hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>, path: Option<PathBuf>, overrides: Vec<String>) {
+    use std::sync::atomic::Ordering;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(RELOAD_POLL_MS));
+        if !hangup.swap(false, Ordering::Relaxed) {
+            continue;
+        }
+        let result = ringpost::config::load(path.as_deref(), &overrides)
+            .map_err(|e| e.to_string())
+            .and_then(|config| ringpost::route::reload(&config).map(|()| config.routers.len()));
+        match result {
+            Ok(routers) => ringpost::log::event("reload", &[("routers", &routers)]),
+            Err(e) => ringpost::log::event("reload_failed", &[("error", &e), ("kept", &"previous routers")]),
+        }
+    }
+}
+
+/// How often the reload watcher looks at the SIGHUP flag.
+const RELOAD_POLL_MS: u64 = 200;
 
 fn queue(config: &ringpost::config::Config, command: QueueCommand) -> ExitCode {
     use ringpost::queue::tools;
@@ -99,8 +223,17 @@ fn queue(config: &ringpost::config::Config, command: QueueCommand) -> ExitCode {
     }
 }
 
-fn serve(config: ringpost::config::Config) -> ExitCode {
+fn serve(config: ringpost::config::Config, path: Option<PathBuf>, overrides: Vec<String>) -> ExitCode {
     ringpost::raise_fd_limit();
+    if let Err(e) = ringpost::route::reload(&config) {
+        eprintln!("ringpost: {e}");
+        return ExitCode::from(2);
+    }
+    let hangup = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone()) {
+        eprintln!("ringpost: cannot install SIGHUP handler: {e}");
+        return ExitCode::FAILURE;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // A second signal while draining exits at once.
@@ -110,6 +243,13 @@ fn serve(config: ringpost::config::Config) -> ExitCode {
             eprintln!("ringpost: cannot install signal handler: {e}");
             return ExitCode::FAILURE;
         }
+    }
+    {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || watch_reload(hangup, stop, path, overrides))
+            .expect("spawn the reload thread");
     }
     match ringpost::shard::run(Arc::new(config), stop) {
         Ok(()) => ExitCode::SUCCESS,

@@ -50,6 +50,10 @@ pub struct Config {
     pub queue: Queue,
     /// `[[transport]]` rules, first match wins. Default: none.
     pub transports: Vec<TransportRule>,
+    pub route: Route,
+    /// The `[[router]]` tables in order. Empty (the default): recipients are
+    /// classified by `domains.local` and the relay settings alone.
+    pub routers: Vec<Router>,
 }
 
 /// How a transport rule delivers.
@@ -312,6 +316,93 @@ pub struct Queue {
     pub max_age: Duration,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Rewrites (rewrite rules and virtual-table targets) one address may go
+    /// through before routing gives up with 550 5.4.6. Default 10.
+    pub max_rewrites: u32,
+    /// Nesting of alias expansions (aliases of aliases, `:include:`). Default 20.
+    pub max_alias_depth: u32,
+    /// Addresses one recipient may expand to (alias lists). Default 1000.
+    pub max_expansion: usize,
+    /// Characters that start a subaddress (`user+detail`), tried in order;
+    /// the first one present splits. Default `["+"]`; `[]` turns subaddressing off.
+    pub subaddress_separators: Vec<String>,
+    /// Route the MAIL FROM address in verify mode too; a reject becomes the
+    /// reply to MAIL. Default false.
+    pub verify_sender: bool,
+    /// How long lookup results from SQLite (and pooled) sources are cached. Default "60s".
+    pub cache_ttl: Duration,
+    /// Cached results per source. Default 10000.
+    pub cache_entries: usize,
+    /// SQLite lookups in flight at once (each on a blocking thread). Default 4.
+    pub sqlite_max_in_flight: usize,
+}
+
+/// The driver of a router: what it does with an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    Rewrite,
+    Aliases,
+    Virtual,
+    Mailertable,
+    LocalUsers,
+    Dnslookup,
+    Smarthost,
+}
+
+impl Driver {
+    pub const ALL: [Driver; 7] = [
+        Driver::Rewrite,
+        Driver::Aliases,
+        Driver::Virtual,
+        Driver::Mailertable,
+        Driver::LocalUsers,
+        Driver::Dnslookup,
+        Driver::Smarthost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Rewrite => "rewrite",
+            Driver::Aliases => "aliases",
+            Driver::Virtual => "virtual",
+            Driver::Mailertable => "mailertable",
+            Driver::LocalUsers => "local_users",
+            Driver::Dnslookup => "dnslookup",
+            Driver::Smarthost => "smarthost",
+        }
+    }
+}
+
+/// One `[[router]]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Router {
+    /// Name in logs and `ringpost route` output; unique.
+    pub name: String,
+    pub driver: Driver,
+    /// Only addresses in these domains (`"@local"` stands for `domains.local`,
+    /// `".example.org"` for every subdomain). Empty: any domain.
+    pub domains: Vec<String>,
+    /// Only these local parts (compared without subaddress). Empty: any.
+    pub local_parts: Vec<String>,
+    /// Only for these senders (`user@domain` or `@domain`). Empty: any.
+    pub senders: Vec<String>,
+    /// The table as a text file (cdb when the name ends in `.cdb`).
+    pub file: Option<PathBuf>,
+    /// The table as `sqlite:PATH`, `postgres:URL` or `ldap:URL`.
+    pub source: Option<String>,
+    /// The query of `source`; `?1` (SQL) or `%s` (LDAP) is the key.
+    pub query: Option<String>,
+    /// `rewrite`: regex → replacement rules, in order.
+    pub rules: Vec<(String, String)>,
+    /// `smarthost`: the next hop (`host:port`); default `delivery.smarthost`.
+    pub host: Option<String>,
+    /// Transport named in deliver outcomes. Default per driver: `local` for
+    /// local_users, `smtp` for dnslookup and smarthost.
+    pub transport: Option<String>,
+}
+
 /// Reads the configuration: the TOML file at `path` if given (otherwise every
 /// key takes its default), then each `--set key=value` override in order.
 /// Unknown keys, wrong types and invalid values are refused with the file,
@@ -413,6 +504,23 @@ impl Default for Config {
             tls: Tls::default(),
             queue: Queue::default(),
             transports: Vec::new(),
+            route: Route::default(),
+            routers: Vec::new(),
+        }
+    }
+}
+
+impl Default for Route {
+    fn default() -> Route {
+        Route {
+            max_rewrites: 10,
+            max_alias_depth: 20,
+            max_expansion: 1000,
+            subaddress_separators: vec!["+".to_string()],
+            verify_sender: false,
+            cache_ttl: Duration::from_secs(60),
+            cache_entries: 10_000,
+            sqlite_max_in_flight: 4,
         }
     }
 }

@@ -152,5 +152,45 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
             writeln!(out, "maildir = {}", quoted(maildir))?;
         }
     }
+
+    let r = &c.route;
+    writeln!(out, "\n[route]")?;
+    writeln!(out, "max_rewrites = {}", r.max_rewrites)?;
+    writeln!(out, "max_alias_depth = {}", r.max_alias_depth)?;
+    writeln!(out, "max_expansion = {}", r.max_expansion)?;
+    writeln!(out, "subaddress_separators = {}", string_array(&r.subaddress_separators))?;
+    writeln!(out, "verify_sender = {}", r.verify_sender)?;
+    writeln!(out, "cache_ttl = {}", quoted(&r.cache_ttl.to_string()))?;
+    writeln!(out, "cache_entries = {}", r.cache_entries)?;
+    writeln!(out, "sqlite_max_in_flight = {}", r.sqlite_max_in_flight)?;
+
+    if c.routers.is_empty() {
+        writeln!(out, "\n# no [[router]]: recipients are classified by domains.local and [relay]")?;
+    }
+    for router in &c.routers {
+        writeln!(out, "\n[[router]]")?;
+        writeln!(out, "name = {}", quoted(&router.name))?;
+        writeln!(out, "driver = {}", quoted(router.driver.as_str()))?;
+        for (key, list) in [("domains", &router.domains), ("local_parts", &router.local_parts), ("senders", &router.senders)] {
+            if !list.is_empty() {
+                writeln!(out, "{key} = {}", string_array(list))?;
+            }
+        }
+        if let Some(file) = &router.file {
+            writeln!(out, "file = {}", quoted(&file.to_string_lossy()))?;
+        }
+        for (key, value) in [("source", &router.source), ("query", &router.query), ("host", &router.host), ("transport", &router.transport)] {
+            if let Some(value) = value {
+                writeln!(out, "{key} = {}", quoted(value))?;
+            }
+        }
+        if !router.rules.is_empty() {
+            writeln!(out, "rules = [")?;
+            for (pattern, replacement) in &router.rules {
+                writeln!(out, "  [{}, {}],", quoted(pattern), quoted(replacement))?;
+            }
+            writeln!(out, "]")?;
+        }
+    }
     Ok(())
 }

@@ -17,6 +17,7 @@ use super::{
     BareLf, Cidr, Config, Delivery, Dns, Domains, Duration, Local, Queue, Relay, Server, Smtp, Tls, TlsPolicy,
     TransportKind, TransportRule,
 };
+use super::{Driver, Route, Router};
 
 /// Most shards a configuration may ask for; far above any core count we run
 /// on, low enough that a typing slip does not start a million threads.
@@ -29,7 +30,24 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 /// Longest commit delay: 100 ms.
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
-const ROOT_KEYS: &[&str] = &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport"];
+const ROOT_KEYS: &[&str] =
+    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router"];
+pub(super) const ROUTE_KEYS: &[&str] = &[
+    "max_rewrites",
+    "max_alias_depth",
+    "max_expansion",
+    "subaddress_separators",
+    "verify_sender",
+    "cache_ttl",
+    "cache_entries",
+    "sqlite_max_in_flight",
+];
+pub(super) const ROUTER_KEYS: &[&str] =
+    &["name", "driver", "domains", "local_parts", "senders", "file", "source", "query", "rules", "host", "transport"];
+/// Most routers in one configuration.
+const ROUTERS_MAX: usize = 256;
+/// Most inline rewrite rules (a longer list belongs in a file).
+const RULES_INLINE_MAX: usize = 10_000;
 pub(super) const SERVER_KEYS: &[&str] =
     &["hostname", "listen", "shards", "pin", "max_sessions_per_shard", "drain_timeout"];
 pub(super) const SMTP_KEYS: &[&str] = &[
@@ -264,6 +282,11 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
             None => defaults.transports,
             Some(entry) => read_transports(&entry.node)?,
         },
+        route: read_route(&Section::open(root, "route", ROUTE_KEYS)?, defaults.route)?,
+        routers: match root.get("router") {
+            None => defaults.routers,
+            Some(entry) => read_routers(&entry.node)?,
+        },
     })
 }
 
@@ -358,6 +381,143 @@ fn read_transports(node: &Node) -> Result<Vec<TransportRule>> {
         });
     }
     Ok(rules)
+}
+
+fn read_route(section: &Section<'_>, d: Route) -> Result<Route> {
+    Ok(Route {
+        max_rewrites: section.read("max_rewrites", d.max_rewrites, |node, key| {
+            let value: u32 = integer(node, key)?;
+            ensure(value <= 1000, node, key, "at most 1000")?;
+            Ok(value)
+        })?,
+        max_alias_depth: section.read("max_alias_depth", d.max_alias_depth, |node, key| {
+            let value: u32 = positive(node, key)?;
+            ensure(value <= 100, node, key, "at most 100")?;
+            Ok(value)
+        })?,
+        max_expansion: section.read("max_expansion", d.max_expansion, |node, key| {
+            let value: usize = positive(node, key)?;
+            ensure(value <= 100_000, node, key, "at most 100000")?;
+            Ok(value)
+        })?,
+        subaddress_separators: section.read("subaddress_separators", d.subaddress_separators, |node, key| {
+            array(node, key, |node, key| {
+                let text = string(node, key)?;
+                let ok = text.chars().count() == 1 && !text.contains(['@', '"', '\\']) && !text.chars().any(char::is_whitespace);
+                ensure(ok, node, key, "a separator is one character other than @, \", \\ and space")?;
+                Ok(text)
+            })
+        })?,
+        verify_sender: section.read("verify_sender", d.verify_sender, boolean)?,
+        cache_ttl: section.read("cache_ttl", d.cache_ttl, duration)?,
+        cache_entries: section.read("cache_entries", d.cache_entries, positive)?,
+        sqlite_max_in_flight: section.read("sqlite_max_in_flight", d.sqlite_max_in_flight, |node, key| {
+            let value: usize = positive(node, key)?;
+            ensure(value <= 256, node, key, "at most 256")?;
+            Ok(value)
+        })?,
+    })
+}
+
+fn read_routers(node: &Node) -> Result<Vec<Router>> {
+    let Value::Array(elements) = &node.value else {
+        return Err(wrong_type(node, "router", "an array of tables ([[router]])", &node.value));
+    };
+    ensure(elements.len() <= ROUTERS_MAX, node, "router", &format!("at most {ROUTERS_MAX} routers"))?;
+    let mut routers: Vec<Router> = Vec::with_capacity(elements.len());
+    for (index, element) in elements.iter().enumerate() {
+        let prefix = format!("router[{index}]");
+        let Value::Table(table) = &element.value else {
+            return Err(wrong_type(element, &prefix, "a table", &element.value));
+        };
+        refuse_unknown_keys(table, &prefix, ROUTER_KEYS)?;
+        let get = |key: &str| table.get(key).map(|entry| &entry.node);
+        let key_of = |key: &str| format!("{prefix}.{key}");
+        let name = match get("name") {
+            Some(node) => {
+                let name = string(node, &key_of("name"))?;
+                let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                ensure(ok, node, &key_of("name"), "letters, digits, _ - . only")?;
+                ensure(!routers.iter().any(|r| r.name == name), node, &key_of("name"), "a router of this name is defined above")?;
+                name
+            }
+            None => return Err(invalid(element, &prefix, "a router needs a name")),
+        };
+        let driver = match get("driver") {
+            Some(node) => {
+                let text = string(node, &key_of("driver"))?;
+                match Driver::ALL.iter().find(|d| d.as_str() == text) {
+                    Some(driver) => *driver,
+                    None => {
+                        let known: Vec<&str> = Driver::ALL.iter().map(|d| d.as_str()).collect();
+                        return Err(invalid(node, &key_of("driver"), format!("unknown driver {text:?}; one of {}", known.join(", "))));
+                    }
+                }
+            }
+            None => return Err(invalid(element, &prefix, "a router needs a driver")),
+        };
+        let opt_string = |key: &str| get(key).map(|node| string(node, &key_of(key))).transpose();
+        let list = |key: &str| -> Result<Vec<String>> {
+            get(key).map(|node| array(node, &key_of(key), |n, k| Ok(string(n, k)?.to_ascii_lowercase()))).transpose().map(Option::unwrap_or_default)
+        };
+        let file = get("file").map(|node| path(node, &key_of("file"))).transpose()?;
+        let source = opt_string("source")?;
+        let query = opt_string("query")?;
+        if let (Some(node), Some(text)) = (get("source"), &source) {
+            let known = ["sqlite:", "postgres:", "postgresql:", "ldap:", "ldaps:"];
+            ensure(known.iter().any(|p| text.starts_with(p)), node, &key_of("source"), "expected sqlite:PATH, postgres:URL or ldap:URL")?;
+            ensure(query.is_some(), node, &key_of("source"), "a source needs a query")?;
+            ensure(file.is_none(), node, &key_of("source"), "give file or source, not both")?;
+        }
+        let rules = match get("rules") {
+            None => Vec::new(),
+            Some(node) => {
+                let rules = array(node, &key_of("rules"), |n, k| {
+                    let pair = array(n, k, string)?;
+                    ensure(pair.len() == 2, n, k, "a rule is [\"REGEX\", \"REPLACEMENT\"]")?;
+                    if let Err(e) = regex::Regex::new(&pair[0]) {
+                        return Err(invalid(n, k, format!("bad regex: {}", e.to_string().replace('\n', " "))));
+                    }
+                    Ok((pair[0].clone(), pair[1].clone()))
+                })?;
+                ensure(rules.len() <= RULES_INLINE_MAX, node, &key_of("rules"), "too many inline rules; use file")?;
+                rules
+            }
+        };
+        let host = match get("host") {
+            None => None,
+            Some(node) => {
+                let text = string(node, &key_of("host"))?;
+                check_smarthost(&text).map_err(|reason| invalid(node, &key_of("host"), reason))?;
+                Some(text)
+            }
+        };
+        let transport = opt_string("transport")?;
+        let needs_table = matches!(driver, Driver::Aliases | Driver::Virtual | Driver::Mailertable);
+        if needs_table && file.is_none() && source.is_none() {
+            return Err(invalid(element, &prefix, format!("driver {} needs file or source", driver.as_str())));
+        }
+        if driver == Driver::Rewrite && rules.is_empty() && file.is_none() {
+            return Err(invalid(element, &prefix, "driver rewrite needs rules or file"));
+        }
+        if driver == Driver::Rewrite && source.is_some() {
+            return Err(invalid(element, &prefix, "driver rewrite reads rules, not a source"));
+        }
+        routers.push(Router {
+            name,
+            driver,
+            domains: list("domains")?,
+            local_parts: list("local_parts")?,
+            senders: list("senders")?,
+            file,
+            source,
+            query,
+            rules,
+            host,
+            transport,
+        });
+    }
+    Ok(routers)
 }
 
 fn read_server(section: &Section<'_>, d: Server) -> Result<Server> {

@@ -311,7 +311,7 @@ fn docs_example_loads_and_docs_list_every_key() {
     }
 }
 
-fn all_keys() -> [(&'static str, &'static [&'static str]); 9] {
+fn all_keys() -> [(&'static str, &'static [&'static str]); 10] {
     [
         ("server", read::SERVER_KEYS),
         ("smtp", read::SMTP_KEYS),
@@ -322,6 +322,7 @@ fn all_keys() -> [(&'static str, &'static [&'static str]); 9] {
         ("tls", read::TLS_KEYS),
         ("delivery", read::DELIVERY_KEYS),
         ("queue", read::QUEUE_KEYS),
+        ("route", read::ROUTE_KEYS),
     ]
 }
 
@@ -610,4 +611,60 @@ fn transport_rule_errors_name_the_line() {
         .contains("must be absolute"));
     assert!(error_of("[[transport]]\ndomains = [\"a.test\"]\ntransport = \"smtp\"\ncolour = 1\n")
         .contains("unknown key transport[0].colour"));
+}
+
+// ---- [route] and [[router]] ----
+
+#[test]
+fn routers_load_print_back_and_refuse_mistakes() {
+    let text = r#"
+[route]
+max_rewrites = 5
+subaddress_separators = ["+", "-"]
+verify_sender = true
+
+[[router]]
+name = "rewrite"
+driver = "rewrite"
+rules = [["^(.*)@old\\.example$", "$1@example.org"]]
+
+[[router]]
+name = "virtual"
+driver = "virtual"
+file = "/etc/mail/virtusertable.cdb"
+domains = ["Example.com", ".example.net", "@local"]
+
+[[router]]
+name = "users"
+driver = "local_users"
+source = "sqlite:/var/lib/users.db"
+query = "SELECT details FROM users WHERE name = ?1"
+
+[[router]]
+name = "out"
+driver = "smarthost"
+host = "relay.example:2525"
+senders = ["@example.org"]
+"#;
+    let config = load_text(text).expect("loads");
+    assert_eq!(config.route.max_rewrites, 5);
+    assert_eq!(config.route.subaddress_separators, vec!["+", "-"]);
+    assert_eq!(config.routers.len(), 4);
+    assert_eq!(config.routers[1].domains, vec!["example.com", ".example.net", "@local"]);
+    assert_eq!(config.routers[0].rules, vec![("^(.*)@old\\.example$".to_string(), "$1@example.org".to_string())]);
+    let printed = config.to_toml();
+    assert_eq!(load_text(&printed).expect("printed loads"), config);
+
+    let error = error_of("[[router]]\nname = \"a\"\ndriver = \"teleport\"\n");
+    assert!(error.contains(":3:10: router[0].driver: unknown driver \"teleport\""), "{error}");
+    let error = error_of("[[router]]\nname = \"a\"\ndriver = \"virtual\"\n");
+    assert!(error.contains("router[0]: driver virtual needs file or source"), "{error}");
+    let error = error_of("[[router]]\nname = \"a\"\ndriver = \"rewrite\"\nrules = [[\"(\", \"x\"]]\n");
+    assert!(error.contains(":4:10: router[0].rules[0]: bad regex"), "{error}");
+    let error = error_of("[[router]]\nname = \"a\"\ndriver = \"dnslookup\"\n[[router]]\nname = \"a\"\ndriver = \"dnslookup\"\n");
+    assert!(error.contains(":5:8: router[1].name: a router of this name is defined above"), "{error}");
+    let error = error_of("[[router]]\nname = \"a\"\ndriver = \"dnslookup\"\ncolour = 1\n");
+    assert!(error.contains(":4:1: unknown key router[0].colour"), "{error}");
+    let error = error_of("[route]\nsubaddress_separators = [\"@\"]\n");
+    assert!(error.contains(":2:26: route.subaddress_separators[0]"), "{error}");
 }

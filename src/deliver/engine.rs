@@ -56,6 +56,11 @@ enum Path {
     Pipe { rule: usize },
 }
 
+/// The domain of an address as stored ("" for a bare local part).
+fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+}
+
 /// The same temporary failure for `count` recipients.
 fn transient_all(count: usize, class: u8, subject: u16, detail: u16, text: &str) -> Vec<RcptOutcome> {
     let reply = crate::smtp::reply::Reply::new(451, crate::smtp::reply::Enhanced(class, subject, detail), text);
@@ -243,12 +248,25 @@ impl Delivery {
         let Some(mut env) = self.envelopes.borrow().get(id).cloned() else { return };
         env.attempt_count += 1;
         let mut groups: std::collections::BTreeMap<Path, Vec<usize>> = std::collections::BTreeMap::new();
+        let routing = crate::route::current_with_routers();
+        let mut routed = Vec::new();
         for (i, r) in env.recipients.iter().enumerate() {
             if r.state == RcptState::Pending {
-                groups.entry(self.path_of(&r.address)).or_default().push(i);
+                // With [[router]] tables the routers decide, as at RCPT;
+                // transport rules still apply to what they send by SMTP.
+                if routing.is_some() && self.config.transport_for(domain_of(&r.address)).is_none() {
+                    routed.push(i);
+                } else {
+                    groups.entry(self.path_of(&r.address)).or_default().push(i);
+                }
             }
         }
         let mut results: Vec<(usize, RcptOutcome, String)> = Vec::new();
+        if let Some(engine) = &routing {
+            for i in routed {
+                results.push((i, self.deliver_routed(engine, &env, i).await, "routed".to_string()));
+            }
+        }
         let out = Outbound {
             config: &self.config,
             resolver: &self.resolver,
@@ -260,7 +278,7 @@ impl Delivery {
             match path {
                 Path::Maildir(template) => {
                     for &i in indexes {
-                        results.push((i, self.deliver_local(&env, i, template).await, "local".to_string()));
+                        results.push((i, self.deliver_local(&env, i, template, None).await, "local".to_string()));
                     }
                 }
                 Path::Smtp { destination, rule } => {
@@ -381,9 +399,67 @@ impl Delivery {
         }
     }
 
-    async fn deliver_local(&self, env: &Envelope, index: usize, template: &str) -> RcptOutcome {
+    /// Delivers recipient `index` where the routers send it: each local
+    /// final address to its Maildir, each SMTP delivery to its next hop
+    /// (or the smarthost, or the MX hosts of the final address's domain).
+    /// All must succeed for the recipient to count as delivered.
+    async fn deliver_routed(&self, engine: &crate::route::Engine, env: &Envelope, index: usize) -> RcptOutcome {
+        use crate::route::{Decision, Mode};
         use crate::smtp::reply::{Enhanced, Reply};
-        let address = env.recipients[index].address.clone();
+        let routed = engine.route(&env.recipients[index].address, &env.sender, Mode::Deliver).await;
+        let deliveries = match routed.decision {
+            Decision::Reject(reply) => return RcptOutcome::Permanent(reply),
+            Decision::Defer(reply) => return RcptOutcome::Transient(reply),
+            Decision::Discard => return RcptOutcome::Delivered(Reply::new(250, Enhanced(2, 0, 0), "discarded by routing")),
+            Decision::Deliver { deliveries, .. } => deliveries,
+        };
+        let out = Outbound {
+            config: &self.config,
+            resolver: &self.resolver,
+            connections: &self.connections,
+            tls_client: &self.tls_client,
+        };
+        let policy = outbound::Policy {
+            tls: self.config.delivery.tls,
+            max_connections: self.config.delivery.max_connections_per_destination,
+        };
+        let mut replies = Vec::new();
+        for delivery in deliveries {
+            let outcome = match (delivery.transport.as_str(), &delivery.next_hop) {
+                ("local", _) => {
+                    self.deliver_local(env, index, &self.config.local.maildir, Some(&delivery.address)).await
+                }
+                ("pipe" | "file", _) => RcptOutcome::Permanent(Reply::new(
+                    550,
+                    Enhanced(5, 3, 5),
+                    format!("{} deliveries from aliases are not supported; use a [[transport]] pipe rule", delivery.transport),
+                )),
+                (_, hop) => {
+                    let destination = match hop {
+                        Some(hop) => Destination::Smarthost(crate::route::socket_host(hop)),
+                        None => Destination::of(&self.config, &delivery.address),
+                    };
+                    let mut one = env.clone();
+                    one.recipients[index].address = delivery.address.clone();
+                    let body = self.queue.body_path(&env.id);
+                    let delivered = outbound::deliver(&out, &destination, policy, &body, &one, &[index]).await;
+                    delivered.outcomes.into_iter().next().unwrap_or_else(|| {
+                        RcptOutcome::Transient(Reply::new(451, Enhanced(4, 3, 0), "no outcome from outbound delivery"))
+                    })
+                }
+            };
+            match outcome {
+                RcptOutcome::Delivered(reply) => replies.push(reply),
+                other => return other,
+            }
+        }
+        let reply = replies.pop().unwrap_or_else(|| Reply::new(250, Enhanced(2, 0, 0), "delivered"));
+        RcptOutcome::Delivered(reply)
+    }
+
+    async fn deliver_local(&self, env: &Envelope, index: usize, template: &str, routed: Option<&str>) -> RcptOutcome {
+        use crate::smtp::reply::{Enhanced, Reply};
+        let address = routed.map_or_else(|| env.recipients[index].address.clone(), str::to_string);
         let user = address.rsplit_once('@').map(|(l, _)| l).unwrap_or(&address).to_string();
         let path = match maildir::expand_template(template, &user) {
             Ok(p) => p,

@@ -116,6 +116,9 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
     let mut buf = vec![0u8; READ_BYTES];
     let mut messages_accepted: u32 = 0;
     let mut close_reason = "quit";
+    // The routers this session decides with; a SIGHUP reaches new sessions.
+    let routing = crate::route::current_with_routers();
+    let mut sender = String::new();
     loop {
         if expected.is_some() && !machine.in_transaction() {
             expected = None;
@@ -153,12 +156,19 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
             Event::Helo { name, esmtp } => {
                 log::event("helo", &[("client", &peer), ("helo", &name), ("esmtp", &esmtp)]);
             }
-            Event::Mail { .. } => {
-                machine.decide(Reply::new(250, Enhanced(2, 1, 0), "Sender ok"));
-                expected = Some(shard.queue.expect_record());
+            Event::Mail { reverse_path, .. } => {
+                let reply = policy::check_mail(routing.as_deref(), &reverse_path).await;
+                sender = match &reverse_path {
+                    crate::smtp::address::ReversePath::Path(a) => a.to_string(),
+                    crate::smtp::address::ReversePath::Null => String::new(),
+                };
+                if reply.is_positive() {
+                    expected = Some(shard.queue.expect_record());
+                }
+                machine.decide(reply);
             }
             Event::Rcpt { forward_path, .. } => {
-                let reply = policy::check_rcpt(&shard.config, peer.ip(), &forward_path);
+                let reply = policy::check_rcpt(&shard.config, routing.as_deref(), peer.ip(), &forward_path, &sender).await;
                 if !reply.is_positive() {
                     log::event(
                         "rcpt_refused",
