@@ -175,3 +175,21 @@ def test_connections_are_reused_per_destination(ringpost, smtp_sink, unbound, po
     # Less the fixture's own probe of the port (a session of no commands).
     connects = log.count("]: connect from") - log.count("commands=0/0")
     assert connects == 1, f"{connects} connections for {count} messages:\n{log}"
+
+
+def test_a_restart_loses_no_schedule(ringpost, smtp_sink, unbound, postfix):
+    rp, sink, downstream = start_all(ringpost, smtp_sink, unbound, postfix, access=[
+        "later@multi.test 451 4.2.0 try again later",
+    ], settings={"delivery.connection_reuse_time": '"0s"'})
+    send(rp, "sender@localhost", ["later@multi.test", "now@multi.test"], "restart")
+    wait_for(lambda: "status=deferred" in rp.log_text(), what="the deferral")
+    wait_for(lambda: sink_rcpts(sink, "restart"), what="the first recipient's delivery")
+    assert rp.stop() == 0
+    downstream.set_access([])
+    again = ringpost({k: v for k, v in rp.settings.items() if k != "server.listen"}, workdir=rp.workdir)
+    # The retry comes from the recovered retry log, for the pending
+    # recipient only: "now" is not delivered twice.
+    wait_for(lambda: len(sink_rcpts(sink, "restart")) == 2, timeout_s=30, what="the retry after the restart")
+    assert sorted(r for rcpts in sink_rcpts(sink, "restart") for r in rcpts) == [
+        "<later@multi.test>", "<now@multi.test>"]
+    wait_for(lambda: again.queue_live() == 0, what="the queue to empty")
