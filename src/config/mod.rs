@@ -283,6 +283,9 @@ pub struct Delivery {
     pub max_transactions_per_connection: u32,
     /// STARTTLS toward next hops. Default "may".
     pub tls: TlsPolicy,
+    /// Early delivery: after the final dot, try the next hop for up to this
+    /// many milliseconds before committing the message. Default 0 (off).
+    pub early_ms: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -590,6 +593,7 @@ impl Default for Delivery {
             connection_reuse_time: Duration::from_secs(5),
             max_transactions_per_connection: 100,
             tls: TlsPolicy::May,
+            early_ms: 0,
         }
     }
 }

@@ -90,6 +90,7 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "connection_reuse_time = {}", quoted(&d.connection_reuse_time.to_string()))?;
     writeln!(out, "max_transactions_per_connection = {}", d.max_transactions_per_connection)?;
     writeln!(out, "tls = {}", quoted(d.tls.as_str()))?;
+    writeln!(out, "early_ms = {}", d.early_ms)?;
 
     writeln!(out, "\n[tls]")?;
     let unset = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());

@@ -74,7 +74,10 @@ pub(super) const DELIVERY_KEYS: &[&str] = &[
     "connection_reuse_time",
     "max_transactions_per_connection",
     "tls",
+    "early_ms",
 ];
+/// Longest early delivery: a client waits this long for its reply.
+const EARLY_MS_MAX: u32 = 60_000;
 pub(super) const TLS_KEYS: &[&str] = &["cert", "key"];
 pub(super) const TRANSPORT_KEYS: &[&str] =
     &["domains", "transport", "nexthop", "tls", "max_connections", "command", "user", "group", "timeout", "maildir"];
@@ -602,6 +605,11 @@ fn read_delivery(section: &Section<'_>, d: Delivery) -> Result<Delivery> {
         )?,
         tls: section.read("tls", d.tls, |node, key| {
             TlsPolicy::from_str(&string(node, key)?).map_err(|reason| invalid(node, key, reason))
+        })?,
+        early_ms: section.read("early_ms", d.early_ms, |node, key| {
+            let value: u32 = integer(node, key)?;
+            ensure(value <= EARLY_MS_MAX, node, key, &format!("at most {EARLY_MS_MAX}"))?;
+            Ok(value)
         })?,
     })
 }

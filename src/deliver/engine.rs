@@ -247,6 +247,36 @@ impl Delivery {
     async fn attempt(&self, id: &str) {
         let Some(mut env) = self.envelopes.borrow().get(id).cloned() else { return };
         env.attempt_count += 1;
+        let results = self.deliver_pending(&env).await;
+        self.record(&mut env, results, false);
+        self.finish(env).await;
+    }
+
+    /// Early delivery (`delivery.early_ms`): before `env` is committed, tries
+    /// its recipients for up to that long. Only when every recipient goes
+    /// out by SMTP (no Maildir, LMTP, pipe or routers, whose deliveries are
+    /// their own kind of commit). Returns how many recipients are now
+    /// delivered (their states set in `env`), or None when nothing was tried
+    /// or the time ran out before the outcome was known.
+    pub async fn deliver_early(&self, env: &mut Envelope) -> Option<usize> {
+        let early = Duration::from_millis(u64::from(self.config.delivery.early_ms));
+        if early.is_zero() || crate::route::current_with_routers().is_some() {
+            return None;
+        }
+        if env.recipients.iter().any(|r| !matches!(self.path_of(&r.address), Path::Smtp { .. })) {
+            return None;
+        }
+        let attempt = self.deliver_pending(env);
+        let results = glommio::timer::timeout(early, async { Ok(attempt.await) }).await.ok()?;
+        // attempt_count stays 0: the envelope goes into the head log as a
+        // new one, with the early deliveries among its recipients' states.
+        Some(self.record(env, results, true))
+    }
+
+    /// One delivery attempt for every pending recipient of `env`: each
+    /// recipient's outcome and where it went.
+    async fn deliver_pending(&self, env: &Envelope) -> Vec<(usize, RcptOutcome, String)> {
+        let id = env.id.as_str();
         let mut groups: std::collections::BTreeMap<Path, Vec<usize>> = std::collections::BTreeMap::new();
         let routing = crate::route::current_with_routers();
         let mut routed = Vec::new();
@@ -339,7 +369,18 @@ impl Delivery {
                 }
             }
         }
+        results
+    }
+
+    /// Applies outcomes to `env` and logs them. Early: only deliveries
+    /// count (a refusal is left pending, for the normal attempt to meet
+    /// again and report). Returns the number delivered.
+    fn record(&self, env: &mut Envelope, results: Vec<(usize, RcptOutcome, String)>, early: bool) -> usize {
+        let mut delivered = 0;
         for (i, outcome, relay) in results {
+            if early && !matches!(outcome, RcptOutcome::Delivered(_)) {
+                continue;
+            }
             let r = &mut env.recipients[i];
             let (state, reply) = match &outcome {
                 RcptOutcome::Delivered(reply) => (RcptState::Delivered, reply.summary()),
@@ -349,7 +390,10 @@ impl Delivery {
             r.state = state;
             r.last_reply = reply;
             let status = match state {
-                RcptState::Delivered => "delivered",
+                RcptState::Delivered => {
+                    delivered += 1;
+                    if early { "delivered_early" } else { "delivered" }
+                }
                 RcptState::Pending => "deferred",
                 RcptState::Failed => "failed",
             };
@@ -367,7 +411,7 @@ impl Delivery {
                 ],
             );
         }
-        self.finish(env).await;
+        delivered
     }
 
     /// How a recipient is delivered: the first `[[transport]]` rule for

@@ -350,7 +350,7 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
     if let Some(e) = m.error {
         return e.reply();
     }
-    let (Some(writer), Some(txn)) = (m.writer, machine.transaction()) else {
+    let (Some(mut writer), Some(txn)) = (m.writer, machine.transaction()) else {
         return QueueError::Io(std::io::Error::other("transaction lost")).reply();
     };
     let now_ms = crate::queue::unix_now_ms();
@@ -376,6 +376,38 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
         body: Body::Inline(Default::default()),
     };
     let id = env.id.clone();
+    let mut env = env;
+    if shard.config.delivery.early_ms > 0 {
+        match writer.body_before_commit().await {
+            Ok(body) => {
+                env.body = body;
+                env.size_bytes = writer.size_bytes();
+                if let Some(delivered) = shard.delivery.deliver_early(&mut env).await {
+                    if delivered == env.recipients.len() {
+                        // The next hop has it: nothing to keep, no flush.
+                        writer.abort().await;
+                        let to: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+                        log::event(
+                            "relayed_early",
+                            &[
+                                ("id", &env.id),
+                                ("client", &peer),
+                                ("from", &format!("<{}>", env.sender)),
+                                ("to", &to.join(",")),
+                                ("size", &env.size_bytes),
+                            ],
+                        );
+                        return Reply::new(250, Enhanced(2, 0, 0), format!("Ok: delivered as {}", env.id));
+                    }
+                }
+            }
+            Err(e) => {
+                log::event("queue_error", &[("id", &id), ("client", &peer), ("error", &e)]);
+                writer.abort().await;
+                return e.reply();
+            }
+        }
+    }
     match writer.commit(&shard.queue, env).await {
         Ok(env) => {
             let to: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();

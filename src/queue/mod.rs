@@ -967,6 +967,18 @@ impl MessageWriter {
         }
     }
 
+    /// The content so far as a `Body`, for delivery before the commit
+    /// (early delivery): the inline bytes, or the body file with its
+    /// buffer written out (not yet flushed to stable storage).
+    pub async fn body_before_commit(&mut self) -> Result<Body, QueueError> {
+        if self.file.is_some() {
+            self.flush_buffer().await?;
+            Ok(Body::File { size_bytes: self.size_bytes, checksum: self.checksum })
+        } else {
+            Ok(Body::Inline(std::sync::Arc::from(self.inline.as_slice())))
+        }
+    }
+
     /// Drops a message that will not be acknowledged.
     pub async fn abort(mut self) {
         self.discard().await;
