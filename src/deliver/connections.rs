@@ -142,6 +142,10 @@ impl Connections {
             .await
             .map_err(|e| std::io::Error::other(format!("connection slots closed: {e}")))?;
         let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(std::io::Error::from)?;
+        // Commands, content and the final dot go out in several writes and
+        // the reply is awaited after the last: Nagle's algorithm would hold
+        // that last small write for the peer's delayed ACK (about 40 ms).
+        stream.set_nodelay(true).map_err(std::io::Error::from)?;
         self.opened.set(self.opened.get() + 1);
         Ok((stream, slot))
     }
