@@ -67,7 +67,7 @@ fn main() {
     let handle = glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
             let started = Instant::now();
-            let (queue, live) = Queue::open(&spool, 0, params()).await.expect("spool opens");
+            let (queue, _fresh) = Queue::open(&spool, 0, params()).await.expect("spool opens");
             let opened = started.elapsed();
             if mode == "scan" {
                 let bytes: u64 = std::fs::read_dir(spool.join("shard-0"))
@@ -78,7 +78,7 @@ fn main() {
                     .sum();
                 println!(
                     "{{\"envelopes\": {}, \"seconds\": {:.3}, \"segment_bytes\": {}}}",
-                    live.len(),
+                    queue.live_count(),
                     opened.as_secs_f64(),
                     bytes
                 );
