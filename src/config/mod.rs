@@ -51,6 +51,8 @@ pub struct Config {
     /// `[[transport]]` rules, first match wins. Default: none.
     pub transports: Vec<TransportRule>,
     pub route: Route,
+    /// `[pool.<name>]` limits for network lookup sources, by name.
+    pub pools: Vec<(String, crate::pool::PoolParams)>,
     /// The `[[router]]` tables in order. Empty (the default): recipients are
     /// classified by `domains.local` and the relay settings alone.
     pub routers: Vec<Router>,
@@ -404,6 +406,9 @@ pub struct Router {
     /// Transport named in deliver outcomes. Default per driver: `local` for
     /// local_users, `smtp` for dnslookup and smarthost.
     pub transport: Option<String>,
+    /// `postgres:` and `ldap:` sources: the `[pool.<name>]` limits to use.
+    /// Default: the defaults of `crate::pool::PoolParams`.
+    pub pool: Option<String>,
 }
 
 /// Reads the configuration: the TOML file at `path` if given (otherwise every
@@ -507,6 +512,7 @@ impl Default for Config {
             tls: Tls::default(),
             queue: Queue::default(),
             transports: Vec::new(),
+            pools: Vec::new(),
             route: Route::default(),
             routers: Vec::new(),
         }

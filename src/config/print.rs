@@ -165,6 +165,13 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "cache_entries = {}", r.cache_entries)?;
     writeln!(out, "sqlite_max_in_flight = {}", r.sqlite_max_in_flight)?;
 
+    for (name, pool) in &c.pools {
+        writeln!(out, "\n[pool.{name}]")?;
+        writeln!(out, "max_connections = {}", pool.max_connections)?;
+        writeln!(out, "queue_max = {}", pool.queue_max)?;
+        writeln!(out, "timeout = {}", quoted(&super::Duration(pool.timeout).to_string()))?;
+    }
+
     if c.routers.is_empty() {
         writeln!(out, "\n# no [[router]]: recipients are classified by domains.local and [relay]")?;
     }
@@ -180,7 +187,7 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         if let Some(file) = &router.file {
             writeln!(out, "file = {}", quoted(&file.to_string_lossy()))?;
         }
-        for (key, value) in [("source", &router.source), ("query", &router.query), ("host", &router.host), ("transport", &router.transport)] {
+        for (key, value) in [("source", &router.source), ("query", &router.query), ("host", &router.host), ("transport", &router.transport), ("pool", &router.pool)] {
             if let Some(value) = value {
                 writeln!(out, "{key} = {}", quoted(value))?;
             }

@@ -31,7 +31,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
 const ROOT_KEYS: &[&str] =
-    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router"];
+    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool"];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
     "max_alias_depth",
@@ -43,7 +43,8 @@ pub(super) const ROUTE_KEYS: &[&str] = &[
     "sqlite_max_in_flight",
 ];
 pub(super) const ROUTER_KEYS: &[&str] =
-    &["name", "driver", "domains", "local_parts", "senders", "file", "source", "query", "rules", "host", "transport"];
+    &["name", "driver", "domains", "local_parts", "senders", "file", "source", "query", "rules", "host", "transport", "pool"];
+pub(super) const POOL_KEYS: &[&str] = &["max_connections", "queue_max", "timeout"];
 /// Most routers in one configuration.
 const ROUTERS_MAX: usize = 256;
 /// Most inline rewrite rules (a longer list belongs in a file).
@@ -290,6 +291,10 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
             None => defaults.routers,
             Some(entry) => read_routers(&entry.node)?,
         },
+        pools: match root.get("pool") {
+            None => defaults.pools,
+            Some(entry) => read_pools(&entry.node)?,
+        },
     })
 }
 
@@ -496,6 +501,7 @@ fn read_routers(node: &Node) -> Result<Vec<Router>> {
             }
         };
         let transport = opt_string("transport")?;
+        let pool = opt_string("pool")?;
         let needs_table = matches!(driver, Driver::Aliases | Driver::Virtual | Driver::Mailertable);
         if needs_table && file.is_none() && source.is_none() {
             return Err(invalid(element, &prefix, format!("driver {} needs file or source", driver.as_str())));
@@ -518,9 +524,51 @@ fn read_routers(node: &Node) -> Result<Vec<Router>> {
             rules,
             host,
             transport,
+            pool,
         });
     }
     Ok(routers)
+}
+
+/// `[pool.<name>]` tables.
+fn read_pools(node: &Node) -> Result<Vec<(String, crate::pool::PoolParams)>> {
+    let Value::Table(table) = &node.value else {
+        return Err(wrong_type(node, "pool", "a table of [pool.<name>] tables", &node.value));
+    };
+    let mut pools = Vec::new();
+    for entry in &table.entries {
+        let name = format!("pool.{}", entry.key);
+        let Value::Table(inner) = &entry.node.value else {
+            return Err(wrong_type(&entry.node, &name, "a table", &entry.node.value));
+        };
+        refuse_unknown_keys(inner, &name, POOL_KEYS)?;
+        let d = crate::pool::PoolParams::default();
+        let get = |key: &str| inner.get(key).map(|e| (&e.node, format!("{name}.{key}")));
+        let max_connections = match get("max_connections") {
+            None => d.max_connections,
+            Some((node, key)) => {
+                let value: usize = positive(node, &key)?;
+                let max = crate::pool::MAX_CONNECTIONS_MAX;
+                ensure(value <= max, node, &key, &format!("at most {max}"))?;
+                value
+            }
+        };
+        let queue_max = match get("queue_max") {
+            None => d.queue_max,
+            Some((node, key)) => {
+                let value: usize = integer(node, &key)?;
+                let max = crate::pool::QUEUE_MAX_MAX;
+                ensure(value <= max, node, &key, &format!("at most {max}"))?;
+                value
+            }
+        };
+        let timeout = match get("timeout") {
+            None => d.timeout,
+            Some((node, key)) => duration_nonzero(node, &key)?.0,
+        };
+        pools.push((entry.key.clone(), crate::pool::PoolParams { max_connections, queue_max, timeout }));
+    }
+    Ok(pools)
 }
 
 fn read_server(section: &Section<'_>, d: Server) -> Result<Server> {

@@ -41,7 +41,18 @@ pub(crate) fn build(config: &Config, router: &Router) -> Result<Built, String> {
                 Some(path) => {
                     Arc::new(super::sqlite::SqliteSource::open(path, query, config.route.sqlite_max_in_flight)?)
                 }
-                None => crate::pool::open_source(spec, query, &crate::pool::PoolParams::default())?,
+                None => {
+                    let params = match &router.pool {
+                        None => crate::pool::PoolParams::default(),
+                        Some(name) => config
+                            .pools
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, p)| p.clone())
+                            .ok_or_else(|| format!("router {}: no [pool.{name}] table", router.name))?,
+                    };
+                    crate::pool::open_source(spec, query, &params)?
+                }
             };
             let cached = super::sqlite::Cached::new(inner, config.route.cache_ttl.0, config.route.cache_entries);
             Table::Source(Arc::new(cached))
