@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use glommio::net::{TcpStream, UnixStream};
 
-use crate::deliver::outbound::drive;
+use crate::deliver::outbound::{drive, transaction};
 use crate::queue::Envelope;
-use crate::smtp::client::{Client, ClientParams, RcptOutcome, Transaction};
+use crate::smtp::client::{Client, ClientParams, RcptOutcome};
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::tls::Stream;
 
@@ -79,13 +79,7 @@ pub async fn deliver(
             return indexes.iter().map(|_| RcptOutcome::Transient(reply.clone())).collect();
         }
     };
-    let txn = Transaction {
-        reverse_path: env.sender.clone(),
-        recipients: indexes.iter().map(|&i| env.recipients[i].address.clone()).collect(),
-        size_bytes: env.size_bytes,
-        body_8bit: env.body_8bit,
-        smtputf8: env.smtputf8,
-    };
+    let txn = transaction(env, indexes);
     let params = ClientParams { lmtp: true, ..ClientParams::new(helo_name.to_string()) };
     let mut client = Client::new(params, txn, Instant::now());
     // Never asked for: LMTP runs without STARTTLS.

@@ -124,13 +124,7 @@ pub async fn deliver(
     let Some(_turn) = out.connections.destination_permit(destination.key(), policy.max_connections).await else {
         return all(Reply::new(451, Enhanced(4, 3, 0), "delivery is shutting down"), destination.key().to_string());
     };
-    let txn = Transaction {
-        reverse_path: env.sender.clone(),
-        recipients: indexes.iter().map(|&i| env.recipients[i].address.clone()).collect(),
-        size_bytes: env.size_bytes,
-        body_8bit: env.body_8bit,
-        smtputf8: env.smtputf8,
-    };
+    let txn = transaction(env, indexes);
     let mut last: Option<Delivered> = None;
     for target in targets.iter().take(ADDRESS_TRIES_MAX) {
         let relay = format!("{}[{}]:{}", target.name, target.addr.ip(), target.addr.port());
@@ -155,6 +149,17 @@ pub async fn deliver(
         return delivered;
     }
     last.unwrap_or_else(|| all(Reply::new(451, Enhanced(4, 4, 4), "no address to try"), destination.key().to_string()))
+}
+
+/// The client's transaction for the recipients of `env` at `indexes`.
+pub fn transaction(env: &Envelope, indexes: &[usize]) -> Transaction {
+    Transaction {
+        reverse_path: env.sender.clone(),
+        recipients: indexes.iter().map(|&i| env.recipients[i].address.clone()).collect(),
+        size_bytes: env.size_bytes,
+        body_8bit: env.body_8bit,
+        smtputf8: env.smtputf8,
+    }
 }
 
 /// The addresses to try, best first: the smarthost's, or the MX hosts'
