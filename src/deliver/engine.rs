@@ -282,8 +282,8 @@ impl Delivery {
         let mut routed = Vec::new();
         for (i, r) in env.recipients.iter().enumerate() {
             if r.state == RcptState::Pending {
-                // With [[router]] tables the routers decide, as at RCPT;
-                // transport rules still apply to what they send by SMTP.
+                // With [[router]] tables the routers decide, as at RCPT,
+                // except for a domain a [[transport]] rule takes.
                 if routing.is_some() && self.config.transport_for(domain_of(&r.address)).is_none() {
                     routed.push(i);
                 } else {
