@@ -283,8 +283,11 @@ impl Delivery {
         for (i, r) in env.recipients.iter().enumerate() {
             if r.state == RcptState::Pending {
                 // With [[router]] tables the routers decide, as at RCPT,
-                // except for a domain a [[transport]] rule takes.
-                if routing.is_some() && self.config.transport_for(domain_of(&r.address)).is_none() {
+                // except for a domain a [[transport]] rule names (a "*"
+                // rule does not take routing away from the routers).
+                let domain = domain_of(&r.address);
+                let ruled = self.config.transport_for(domain).is_some_and(|rule| rule.names(domain));
+                if routing.is_some() && !ruled {
                     routed.push(i);
                 } else {
                     groups.entry(self.path_of(&r.address)).or_default().push(i);

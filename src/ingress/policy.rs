@@ -69,6 +69,11 @@ pub async fn check_rcpt(
     if !local && !relay_domain && !config.relay.allows_client(client_ip) {
         return Reply::new(550, Enhanced(5, 7, 1), "Relay access denied");
     }
+    // A domain a [[transport]] rule takes is delivered by that rule, not
+    // by the routers: verified the same way.
+    if domain.is_some_and(|d| config.transport_for(d).is_some_and(|rule| rule.names(d))) {
+        return Reply::new(250, Enhanced(2, 1, 5), "Recipient ok");
+    }
     let routed = engine.route(&address.to_string(), sender, Mode::Verify).await;
     routed.decision.verify_reply()
 }
