@@ -89,6 +89,7 @@ fn envelope(e: &Envelope<'_>, out: &mut String) {
         (EnvelopeFlags::BODY_8BITMIME, "BODY_8BITMIME"),
         (EnvelopeFlags::SMTPUTF8, "SMTPUTF8"),
         (EnvelopeFlags::NULL_SENDER, "NULL_SENDER"),
+        (EnvelopeFlags::BODY_BINARYMIME, "BODY_BINARYMIME"),
     ] {
         if e.flags.contains(flag) {
             flags.push(name);

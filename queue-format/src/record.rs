@@ -135,14 +135,18 @@ impl CompletionReason {
 pub struct EnvelopeFlags(u16);
 
 impl EnvelopeFlags {
-    /// MAIL FROM carried BODY=8BITMIME.
+    /// The content is 8-bit: MAIL FROM carried BODY=8BITMIME, or the
+    /// content had octets above 127 without it (delivered as 8BITMIME).
     pub const BODY_8BITMIME: EnvelopeFlags = EnvelopeFlags(1 << 0);
     /// MAIL FROM carried SMTPUTF8: addresses and headers may be UTF-8.
     pub const SMTPUTF8: EnvelopeFlags = EnvelopeFlags(1 << 1);
     /// The sender is the null reverse path `<>` (a bounce); `sender` is empty.
     pub const NULL_SENDER: EnvelopeFlags = EnvelopeFlags(1 << 2);
-    /// Every bit v1 defines.
-    pub const ALL: EnvelopeFlags = EnvelopeFlags(0b111);
+    /// MAIL FROM carried BODY=BINARYMIME (RFC 3030): the content is
+    /// binary, delivered byte for byte and only with BDAT.
+    pub const BODY_BINARYMIME: EnvelopeFlags = EnvelopeFlags(1 << 3);
+    /// Every bit the format defines.
+    pub const ALL: EnvelopeFlags = EnvelopeFlags(0b1111);
 
     pub const fn empty() -> EnvelopeFlags {
         EnvelopeFlags(0)

@@ -633,6 +633,7 @@ impl Delivery {
             size_bytes: writer.size_bytes(),
             // A report about a UTF-8 address (RFC 6533) carries 8-bit text.
             body_8bit: message.iter().any(|b| *b >= 0x80),
+            body_binary: false,
             smtputf8: env.smtputf8,
             client: "local".into(),
             helo: String::new(),

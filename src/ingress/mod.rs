@@ -370,6 +370,7 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
         attempt_count: 0,
         size_bytes: writer.size_bytes(),
         body_8bit: txn.params.body_8bit(),
+        body_binary: txn.params.body == Some(crate::smtp::address::BodyType::BinaryMime),
         smtputf8: txn.params.smtputf8,
         client: peer.ip().to_string(),
         helo: machine.helo_name().unwrap_or_default().to_string(),

@@ -50,7 +50,12 @@ pub struct Envelope {
     pub attempt_count: u16,
     /// Content size in octets as stored (CRLF line endings).
     pub size_bytes: u64,
+    /// 8-bit content: declared BODY=8BITMIME, or octets above 127 seen
+    /// while it was received (RFC 6152 §3: never sent to a 7-bit peer).
     pub body_8bit: bool,
+    /// BODY=BINARYMIME (RFC 3030): stored and relayed byte for byte, and
+    /// only with BDAT.
+    pub body_binary: bool,
     pub smtputf8: bool,
     /// The client's address and HELO name, for logs.
     pub client: String,
@@ -121,6 +126,9 @@ impl Envelope {
         if self.body_8bit {
             flags = flags.union(EnvelopeFlags::BODY_8BITMIME);
         }
+        if self.body_binary {
+            flags = flags.union(EnvelopeFlags::BODY_BINARYMIME);
+        }
         if self.smtputf8 {
             flags = flags.union(EnvelopeFlags::SMTPUTF8);
         }
@@ -182,6 +190,7 @@ impl Envelope {
             attempt_count: record.attempt_count,
             size_bytes,
             body_8bit: record.flags.contains(EnvelopeFlags::BODY_8BITMIME),
+            body_binary: record.flags.contains(EnvelopeFlags::BODY_BINARYMIME),
             smtputf8: record.flags.contains(EnvelopeFlags::SMTPUTF8),
             client: text(record.client_address),
             helo: text(record.client_helo),
@@ -211,6 +220,7 @@ mod tests {
             attempt_count: 2,
             size_bytes: 5,
             body_8bit: true,
+            body_binary: true,
             smtputf8: false,
             client: "[127.0.0.1]:4000".into(),
             helo: "client.example".into(),

@@ -216,6 +216,7 @@ mod tests {
             attempt_count: attempt,
             size_bytes: 3,
             body_8bit: false,
+            body_binary: false,
             smtputf8: false,
             client: "[127.0.0.1]:1".into(),
             helo: "h".into(),

@@ -73,6 +73,7 @@ fn template(id: &str) -> Envelope {
         attempt_count: 0,
         size_bytes: 0,
         body_8bit: false,
+        body_binary: false,
         smtputf8: false,
         client: "[127.0.0.1]:1".into(),
         helo: "test".into(),

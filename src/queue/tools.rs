@@ -175,7 +175,7 @@ pub fn show(config: &Config, id: &str) -> std::io::Result<Option<String>> {
             Body::File { checksum, .. } => format!("file body-{} (crc32c {checksum:08x})", env.id),
         };
         let _ = writeln!(out, "body: {body}");
-        let _ = writeln!(out, "flags: 8bitmime={} smtputf8={}", env.body_8bit, env.smtputf8);
+        let _ = writeln!(out, "flags: 8bitmime={} binarymime={} smtputf8={}", env.body_8bit, env.body_binary, env.smtputf8);
         let _ = writeln!(out, "client: {} helo={}", env.client, env.helo);
         for (i, r) in env.recipients.iter().enumerate() {
             let _ = writeln!(out, "rcpt[{i}]: {} {} {}", r.address, state_text(r.state), r.last_reply);
