@@ -4,6 +4,7 @@
 //! The pipeline, one shard: ingress (sockets, SMTP sessions) → queue
 //! (durable before 250) → deliver (Maildir, SMTP to the next hop, bounces).
 
+pub mod clock;
 pub mod config;
 pub mod deliver;
 pub mod dns;
@@ -12,6 +13,7 @@ pub mod log;
 pub mod pool;
 pub mod queue;
 pub mod route;
+pub mod scan;
 pub mod shard;
 pub mod smtp;
 pub mod tls;

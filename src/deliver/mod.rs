@@ -1,6 +1,7 @@
 //! Delivery: turning queued messages into deliveries (outbound SMTP,
 //! Maildir) and, for the recipients that failed, into bounces.
 
+pub mod attempt;
 pub mod connections;
 pub mod dsn;
 pub mod lmtp;

@@ -24,6 +24,7 @@ use crate::deliver::connections::{self, Connections, Session};
 use crate::deliver::dotstuff::DotStuffer;
 use crate::dns::{RecordKind, Resolver};
 use crate::queue::{Body, Envelope};
+use crate::smtp::address::{Address, ReversePath};
 use crate::smtp::client::{Client, ClientEvent, ClientParams, Outcome, RcptOutcome, StartTls, Transaction};
 use crate::tls::Stream;
 use crate::smtp::reply::{Enhanced, Reply};
@@ -54,13 +55,10 @@ impl Destination {
     }
 
     /// The destination of a recipient address for this configuration.
-    pub fn of(config: &Config, address: &str) -> Destination {
+    pub fn of(config: &Config, address: &Address) -> Destination {
         match &config.delivery.smarthost {
             Some(host) => Destination::Smarthost(host.clone()),
-            None => {
-                let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or(address);
-                Destination::Domain(domain.trim_end_matches('.').to_ascii_lowercase())
-            }
+            None => Destination::Domain(crate::route::domains::mx_domain(address)),
         }
     }
 }
@@ -154,8 +152,11 @@ pub async fn deliver(
 /// The client's transaction for the recipients of `env` at `indexes`.
 pub fn transaction(env: &Envelope, indexes: &[usize]) -> Transaction {
     Transaction {
-        reverse_path: env.sender.clone(),
-        recipients: indexes.iter().map(|&i| env.recipients[i].address.clone()).collect(),
+        reverse_path: match &env.sender {
+            ReversePath::Null => String::new(),
+            ReversePath::Path(a) => a.to_string(),
+        },
+        recipients: indexes.iter().map(|&i| env.recipients[i].address.to_string()).collect(),
         size_bytes: env.size_bytes,
         body_8bit: env.body_8bit,
         smtputf8: env.smtputf8,

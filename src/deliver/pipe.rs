@@ -132,10 +132,16 @@ pub async fn deliver(params: &PipeParams, body_path: &Path, env: &Envelope, inde
         if per_recipient { indexes.iter().map(|&i| vec![i]).collect() } else { vec![indexes.to_vec()] };
     let mut outcomes = Vec::with_capacity(indexes.len());
     for group in groups {
-        let recipients: Vec<String> = group.iter().map(|&i| env.recipients[i].address.clone()).collect();
+        let recipients: Vec<String> = group.iter().map(|&i| env.recipients[i].address.to_string()).collect();
+        let first = &env.recipients[group[0]].address;
         let job = Job {
             params: params.clone(),
-            sender: env.sender.clone(),
+            sender: match &env.sender {
+                crate::smtp::address::ReversePath::Null => String::new(),
+                crate::smtp::address::ReversePath::Path(a) => a.to_string(),
+            },
+            user: first.local_part.clone(),
+            domain: first.domain.clone().unwrap_or_default(),
             recipients,
             per_recipient,
             body: env.body.clone(),
@@ -151,6 +157,9 @@ pub async fn deliver(params: &PipeParams, body_path: &Path, env: &Envelope, inde
 struct Job {
     params: PipeParams,
     sender: String,
+    /// The local part and domain of the first recipient.
+    user: String,
+    domain: String,
     recipients: Vec<String>,
     per_recipient: bool,
     body: Body,
@@ -167,7 +176,7 @@ impl Job {
 
     fn run_checked(&self) -> std::io::Result<RcptOutcome> {
         let first = self.recipients.first().map(String::as_str).unwrap_or("");
-        let (user, domain) = first.rsplit_once('@').unwrap_or((first, ""));
+        let (user, domain) = (self.user.as_str(), self.domain.as_str());
         let extension = user.split_once('+').map(|(_, ext)| ext).unwrap_or("");
         let expand = |arg: &str| {
             arg.replace("{sender}", &self.sender)

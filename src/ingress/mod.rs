@@ -4,22 +4,23 @@
 //! connection and one sans-IO [`Server`] machine; it moves bytes between
 //! them, answers the machine's MAIL/RCPT questions with [`policy`], streams
 //! message content into the queue while it is received, and sends the reply
-//! to the final dot only after the queue has made the message durable. Then
-//! it hands the envelope to the shard's delivery engine.
+//! to the final dot only after the data-callout stages (`crate::scan`) have
+//! passed it and the queue has made it durable. The session never talks to
+//! delivery: the queue hands committed messages on.
 
 pub mod policy;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::log;
 use crate::queue::{Body, Envelope, MessageWriter, QueueError, RcptState, Recipient};
+use crate::scan::Verdict;
 use crate::shard::{Phase, Shard};
-use crate::smtp::address::ReversePath;
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::smtp::server::{Event, PeerInfo, Server};
 use crate::tls::Stream;
@@ -52,16 +53,15 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
-        if shard.sessions_active.get() >= shard.config.server.max_sessions_per_shard {
+        if shard.sessions_active() >= shard.config.server.max_sessions_per_shard {
             glommio::spawn_local_into(refuse_busy(stream), shard.tq_smtp).map(|t| t.detach()).ok();
             continue;
         }
-        shard.sessions_active.set(shard.sessions_active.get() + 1);
+        shard.session_started();
         let session_shard = shard.clone();
         let task = glommio::spawn_local_into(
             async move {
                 run_session(&session_shard, stream).await;
-                session_shard.sessions_active.set(session_shard.sessions_active.get() - 1);
                 session_shard.session_ended();
             },
             shard.tq_smtp,
@@ -71,7 +71,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 task.detach();
             }
             Err(e) => {
-                shard.sessions_active.set(shard.sessions_active.get() - 1);
+                shard.session_ended();
                 log::event("spawn_error", &[("error", &e)]);
             }
         };
@@ -323,7 +323,7 @@ async fn start_message(shard: &Shard, machine: &Server, peer: SocketAddr, tls: O
         &id,
         single_rcpt.as_deref(),
         tls.as_deref(),
-        SystemTime::now(),
+        shard.queue.clock().system_time(),
     );
     let mut m = Incoming { writer: None, id, error: None };
     if let Err(e) = writer.write(header.as_bytes()).await {
@@ -353,17 +353,14 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
     let (Some(mut writer), Some(txn)) = (m.writer, machine.transaction()) else {
         return QueueError::Io(std::io::Error::other("transaction lost")).reply();
     };
-    let now_ms = crate::queue::unix_now_ms();
-    let env = Envelope {
+    let now_ms = shard.queue.clock().unix_ms();
+    let mut env = Envelope {
         id: m.id.clone(),
-        sender: match &txn.reverse_path {
-            ReversePath::Null => String::new(),
-            ReversePath::Path(a) => a.to_string(),
-        },
+        sender: txn.reverse_path.clone(),
         recipients: txn
             .recipients
             .iter()
-            .map(|a| Recipient { address: a.to_string(), state: RcptState::Pending, last_reply: String::new() })
+            .map(|a| Recipient { address: a.clone(), state: RcptState::Pending, last_reply: String::new() })
             .collect(),
         arrival_unix_ms: now_ms,
         next_retry_unix_ms: now_ms,
@@ -376,55 +373,49 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
         helo: machine.helo_name().unwrap_or_default().to_string(),
         body: Body::Inline(Default::default()),
     };
-    let id = env.id.clone();
-    let mut env = env;
-    if shard.config.delivery.early_ms > 0 {
+    // The data-callout stages see the whole message before its commit.
+    if !shard.stages.is_empty() {
         match writer.body_before_commit().await {
             Ok(body) => {
                 env.body = body;
                 env.size_bytes = writer.size_bytes();
-                if let Some(delivered) = shard.delivery.deliver_early(&mut env).await {
-                    if delivered == env.recipients.len() {
-                        // The next hop has it: nothing to keep, no flush.
-                        writer.abort().await;
-                        let to: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
-                        log::event(
-                            "relayed_early",
-                            &[
-                                ("id", &env.id),
-                                ("client", &peer),
-                                ("from", &format!("<{}>", env.sender)),
-                                ("to", &to.join(",")),
-                                ("size", &env.size_bytes),
-                            ],
-                        );
-                        return Reply::new(250, Enhanced(2, 0, 0), format!("Ok: delivered as {}", env.id));
-                    }
-                }
             }
             Err(e) => {
-                log::event("queue_error", &[("id", &id), ("client", &peer), ("error", &e)]);
+                log::event("queue_error", &[("id", &env.id), ("client", &peer), ("error", &e)]);
                 writer.abort().await;
                 return e.reply();
             }
         }
+        match shard.stages.at_final_dot(&mut env).await {
+            Verdict::Continue => {}
+            Verdict::Done(reply) => {
+                writer.abort().await;
+                return reply;
+            }
+            Verdict::Refuse(reply) => {
+                log::event("message_refused", &[("id", &env.id), ("client", &peer), ("reply", &reply.summary())]);
+                writer.abort().await;
+                return reply;
+            }
+        }
     }
+    let id = env.id.clone();
+    let to: Vec<String> = env.recipients.iter().map(|r| r.address.to_string()).collect();
+    let from = env.sender.to_string();
+    let size_bytes = writer.size_bytes();
     match writer.commit(&shard.queue, env).await {
-        Ok(env) => {
-            let to: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+        Ok(()) => {
             log::event(
                 "queued",
                 &[
-                    ("id", &env.id),
+                    ("id", &id),
                     ("client", &peer),
-                    ("from", &format!("<{}>", env.sender)),
+                    ("from", &from),
                     ("to", &to.join(",")),
-                    ("size", &env.size_bytes),
+                    ("size", &size_bytes),
                 ],
             );
-            let reply = Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", env.id));
-            shard.delivery.submit(env);
-            reply
+            Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {id}"))
         }
         Err(e) => {
             log::event("queue_error", &[("id", &id), ("client", &peer), ("error", &e)]);

@@ -1,5 +1,7 @@
-//! Connection-time and envelope policy for inbound SMTP: who may relay, which
-//! recipients are local, what a refused recipient is told.
+//! Envelope policy for inbound SMTP: who may relay, which recipients are
+//! valid, what a refused recipient is told. What a domain is to this relay
+//! (local, taken by a transport rule, relayed) is decided by
+//! `crate::route::domains`, the same code delivery asks.
 //!
 //! Place in the pipeline: called by the session driver when the SMTP state
 //! machine presents a MAIL or RCPT; its answer becomes the reply.
@@ -15,38 +17,10 @@
 use std::net::IpAddr;
 
 use crate::config::Config;
+use crate::route::domains;
 use crate::route::{Engine, Mode};
 use crate::smtp::address::{Address, ReversePath};
 use crate::smtp::reply::{Enhanced, Reply};
-
-/// Where an accepted recipient will go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    /// A mailbox in `local.maildir`.
-    Local,
-    /// Relayed through `delivery.smarthost`.
-    Relay,
-}
-
-/// Classifies a recipient address: local (its domain is in `domains.local`,
-/// or it is the bare `postmaster`) or remote.
-pub fn route_of(config: &Config, address: &Address) -> Route {
-    route_of_domain(config, address.domain.as_deref())
-}
-
-/// The same classification for a queued recipient, stored as text
-/// (`local@domain`, or a bare `postmaster`).
-pub fn route_of_text(config: &Config, address: &str) -> Route {
-    route_of_domain(config, address.rsplit_once('@').map(|(_, domain)| domain))
-}
-
-fn route_of_domain(config: &Config, domain: Option<&str>) -> Route {
-    match domain {
-        None => Route::Local,
-        Some(domain) if config.domains.is_local(domain) => Route::Local,
-        Some(_) => Route::Relay,
-    }
-}
 
 /// Decides RCPT TO for a client at `client_ip` in a transaction from
 /// `sender` (`""` for the null sender). `routing`: the session's routing
@@ -61,17 +35,12 @@ pub async fn check_rcpt(
     let Some(engine) = routing.filter(|engine| !engine.is_empty()) else {
         return check_rcpt_by_domain(config, client_ip, address);
     };
-    let domain = address.domain.as_deref();
-    let local = domain.is_none_or(|d| engine.config().domains.is_local(d));
-    let relay_domain = domain.is_some_and(|d| {
-        config.relay.domains.iter().any(|r| domain_eq(r, d)) || config.transports.iter().any(|rule| rule.names(d))
-    });
-    if !local && !relay_domain && !config.relay.allows_client(client_ip) {
+    if !domains::is_accepted_domain(engine.config(), address) && !config.relay.allows_client(client_ip) {
         return Reply::new(550, Enhanced(5, 7, 1), "Relay access denied");
     }
     // A domain a [[transport]] rule takes is delivered by that rule, not
     // by the routers: verified the same way.
-    if domain.is_some_and(|d| config.transport_for(d).is_some_and(|rule| rule.names(d))) {
+    if domains::is_ruled(config, address) {
         return Reply::new(250, Enhanced(2, 1, 5), "Recipient ok");
     }
     let routed = engine.route(&address.to_string(), sender, Mode::Verify).await;
@@ -103,27 +72,16 @@ pub async fn check_mail(routing: Option<&Engine>, sender: &ReversePath) -> Reply
 
 /// The decision without routers: by `domains.local` and `[relay]`.
 fn check_rcpt_by_domain(config: &Config, client_ip: IpAddr, address: &Address) -> Reply {
-    match route_of(config, address) {
-        Route::Local => {
-            if crate::deliver::maildir::expand_template(&config.local.maildir, &address.local_part).is_err() {
-                return Reply::new(550, Enhanced(5, 1, 3), "Bad recipient mailbox name");
-            }
-            Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")
+    if domains::is_local(config, address) {
+        if crate::deliver::maildir::expand_template(&config.local.maildir, &address.local_part).is_err() {
+            return Reply::new(550, Enhanced(5, 1, 3), "Bad recipient mailbox name");
         }
-        Route::Relay => {
-            let domain = address.domain.as_deref().unwrap_or_default();
-            // A domain named by a transport rule is ours to deliver, as are
-            // relay.domains (a "*" rule only says how relayed mail goes).
-            let relay_domain = config.relay.domains.iter().any(|d| domain_eq(d, domain))
-                || config.transports.iter().any(|rule| rule.names(domain));
-            if !config.relay.allows_client(client_ip) && !relay_domain {
-                return Reply::new(550, Enhanced(5, 7, 1), "Relay access denied");
-            }
-            Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")
-        }
+        return Reply::new(250, Enhanced(2, 1, 5), "Recipient ok");
     }
-}
-
-fn domain_eq(a: &str, b: &str) -> bool {
-    a.trim_end_matches('.').eq_ignore_ascii_case(b.trim_end_matches('.'))
+    // A domain named by a transport rule is ours to deliver, as are
+    // relay.domains (a "*" rule only says how relayed mail goes).
+    if !config.relay.allows_client(client_ip) && !domains::is_accepted_domain(config, address) {
+        return Reply::new(550, Enhanced(5, 7, 1), "Relay access denied");
+    }
+    Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")
 }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use queue_format::{BodyRef, EnvelopeFlags, QueueId, RecipientState};
 
+use crate::smtp::address::{Address, ReversePath};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RcptState {
     /// Not yet delivered; retried until delivered, failed, or too old.
@@ -22,7 +24,7 @@ pub enum RcptState {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recipient {
-    pub address: String,
+    pub address: Address,
     pub state: RcptState,
     /// The last reply or error seen for this recipient, for logs and bounces.
     pub last_reply: String,
@@ -41,8 +43,8 @@ pub enum Body {
 pub struct Envelope {
     /// 16 upper-case hex digits: microseconds since the epoch and the shard.
     pub id: String,
-    /// The reverse path without angle brackets; empty for the null sender `<>`.
-    pub sender: String,
+    /// The reverse path of MAIL FROM, `<>` for a bounce.
+    pub sender: ReversePath,
     pub recipients: Vec<Recipient>,
     pub arrival_unix_ms: u64,
     pub next_retry_unix_ms: u64,
@@ -68,7 +70,7 @@ impl Envelope {
         self.recipients.iter().filter(|r| r.state == RcptState::Pending).count()
     }
     pub fn is_null_sender(&self) -> bool {
-        self.sender.is_empty()
+        self.sender == ReversePath::Null
     }
     pub fn queue_id(&self) -> QueueId {
         queue_id_of(&self.id)
@@ -119,9 +121,25 @@ fn bounded(text: &str, max: usize) -> &[u8] {
     &text.as_bytes()[..end]
 }
 
+/// An address as the log stores it (`local@domain`, or a bare `postmaster`),
+/// read back. The text was written from a parsed [`Address`], so the domain
+/// is what follows the last `@` (a domain never holds one); a stored text
+/// with an empty part is refused.
+pub fn stored_address(text: &str) -> Result<Address, String> {
+    match text.rsplit_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
+            Ok(Address { local_part: local.to_string(), domain: Some(domain.to_string()) })
+        }
+        None if text.eq_ignore_ascii_case("postmaster") => Ok(Address { local_part: text.to_string(), domain: None }),
+        _ => Err(format!("not a stored address: {text:?}")),
+    }
+}
+
 impl Envelope {
-    /// The record form, borrowing from `self`.
-    pub fn to_format(&self) -> queue_format::Envelope<'_> {
+    /// The record form, borrowing from `self` and from `texts`, the text
+    /// forms of its addresses ([`AddressTexts::of`]).
+    pub fn to_format<'a>(&'a self, texts: &'a AddressTexts) -> queue_format::Envelope<'a> {
+        debug_assert_eq!(texts.recipients.len(), self.recipients.len());
         let mut flags = EnvelopeFlags::empty();
         if self.body_8bit {
             flags = flags.union(EnvelopeFlags::BODY_8BITMIME);
@@ -132,7 +150,7 @@ impl Envelope {
         if self.smtputf8 {
             flags = flags.union(EnvelopeFlags::SMTPUTF8);
         }
-        if self.sender.is_empty() {
+        if self.is_null_sender() {
             flags = flags.union(EnvelopeFlags::NULL_SENDER);
         }
         let body = match &self.body {
@@ -147,7 +165,7 @@ impl Envelope {
             retry_next_unix_ms: self.next_retry_unix_ms.max(self.arrival_unix_ms),
             attempt_count: self.attempt_count,
             flags,
-            sender: self.sender.as_bytes(),
+            sender: texts.sender.as_bytes(),
             mail_params: b"",
             client_address: bounded(&self.client, queue_format::CLIENT_ADDRESS_SIZE_BYTES_MAX),
             client_helo: bounded(&self.helo, queue_format::CLIENT_HELO_SIZE_BYTES_MAX),
@@ -155,9 +173,10 @@ impl Envelope {
             recipients: self
                 .recipients
                 .iter()
-                .map(|r| queue_format::Recipient {
+                .zip(&texts.recipients)
+                .map(|(r, address)| queue_format::Recipient {
                     state: state_to_format(r.state),
-                    address: r.address.as_bytes(),
+                    address: address.as_bytes(),
                     params: b"",
                     reply: bounded(&r.last_reply, queue_format::REPLY_SIZE_BYTES_MAX),
                 })
@@ -166,25 +185,34 @@ impl Envelope {
         }
     }
 
-    /// The owned form of a record read from the log.
-    pub fn from_format(record: &queue_format::Envelope<'_>) -> Envelope {
+    /// The owned form of a record read from the log; an address the log
+    /// holds that is not one (never written so) is refused.
+    pub fn from_format(record: &queue_format::Envelope<'_>) -> Result<Envelope, String> {
         let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let address = |bytes: &[u8]| {
+            std::str::from_utf8(bytes).map_err(|_| "address is not UTF-8".to_string()).and_then(stored_address)
+        };
+        let sender = if record.flags.contains(EnvelopeFlags::NULL_SENDER) {
+            ReversePath::Null
+        } else {
+            ReversePath::Path(address(record.sender)?)
+        };
+        let mut recipients = Vec::with_capacity(record.recipients.len());
+        for r in &record.recipients {
+            recipients.push(Recipient {
+                address: address(r.address)?,
+                state: state_from_format(r.state),
+                last_reply: text(r.reply),
+            });
+        }
         let (body, size_bytes) = match record.body {
             BodyRef::Inline(bytes) => (Body::Inline(Arc::from(bytes)), bytes.len() as u64),
             BodyRef::File { size_bytes, checksum, .. } => (Body::File { size_bytes, checksum }, size_bytes),
         };
-        Envelope {
+        Ok(Envelope {
             id: id_text(&record.queue_id),
-            sender: text(record.sender),
-            recipients: record
-                .recipients
-                .iter()
-                .map(|r| Recipient {
-                    address: text(r.address),
-                    state: state_from_format(r.state),
-                    last_reply: text(r.reply),
-                })
-                .collect(),
+            sender,
+            recipients,
             arrival_unix_ms: record.arrival_unix_ms,
             next_retry_unix_ms: record.retry_next_unix_ms,
             attempt_count: record.attempt_count,
@@ -195,6 +223,25 @@ impl Envelope {
             client: text(record.client_address),
             helo: text(record.client_helo),
             body,
+        })
+    }
+}
+
+/// The text forms of an envelope's addresses, which its record borrows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressTexts {
+    sender: String,
+    recipients: Vec<String>,
+}
+
+impl AddressTexts {
+    pub fn of(env: &Envelope) -> AddressTexts {
+        AddressTexts {
+            sender: match &env.sender {
+                ReversePath::Null => String::new(),
+                ReversePath::Path(a) => a.to_string(),
+            },
+            recipients: env.recipients.iter().map(|r| r.address.to_string()).collect(),
         }
     }
 }
@@ -206,11 +253,15 @@ mod tests {
     fn sample(body: Body) -> Envelope {
         Envelope {
             id: "0006201A2B3C4D01".into(),
-            sender: "a@example.org".into(),
+            sender: ReversePath::Path(stored_address("a@example.org").unwrap()),
             recipients: vec![
-                Recipient { address: "b@example.net".into(), state: RcptState::Pending, last_reply: String::new() },
                 Recipient {
-                    address: "c@example.net".into(),
+                    address: stored_address("b@example.net").unwrap(),
+                    state: RcptState::Pending,
+                    last_reply: String::new(),
+                },
+                Recipient {
+                    address: stored_address("c@example.net").unwrap(),
                     state: RcptState::Delivered,
                     last_reply: "250 2.0.0 ok".into(),
                 },
@@ -232,7 +283,8 @@ mod tests {
     fn round_trip_inline_and_file() {
         for body in [Body::Inline(Arc::from(&b"hello"[..])), Body::File { size_bytes: 5, checksum: 7 }] {
             let env = sample(body);
-            let back = Envelope::from_format(&env.to_format());
+            let texts = AddressTexts::of(&env);
+            let back = Envelope::from_format(&env.to_format(&texts)).unwrap();
             assert_eq!(back, env);
         }
     }
@@ -241,7 +293,8 @@ mod tests {
     fn long_reply_is_cut_on_a_character_boundary() {
         let mut env = sample(Body::Inline(Arc::from(&b"hello"[..])));
         env.recipients[0].last_reply = "é".repeat(600);
-        let record = env.to_format();
+        let texts = AddressTexts::of(&env);
+        let record = env.to_format(&texts);
         assert!(record.recipients[0].reply.len() <= queue_format::REPLY_SIZE_BYTES_MAX);
         assert!(std::str::from_utf8(record.recipients[0].reply).is_ok());
     }

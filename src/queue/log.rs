@@ -18,7 +18,7 @@ use queue_format::{
     BLOCK_SIZE_BYTES, RECORD_SEQUENCE_RESTART_GAP, SEGMENT_HEADER_SIZE_BYTES,
 };
 
-use super::envelope::Envelope;
+use super::envelope::{AddressTexts, Envelope};
 use super::QueueError;
 
 /// Largest batch written at once (one write, one fdatasync).
@@ -40,14 +40,24 @@ pub struct Location {
 
 /// A record waiting for the next batch, owned until it is encoded.
 pub enum Staged {
-    /// A first envelope (head log). `in_flight`: delivery already holds it.
-    Envelope(Envelope),
+    /// A first envelope (head log), with its addresses' text forms.
+    Envelope(Envelope, AddressTexts),
     /// A replacement envelope (retry log).
-    Replacement(Envelope),
+    Replacement(Envelope, AddressTexts),
     Completion(Completion),
 }
 
 impl Staged {
+    pub fn envelope(env: Envelope) -> Staged {
+        let texts = AddressTexts::of(&env);
+        Staged::Envelope(env, texts)
+    }
+
+    pub fn replacement(env: Envelope) -> Staged {
+        let texts = AddressTexts::of(&env);
+        Staged::Replacement(env, texts)
+    }
+
     /// A completion waits for the next batch (nobody waits for it); any
     /// other record is someone's acknowledgement and is flushed at once.
     pub fn is_urgent(&self) -> bool {
@@ -56,8 +66,8 @@ impl Staged {
 
     pub fn body(&self) -> RecordBody<'_> {
         match self {
-            Staged::Envelope(env) => RecordBody::Envelope(env.to_format()),
-            Staged::Replacement(env) => RecordBody::ReplacementEnvelope(env.to_format()),
+            Staged::Envelope(env, texts) => RecordBody::Envelope(env.to_format(texts)),
+            Staged::Replacement(env, texts) => RecordBody::ReplacementEnvelope(env.to_format(texts)),
             Staged::Completion(c) => RecordBody::Completion(*c),
         }
     }

@@ -5,9 +5,11 @@
 //! [`MessageWriter`] while it is received and calls [`MessageWriter::commit`];
 //! the 250 after DATA is sent only when `commit` returned, that is when the
 //! envelope record (and the body file, for a large message) is on stable
-//! storage. Delivery then records each attempt with [`Queue::defer`] (a
-//! replacement envelope in the retry log) or [`Queue::complete`]. The retry
-//! runners read the retry log and hand due messages back to delivery.
+//! storage. The committed message then goes to delivery through the
+//! queue's one bounded hand-off (`handoff.rs`, [`Queue::take`]), as do the
+//! messages recovered at start-up and those the retry runners find due.
+//! Delivery records each attempt with [`Queue::defer`] (a replacement
+//! envelope in the retry log) or [`Queue::complete`].
 //!
 //! Layout (`queue-format/SPEC.md` has the bytes): per shard a head log and a
 //! retry log, each a sequence of fixed-size segment files
@@ -26,6 +28,7 @@
 //! first, by the rules of SPEC section 13.
 
 mod envelope;
+mod handoff;
 pub mod log;
 pub mod recover;
 mod runner;
@@ -39,16 +42,17 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use glommio::io::BufferedFile;
 use queue_format::{Completion, CompletionReason, LogKind, QueueId};
 
-pub use envelope::{body_file_id, id_text, queue_id_of, Body, Envelope, RcptState, Recipient};
+pub use envelope::{body_file_id, id_text, queue_id_of, stored_address, Body, Envelope, RcptState, Recipient};
 use log::{Location, LogState, Staged, Waiter, FREE_SEGMENTS_MAX, STAGED_BYTES_MAX};
 pub use runner::Span;
 use storage::{DiskStorage, SegmentFile, Storage};
 
+use crate::clock::Clock;
 use crate::smtp::reply::{Enhanced, Reply};
 
 /// Body bytes gathered before one write to a body file.
@@ -56,6 +60,9 @@ const BODY_WRITE_BYTES: usize = 64 * 1024;
 /// Longest a completion waits for an acknowledgement's flush to ride
 /// before it gets a flush of its own.
 const COMPLETION_FLUSH_DELAY: Duration = Duration::from_millis(200);
+
+/// Whole envelopes the hand-off holds per concurrent delivery attempt.
+const HANDOFF_ENVELOPES_PER_ATTEMPT: usize = 4;
 
 /// Why a message could not be made durable. Nothing was acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +117,8 @@ pub struct QueueParams {
     pub segment_size_bytes: u64,
     pub commit_delay: Duration,
     pub retry_lags: Vec<Duration>,
+    /// Whole envelopes waiting in the hand-off to delivery, at most.
+    pub handoff_envelopes_max: usize,
 }
 
 impl QueueParams {
@@ -120,6 +129,9 @@ impl QueueParams {
             segment_size_bytes: q.segment_size_bytes,
             commit_delay: Duration::from_micros(q.commit_delay_us as u64),
             retry_lags: q.retry_lags.iter().map(|lag| lag.0).collect(),
+            handoff_envelopes_max: (config.delivery.max_concurrent_per_shard as usize)
+                .saturating_mul(HANDOFF_ENVELOPES_PER_ATTEMPT)
+                .max(1),
         }
     }
 }
@@ -131,7 +143,8 @@ pub struct Entry {
     pub attempt_count: u16,
     pub retry_next_unix_ms: u64,
     pub body_file: bool,
-    /// Delivery holds the message (fresh, or handed over by a runner).
+    /// In the hand-off or with delivery (fresh, recovered, or handed over
+    /// by a runner): no runner hands it over again.
     pub in_flight: bool,
 }
 
@@ -173,15 +186,12 @@ impl CommitStats {
     }
 }
 
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
-
 /// The queue of one shard.
 pub struct Queue<S: Storage = DiskStorage> {
     storage: S,
     shard_index: u16,
     params: QueueParams,
+    clock: Clock,
     logs: [RefCell<LogState<S::File>>; 2],
     /// Wakes a log's committer when something is staged.
     staged_events: [event_listener::Event; 2],
@@ -205,6 +215,7 @@ pub struct Queue<S: Storage = DiskStorage> {
     expected: Rc<Cell<usize>>,
     closed: Cell<bool>,
     closed_event: event_listener::Event,
+    handoff: handoff::Handoff,
 }
 
 /// Held by a session from an accepted MAIL until its envelope is staged or
@@ -230,22 +241,24 @@ fn body_name(id: &str) -> String {
 
 impl Queue<DiskStorage> {
     /// Opens the shard's spool directory (`<spool>/shard-N`), creating it if
-    /// needed, and recovers it. Returns the queue and the live messages of
-    /// the head log (for delivery); retry-log messages come back through
+    /// needed, and recovers it: the live messages of the head log wait in
+    /// the hand-off (by location), those of the retry log come back through
     /// the runners.
-    pub async fn open(spool: &Path, shard_index: u16, params: QueueParams) -> std::io::Result<(Rc<Queue>, Vec<Envelope>)> {
+    pub async fn open(spool: &Path, shard_index: u16, params: QueueParams, clock: Clock) -> std::io::Result<Rc<Queue>> {
         let dir = spool.join(format!("shard-{shard_index}"));
         std::fs::create_dir_all(&dir)?;
         let dir = std::fs::canonicalize(&dir)?;
         let storage = DiskStorage::open(&dir).await?;
-        Queue::open_with(storage, shard_index, params).await
+        Queue::open_with(storage, shard_index, params, clock).await
     }
 }
 
 impl<S: Storage + 'static> Queue<S> {
-    pub async fn open_with(storage: S, shard_index: u16, params: QueueParams) -> std::io::Result<(Rc<Queue<S>>, Vec<Envelope>)> {
+    pub async fn open_with(storage: S, shard_index: u16, params: QueueParams, clock: Clock) -> std::io::Result<Rc<Queue<S>>> {
         assert!(!params.retry_lags.is_empty());
         let queue = Queue {
+            handoff: handoff::Handoff::new(params.handoff_envelopes_max),
+            clock,
             shard_index,
             logs: [
                 RefCell::new(LogState::new(LogKind::Head, shard_index, params.segment_size_bytes)),
@@ -269,15 +282,24 @@ impl<S: Storage + 'static> Queue<S> {
             closed_event: event_listener::Event::new(),
         };
         let fresh = queue.recover().await?;
+        for location in fresh {
+            queue.hand_recovered(location);
+        }
         let queue = Rc::new(queue);
         queue.runner_cursors.borrow_mut().resize(queue.params.retry_lags.len(), 0);
-        Ok((queue, fresh))
+        Ok(queue)
+    }
+
+    /// The shard's clock, as the queue reads it.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Reads every segment, rebuilds the index and the runners' spans,
     /// removes orphan body files, and sets up the logs so that the next
-    /// batch of each opens a new segment (writer rule 6).
-    async fn recover(&self) -> std::io::Result<Vec<Envelope>> {
+    /// batch of each opens a new segment (writer rule 6). Returns where the
+    /// head log's live messages are, in queue-id order, for delivery.
+    async fn recover(&self) -> std::io::Result<Vec<Location>> {
         let names = self.storage.list()?;
         let mut segments: Vec<(LogKind, u64, String)> = Vec::new();
         let mut bodies = Vec::new();
@@ -298,7 +320,7 @@ impl<S: Storage + 'static> Queue<S> {
             let file = self.storage.open(name).await?;
             let size = file.size_bytes().await?;
             let bytes = file.read_at(0, size as usize).await?;
-            scan.add_segment(*kind, *seq, name, &bytes, *kind == LogKind::Head);
+            scan.add_segment(*kind, *seq, name, &bytes, false);
             files.push(Rc::new(file));
         }
         for segment in scan.damaged() {
@@ -339,7 +361,7 @@ impl<S: Storage + 'static> Queue<S> {
         // Index, live counts, fresh envelopes for delivery, spans for runners.
         let mut fresh = Vec::new();
         let mut retry_live: Vec<(u64, Location, u64)> = Vec::new();
-        let now = unix_now_ms();
+        let now = self.clock.unix_ms();
         let mut index = self.index.borrow_mut();
         for (id, candidate) in scan.live.drain() {
             let slot = log_slot(candidate.location.log);
@@ -359,9 +381,9 @@ impl<S: Storage + 'static> Queue<S> {
                     in_flight,
                 },
             );
-            match candidate.envelope {
-                Some(env) if in_flight => fresh.push(env),
-                _ => retry_live.push((
+            match in_flight {
+                true => fresh.push((id, candidate.location)),
+                false => retry_live.push((
                     self.recovered_written_ms(candidate.retry_next_unix_ms, now),
                     candidate.location,
                     candidate.record_sequence,
@@ -383,7 +405,8 @@ impl<S: Storage + 'static> Queue<S> {
                 self.storage.remove(&body_name(&id)).await?;
             }
         }
-        fresh.sort_by(|a, b| a.id.cmp(&b.id));
+        fresh.sort_by(|a, b| a.0 .0.cmp(&b.0 .0));
+        let fresh: Vec<Location> = fresh.into_iter().map(|(_, location)| location).collect();
         crate::log::event(
             "queue_recovered",
             &[
@@ -418,7 +441,7 @@ impl<S: Storage + 'static> Queue<S> {
     /// A new queue id: microseconds since the epoch (strictly increasing
     /// within the shard) and the shard index, in upper-case hex.
     pub fn next_id(&self) -> String {
-        let now_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
+        let now_us = self.clock.unix_us();
         let id = now_us.max(self.last_id.get() + 1);
         self.last_id.set(id);
         format!("{:014X}{:02X}", id, self.shard_index)
@@ -475,7 +498,7 @@ impl<S: Storage + 'static> Queue<S> {
     /// envelope again, in the retry log, due at `env.next_retry_unix_ms`.
     pub async fn defer(&self, env: &Envelope) -> Result<(), QueueError> {
         assert!(env.attempt_count >= 1 && env.pending_count() > 0);
-        self.append(LogKind::Retry, Staged::Replacement(env.clone())).await?;
+        self.append(LogKind::Retry, Staged::replacement(env.clone())).await?;
         Ok(())
     }
 
@@ -491,7 +514,7 @@ impl<S: Storage + 'static> Queue<S> {
         };
         let completion = Completion {
             queue_id: qid,
-            completion_unix_ms: unix_now_ms(),
+            completion_unix_ms: self.clock.unix_ms(),
             attempt_count: entry.attempt_count,
             reason,
         };
@@ -538,6 +561,7 @@ impl<S: Storage + 'static> Queue<S> {
         }
         self.spans_event.notify(usize::MAX);
         self.gc_event.notify(usize::MAX);
+        self.handoff.wake_all();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -705,7 +729,7 @@ impl<S: Storage + 'static> Queue<S> {
         }
         let (batch, file) = {
             let log = self.logs[slot].borrow();
-            let batch = log.encode_batch(records, size, unix_now_ms());
+            let batch = log.encode_batch(records, size, self.clock.unix_ms());
             let file = log.segments[&batch.segment_sequence].file.clone();
             (batch, file)
         };
@@ -730,7 +754,7 @@ impl<S: Storage + 'static> Queue<S> {
             })
             .collect();
         if kind == LogKind::Retry {
-            self.push_span(Span::batch(&batch, unix_now_ms()));
+            self.push_span(Span::batch(&batch, self.clock.unix_ms()));
         }
         self.logs[slot].borrow_mut().batch_durable(&batch);
         Ok((locations, batch.bytes.len()))
@@ -742,7 +766,7 @@ impl<S: Storage + 'static> Queue<S> {
         let mut index = self.index.borrow_mut();
         for ((staged, _), location) in records.iter().zip(locations) {
             let old = match staged {
-                Staged::Envelope(env) | Staged::Replacement(env) => {
+                Staged::Envelope(env, _) | Staged::Replacement(env, _) => {
                     let qid = env.queue_id();
                     let entry = Entry {
                         location: *location,
@@ -751,7 +775,7 @@ impl<S: Storage + 'static> Queue<S> {
                         body_file: matches!(env.body, Body::File { .. }),
                         // A fresh envelope is with delivery already; a
                         // replacement waits for its runner.
-                        in_flight: matches!(staged, Staged::Envelope(_)),
+                        in_flight: matches!(staged, Staged::Envelope(..)),
                     };
                     let old = index.insert(qid, entry);
                     self.logs[log_slot(kind)]
@@ -940,9 +964,10 @@ impl MessageWriter {
     }
 
     /// Makes the message durable: the body file (if any) flushed, then the
-    /// envelope record in the head log. Returns the envelope as queued
-    /// (with its body) only when both are on stable storage.
-    pub async fn commit<S: Storage + 'static>(mut self, queue: &Queue<S>, mut env: Envelope) -> Result<Envelope, QueueError> {
+    /// envelope record in the head log. Returns only when both are on
+    /// stable storage; the message then goes to delivery through the
+    /// hand-off.
+    pub async fn commit<S: Storage + 'static>(mut self, queue: &Queue<S>, mut env: Envelope) -> Result<(), QueueError> {
         debug_assert_eq!(env.id, self.id);
         env.size_bytes = self.size_bytes;
         let result = async {
@@ -955,11 +980,14 @@ impl MessageWriter {
             } else {
                 env.body = Body::Inline(std::sync::Arc::from(std::mem::take(&mut self.inline)));
             }
-            queue.append(LogKind::Head, Staged::Envelope(env.clone())).await
+            queue.append(LogKind::Head, Staged::envelope(env.clone())).await
         }
         .await;
         match result {
-            Ok(_) => Ok(env),
+            Ok(location) => {
+                queue.hand_fresh(env, location);
+                Ok(())
+            }
             Err(e) => {
                 self.discard().await;
                 Err(e)

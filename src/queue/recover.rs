@@ -138,7 +138,7 @@ impl Scan {
                                 retry_next_unix_ms: env.retry_next_unix_ms,
                                 arrival_unix_ms: env.arrival_unix_ms,
                                 body_file: matches!(env.body, queue_format::BodyRef::File { .. }),
-                                envelope: keep.then(|| Envelope::from_format(env)),
+                                envelope: if keep { Envelope::from_format(env).ok() } else { None },
                             },
                         );
                     }
@@ -205,9 +205,9 @@ mod tests {
     fn env(id: &str, attempt: u16) -> Envelope {
         Envelope {
             id: id.into(),
-            sender: "s@example.org".into(),
+            sender: crate::smtp::address::ReversePath::Path(crate::queue::stored_address("s@example.org").unwrap()),
             recipients: vec![Recipient {
-                address: "r@example.net".into(),
+                address: crate::queue::stored_address("r@example.net").unwrap(),
                 state: RcptState::Pending,
                 last_reply: String::new(),
             }],
@@ -268,13 +268,13 @@ mod tests {
             LogKind::Head,
             1,
             1,
-            vec![vec![Staged::Envelope(env(A, 0)), Staged::Envelope(env(B, 0))], vec![Staged::Envelope(env(C, 0))]],
+            vec![vec![Staged::envelope(env(A, 0)), Staged::envelope(env(B, 0))], vec![Staged::envelope(env(C, 0))]],
         );
         let (retry, _) = segment(
             LogKind::Retry,
             1,
             1,
-            vec![vec![Staged::Replacement(env(A, 1)), Staged::Replacement(env(B, 1))], vec![completion(B)]],
+            vec![vec![Staged::replacement(env(A, 1)), Staged::replacement(env(B, 1))], vec![completion(B)]],
         );
         let mut scan = Scan::default();
         scan.add_segment(LogKind::Head, 1, "head", &head, true);
@@ -295,7 +295,7 @@ mod tests {
             LogKind::Head,
             1,
             1,
-            vec![vec![Staged::Envelope(env(A, 0))], vec![Staged::Envelope(env(B, 0))], vec![Staged::Envelope(env(C, 0))]],
+            vec![vec![Staged::envelope(env(A, 0))], vec![Staged::envelope(env(B, 0))], vec![Staged::envelope(env(C, 0))]],
         );
         // Tear the second batch (block 2): one byte flipped inside B's record.
         head[2 * 4096 + 100] ^= 0xFF;
@@ -310,7 +310,7 @@ mod tests {
 
     #[test]
     fn truncated_file_and_bad_header() {
-        let (head, _) = segment(LogKind::Head, 1, 1, vec![vec![Staged::Envelope(env(A, 0))]]);
+        let (head, _) = segment(LogKind::Head, 1, 1, vec![vec![Staged::envelope(env(A, 0))]]);
         // Cut in the middle of the first batch: nothing trusted, nothing panics.
         for cut in [0, 100, 4096, 4096 + 30, 4096 + 120] {
             let mut scan = Scan::default();
@@ -331,8 +331,8 @@ mod tests {
 
     #[test]
     fn misnamed_segment_and_sequence_going_backwards_are_not_read() {
-        let (one, _) = segment(LogKind::Head, 1, 1, vec![vec![Staged::Envelope(env(A, 0))]]);
-        let (two, _) = segment(LogKind::Head, 2, 1, vec![vec![Staged::Envelope(env(B, 0))]]);
+        let (one, _) = segment(LogKind::Head, 1, 1, vec![vec![Staged::envelope(env(A, 0))]]);
+        let (two, _) = segment(LogKind::Head, 2, 1, vec![vec![Staged::envelope(env(B, 0))]]);
         let mut scan = Scan::default();
         scan.add_segment(LogKind::Head, 1, "one", &one, false);
         scan.add_segment(LogKind::Head, 2, "two", &two, false);

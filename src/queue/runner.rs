@@ -4,9 +4,10 @@
 //! the oldest runner leaves nothing live behind it, so a retry segment
 //! older than the longest lag holds only dead records and is deleted whole.
 //!
-//! Place in the pipeline: between the queue and delivery, in the shard's
-//! delivery task queue. Fresh messages never pass here (delivery takes them
-//! straight from ingress); a replacement envelope comes back through the
+//! Place in the pipeline: inside the queue, in the shard's delivery task
+//! queue; what a runner finds due goes to delivery through the queue's
+//! hand-off, waiting while it is full. Fresh messages never pass here (the
+//! commit hands them over); a replacement envelope comes back through the
 //! runner whose lag equals its retry delay: a message deferred after its
 //! n-th attempt waits the n-th lag, so the n-th runner reaches it exactly
 //! when it is due.
@@ -18,13 +19,12 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::channels::local_channel::LocalSender;
 use queue_format::{LogExpect, LogKind, LogReader, RecordBody};
 
 use super::envelope::Envelope;
 use super::log::{BatchOut, Location};
 use super::storage::{SegmentFile, Storage};
-use super::{unix_now_ms, Queue};
+use super::Queue;
 
 /// Longest sleep of a runner between looks at the clock.
 const RUNNER_SLEEP_MAX: Duration = Duration::from_secs(30);
@@ -66,7 +66,7 @@ impl Span {
 
 impl<S: Storage + 'static> Queue<S> {
     /// Runner `index` (lag `queue.retry_lags[index]`) until the queue closes.
-    pub async fn run_runner(self: Rc<Self>, index: usize, due: Rc<LocalSender<Envelope>>) {
+    pub async fn run_runner(self: Rc<Self>, index: usize) {
         let lags = self.params.retry_lags.clone();
         let lag_ms = lags[index].as_millis() as u64;
         loop {
@@ -85,14 +85,14 @@ impl<S: Storage + 'static> Queue<S> {
                 futures_lite::future::or(listener, closed).await;
                 continue;
             };
-            let now = unix_now_ms();
+            let now = self.clock.unix_ms();
             let due_at = span.written_unix_ms + lag_ms;
             if now < due_at {
                 let wait = Duration::from_millis(due_at - now).min(RUNNER_SLEEP_MAX);
-                futures_lite::future::or(closed, async { glommio::timer::sleep(wait).await }).await;
+                futures_lite::future::or(closed, self.clock.sleep(wait)).await;
                 continue;
             }
-            if !self.run_span(&span, index, &lags, &due).await {
+            if !self.run_span(&span, index, &lags).await {
                 return;
             }
             self.runner_cursors.borrow_mut()[index] += 1;
@@ -111,8 +111,8 @@ impl<S: Storage + 'static> Queue<S> {
     }
 
     /// Reads one span and hands over what is due at this runner. Returns
-    /// false when delivery has gone (the shard is closing).
-    async fn run_span(&self, span: &Span, index: usize, lags: &[Duration], due: &LocalSender<Envelope>) -> bool {
+    /// false when the queue closed meanwhile.
+    async fn run_span(&self, span: &Span, index: usize, lags: &[Duration]) -> bool {
         let file = {
             let retry = self.logs[1].borrow();
             match retry.segments.get(&span.segment_sequence) {
@@ -135,7 +135,7 @@ impl<S: Storage + 'static> Queue<S> {
         };
         let oldest = index + 1 == lags.len();
         let lag_before_ms = index.checked_sub(1).map(|i| lags[i].as_millis() as u64);
-        let now = unix_now_ms();
+        let now = self.clock.unix_ms();
         let mut handed = Vec::new();
         for entry in LogReader::new(&bytes, 0, expect) {
             if entry.offset as u64 >= span.size_bytes {
@@ -159,12 +159,25 @@ impl<S: Storage + 'static> Queue<S> {
                 Some(before) => env.retry_next_unix_ms > span.written_unix_ms + before,
             };
             if oldest || (is_due && mine) {
-                current.in_flight = true;
-                handed.push(Envelope::from_format(env));
+                match Envelope::from_format(env) {
+                    Ok(env) => {
+                        current.in_flight = true;
+                        handed.push(env);
+                    }
+                    Err(problem) => crate::log::event(
+                        "queue_record_refused",
+                        &[("shard", &self.shard_index), ("segment", &span.segment_sequence), ("offset", &offset), ("problem", &problem)],
+                    ),
+                }
             }
         }
-        for env in handed {
-            if due.send(env).await.is_err() {
+        let mut handed = handed.into_iter();
+        for env in handed.by_ref() {
+            if !self.hand_due(env).await {
+                // Closed: what was not handed over is out of flight again.
+                for env in handed {
+                    self.release(&env.id);
+                }
                 return false;
             }
         }

@@ -43,6 +43,7 @@ fn params() -> QueueParams {
         segment_size_bytes: 64 * 1024,
         commit_delay: Duration::ZERO,
         retry_lags: vec![Duration::from_millis(100), Duration::from_millis(300)],
+        handoff_envelopes_max: 16,
     }
 }
 
@@ -55,7 +56,8 @@ struct Opened {
 async fn open(dir: &std::path::Path, params: QueueParams) -> Opened {
     let storage = FaultStorage::new(DiskStorage::open(dir).await.unwrap());
     let faults = storage.faults.clone();
-    let (queue, fresh) = Queue::open_with(storage, 0, params).await.unwrap();
+    let queue = Queue::open_with(storage, 0, params, Clock::System).await.unwrap();
+    let fresh = queue.take_ready().await;
     for kind in [LogKind::Head, LogKind::Retry] {
         glommio::spawn_local(queue.clone().run_committer(kind)).detach();
     }
@@ -66,8 +68,12 @@ async fn open(dir: &std::path::Path, params: QueueParams) -> Opened {
 fn template(id: &str) -> Envelope {
     Envelope {
         id: id.to_string(),
-        sender: "s@example.org".into(),
-        recipients: vec![Recipient { address: "r@example.net".into(), state: RcptState::Pending, last_reply: String::new() }],
+        sender: crate::smtp::address::ReversePath::Path(stored_address("s@example.org").unwrap()),
+        recipients: vec![Recipient {
+            address: stored_address("r@example.net").unwrap(),
+            state: RcptState::Pending,
+            last_reply: String::new(),
+        }],
         arrival_unix_ms: unix_now_ms(),
         next_retry_unix_ms: unix_now_ms(),
         attempt_count: 0,
@@ -87,7 +93,15 @@ async fn accept<S: Storage + 'static>(queue: &Queue<S>, body: &[u8]) -> Result<E
         writer.write(chunk).await?;
     }
     let env = template(writer.id());
-    writer.commit(queue, env).await
+    writer.commit(queue, env).await?;
+    // Committed: handed to delivery, which here is the test.
+    let mut handed = queue.take_ready().await;
+    assert_eq!(handed.len(), 1, "the commit hands exactly its message over");
+    Ok(handed.remove(0))
+}
+
+fn unix_now_ms() -> u64 {
+    crate::clock::system_unix_ms()
 }
 
 fn files(dir: &std::path::Path, prefix: &str) -> Vec<String> {
@@ -289,17 +303,15 @@ fn runners_hand_back_deferred_messages_at_their_lag_and_after_a_restart() {
         Box::pin(async {
             let dir = tempdir("runner");
             let q = open(&dir, params()).await;
-            let (sender, receiver) = glommio::channels::local_channel::new_bounded(10);
-            let sender = Rc::new(sender);
             for i in 0..2 {
-                glommio::spawn_local(q.queue.clone().run_runner(i, sender.clone())).detach();
+                glommio::spawn_local(q.queue.clone().run_runner(i)).detach();
             }
             let mut env = accept(&q.queue, b"deferred\r\n").await.unwrap();
             env.attempt_count = 1;
             env.next_retry_unix_ms = unix_now_ms() + q.queue.retry_delay(1).as_millis() as u64;
             let deferred_at = std::time::Instant::now();
             q.queue.defer(&env).await.unwrap();
-            let back = receiver.recv().await.unwrap();
+            let back = q.queue.take().await.unwrap();
             let waited = deferred_at.elapsed();
             assert_eq!(back.id, env.id);
             assert_eq!(back.attempt_count, 1);
@@ -310,7 +322,7 @@ fn runners_hand_back_deferred_messages_at_their_lag_and_after_a_restart() {
             env.next_retry_unix_ms = unix_now_ms() + q.queue.retry_delay(2).as_millis() as u64;
             let deferred_at = std::time::Instant::now();
             q.queue.defer(&env).await.unwrap();
-            let back = receiver.recv().await.unwrap();
+            let back = q.queue.take().await.unwrap();
             assert!(deferred_at.elapsed() >= Duration::from_millis(290), "{:?}", deferred_at.elapsed());
             assert_eq!(back.attempt_count, 2);
             // Deferred once more, then the process stops: after the restart the
@@ -324,12 +336,10 @@ fn runners_hand_back_deferred_messages_at_their_lag_and_after_a_restart() {
             let q = open(&dir, params()).await;
             assert!(q.fresh.is_empty(), "the head-log envelope is superseded");
             assert_eq!(q.queue.live_count(), 1);
-            let (sender, receiver) = glommio::channels::local_channel::new_bounded(10);
-            let sender = Rc::new(sender);
             for i in 0..2 {
-                glommio::spawn_local(q.queue.clone().run_runner(i, sender.clone())).detach();
+                glommio::spawn_local(q.queue.clone().run_runner(i)).detach();
             }
-            let back = receiver.recv().await.unwrap();
+            let back = q.queue.take().await.unwrap();
             assert_eq!((back.id.as_str(), back.attempt_count), (env.id.as_str(), 3));
             assert!(unix_now_ms() + 20 >= env.next_retry_unix_ms, "not handed back before it was due");
             q.queue.complete(&back, CompletionReason::Done).unwrap();

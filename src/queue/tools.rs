@@ -115,7 +115,10 @@ pub fn list(config: &Config) -> std::io::Result<String> {
         for env in live_envelopes(&view) {
             count += 1;
             bytes += env.size_bytes;
-            let sender = if env.sender.is_empty() { "<>".to_string() } else { env.sender.clone() };
+            let sender = match &env.sender {
+                crate::smtp::address::ReversePath::Null => "<>".to_string(),
+                crate::smtp::address::ReversePath::Path(a) => a.to_string(),
+            };
             let _ = writeln!(
                 out,
                 "{:<16} {:>9} {}  attempts={} next={}  {}",
@@ -165,7 +168,7 @@ pub fn show(config: &Config, id: &str) -> std::io::Result<Option<String>> {
             location.offset,
             location.size_bytes
         );
-        let _ = writeln!(out, "from: <{}>", env.sender);
+        let _ = writeln!(out, "from: {}", env.sender);
         let _ = writeln!(out, "arrival: {}", time_text(env.arrival_unix_ms));
         let _ = writeln!(out, "attempts: {}", env.attempt_count);
         let _ = writeln!(out, "next_retry: {}", time_text(env.next_retry_unix_ms));

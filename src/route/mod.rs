@@ -16,6 +16,7 @@
 //! SIGHUP ([`install`], [`current`]); a session keeps the engine it started
 //! with.
 
+pub mod domains;
 pub mod drivers;
 pub mod source;
 pub mod sqlite;

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 
+use crate::clock::Clock;
 use crate::config::{BareLf, Config};
+use crate::deliver::attempt::Deliverer;
 use crate::deliver::engine::Delivery;
 use crate::log;
 use crate::queue::{Queue, QueueParams};
@@ -42,11 +44,13 @@ pub struct Shard {
     pub server_params: Arc<ServerParams>,
     pub queue: Rc<Queue>,
     pub delivery: Rc<Delivery>,
+    /// The data-callout stages at the final dot.
+    pub stages: crate::scan::Stages,
     pub tq_smtp: TaskQueueHandle,
     pub tq_delivery: TaskQueueHandle,
     /// The server side of STARTTLS; None when `tls.cert` is unset.
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
-    pub sessions_active: Cell<usize>,
+    sessions_active: Cell<usize>,
     phase: Cell<Phase>,
     phase_event: event_listener::Event,
     session_event: event_listener::Event,
@@ -69,7 +73,19 @@ impl Shard {
         self.phase_event.notify(usize::MAX);
     }
 
+    /// Sessions open on this shard.
+    pub fn sessions_active(&self) -> usize {
+        self.sessions_active.get()
+    }
+
+    pub fn session_started(&self) {
+        let count = self.sessions_active.get().checked_add(1).expect("session count overflow");
+        self.sessions_active.set(count);
+    }
+
     pub fn session_ended(&self) {
+        let count = self.sessions_active.get().checked_sub(1).expect("session count below zero");
+        self.sessions_active.set(count);
         self.session_event.notify(usize::MAX);
     }
 
@@ -179,14 +195,14 @@ async fn shard_main(index: usize, config: Arc<Config>, start: Start, stop: Arc<A
     let tq_smtp = executor.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(5)), "smtp");
     let tq_delivery = executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "delivery");
     let spool = config.spool_for_shard(index).to_path_buf();
-    let (queue, envelopes) = Queue::open(&spool, index as u16, QueueParams::from_config(&config))
+    let queue = Queue::open(&spool, index as u16, QueueParams::from_config(&config), Clock::System)
         .await
         .map_err(|e| format!("shard {index}: cannot open spool {}: {e}", spool.display()))?;
-    let delivery = Rc::new(Delivery::new(config.clone(), queue.clone(), index, dns, tls_client)?);
-    let recovered = envelopes.len();
-    for env in envelopes {
-        delivery.submit(env);
-    }
+    let deliverer = Rc::new(Deliverer::new(config.clone(), queue.clone(), index, dns, tls_client)?);
+    let delivery = Rc::new(Delivery::new(config.clone(), queue.clone(), deliverer.clone()));
+    let stages =
+        crate::scan::Stages::new(crate::scan::early::EarlyDelivery::new(deliverer.clone(), config.delivery.early_ms));
+    let recovered = queue.handoff_counts().0;
     // The queue's own tasks: a committer per log next to the sessions it
     // acknowledges; the collector and the retry runners with delivery.
     let mut queue_tasks = Vec::new();
@@ -197,19 +213,12 @@ async fn shard_main(index: usize, config: Arc<Config>, start: Start, stop: Arc<A
     }
     let collector = glommio::spawn_local_into(queue.clone().run_collector(), tq_delivery)
         .map_err(|e| format!("shard {index}: {e}"))?;
-    let (due_sender, due_receiver) =
-        glommio::channels::local_channel::new_bounded(config.delivery.max_concurrent_per_shard as usize);
-    let due_sender = Rc::new(due_sender);
     let mut runner_tasks = Vec::new();
     for runner in 0..queue.params().retry_lags.len() {
-        let task = glommio::spawn_local_into(queue.clone().run_runner(runner, due_sender.clone()), tq_delivery)
+        let task = glommio::spawn_local_into(queue.clone().run_runner(runner), tq_delivery)
             .map_err(|e| format!("shard {index}: {e}"))?;
         runner_tasks.push(task);
     }
-    drop(due_sender);
-    glommio::spawn_local_into(delivery.clone().take_due(due_receiver), tq_delivery)
-        .map_err(|e| format!("shard {index}: {e}"))?
-        .detach();
     let mut listeners = Vec::new();
     for addr in &config.server.listen {
         let listener = glommio::net::TcpListener::bind(addr)
@@ -222,6 +231,7 @@ async fn shard_main(index: usize, config: Arc<Config>, start: Start, stop: Arc<A
         config,
         queue,
         delivery,
+        stages,
         tq_smtp,
         tq_delivery,
         tls_server,

@@ -1,0 +1,502 @@
+//! One delivery attempt of one message: for each pending recipient, the
+//! transport that takes it — a `[[transport]]` rule (SMTP next hop, LMTP,
+//! pipe, Maildir), a local Maildir, SMTP to the smarthost or the domain's
+//! MX hosts, or wherever the `[[router]]` tables send it — grouped so that
+//! one SMTP transaction carries every recipient of one destination.
+//!
+//! Place in the pipeline: the library both callers of a delivery share —
+//! the delivery engine (`engine.rs`), with messages the queue hands over,
+//! and the early-delivery stage at the final dot (`crate::scan`), with a
+//! message not yet committed. It owns the shard's outbound side (DNS
+//! resolver, outbound connections, TLS client settings) and records
+//! nothing: callers apply the outcomes ([`record`]) and tell the queue.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::config::{Config, TransportKind};
+use crate::deliver::connections::{ConnectionStats, Connections};
+use crate::deliver::outbound::{self, Destination, Outbound};
+use crate::deliver::{lmtp, maildir, pipe};
+use crate::dns::{Resolver, ResolverParams};
+use crate::log;
+use crate::queue::{stored_address, Body, Envelope, Queue, RcptState};
+use crate::route::domains::{self, Disposition};
+use crate::smtp::address::{Address, ReversePath};
+use crate::smtp::client::RcptOutcome;
+use crate::smtp::reply::{Enhanced, Reply};
+
+/// Recipients per SMTP transaction; more to one destination are split
+/// (Postfix's smtp_destination_recipient_limit is 50).
+pub const RECIPIENTS_PER_TRANSACTION_MAX: usize = 100;
+
+/// One recipient's outcome: its index in the envelope, the outcome, and
+/// where it went (for the log).
+pub type Attempted = (usize, RcptOutcome, String);
+
+/// How a group of a message's recipients is delivered.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Path {
+    /// Into Maildirs by this path template.
+    Maildir(String),
+    /// SMTP, by a transport rule (its index) or by default.
+    Smtp {
+        destination: Destination,
+        rule: Option<usize>,
+    },
+    Lmtp {
+        rule: usize,
+    },
+    Pipe {
+        rule: usize,
+    },
+}
+
+/// The same temporary failure for `count` recipients.
+fn transient_all(
+    count: usize,
+    class: u8,
+    subject: u16,
+    detail: u16,
+    text: &str,
+) -> Vec<RcptOutcome> {
+    let reply = Reply::new(451, Enhanced(class, subject, detail), text);
+    (0..count)
+        .map(|_| RcptOutcome::Transient(reply.clone()))
+        .collect()
+}
+
+/// The shard's transports.
+pub struct Deliverer {
+    config: Arc<Config>,
+    queue: Rc<Queue>,
+    shard_index: usize,
+    resolver: Resolver,
+    connections: Connections,
+    tls_client: Arc<rustls::ClientConfig>,
+}
+
+impl Deliverer {
+    pub fn new(
+        config: Arc<Config>,
+        queue: Rc<Queue>,
+        shard_index: usize,
+        dns: ResolverParams,
+        tls_client: Arc<rustls::ClientConfig>,
+    ) -> Result<Deliverer, String> {
+        let resolver = Resolver::new(dns).map_err(|e| format!("dns: {e}"))?;
+        let connections = Connections::new(&config);
+        Ok(Deliverer {
+            config,
+            queue,
+            shard_index,
+            resolver,
+            connections,
+            tls_client,
+        })
+    }
+
+    pub fn shard_index(&self) -> usize {
+        self.shard_index
+    }
+
+    pub fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// Counters of the outbound connections.
+    pub fn connection_stats(&self) -> ConnectionStats {
+        self.connections.stats()
+    }
+
+    /// Whether every recipient of `env` goes out by SMTP without the
+    /// routers (what early delivery may try: Maildir, LMTP and pipe
+    /// deliveries are commits of their own).
+    pub fn all_by_smtp(&self, env: &Envelope) -> bool {
+        crate::route::current_with_routers().is_none()
+            && env
+                .recipients
+                .iter()
+                .all(|r| matches!(self.path_of(&r.address), Path::Smtp { .. }))
+    }
+
+    /// One delivery attempt for every pending recipient of `env`: each
+    /// recipient's outcome and where it went.
+    pub async fn deliver_pending(&self, env: &Envelope) -> Vec<Attempted> {
+        let id = env.id.as_str();
+        let mut groups: std::collections::BTreeMap<Path, Vec<usize>> =
+            std::collections::BTreeMap::new();
+        let routing = crate::route::current_with_routers();
+        let mut routed = Vec::new();
+        for (i, r) in env.recipients.iter().enumerate() {
+            if r.state == RcptState::Pending {
+                // With [[router]] tables the routers decide, as at RCPT,
+                // except for a domain a [[transport]] rule names (a "*"
+                // rule does not take routing away from the routers).
+                if routing.is_some() && !domains::is_ruled(&self.config, &r.address) {
+                    routed.push(i);
+                } else {
+                    groups.entry(self.path_of(&r.address)).or_default().push(i);
+                }
+            }
+        }
+        let mut results: Vec<Attempted> = Vec::new();
+        if let Some(engine) = &routing {
+            for i in routed {
+                results.push((
+                    i,
+                    self.deliver_routed(engine, env, i).await,
+                    "routed".to_string(),
+                ));
+            }
+        }
+        let out = Outbound {
+            config: &self.config,
+            resolver: &self.resolver,
+            connections: &self.connections,
+            tls_client: &self.tls_client,
+        };
+        let body_path = self.queue.body_path(id);
+        for (path, indexes) in &groups {
+            match path {
+                Path::Maildir(template) => {
+                    for &i in indexes {
+                        results.push((
+                            i,
+                            self.deliver_local(env, i, template, None).await,
+                            "local".to_string(),
+                        ));
+                    }
+                }
+                Path::Smtp { destination, rule } => {
+                    let rule = rule.map(|r| &self.config.transports[r]);
+                    let policy = outbound::Policy {
+                        tls: rule.and_then(|r| r.tls).unwrap_or(self.config.delivery.tls),
+                        max_connections: rule
+                            .and_then(|r| r.max_connections)
+                            .unwrap_or(self.config.delivery.max_connections_per_destination),
+                    };
+                    for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
+                        let delivered =
+                            outbound::deliver(&out, destination, policy, &body_path, env, group)
+                                .await;
+                        let tls = if delivered.tls { " tls=yes" } else { "" };
+                        let relay =
+                            format!("{} conn_use={}{tls}", delivered.relay, delivered.conn_use);
+                        results.extend(
+                            group
+                                .iter()
+                                .copied()
+                                .zip(delivered.outcomes)
+                                .map(|(i, o)| (i, o, relay.clone())),
+                        );
+                    }
+                }
+                Path::Lmtp { rule } => {
+                    let rule = &self.config.transports[*rule];
+                    let hop = rule.nexthop.as_deref().unwrap_or_default();
+                    let outcomes = match hop.parse::<lmtp::LmtpTarget>() {
+                        Ok(target) => {
+                            let max = rule
+                                .max_connections
+                                .unwrap_or(self.config.delivery.max_connections_per_destination);
+                            let _turn = self.connections.destination_permit(hop, max).await;
+                            let mut outcomes = Vec::with_capacity(indexes.len());
+                            for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
+                                outcomes.extend(
+                                    lmtp::deliver(
+                                        &target,
+                                        self.config.helo_name(),
+                                        self.config.delivery.connect_timeout.0,
+                                        &body_path,
+                                        env,
+                                        group,
+                                    )
+                                    .await,
+                                );
+                            }
+                            outcomes
+                        }
+                        Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
+                    };
+                    let relay = format!("lmtp:{hop}");
+                    results.extend(
+                        indexes
+                            .iter()
+                            .copied()
+                            .zip(outcomes)
+                            .map(|(i, o)| (i, o, relay.clone())),
+                    );
+                }
+                Path::Pipe { rule } => {
+                    let rule = &self.config.transports[*rule];
+                    let outcomes = match pipe::PipeParams::from_rule(
+                        &rule.command,
+                        rule.user.as_deref(),
+                        rule.group.as_deref(),
+                        rule.timeout.0,
+                    ) {
+                        Ok(params) => {
+                            let max = rule
+                                .max_connections
+                                .unwrap_or(self.config.delivery.max_connections_per_destination);
+                            let _turn = self
+                                .connections
+                                .destination_permit(&rule.command[0], max)
+                                .await;
+                            pipe::deliver(&params, &body_path, env, indexes).await
+                        }
+                        Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
+                    };
+                    let relay = format!("pipe:{}", rule.command[0]);
+                    results.extend(
+                        indexes
+                            .iter()
+                            .copied()
+                            .zip(outcomes)
+                            .map(|(i, o)| (i, o, relay.clone())),
+                    );
+                }
+            }
+        }
+        results
+    }
+
+    /// How a recipient is delivered: the first `[[transport]]` rule for
+    /// its domain, else Maildir for a local domain, else SMTP to the
+    /// smarthost or the domain's MX hosts.
+    fn path_of(&self, address: &Address) -> Path {
+        match domains::disposition(&self.config, address) {
+            Disposition::Rule(index) => {
+                let rule = &self.config.transports[index];
+                match rule.transport {
+                    TransportKind::Smtp => {
+                        let destination = match &rule.nexthop {
+                            Some(hop) => Destination::Smarthost(hop.clone()),
+                            None => Destination::Domain(domains::mx_domain(address)),
+                        };
+                        Path::Smtp {
+                            destination,
+                            rule: Some(index),
+                        }
+                    }
+                    TransportKind::Lmtp => Path::Lmtp { rule: index },
+                    TransportKind::Pipe => Path::Pipe { rule: index },
+                    TransportKind::Maildir => Path::Maildir(
+                        rule.maildir
+                            .clone()
+                            .unwrap_or_else(|| self.config.local.maildir.clone()),
+                    ),
+                }
+            }
+            Disposition::Local => Path::Maildir(self.config.local.maildir.clone()),
+            Disposition::Remote => Path::Smtp {
+                destination: Destination::of(&self.config, address),
+                rule: None,
+            },
+        }
+    }
+
+    /// Delivers recipient `index` where the routers send it: each local
+    /// final address to its Maildir, each SMTP delivery to its next hop
+    /// (or the smarthost, or the MX hosts of the final address's domain).
+    /// All must succeed for the recipient to count as delivered.
+    async fn deliver_routed(
+        &self,
+        engine: &crate::route::Engine,
+        env: &Envelope,
+        index: usize,
+    ) -> RcptOutcome {
+        use crate::route::{Decision, Mode};
+        let sender = match &env.sender {
+            ReversePath::Null => String::new(),
+            ReversePath::Path(a) => a.to_string(),
+        };
+        let routed = engine
+            .route(
+                &env.recipients[index].address.to_string(),
+                &sender,
+                Mode::Deliver,
+            )
+            .await;
+        let deliveries = match routed.decision {
+            Decision::Reject(reply) => return RcptOutcome::Permanent(reply),
+            Decision::Defer(reply) => return RcptOutcome::Transient(reply),
+            Decision::Discard => {
+                return RcptOutcome::Delivered(Reply::new(
+                    250,
+                    Enhanced(2, 0, 0),
+                    "discarded by routing",
+                ))
+            }
+            Decision::Deliver { deliveries, .. } => deliveries,
+        };
+        let out = Outbound {
+            config: &self.config,
+            resolver: &self.resolver,
+            connections: &self.connections,
+            tls_client: &self.tls_client,
+        };
+        let policy = outbound::Policy {
+            tls: self.config.delivery.tls,
+            max_connections: self.config.delivery.max_connections_per_destination,
+        };
+        let mut replies = Vec::new();
+        for delivery in deliveries {
+            // The routers' final address is where their rewriting ends: read
+            // as an address once, here.
+            let final_address = match stored_address(&delivery.address) {
+                Ok(a) => a,
+                Err(_) if matches!(delivery.transport.as_str(), "pipe" | "file") => {
+                    env.recipients[index].address.clone()
+                }
+                Err(e) => {
+                    return RcptOutcome::Permanent(Reply::new(
+                        550,
+                        Enhanced(5, 1, 3),
+                        format!("routed to a bad address: {e}"),
+                    ))
+                }
+            };
+            let outcome = match (delivery.transport.as_str(), &delivery.next_hop) {
+                ("local", _) => {
+                    self.deliver_local(env, index, &self.config.local.maildir, Some(&final_address)).await
+                }
+                ("pipe" | "file", _) => RcptOutcome::Permanent(Reply::new(
+                    550,
+                    Enhanced(5, 3, 5),
+                    format!("{} deliveries from aliases are not supported; use a [[transport]] pipe rule", delivery.transport),
+                )),
+                (_, hop) => {
+                    let destination = match hop {
+                        Some(hop) => Destination::Smarthost(crate::route::socket_host(hop)),
+                        None => Destination::of(&self.config, &final_address),
+                    };
+                    let mut one = env.clone();
+                    one.recipients[index].address = final_address.clone();
+                    let body = self.queue.body_path(&env.id);
+                    let delivered = outbound::deliver(&out, &destination, policy, &body, &one, &[index]).await;
+                    delivered.outcomes.into_iter().next().unwrap_or_else(|| {
+                        RcptOutcome::Transient(Reply::new(451, Enhanced(4, 3, 0), "no outcome from outbound delivery"))
+                    })
+                }
+            };
+            match outcome {
+                RcptOutcome::Delivered(reply) => replies.push(reply),
+                other => return other,
+            }
+        }
+        let reply = replies
+            .pop()
+            .unwrap_or_else(|| Reply::new(250, Enhanced(2, 0, 0), "delivered"));
+        RcptOutcome::Delivered(reply)
+    }
+
+    async fn deliver_local(
+        &self,
+        env: &Envelope,
+        index: usize,
+        template: &str,
+        routed: Option<&Address>,
+    ) -> RcptOutcome {
+        let address = routed.unwrap_or(&env.recipients[index].address);
+        let path = match maildir::expand_template(template, &address.local_part) {
+            Ok(p) => p,
+            Err(_) => {
+                return RcptOutcome::Permanent(Reply::new(
+                    550,
+                    Enhanced(5, 1, 3),
+                    "Bad mailbox name",
+                ))
+            }
+        };
+        let body_path = self.queue.body_path(&env.id);
+        let body = env.body.clone();
+        let hostname = self.config.server.hostname.clone();
+        let prefix = format!("Return-Path: {}\r\n", env.sender).into_bytes();
+        let result = glommio::executor()
+            .spawn_blocking(move || -> std::io::Result<std::path::PathBuf> {
+                match body {
+                    Body::Inline(bytes) => {
+                        maildir::deliver(&path, &hostname, &prefix, &mut &bytes[..])
+                    }
+                    Body::File { .. } => {
+                        let mut file = std::fs::File::open(&body_path)?;
+                        maildir::deliver(&path, &hostname, &prefix, &mut file)
+                    }
+                }
+            })
+            .await;
+        match result {
+            Ok(file) => RcptOutcome::Delivered(Reply::new(
+                250,
+                Enhanced(2, 0, 0),
+                format!("delivered to {}", file.display()),
+            )),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOSPC)
+                    || e.raw_os_error() == Some(libc::EDQUOT) =>
+            {
+                RcptOutcome::Transient(Reply::new(
+                    452,
+                    Enhanced(4, 2, 2),
+                    format!("mailbox full: {e}"),
+                ))
+            }
+            Err(e) => {
+                RcptOutcome::Transient(Reply::new(451, Enhanced(4, 3, 0), format!("maildir: {e}")))
+            }
+        }
+    }
+}
+
+/// Applies outcomes to `env` and logs them. Early: only deliveries
+/// count (a refusal is left pending, for the normal attempt to meet
+/// again and report). Returns the number delivered.
+pub fn record(
+    shard_index: usize,
+    env: &mut Envelope,
+    results: Vec<Attempted>,
+    early: bool,
+) -> usize {
+    let mut delivered = 0;
+    for (i, outcome, relay) in results {
+        if early && !matches!(outcome, RcptOutcome::Delivered(_)) {
+            continue;
+        }
+        let r = &mut env.recipients[i];
+        let (state, reply) = match &outcome {
+            RcptOutcome::Delivered(reply) => (RcptState::Delivered, reply.summary()),
+            RcptOutcome::Transient(reply) => (RcptState::Pending, reply.summary()),
+            RcptOutcome::Permanent(reply) => (RcptState::Failed, reply.summary()),
+        };
+        r.state = state;
+        r.last_reply = reply;
+        let status = match state {
+            RcptState::Delivered => {
+                delivered += 1;
+                if early {
+                    "delivered_early"
+                } else {
+                    "delivered"
+                }
+            }
+            RcptState::Pending => "deferred",
+            RcptState::Failed => "failed",
+        };
+        log::event(
+            "delivery",
+            &[
+                ("shard", &shard_index),
+                ("id", &env.id),
+                ("from", &env.sender),
+                ("to", &r.address),
+                ("relay", &relay),
+                ("status", &status),
+                ("attempt", &env.attempt_count),
+                ("reply", &r.last_reply),
+            ],
+        );
+    }
+    delivered
+}

@@ -1,0 +1,59 @@
+//! Data callouts: the stages a message passes at the final dot, once it is
+//! whole in its final place in the queue (inline buffer or body file) and
+//! before the reply to the final dot is decided.
+//!
+//! Place in the pipeline: between receiving and committing. The session
+//! driver builds the envelope, asks [`Stages::at_final_dot`], and acts on
+//! the [`Verdict`]: commit and 250 (`Continue`), answer without committing
+//! (`Done`: the message needs no queueing, e.g. every recipient already
+//! accepted by the next hop), or refuse (`Refuse`: nothing is committed,
+//! nothing stays live). A stage may change the envelope it is given
+//! (recipient states, later scanner headers), never the body. Early
+//! delivery (`delivery.early_ms`) is the first stage; content scanners and
+//! replication to a peer plug in here the same way.
+
+pub mod early;
+
+use crate::queue::Envelope;
+use crate::smtp::reply::Reply;
+
+/// What the stages decided for a message at its final dot.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Commit the envelope (as the stages left it) and answer 250.
+    Continue,
+    /// Answer this without committing anything: the message is taken
+    /// care of already.
+    Done(Reply),
+    /// Answer this (4xx or 5xx) and commit nothing.
+    Refuse(Reply),
+}
+
+/// The data-callout stages of one shard, in order.
+pub struct Stages {
+    early: Option<early::EarlyDelivery>,
+}
+
+impl Stages {
+    pub fn new(early: Option<early::EarlyDelivery>) -> Stages {
+        Stages { early }
+    }
+
+    /// Whether any stage runs: without one, the session commits at once
+    /// and never makes the message's content available before its commit.
+    pub fn is_empty(&self) -> bool {
+        self.early.is_none()
+    }
+
+    /// Runs the stages over `env`, whose body (`env.body`) is complete but
+    /// not yet committed.
+    pub async fn at_final_dot(&self, env: &mut Envelope) -> Verdict {
+        if let Some(early) = &self.early {
+            match early.run(env).await {
+                Verdict::Continue => {}
+                other => return other,
+            }
+        }
+        Verdict::Continue
+    }
+}
