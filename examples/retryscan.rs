@@ -41,6 +41,7 @@ fn envelope(id: String, i: u64) -> Envelope {
         attempt_count: 1,
         size_bytes: 0,
         body_8bit: false,
+        body_binary: false,
         smtputf8: false,
         client: "192.0.2.1".to_string(),
         helo: "client.example".to_string(),
