@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use queue_format::LogKind;
-use ringpost::queue::{Body, Envelope, Queue, QueueParams, RcptState, Recipient};
+use ringpost::clock::Clock;
+use ringpost::queue::{stored_address, Body, Envelope, Queue, QueueParams, RcptState, Recipient};
+use ringpost::smtp::address::ReversePath;
 
 /// Deferrals in flight at once while filling.
 const FILL_TASKS: usize = 512;
@@ -23,16 +25,17 @@ fn params() -> QueueParams {
         commit_delay: Duration::ZERO,
         // Long lags: nothing is handed out while the scan is measured.
         retry_lags: vec![Duration::from_secs(3600)],
+        handoff_envelopes_max: 64,
     }
 }
 
 fn envelope(id: String, i: u64) -> Envelope {
-    let now_ms = ringpost::queue::unix_now_ms();
+    let now_ms = ringpost::clock::system_unix_ms();
     Envelope {
         id,
-        sender: format!("sender{i}@client.example"),
+        sender: ReversePath::Path(stored_address(&format!("sender{i}@client.example")).expect("address")),
         recipients: vec![Recipient {
-            address: format!("user{i}@remote.example"),
+            address: stored_address(&format!("user{i}@remote.example")).expect("address"),
             state: RcptState::Pending,
             last_reply: "451 4.7.1 greylisted, try again later".to_string(),
         }],
@@ -68,7 +71,7 @@ fn main() {
     let handle = glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
             let started = Instant::now();
-            let (queue, _fresh) = Queue::open(&spool, 0, params()).await.expect("spool opens");
+            let queue = Queue::open(&spool, 0, params(), Clock::System).await.expect("spool opens");
             let opened = started.elapsed();
             if mode == "scan" {
                 let bytes: u64 = std::fs::read_dir(spool.join("shard-0"))

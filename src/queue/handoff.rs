@@ -133,7 +133,10 @@ impl<S: Storage + 'static> Queue<S> {
     }
 
     /// The next message for a delivery attempt; None once the queue is
-    /// closed. A message given by location is read back from its log.
+    /// closed. A message given by location is read back from its log; a
+    /// caller that drops this future during that read (only at shutdown)
+    /// leaves the message live in the log, to be recovered at the next
+    /// start.
     pub async fn take(&self) -> Option<Envelope> {
         loop {
             let listener = self.handoff.ready_event.listen();
@@ -215,5 +218,165 @@ impl<S: Storage + 'static> Queue<S> {
             }
             _ => Err("not an envelope record".to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use queue_format::{CompletionReason, LogKind};
+
+    use crate::clock::Clock;
+    use crate::queue::storage::DiskStorage;
+    use crate::queue::{stored_address, Body, Envelope, Queue, QueueParams, RcptState, Recipient};
+    use crate::smtp::address::ReversePath;
+
+    fn run(test: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static) {
+        glommio::LocalExecutorBuilder::default().spawn(move || test()).unwrap().join().unwrap();
+    }
+
+    fn tempdir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ringpost-handoff-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn params(handoff_envelopes_max: usize) -> QueueParams {
+        QueueParams {
+            inline_max_bytes: 2048,
+            segment_size_bytes: 256 * 1024,
+            commit_delay: Duration::ZERO,
+            retry_lags: vec![Duration::from_secs(600), Duration::from_secs(3600)],
+            handoff_envelopes_max,
+        }
+    }
+
+    async fn open(dir: &std::path::Path, params: QueueParams, clock: Clock) -> Rc<Queue> {
+        let storage = DiskStorage::open(dir).await.unwrap();
+        let queue = Queue::open_with(storage, 0, params, clock).await.unwrap();
+        for kind in [LogKind::Head, LogKind::Retry] {
+            glommio::spawn_local(queue.clone().run_committer(kind)).detach();
+        }
+        for runner in 0..queue.params().retry_lags.len() {
+            glommio::spawn_local(queue.clone().run_runner(runner)).detach();
+        }
+        queue
+    }
+
+    async fn accept(queue: &Queue, now_ms: u64) -> String {
+        let mut writer = queue.create().await.unwrap();
+        writer.write(b"Subject: t\r\n\r\nbody\r\n").await.unwrap();
+        let id = writer.id().to_string();
+        let env = Envelope {
+            id: id.clone(),
+            sender: ReversePath::Path(stored_address("s@example.org").unwrap()),
+            recipients: vec![Recipient {
+                address: stored_address("r@example.net").unwrap(),
+                state: RcptState::Pending,
+                last_reply: String::new(),
+            }],
+            arrival_unix_ms: now_ms,
+            next_retry_unix_ms: now_ms,
+            attempt_count: 0,
+            size_bytes: 0,
+            body_8bit: false,
+            body_binary: false,
+            smtputf8: false,
+            client: "127.0.0.1".into(),
+            helo: "t".into(),
+            body: Body::Inline(Default::default()),
+        };
+        writer.commit(queue, env).await.unwrap();
+        id
+    }
+
+    /// Whether `take` has a whole envelope now, without waiting for more.
+    async fn take_now(queue: &Queue) -> Option<Envelope> {
+        assert!(queue.handoff_counts().0 == queue.handoff_counts().1, "only envelopes, no locations");
+        futures_lite::future::poll_once(queue.take()).await.flatten()
+    }
+
+    #[test]
+    fn fresh_messages_past_the_bound_wait_as_locations_and_come_back_whole_in_order() {
+        run(|| {
+            Box::pin(async {
+                let dir = tempdir("bound");
+                let (clock, _) = Clock::manual(1_800_000_000_000);
+                let queue = open(&dir, params(3), clock).await;
+                let mut ids = Vec::new();
+                for _ in 0..10 {
+                    ids.push(accept(&queue, 1_800_000_000_000).await);
+                }
+                assert_eq!(queue.handoff_counts(), (10, 3), "3 envelopes in memory, 7 locations");
+                let mut taken = Vec::new();
+                for _ in 0..10 {
+                    let env = queue.take().await.unwrap();
+                    assert_eq!(env.recipients[0].address.to_string(), "r@example.net");
+                    assert_eq!(env.body, Body::Inline(std::sync::Arc::from(&b"Subject: t\r\n\r\nbody\r\n"[..])));
+                    taken.push(env.id);
+                }
+                assert_eq!(taken, ids);
+                assert_eq!(queue.handoff_counts(), (0, 0));
+                assert!(queue.entry(&ids[0]).unwrap().in_flight, "with delivery until it records the attempt");
+            })
+        });
+    }
+
+    #[test]
+    fn recovery_hands_over_locations_only() {
+        run(|| {
+            Box::pin(async {
+                let dir = tempdir("recover");
+                let (clock, _) = Clock::manual(1_800_000_000_000);
+                let queue = open(&dir, params(4), clock.clone()).await;
+                for _ in 0..50 {
+                    accept(&queue, 1_800_000_000_000).await;
+                }
+                queue.close();
+                drop(queue);
+                let queue = open(&dir, params(4), clock).await;
+                assert_eq!(queue.handoff_counts(), (50, 0), "50 recovered, no envelope held in memory");
+                let mut count = 0;
+                while queue.handoff_counts().0 > 0 {
+                    let env = queue.take().await.unwrap();
+                    assert_eq!(env.attempt_count, 0);
+                    count += 1;
+                }
+                assert_eq!(count, 50);
+            })
+        });
+    }
+
+    #[test]
+    fn a_deferred_message_comes_back_when_the_clock_reaches_its_lag_and_not_before() {
+        run(|| {
+            Box::pin(async {
+                let dir = tempdir("clock");
+                let start_ms = 1_800_000_000_000;
+                let (clock, manual) = Clock::manual(start_ms);
+                let queue = open(&dir, params(4), clock).await;
+                accept(&queue, start_ms).await;
+                let mut env = queue.take().await.unwrap();
+                env.attempt_count = 1;
+                env.next_retry_unix_ms = start_ms + queue.retry_delay(1).as_millis() as u64;
+                queue.defer(&env).await.unwrap();
+                assert!(!queue.entry(&env.id).unwrap().in_flight, "deferred: the runners have it");
+                for _ in 0..10 {
+                    glommio::executor().yield_task_queue_now().await;
+                }
+                manual.advance(Duration::from_secs(599));
+                for _ in 0..10 {
+                    glommio::executor().yield_task_queue_now().await;
+                }
+                assert!(take_now(&queue).await.is_none(), "handed back before its lag");
+                manual.advance(Duration::from_secs(1));
+                let back = queue.take().await.unwrap();
+                assert_eq!((back.id.as_str(), back.attempt_count), (env.id.as_str(), 1));
+                queue.complete(&back, CompletionReason::Done).unwrap();
+            })
+        });
     }
 }
