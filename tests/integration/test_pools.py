@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_for, wait_port
+from conftest import free_port, missing_tool, wait_for, wait_port
 from test_routing import routed  # noqa: F401  (the fixture)
 
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
@@ -28,7 +28,7 @@ class PostgresCluster:
 
     def __init__(self):
         if not PG_BIN:
-            pytest.skip("PostgreSQL is not installed (tests/run installs postgresql)")
+            missing_tool("PostgreSQL is not installed (tests/run installs postgresql)")
         self.bin = PG_BIN[-1]
         self.dir = Path(tempfile.mkdtemp(prefix="ringpost-pg-"))
         os.chmod(self.dir, 0o755)
@@ -86,7 +86,7 @@ class Slapd:
     def __init__(self):
         slapd = shutil.which("slapd") or "/usr/sbin/slapd"
         if not Path(slapd).exists():
-            pytest.skip("slapd is not installed (tests/run installs slapd)")
+            missing_tool("slapd is not installed (tests/run installs slapd)")
         self.dir = Path(tempfile.mkdtemp(prefix="ringpost-slapd-"))
         (self.dir / "db").mkdir()
         self.port = free_port()

@@ -134,7 +134,12 @@ def test_smtp_rule_sends_a_domain_to_its_own_next_hop(ringpost, smtp_sink):
     special_hop.wait_message(b"Subject: split")
     default_hop.wait_message(b"Subject: split")
     time.sleep(0.3)
-    assert b"a@mx.special.test" in special_hop.messages()[0] or len(special_hop.messages()) == 1
+    # Each hop got one transaction, with only its own recipient.
+    assert len(special_hop.messages()) == 1 and len(default_hop.messages()) == 1
+    assert b"a@mx.special.test" in special_hop.messages()[0]
+    assert b"b@elsewhere.test" not in special_hop.messages()[0]
+    assert b"b@elsewhere.test" in default_hop.messages()[0]
+    assert b"a@mx.special.test" not in default_hop.messages()[0]
     # The domain named by a rule is accepted from any client; mail for the
     # parent domain itself is not covered by ".special.test".
     assert not [line for line in statuses(rp, "a@mx.special.test") if f":{default_hop.port}" in line]
