@@ -414,15 +414,16 @@ impl Deliverer {
         let body = env.body.clone();
         let hostname = self.config.server.hostname.clone();
         let prefix = format!("Return-Path: {}\r\n", env.sender).into_bytes();
+        let line_ends = if env.body_binary { maildir::LineEnds::AsStored } else { maildir::LineEnds::Lf };
         let result = glommio::executor()
             .spawn_blocking(move || -> std::io::Result<std::path::PathBuf> {
                 match body {
                     Body::Inline(bytes) => {
-                        maildir::deliver(&path, &hostname, &prefix, &mut &bytes[..])
+                        maildir::deliver(&path, &hostname, &prefix, &mut &bytes[..], line_ends)
                     }
                     Body::File { .. } => {
                         let mut file = std::fs::File::open(&body_path)?;
-                        maildir::deliver(&path, &hostname, &prefix, &mut file)
+                        maildir::deliver(&path, &hostname, &prefix, &mut file, line_ends)
                     }
                 }
             })

@@ -9,7 +9,11 @@
 //! blocking worker pool, never on a shard's executor.
 //!
 //! Stored content has CRLF line endings; Maildir files use LF, so each CRLF
-//! becomes LF on the way (a lone CR stays). The copy goes through a fixed
+//! becomes LF on the way (a lone CR stays). That convention is for text: a
+//! message received with BODY=BINARYMIME (RFC 3030) is stored byte for
+//! byte as received, its added `Return-Path:` line ending in CRLF like the
+//! rest of its header section ([`LineEnds::AsStored`]), since turning a
+//! CRLF in binary content into LF would change the content. The copy goes through a fixed
 //! buffer of `COPY_BUFFER_BYTES`; the message size is not bounded here (the
 //! queue already bounds it).
 
@@ -26,6 +30,15 @@ const COPY_BUFFER_BYTES: usize = 64 * 1024;
 const NAME_ATTEMPT_COUNT_MAX: u32 = 8;
 /// Longest user name accepted by `expand_template` (NAME_MAX).
 pub const USER_BYTES_MAX: usize = 255;
+
+/// How line ends are written to the mailbox file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineEnds {
+    /// Each CRLF becomes LF (the Maildir convention for text).
+    Lf,
+    /// Byte for byte as stored (binary content).
+    AsStored,
+}
 
 /// Per-process counter for unique names (the `Q` part).
 static DELIVERY_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -79,6 +92,7 @@ pub fn deliver(
     hostname: &str,
     prefix: &[u8],
     content: &mut dyn Read,
+    line_ends: LineEnds,
 ) -> io::Result<PathBuf> {
     create_maildir(maildir)?;
     let fresh_name = || {
@@ -98,6 +112,7 @@ pub fn deliver(
         &name,
         prefix,
         content,
+        line_ends,
     );
     // The tmp/ name goes in every case: after success the file lives on
     // under new/, after failure it is garbage.
@@ -112,10 +127,15 @@ fn write_and_publish(
     name: &str,
     prefix: &[u8],
     content: &mut dyn Read,
+    line_ends: LineEnds,
 ) -> io::Result<PathBuf> {
     let mut writer = io::BufWriter::with_capacity(COPY_BUFFER_BYTES, file);
     let mut converter = CrlfToLf::default();
-    converter.write(prefix, &mut writer)?;
+    let mut copy = |bytes: &[u8], writer: &mut io::BufWriter<File>| match line_ends {
+        LineEnds::Lf => converter.write(bytes, writer),
+        LineEnds::AsStored => writer.write_all(bytes),
+    };
+    copy(prefix, &mut writer)?;
     let mut buf = vec![0u8; COPY_BUFFER_BYTES];
     loop {
         let n = match content.read(&mut buf) {
@@ -124,9 +144,11 @@ fn write_and_publish(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        converter.write(&buf[..n], &mut writer)?;
+        copy(&buf[..n], &mut writer)?;
     }
-    converter.finish(&mut writer)?;
+    if line_ends == LineEnds::Lf {
+        converter.finish(&mut writer)?;
+    }
     let file = writer.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     drop(file);
@@ -296,6 +318,19 @@ mod tests {
     }
 
     #[test]
+    fn binary_content_is_stored_byte_for_byte() {
+        let dir = TempDir::new("binary");
+        let maildir = dir.0.join("Maildir");
+        let body: &[u8] = b"Content-Type: application/octet-stream\r\n\r\n\x00\r\n.\r\nbare\n\rcr\r\xff";
+        let mut content = body;
+        let path = deliver(&maildir, "mx1.example.org", b"Return-Path: <a@x>\r\n", &mut content, LineEnds::AsStored)
+            .unwrap();
+        let mut expected = b"Return-Path: <a@x>\r\n".to_vec();
+        expected.extend_from_slice(body);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
     fn delivers_into_new_with_lf_endings() {
         let dir = TempDir::new("basic");
         let maildir = dir.0.join("Maildir");
@@ -305,6 +340,7 @@ mod tests {
             "mx1.example.org",
             b"Return-Path: <a@x>\r\n",
             &mut content,
+            LineEnds::Lf,
         )
         .unwrap();
         assert_eq!(path.parent().unwrap(), maildir.join("new"));
@@ -331,7 +367,7 @@ mod tests {
         let mut paths = std::collections::HashSet::new();
         for i in 0..50 {
             let text = format!("n: {i}\r\n");
-            let path = deliver(&dir.0, "host", b"", &mut text.as_bytes()).unwrap();
+            let path = deliver(&dir.0, "host", b"", &mut text.as_bytes(), LineEnds::Lf).unwrap();
             assert!(paths.insert(path));
         }
         assert_eq!(entries(&dir.0.join("new")).len(), 50);
@@ -347,7 +383,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..10 {
                         let text = format!("t{t} n{i}\r\n");
-                        deliver(&root, "host", b"", &mut text.as_bytes()).unwrap();
+                        deliver(&root, "host", b"", &mut text.as_bytes(), LineEnds::Lf).unwrap();
                     }
                 })
             })
@@ -372,7 +408,7 @@ mod tests {
             }
         }
         let dir = TempDir::new("fail");
-        let err = deliver(&dir.0, "host", b"X: y\r\n", &mut Failing(3)).unwrap_err();
+        let err = deliver(&dir.0, "host", b"X: y\r\n", &mut Failing(3), LineEnds::Lf).unwrap_err();
         assert_eq!(err.to_string(), "disk on fire");
         assert!(entries(&dir.0.join("tmp")).is_empty());
         assert!(entries(&dir.0.join("new")).is_empty());
@@ -383,7 +419,7 @@ mod tests {
         let dir = TempDir::new("file");
         let not_a_dir = dir.0.join("plain-file");
         std::fs::write(&not_a_dir, b"x").unwrap();
-        assert!(deliver(&not_a_dir, "host", b"", &mut &b"x"[..]).is_err());
+        assert!(deliver(&not_a_dir, "host", b"", &mut &b"x"[..], LineEnds::Lf).is_err());
     }
 
     #[test]
@@ -415,6 +451,7 @@ mod tests {
             "n2",
             b"",
             &mut &b"x"[..],
+            LineEnds::Lf,
         );
         assert_eq!(err.unwrap_err().kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(dir.0.join("new").join("n2")).unwrap(), b"old");
