@@ -17,6 +17,8 @@ pub mod scan;
 pub mod shard;
 pub mod smtp;
 pub mod tls;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use config::load;
 

@@ -10,3 +10,5 @@ pub mod pipe;
 pub mod dotstuff;
 pub mod engine;
 pub mod outbound;
+#[cfg(test)]
+mod tests;

@@ -9,6 +9,8 @@
 //! delivery: the queue hands committed messages on.
 
 pub mod policy;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::rc::Rc;

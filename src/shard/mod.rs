@@ -27,8 +27,8 @@ use crate::deliver::attempt::Deliverer;
 use crate::deliver::engine::Delivery;
 use crate::log;
 use crate::queue::{Queue, QueueParams};
-use queue_format::LogKind;
 use crate::smtp::server::{BareLfPolicy, ServerParams};
+use queue_format::LogKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
@@ -57,6 +57,33 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// A shard's state from its parts (`task_queues`: SMTP, delivery).
+    pub fn new(
+        index: usize,
+        config: Arc<Config>,
+        queue: Rc<Queue>,
+        delivery: Rc<Delivery>,
+        stages: crate::scan::Stages,
+        task_queues: [TaskQueueHandle; 2],
+        tls_server: Option<Arc<rustls::ServerConfig>>,
+    ) -> Shard {
+        Shard {
+            index,
+            server_params: Arc::new(server_params(&config)),
+            config,
+            queue,
+            delivery,
+            stages,
+            tq_smtp: task_queues[0],
+            tq_delivery: task_queues[1],
+            tls_server,
+            sessions_active: Cell::new(0),
+            phase: Cell::new(Phase::Running),
+            phase_event: event_listener::Event::new(),
+            session_event: event_listener::Event::new(),
+        }
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase.get()
     }
@@ -67,7 +94,7 @@ impl Shard {
         self.phase_event.listen()
     }
 
-    fn set_phase(&self, phase: Phase) {
+    pub fn set_phase(&self, phase: Phase) {
         assert!(phase > self.phase.get(), "phases only move forward");
         self.phase.set(phase);
         self.phase_event.notify(usize::MAX);
@@ -79,12 +106,20 @@ impl Shard {
     }
 
     pub fn session_started(&self) {
-        let count = self.sessions_active.get().checked_add(1).expect("session count overflow");
+        let count = self
+            .sessions_active
+            .get()
+            .checked_add(1)
+            .expect("session count overflow");
         self.sessions_active.set(count);
     }
 
     pub fn session_ended(&self) {
-        let count = self.sessions_active.get().checked_sub(1).expect("session count below zero");
+        let count = self
+            .sessions_active
+            .get()
+            .checked_sub(1)
+            .expect("session count below zero");
         self.sessions_active.set(count);
         self.session_event.notify(usize::MAX);
     }
@@ -141,13 +176,20 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
             ("listen", &format!("{:?}", config.server.listen)),
         ],
     );
-    let dns = crate::dns::params_for(&config.dns).map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?;
+    let dns = crate::dns::params_for(&config.dns)
+        .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?;
     dns.validate().map_err(|e| format!("dns: {e}"))?;
     let tls_server = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key).map_err(|e| format!("tls: {e}"))?),
+        (Some(cert), Some(key)) => {
+            Some(crate::tls::server_config(cert, key).map_err(|e| format!("tls: {e}"))?)
+        }
         _ => None,
     };
-    let start = Start { dns, tls_server, tls_client: crate::tls::client_config() };
+    let start = Start {
+        dns,
+        tls_server,
+        tls_client: crate::tls::client_config(),
+    };
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
         let placement = if config.server.pin && !cpus.is_empty() {
@@ -189,19 +231,50 @@ struct Start {
     tls_client: Arc<rustls::ClientConfig>,
 }
 
-async fn shard_main(index: usize, config: Arc<Config>, start: Start, stop: Arc<AtomicBool>) -> Result<(), String> {
-    let Start { dns, tls_server, tls_client } = start;
+async fn shard_main(
+    index: usize,
+    config: Arc<Config>,
+    start: Start,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let Start {
+        dns,
+        tls_server,
+        tls_client,
+    } = start;
     let executor = glommio::executor();
-    let tq_smtp = executor.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(5)), "smtp");
-    let tq_delivery = executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "delivery");
+    let tq_smtp = executor.create_task_queue(
+        Shares::Static(1000),
+        Latency::Matters(Duration::from_millis(5)),
+        "smtp",
+    );
+    let tq_delivery =
+        executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "delivery");
     let spool = config.spool_for_shard(index).to_path_buf();
-    let queue = Queue::open(&spool, index as u16, QueueParams::from_config(&config), Clock::System)
-        .await
-        .map_err(|e| format!("shard {index}: cannot open spool {}: {e}", spool.display()))?;
-    let deliverer = Rc::new(Deliverer::new(config.clone(), queue.clone(), index, dns, tls_client)?);
-    let delivery = Rc::new(Delivery::new(config.clone(), queue.clone(), deliverer.clone()));
-    let stages =
-        crate::scan::Stages::new(crate::scan::early::EarlyDelivery::new(deliverer.clone(), config.delivery.early_ms));
+    let queue = Queue::open(
+        &spool,
+        index as u16,
+        QueueParams::from_config(&config),
+        Clock::System,
+    )
+    .await
+    .map_err(|e| format!("shard {index}: cannot open spool {}: {e}", spool.display()))?;
+    let deliverer = Rc::new(Deliverer::new(
+        config.clone(),
+        queue.clone(),
+        index,
+        dns,
+        tls_client,
+    )?);
+    let delivery = Rc::new(Delivery::new(
+        config.clone(),
+        queue.clone(),
+        deliverer.clone(),
+    ));
+    let stages = crate::scan::Stages::new(crate::scan::early::EarlyDelivery::new(
+        deliverer.clone(),
+        config.delivery.early_ms,
+    ));
     let recovered = queue.handoff_counts().0;
     // The queue's own tasks: a committer per log next to the sessions it
     // acknowledges; the collector and the retry runners with delivery.
@@ -225,37 +298,47 @@ async fn shard_main(index: usize, config: Arc<Config>, start: Start, stop: Arc<A
             .map_err(|e| format!("shard {index}: cannot listen on {addr}: {e}"))?;
         listeners.push(listener);
     }
-    let shard = Rc::new(Shard {
+    let shard = Rc::new(Shard::new(
         index,
-        server_params: Arc::new(server_params(&config)),
         config,
         queue,
         delivery,
         stages,
-        tq_smtp,
-        tq_delivery,
+        [tq_smtp, tq_delivery],
         tls_server,
-        sessions_active: Cell::new(0),
-        phase: Cell::new(Phase::Running),
-        phase_event: event_listener::Event::new(),
-        session_event: event_listener::Event::new(),
-    });
-    log::event("shard_ready", &[("shard", &index), ("recovered", &recovered)]);
+    ));
+    log::event(
+        "shard_ready",
+        &[("shard", &index), ("recovered", &recovered)],
+    );
     let mut accept_tasks = Vec::new();
     for listener in listeners {
-        let task = glommio::spawn_local_into(crate::ingress::accept_loop(shard.clone(), listener), tq_smtp)
-            .map_err(|e| format!("shard {index}: {e}"))?;
+        let task = glommio::spawn_local_into(
+            crate::ingress::accept_loop(shard.clone(), listener),
+            tq_smtp,
+        )
+        .map_err(|e| format!("shard {index}: {e}"))?;
         accept_tasks.push(task);
     }
-    let delivery_task = glommio::spawn_local_into(shard.delivery.clone().run(shard.clone()), tq_delivery)
-        .map_err(|e| format!("shard {index}: {e}"))?;
-    let sweep_task = glommio::spawn_local_into(shard.delivery.clone().sweep_connections(shard.clone()), tq_delivery)
-        .map_err(|e| format!("shard {index}: {e}"))?;
+    let delivery_task =
+        glommio::spawn_local_into(shard.delivery.clone().run(shard.clone()), tq_delivery)
+            .map_err(|e| format!("shard {index}: {e}"))?;
+    let sweep_task = glommio::spawn_local_into(
+        shard.delivery.clone().sweep_connections(shard.clone()),
+        tq_delivery,
+    )
+    .map_err(|e| format!("shard {index}: {e}"))?;
 
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
     }
-    log::event("drain", &[("shard", &index), ("sessions", &shard.sessions_active.get())]);
+    log::event(
+        "drain",
+        &[
+            ("shard", &index),
+            ("sessions", &shard.sessions_active.get()),
+        ],
+    );
     shard.set_phase(Phase::Draining);
     for task in accept_tasks {
         task.await;
@@ -263,12 +346,17 @@ async fn shard_main(index: usize, config: Arc<Config>, start: Start, stop: Arc<A
     let drain_deadline = Instant::now() + shard.config.server.drain_timeout.0;
     if !shard.sessions_gone(drain_deadline).await {
         shard.set_phase(Phase::Closing);
-        shard.sessions_gone(Instant::now() + Duration::from_secs(5)).await;
+        shard
+            .sessions_gone(Instant::now() + Duration::from_secs(5))
+            .await;
     } else {
         shard.set_phase(Phase::Closing);
     }
     delivery_task.await;
-    shard.delivery.wait_idle(Instant::now() + Duration::from_secs(10)).await;
+    shard
+        .delivery
+        .wait_idle(Instant::now() + Duration::from_secs(10))
+        .await;
     sweep_task.await;
     shard.delivery.close_connections().await;
     // Records staged by the last attempts are flushed before the committers end.

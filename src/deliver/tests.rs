@@ -1,0 +1,217 @@
+//! The delivery engine and outbound SMTP over real sockets: messages the
+//! queue hands over, delivered to Maildir or to a scripted SMTP peer, with
+//! retries driven by the shard's manual clock (no sleeping for a lag).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::queue::{stored_address, Body, Envelope, RcptState, Recipient};
+use crate::smtp::address::ReversePath;
+use crate::testing::{self, Peer};
+
+const START_MS: u64 = 1_800_000_000_000;
+
+/// Commits a message through the queue's normal path.
+async fn accept(t: &testing::TestShard, to: &[&str], body: &[u8]) -> String {
+    let queue = &t.shard.queue;
+    let mut writer = queue.create().await.unwrap();
+    writer.write(body).await.unwrap();
+    let id = writer.id().to_string();
+    let now = queue.clock().unix_ms();
+    let env = Envelope {
+        id: id.clone(),
+        sender: ReversePath::Path(stored_address("sender@example.org").unwrap()),
+        recipients: to
+            .iter()
+            .map(|a| Recipient {
+                address: stored_address(a).unwrap(),
+                state: RcptState::Pending,
+                last_reply: String::new(),
+            })
+            .collect(),
+        arrival_unix_ms: now,
+        next_retry_unix_ms: now,
+        attempt_count: 0,
+        size_bytes: 0,
+        body_8bit: false,
+        body_binary: false,
+        smtputf8: false,
+        client: "127.0.0.1".into(),
+        helo: "client.test".into(),
+        body: Body::Inline(Default::default()),
+    };
+    writer.commit(queue, env).await.unwrap();
+    id
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if done() {
+            return;
+        }
+        testing::settle(10).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn start_delivery(t: &testing::TestShard) {
+    let shard = t.shard.clone();
+    glommio::spawn_local_into(shard.delivery.clone().run(shard.clone()), shard.tq_delivery)
+        .unwrap()
+        .detach();
+}
+
+#[test]
+fn a_local_message_is_written_to_its_maildir_and_completed() {
+    testing::run(|| {
+        Box::pin(async {
+            let dir = testing::tempdir("deliver-local");
+            let t = testing::shard(testing::config(&dir, ""), START_MS).await;
+            start_delivery(&t);
+            accept(&t, &["bob@localhost"], b"Subject: local\r\n\r\nhi\r\n").await;
+            let new = dir.join("mail/bob/Maildir/new");
+            wait_for("the Maildir file", || {
+                std::fs::read_dir(&new)
+                    .map(|d| d.count() == 1)
+                    .unwrap_or(false)
+            })
+            .await;
+            let file = std::fs::read_dir(&new)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            assert_eq!(
+                std::fs::read(file).unwrap(),
+                b"Return-Path: <sender@example.org>\nSubject: local\n\nhi\n"
+            );
+            let queue = t.shard.queue.clone();
+            wait_for("the completion to be durable", || queue.live_count() == 0).await;
+        })
+    });
+}
+
+#[test]
+fn a_deferred_recipient_is_retried_when_the_clock_reaches_the_lag() {
+    testing::run(|| {
+        Box::pin(async {
+            // The first RCPT is refused for now, the second accepted.
+            let peer = Peer::start(Arc::new(|verb: &str, nth: usize| match (verb, nth) {
+                ("RCPT", 0) => "451 4.2.0 try later\r\n".to_string(),
+                _ => "250 2.0.0 ok\r\n".to_string(),
+            }));
+            let dir = testing::tempdir("deliver-retry");
+            let extra = format!("[delivery]\nsmarthost = \"127.0.0.1:{}\"\n", peer.port);
+            let t = testing::shard(testing::config(&dir, &extra), START_MS).await;
+            start_delivery(&t);
+            let id = accept(&t, &["far@example.net"], b"Subject: retry\r\n\r\nagain\r\n").await;
+            let queue = t.shard.queue.clone();
+            wait_for("the deferral", || {
+                queue
+                    .entry(&id)
+                    .is_some_and(|e| e.attempt_count == 1 && !e.in_flight)
+            })
+            .await;
+            assert_eq!(peer.commands("RCPT").len(), 1);
+            assert!(
+                peer.commands("|").is_empty(),
+                "no content after the only RCPT was refused"
+            );
+            // Nine minutes on: still waiting for the first runner (10 min).
+            t.manual.advance(Duration::from_secs(9 * 60));
+            testing::settle(100).await;
+            assert_eq!(peer.commands("RCPT").len(), 1, "retried before its lag");
+            t.manual.advance(Duration::from_secs(60));
+            let queue = t.shard.queue.clone();
+            wait_for("the retry to deliver", || queue.live_count() == 0).await;
+            assert_eq!(peer.commands("RCPT").len(), 2);
+            assert_eq!(peer.commands("|").len(), 3, "the content went once");
+            assert!(peer
+                .connections()
+                .concat()
+                .iter()
+                .any(|l| l == "|Subject: retry"));
+        })
+    });
+}
+
+#[test]
+fn two_messages_to_one_host_share_a_connection() {
+    testing::run(|| {
+        Box::pin(async {
+            let peer = Peer::start(Arc::new(|_: &str, _: usize| "250 2.0.0 ok\r\n".to_string()));
+            let dir = testing::tempdir("deliver-reuse");
+            let extra = format!("[delivery]\nsmarthost = \"127.0.0.1:{}\"\n", peer.port);
+            let t = testing::shard(testing::config(&dir, &extra), START_MS).await;
+            start_delivery(&t);
+            accept(&t, &["one@example.net"], b"Subject: first\r\n\r\n1\r\n").await;
+            let queue = t.shard.queue.clone();
+            wait_for("the first delivery", || queue.live_count() == 0).await;
+            accept(&t, &["two@example.net"], b"Subject: second\r\n\r\n2\r\n").await;
+            let queue = t.shard.queue.clone();
+            wait_for("the second delivery", || queue.live_count() == 0).await;
+            let connections = peer.connections();
+            assert_eq!(connections.len(), 1, "{connections:?}");
+            let mails: Vec<&String> = connections[0]
+                .iter()
+                .filter(|l| l.starts_with("MAIL FROM:"))
+                .collect();
+            assert_eq!(mails.len(), 2, "{connections:?}");
+            assert_eq!(mails[0], "MAIL FROM:<sender@example.org>");
+        })
+    });
+}
+
+#[test]
+fn a_permanent_refusal_bounces_once_to_the_sender() {
+    testing::run(|| {
+        Box::pin(async {
+            let peer = Peer::start(Arc::new(|verb: &str, _: usize| match verb {
+                "RCPT" => "550 5.1.1 no such user\r\n".to_string(),
+                _ => "250 2.0.0 ok\r\n".to_string(),
+            }));
+            let dir = testing::tempdir("deliver-bounce");
+            // The sender's domain is local, so the bounce lands in a Maildir.
+            let extra = format!(
+                "[delivery]\nsmarthost = \"127.0.0.1:{}\"\n[domains]\nlocal = [\"example.org\"]\n",
+                peer.port
+            );
+            let t = testing::shard(testing::config(&dir, &extra), START_MS).await;
+            start_delivery(&t);
+            accept(
+                &t,
+                &["gone@example.net"],
+                b"Subject: bounce me\r\n\r\nx\r\n",
+            )
+            .await;
+            let new = dir.join("mail/sender/Maildir/new");
+            wait_for("the bounce", || {
+                std::fs::read_dir(&new)
+                    .map(|d| d.count() == 1)
+                    .unwrap_or(false)
+            })
+            .await;
+            let file = std::fs::read_dir(&new)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            let bounce = String::from_utf8(std::fs::read(file).unwrap()).unwrap();
+            assert!(bounce.starts_with("Return-Path: <>\n"), "{bounce}");
+            assert!(
+                bounce.contains("Final-Recipient: rfc822; gone@example.net"),
+                "{bounce}"
+            );
+            assert!(bounce.contains("Status: 5.1.1"), "{bounce}");
+            let queue = t.shard.queue.clone();
+            wait_for("the queue to empty", || queue.live_count() == 0).await;
+            assert_eq!(
+                peer.commands("RCPT").len(),
+                1,
+                "refused once, never retried"
+            );
+        })
+    });
+}
