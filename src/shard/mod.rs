@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 
-use crate::config::{BareLf, Config};
+use crate::config::{BareLf, Config, Nul};
 use crate::deliver::engine::Delivery;
 use crate::log;
 use crate::queue::{Queue, QueueParams};
 use queue_format::LogKind;
-use crate::smtp::server::{BareLfPolicy, ServerParams};
+use crate::smtp::server::{BareLfPolicy, NulPolicy, ServerParams};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
@@ -106,6 +106,10 @@ pub fn server_params(config: &Config) -> ServerParams {
         bare_lf: match config.smtp.bare_lf {
             BareLf::Reject => BareLfPolicy::Reject,
             BareLf::Normalize => BareLfPolicy::Normalize,
+        },
+        nul: match config.smtp.nul {
+            Nul::Reject => NulPolicy::Reject,
+            Nul::Strip => NulPolicy::Strip,
         },
         starttls: config.tls.cert.is_some() && config.tls.key.is_some(),
     }
