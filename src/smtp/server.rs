@@ -517,7 +517,7 @@ impl Server {
 
     /// Heap octets the machine holds on to: buffer capacities, the event
     /// queue, the boxed transaction, question and content state, and the
-    /// strings inside them (addresses counted by length).
+    /// capacities of the strings inside them.
     pub fn retained_heap_bytes(&self) -> usize {
         use std::mem::size_of;
         let address =
