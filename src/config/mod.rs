@@ -219,6 +219,14 @@ pub enum BareLf {
     Normalize,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nul {
+    /// A message with a NUL octet in its text is refused (550 5.6.0 after its end).
+    Reject,
+    /// NUL octets are removed from the stored content.
+    Strip,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Smtp {
     /// Text after the host name in the 220 greeting. Default "ESMTP ringpost".
@@ -231,12 +239,15 @@ pub struct Smtp {
     pub max_text_line_bytes: usize,
     /// Errors in one session before 421 4.7.0 and close. Default 10.
     pub max_errors: u32,
-    /// Wait for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes). Default "5m".
+    /// Time for one command line, from the wait for it to its end (RFC 5321
+    /// §4.5.3.2.7: at least 5 minutes). Default "5m".
     pub command_timeout: Duration,
-    /// Wait for the next block of DATA/BDAT content. Default "5m".
+    /// Time for each 64 KiB block of DATA/BDAT content. Default "5m".
     pub data_timeout: Duration,
-    /// Policy for bare CR/LF in DATA. Default "reject".
+    /// Policy for bare CR/LF in DATA and BDAT, and bare LF after a command. Default "reject".
     pub bare_lf: BareLf,
+    /// Policy for NUL in DATA and in BDAT without BODY=BINARYMIME. Default "reject".
+    pub nul: Nul,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -558,6 +569,7 @@ impl Default for Smtp {
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(5 * 60),
             bare_lf: BareLf::Reject,
+            nul: Nul::Reject,
         }
     }
 }

@@ -61,6 +61,7 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "command_timeout = {}", quoted(&m.command_timeout.to_string()))?;
     writeln!(out, "data_timeout = {}", quoted(&m.data_timeout.to_string()))?;
     writeln!(out, "bare_lf = {}", quoted(m.bare_lf.as_str()))?;
+    writeln!(out, "nul = {}", quoted(m.nul.as_str()))?;
 
     writeln!(out, "\n[domains]")?;
     writeln!(out, "local = {}", string_array(&c.domains.local))?;

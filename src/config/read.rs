@@ -14,7 +14,7 @@ use super::error::ConfigError;
 use super::source::{Node, Table, Value};
 use super::types::{check_host_name, check_smarthost};
 use super::{
-    BareLf, Cidr, Config, Delivery, Dns, Domains, Duration, Local, Queue, Relay, Server, Smtp, Tls, TlsPolicy,
+    BareLf, Cidr, Config, Delivery, Dns, Domains, Duration, Local, Nul, Queue, Relay, Server, Smtp, Tls, TlsPolicy,
     TransportKind, TransportRule,
 };
 use super::{Driver, Route, Router};
@@ -60,6 +60,7 @@ pub(super) const SMTP_KEYS: &[&str] = &[
     "command_timeout",
     "data_timeout",
     "bare_lf",
+    "nul",
 ];
 pub(super) const DOMAINS_KEYS: &[&str] = &["local"];
 pub(super) const LOCAL_KEYS: &[&str] = &["maildir"];
@@ -601,6 +602,9 @@ fn read_smtp(section: &Section<'_>, d: Smtp) -> Result<Smtp> {
         data_timeout: section.read("data_timeout", d.data_timeout, duration_nonzero)?,
         bare_lf: section.read("bare_lf", d.bare_lf, |node, key| {
             BareLf::from_str(&string(node, key)?).map_err(|reason| invalid(node, key, reason))
+        })?,
+        nul: section.read("nul", d.nul, |node, key| {
+            Nul::from_str(&string(node, key)?).map_err(|reason| invalid(node, key, reason))
         })?,
     })
 }

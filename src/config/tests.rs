@@ -410,6 +410,7 @@ fn bad_values_name_file_line_and_key() {
         ("[smtp]\nmax_recipients = 0\n", "config.toml:2:18: smtp.max_recipients: must be at least 1"),
         ("[smtp]\nmax_errors = 5000000000\n", "config.toml:2:14: smtp.max_errors: 5000000000 is too large"),
         ("[smtp]\nbare_lf = \"strip\"\n", "config.toml:2:11: smtp.bare_lf: must be \"reject\" or \"normalize\", not \"strip\""),
+        ("[smtp]\nnul = \"normalize\"\n", "config.toml:2:7: smtp.nul: must be \"reject\" or \"strip\", not \"normalize\""),
         ("[smtp]\ngreeting = \"hi\\r\\n250 fake\"\n", "config.toml:2:12: smtp.greeting: must not contain control characters (CR, LF, …)"),
         ("[local]\nmaildir = \"/var/mail/Maildir\"\n", "config.toml:2:11: local.maildir: the Maildir template must contain {user}"),
         ("[delivery]\nsmarthost = \"mx.example.org\"\n", "config.toml:2:13: delivery.smarthost: bad smarthost \"mx.example.org\": expected \"host:port\""),
@@ -667,4 +668,12 @@ senders = ["@example.org"]
     assert!(error.contains(":4:1: unknown key router[0].colour"), "{error}");
     let error = error_of("[route]\nsubaddress_separators = [\"@\"]\n");
     assert!(error.contains(":2:26: route.subaddress_separators[0]"), "{error}");
+}
+
+#[test]
+fn smtp_nul_defaults_to_reject_and_loads_strip() {
+    assert_eq!(load_text("").expect("defaults").smtp.nul, Nul::Reject);
+    let config = load_text("[smtp]\nnul = \"strip\"\n").expect("strip");
+    assert_eq!(config.smtp.nul, Nul::Strip);
+    assert_eq!(load_text(&config.to_toml()).expect("printed config loads"), config);
 }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use super::{BareLf, Cidr, Duration};
+use super::{BareLf, Cidr, Duration, Nul};
 
 /// Duration units, largest first, as (suffix, nanoseconds). `Display` picks
 /// the largest unit that divides the value exactly.
@@ -201,6 +201,34 @@ impl FromStr for BareLf {
 }
 
 impl fmt::Display for BareLf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Nul {
+    /// The configuration spelling: `"reject"` or `"strip"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Nul::Reject => "reject",
+            Nul::Strip => "strip",
+        }
+    }
+}
+
+impl FromStr for Nul {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Nul, String> {
+        match text {
+            "reject" => Ok(Nul::Reject),
+            "strip" => Ok(Nul::Strip),
+            _ => Err(format!("must be \"reject\" or \"strip\", not {text:?}")),
+        }
+    }
+}
+
+impl fmt::Display for Nul {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

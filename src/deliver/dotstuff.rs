@@ -5,6 +5,8 @@
 //! Place in the pipeline: between the queue file and the socket of the
 //! outbound SMTP transport; the `smtp::client` machine says when to start
 //! (`SendBody`) and the driver pushes the content through a `DotStuffer`.
+//! Binary content (BODY=BINARYMIME) never comes here: it travels in BDAT
+//! chunks exactly as stored (`SendChunk`).
 //!
 //! Stored content has CRLF line endings. A bare LF is still sent as CRLF,
 //! so every line the next hop sees ends in CRLF and a line starting with

@@ -25,7 +25,9 @@ use crate::deliver::dotstuff::DotStuffer;
 use crate::dns::{RecordKind, Resolver};
 use crate::queue::{Body, Envelope};
 use crate::smtp::address::{Address, ReversePath};
-use crate::smtp::client::{Client, ClientEvent, ClientParams, Outcome, RcptOutcome, StartTls, Transaction};
+use crate::smtp::client::{
+    BodyType, Client, ClientEvent, ClientParams, Outcome, RcptOutcome, StartTls, Transaction, BDAT_CHUNK_BYTES_MAX,
+};
 use crate::tls::Stream;
 use crate::smtp::reply::{Enhanced, Reply};
 
@@ -150,7 +152,16 @@ pub async fn deliver(
 }
 
 /// The client's transaction for the recipients of `env` at `indexes`.
+/// Binary content (BODY=BINARYMIME) travels as binary whatever else is
+/// known of it; otherwise 8-bit content as 8BITMIME.
 pub fn transaction(env: &Envelope, indexes: &[usize]) -> Transaction {
+    let body = if env.body_binary {
+        BodyType::BinaryMime
+    } else if env.body_8bit {
+        BodyType::EightBitMime
+    } else {
+        BodyType::SevenBit
+    };
     Transaction {
         reverse_path: match &env.sender {
             ReversePath::Null => String::new(),
@@ -158,7 +169,7 @@ pub fn transaction(env: &Envelope, indexes: &[usize]) -> Transaction {
         },
         recipients: indexes.iter().map(|&i| env.recipients[i].address.to_string()).collect(),
         size_bytes: env.size_bytes,
-        body_8bit: env.body_8bit,
+        body,
         smtputf8: env.smtputf8,
     }
 }
@@ -304,8 +315,9 @@ async fn run(
 }
 
 /// Moves bytes between `stream` and `client` until the client's
-/// transaction is over; streams the body and runs the TLS handshake when
-/// the client asks for them. Used for SMTP and LMTP alike.
+/// transaction is over; streams the body (dot-stuffed after DATA, or in
+/// BDAT chunks as stored) and runs the TLS handshake when the client asks
+/// for them. Used for SMTP and LMTP alike.
 pub async fn drive(
     stream: &mut Stream,
     client: &mut Client,
@@ -316,7 +328,8 @@ pub async fn drive(
 ) -> Outcome {
     let block_timeout = client.data_block_timeout();
     let mut buf = vec![0u8; READ_BYTES];
-    loop {
+    let mut chunks = ChunkReader::default();
+    let outcome = loop {
         match client.poll(Instant::now()) {
             ClientEvent::NeedInput => {
                 let out = client.take_output();
@@ -343,6 +356,11 @@ pub async fn drive(
                     Err(_) => client.on_connection_lost(),
                 }
             }
+            ClientEvent::SendChunk => {
+                if send_chunk(stream, client, &mut chunks, &env.body, body_path, block_timeout).await.is_err() {
+                    client.on_connection_lost();
+                }
+            }
             ClientEvent::StartTls => {
                 let out = client.take_output();
                 debug_assert!(out.is_empty(), "nothing is sent between STARTTLS's 220 and the handshake");
@@ -351,9 +369,11 @@ pub async fn drive(
                     Err(e) => client.tls_failed(Instant::now(), &e.to_string()),
                 }
             }
-            ClientEvent::Done(outcome) => return outcome,
+            ClientEvent::Done(outcome) => break outcome,
         }
-    }
+    };
+    chunks.close().await;
+    outcome
 }
 
 /// Writes pending commands, then the dot-stuffed content and its
@@ -401,6 +421,82 @@ async fn send_body(
     write_within(stream, &wire, block_timeout).await
 }
 
+/// Writes pending commands, then the next block of binary content framed
+/// by the client as a BDAT chunk, each within the data-block timeout.
+async fn send_chunk(
+    stream: &mut Stream,
+    client: &mut Client,
+    chunks: &mut ChunkReader,
+    body: &Body,
+    body_path: &Path,
+    block_timeout: Duration,
+) -> std::io::Result<()> {
+    write_within(stream, &client.take_output(), block_timeout).await?;
+    let (block, last) = chunks.next(body, body_path).await?;
+    client.bdat_chunk(Instant::now(), &block, last);
+    write_within(stream, &client.take_output(), block_timeout).await
+}
+
+/// Reads stored content for BDAT in blocks of at most
+/// `BDAT_CHUNK_BYTES_MAX`, exactly as stored, one block ahead so that the
+/// last block is known as such when it is framed.
+#[derive(Default)]
+struct ChunkReader {
+    file: Option<BufferedFile>,
+    /// Where the next read starts.
+    offset_bytes: u64,
+    ahead: Option<Vec<u8>>,
+}
+
+impl ChunkReader {
+    /// The next block and whether it is the last (an empty content is one
+    /// empty last block).
+    async fn next(&mut self, body: &Body, body_path: &Path) -> std::io::Result<(Vec<u8>, bool)> {
+        match body {
+            Body::Inline(bytes) => {
+                let start = usize::try_from(self.offset_bytes).unwrap_or(usize::MAX).min(bytes.len());
+                let end = start.saturating_add(BDAT_CHUNK_BYTES_MAX).min(bytes.len());
+                self.offset_bytes = end as u64;
+                Ok((bytes[start..end].to_vec(), end == bytes.len()))
+            }
+            Body::File { .. } => {
+                let current = match self.ahead.take() {
+                    Some(block) => block,
+                    None => self.read(body_path).await?,
+                };
+                if current.is_empty() {
+                    return Ok((current, true));
+                }
+                let next = self.read(body_path).await?;
+                let last = next.is_empty();
+                if !last {
+                    self.ahead = Some(next);
+                }
+                Ok((current, last))
+            }
+        }
+    }
+
+    async fn read(&mut self, body_path: &Path) -> std::io::Result<Vec<u8>> {
+        let file = match &self.file {
+            Some(file) => file,
+            None => self.file.insert(BufferedFile::open(body_path).await.map_err(std::io::Error::from)?),
+        };
+        let block = file.read_at(self.offset_bytes, BDAT_CHUNK_BYTES_MAX).await.map_err(std::io::Error::from)?;
+        self.offset_bytes = self
+            .offset_bytes
+            .checked_add(block.len() as u64)
+            .ok_or_else(|| std::io::Error::other("body file offset overflow"))?;
+        Ok(block.to_vec())
+    }
+
+    async fn close(self) {
+        if let Some(file) = self.file {
+            let _ = file.close().await;
+        }
+    }
+}
+
 async fn write_within(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
     if bytes.is_empty() {
         return Ok(());
@@ -408,4 +504,101 @@ async fn write_within(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> s
     glommio::timer::timeout(timeout, async { Ok(stream.write_all(bytes).await) })
         .await
         .map_err(std::io::Error::from)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<T: Send + 'static>(
+        make: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+    ) -> T {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move { make().await })
+            .expect("executor starts")
+            .join()
+            .expect("executor ends")
+    }
+
+    /// Every block the reader gives for `body`, with its `last` flag.
+    async fn blocks(body: &Body, path: &Path) -> Vec<(Vec<u8>, bool)> {
+        let mut reader = ChunkReader::default();
+        let mut out = Vec::new();
+        loop {
+            let (block, last) = reader.next(body, path).await.expect("read");
+            assert!(block.len() <= BDAT_CHUNK_BYTES_MAX);
+            out.push((block, last));
+            if last {
+                break;
+            }
+            assert!(out.len() < 100, "no last block");
+        }
+        reader.close().await;
+        out
+    }
+
+    fn content(len: usize) -> Vec<u8> {
+        // Binary: every octet value, CR and LF alone, dots at line starts.
+        (0..len).map(|i| [0u8, b'\r', b'.', b'\n', 0xff, b'\n', b'.', (i % 251) as u8][i % 8]).collect()
+    }
+
+    #[test]
+    fn chunk_reader_gives_the_content_exactly_and_marks_the_last_block() {
+        let dir = std::env::temp_dir().join(format!("ringpost-chunks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let max = BDAT_CHUNK_BYTES_MAX;
+        let sizes = [0, 1, max - 1, max, max + 1, 3 * max + 17];
+        let dir_for_run = dir.clone();
+        run(move || {
+            Box::pin(async move {
+                for len in sizes {
+                    let bytes = content(len);
+                    let path = dir_for_run.join(format!("body-{len}"));
+                    std::fs::write(&path, &bytes).unwrap();
+                    let file = Body::File { size_bytes: len as u64, checksum: 0 };
+                    let inline = Body::Inline(bytes.clone().into());
+                    for body in [&inline, &file] {
+                        let got = blocks(body, &path).await;
+                        let joined: Vec<u8> = got.iter().flat_map(|(b, _)| b.clone()).collect();
+                        assert_eq!(joined, bytes, "{len} octets");
+                        assert!(got[..got.len() - 1].iter().all(|(b, last)| !last && b.len() == BDAT_CHUNK_BYTES_MAX));
+                        assert_eq!(got.len(), len.div_ceil(BDAT_CHUNK_BYTES_MAX).max(1), "{len} octets");
+                    }
+                }
+            })
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn transaction_carries_the_body_type_of_the_envelope() {
+        use crate::queue::{RcptState, Recipient};
+        let env = |body_8bit, body_binary| Envelope {
+            id: "0000000000000001".to_string(),
+            sender: ReversePath::Path(crate::queue::stored_address("a@example.org").unwrap()),
+            recipients: ["b@example.net", "c@example.net"]
+                .iter()
+                .map(|a| Recipient {
+                    address: crate::queue::stored_address(a).unwrap(),
+                    state: RcptState::Pending,
+                    last_reply: String::new(),
+                })
+                .collect(),
+            arrival_unix_ms: 0,
+            next_retry_unix_ms: 0,
+            attempt_count: 0,
+            size_bytes: 3,
+            body_8bit,
+            body_binary,
+            smtputf8: false,
+            client: String::new(),
+            helo: String::new(),
+            body: Body::Inline(b"abc".to_vec().into()),
+        };
+        assert_eq!(transaction(&env(false, false), &[0]).body, BodyType::SevenBit);
+        assert_eq!(transaction(&env(true, false), &[0]).body, BodyType::EightBitMime);
+        assert_eq!(transaction(&env(true, true), &[1]).body, BodyType::BinaryMime);
+        assert_eq!(transaction(&env(false, true), &[1]).body, BodyType::BinaryMime);
+        assert_eq!(transaction(&env(false, true), &[1]).recipients, vec!["c@example.net".to_string()]);
+    }
 }

@@ -368,8 +368,9 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
         next_retry_unix_ms: now_ms,
         attempt_count: 0,
         size_bytes: writer.size_bytes(),
-        body_8bit: txn.params.body_8bit(),
-        body_binary: txn.params.body == Some(crate::smtp::address::BodyType::BinaryMime),
+        // Declared, or octets above 127 seen in the content (RFC 6152 §3).
+        body_8bit: txn.body_8bit(),
+        body_binary: txn.body_binary(),
         smtputf8: txn.params.smtputf8,
         client: peer.ip().to_string(),
         helo: machine.helo_name().unwrap_or_default().to_string(),

@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 
 use crate::clock::Clock;
-use crate::config::{BareLf, Config};
+use crate::config::{BareLf, Config, Nul};
 use crate::deliver::attempt::Deliverer;
 use crate::deliver::engine::Delivery;
 use crate::log;
 use crate::queue::{Queue, QueueParams};
-use crate::smtp::server::{BareLfPolicy, ServerParams};
+use crate::smtp::server::{BareLfPolicy, NulPolicy, ServerParams};
 use queue_format::LogKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -157,6 +157,10 @@ pub fn server_params(config: &Config) -> ServerParams {
         bare_lf: match config.smtp.bare_lf {
             BareLf::Reject => BareLfPolicy::Reject,
             BareLf::Normalize => BareLfPolicy::Normalize,
+        },
+        nul: match config.smtp.nul {
+            Nul::Reject => NulPolicy::Reject,
+            Nul::Strip => NulPolicy::Strip,
         },
         starttls: config.tls.cert.is_some() && config.tls.key.is_some(),
     }

@@ -1,8 +1,20 @@
 //! The outbound SMTP client state machine (RFC 5321 with SIZE, PIPELINING,
-//! 8BITMIME, SMTPUTF8 and enhanced status codes), sans-IO: one transaction
-//! (one sender, its recipients, one message) over one connection. The driver
-//! feeds the bytes the server sent and the current time, writes what
-//! `take_output()` returns, and streams the content when asked to.
+//! 8BITMIME, SMTPUTF8, CHUNKING, BINARYMIME and enhanced status codes),
+//! sans-IO: one transaction (one sender, its recipients, one message) over
+//! one connection. The driver feeds the bytes the server sent and the
+//! current time, writes what `take_output()` returns, and streams the
+//! content when asked to.
+//!
+//! Text content (7bit, 8BITMIME) goes after DATA, dot-stuffed by the driver.
+//! Binary content (BODY=BINARYMIME, RFC 3030) goes in BDAT chunks of at most
+//! `BDAT_CHUNK_BYTES_MAX` octets exactly as stored: the driver hands each
+//! block to `bdat_chunk()`, which frames it. Only a server offering both
+//! CHUNKING and BINARYMIME gets it; any other fails those recipients with
+//! 554 5.6.3 before MAIL, as 8-bit content to a server without 8BITMIME
+//! does (content is never converted). The chunks follow the replies to
+//! RCPT; with PIPELINING up to `BDAT_IN_FLIGHT_MAX` chunks wait for their
+//! replies at once, without it (and in LMTP, whose final chunk gets one
+//! reply per recipient) each chunk waits for the reply to the one before.
 //!
 //! Place in the pipeline: `src/deliver/` opens the connection, runs one
 //! `Client` per attempt and turns the `Outcome` (one result per recipient,
@@ -23,6 +35,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+pub use super::address::BodyType;
 use super::reply::{Enhanced, Reply};
 
 /// Longest reply line the machine accepts, CRLF included.
@@ -33,6 +46,11 @@ pub const REPLY_LINE_COUNT_MAX: usize = 100;
 /// allows 256 octets for a path; UTF-8 addresses (RFC 6531) may need more
 /// bytes, so the bound is looser and only keeps commands bounded.
 pub const ADDRESS_BYTES_MAX: usize = 1000;
+/// Largest BDAT chunk the machine frames.
+pub const BDAT_CHUNK_BYTES_MAX: usize = 64 * 1024;
+/// Most BDAT chunks sent and not yet answered, with PIPELINING: the
+/// replies the server queues meanwhile stay few, so neither side blocks.
+pub const BDAT_IN_FLIGHT_MAX: usize = 8;
 
 /// How long to wait for each reply (RFC 5321 §4.5.3.2). `data_block` bounds
 /// the driver's wait while it writes content (one block to the next).
@@ -113,8 +131,10 @@ pub struct Transaction {
     pub recipients: Vec<String>,
     /// Size of the content as stored, for SIZE= (RFC 1870).
     pub size_bytes: u64,
-    /// The content has 8-bit bytes and needs BODY=8BITMIME (RFC 6152).
-    pub body_8bit: bool,
+    /// How the content must travel: `SevenBit` after DATA; `EightBitMime`
+    /// after DATA with BODY=8BITMIME (RFC 6152); `BinaryMime` in BDAT
+    /// chunks with BODY=BINARYMIME (RFC 3030).
+    pub body: BodyType,
     /// The message needs SMTPUTF8 (RFC 6531). Non-ASCII addresses imply it.
     pub smtputf8: bool,
 }
@@ -138,6 +158,10 @@ pub struct Extensions {
     pub smtputf8: bool,
     pub enhanced_status_codes: bool,
     pub starttls: bool,
+    /// CHUNKING: BDAT (RFC 3030).
+    pub chunking: bool,
+    /// BINARYMIME (RFC 3030), usable only with CHUNKING.
+    pub binary_mime: bool,
 }
 
 impl Extensions {
@@ -155,6 +179,8 @@ impl Extensions {
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
                 "STARTTLS" => ext.starttls = true,
+                "CHUNKING" => ext.chunking = true,
+                "BINARYMIME" => ext.binary_mime = true,
                 _ => {}
             }
         }
@@ -231,6 +257,11 @@ pub enum ClientEvent {
     /// `deliver::dotstuff::DotStuffer` (terminator included) and call
     /// `body_sent()`.
     SendBody,
+    /// BINARYMIME: read the next block of the content as stored (at most
+    /// `BDAT_CHUNK_BYTES_MAX` octets; empty at the end), give it to
+    /// `bdat_chunk()` with `last` set when no content follows it, write
+    /// `take_output()`, and poll again.
+    SendChunk,
     /// The server said 220 to STARTTLS: run the TLS handshake, then call
     /// `tls_started()`, or `tls_failed()`.
     StartTls,
@@ -396,8 +427,13 @@ enum Await {
     Dot,
     Rset,
     StartTls,
-    /// LMTP: the reply to the final dot for the recipient at this index.
+    /// LMTP: the reply to the final dot (or BDAT LAST) for the recipient
+    /// at this index.
     LmtpDot(usize),
+    /// A BDAT chunk; the last one's reply is the final reply (SMTP).
+    Bdat {
+        last: bool,
+    },
 }
 
 impl Await {
@@ -413,6 +449,8 @@ impl Await {
             Await::Rset => "RSET",
             Await::StartTls => "STARTTLS",
             Await::LmtpDot(_) => "end of data",
+            Await::Bdat { last: false } => "BDAT",
+            Await::Bdat { last: true } => "BDAT LAST",
         }
     }
 
@@ -423,7 +461,8 @@ impl Await {
             Await::Mail | Await::Rset | Await::StartTls => t.mail,
             Await::Rcpt(_) => t.rcpt,
             Await::Data => t.data_init,
-            Await::Dot | Await::LmtpDot(_) => t.data_final,
+            Await::Bdat { last: false } => t.data_block,
+            Await::Dot | Await::LmtpDot(_) | Await::Bdat { last: true } => t.data_final,
         }
     }
 }
@@ -434,6 +473,8 @@ enum Phase {
     Talking,
     /// The driver is writing the content.
     Body,
+    /// The driver is sending BDAT chunks (replies are acted on meanwhile).
+    Chunks,
     /// The driver is running the TLS handshake.
     Tls,
     Done,
@@ -482,6 +523,9 @@ pub struct Client {
     stale: bool,
     tls_active: bool,
     tls_failed: bool,
+    /// A BDAT chunk was refused: the server failed the transaction (RFC 3030
+    /// §2); no more chunks, remaining replies are only consumed.
+    chunk_failed: bool,
 }
 
 impl Client {
@@ -525,6 +569,7 @@ impl Client {
             stale: false,
             tls_active: false,
             tls_failed: false,
+            chunk_failed: false,
         }
     }
 
@@ -538,7 +583,11 @@ impl Client {
         self.phase = Phase::Talking;
         self.extensions = Extensions::default();
         self.ehlo_keywords.clear();
-        self.send(now, format!("EHLO {}\r\n", self.params.helo_name), Await::Ehlo);
+        self.send(
+            now,
+            format!("EHLO {}\r\n", self.params.helo_name),
+            Await::Ehlo,
+        );
     }
 
     /// The TLS handshake failed: the connection is unusable.
@@ -549,15 +598,26 @@ impl Client {
         self.now_last = now;
         self.phase = Phase::Talking;
         self.tls_failed = true;
-        self.abort(Reply::new(451, Enhanced(4, 7, 5), format!("TLS handshake failed: {error}")));
+        self.abort(Reply::new(
+            451,
+            Enhanced(4, 7, 5),
+            format!("TLS handshake failed: {error}"),
+        ));
     }
 
     /// Starts the next transaction on a session whose last outcome was
     /// `reusable`: RSET first if the server may hold state, then MAIL.
     pub fn next_transaction(&mut self, txn: Transaction, now: Instant) {
-        assert!(self.phase == Phase::Done && self.reusable, "next_transaction() only after a reusable outcome");
+        assert!(
+            self.phase == Phase::Done && self.reusable,
+            "next_transaction() only after a reusable outcome"
+        );
         debug_assert!(!txn.recipients.is_empty(), "a transaction has recipients");
-        self.results = txn.recipients.iter().map(|r| check_address(r, Enhanced(5, 1, 3))).collect();
+        self.results = txn
+            .recipients
+            .iter()
+            .map(|r| check_address(r, Enhanced(5, 1, 3)))
+            .collect();
         self.accepted = vec![false; txn.recipients.len()];
         self.txn = txn;
         self.phase = Phase::Talking;
@@ -576,6 +636,7 @@ impl Client {
         self.reused = true;
         self.txn_reply_count = 0;
         self.stale = false;
+        self.chunk_failed = false;
         if std::mem::take(&mut self.needs_rset) {
             self.send(now, "RSET\r\n".to_string(), Await::Rset);
         } else {
@@ -616,7 +677,7 @@ impl Client {
         if self.rearm {
             self.arm(now);
         }
-        while self.phase == Phase::Talking {
+        while matches!(self.phase, Phase::Talking | Phase::Chunks) {
             let Some(reply) = self.replies.pop_front() else {
                 break;
             };
@@ -631,6 +692,10 @@ impl Client {
         match self.phase {
             Phase::Talking => ClientEvent::NeedInput,
             Phase::Body => ClientEvent::SendBody,
+            Phase::Chunks if self.chunks_in_flight() < self.chunks_in_flight_max() => {
+                ClientEvent::SendChunk
+            }
+            Phase::Chunks => ClientEvent::NeedInput,
             Phase::Tls => ClientEvent::StartTls,
             Phase::Done => {
                 ClientEvent::Done(self.outcome.clone().unwrap_or_else(|| self.build_outcome()))
@@ -663,6 +728,51 @@ impl Client {
         self.deadline = self.now_last + self.params.timeouts.data_final;
     }
 
+    /// Frames the next block of binary content after `SendChunk`: appends
+    /// `BDAT <n>[ LAST]` and the octets, unchanged, to the output. `last`
+    /// says no content follows (an empty last block is `BDAT 0 LAST`).
+    pub fn bdat_chunk(&mut self, now: Instant, chunk: &[u8], last: bool) {
+        debug_assert_eq!(
+            self.phase,
+            Phase::Chunks,
+            "bdat_chunk() only after SendChunk"
+        );
+        debug_assert!(
+            chunk.len() <= BDAT_CHUNK_BYTES_MAX,
+            "chunk of {} octets",
+            chunk.len()
+        );
+        if self.phase != Phase::Chunks {
+            return;
+        }
+        self.now_last = now;
+        let command = if last {
+            format!("BDAT {} LAST\r\n", chunk.len())
+        } else {
+            format!("BDAT {}\r\n", chunk.len())
+        };
+        self.output.reserve(command.len() + chunk.len());
+        self.output.extend_from_slice(command.as_bytes());
+        self.output.extend_from_slice(chunk);
+        let was_idle = self.awaiting.is_empty();
+        if last && self.params.lmtp {
+            // RFC 2033 §4.2: one reply per accepted recipient to BDAT LAST.
+            for index in 0..self.accepted.len() {
+                if self.accepted[index] && self.results[index].is_none() {
+                    self.awaiting.push_back(Await::LmtpDot(index));
+                }
+            }
+        } else {
+            self.awaiting.push_back(Await::Bdat { last });
+        }
+        if last {
+            self.phase = Phase::Talking;
+        }
+        if was_idle || last {
+            self.arm(now);
+        }
+    }
+
     /// The driver wrote another block of content: the data-block timeout
     /// starts again.
     pub fn body_progress(&mut self, now: Instant) {
@@ -687,7 +797,9 @@ impl Client {
         }
         self.now_last = now;
         let what = match (self.phase, self.awaiting.front()) {
-            (Phase::Body, _) => "timeout while sending message content".to_string(),
+            (Phase::Body, _) | (Phase::Chunks, None) => {
+                "timeout while sending message content".to_string()
+            }
             (_, Some(a)) => format!("timeout waiting for reply to {}", a.name()),
             (_, None) => "timeout".to_string(),
         };
@@ -701,7 +813,7 @@ impl Client {
             return;
         }
         let now = self.now_last;
-        while self.phase == Phase::Talking {
+        while matches!(self.phase, Phase::Talking | Phase::Chunks) {
             let Some(reply) = self.replies.pop_front() else {
                 break;
             };
@@ -714,7 +826,9 @@ impl Client {
             return;
         }
         let what = match (self.phase, self.awaiting.front()) {
-            (Phase::Body, _) => "connection lost while sending message content".to_string(),
+            (Phase::Body, _) | (Phase::Chunks, _) => {
+                "connection lost while sending message content".to_string()
+            }
             (_, Some(a)) => format!("connection lost while waiting for reply to {}", a.name()),
             (_, None) => "connection lost".to_string(),
         };
@@ -770,9 +884,10 @@ impl Client {
             Await::Rset => self.on_rset(now, reply),
             Await::StartTls => self.on_starttls(now, reply),
             Await::LmtpDot(index) => self.on_lmtp_dot(index, reply),
+            Await::Bdat { last } => self.on_bdat(last, reply),
         }
         self.answering = None;
-        if self.phase == Phase::Talking {
+        if matches!(self.phase, Phase::Talking | Phase::Chunks) {
             self.arm(now);
         }
     }
@@ -782,7 +897,11 @@ impl Client {
         match reply.code {
             220 => {
                 let verb = if self.params.lmtp { "LHLO" } else { "EHLO" };
-                self.send(now, format!("{verb} {}\r\n", self.params.helo_name), Await::Ehlo)
+                self.send(
+                    now,
+                    format!("{verb} {}\r\n", self.params.helo_name),
+                    Await::Ehlo,
+                )
             }
             400..=599 => self.fail_and_quit(reply),
             code => self.protocol_error(ReplyError::WrongCode(code)),
@@ -846,7 +965,10 @@ impl Client {
                 self.awaiting.clear();
             }
             _ if self.params.starttls == StartTls::Required => {
-                let text = format!("TLS is required, but STARTTLS was refused: {}", reply.summary());
+                let text = format!(
+                    "TLS is required, but STARTTLS was refused: {}",
+                    reply.summary()
+                );
                 self.fail_and_quit(Reply::new(451, Enhanced(4, 7, 4), text));
             }
             // Opportunistic: go on in plaintext.
@@ -892,8 +1014,12 @@ impl Client {
                     self.push_rcpt(index);
                 }
             }
-            self.output.extend_from_slice(b"DATA\r\n");
-            self.awaiting.push_back(Await::Data);
+            // Binary content waits for the RCPT replies, then goes in BDAT
+            // chunks (sent to no one, a chunk would be wasted).
+            if self.txn.body != BodyType::BinaryMime {
+                self.output.extend_from_slice(b"DATA\r\n");
+                self.awaiting.push_back(Await::Data);
+            }
         }
         self.arm(now);
     }
@@ -913,11 +1039,18 @@ impl Client {
                 "message needs SMTPUTF8, which the server does not offer",
             ));
         }
-        if self.txn.body_8bit && !ext.eight_bit_mime {
+        if self.txn.body == BodyType::EightBitMime && !ext.eight_bit_mime {
             return Some(Reply::new(
                 554,
                 Enhanced(5, 6, 3),
                 "conversion required but not supported: 8-bit content and the server does not offer 8BITMIME",
+            ));
+        }
+        if self.txn.body == BodyType::BinaryMime && !(ext.chunking && ext.binary_mime) {
+            return Some(Reply::new(
+                554,
+                Enhanced(5, 6, 3),
+                "conversion required but not supported: binary content and the server does not offer BINARYMIME and CHUNKING",
             ));
         }
         if ext.size_max_bytes > 0 && self.txn.size_bytes > ext.size_max_bytes {
@@ -938,8 +1071,10 @@ impl Client {
         if self.extensions.size_advertised {
             command.push_str(&format!(" SIZE={}", self.txn.size_bytes));
         }
-        if self.txn.body_8bit {
-            command.push_str(" BODY=8BITMIME");
+        match self.txn.body {
+            BodyType::SevenBit => {}
+            BodyType::EightBitMime => command.push_str(" BODY=8BITMIME"),
+            BodyType::BinaryMime => command.push_str(" BODY=BINARYMIME"),
         }
         if self.txn.needs_smtputf8() {
             command.push_str(" SMTPUTF8");
@@ -986,11 +1121,13 @@ impl Client {
         }
         if !self.pipelined {
             self.next_rcpt_or_data(now);
+        } else if self.txn.body == BodyType::BinaryMime && self.awaiting.is_empty() {
+            self.start_content(now);
         }
     }
 
-    /// Without pipelining: the next RCPT, else DATA if anyone was
-    /// accepted, else QUIT.
+    /// Without pipelining: the next RCPT, else DATA (or BDAT) if anyone
+    /// was accepted, else QUIT.
     fn next_rcpt_or_data(&mut self, now: Instant) {
         while self.rcpt_next_index < self.txn.recipients.len() {
             let index = self.rcpt_next_index;
@@ -1001,9 +1138,71 @@ impl Client {
                 return;
             }
         }
-        if self.accepted.iter().any(|&a| a) {
+        if self.txn.body == BodyType::BinaryMime {
+            self.start_content(now);
+        } else if self.accepted.iter().any(|&a| a) {
             self.send(now, "DATA\r\n".to_string(), Await::Data);
         } else {
+            self.end_transaction(true);
+        }
+    }
+
+    /// BINARYMIME, every RCPT answered: the chunks if anyone was accepted,
+    /// else the end of the transaction.
+    fn start_content(&mut self, now: Instant) {
+        debug_assert!(self.awaiting.is_empty());
+        if self.mail_failed || !self.accepted.iter().any(|&a| a) {
+            self.end_transaction(true);
+            return;
+        }
+        self.phase = Phase::Chunks;
+        self.deadline = now + self.params.timeouts.data_block;
+    }
+
+    fn chunks_in_flight(&self) -> usize {
+        self.awaiting
+            .iter()
+            .filter(|a| matches!(a, Await::Bdat { .. }))
+            .count()
+    }
+
+    /// LMTP and servers without PIPELINING answer each chunk before the
+    /// next is sent.
+    fn chunks_in_flight_max(&self) -> usize {
+        if self.pipelined && !self.params.lmtp {
+            BDAT_IN_FLIGHT_MAX
+        } else {
+            1
+        }
+    }
+
+    /// The reply to a BDAT chunk. A refused chunk fails the transaction
+    /// (RFC 3030 §2): the recipients get that reply, nothing more is sent,
+    /// and the replies to chunks already sent are consumed.
+    fn on_bdat(&mut self, last: bool, reply: Reply) {
+        if !(200..600).contains(&reply.code) || (300..400).contains(&reply.code) {
+            self.protocol_error(ReplyError::WrongCode(reply.code));
+            return;
+        }
+        if self.chunk_failed {
+            if self.awaiting.is_empty() {
+                self.end_transaction(true);
+            }
+            return;
+        }
+        if last {
+            self.on_dot(reply);
+            return;
+        }
+        if reply.is_positive() {
+            return;
+        }
+        self.chunk_failed = true;
+        self.resolve_unresolved(&class_outcome(reply));
+        if self.phase == Phase::Chunks {
+            self.phase = Phase::Talking;
+        }
+        if self.awaiting.is_empty() {
             self.end_transaction(true);
         }
     }
@@ -1183,7 +1382,7 @@ mod tests {
             reverse_path: "alice@example.org".into(),
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
             size_bytes: 1234,
-            body_8bit: false,
+            body: BodyType::SevenBit,
             smtputf8: false,
         }
     }
@@ -1464,7 +1663,7 @@ mod tests {
     #[test]
     fn eight_bit_body() {
         let mut t = txn(&["a@x.net"]);
-        t.body_8bit = true;
+        t.body = BodyType::EightBitMime;
         let mut f = Fake::new(t.clone());
         assert_eq!(f.open("250-mx\r\n250 SIZE\r\n"), "QUIT\r\n");
         let o = done(f.client.poll(f.now));
@@ -1898,8 +2097,19 @@ mod tests {
             seed
         };
         let alphabet: &[u8] = b"0123456789 -\r\n.2345abc\xff";
-        for _ in 0..500 {
-            let mut f = Fake::new(txn(&["a@x.net", "b@x.net"]));
+        for round in 0..1000 {
+            let binary = round % 2 == 1;
+            let t = if binary {
+                binary_txn(&["a@x.net", "b@x.net"])
+            } else {
+                txn(&["a@x.net", "b@x.net"])
+            };
+            let mut f = Fake::new(t);
+            if binary {
+                // Into the chunks, then random replies.
+                f.open(EHLO_BINARY);
+                f.client.feed(b"250 ok\r\n250 ok\r\n250 ok\r\n");
+            }
             for _ in 0..20 {
                 let len = (next() % 40) as usize;
                 let bytes: Vec<u8> = (0..len)
@@ -1908,6 +2118,7 @@ mod tests {
                 f.client.feed(&bytes);
                 match f.client.poll(f.now) {
                     ClientEvent::SendBody => f.client.body_sent(),
+                    ClientEvent::SendChunk => f.client.bdat_chunk(f.now, &bytes, next() % 3 == 0),
                     ClientEvent::Done(o) => {
                         assert_eq!(o.recipients.len(), 2);
                         break;
@@ -1921,7 +2132,10 @@ mod tests {
     }
 
     fn keep_open() -> ClientParams {
-        ClientParams { keep_open: true, ..ClientParams::new("relay.example.org") }
+        ClientParams {
+            keep_open: true,
+            ..ClientParams::new("relay.example.org")
+        }
     }
 
     /// Sends the body of the pipelined transaction that `sent` started and
@@ -1945,7 +2159,8 @@ mod tests {
         assert!(first.reusable && first.session_established && first.mail_accepted && !first.stale);
         assert_eq!(f.sent(), "", "no QUIT on a session kept open");
 
-        f.client.next_transaction(txn(&["b@x.net", "c@x.net"]), f.now);
+        f.client
+            .next_transaction(txn(&["b@x.net", "c@x.net"]), f.now);
         assert_eq!(f.client.poll(f.now), ClientEvent::NeedInput);
         assert_eq!(
             f.sent(),
@@ -1961,7 +2176,8 @@ mod tests {
     fn rset_before_reuse_after_every_recipient_failed() {
         let mut f = Fake::with_params(keep_open(), txn(&["a@x.net"]));
         f.open(EHLO_PIPE);
-        let first = done(f.say("250 2.1.0 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n"));
+        let first =
+            done(f.say("250 2.1.0 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n"));
         assert_eq!(codes(&first), vec![('P', 550)]);
         assert!(first.reusable);
         assert_eq!(f.sent(), "");
@@ -2046,7 +2262,10 @@ mod tests {
     }
 
     fn tls_params(starttls: StartTls) -> ClientParams {
-        ClientParams { starttls, ..ClientParams::new("relay.example.org") }
+        ClientParams {
+            starttls,
+            ..ClientParams::new("relay.example.org")
+        }
     }
 
     const EHLO_TLS: &str = "250-mx.example.net\r\n250-PIPELINING\r\n250 STARTTLS\r\n";
@@ -2062,7 +2281,10 @@ mod tests {
         assert_eq!(f.sent(), "EHLO relay.example.org\r\n");
         // The server must not offer STARTTLS again; if it does, no loop.
         f.say(EHLO_TLS);
-        assert_eq!(f.sent(), "MAIL FROM:<alice@example.org>\r\nRCPT TO:<a@x.net>\r\nDATA\r\n");
+        assert_eq!(
+            f.sent(),
+            "MAIL FROM:<alice@example.org>\r\nRCPT TO:<a@x.net>\r\nDATA\r\n"
+        );
         f.say("250 ok\r\n250 ok\r\n354 go\r\n");
         f.client.body_sent();
         let o = done(f.say("250 ok\r\n"));
@@ -2091,7 +2313,10 @@ mod tests {
         let mut f = Fake::with_params(tls_params(StartTls::IfOffered), txn(&["a@x.net"]));
         f.open(EHLO_TLS);
         f.say("454 4.7.0 TLS not available\r\n");
-        assert!(f.sent().starts_with("MAIL FROM:"), "opportunistic goes on in plaintext");
+        assert!(
+            f.sent().starts_with("MAIL FROM:"),
+            "opportunistic goes on in plaintext"
+        );
 
         let mut f = Fake::with_params(tls_params(StartTls::Required), txn(&["a@x.net"]));
         f.open(EHLO_TLS);
@@ -2105,18 +2330,29 @@ mod tests {
         let o = done(f.client.poll(f.now));
         assert!(o.tls_failed && !o.reusable);
         assert_eq!(enhanced_of(&o, 0), Some(Enhanced(4, 7, 5)));
-        assert_eq!(f.sent(), "", "nothing more is written on a failed TLS connection");
+        assert_eq!(
+            f.sent(),
+            "",
+            "nothing more is written on a failed TLS connection"
+        );
     }
 
     fn lmtp_params() -> ClientParams {
-        ClientParams { lmtp: true, ..ClientParams::new("relay.example.org") }
+        ClientParams {
+            lmtp: true,
+            ..ClientParams::new("relay.example.org")
+        }
     }
 
-    const LHLO_PIPE: &str = "250-store.example.net\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n";
+    const LHLO_PIPE: &str =
+        "250-store.example.net\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n";
 
     #[test]
     fn lmtp_gets_one_reply_per_accepted_recipient() {
-        let mut f = Fake::with_params(lmtp_params(), txn(&["a@x.net", "b@x.net", "c@x.net", "d@x.net"]));
+        let mut f = Fake::with_params(
+            lmtp_params(),
+            txn(&["a@x.net", "b@x.net", "c@x.net", "d@x.net"]),
+        );
         assert_eq!(f.client.poll(f.now), ClientEvent::NeedInput);
         f.say("220 store LMTP\r\n");
         assert_eq!(f.sent(), "LHLO relay.example.org\r\n");
@@ -2134,7 +2370,10 @@ mod tests {
         assert_eq!(f.say("250 2.0.0 a saved\r\n"), ClientEvent::NeedInput);
         assert_eq!(f.say("452 4.2.2 c over quota\r\n"), ClientEvent::NeedInput);
         let o = done(f.say("550 5.2.0 d refused\r\n"));
-        assert_eq!(codes(&o), vec![('D', 250), ('P', 550), ('T', 452), ('P', 550)]);
+        assert_eq!(
+            codes(&o),
+            vec![('D', 250), ('P', 550), ('T', 452), ('P', 550)]
+        );
         assert_eq!(enhanced_of(&o, 2), Some(Enhanced(4, 2, 2)));
         assert_eq!(f.sent(), "QUIT\r\n");
     }
@@ -2164,5 +2403,284 @@ mod tests {
         assert_eq!(codes(&o), vec![('P', 500)]);
         assert!(!f.sent().contains("HELO"));
     }
-}
 
+    // ---- BINARYMIME in BDAT chunks (RFC 3030) ----
+
+    const EHLO_BINARY: &str = "250-mx.example.net\r\n250-PIPELINING\r\n250-SIZE\r\n250-8BITMIME\r\n250-CHUNKING\r\n250 BINARYMIME\r\n";
+    const EHLO_BINARY_NO_PIPELINING: &str =
+        "250-mx.example.net\r\n250-CHUNKING\r\n250 BINARYMIME\r\n";
+    /// NUL, bare CR, bare LF, a line "." and no final CRLF.
+    const BINARY: &[u8] = b"\x00\x01\xff\r\nbare\rcr\nbare lf\r\n.\r\n..\r\nend\x00";
+
+    fn binary_txn(recipients: &[&str]) -> Transaction {
+        Transaction {
+            body: BodyType::BinaryMime,
+            size_bytes: BINARY.len() as u64,
+            ..txn(recipients)
+        }
+    }
+
+    /// Plays the driver: while the client asks for chunks, hands it the
+    /// next `chunk_bytes` of `content` (from `offset`); returns the octets
+    /// written and the event that ended the run.
+    fn send_chunks(
+        f: &mut Fake,
+        content: &[u8],
+        offset: &mut usize,
+        chunk_bytes: usize,
+    ) -> (Vec<u8>, ClientEvent) {
+        let mut wire = f.client.take_output();
+        loop {
+            match f.client.poll(f.now) {
+                ClientEvent::SendChunk => {
+                    let end = (*offset + chunk_bytes).min(content.len());
+                    f.client
+                        .bdat_chunk(f.now, &content[*offset..end], end == content.len());
+                    *offset = end;
+                    wire.extend_from_slice(&f.client.take_output());
+                }
+                other => return (wire, other),
+            }
+        }
+    }
+
+    #[test]
+    fn binary_content_goes_out_as_stored_in_one_bdat_last() {
+        let mut f = Fake::new(binary_txn(&["a@x.net"]));
+        // No DATA in the batch: the chunk waits for the RCPT replies.
+        assert_eq!(
+            f.open(EHLO_BINARY),
+            format!(
+                "MAIL FROM:<alice@example.org> SIZE={} BODY=BINARYMIME\r\nRCPT TO:<a@x.net>\r\n",
+                BINARY.len()
+            )
+        );
+        assert_eq!(f.say("250 2.1.0 ok\r\n"), ClientEvent::NeedInput);
+        assert_eq!(f.say("250 2.1.5 ok\r\n"), ClientEvent::SendChunk);
+        let mut offset = 0;
+        let (wire, event) = send_chunks(&mut f, BINARY, &mut offset, BDAT_CHUNK_BYTES_MAX);
+        assert_eq!(event, ClientEvent::NeedInput);
+        let mut want = format!("BDAT {} LAST\r\n", BINARY.len()).into_bytes();
+        want.extend_from_slice(BINARY);
+        assert_eq!(wire, want, "not stuffed, not normalized, no CRLF added");
+        assert_eq!(f.client.deadline(), f.now + Timeouts::default().data_final);
+        let o = done(f.say("250 2.0.0 queued\r\n"));
+        assert_eq!(codes(&o), vec![('D', 250)]);
+        assert_eq!(o.final_reply.map(|r| r.code), Some(250));
+        assert!(o.extensions.chunking && o.extensions.binary_mime);
+        assert_eq!(f.sent(), "QUIT\r\n");
+    }
+
+    #[test]
+    fn binary_content_in_several_chunks_pipelined() {
+        let mut f = Fake::new(binary_txn(&["a@x.net", "b@x.net"]));
+        f.open(EHLO_BINARY);
+        assert_eq!(
+            f.say("250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n"),
+            ClientEvent::SendChunk
+        );
+        let mut offset = 0;
+        let (wire, event) = send_chunks(&mut f, BINARY, &mut offset, 4);
+        // Up to BDAT_IN_FLIGHT_MAX chunks go before a reply is waited for.
+        assert_eq!(event, ClientEvent::NeedInput);
+        assert_eq!(offset, 4 * BDAT_IN_FLIGHT_MAX);
+        let mut want = Vec::new();
+        for chunk in BINARY[..offset].chunks(4) {
+            want.extend_from_slice(b"BDAT 4\r\n");
+            want.extend_from_slice(chunk);
+        }
+        assert_eq!(wire, want);
+        // One reply frees one place.
+        assert_eq!(f.say("250 2.0.0 4 octets\r\n"), ClientEvent::SendChunk);
+        let mut wire = Vec::new();
+        loop {
+            let (more, event) = send_chunks(&mut f, BINARY, &mut offset, 4);
+            wire.extend_from_slice(&more);
+            if offset == BINARY.len() {
+                assert_eq!(event, ClientEvent::NeedInput);
+                break;
+            }
+            assert_eq!(f.say("250 ok\r\n"), ClientEvent::SendChunk);
+        }
+        let rest = &BINARY[4 * BDAT_IN_FLIGHT_MAX..];
+        let mut want = Vec::new();
+        for (i, chunk) in rest.chunks(4).enumerate() {
+            let last = (i + 1) * 4 >= rest.len();
+            let command = if last {
+                format!("BDAT {} LAST\r\n", chunk.len())
+            } else {
+                "BDAT 4\r\n".to_string()
+            };
+            want.extend_from_slice(command.as_bytes());
+            want.extend_from_slice(chunk);
+        }
+        assert_eq!(wire, want);
+        let outstanding = f.client.chunks_in_flight();
+        assert!(outstanding >= 1);
+        for _ in 1..outstanding {
+            assert_eq!(f.say("250 ok\r\n"), ClientEvent::NeedInput);
+        }
+        let o = done(f.say("250 2.0.0 queued\r\n"));
+        assert_eq!(codes(&o), vec![('D', 250), ('P', 550)]);
+    }
+
+    #[test]
+    fn binary_content_without_pipelining_waits_for_each_chunk() {
+        let mut f = Fake::new(binary_txn(&["a@x.net"]));
+        assert_eq!(
+            f.open(EHLO_BINARY_NO_PIPELINING),
+            format!("MAIL FROM:<alice@example.org> BODY=BINARYMIME\r\n")
+        );
+        f.say("250 ok\r\n");
+        assert_eq!(f.sent(), "RCPT TO:<a@x.net>\r\n");
+        assert_eq!(f.say("250 ok\r\n"), ClientEvent::SendChunk);
+        let mut offset = 0;
+        let (wire, event) = send_chunks(&mut f, BINARY, &mut offset, 16);
+        assert_eq!(event, ClientEvent::NeedInput);
+        assert_eq!(offset, 16);
+        let mut want = b"BDAT 16\r\n".to_vec();
+        want.extend_from_slice(&BINARY[..16]);
+        assert_eq!(wire, want);
+        assert_eq!(f.client.deadline(), f.now + Timeouts::default().data_block);
+        assert_eq!(f.say("250 ok\r\n"), ClientEvent::SendChunk);
+        let (wire, event) = send_chunks(&mut f, BINARY, &mut offset, 16);
+        assert_eq!(event, ClientEvent::NeedInput);
+        assert!(wire.starts_with(b"BDAT 16\r\n"));
+        assert_eq!(f.say("250 ok\r\n"), ClientEvent::SendChunk);
+        let (wire, _) = send_chunks(&mut f, BINARY, &mut offset, 16);
+        let mut want = format!("BDAT {} LAST\r\n", BINARY.len() - 32).into_bytes();
+        want.extend_from_slice(&BINARY[32..]);
+        assert_eq!(wire, want);
+        let o = done(f.say("250 2.0.0 ok\r\n"));
+        assert_eq!(codes(&o), vec![('D', 250)]);
+    }
+
+    #[test]
+    fn empty_binary_content_is_one_empty_last_chunk() {
+        let mut f = Fake::new(Transaction {
+            size_bytes: 0,
+            ..binary_txn(&["a@x.net"])
+        });
+        f.open(EHLO_BINARY);
+        assert_eq!(f.say("250 ok\r\n250 ok\r\n"), ClientEvent::SendChunk);
+        let (wire, _) = send_chunks(&mut f, b"", &mut 0, 4);
+        assert_eq!(wire, b"BDAT 0 LAST\r\n");
+    }
+
+    #[test]
+    fn binary_content_to_a_server_without_binarymime_or_chunking_is_refused_locally() {
+        for ehlo in [
+            "250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 CHUNKING\r\n",
+            "250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 BINARYMIME\r\n",
+            EHLO_PIPE,
+        ] {
+            let mut f = Fake::new(binary_txn(&["a@x.net", "b@x.net"]));
+            // No MAIL, nothing of the content: QUIT only.
+            assert_eq!(f.open(ehlo), "QUIT\r\n", "{ehlo:?}");
+            let o = done(f.client.poll(f.now));
+            assert_eq!(codes(&o), vec![('P', 554), ('P', 554)]);
+            for index in 0..2 {
+                assert_eq!(enhanced_of(&o, index), Some(Enhanced(5, 6, 3)));
+            }
+            assert!(o.recipients[0].reply().lines[0].contains("BINARYMIME"));
+            assert!(!o.mail_accepted);
+        }
+    }
+
+    #[test]
+    fn refused_chunk_fails_the_transaction_and_stops_the_content() {
+        let mut f = Fake::with_params(keep_open(), binary_txn(&["a@x.net", "b@x.net"]));
+        f.open(EHLO_BINARY);
+        assert_eq!(
+            f.say("250 ok\r\n250 ok\r\n250 ok\r\n"),
+            ClientEvent::SendChunk
+        );
+        let mut offset = 0;
+        let (_, event) = send_chunks(&mut f, BINARY, &mut offset, 4);
+        assert_eq!(event, ClientEvent::NeedInput);
+        let in_flight = f.client.chunks_in_flight();
+        assert_eq!(in_flight, BDAT_IN_FLIGHT_MAX);
+        // The first chunk is refused: no more chunks, the rest is consumed.
+        assert_eq!(
+            f.say("554 5.6.0 content refused\r\n"),
+            ClientEvent::NeedInput
+        );
+        for _ in 2..in_flight {
+            assert_eq!(
+                f.say("503 5.5.1 no transaction\r\n"),
+                ClientEvent::NeedInput
+            );
+        }
+        let o = done(f.say("503 5.5.1 no transaction\r\n"));
+        assert_eq!(codes(&o), vec![('P', 554), ('P', 554)]);
+        assert_eq!(enhanced_of(&o, 1), Some(Enhanced(5, 6, 0)));
+        assert!(o.reusable);
+        assert_eq!(f.sent(), "");
+        // The server may hold a half-received transaction: RSET first.
+        f.client.next_transaction(txn(&["c@x.net"]), f.now);
+        assert_eq!(f.sent(), "RSET\r\n");
+    }
+
+    #[test]
+    fn binary_content_with_every_recipient_refused_sends_no_chunk() {
+        let mut f = Fake::new(binary_txn(&["a@x.net"]));
+        f.open(EHLO_BINARY);
+        let o = done(f.say("250 ok\r\n550 5.1.1 unknown\r\n"));
+        assert_eq!(codes(&o), vec![('P', 550)]);
+        assert_eq!(f.sent(), "QUIT\r\n");
+        let mut f = Fake::new(binary_txn(&["a@x.net"]));
+        f.open(EHLO_BINARY);
+        let o = done(f.say("451 4.3.0 later\r\n503 5.5.1 no MAIL\r\n"));
+        assert_eq!(codes(&o), vec![('T', 451)]);
+    }
+
+    #[test]
+    fn timeout_waiting_for_a_chunk_reply() {
+        let mut f = Fake::new(binary_txn(&["a@x.net"]));
+        f.open(EHLO_BINARY_NO_PIPELINING);
+        f.say("250 ok\r\n");
+        f.say("250 ok\r\n");
+        let mut offset = 0;
+        send_chunks(&mut f, BINARY, &mut offset, 16);
+        f.now = f.client.deadline();
+        let o = done(f.client.poll(f.now));
+        assert_eq!(codes(&o), vec![('T', 451)]);
+        assert!(
+            o.recipients[0].reply().lines[0].contains("BDAT"),
+            "{:?}",
+            o.recipients[0]
+        );
+    }
+
+    #[test]
+    fn lmtp_binary_content_gets_one_reply_per_recipient_after_bdat_last() {
+        let mut f = Fake::with_params(
+            lmtp_params(),
+            binary_txn(&["a@x.net", "b@x.net", "c@x.net"]),
+        );
+        f.client.poll(f.now);
+        f.say("220 store LMTP\r\n");
+        assert_eq!(f.sent(), "LHLO relay.example.org\r\n");
+        f.say("250-store\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 BINARYMIME\r\n");
+        assert_eq!(
+            f.sent(),
+            "MAIL FROM:<alice@example.org> BODY=BINARYMIME\r\nRCPT TO:<a@x.net>\r\nRCPT TO:<b@x.net>\r\nRCPT TO:<c@x.net>\r\n"
+        );
+        assert_eq!(
+            f.say("250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n"),
+            ClientEvent::SendChunk
+        );
+        let mut offset = 0;
+        // LMTP waits for each chunk's reply, pipelining or not.
+        let (wire, event) = send_chunks(&mut f, BINARY, &mut offset, 20);
+        assert_eq!(event, ClientEvent::NeedInput);
+        assert!(wire.starts_with(b"BDAT 20\r\n\x00"));
+        assert_eq!(f.say("250 ok\r\n"), ClientEvent::SendChunk);
+        let (wire, event) = send_chunks(&mut f, BINARY, &mut offset, 20);
+        assert_eq!(event, ClientEvent::NeedInput);
+        assert!(wire.starts_with(format!("BDAT {} LAST\r\n", BINARY.len() - 20).as_bytes()));
+        assert_eq!(f.say("250 2.0.0 a saved\r\n"), ClientEvent::NeedInput);
+        let o = done(f.say("452 4.2.2 c over quota\r\n"));
+        assert_eq!(codes(&o), vec![('D', 250), ('P', 550), ('T', 452)]);
+    }
+}

@@ -14,11 +14,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const HELO_BYTES_MAX: usize = 255;
 
 /// Builds `Received: from HELO ([ip])\r\n\t[(using TLS)\r\n\t]by HOST
-/// (ringpost) with PROTO id ID\r\n\t[for <RCPT>]; DATE\r\n`; `tls` is the
-/// protocol version and cipher when the session ran over TLS, as Postfix
-/// writes them. `single_recipient` is given only when
-/// the transaction has exactly one recipient (listing several would leak
-/// the others' addresses to each of them).
+/// (ringpost) with PROTO id ID\r\n\tfor <RCPT>; DATE\r\n`, or, without a
+/// single recipient, `... id ID;\r\n\tDATE\r\n`: the `;` before the date is
+/// always there (RFC 5322 §3.6.7). `tls` is the protocol version and cipher
+/// when the session ran over TLS, as Postfix writes them.
+/// `single_recipient` is given only when the transaction has exactly one
+/// recipient (listing several would leak the others' addresses to each of
+/// them).
 pub fn received_header(
     hostname: &str,
     peer: SocketAddr,
@@ -41,19 +43,31 @@ pub fn received_header(
         address_literal(peer.ip())
     );
     if let Some(tls) = tls {
-        let tls: String = tls.chars().take(HELO_BYTES_MAX).map(|c| if c.is_control() || "()".contains(c) { '?' } else { c }).collect();
+        let tls: String = tls
+            .chars()
+            .take(HELO_BYTES_MAX)
+            .map(|c| {
+                if c.is_control() || "()".contains(c) {
+                    '?'
+                } else {
+                    c
+                }
+            })
+            .collect();
         let _ = write!(h, "\t(using {tls})\r\n");
     }
     let _ = write!(
         h,
-        "\tby {} (ringpost) with {} id {}\r\n",
+        "\tby {} (ringpost) with {} id {}",
         sanitize(hostname),
         sanitize(protocol),
         sanitize(queue_id)
     );
-    h.push('\t');
-    if let Some(rcpt) = single_recipient {
-        let _ = write!(h, "for <{}>; ", sanitize(rcpt));
+    match single_recipient {
+        Some(rcpt) => {
+            let _ = write!(h, "\r\n\tfor <{}>; ", sanitize(rcpt));
+        }
+        None => h.push_str(";\r\n\t"),
     }
     h.push_str(&rfc5322_date(now));
     h.push_str("\r\n");
@@ -198,7 +212,7 @@ mod tests {
         );
         assert_eq!(
             h,
-            "Received: from helo.name ([127.0.0.1])\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\tby host.name (ringpost) with ESMTPS id 0123ABC\r\n\tSat, 28 Nov 2026 11:24:30 +0000\r\n"
+            "Received: from helo.name ([127.0.0.1])\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\tby host.name (ringpost) with ESMTPS id 0123ABC;\r\n\tSat, 28 Nov 2026 11:24:30 +0000\r\n"
         );
     }
 
@@ -216,8 +230,53 @@ mod tests {
         );
         assert_eq!(
             h,
-            "Received: from unknown ([IPv6:2001:db8::7])\r\n\tby mx (ringpost) with SMTP id X1\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
+            "Received: from unknown ([IPv6:2001:db8::7])\r\n\tby mx (ringpost) with SMTP id X1;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
         );
+    }
+
+    /// Every shape the header takes: a single recipient or none (no
+    /// recipient yet, or several), with and without TLS.
+    #[test]
+    fn semicolon_before_the_date_in_every_shape() {
+        let tls = "TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256";
+        let cases: [(Option<&str>, Option<&str>, &str); 4] = [
+            (
+                None,
+                None,
+                "Received: from c.test ([192.0.2.9])\r\n\tby mx.test (ringpost) with ESMTP id 00AB;\r\n\tSat, 28 Nov 2026 11:24:30 +0000\r\n",
+            ),
+            (
+                Some("b@example.com"),
+                None,
+                "Received: from c.test ([192.0.2.9])\r\n\tby mx.test (ringpost) with ESMTP id 00AB\r\n\tfor <b@example.com>; Sat, 28 Nov 2026 11:24:30 +0000\r\n",
+            ),
+            (
+                None,
+                Some(tls),
+                "Received: from c.test ([192.0.2.9])\r\n\t(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\tby mx.test (ringpost) with ESMTP id 00AB;\r\n\tSat, 28 Nov 2026 11:24:30 +0000\r\n",
+            ),
+            (
+                Some("b@example.com"),
+                Some(tls),
+                "Received: from c.test ([192.0.2.9])\r\n\t(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\tby mx.test (ringpost) with ESMTP id 00AB\r\n\tfor <b@example.com>; Sat, 28 Nov 2026 11:24:30 +0000\r\n",
+            ),
+        ];
+        for (rcpt, tls, want) in cases {
+            let h = received_header(
+                "mx.test",
+                "192.0.2.9:40000".parse().unwrap(),
+                Some("c.test"),
+                "ESMTP",
+                "00AB",
+                rcpt,
+                tls,
+                at(1_795_865_070),
+            );
+            assert_eq!(h, want);
+            // RFC 5322 §3.6.7: the date follows the last ";".
+            let (_, date) = h.rsplit_once(';').expect("a ';' before the date");
+            assert_eq!(date.trim(), "Sat, 28 Nov 2026 11:24:30 +0000");
+        }
     }
 
     #[test]
@@ -276,5 +335,4 @@ mod tests {
             }
         }
     }
-
 }

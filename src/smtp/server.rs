@@ -8,17 +8,49 @@
 //! sender? this recipient? is the message safely queued?) comes out as an
 //! event and waits for `decide()`. The machine itself enforces the protocol
 //! limits: command line length, recipient count, message size, text line
-//! length, bare CR/LF, error count and timeouts.
+//! length, bare CR/LF, NUL, error count and timeouts.
 //!
 //! Bounds: the input buffer holds at most one incomplete command line
 //! (< `COMMAND_LINE_BYTES_MAX`) plus one read of the driver, and never more
 //! than `INPUT_BYTES_MAX`; content leaves in `Body` chunks of at most
-//! `BODY_CHUNK_BYTES_MAX` (+2); at most `EVENT_QUEUE_MAX` events wait.
+//! `BODY_CHUNK_BYTES_MAX` (+ `BODY_CHUNK_SLACK_BYTES`); at most
+//! `EVENT_QUEUE_MAX` events wait. An idle session (between transactions,
+//! nothing buffered) keeps no input buffer above `INPUT_IDLE_BYTES_MAX`, no
+//! event queue and no content state (`retained_heap_bytes()`).
 //!
 //! Content ends only at `<CR><LF>.<CR><LF>` on the wire (RFC 5321 §4.1.1.4);
 //! a bare CR or LF never starts or ends a line for that purpose, so no
 //! variant such as `<LF>.<LF>` can end a message early and smuggle a second
-//! one past the filters of this or the next hop (RFC 5321 §2.3.8).
+//! one past the filters of this or the next hop (RFC 5321 §2.3.8). With
+//! `BareLfPolicy::Normalize` a bare CR or LF is stored as CRLF, and a line
+//! that holds only a dot and ends that way is stored as the line `.`
+//! (content, which delivery stuffs again). A command line must end in CRLF
+//! too: under `Reject` a bare LF gets 500 5.5.2 and the line is not run.
+//!
+//! NUL octets in text content (DATA, and BDAT without BODY=BINARYMIME) are
+//! refused (550 5.6.0 after the end of the content) or removed
+//! (`NulPolicy`): a next hop that drops NULs before it looks for the end of
+//! data must never see `<CR><LF><NUL>.<CR><LF>` turn into an end. The end
+//! is found on the wire octets, NULs included, before anything is removed.
+//!
+//! The header section of received content (up to its first empty line)
+//! loses every `Return-Path:` field, continuation lines included (RFC 5321
+//! §4.4: the final delivery adds the one true Return-Path). The filter works
+//! on the stored lines as they stream, holding back at most
+//! `HEADER_HOLD_BYTES_MAX` octets of a line start. Octets above 127 are
+//! noted while content is scanned (`Transaction::content_8bit`), since many
+//! clients send 8-bit content without BODY=8BITMIME.
+//!
+//! Timeouts: a command line must be complete within `command_timeout` of
+//! the moment the machine started waiting for it (after the reply to the
+//! previous line); input that does not complete a line does not extend it,
+//! so a client dribbling one octet at a time is closed with 421 4.4.2.
+//! Content must arrive at a rate of at least one block of
+//! `DATA_BLOCK_BYTES` octets per `data_timeout`: the deadline is set at the
+//! 354 reply (or the BDAT command) and again each time a whole block has
+//! arrived, never by smaller pieces (RFC 5321 §4.5.3.2.6 speaks of data
+//! blocks). A steady transfer above that rate is never cut off, however
+//! long the message.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -34,8 +66,12 @@ use super::reply::{Enhanced, Reply};
 
 /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
 pub const COMMAND_LINE_BYTES_MAX: usize = 512;
-/// Largest `Body` chunk handed to the driver (a chunk may exceed it by 2).
+/// Largest `Body` chunk handed to the driver (a chunk may exceed it by
+/// `BODY_CHUNK_SLACK_BYTES`).
 pub const BODY_CHUNK_BYTES_MAX: usize = 64 * 1024;
+/// How far a `Body` chunk may exceed `BODY_CHUNK_BYTES_MAX`: a line end, and
+/// the start of a header line held back by the Return-Path filter.
+pub const BODY_CHUNK_SLACK_BYTES: usize = HEADER_HOLD_BYTES_MAX + 2;
 /// Most unprocessed input the machine holds; a driver that feeds more than
 /// this without polling gets the session closed with 421.
 pub const INPUT_BYTES_MAX: usize = 1024 * 1024;
@@ -43,6 +79,17 @@ pub const INPUT_BYTES_MAX: usize = 1024 * 1024;
 const EVENT_QUEUE_MAX: usize = 4;
 /// Longest HELO/EHLO argument (a domain, RFC 5321 §4.5.3.1.2).
 const HELO_BYTES_MAX: usize = 255;
+/// Content octets that must arrive within one `data_timeout`; each whole
+/// block sets the deadline again.
+pub const DATA_BLOCK_BYTES: u64 = 64 * 1024;
+/// Input buffer capacity kept between commands; a larger one (after a big
+/// read) is freed once it is empty.
+const INPUT_IDLE_BYTES_MAX: usize = 256;
+/// Most octets of a header line start held back while the line may still be
+/// a `Return-Path:` field ("Return-Path" and the white space after it).
+const HEADER_HOLD_BYTES_MAX: usize = 32;
+/// The header field removed from received content, lower-case.
+const RETURN_PATH: &[u8] = b"return-path";
 
 /// What to do with a bare CR or LF in message content (RFC 5321 §2.3.8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +98,16 @@ pub enum BareLfPolicy {
     Reject,
     /// Store each bare CR or LF as CRLF.
     Normalize,
+}
+
+/// What to do with a NUL octet in text content (DATA, and BDAT without
+/// BODY=BINARYMIME).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NulPolicy {
+    /// Refuse the whole message with 550 5.6.0 after its end.
+    Reject,
+    /// Remove NUL octets from the stored content.
+    Strip,
 }
 
 /// The machine's limits and names; shared by every session of a process.
@@ -69,11 +126,15 @@ pub struct ServerParams {
     pub max_text_line_bytes: usize,
     /// Client errors tolerated; the next one gets 421 4.7.0 and a close.
     pub max_errors: u32,
-    /// Longest wait for a command.
+    /// Longest time for one command line, from the moment the machine
+    /// waits for it to its CRLF.
     pub command_timeout: Duration,
-    /// Longest wait for the next piece of content.
+    /// Longest time for each `DATA_BLOCK_BYTES` of content.
     pub data_timeout: Duration,
+    /// Bare CR or LF in content, and bare LF ending a command line.
     pub bare_lf: BareLfPolicy,
+    /// NUL in text content.
+    pub nul: NulPolicy,
     /// Offer STARTTLS (RFC 3207): the driver can upgrade the connection.
     pub starttls: bool,
 }
@@ -107,7 +168,8 @@ pub enum Event {
     /// The message content starts (DATA got 354, or the first BDAT chunk).
     DataStart,
     /// Content bytes, un-dot-stuffed, in order; CRLF line endings unless
-    /// the transaction is BODY=BINARYMIME.
+    /// the transaction is BODY=BINARYMIME; without NUL octets in text
+    /// content and without `Return-Path:` header fields.
     Body(Vec<u8>),
     /// The content ended well and passed every check; waits for
     /// `decide(reply)`, the reply to the final dot or BDAT LAST (the driver
@@ -140,6 +202,22 @@ pub struct Transaction {
     pub protocol: &'static str,
     /// BDAT has been used: DATA and RCPT are out of sequence now.
     pub chunking: bool,
+    /// The content held octets above 127, declared or not; set when the
+    /// content ends (read it at `Event::DataEnd`).
+    pub content_8bit: bool,
+}
+
+impl Transaction {
+    /// The message must be stored and relayed as 8-bit: declared with
+    /// BODY=8BITMIME or BODY=BINARYMIME, or octets above 127 were seen.
+    pub fn body_8bit(&self) -> bool {
+        self.params.body_8bit() || self.content_8bit
+    }
+
+    /// Declared BODY=BINARYMIME (RFC 3030): stored and relayed as it is.
+    pub fn body_binary(&self) -> bool {
+        self.params.body == Some(BodyType::BinaryMime)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -163,7 +241,7 @@ enum Mode {
         chunk_bytes: u64,
         remaining_bytes: u64,
         last: bool,
-        refusal: Option<Reply>,
+        refusal: Option<Box<Reply>>,
     },
     /// Content complete; pass the last Body, then DataEnd or DataAborted.
     ContentDone,
@@ -201,23 +279,37 @@ pub struct Server {
     output: Vec<u8>,
     mode: Mode,
     helo: Option<Helo>,
-    txn: Option<Transaction>,
+    txn: Option<Box<Transaction>>,
     /// Present from the start of a message's content to its end or abort.
-    content: Option<Content>,
+    content: Option<Box<Content>>,
     body: Vec<u8>,
-    pending: Option<Pending>,
+    pending: Option<Box<Pending>>,
     events: VecDeque<Event>,
     error_count: u32,
     deadline: Instant,
+    /// The next `NeedInput` sets a new deadline: a command line was
+    /// consumed, the mode changed or a question was answered.
+    rearm: bool,
+    /// Content octets consumed since the deadline was set.
+    block_bytes: u64,
     /// TLS is active on the connection (after STARTTLS and its handshake).
     tls_active: bool,
+}
+
+/// `now + timeout`, or a year from now if that cannot be represented.
+fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(now)
 }
 
 impl Server {
     /// Starts a session and queues the 220 greeting.
     pub fn new(params: Arc<ServerParams>, peer: PeerInfo, now: Instant) -> Server {
         let mut s = Server {
-            deadline: now + params.command_timeout,
+            deadline: deadline_after(now, params.command_timeout),
+            rearm: true,
+            block_bytes: 0,
             params,
             peer,
             input: Vec::new(),
@@ -250,7 +342,7 @@ impl Server {
             return;
         }
         self.compact();
-        if self.input.len() + input.len() > INPUT_BYTES_MAX {
+        if self.input.len().saturating_add(input.len()) > INPUT_BYTES_MAX {
             debug_assert!(false, "driver fed {} bytes without polling", input.len());
             self.close_with(Reply::new(
                 421,
@@ -283,11 +375,8 @@ impl Server {
             };
             if let Flow::NeedInput = flow {
                 self.compact();
-                let timeout = match self.mode {
-                    Mode::Data | Mode::Bdat { .. } => self.params.data_timeout,
-                    _ => self.params.command_timeout,
-                };
-                self.deadline = now + timeout;
+                self.arm_deadline(now);
+                self.release_idle_memory();
                 return Event::NeedInput;
             }
         }
@@ -300,13 +389,14 @@ impl Server {
             debug_assert!(false, "decide() without a pending question");
             return;
         };
-        match pending {
+        self.rearm = true;
+        match *pending {
             Pending::Mail {
                 reverse_path,
                 params,
             } => {
                 if reply.is_positive() {
-                    self.txn = Some(self.new_transaction(reverse_path, params));
+                    self.txn = Some(Box::new(self.new_transaction(reverse_path, params)));
                 }
             }
             Pending::Rcpt { forward_path } => {
@@ -332,14 +422,15 @@ impl Server {
         std::mem::take(&mut self.output)
     }
 
-    /// By when more input must arrive: set each time `poll` returns
-    /// `NeedInput`, from the data timeout while content is being read and
-    /// the command timeout otherwise.
+    /// By when the awaited input must be complete: the command line being
+    /// read (`command_timeout` from the moment the machine began waiting for
+    /// it), or the current block of content (`data_timeout` per
+    /// `DATA_BLOCK_BYTES`). Input that completes neither leaves it alone.
     pub fn deadline(&self) -> Instant {
         self.deadline
     }
 
-    /// The deadline passed without input: 421 4.4.2 and Close.
+    /// The deadline passed: 421 4.4.2 and Close.
     pub fn on_timeout(&mut self, _now: Instant) {
         let text = format!(
             "{} timeout exceeded, closing connection",
@@ -378,18 +469,23 @@ impl Server {
     /// (RFC 3207 §4.2: the client must EHLO again; nothing from before is
     /// remembered) and STARTTLS is no longer offered.
     pub fn tls_started(&mut self, now: Instant) {
-        debug_assert!(matches!(self.mode, Mode::Handshake), "tls_started() only after StartTls");
+        debug_assert!(
+            matches!(self.mode, Mode::Handshake),
+            "tls_started() only after StartTls"
+        );
         if !matches!(self.mode, Mode::Handshake) {
             return;
         }
         self.tls_active = true;
         self.helo = None;
         self.txn = None;
-        self.body.clear();
-        self.input.clear();
+        self.body = Vec::new();
+        self.input = Vec::new();
         self.input_pos = 0;
         self.mode = Mode::Command;
-        self.deadline = now + self.params.command_timeout;
+        self.deadline = deadline_after(now, self.params.command_timeout);
+        self.rearm = false;
+        self.block_bytes = 0;
     }
 
     /// Whether TLS is active.
@@ -403,7 +499,7 @@ impl Server {
     }
 
     pub fn transaction(&self) -> Option<&Transaction> {
-        self.txn.as_ref()
+        self.txn.as_deref()
     }
 
     pub fn helo_name(&self) -> Option<&str> {
@@ -417,6 +513,38 @@ impl Server {
     /// Client errors counted so far.
     pub fn error_count(&self) -> u32 {
         self.error_count
+    }
+
+    /// Heap octets the machine holds on to: buffer capacities, the event
+    /// queue, the boxed transaction, question and content state, and the
+    /// capacities of the strings inside them.
+    pub fn retained_heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let address =
+            |a: &Address| a.local_part.capacity() + a.domain.as_ref().map_or(0, String::capacity);
+        let mut total = self.input.capacity()
+            + self.output.capacity()
+            + self.body.capacity()
+            + self.events.capacity() * size_of::<Event>();
+        if let Some(h) = &self.helo {
+            total += h.name.capacity();
+        }
+        if let Some(t) = &self.txn {
+            total += size_of::<Transaction>()
+                + t.helo_name.capacity()
+                + t.recipients.capacity() * size_of::<Address>()
+                + t.recipients.iter().map(address).sum::<usize>();
+            if let ReversePath::Path(a) = &t.reverse_path {
+                total += address(a);
+            }
+        }
+        if self.content.is_some() {
+            total += size_of::<Content>();
+        }
+        if self.pending.is_some() {
+            total += size_of::<Pending>();
+        }
+        total
     }
 
     /// The Received "with" value: "SMTP" after HELO, "ESMTP" after EHLO,
@@ -474,6 +602,48 @@ impl Server {
         self.mode = Mode::Closed;
     }
 
+    /// Sets the deadline for what `NeedInput` waits for: anew after a
+    /// command line, a mode change, an answered question or a whole block
+    /// of content; otherwise (part of a line or block arrived) it stays.
+    fn arm_deadline(&mut self, now: Instant) {
+        if self.block_bytes >= DATA_BLOCK_BYTES {
+            self.rearm = true;
+        }
+        if !self.rearm {
+            return;
+        }
+        self.rearm = false;
+        self.block_bytes = 0;
+        let timeout = match self.mode {
+            Mode::Data | Mode::Bdat { .. } => self.params.data_timeout,
+            _ => self.params.command_timeout,
+        };
+        self.deadline = deadline_after(now, timeout);
+    }
+
+    /// Between commands: frees an input buffer grown by a big read, and
+    /// between transactions the event queue, so an idle session holds
+    /// little more than its HELO name.
+    fn release_idle_memory(&mut self) {
+        if !matches!(self.mode, Mode::Command) {
+            return;
+        }
+        if self.input.is_empty() && self.input.capacity() > INPUT_IDLE_BYTES_MAX {
+            self.input = Vec::new();
+        }
+        if self.txn.is_none() && self.events.is_empty() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        if self.content.is_none() && self.body.is_empty() && self.body.capacity() > 0 {
+            self.body = Vec::new();
+        }
+    }
+
+    /// Counts content octets toward the current data block.
+    fn count_block(&mut self, used: usize) {
+        self.block_bytes = self.block_bytes.saturating_add(used as u64);
+    }
+
     fn compact(&mut self) {
         if self.input_pos > 0 {
             self.input.drain(..self.input_pos);
@@ -499,6 +669,7 @@ impl Server {
             helo_name,
             protocol,
             chunking: false,
+            content_8bit: false,
         }
     }
 
@@ -530,11 +701,19 @@ impl Server {
         let line_bytes = lf + 1;
         let line = avail[..lf].to_vec();
         self.input_pos += line_bytes;
+        self.rearm = true;
         if line_bytes > COMMAND_LINE_BYTES_MAX {
             self.line_too_long();
             return Flow::Continue;
         }
-        let line = line.strip_suffix(b"\r").unwrap_or(&line[..]);
+        let line = match line.strip_suffix(b"\r") {
+            Some(line) => line,
+            None if self.params.bare_lf == BareLfPolicy::Normalize => &line[..],
+            None => {
+                self.bare_lf_command(&line);
+                return Flow::Continue;
+            }
+        };
         match std::str::from_utf8(line) {
             Ok(text) if !text.chars().any(|c| c.is_control()) => {
                 let text = text.trim_end_matches(' ').to_string();
@@ -547,6 +726,24 @@ impl Server {
             ),
         }
         Flow::Continue
+    }
+
+    /// A command line ended by a bare LF under `BareLfPolicy::Reject`: not
+    /// run (RFC 5321 §2.3.8). A BDAT refused this way cannot be delimited,
+    /// so the chunks before it can no longer become a whole message.
+    fn bare_lf_command(&mut self, line: &[u8]) {
+        let reply = Reply::new(
+            500,
+            Enhanced(5, 5, 2),
+            "syntax error: command lines must end with CRLF (RFC 5321 section 2.3.8)",
+        );
+        self.client_error(500, Enhanced(5, 5, 2), reply.lines.concat());
+        let bdat = line
+            .get(..4)
+            .is_some_and(|verb| verb.eq_ignore_ascii_case(b"BDAT"));
+        if bdat {
+            self.abandon_chunking(&reply);
+        }
     }
 
     fn line_too_long(&mut self) {
@@ -563,6 +760,7 @@ impl Server {
             Some(lf) => {
                 self.input_pos += lf + 1;
                 self.mode = Mode::Command;
+                self.rearm = true;
                 Flow::Continue
             }
             None => {
@@ -676,10 +874,18 @@ impl Server {
             return self.client_error(503, Enhanced(5, 5, 1), "TLS already active");
         }
         if !args.is_empty() {
-            return self.client_error(501, Enhanced(5, 5, 4), "syntax: STARTTLS takes no arguments");
+            return self.client_error(
+                501,
+                Enhanced(5, 5, 4),
+                "syntax: STARTTLS takes no arguments",
+            );
         }
         if self.content.is_some() {
-            return self.client_error(503, Enhanced(5, 5, 1), "STARTTLS not allowed during message content");
+            return self.client_error(
+                503,
+                Enhanced(5, 5, 1),
+                "STARTTLS not allowed during message content",
+            );
         }
         self.reply(220, Enhanced(2, 0, 0), "Ready to start TLS");
         // RFC 3207 §5: whatever the client sent after STARTTLS in the clear
@@ -733,10 +939,10 @@ impl Server {
         if utf8_path && !params.smtputf8 {
             return self.address_error(AddressError::NonAscii, Enhanced(5, 1, 7), "sender");
         }
-        self.pending = Some(Pending::Mail {
+        self.pending = Some(Box::new(Pending::Mail {
             reverse_path: reverse_path.clone(),
             params: params.clone(),
-        });
+        }));
         self.push_event(Event::Mail {
             reverse_path,
             params,
@@ -777,9 +983,9 @@ impl Server {
             // RFC 5321 §4.5.3.1.10: a limit, not a client mistake.
             return self.reply(452, Enhanced(4, 5, 3), "too many recipients");
         }
-        self.pending = Some(Pending::Rcpt {
+        self.pending = Some(Box::new(Pending::Rcpt {
             forward_path: forward_path.clone(),
-        });
+        }));
         self.push_event(Event::Rcpt {
             forward_path,
             params,
@@ -851,7 +1057,7 @@ impl Server {
             enhanced: None,
             lines: vec!["End data with <CR><LF>.<CR><LF>".to_string()],
         });
-        self.content = Some(Content::new(&self.params, true, true));
+        self.content = Some(Box::new(Content::new(&self.params, true, true)));
         self.mode = Mode::Data;
         self.push_event(Event::DataStart);
     }
@@ -886,13 +1092,14 @@ impl Server {
                 Some(Reply::new(503, Enhanced(5, 5, 1), "no valid recipients"))
             }
             _ => None,
-        };
+        }
+        .map(Box::new);
         if refusal.is_none() {
             if let Some(t) = self.txn.as_mut() {
                 if !t.chunking {
                     t.chunking = true;
-                    let binary = t.params.body == Some(BodyType::BinaryMime);
-                    self.content = Some(Content::new(&self.params, false, !binary));
+                    let binary = t.body_binary();
+                    self.content = Some(Box::new(Content::new(&self.params, false, !binary)));
                     self.push_event(Event::DataStart);
                 }
             }
@@ -927,6 +1134,7 @@ impl Server {
         }
         let (used, ended) = content.consume(avail, &mut self.body, BODY_CHUNK_BYTES_MAX);
         self.input_pos += used;
+        self.count_block(used);
         if ended {
             self.mode = Mode::ContentDone;
         } else if self.body.len() >= BODY_CHUNK_BYTES_MAX {
@@ -976,11 +1184,13 @@ impl Server {
             _ => take,
         };
         self.input_pos += used;
+        self.count_block(used);
         if let Mode::Bdat {
             remaining_bytes, ..
         } = &mut self.mode
         {
-            *remaining_bytes -= used as u64;
+            debug_assert!(used as u64 <= *remaining_bytes);
+            *remaining_bytes = remaining_bytes.saturating_sub(used as u64);
         }
         if self.body.len() >= BODY_CHUNK_BYTES_MAX {
             return self.flush_body_or(Flow::Continue);
@@ -988,8 +1198,14 @@ impl Server {
         Flow::Continue
     }
 
-    fn bdat_chunk_done(&mut self, chunk_bytes: u64, last: bool, refusal: Option<Reply>) -> Flow {
+    fn bdat_chunk_done(
+        &mut self,
+        chunk_bytes: u64,
+        last: bool,
+        refusal: Option<Box<Reply>>,
+    ) -> Flow {
         self.mode = Mode::Command;
+        self.rearm = true;
         if let Some(reply) = refusal {
             let enhanced = reply.enhanced.unwrap_or(Enhanced(5, 5, 1));
             self.client_error(reply.code, enhanced, reply.lines.concat());
@@ -1001,7 +1217,6 @@ impl Server {
             return Flow::Continue;
         };
         if last {
-            content.finish(&mut self.body);
             self.mode = Mode::ContentDone;
             return Flow::Continue;
         }
@@ -1021,16 +1236,23 @@ impl Server {
     /// After the end of content: the last Body, then DataEnd (waiting for
     /// the driver) or DataAborted with the machine's own reply.
     fn step_content_done(&mut self) -> Flow {
-        let refusal = match &self.content {
-            Some(c) => c.refusal,
+        let refusal = match self.content.as_mut() {
+            Some(c) => {
+                c.finish(&mut self.body);
+                if let Some(t) = self.txn.as_mut() {
+                    t.content_8bit = c.eight_bit;
+                }
+                c.refusal
+            }
             None => None,
         };
         self.mode = Mode::Command;
+        self.rearm = true;
         self.content = None;
         match refusal {
             None => {
                 let flow = self.flush_body_or(Flow::Continue);
-                self.pending = Some(Pending::DataEnd);
+                self.pending = Some(Box::new(Pending::DataEnd));
                 self.push_event(Event::DataEnd);
                 flow
             }
@@ -1066,6 +1288,7 @@ enum Refusal {
     TooBig,
     BareLineEnd,
     LineTooLong,
+    Nul,
 }
 
 impl Refusal {
@@ -1092,6 +1315,11 @@ impl Refusal {
                     params.max_text_line_bytes
                 ),
             ),
+            Refusal::Nul => Reply::new(
+                550,
+                Enhanced(5, 6, 0),
+                "NUL octets not allowed in message content",
+            ),
         }
     }
 }
@@ -1113,7 +1341,8 @@ enum Wire {
 }
 
 /// Content of one message as it arrives: dot-unstuffing and end detection
-/// (DATA only), bare CR/LF policy, text line and size limits.
+/// (DATA only), bare CR/LF and NUL policies, text line and size limits,
+/// 8-bit detection, and the Return-Path filter on the header section.
 #[derive(Clone, Debug)]
 struct Content {
     /// DATA content (dot-stuffed, ends at CRLF.CRLF); false for BDAT.
@@ -1121,13 +1350,20 @@ struct Content {
     /// False for BINARYMIME: octets pass as they are, no line rules.
     text: bool,
     normalize: bool,
+    strip_nul: bool,
     wire: Wire,
+    /// BINARYMIME, header section: a CR waits for the next octet (CRLF is
+    /// a line end, anything else keeps the CR as line content).
+    binary_cr: bool,
     /// Octets in the current stored line, CRLF not counted.
     line_bytes: usize,
     line_bytes_max: usize,
     content_bytes: u64,
     content_bytes_max: u64,
     refusal: Option<Refusal>,
+    /// An octet above 127 was seen.
+    eight_bit: bool,
+    headers: HeaderFilter,
 }
 
 impl Content {
@@ -1136,12 +1372,16 @@ impl Content {
             dot_stuffed,
             text,
             normalize: params.bare_lf == BareLfPolicy::Normalize,
+            strip_nul: params.nul == NulPolicy::Strip,
             wire: Wire::LineStart,
+            binary_cr: false,
             line_bytes: 0,
             line_bytes_max: params.max_text_line_bytes.saturating_sub(2),
             content_bytes: 0,
             content_bytes_max: params.max_message_bytes,
             refusal: None,
+            eight_bit: false,
+            headers: HeaderFilter::new(),
         }
     }
 
@@ -1158,7 +1398,7 @@ impl Content {
         }
     }
 
-    /// Stores text octets (no CR or LF among them).
+    /// Stores text octets (no CR, LF or NUL among them).
     fn emit_text(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
         self.line_bytes = self.line_bytes.saturating_add(bytes.len());
         if self.line_bytes > self.line_bytes_max {
@@ -1166,7 +1406,7 @@ impl Content {
         }
         self.count(bytes.len());
         if self.refusal.is_none() {
-            out.extend_from_slice(bytes);
+            self.headers.text(bytes, out);
         }
     }
 
@@ -1174,7 +1414,7 @@ impl Content {
         self.line_bytes = 0;
         self.count(2);
         if self.refusal.is_none() {
-            out.extend_from_slice(b"\r\n");
+            self.headers.eol(b"\r\n", out);
         }
     }
 
@@ -1186,15 +1426,27 @@ impl Content {
         }
     }
 
+    /// A NUL octet on the wire: it still counts as line content for end
+    /// detection (the caller moves to `Wire::Mid`), but is never stored.
+    fn nul(&mut self) {
+        if !self.strip_nul {
+            self.refuse(Refusal::Nul);
+        }
+    }
+
     /// Consumes from `input` until it is used up, the end of DATA content
     /// is found, or `out` holds `out_cap` bytes. Returns the octets used and
     /// whether the end was found (the terminator is used, not stored).
     fn consume(&mut self, input: &[u8], out: &mut Vec<u8>, out_cap: usize) -> (usize, bool) {
         if !self.text {
             let take = input.len().min(out_cap.saturating_sub(out.len()));
+            let bytes = &input[..take];
             self.count(take);
+            if !self.eight_bit && bytes.iter().any(|&b| b >= 0x80) {
+                self.eight_bit = true;
+            }
             if self.refusal.is_none() {
-                out.extend_from_slice(&input[..take]);
+                self.binary_out(bytes, out);
             }
             return (take, false);
         }
@@ -1215,13 +1467,23 @@ impl Content {
                     self.wire = Wire::DotCr;
                     i += 1;
                 }
+                // "." and a bare LF: under Normalize a line holding only a
+                // dot, which is content (it ended no message on the wire).
+                Wire::Dot if b == b'\n' => {
+                    self.emit_text(out, b".");
+                    self.wire = Wire::Mid;
+                }
                 Wire::Dot => self.wire = Wire::Mid,
                 Wire::DotCr if b == b'\n' => {
                     self.wire = Wire::LineStart;
                     return (i + 1, true);
                 }
-                // "." CR without LF: the dot was stuffing, the CR is pending.
-                Wire::DotCr => self.wire = Wire::Cr,
+                // "." and a bare CR: as "." and a bare LF above; the CR is
+                // pending.
+                Wire::DotCr => {
+                    self.emit_text(out, b".");
+                    self.wire = Wire::Cr;
+                }
                 Wire::Cr if b == b'\n' => {
                     self.emit_eol(out);
                     self.wire = Wire::LineStart;
@@ -1237,7 +1499,8 @@ impl Content {
     }
 
     /// Inside a line (or at its start, not on a stuffing dot): consumes one
-    /// CR or LF, or a run of other octets. Returns the octets used (>= 1).
+    /// CR, LF or NUL, or a run of other octets, noting octets above 127.
+    /// Returns the octets used (>= 1).
     fn consume_in_line(&mut self, input: &[u8], out: &mut Vec<u8>, out_cap: usize) -> usize {
         debug_assert!(!input.is_empty());
         match input[0] {
@@ -1251,26 +1514,227 @@ impl Content {
                 self.wire = Wire::Mid;
                 1
             }
+            0 => {
+                self.nul();
+                self.wire = Wire::Mid;
+                1
+            }
             _ => {
-                let run = input
-                    .iter()
-                    .position(|&c| c == b'\r' || c == b'\n')
-                    .unwrap_or(input.len());
-                let room = out_cap.saturating_sub(out.len()).max(1);
-                let run = run.min(room);
-                self.emit_text(out, &input[..run]);
+                // Room for the run and for what the header filter holds back.
+                let room = out_cap
+                    .saturating_sub(out.len())
+                    .saturating_sub(self.headers.held_bytes())
+                    .max(1);
+                let window = &input[..input.len().min(room)];
+                let mut high = 0u8;
+                let mut run = 0usize;
+                for &c in window {
+                    if c == b'\r' || c == b'\n' || c == 0 {
+                        break;
+                    }
+                    high |= c;
+                    run += 1;
+                }
+                if high >= 0x80 {
+                    self.eight_bit = true;
+                }
+                self.emit_text(out, &window[..run]);
                 self.wire = Wire::Mid;
                 run
             }
         }
     }
 
-    /// The end of BDAT content: a CR left waiting for its LF is bare.
+    /// BINARYMIME octets, stored as they are, except that the header
+    /// section goes through the Return-Path filter: there a line ends at LF
+    /// (CRLF or bare), and a bare CR is line content.
+    fn binary_out(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) {
+        while let Some(&b) = bytes.first() {
+            if self.headers.in_body() && !self.binary_cr {
+                out.extend_from_slice(bytes);
+                return;
+            }
+            if self.binary_cr {
+                self.binary_cr = false;
+                if b == b'\n' {
+                    self.headers.eol(b"\r\n", out);
+                    bytes = &bytes[1..];
+                } else {
+                    self.headers.text(b"\r", out);
+                }
+                continue;
+            }
+            match b {
+                b'\r' => {
+                    self.binary_cr = true;
+                    bytes = &bytes[1..];
+                }
+                b'\n' => {
+                    self.headers.eol(b"\n", out);
+                    bytes = &bytes[1..];
+                }
+                _ => {
+                    let run = bytes
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .unwrap_or(bytes.len());
+                    self.headers.text(&bytes[..run], out);
+                    bytes = &bytes[run..];
+                }
+            }
+        }
+    }
+
+    /// The end of the content: a CR left waiting for its LF is bare (text)
+    /// or kept (BINARYMIME), and what the header filter held is released.
     fn finish(&mut self, out: &mut Vec<u8>) {
         if self.text && self.wire == Wire::Cr {
             self.bare_line_end(out);
             self.wire = Wire::Mid;
         }
+        if self.refusal.is_some() {
+            return;
+        }
+        if self.binary_cr {
+            self.binary_cr = false;
+            self.headers.text(b"\r", out);
+        }
+        self.headers.finish(out);
+    }
+}
+
+/// Where the Return-Path filter stands in the stored content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HeaderState {
+    /// At the start of a line of the header section.
+    LineStart,
+    /// At the start of a line whose octets so far (all held back) are a
+    /// prefix of "Return-Path", or that whole name and white space.
+    Name,
+    /// The rest of this line is kept.
+    Pass,
+    /// The rest of this line is dropped.
+    Drop,
+    /// Past the first empty line: everything is kept.
+    Body,
+}
+
+/// Drops every `Return-Path:` field (name compared case-insensitively, white
+/// space allowed before the colon, continuation lines included) from the
+/// header section, i.e. before the first empty line. Streams: it sees the
+/// stored lines as runs of line octets and line ends, and holds back at
+/// most `HEADER_HOLD_BYTES_MAX` octets of one line start. A line starting
+/// with "Return-Path" and more white space than that is dropped too.
+#[derive(Clone, Debug)]
+struct HeaderFilter {
+    state: HeaderState,
+    held: [u8; HEADER_HOLD_BYTES_MAX],
+    held_len: usize,
+    /// The field being read is a Return-Path: its continuation lines go too.
+    dropping: bool,
+}
+
+impl HeaderFilter {
+    fn new() -> HeaderFilter {
+        HeaderFilter {
+            state: HeaderState::LineStart,
+            held: [0; HEADER_HOLD_BYTES_MAX],
+            held_len: 0,
+            dropping: false,
+        }
+    }
+
+    fn in_body(&self) -> bool {
+        self.state == HeaderState::Body
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.held_len
+    }
+
+    /// Line octets (no line end among them).
+    fn text(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) {
+        while let Some(&b) = bytes.first() {
+            match self.state {
+                HeaderState::Body | HeaderState::Pass => {
+                    out.extend_from_slice(bytes);
+                    return;
+                }
+                HeaderState::Drop => return,
+                HeaderState::LineStart if b == b' ' || b == b'\t' => {
+                    // A continuation line belongs to the field before it.
+                    self.state = if self.dropping {
+                        HeaderState::Drop
+                    } else {
+                        HeaderState::Pass
+                    };
+                }
+                HeaderState::LineStart => {
+                    self.dropping = false;
+                    self.state = HeaderState::Name;
+                }
+                HeaderState::Name => {
+                    self.name_octet(b, out);
+                    bytes = &bytes[1..];
+                }
+            }
+        }
+    }
+
+    fn name_octet(&mut self, b: u8, out: &mut Vec<u8>) {
+        debug_assert!(self.held_len <= HEADER_HOLD_BYTES_MAX);
+        let whole_name = self.held_len >= RETURN_PATH.len();
+        let blank = b == b' ' || b == b'\t';
+        if whole_name && (b == b':' || (blank && self.held_len == HEADER_HOLD_BYTES_MAX)) {
+            self.held_len = 0;
+            self.dropping = true;
+            self.state = HeaderState::Drop;
+        } else if (whole_name && blank)
+            || (!whole_name && b.to_ascii_lowercase() == RETURN_PATH[self.held_len])
+        {
+            self.held[self.held_len] = b;
+            self.held_len += 1;
+        } else {
+            self.release(out);
+            out.push(b);
+            self.state = HeaderState::Pass;
+        }
+    }
+
+    /// A line end, written as `ending` when the line is kept.
+    fn eol(&mut self, ending: &[u8], out: &mut Vec<u8>) {
+        match self.state {
+            // The empty line ends the header section.
+            HeaderState::LineStart => {
+                self.state = HeaderState::Body;
+                out.extend_from_slice(ending);
+            }
+            HeaderState::Name => {
+                self.release(out);
+                out.extend_from_slice(ending);
+                self.state = HeaderState::LineStart;
+            }
+            HeaderState::Pass => {
+                out.extend_from_slice(ending);
+                self.state = HeaderState::LineStart;
+            }
+            HeaderState::Drop => self.state = HeaderState::LineStart,
+            HeaderState::Body => out.extend_from_slice(ending),
+        }
+    }
+
+    /// The content ended inside a line start that was held back: it was no
+    /// Return-Path field, keep it.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.state == HeaderState::Name {
+            self.release(out);
+            self.state = HeaderState::Pass;
+        }
+    }
+
+    fn release(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.held[..self.held_len]);
+        self.held_len = 0;
     }
 }
 

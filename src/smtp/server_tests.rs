@@ -16,6 +16,7 @@ fn params() -> ServerParams {
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(600),
         bare_lf: BareLfPolicy::Reject,
+        nul: NulPolicy::Reject,
         starttls: false,
     }
 }
@@ -146,7 +147,7 @@ impl Session {
                 }
                 Event::DataStart => self.events.push(Ev::DataStart),
                 Event::Body(b) => {
-                    assert!(b.len() <= BODY_CHUNK_BYTES_MAX + 2);
+                    assert!(b.len() <= BODY_CHUNK_BYTES_MAX + BODY_CHUNK_SLACK_BYTES);
                     assert!(!b.is_empty());
                     self.body_chunks += 1;
                     self.body.extend_from_slice(&b);
@@ -373,10 +374,69 @@ fn empty_line_is_an_error() {
 }
 
 #[test]
-fn lf_terminated_commands_accepted() {
-    let mut t = Session::new();
+fn lf_terminated_commands_accepted_when_normalizing() {
+    let mut t = Session::with(|p| p.bare_lf = BareLfPolicy::Normalize);
     t.send("EHLO client.test\nMAIL FROM:<a@example.com>\nRCPT TO:<b@example.com>\nQUIT\n");
     t.expect(&["250", "250 2.1.0", "250 2.1.5", "221 2.0.0"]);
+}
+
+#[test]
+fn bare_lf_noop_refused_and_not_run() {
+    let mut t = Session::ehlo();
+    t.send_bytes(b"NOOP\n");
+    t.expect(&["500 5.5.2"]);
+    assert!(
+        t.raw.ends_with(
+            "500 5.5.2 syntax error: command lines must end with CRLF (RFC 5321 section 2.3.8)\r\n"
+        ),
+        "{}",
+        t.raw
+    );
+    assert_eq!(t.s.error_count(), 1);
+    let mut t = Session::ehlo_with(|p| p.bare_lf = BareLfPolicy::Normalize);
+    t.send_bytes(b"NOOP\n");
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.s.error_count(), 0);
+}
+
+#[test]
+fn bare_lf_ehlo_refused_so_mail_is_out_of_sequence() {
+    let mut t = Session::new();
+    t.send_bytes(b"EHLO x\nMAIL FROM:<a@b>\r\n");
+    t.expect(&["500 5.5.2", "503 5.5.1"]);
+    assert_eq!(t.s.helo_name(), None);
+    assert!(!t.s.in_transaction());
+    assert!(t.events.is_empty(), "{:?}", t.events);
+    let mut t = Session::with(|p| p.bare_lf = BareLfPolicy::Normalize);
+    t.send_bytes(b"EHLO x\nMAIL FROM:<a@b>\r\n");
+    t.expect(&["250", "250 2.1.0"]);
+    assert_eq!(t.s.helo_name(), Some("x"));
+    assert!(t.s.in_transaction());
+}
+
+#[test]
+fn bare_lf_quit_refused_and_session_stays() {
+    let mut t = Session::ehlo();
+    t.send_bytes(b"QUIT\n");
+    t.expect(&["500 5.5.2"]);
+    assert!(!t.closed);
+    t.send("NOOP\r\n");
+    t.expect(&["250 2.0.0"]);
+    let mut t = Session::ehlo_with(|p| p.bare_lf = BareLfPolicy::Normalize);
+    t.send_bytes(b"QUIT\n");
+    t.expect(&["221 2.0.0"]);
+    assert!(t.closed);
+}
+
+#[test]
+fn bare_lf_bdat_refused_fails_the_chunked_transaction() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    // The refused BDAT's 3 octets are then read as a command line.
+    t.send_bytes(b"BDAT 3\r\nabcBDAT 3 LAST\nxyz\r\n");
+    t.expect(&["250 2.0.0", "500 5.5.2", "500 5.5.1"]);
+    t.expect_events(&[Ev::DataStart, Ev::Aborted("500 5.5.2".into())]);
+    assert!(!t.s.in_transaction());
 }
 
 #[test]
@@ -932,7 +992,7 @@ fn large_body_in_bounded_chunks() {
     t.send(&content);
     t.expect(&["250 2.0.0"]);
     assert_eq!(t.body.len(), 500_000);
-    assert!(t.body_chunks >= 500_000 / (BODY_CHUNK_BYTES_MAX + 2));
+    assert!(t.body_chunks >= 500_000 / (BODY_CHUNK_BYTES_MAX + BODY_CHUNK_SLACK_BYTES));
 }
 
 #[test]
@@ -1160,6 +1220,329 @@ fn smuggled_content_one_byte_at_a_time() {
     }
 }
 
+// ---- a dot line ended by a bare LF or CR (normalize) ----
+
+#[test]
+fn normalized_dot_line_is_content_not_an_end() {
+    let mut t = Session::ehlo_with(|p| p.bare_lf = BareLfPolicy::Normalize);
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5"]);
+    t.events.clear();
+    t.send_bytes(b"DATA\r\na\r\n.\nb\r\n.\r\n");
+    t.expect(&["354", "250 2.0.0"]);
+    t.expect_events(&[Ev::DataStart, Ev::DataEnd]);
+    // Stored with CRLF line ends: the line "." is content.
+    assert_eq!(t.body, b"a\r\n.\r\nb\r\n");
+    // Delivery stuffs it again; the next hop sees one message.
+    let wire = crate::deliver::dotstuff::stuff_all(&t.body);
+    assert_eq!(wire, b"a\r\n..\r\nb\r\n.\r\n");
+}
+
+#[test]
+fn normalized_dot_line_ended_by_bare_cr_keeps_its_dot() {
+    let mut t = Session::ehlo_with(|p| p.bare_lf = BareLfPolicy::Normalize);
+    t.start_data();
+    t.send_bytes(b"a\r\n.\rb\r\n.\r\r\nc\r\n.\r\n");
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, b"a\r\n.\r\nb\r\n.\r\n\r\nc\r\n");
+}
+
+#[test]
+fn normalized_dot_line_split_at_every_offset() {
+    let content: &[u8] = b"a\r\n.\nb\r\n.\rc\r\n.\r\n";
+    for split in 0..=content.len() {
+        let mut t = Session::ehlo_with(|p| p.bare_lf = BareLfPolicy::Normalize);
+        t.start_data();
+        t.send_bytes(&content[..split]);
+        t.send_bytes(&content[split..]);
+        t.expect(&["250 2.0.0"]);
+        assert_eq!(t.body, b"a\r\n.\r\nb\r\n.\r\nc\r\n", "split at {split}");
+    }
+}
+
+// ---- 8-bit content without BODY=8BITMIME ----
+
+/// Feeds `content` after DATA's 354 and returns the transaction as the
+/// driver sees it at DataEnd.
+fn transaction_at_data_end(t: &mut Session, content: &[u8]) -> Transaction {
+    t.s.feed(content);
+    loop {
+        match t.s.poll(t.now) {
+            Event::Body(b) => t.body.extend_from_slice(&b),
+            Event::DataEnd => break,
+            e => panic!("unexpected {e:?}"),
+        }
+    }
+    let txn = t.s.transaction().expect("transaction at DataEnd").clone();
+    t.s.decide(Reply::new(250, Enhanced(2, 0, 0), "queued"));
+    t.run();
+    txn
+}
+
+#[test]
+fn undeclared_8bit_content_is_detected() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@b>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5", "354"]);
+    let txn = transaction_at_data_end(&mut t, b"Subject: x\r\n\r\ncaf\xc3\xa9\r\n.\r\n");
+    assert_eq!(txn.params.body, None);
+    assert!(!txn.params.body_8bit());
+    assert!(txn.content_8bit);
+    assert!(txn.body_8bit());
+    assert_eq!(t.body, b"Subject: x\r\n\r\ncaf\xc3\xa9\r\n");
+    t.expect(&["250 2.0.0"]);
+}
+
+#[test]
+fn ascii_content_is_not_8bit() {
+    let mut t = Session::ehlo();
+    t.send("MAIL FROM:<a@b>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5", "354"]);
+    let txn = transaction_at_data_end(&mut t, b"Subject: x\r\n\r\ncafe\x7f\r\n.\r\n");
+    assert!(!txn.content_8bit);
+    assert!(!txn.body_8bit());
+    // The next transaction starts clean.
+    t.send("MAIL FROM:<a@b> BODY=8BITMIME\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+    t.expect(&["250 2.0.0", "250 2.1.0", "250 2.1.5", "354"]);
+    let txn = transaction_at_data_end(&mut t, b"plain\r\n.\r\n");
+    assert!(!txn.content_8bit, "nothing above 127 was seen");
+    assert!(txn.body_8bit(), "declared");
+}
+
+#[test]
+fn undeclared_8bit_in_bdat_and_split_across_feeds() {
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send_bytes(b"BDAT 4\r\ncaf\xc3");
+    t.expect(&["250 2.0.0"]);
+    let txn = transaction_at_data_end(&mut t, b"BDAT 3 LAST\r\n\xa9\r\n");
+    assert!(txn.content_8bit && txn.body_8bit() && !txn.body_binary());
+    assert_eq!(t.body, b"caf\xc3\xa9\r\n");
+}
+
+// ---- NUL in content ----
+
+const NUL_MESSAGE: &[u8] = b"DATA\r\nSubject: x\r\n\r\nhello\r\n\x00.\r\nmore\r\n.\r\n";
+
+fn nul_session(policy: NulPolicy) -> Session {
+    let mut t = Session::ehlo_with(|p| p.nul = policy);
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5"]);
+    t.events.clear();
+    t.body.clear();
+    t
+}
+
+#[test]
+fn nul_rejected_after_the_real_end_of_data() {
+    let mut t = nul_session(NulPolicy::Reject);
+    t.send_bytes(NUL_MESSAGE);
+    t.expect(&["354", "550 5.6.0"]);
+    assert!(
+        t.raw
+            .contains("550 5.6.0 NUL octets not allowed in message content\r\n"),
+        "{}",
+        t.raw
+    );
+    t.expect_events(&[Ev::DataStart, Ev::Aborted("550 5.6.0".into())]);
+    assert!(!t.s.in_transaction());
+    // Nothing is answered before the final dot: "\0." ended nothing.
+    let mut t = nul_session(NulPolicy::Reject);
+    let (head, tail) = NUL_MESSAGE.split_at(NUL_MESSAGE.len() - 3);
+    t.send_bytes(head);
+    t.expect(&["354"]);
+    t.send_bytes(tail);
+    t.expect(&["550 5.6.0"]);
+}
+
+#[test]
+fn nul_stripped_keeps_one_message_and_dot_semantics() {
+    let mut t = nul_session(NulPolicy::Strip);
+    t.send_bytes(NUL_MESSAGE);
+    t.expect(&["354", "250 2.0.0"]);
+    t.expect_events(&[Ev::DataStart, Ev::DataEnd]);
+    // "\0." was a line with content on the wire; stripped, it is the line
+    // ".", which is content.
+    assert_eq!(t.body, b"Subject: x\r\n\r\nhello\r\n.\r\nmore\r\n");
+    assert!(!t.body.contains(&0));
+    // Relayed, it is stuffed and stays one message at the next hop.
+    let wire = crate::deliver::dotstuff::stuff_all(&t.body);
+    assert_eq!(wire, b"Subject: x\r\n\r\nhello\r\n..\r\nmore\r\n.\r\n");
+    let mut next = nul_session(NulPolicy::Reject);
+    next.send("DATA\r\n");
+    next.send_bytes(&wire);
+    next.expect(&["354", "250 2.0.0"]);
+    next.expect_events(&[Ev::DataStart, Ev::DataEnd]);
+    assert_eq!(next.body, t.body);
+}
+
+#[test]
+fn nul_policy_at_every_split() {
+    for policy in [NulPolicy::Reject, NulPolicy::Strip] {
+        let mut whole = nul_session(policy);
+        whole.send_bytes(NUL_MESSAGE);
+        let want = std::mem::take(&mut whole.replies);
+        for split in 0..=NUL_MESSAGE.len() {
+            let mut t = nul_session(policy);
+            t.send_bytes(&NUL_MESSAGE[..split]);
+            t.send_bytes(&NUL_MESSAGE[split..]);
+            assert_eq!(t.replies, want, "split at {split}");
+            assert_eq!(t.events, whole.events, "split at {split}");
+            if policy == NulPolicy::Strip {
+                assert_eq!(t.body, whole.body, "split at {split}");
+            }
+        }
+    }
+}
+
+#[test]
+fn nul_in_plain_bdat_follows_the_policy() {
+    let content: &[u8] = b"a\x00b\r\n";
+    let mut t = nul_session(NulPolicy::Reject);
+    t.send_bytes(b"BDAT 5 LAST\r\n");
+    t.send_bytes(content);
+    t.expect(&["550 5.6.0"]);
+    let mut t = nul_session(NulPolicy::Strip);
+    t.send_bytes(b"BDAT 5 LAST\r\n");
+    t.send_bytes(content);
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, b"ab\r\n");
+}
+
+#[test]
+fn nul_in_binarymime_is_kept() {
+    let content: &[u8] = b"\x00\r\n\x00.\r\n";
+    for policy in [NulPolicy::Reject, NulPolicy::Strip] {
+        let mut t = Session::ehlo_with(|p| p.nul = policy);
+        t.send("MAIL FROM:<a@example.com> BODY=BINARYMIME\r\nRCPT TO:<b@example.com>\r\n");
+        t.send_bytes(format!("BDAT {} LAST\r\n", content.len()).as_bytes());
+        t.send_bytes(content);
+        t.expect(&["250 2.1.0", "250 2.1.5", "250 2.0.0"]);
+        assert_eq!(t.body, content);
+    }
+}
+
+// ---- Return-Path fields in the header section ----
+
+/// The stored content of `content` sent with DATA (dot-stuffed by the test).
+fn stored_via_data(content: &[u8]) -> Vec<u8> {
+    let mut t = Session::ehlo();
+    t.start_data();
+    t.send_bytes(&crate::deliver::dotstuff::stuff_all(content));
+    t.expect(&["250 2.0.0"]);
+    t.body
+}
+
+#[test]
+fn return_path_dropped_from_the_header_section_only() {
+    let content: &[u8] = b"Return-Path: <forged@x>\r\nSubject: a\r\n\r\nReturn-Path: in body\r\n";
+    assert_eq!(
+        stored_via_data(content),
+        b"Subject: a\r\n\r\nReturn-Path: in body\r\n"
+    );
+}
+
+#[test]
+fn folded_return_path_dropped_whole() {
+    let content: &[u8] =
+        b"Return-Path: <a\r\n b>\r\nSubject: a\r\n\tfolded subject\r\n\r\nbody\r\n";
+    assert_eq!(
+        stored_via_data(content),
+        b"Subject: a\r\n\tfolded subject\r\n\r\nbody\r\n"
+    );
+}
+
+#[test]
+fn return_path_name_variants() {
+    let content: &[u8] = b"From: x\r\nreturn-PATH: <a>\r\nRETURN-PATH \t: <b>\r\n\tmore\r\nReturn-Paths: kept\r\nX-Return-Path: kept\r\nReturn-Path-X: kept\r\nReturn: kept\r\nReturn-Path kept\r\n .cont\r\n\r\nx\r\n";
+    assert_eq!(
+        stored_via_data(content),
+        b"From: x\r\nReturn-Paths: kept\r\nX-Return-Path: kept\r\nReturn-Path-X: kept\r\nReturn: kept\r\nReturn-Path kept\r\n .cont\r\n\r\nx\r\n"
+    );
+    // A field name with more white space than is held back is dropped too.
+    let long = format!("Return-Path{}: <c>\r\nSubject: s\r\n\r\n", " ".repeat(60));
+    assert_eq!(stored_via_data(long.as_bytes()), b"Subject: s\r\n\r\n");
+    // The first line of the content, and a content of one unfinished line.
+    assert_eq!(stored_via_data(b"Return-Path: <d>\r\n"), b"");
+    assert_eq!(
+        stored_via_data(b"\r\nReturn-Path: <e>\r\n"),
+        b"\r\nReturn-Path: <e>\r\n"
+    );
+}
+
+#[test]
+fn return_path_split_across_two_feeds_at_every_offset() {
+    let content: &[u8] = b"Return-Path: <forged@x>\r\nReturn-Path: <a\r\n b>\r\nSubject: a\r\nReturn-Pat\r\n\r\nReturn-Path: in body\r\n.\r\n";
+    let want: &[u8] = b"Subject: a\r\nReturn-Pat\r\n\r\nReturn-Path: in body\r\n";
+    for split in 0..=content.len() {
+        let mut t = Session::ehlo();
+        t.start_data();
+        t.send_bytes(&content[..split]);
+        t.send_bytes(&content[split..]);
+        t.expect(&["250 2.0.0"]);
+        assert_eq!(t.body, want, "split at {split}");
+    }
+    let mut t = Session::ehlo();
+    t.start_data();
+    for b in content {
+        t.send_bytes(std::slice::from_ref(b));
+    }
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, want);
+}
+
+#[test]
+fn return_path_dropped_from_bdat_content() {
+    let content: &[u8] = b"Return-Path: <f>\r\nSubject: a\r\n\r\nb";
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    // Chunk boundaries inside the name.
+    t.send_bytes(b"BDAT 9\r\nReturn-Pa");
+    t.send_bytes(format!("BDAT {} LAST\r\n", content.len() - 9).as_bytes());
+    t.send_bytes(&content[9..]);
+    t.expect(&["250 2.0.0", "250 2.0.0"]);
+    assert_eq!(t.body, b"Subject: a\r\n\r\nb");
+    // BDAT content ending inside a held line start keeps it.
+    let mut t = Session::ehlo();
+    t.start_bdat();
+    t.send_bytes(b"BDAT 6 LAST\r\nReturn");
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, b"Return");
+}
+
+#[test]
+fn return_path_dropped_from_binarymime_header_section() {
+    let content: &[u8] = b"Return-Path: <f>\r\nReturn-Path: <g>\n\tcont\nSubject: \x00\xff\r\r\n\r\n\x00Return-Path: body\r\nReturn-Path: body\r";
+    let want: &[u8] = b"Subject: \x00\xff\r\r\n\r\n\x00Return-Path: body\r\nReturn-Path: body\r";
+    for split in 0..=content.len() {
+        let mut t = Session::ehlo();
+        t.send("MAIL FROM:<a@example.com> BODY=BINARYMIME\r\nRCPT TO:<b@example.com>\r\n");
+        t.send_bytes(format!("BDAT {split}\r\n").as_bytes());
+        t.send_bytes(&content[..split]);
+        t.send_bytes(format!("BDAT {} LAST\r\n", content.len() - split).as_bytes());
+        t.send_bytes(&content[split..]);
+        t.expect(&["250 2.1.0", "250 2.1.5", "250 2.0.0", "250 2.0.0"]);
+        assert_eq!(t.body, want, "split at {split}");
+    }
+}
+
+#[test]
+fn return_path_filter_keeps_body_chunks_bounded() {
+    let mut t = Session::ehlo_with(|p| {
+        p.max_message_bytes = 1 << 20;
+        p.max_text_line_bytes = 1 << 20;
+    });
+    t.start_bdat();
+    // A header line start held back right where a chunk fills up.
+    let mut content = vec![b'x'; BODY_CHUNK_BYTES_MAX - 5];
+    content.extend_from_slice(b"\r\nReturn-Path-like: y\r\n\r\n");
+    content.extend(std::iter::repeat_n(b'z', BODY_CHUNK_BYTES_MAX));
+    t.send_bytes(format!("BDAT {} LAST\r\n", content.len()).as_bytes());
+    t.send_bytes(&content);
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body, content);
+}
+
 // ---- command line limits and errors ----
 
 #[test]
@@ -1262,6 +1645,130 @@ fn deadline_back_to_command_timeout_after_data() {
     t.start_data();
     t.send("x\r\n.\r\n");
     assert_eq!(t.s.deadline(), t.now + Duration::from_secs(300));
+}
+
+#[test]
+fn dribbled_command_line_times_out_from_the_start_of_the_wait() {
+    let mut t = Session::ehlo_with(|p| p.command_timeout = Duration::from_secs(6));
+    let waiting_since = t.now;
+    let deadline = waiting_since + Duration::from_secs(6);
+    assert_eq!(t.s.deadline(), deadline);
+    // The client sends one octet every 2 s; the driver reads each one, or
+    // fires the timeout when the deadline comes first.
+    let first_byte_at = waiting_since + Duration::from_secs(2);
+    let mut timed_out_at = None;
+    for (i, b) in b"NOOP".iter().enumerate() {
+        let at = first_byte_at + Duration::from_secs(2 * i as u64);
+        if at >= t.s.deadline() {
+            timed_out_at = Some(t.s.deadline());
+            t.now = t.s.deadline();
+            t.s.on_timeout(t.now);
+            t.run();
+            break;
+        }
+        t.now = at;
+        t.send_bytes(std::slice::from_ref(b));
+        assert_eq!(
+            t.s.deadline(),
+            deadline,
+            "octet {i} of an unfinished line moved the deadline"
+        );
+    }
+    t.expect(&["421 4.4.2"]);
+    assert!(t.closed);
+    let timed_out_at = timed_out_at.expect("timed out");
+    assert!(timed_out_at <= first_byte_at + Duration::from_secs(6));
+}
+
+#[test]
+fn a_whole_command_line_sets_the_next_deadline() {
+    let mut t = Session::ehlo_with(|p| p.command_timeout = Duration::from_secs(6));
+    let start = t.now;
+    t.now = start + Duration::from_secs(1);
+    t.send("NO");
+    assert_eq!(t.s.deadline(), start + Duration::from_secs(6));
+    t.now = start + Duration::from_secs(5);
+    // The line ends, the next one has begun in the same read.
+    t.send("OP\r\nNO");
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.s.deadline(), start + Duration::from_secs(11));
+    t.now = start + Duration::from_secs(9);
+    t.send("O");
+    assert_eq!(t.s.deadline(), start + Duration::from_secs(11));
+    // An overlong line is one line too: its refusal does not reset the clock.
+    t.send(&"x".repeat(600));
+    t.expect(&["500 5.5.2"]);
+    assert_eq!(t.s.deadline(), start + Duration::from_secs(11));
+}
+
+#[test]
+fn dribbled_data_content_times_out() {
+    let mut t = Session::ehlo_with(|p| p.data_timeout = Duration::from_secs(6));
+    t.start_data();
+    let start = t.now;
+    let deadline = start + Duration::from_secs(6);
+    assert_eq!(t.s.deadline(), deadline);
+    for i in 1..=2u64 {
+        t.now = start + Duration::from_secs(2 * i);
+        t.send("x\r\n");
+        assert_eq!(t.s.deadline(), deadline);
+    }
+    t.now = deadline;
+    t.s.on_timeout(t.now);
+    t.run();
+    t.expect(&["421 4.4.2"]);
+    t.expect_events(&[Ev::Aborted("421 4.4.2".into()), Ev::Close]);
+}
+
+#[test]
+fn steady_data_flow_is_not_cut_off() {
+    // 2 MiB at 16 KiB per second: far longer than data_timeout, each
+    // 64 KiB block well within it.
+    let mut t = Session::ehlo_with(|p| {
+        p.data_timeout = Duration::from_secs(6);
+        p.max_message_bytes = 4 << 20;
+    });
+    t.start_data();
+    let line = format!("{}\r\n", "d".repeat(62));
+    let read = line.repeat(16 * 1024 / line.len());
+    let mut sent_bytes = 0u64;
+    let mut deadline_moves = 0;
+    while sent_bytes < 2 << 20 {
+        t.now += Duration::from_secs(1);
+        assert!(t.now < t.s.deadline(), "cut off after {sent_bytes} octets");
+        let before = t.s.deadline();
+        t.send(&read);
+        sent_bytes += read.len() as u64;
+        if t.s.deadline() != before {
+            deadline_moves += 1;
+            assert_eq!(t.s.deadline(), t.now + Duration::from_secs(6));
+        }
+    }
+    t.send(".\r\n");
+    t.expect(&["250 2.0.0"]);
+    assert_eq!(t.body.len() as u64, sent_bytes);
+    assert!(
+        deadline_moves >= (sent_bytes / DATA_BLOCK_BYTES) as usize - 1,
+        "{deadline_moves}"
+    );
+}
+
+#[test]
+fn bdat_chunk_deadline_is_set_by_the_command_not_by_dribbled_octets() {
+    let mut t = Session::ehlo_with(|p| p.data_timeout = Duration::from_secs(6));
+    t.start_bdat();
+    let start = t.now;
+    t.now = start + Duration::from_secs(1);
+    t.send("BDAT 10\r\nab");
+    assert_eq!(t.s.deadline(), start + Duration::from_secs(7));
+    t.now = start + Duration::from_secs(3);
+    t.send("cd");
+    assert_eq!(t.s.deadline(), start + Duration::from_secs(7));
+    t.now = start + Duration::from_secs(7);
+    t.s.on_timeout(t.now);
+    t.run();
+    t.expect(&["421 4.4.2"]);
+    t.expect_events(&[Ev::DataStart, Ev::Aborted("421 4.4.2".into()), Ev::Close]);
 }
 
 #[test]
@@ -1547,10 +2054,23 @@ fn random_input_never_panics_and_stays_bounded() {
         "\u{e9}",
         "<\"q\\\"\"@[IPv6:::1]>",
         "MAIL FROM:<\u{e9}@\u{e9}.x> SMTPUTF8\r\n",
+        "Return-Path: <x>\r\n",
+        "return-path",
+        " folded\r\n",
+        "\0",
+        "\0.\r\n",
+        "NOOP\n",
     ];
     for seed in 1..200u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let mut t = Session::ehlo_with(|p| p.max_errors = 1000);
+        let lenient = seed % 2 == 0;
+        let mut t = Session::ehlo_with(|p| {
+            p.max_errors = 1000;
+            if lenient {
+                p.bare_lf = BareLfPolicy::Normalize;
+                p.nul = NulPolicy::Strip;
+            }
+        });
         for _ in 0..200 {
             let mut chunk: Vec<u8> = Vec::new();
             for _ in 0..rng.below(8) {
@@ -1583,7 +2103,11 @@ fn starttls_is_advertised_only_when_configured_and_not_yet_active() {
     assert!(!t.raw.contains("STARTTLS"));
     let mut t = Session::with(|p| p.starttls = true);
     t.send("EHLO client.test\r\n");
-    assert!(t.raw.contains("250-STARTTLS\r\n") || t.raw.contains("250 STARTTLS\r\n"), "{}", t.raw);
+    assert!(
+        t.raw.contains("250-STARTTLS\r\n") || t.raw.contains("250 STARTTLS\r\n"),
+        "{}",
+        t.raw
+    );
     t.expect(&["250"]);
     t.send("STARTTLS\r\n");
     t.expect(&["220 2.0.0"]);
@@ -1592,7 +2116,11 @@ fn starttls_is_advertised_only_when_configured_and_not_yet_active() {
     let before = t.raw.len();
     t.send("EHLO client.test\r\n");
     t.expect(&["250"]);
-    assert!(!t.raw[before..].contains("STARTTLS"), "not offered again: {}", &t.raw[before..]);
+    assert!(
+        !t.raw[before..].contains("STARTTLS"),
+        "not offered again: {}",
+        &t.raw[before..]
+    );
     t.send("STARTTLS\r\n");
     t.expect(&["503 5.5.1"]);
 }
@@ -1642,3 +2170,61 @@ fn starttls_with_arguments_or_during_content_is_refused() {
     assert!(!t.s.tls_active());
 }
 
+// ---- memory held by a session ----
+
+/// Upper bound on the machine's own size; an idle session adds its socket
+/// and the driver's read buffer.
+const SERVER_BYTES_MAX: usize = 320;
+/// Upper bound on the heap an idle, greeted session keeps.
+const IDLE_HEAP_BYTES_MAX: usize = 512;
+
+#[test]
+fn the_machine_is_small() {
+    assert!(
+        std::mem::size_of::<Server>() <= SERVER_BYTES_MAX,
+        "size_of::<Server>() = {}",
+        std::mem::size_of::<Server>()
+    );
+}
+
+#[test]
+fn an_idle_session_keeps_little_heap() {
+    let mut t = Session::new();
+    assert!(
+        t.s.retained_heap_bytes() <= IDLE_HEAP_BYTES_MAX,
+        "{}",
+        t.s.retained_heap_bytes()
+    );
+    t.send("EHLO client.test\r\n");
+    t.expect(&["250"]);
+    let after_ehlo = t.s.retained_heap_bytes();
+    assert!(
+        after_ehlo <= IDLE_HEAP_BYTES_MAX,
+        "after EHLO: {after_ehlo}"
+    );
+    // A big pipelined read, then idle again.
+    t.send(&"NOOP\r\n".repeat(2500));
+    assert_eq!(t.replies.len(), 2500);
+    t.replies.clear();
+    let after_burst = t.s.retained_heap_bytes();
+    assert!(
+        after_burst <= IDLE_HEAP_BYTES_MAX,
+        "after a 15 KB read: {after_burst}"
+    );
+    // A whole transaction with a large message, then idle again.
+    t.s.feed(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+    t.run();
+    let line = format!("{}\r\n", "m".repeat(48));
+    t.send(&line.repeat(19));
+    t.send(".\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5", "354", "250 2.0.0"]);
+    let after_message = t.s.retained_heap_bytes();
+    assert!(
+        after_message <= IDLE_HEAP_BYTES_MAX,
+        "after a message: {after_message}"
+    );
+    eprintln!(
+        "size_of::<Server>() = {}, retained heap: after EHLO {after_ehlo}, after a 15 KB read {after_burst}, after a message {after_message}",
+        std::mem::size_of::<Server>()
+    );
+}
