@@ -13,7 +13,8 @@
 //!   runs once per recipient; otherwise once for all of them.
 //! - stdin: `Return-Path: <sender>` and `Delivered-To: <recipient>` (the
 //!   latter only when run per recipient), then the message with LF line
-//!   endings, as mail programs on Unix expect.
+//!   endings, as mail programs on Unix expect; a BINARYMIME message byte
+//!   for byte, those two lines ending in CRLF.
 //! - environment: only `PATH=/usr/bin:/bin`, `SENDER`, `RECIPIENT` (the
 //!   recipients separated by spaces), `USER`, `DOMAIN`, `EXTENSION`.
 //! - exit status: 0 delivered; 75 (EX_TEMPFAIL) and the other codes
@@ -140,6 +141,7 @@ pub async fn deliver(params: &PipeParams, body_path: &Path, env: &Envelope, inde
                 crate::smtp::address::ReversePath::Null => String::new(),
                 crate::smtp::address::ReversePath::Path(a) => a.to_string(),
             },
+            binary: env.body_binary,
             user: first.local_part.clone(),
             domain: first.domain.clone().unwrap_or_default(),
             recipients,
@@ -161,6 +163,8 @@ struct Job {
     user: String,
     domain: String,
     recipients: Vec<String>,
+    /// BINARYMIME content: passed on byte for byte.
+    binary: bool,
     per_recipient: bool,
     body: Body,
     body_path: PathBuf,
@@ -205,10 +209,14 @@ impl Job {
             .process_group(0);
         let mut child = command.spawn()?;
         let pid = child.id() as i32;
-        let mut header = format!("Return-Path: <{}>\n", self.sender);
+        // Text goes out with LF line ends; binary content (BINARYMIME)
+        // byte for byte, after header lines ending in CRLF like its own.
+        let eol = if self.binary { "\r\n" } else { "\n" };
+        let mut header = format!("Return-Path: <{}>{eol}", self.sender);
         if self.per_recipient {
-            header.push_str(&format!("Delivered-To: {first}\n"));
+            header.push_str(&format!("Delivered-To: {first}{eol}"));
         }
+        let binary = self.binary;
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let body = self.body.clone();
         let body_path = self.body_path.clone();
@@ -216,6 +224,15 @@ impl Job {
         // cannot hold the delivery past the time limit.
         let writer = std::thread::spawn(move || -> std::io::Result<()> {
             stdin.write_all(header.as_bytes())?;
+            if binary {
+                match body {
+                    Body::Inline(bytes) => stdin.write_all(&bytes)?,
+                    Body::File { .. } => {
+                        std::io::copy(&mut std::fs::File::open(&body_path)?, &mut stdin)?;
+                    }
+                }
+                return stdin.flush();
+            }
             let mut lf = LfWriter { inner: &mut stdin, pending_cr: false };
             match body {
                 Body::Inline(bytes) => lf.write_all(&bytes)?,
