@@ -232,6 +232,7 @@ impl<F> LogState<F> {
         let mut bytes = vec![0u8; header_bytes + padded];
         if active.header_pending {
             let header = SegmentHeader {
+                format_version: queue_format::FORMAT_VERSION,
                 log_kind: self.kind,
                 shard_index: self.shard_index,
                 segment_sequence: active.sequence,

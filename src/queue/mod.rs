@@ -44,7 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use glommio::io::BufferedFile;
 use queue_format::{Completion, CompletionReason, LogKind, QueueId};
 
-pub use envelope::{body_file_id, id_text, queue_id_of, Body, Envelope, RcptState, Recipient};
+pub use envelope::{body_file_id, id_text, parse_queue_id, queue_id_of, Body, Envelope, RcptState, Recipient};
 use log::{Location, LogState, Staged, Waiter, FREE_SEGMENTS_MAX, STAGED_BYTES_MAX};
 pub use runner::Span;
 use storage::{DiskStorage, SegmentFile, Storage};
@@ -301,6 +301,7 @@ impl<S: Storage + 'static> Queue<S> {
             scan.add_segment(*kind, *seq, name, &bytes, *kind == LogKind::Head);
             files.push(Rc::new(file));
         }
+        self.check_segment_versions(&scan)?;
         for segment in scan.damaged() {
             crate::log::event(
                 "queue_recovery",
@@ -395,6 +396,20 @@ impl<S: Storage + 'static> Queue<S> {
             ],
         );
         Ok(fresh)
+    }
+
+    /// A whole segment header of a version this build does not read is a
+    /// spool from another version, not a torn write: the shard does not
+    /// start, and the segment is left as it is (SPEC section 9).
+    fn check_segment_versions(&self, scan: &recover::Scan) -> std::io::Result<()> {
+        let Some((name, version)) = scan.unsupported_version() else {
+            return Ok(());
+        };
+        crate::log::event(
+            "queue_recovery_refused",
+            &[("shard", &self.shard_index), ("segment", &name), ("format_version", &version)],
+        );
+        Err(recover::RecoveryError::UnsupportedVersion { file: name.to_string(), version }.into())
     }
 
     /// For a recovered retry record: a write time such that the runner
@@ -501,9 +516,11 @@ impl<S: Storage + 'static> Queue<S> {
         Ok(())
     }
 
-    /// The index entry of a message, if it is live.
+    /// The index entry of a message, if it is live (None for text that is
+    /// not a queue id).
     pub fn entry(&self, id: &str) -> Option<Entry> {
-        self.index.borrow().get(&queue_id_of(id)).copied()
+        let qid = parse_queue_id(id).ok()?;
+        self.index.borrow().get(&qid).copied()
     }
 
     /// Live messages in the index.

@@ -359,3 +359,112 @@ fn a_completion_whose_flush_failed_is_written_again() {
         })
     });
 }
+
+// --- Queue ids and format versions as the spec states them --------------
+
+/// Overwrites the queue id of the record at `location` and seals it again
+/// (a fresh CRC32C): a well-framed record whose id is not hex.
+fn replace_queue_id(dir: &std::path::Path, location: log::Location, id: &[u8; 16]) {
+    let name = log::segment_name(location.log, location.segment_sequence);
+    let mut bytes = std::fs::read(dir.join(&name)).unwrap();
+    let start = location.offset as usize;
+    let end = start + location.size_bytes as usize;
+    let payload = start + queue_format::RECORD_HEADER_SIZE_BYTES;
+    bytes[payload..payload + 16].copy_from_slice(id);
+    let checksum = queue_format::checksum::crc32c(&bytes[start + 4..end]);
+    bytes[start..start + 4].copy_from_slice(&checksum.to_le_bytes());
+    std::fs::write(dir.join(&name), &bytes).unwrap();
+}
+
+#[test]
+fn a_record_with_a_queue_id_that_is_not_hex_is_refused_at_recovery() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("bad-id");
+            let q = open(&dir, params()).await;
+            // Retry log: a deferred message. Head log: three batches.
+            let mut deferred = accept(&q.queue, b"deferred\r\n").await.unwrap();
+            deferred.attempt_count = 1;
+            deferred.next_retry_unix_ms = unix_now_ms() + 60_000;
+            q.queue.defer(&deferred).await.unwrap();
+            let a = accept(&q.queue, b"a\r\n").await.unwrap();
+            let b = accept(&q.queue, b"b\r\n").await.unwrap();
+            let c = accept(&q.queue, b"c\r\n").await.unwrap();
+            let location = q.queue.entry(&b.id).unwrap().location;
+            q.queue.close();
+            drop(q);
+            replace_queue_id(&dir, location, b"00064723bb4a01zz");
+            // Opens without a panic: the record is refused, the segment's log
+            // ends there (reported with its offset), the other segments are read.
+            let q = open(&dir, params()).await;
+            let fresh: Vec<&str> = q.fresh.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(fresh, vec![a.id.as_str()], "B is refused; C follows it in its segment and is not trusted");
+            assert!(q.queue.entry(&deferred.id).is_some(), "the retry segment is read");
+            assert!(q.queue.entry(&c.id).is_none());
+            assert!(q.queue.entry("not a queue id").is_none());
+            let view = tools::scan_shard(&dir).unwrap();
+            let damaged: Vec<_> = view.scan.damaged().collect();
+            assert_eq!(damaged.len(), 1);
+            let problem = damaged[0].problem.as_deref().unwrap();
+            assert_eq!(damaged[0].name, "head-0000000000000001.seg");
+            assert!(problem.contains(&format!("offset {}", location.offset)), "{problem}");
+            assert!(problem.contains("queue id is not 16 upper-case hex digits"), "{problem}");
+            // The queue goes on.
+            accept(&q.queue, b"after\r\n").await.unwrap();
+        })
+    });
+}
+
+#[test]
+fn a_version_1_segment_is_read() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("version-1");
+            let q = open(&dir, params()).await;
+            let acked = accept(&q.queue, b"written by version 1\r\n").await.unwrap();
+            q.queue.close();
+            drop(q);
+            // The same segment as a version 1 writer made it.
+            let name = "head-0000000000000001.seg";
+            let mut bytes = std::fs::read(dir.join(name)).unwrap();
+            bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+            let checksum = queue_format::checksum::crc32c(&bytes[..60]);
+            bytes[60..64].copy_from_slice(&checksum.to_le_bytes());
+            std::fs::write(dir.join(name), &bytes).unwrap();
+            let q = open(&dir, params()).await;
+            assert_eq!(q.fresh, vec![acked]);
+        })
+    });
+}
+
+#[test]
+fn a_segment_of_a_format_version_this_build_does_not_read_stops_the_start() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("version");
+            let q = open(&dir, params()).await;
+            accept(&q.queue, b"kept\r\n").await.unwrap();
+            q.queue.close();
+            drop(q);
+            let name = "head-0000000000000001.seg";
+            let mut bytes = std::fs::read(dir.join(name)).unwrap();
+            let future = queue_format::FORMAT_VERSION + 1;
+            bytes[8..10].copy_from_slice(&future.to_le_bytes());
+            let checksum = queue_format::checksum::crc32c(&bytes[..60]);
+            bytes[60..64].copy_from_slice(&checksum.to_le_bytes());
+            std::fs::write(dir.join(name), &bytes).unwrap();
+            let storage = FaultStorage::new(DiskStorage::open(&dir).await.unwrap());
+            let error = match Queue::open_with(storage, 0, params()).await {
+                Ok(_) => panic!("a segment of version {future} was opened"),
+                Err(error) => error,
+            };
+            match error.get_ref().and_then(|e| e.downcast_ref::<recover::RecoveryError>()) {
+                Some(recover::RecoveryError::UnsupportedVersion { file, version }) => {
+                    assert_eq!((file.as_str(), *version), (name, future));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(std::fs::read(dir.join(name)).unwrap(), bytes, "not recycled");
+        })
+    });
+}
