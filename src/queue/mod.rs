@@ -66,13 +66,21 @@ pub enum QueueError {
     Io(std::io::Error),
 }
 
+/// Classified by errno wherever it is wrapped ([`storage::is_no_space`]):
+/// ENOSPC and EDQUOT are a full disk, whatever carries them.
 impl From<std::io::Error> for QueueError {
     fn from(e: std::io::Error) -> Self {
-        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+        if storage::is_no_space(&e) {
             QueueError::NoSpace(e)
         } else {
             QueueError::Io(e)
         }
+    }
+}
+
+impl From<glommio::GlommioError<()>> for QueueError {
+    fn from(e: glommio::GlommioError<()>) -> Self {
+        QueueError::from(storage::io_error(e))
     }
 }
 
@@ -914,7 +922,7 @@ async fn write_all_at(file: &BufferedFile, bytes: Vec<u8>, offset: u64) -> Resul
     if len == 0 {
         return Ok(());
     }
-    let written = file.write_at(bytes, offset).await.map_err(std::io::Error::from)?;
+    let written = file.write_at(bytes, offset).await.map_err(storage::io_error)?;
     if written != len {
         return Err(QueueError::NoSpace(std::io::Error::new(
             std::io::ErrorKind::WriteZero,
@@ -938,7 +946,7 @@ impl MessageWriter {
         self.size_bytes += bytes.len() as u64;
         self.inline.extend_from_slice(bytes);
         if self.file.is_none() && self.inline.len() > self.inline_max_bytes {
-            let file = BufferedFile::create(&self.path).await.map_err(std::io::Error::from)?;
+            let file = BufferedFile::create(&self.path).await.map_err(storage::io_error)?;
             self.file = Some(file);
         }
         if self.file.is_some() && self.inline.len() >= BODY_WRITE_BYTES {
@@ -966,8 +974,8 @@ impl MessageWriter {
             if self.file.is_some() {
                 self.flush_buffer().await?;
                 let file = self.file.take().expect("checked above");
-                file.fdatasync().await.map_err(std::io::Error::from)?;
-                file.close().await.map_err(std::io::Error::from)?;
+                file.fdatasync().await.map_err(storage::io_error)?;
+                file.close().await.map_err(storage::io_error)?;
                 env.body = Body::File { size_bytes: self.size_bytes, checksum: self.checksum };
             } else {
                 env.body = Body::Inline(std::sync::Arc::from(std::mem::take(&mut self.inline)));

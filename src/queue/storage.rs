@@ -11,6 +11,11 @@
 //! is created at its full size with fallocate so that an fdatasync inside it
 //! flushes data, not file-size metadata, and the directory is flushed after
 //! every create, rename and remove so the name is as durable as the bytes.
+//!
+//! Errors keep their errno: glommio's own conversion of its file errors to
+//! `io::Error` keeps the kind and the text but drops the errno, so
+//! [`io_error`] converts instead, keeping the original error as the source,
+//! and [`errno_of`] finds it again through any wrapping.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -19,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
+use glommio::GlommioError;
 
 /// A directory of segment files.
 #[allow(async_fn_in_trait)]
@@ -49,8 +55,72 @@ pub trait SegmentFile {
     async fn size_bytes(&self) -> io::Result<u64>;
 }
 
-fn glommio_err(e: glommio::GlommioError<()>) -> io::Error {
-    e.into()
+/// Deepest chain of wrapped errors [`errno_of`] looks through.
+const ERROR_CHAIN_DEPTH_MAX: usize = 8;
+
+/// A glommio file error as an `io::Error` that keeps its errno: the
+/// original error is the source, under the operation and the path.
+pub fn io_error(error: GlommioError<()>) -> io::Error {
+    match error {
+        GlommioError::IoError(error) => error,
+        GlommioError::EnhancedIoError { source, op, path, .. } => {
+            let path = path.map(|p| p.display().to_string()).unwrap_or_default();
+            io::Error::new(source.kind(), FileOpError { op, path, source })
+        }
+        other => other.into(),
+    }
+}
+
+/// A file operation that failed, with the error the kernel returned.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct FileOpError {
+    pub op: &'static str,
+    pub path: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The errno behind an error: its own, or that of an error it wraps (an
+/// `io::Error` inside another, a [`FileOpError`], a glommio error, any
+/// `source()` chain), looking at most [`ERROR_CHAIN_DEPTH_MAX`] deep.
+pub fn errno_of(error: &io::Error) -> Option<i32> {
+    if let Some(errno) = error.raw_os_error() {
+        return Some(errno);
+    }
+    let mut next = inner_error(error);
+    for _ in 0..ERROR_CHAIN_DEPTH_MAX {
+        let current = next?;
+        if let Some(io) = current.downcast_ref::<io::Error>() {
+            if let Some(errno) = io.raw_os_error() {
+                return Some(errno);
+            }
+            // An io::Error's `source()` skips the error it carries; look at it.
+            next = inner_error(io);
+            continue;
+        }
+        if let Some(errno) = current.downcast_ref::<GlommioError<()>>().and_then(|g| g.raw_os_error()) {
+            return Some(errno);
+        }
+        next = current.source();
+    }
+    None
+}
+
+fn inner_error(error: &io::Error) -> Option<&(dyn std::error::Error + 'static)> {
+    error.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static))
+}
+
+/// Whether an error means the file system is full or the quota spent:
+/// ENOSPC or EDQUOT anywhere in it, or the kinds the standard library gives
+/// those errnos (kept by wrappers that drop the errno itself).
+pub fn is_no_space(error: &io::Error) -> bool {
+    matches!(errno_of(error), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || matches!(error.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+}
+
+fn glommio_err(e: GlommioError<()>) -> io::Error {
+    io_error(e)
 }
 
 /// Segment files on a real disk through glommio's DMA (O_DIRECT) files.
@@ -77,6 +147,8 @@ pub struct DiskFile {
 impl Storage for DiskStorage {
     type File = DiskFile;
 
+    /// On a failed allocation (a full disk) the file just created is
+    /// removed again: no empty segment is left behind.
     async fn create(&self, name: &str, size_bytes: u64) -> io::Result<DiskFile> {
         let file = OpenOptions::new()
             .read(true)
@@ -86,7 +158,11 @@ impl Storage for DiskStorage {
             .dma_open(self.dir.join(name))
             .await
             .map_err(glommio_err)?;
-        file.pre_allocate(size_bytes, false).await.map_err(glommio_err)?;
+        if let Err(error) = file.pre_allocate(size_bytes, false).await {
+            let _ = file.close().await;
+            let _ = glommio::io::remove(self.dir.join(name)).await;
+            return Err(glommio_err(error));
+        }
         Ok(DiskFile { file, path: self.dir.join(name) })
     }
 

@@ -1,7 +1,8 @@
 //! Tests of the queue on a real directory with faults injected: group
 //! commit, what a failed flush, a full disk, a short or torn write
 //! acknowledges (nothing), recovery after each, garbage collection and the
-//! retry runners.
+//! retry runners; how errors are classified; and one test on a real,
+//! small, full file system.
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -67,7 +68,11 @@ fn template(id: &str) -> Envelope {
     Envelope {
         id: id.to_string(),
         sender: "s@example.org".into(),
-        recipients: vec![Recipient { address: "r@example.net".into(), state: RcptState::Pending, last_reply: String::new() }],
+        recipients: vec![Recipient {
+            address: "r@example.net".into(),
+            state: RcptState::Pending,
+            last_reply: String::new(),
+        }],
         arrival_unix_ms: unix_now_ms(),
         next_retry_unix_ms: unix_now_ms(),
         attempt_count: 0,
@@ -81,13 +86,22 @@ fn template(id: &str) -> Envelope {
     }
 }
 
+/// Receives and commits a message as ingress does: a failed write aborts.
 async fn accept<S: Storage + 'static>(queue: &Queue<S>, body: &[u8]) -> Result<Envelope, QueueError> {
     let mut writer = queue.create().await?;
     for chunk in body.chunks(1000) {
-        writer.write(chunk).await?;
+        if let Err(e) = writer.write(chunk).await {
+            writer.abort().await;
+            return Err(e);
+        }
     }
     let env = template(writer.id());
     writer.commit(queue, env).await
+}
+
+/// A body larger than `params().inline_max_bytes`: it gets a body file.
+fn large_body(size_bytes: usize) -> Vec<u8> {
+    (0..size_bytes).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
 fn files(dir: &std::path::Path, prefix: &str) -> Vec<String> {
@@ -467,4 +481,223 @@ fn a_segment_of_a_format_version_this_build_does_not_read_stops_the_start() {
             assert_eq!(std::fs::read(dir.join(name)).unwrap(), bytes, "not recycled");
         })
     });
+}
+
+// --- Errors classified by errno, however they are wrapped ---------------
+
+/// The error glommio returns from a file operation (`create_enhanced`).
+fn glommio_enhanced(errno: i32, op: &'static str) -> glommio::GlommioError<()> {
+    glommio::GlommioError::EnhancedIoError {
+        source: std::io::Error::from_raw_os_error(errno),
+        op,
+        path: Some(PathBuf::from("/spool/shard-0/head-0000000000000002.seg")),
+        fd: Some(7),
+    }
+}
+
+/// A wrapper of our own around a wrapped error, reached through `source()`.
+#[derive(Debug, thiserror::Error)]
+#[error("while opening a segment: {source}")]
+struct Opening {
+    #[source]
+    source: storage::FileOpError,
+}
+
+fn is_452(error: &QueueError) -> bool {
+    matches!(error, QueueError::NoSpace(_)) && error.reply().summary().starts_with("452 4.3.1")
+}
+
+fn is_451(error: &QueueError) -> bool {
+    matches!(error, QueueError::Io(_)) && error.reply().summary().starts_with("451 4.3.0")
+}
+
+#[test]
+fn full_disk_errors_are_452_however_they_are_wrapped() {
+    use std::io::{Error, ErrorKind};
+    for errno in [libc::ENOSPC, libc::EDQUOT] {
+        // glommio's error itself, and our conversion of it.
+        let error = QueueError::from(glommio_enhanced(errno, "Pre-allocate space"));
+        assert!(is_452(&error), "{error:?}");
+        let converted = storage::io_error(glommio_enhanced(errno, "Pre-allocate space"));
+        assert_eq!(storage::errno_of(&converted), Some(errno));
+        assert!(
+            converted.to_string().contains("Pre-allocate space /spool/shard-0/head-0000000000000002.seg"),
+            "{converted}"
+        );
+        // glommio's own conversion to io::Error drops the errno (the
+        // source becomes text), keeping only the kind.
+        let lossy = Error::from(glommio_enhanced(errno, "Writing"));
+        assert_eq!(lossy.raw_os_error(), None);
+        assert!(is_452(&QueueError::from(lossy)));
+        // Plain, and an io::Error inside an io::Error of another kind.
+        assert!(is_452(&QueueError::from(glommio::GlommioError::<()>::IoError(Error::from_raw_os_error(errno)))));
+        assert!(is_452(&QueueError::from(Error::from_raw_os_error(errno))));
+        let nested = Error::other(Error::from_raw_os_error(errno));
+        assert_eq!(nested.kind(), ErrorKind::Other);
+        assert!(is_452(&QueueError::from(nested)));
+        // Deeper: a custom error whose source chain ends in the errno.
+        let source = storage::FileOpError { op: "Syncing", path: "x".into(), source: Error::from_raw_os_error(errno) };
+        let deep = Error::other(Opening { source });
+        assert_eq!(storage::errno_of(&deep), Some(errno));
+        assert!(is_452(&QueueError::from(deep)));
+    }
+    // Anything else is a 451.
+    assert!(is_451(&QueueError::from(glommio_enhanced(libc::EIO, "Syncing"))));
+    assert!(is_451(&QueueError::from(Error::from(glommio_enhanced(libc::EIO, "Syncing")))));
+    assert!(is_451(&QueueError::from(Error::other("record refused"))));
+    assert!(is_451(&QueueError::from(Error::other(Error::from_raw_os_error(libc::EBADF)))));
+    assert_eq!(storage::errno_of(&Error::other("no errno here")), None);
+    // A failed batch hands every waiter a copy with the same class.
+    assert!(is_452(&QueueError::from(glommio_enhanced(libc::ENOSPC, "Writing")).duplicate()));
+    assert!(is_451(&QueueError::from(glommio_enhanced(libc::EIO, "Writing")).duplicate()));
+}
+
+// --- A real, small, full file system --------------------------------------
+
+/// A 64 MiB ext4 image on a loop device, mounted; everything undone on drop,
+/// also when the test panics.
+struct SmallFileSystem {
+    image: PathBuf,
+    mount_point: PathBuf,
+    device: Option<String>,
+    mounted: bool,
+}
+
+const SMALL_FILE_SYSTEM_BYTES: u64 = 64 << 20;
+
+fn command(program: &str, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Why the small file system cannot be made here, if it cannot.
+fn small_file_system_missing() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root (loop devices and mount need it)".into());
+    }
+    let dirs = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+    for tool in ["losetup", "mkfs.ext4", "mount", "umount"] {
+        if !dirs.iter().any(|d| std::path::Path::new(d).join(tool).exists()) {
+            return Some(format!("{tool} not found"));
+        }
+    }
+    None
+}
+
+impl SmallFileSystem {
+    /// None (with a printed note) where the tools or root are missing,
+    /// unless `RINGPOST_TESTS_PREFLIGHT=1` says they were checked: then
+    /// their absence fails the test.
+    fn make(name: &str) -> Option<SmallFileSystem> {
+        if let Some(why) = small_file_system_missing() {
+            if std::env::var("RINGPOST_TESTS_PREFLIGHT").as_deref() == Ok("1") {
+                panic!("the full-disk test cannot run although RINGPOST_TESTS_PREFLIGHT=1: {why}");
+            }
+            eprintln!("skipping the full-disk test on a small file system: {why}");
+            return None;
+        }
+        let base = std::env::temp_dir().join(format!("ringpost-smallfs-{name}-{}", std::process::id()));
+        let mut fs = SmallFileSystem {
+            image: base.with_extension("img"),
+            mount_point: base.with_extension("mnt"),
+            device: None,
+            mounted: false,
+        };
+        let image = std::fs::File::create(&fs.image).unwrap();
+        image.set_len(SMALL_FILE_SYSTEM_BYTES).unwrap();
+        drop(image);
+        let image_text = fs.image.to_str().unwrap().to_string();
+        command("mkfs.ext4", &["-q", "-F", "-m", "0", &image_text]).unwrap();
+        fs.device = Some(command("losetup", &["--find", "--show", &image_text]).unwrap());
+        std::fs::create_dir_all(&fs.mount_point).unwrap();
+        command("mount", &[fs.device.as_deref().unwrap(), fs.mount_point.to_str().unwrap()]).unwrap();
+        fs.mounted = true;
+        Some(fs)
+    }
+}
+
+/// Writes a file in `mount_point` until its file system is full; returns
+/// its path. Flushing can hand back blocks reserved while writing, so it
+/// fills, flushes, and fills again.
+fn fill_file_system(mount_point: &std::path::Path) -> PathBuf {
+    use std::io::Write;
+    let path = mount_point.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for _round in 0..3 {
+        for chunk_bytes in [1 << 20, 4096, 1] {
+            let chunk = vec![0x5a; chunk_bytes];
+            // A limit on the loop: the file system is 64 MiB.
+            for _ in 0..(SMALL_FILE_SYSTEM_BYTES as usize / chunk_bytes + 1) {
+                match file.write(&chunk) {
+                    Ok(n) if n == chunk_bytes => continue,
+                    Ok(_) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                    Err(e) => panic!("filling: {e}"),
+                }
+            }
+        }
+        let _ = file.sync_all();
+    }
+    path
+}
+
+impl Drop for SmallFileSystem {
+    fn drop(&mut self) {
+        if self.mounted {
+            let mount_point = self.mount_point.to_str().unwrap_or_default().to_string();
+            if command("umount", &[&mount_point]).is_err() {
+                // Still busy: detach it now, the kernel finishes when it can.
+                let _ = command("umount", &["-l", &mount_point]);
+            }
+        }
+        if let Some(device) = self.device.take() {
+            let _ = command("losetup", &["-d", &device]);
+        }
+        let _ = std::fs::remove_dir(&self.mount_point);
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+#[test]
+fn full_small_file_system_is_452_and_the_queue_works_again_once_space_is_freed() {
+    let Some(fs) = SmallFileSystem::make("full") else { return };
+    let mount_point = fs.mount_point.clone();
+    let spool = fs.mount_point.join("spool");
+    // The executor ends (and every file of the queue is closed) before `fs`
+    // is dropped, so the unmount is not refused as busy.
+    run(move || {
+        Box::pin(async move {
+            let dir = spool.join("shard-0");
+            std::fs::create_dir_all(&dir).unwrap();
+            let q = open(&dir, params()).await;
+            let filler = fill_file_system(&mount_point);
+            // The first batch needs a segment: its preallocation fails.
+            let error = accept(&q.queue, b"no room\r\n").await.unwrap_err();
+            assert!(is_452(&error), "segment preallocation on a full disk: {error:?}");
+            assert!(files(&dir, "head-").is_empty(), "no empty segment left behind: {:?}", files(&dir, "head-"));
+            // A large message: its body file cannot be written.
+            let error = accept(&q.queue, &large_body(256 * 1024)).await.unwrap_err();
+            assert!(is_452(&error), "body file on a full disk: {error:?}");
+            assert!(files(&dir, "body-").is_empty(), "no orphan body file: {:?}", files(&dir, "body-"));
+            assert_eq!(q.queue.live_count(), 0);
+            // Room again: the queue works without a restart.
+            std::fs::remove_file(&filler).unwrap();
+            // SAFETY: sync has no preconditions.
+            unsafe { libc::sync() };
+            let small = accept(&q.queue, b"room again\r\n").await.unwrap();
+            let large = accept(&q.queue, &large_body(256 * 1024)).await.unwrap();
+            assert_eq!(std::fs::read(q.queue.body_path(&large.id)).unwrap(), large_body(256 * 1024));
+            q.queue.close();
+            drop(q);
+            let q = open(&dir, params()).await;
+            let ids: Vec<&str> = q.fresh.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(ids, vec![small.id.as_str(), large.id.as_str()]);
+            q.queue.close();
+        })
+    });
+    drop(fs);
 }
