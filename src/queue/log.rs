@@ -66,17 +66,34 @@ impl Staged {
 /// How a staged record ended: durable at a location, or refused.
 pub struct Waiter {
     outcome: Cell<Option<Result<Location, QueueError>>>,
+    /// The record failed, but after its batch's write was issued: it may be
+    /// on disk, and recovery may trust it (SPEC section 11, case 7).
+    maybe_on_disk: Cell<bool>,
     event: event_listener::Event,
 }
 
 impl Waiter {
     pub fn new() -> Rc<Waiter> {
-        Rc::new(Waiter { outcome: Cell::new(None), event: event_listener::Event::new() })
+        Rc::new(Waiter {
+            outcome: Cell::new(None),
+            maybe_on_disk: Cell::new(false),
+            event: event_listener::Event::new(),
+        })
     }
 
     pub fn finish(&self, outcome: Result<Location, QueueError>) {
         self.outcome.set(Some(outcome));
         self.event.notify(usize::MAX);
+    }
+
+    /// The batch failed; `maybe_on_disk` says whether its write was issued.
+    pub fn fail(&self, error: QueueError, maybe_on_disk: bool) {
+        self.maybe_on_disk.set(maybe_on_disk);
+        self.finish(Err(error));
+    }
+
+    pub fn maybe_on_disk(&self) -> bool {
+        self.maybe_on_disk.get()
     }
 
     /// Waits until the batch holding the record was flushed (or failed).
@@ -217,9 +234,7 @@ impl<F> LogState<F> {
     pub fn needs_segment(&self, padded: usize) -> bool {
         match &self.active {
             None => true,
-            Some(active) => {
-                self.rotate_requested || active.write_offset + padded as u64 > self.segment_size_bytes
-            }
+            Some(active) => self.rotate_requested || active.write_offset + padded as u64 > self.segment_size_bytes,
         }
     }
 

@@ -41,18 +41,19 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use glommio::io::BufferedFile;
 use queue_format::{Completion, CompletionReason, LogKind, QueueId};
 
 pub use envelope::{body_file_id, id_text, parse_queue_id, queue_id_of, Body, Envelope, RcptState, Recipient};
 use log::{Location, LogState, Staged, Waiter, FREE_SEGMENTS_MAX, STAGED_BYTES_MAX};
 pub use runner::Span;
-use storage::{DiskStorage, SegmentFile, Storage};
+use storage::{BodyFile, DiskStorage, SegmentFile, Storage};
 
 use crate::smtp::reply::{Enhanced, Reply};
 
 /// Body bytes gathered before one write to a body file.
 const BODY_WRITE_BYTES: usize = 64 * 1024;
+/// Body bytes read at once when a body file's checksum is checked.
+const BODY_CHECK_CHUNK_BYTES: usize = 256 * 1024;
 /// Longest a completion waits for an acknowledgement's flush to ride
 /// before it gets a flush of its own.
 const COMPLETION_FLUSH_DELAY: Duration = Duration::from_millis(200);
@@ -187,7 +188,8 @@ pub fn unix_now_ms() -> u64 {
 
 /// The queue of one shard.
 pub struct Queue<S: Storage = DiskStorage> {
-    storage: S,
+    /// Shared with the message writers, which create body files.
+    storage: Rc<S>,
     shard_index: u16,
     params: QueueParams,
     logs: [RefCell<LogState<S::File>>; 2],
@@ -260,7 +262,7 @@ impl<S: Storage + 'static> Queue<S> {
                 RefCell::new(LogState::new(LogKind::Retry, shard_index, params.segment_size_bytes)),
             ],
             params,
-            storage,
+            storage: Rc::new(storage),
             staged_events: [event_listener::Event::new(), event_listener::Event::new()],
             space_event: event_listener::Event::new(),
             index: RefCell::new(HashMap::new()),
@@ -465,22 +467,21 @@ impl<S: Storage + 'static> Queue<S> {
     }
 
     /// Starts a new message; its content is streamed with [`MessageWriter::write`].
-    pub async fn create(&self) -> Result<MessageWriter, QueueError> {
+    /// The writer shares the queue's storage, where it creates the body file
+    /// of a message larger than `queue.inline_max_bytes`.
+    pub async fn create(&self) -> Result<MessageWriter<S>, QueueError> {
         let id = self.next_id();
-        Ok(MessageWriter {
-            path: self.body_path(&id),
-            id,
-            inline: Vec::new(),
-            inline_max_bytes: self.params.inline_max_bytes,
-            file: None,
-            file_offset_bytes: 0,
-            checksum: 0,
-            size_bytes: 0,
-        })
+        Ok(MessageWriter::new(self.storage.clone(), id, self.params.inline_max_bytes))
     }
 
     /// Stages a record in its log and waits until it is durable.
     async fn append(&self, kind: LogKind, staged: Staged) -> Result<Location, QueueError> {
+        self.append_tracked(kind, staged).await.map_err(|(error, _)| error)
+    }
+
+    /// [`Queue::append`], saying on failure whether the record may be on
+    /// disk all the same (its batch's write was issued).
+    async fn append_tracked(&self, kind: LogKind, staged: Staged) -> Result<Location, (QueueError, bool)> {
         let slot = log_slot(kind);
         loop {
             let listener = self.space_event.listen();
@@ -489,9 +490,9 @@ impl<S: Storage + 'static> Queue<S> {
             }
             listener.await;
         }
-        let waiter = self.logs[slot].borrow_mut().stage(staged)?;
+        let waiter = self.logs[slot].borrow_mut().stage(staged).map_err(|error| (error, false))?;
         self.staged_events[slot].notify(1);
-        waiter.wait().await
+        waiter.wait().await.map_err(|error| (error, waiter.maybe_on_disk()))
     }
 
     /// Records a delivery attempt that left recipients pending: the whole
@@ -691,6 +692,8 @@ impl<S: Storage + 'static> Queue<S> {
                 self.gc_event.notify(1);
             }
             Err((error, sequence_next)) => {
+                // Encoded means its write was issued: it may be on disk.
+                let maybe_on_disk = sequence_next.is_some();
                 self.stats[slot].borrow_mut().failures += 1;
                 crate::log::event(
                     "queue_flush_failed",
@@ -704,7 +707,7 @@ impl<S: Storage + 'static> Queue<S> {
                 let mut completions = Vec::new();
                 for (staged, waiter) in records {
                     if staged.is_urgent() {
-                        waiter.finish(Err(error.duplicate()));
+                        waiter.fail(error.duplicate(), maybe_on_disk);
                     } else {
                         completions.push((staged, waiter));
                     }
@@ -903,13 +906,21 @@ impl<S: Storage + 'static> Queue<S> {
 
 /// A message being received. Up to `queue.inline_max_bytes` its content is
 /// kept in memory for the envelope record; past that it goes to its body
-/// file, its final resting place, in 64 KiB writes.
-pub struct MessageWriter {
+/// file, its final resting place, in 64 KiB writes, through the queue's
+/// [`Storage`]. A write that fails removes the body file at once: a
+/// message that will not be acknowledged leaves nothing behind.
+pub struct MessageWriter<S: Storage = DiskStorage> {
+    storage: Rc<S>,
     id: String,
-    path: PathBuf,
+    /// The body file's name (`body-<id>`).
+    name: String,
     inline: Vec<u8>,
     inline_max_bytes: usize,
-    file: Option<BufferedFile>,
+    file: Option<S::Body>,
+    /// A body file may exist under `name` (its creation was asked for).
+    file_named: bool,
+    /// A write or flush failed; the message cannot be committed.
+    failed: bool,
     file_offset_bytes: u64,
     checksum: u32,
     size_bytes: u64,
@@ -917,12 +928,12 @@ pub struct MessageWriter {
 
 /// Writes `bytes` at `offset`. A short write on a regular file means the
 /// file system ran out of room part-way; it is reported as a full disk.
-async fn write_all_at(file: &BufferedFile, bytes: Vec<u8>, offset: u64) -> Result<(), QueueError> {
+async fn write_all_at<F: BodyFile>(file: &F, bytes: Vec<u8>, offset: u64) -> Result<(), QueueError> {
     let len = bytes.len();
     if len == 0 {
         return Ok(());
     }
-    let written = file.write_at(bytes, offset).await.map_err(storage::io_error)?;
+    let written = file.write_at(bytes, offset).await?;
     if written != len {
         return Err(QueueError::NoSpace(std::io::Error::new(
             std::io::ErrorKind::WriteZero,
@@ -932,7 +943,23 @@ async fn write_all_at(file: &BufferedFile, bytes: Vec<u8>, offset: u64) -> Resul
     Ok(())
 }
 
-impl MessageWriter {
+impl<S: Storage + 'static> MessageWriter<S> {
+    fn new(storage: Rc<S>, id: String, inline_max_bytes: usize) -> MessageWriter<S> {
+        MessageWriter {
+            storage,
+            name: body_name(&id),
+            id,
+            inline: Vec::new(),
+            inline_max_bytes,
+            file: None,
+            file_named: false,
+            failed: false,
+            file_offset_bytes: 0,
+            checksum: 0,
+            size_bytes: 0,
+        }
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -941,13 +968,29 @@ impl MessageWriter {
         self.size_bytes
     }
 
+    /// Appends content. On an error the body file is already gone; the
+    /// message can only be aborted.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), QueueError> {
+        if self.failed {
+            return Err(QueueError::Io(std::io::Error::other(format!("message {}: an earlier write failed", self.id))));
+        }
         self.checksum = queue_format::checksum::crc32c_append(self.checksum, bytes);
         self.size_bytes += bytes.len() as u64;
         self.inline.extend_from_slice(bytes);
+        let result = self.write_out().await;
+        if result.is_err() {
+            self.failed = true;
+            self.discard().await;
+        }
+        result
+    }
+
+    /// Creates the body file once the content outgrows the inline limit, and
+    /// writes the buffer out whenever a whole write's worth is gathered.
+    async fn write_out(&mut self) -> Result<(), QueueError> {
         if self.file.is_none() && self.inline.len() > self.inline_max_bytes {
-            let file = BufferedFile::create(&self.path).await.map_err(storage::io_error)?;
-            self.file = Some(file);
+            self.file_named = true;
+            self.file = Some(self.storage.create_body(&self.name).await?);
         }
         if self.file.is_some() && self.inline.len() >= BODY_WRITE_BYTES {
             self.flush_buffer().await?;
@@ -961,43 +1004,71 @@ impl MessageWriter {
         let len = bytes.len() as u64;
         write_all_at(file, bytes, self.file_offset_bytes).await?;
         self.file_offset_bytes += len;
+        assert_eq!(self.file_offset_bytes, self.size_bytes, "every byte received is in the body file");
         Ok(())
     }
 
     /// Makes the message durable: the body file (if any) flushed, then the
     /// envelope record in the head log. Returns the envelope as queued
     /// (with its body) only when both are on stable storage.
-    pub async fn commit<S: Storage + 'static>(mut self, queue: &Queue<S>, mut env: Envelope) -> Result<Envelope, QueueError> {
+    ///
+    /// On failure nothing is acknowledged. The body file is removed, except
+    /// when the envelope's batch failed after its write was issued: then the
+    /// envelope may be on disk and be recovered after a restart, and its body
+    /// is kept for it (an orphan, deleted at the next start, if it is not).
+    pub async fn commit(mut self, queue: &Queue<S>, mut env: Envelope) -> Result<Envelope, QueueError> {
         debug_assert_eq!(env.id, self.id);
+        if self.failed {
+            self.discard().await;
+            return Err(QueueError::Io(std::io::Error::other(format!("message {}: an earlier write failed", self.id))));
+        }
         env.size_bytes = self.size_bytes;
-        let result = async {
-            if self.file.is_some() {
-                self.flush_buffer().await?;
-                let file = self.file.take().expect("checked above");
-                file.fdatasync().await.map_err(storage::io_error)?;
-                file.close().await.map_err(storage::io_error)?;
-                env.body = Body::File { size_bytes: self.size_bytes, checksum: self.checksum };
-            } else {
-                env.body = Body::Inline(std::sync::Arc::from(std::mem::take(&mut self.inline)));
-            }
-            queue.append(LogKind::Head, Staged::Envelope(env.clone())).await
+        if let Err(error) = self.finish_body(&mut env).await {
+            self.discard().await;
+            return Err(error);
         }
-        .await;
-        match result {
+        match queue.append_tracked(LogKind::Head, Staged::Envelope(env.clone())).await {
             Ok(_) => Ok(env),
-            Err(e) => {
-                self.discard().await;
-                Err(e)
+            Err((error, maybe_on_disk)) => {
+                if !maybe_on_disk {
+                    self.discard().await;
+                }
+                Err(error)
             }
         }
+    }
+
+    /// The body, complete: the body file written out, flushed and closed
+    /// (writer rule 4), or the inline bytes.
+    async fn finish_body(&mut self, env: &mut Envelope) -> Result<(), QueueError> {
+        if self.file.is_none() {
+            env.body = Body::Inline(std::sync::Arc::from(std::mem::take(&mut self.inline)));
+            return Ok(());
+        }
+        self.flush_buffer().await?;
+        let file = self.file.take().expect("checked above");
+        if let Err(error) = file.sync().await {
+            let _ = file.close().await;
+            return Err(error.into());
+        }
+        file.close().await?;
+        env.body = Body::File { size_bytes: self.size_bytes, checksum: self.checksum };
+        Ok(())
     }
 
     /// The content so far as a `Body`, for delivery before the commit
     /// (early delivery): the inline bytes, or the body file with its
     /// buffer written out (not yet flushed to stable storage).
     pub async fn body_before_commit(&mut self) -> Result<Body, QueueError> {
+        if self.failed {
+            return Err(QueueError::Io(std::io::Error::other(format!("message {}: an earlier write failed", self.id))));
+        }
         if self.file.is_some() {
-            self.flush_buffer().await?;
+            if let Err(error) = self.flush_buffer().await {
+                self.failed = true;
+                self.discard().await;
+                return Err(error);
+            }
             Ok(Body::File { size_bytes: self.size_bytes, checksum: self.checksum })
         } else {
             Ok(Body::Inline(std::sync::Arc::from(self.inline.as_slice())))
@@ -1009,12 +1080,106 @@ impl MessageWriter {
         self.discard().await;
     }
 
+    /// Closes and removes the body file, if there is one. Safe to repeat.
     async fn discard(&mut self) {
         if let Some(file) = self.file.take() {
             let _ = file.close().await;
         }
-        if self.size_bytes > self.inline_max_bytes as u64 {
-            let _ = glommio::io::remove(&self.path).await;
+        if std::mem::take(&mut self.file_named) {
+            if let Err(e) = self.storage.remove(&self.name).await {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    crate::log::event("queue_error", &[("id", &self.id), ("file", &self.name), ("error", &e)]);
+                }
+            }
         }
     }
+}
+
+/// Why a body file cannot be delivered from. Delivery defers the message:
+/// damaged content is never sent.
+#[derive(Debug, thiserror::Error)]
+#[error("body file {file} of message {id}: {problem}")]
+pub struct BodyDamaged {
+    pub id: String,
+    pub file: String,
+    pub problem: BodyProblem,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyProblem {
+    #[error("missing")]
+    Missing,
+    #[error("unreadable: {0}")]
+    Unreadable(std::io::Error),
+    #[error("{found_bytes} bytes, the envelope says {expected_bytes}")]
+    Size { expected_bytes: u64, found_bytes: u64 },
+    #[error("crc32c {found:#010x}, the envelope says {expected:#010x}")]
+    Checksum { expected: u32, found: u32 },
+}
+
+impl<S: Storage + 'static> Queue<S> {
+    /// Checks a message's body before delivery uses it (SPEC section 6.1):
+    /// a body file must exist with the size and CRC32C its envelope states.
+    /// It is read front to back in chunks of `BODY_CHECK_CHUNK_BYTES`. An
+    /// inline body needs no check here: the record's checksum covers it and
+    /// the decoder compared its `body_checksum` when the record was read.
+    ///
+    /// On a mismatch it logs one `queue_body_damaged` line and returns the
+    /// problem; the caller defers the message.
+    pub async fn check_body(&self, env: &Envelope) -> Result<(), BodyDamaged> {
+        let Body::File { size_bytes, checksum } = env.body else {
+            return Ok(());
+        };
+        let name = body_name(&env.id);
+        let problem = match self.body_checksum(&name, size_bytes).await {
+            Ok(found) if found == checksum => return Ok(()),
+            Ok(found) => BodyProblem::Checksum { expected: checksum, found },
+            Err(problem) => problem,
+        };
+        crate::log::event(
+            "queue_body_damaged",
+            &[("id", &env.id), ("file", &name), ("problem", &problem), ("shard", &self.shard_index)],
+        );
+        Err(BodyDamaged { id: env.id.clone(), file: name, problem })
+    }
+
+    /// The CRC32C of body file `name`, which must be `size_bytes` long.
+    async fn body_checksum(&self, name: &str, size_bytes: u64) -> Result<u32, BodyProblem> {
+        let file = self.storage.open_body(name).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => BodyProblem::Missing,
+            _ => BodyProblem::Unreadable(e),
+        })?;
+        let result = checksum_of(&file, size_bytes).await;
+        let _ = file.close().await;
+        result
+    }
+
+    /// Opens a message's body file for reading (after [`Queue::check_body`]).
+    pub async fn open_body(&self, id: &str) -> std::io::Result<S::Body> {
+        self.storage.open_body(&body_name(id)).await
+    }
+}
+
+/// Reads `file` sequentially, `BODY_CHECK_CHUNK_BYTES` at a time; each
+/// read advances, so the loop ends after at most `size_bytes` reads.
+async fn checksum_of<F: BodyFile>(file: &F, size_bytes: u64) -> Result<u32, BodyProblem> {
+    let found_bytes = file.size_bytes().await.map_err(BodyProblem::Unreadable)?;
+    if found_bytes != size_bytes {
+        return Err(BodyProblem::Size { expected_bytes: size_bytes, found_bytes });
+    }
+    let mut checksum = 0u32;
+    let mut offset = 0u64;
+    while offset < size_bytes {
+        let len = (size_bytes - offset).min(BODY_CHECK_CHUNK_BYTES as u64) as usize;
+        let bytes = file.read_at(offset, len).await.map_err(BodyProblem::Unreadable)?;
+        if bytes.is_empty() {
+            // Shorter than it said a moment ago.
+            return Err(BodyProblem::Size { expected_bytes: size_bytes, found_bytes: offset });
+        }
+        assert!(bytes.len() <= len, "a read returns at most what was asked");
+        checksum = queue_format::checksum::crc32c_append(checksum, &bytes);
+        offset += bytes.len() as u64;
+        glommio::yield_if_needed().await;
+    }
+    Ok(checksum)
 }

@@ -1,16 +1,19 @@
-//! Storage under the envelope logs: a directory of segment files written
-//! with O_DIRECT at block-aligned offsets and flushed with fdatasync.
+//! Storage under the queue: a directory of segment files written with
+//! O_DIRECT at block-aligned offsets and flushed with fdatasync, and of body
+//! files written front to back while a message is received.
 //!
 //! Place in the pipeline: the lowest layer of the queue. The log committer
-//! (`log.rs`), recovery (`recover.rs`) and the runners (`runner.rs`) reach
-//! the disk only through [`Storage`] and [`SegmentFile`], so the tests can
-//! put [`FaultStorage`] underneath and make writes torn or short, flushes
-//! fail, or the disk full, at the moment they choose.
+//! (`log.rs`), recovery (`recover.rs`), the runners (`runner.rs`) and the
+//! message writer and body check (`mod.rs`) reach the disk only through
+//! [`Storage`], [`SegmentFile`] and [`BodyFile`], so the tests can put
+//! [`FaultStorage`] underneath and make writes torn or short, flushes fail,
+//! or the disk full, at the moment they choose, on either kind of file.
 //!
-//! [`DiskStorage`] is the real one: glommio DMA files on io_uring. A segment
-//! is created at its full size with fallocate so that an fdatasync inside it
-//! flushes data, not file-size metadata, and the directory is flushed after
-//! every create, rename and remove so the name is as durable as the bytes.
+//! [`DiskStorage`] is the real one: glommio files on io_uring (DMA files for
+//! segments, buffered files for bodies). A segment is created at its full
+//! size with fallocate so that an fdatasync inside it flushes data, not
+//! file-size metadata, and the directory is flushed after every create,
+//! rename and remove so the name is as durable as the bytes.
 //!
 //! Errors keep their errno: glommio's own conversion of its file errors to
 //! `io::Error` keeps the kind and the text but drops the errno, so
@@ -23,13 +26,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 use glommio::GlommioError;
 
-/// A directory of segment files.
+/// A directory of segment files and body files.
 #[allow(async_fn_in_trait)]
 pub trait Storage {
     type File: SegmentFile;
+    type Body: BodyFile;
     /// Creates (or truncates) `name`, allocated to `size_bytes`.
     async fn create(&self, name: &str, size_bytes: u64) -> io::Result<Self::File>;
     /// Opens an existing file for reading and writing.
@@ -41,6 +45,27 @@ pub trait Storage {
     /// Every file name in the directory.
     fn list(&self) -> io::Result<Vec<String>>;
     fn path(&self) -> &Path;
+    /// Creates body file `name`, empty (truncated if it exists), for
+    /// writing and reading. Removed with [`Storage::remove`].
+    async fn create_body(&self, name: &str) -> io::Result<Self::Body>;
+    /// Opens an existing body file for reading.
+    async fn open_body(&self, name: &str) -> io::Result<Self::Body>;
+}
+
+/// One body file: written front to back while its message is received,
+/// flushed once before its envelope is staged (writer rule 4), read at
+/// delivery.
+#[allow(async_fn_in_trait)]
+pub trait BodyFile {
+    /// Writes `bytes` at `offset`; returns how many bytes were written.
+    /// Fewer than given means the file system ran out of room part-way.
+    async fn write_at(&self, bytes: Vec<u8>, offset: u64) -> io::Result<usize>;
+    /// fdatasync.
+    async fn sync(&self) -> io::Result<()>;
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    async fn size_bytes(&self) -> io::Result<u64>;
+    async fn close(self) -> io::Result<()>;
 }
 
 /// One segment file. Writes are whole 4 KiB blocks at block offsets.
@@ -144,8 +169,14 @@ pub struct DiskFile {
     path: PathBuf,
 }
 
+/// A body file on disk: a glommio buffered file (page cache, io_uring).
+pub struct DiskBody {
+    file: BufferedFile,
+}
+
 impl Storage for DiskStorage {
     type File = DiskFile;
+    type Body = DiskBody;
 
     /// On a failed allocation (a full disk) the file just created is
     /// removed again: no empty segment is left behind.
@@ -195,6 +226,46 @@ impl Storage for DiskStorage {
     fn path(&self) -> &Path {
         &self.dir
     }
+
+    async fn create_body(&self, name: &str) -> io::Result<DiskBody> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .buffered_open(self.dir.join(name))
+            .await
+            .map_err(glommio_err)?;
+        Ok(DiskBody { file })
+    }
+
+    async fn open_body(&self, name: &str) -> io::Result<DiskBody> {
+        let file = OpenOptions::new().read(true).buffered_open(self.dir.join(name)).await.map_err(glommio_err)?;
+        Ok(DiskBody { file })
+    }
+}
+
+impl BodyFile for DiskBody {
+    async fn write_at(&self, bytes: Vec<u8>, offset: u64) -> io::Result<usize> {
+        self.file.write_at(bytes, offset).await.map_err(glommio_err)
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(glommio_err)
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let read = self.file.read_at(offset, len).await.map_err(glommio_err)?;
+        Ok(read.to_vec())
+    }
+
+    async fn size_bytes(&self) -> io::Result<u64> {
+        self.file.file_size().await.map_err(glommio_err)
+    }
+
+    async fn close(self) -> io::Result<()> {
+        self.file.close().await.map_err(glommio_err)
+    }
 }
 
 impl SegmentFile for DiskFile {
@@ -238,7 +309,8 @@ impl SegmentFile for DiskFile {
 }
 
 /// What the next operations of a [`FaultStorage`] do wrong. Each fault
-/// fires once, on the next matching operation, then clears itself.
+/// fires once, on the next matching operation, then clears itself. Segment
+/// faults and body-file faults are apart, so a test says which file fails.
 #[derive(Default)]
 pub struct Faults {
     /// The next segment write fails with this errno, writing nothing.
@@ -256,6 +328,20 @@ pub struct Faults {
     /// Operations seen, for assertions: (writes, syncs).
     pub writes: Cell<u64>,
     pub syncs: Cell<u64>,
+    /// The next body-file creation fails with this errno, creating nothing.
+    pub body_create_error: Cell<Option<i32>>,
+    /// The next body-file write fails with this errno, writing nothing.
+    pub body_write_error: Cell<Option<i32>>,
+    /// The next body-file write stops after this many bytes and reports it.
+    pub body_write_short_bytes: Cell<Option<usize>>,
+    /// The next body-file write puts only this many leading bytes in the
+    /// file but reports success (a torn write: the rest stays as it was).
+    pub body_write_torn_bytes: Cell<Option<usize>>,
+    /// The next body-file fdatasync fails with this errno.
+    pub body_sync_error: Cell<Option<i32>>,
+    /// Body-file operations seen: (writes, syncs).
+    pub body_writes: Cell<u64>,
+    pub body_syncs: Cell<u64>,
 }
 
 /// The real storage with [`Faults`] injected: tests of the committer,
@@ -278,8 +364,14 @@ pub struct FaultFile {
     faults: Rc<Faults>,
 }
 
+pub struct FaultBody {
+    inner: DiskBody,
+    faults: Rc<Faults>,
+}
+
 impl Storage for FaultStorage {
     type File = FaultFile;
+    type Body = FaultBody;
 
     async fn create(&self, name: &str, size_bytes: u64) -> io::Result<FaultFile> {
         if let Some(errno) = self.faults.create_error.take() {
@@ -313,6 +405,66 @@ impl Storage for FaultStorage {
 
     fn path(&self) -> &Path {
         self.inner.path()
+    }
+
+    async fn create_body(&self, name: &str) -> io::Result<FaultBody> {
+        if let Some(errno) = self.faults.body_create_error.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let inner = self.inner.create_body(name).await?;
+        Ok(FaultBody { inner, faults: self.faults.clone() })
+    }
+
+    async fn open_body(&self, name: &str) -> io::Result<FaultBody> {
+        let inner = self.inner.open_body(name).await?;
+        Ok(FaultBody { inner, faults: self.faults.clone() })
+    }
+}
+
+impl BodyFile for FaultBody {
+    async fn write_at(&self, bytes: Vec<u8>, offset: u64) -> io::Result<usize> {
+        self.faults.body_writes.set(self.faults.body_writes.get() + 1);
+        if let Some(errno) = self.faults.body_write_error.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        if let Some(short) = self.faults.body_write_short_bytes.take() {
+            let short = short.min(bytes.len());
+            if short > 0 {
+                let written = self.inner.write_at(bytes[..short].to_vec(), offset).await?;
+                assert_eq!(written, short, "the disk under a fault test is not full");
+            }
+            return Ok(short);
+        }
+        if let Some(torn) = self.faults.body_write_torn_bytes.take() {
+            let len = bytes.len();
+            let torn = torn.min(len);
+            if torn > 0 {
+                let written = self.inner.write_at(bytes[..torn].to_vec(), offset).await?;
+                assert_eq!(written, torn, "the disk under a fault test is not full");
+            }
+            return Ok(len);
+        }
+        self.inner.write_at(bytes, offset).await
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.faults.body_syncs.set(self.faults.body_syncs.get() + 1);
+        if let Some(errno) = self.faults.body_sync_error.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        self.inner.sync().await
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.inner.read_at(offset, len).await
+    }
+
+    async fn size_bytes(&self) -> io::Result<u64> {
+        self.inner.size_bytes().await
+    }
+
+    async fn close(self) -> io::Result<()> {
+        self.inner.close().await
     }
 }
 

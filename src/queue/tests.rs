@@ -1,8 +1,9 @@
 //! Tests of the queue on a real directory with faults injected: group
-//! commit, what a failed flush, a full disk, a short or torn write
-//! acknowledges (nothing), recovery after each, garbage collection and the
-//! retry runners; how errors are classified; and one test on a real,
-//! small, full file system.
+//! commit, what a failed flush, a full disk, a short or torn write (of a
+//! segment or of a body file) acknowledges (nothing), recovery after each,
+//! the body check at delivery, garbage collection and the retry runners;
+//! how errors are classified; and one test on a real, small, full file
+//! system.
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -277,9 +278,14 @@ fn dead_segments_are_collected_oldest_first_and_live_ones_kept() {
             assert_eq!(q.queue.segment_counts().0, files(&dir, "head-").len());
             assert!(files(&dir, "free-").is_empty());
             q.queue.complete(&keep, CompletionReason::Done).unwrap();
-            // One more flush wakes the collector.
+            // One more flush wakes the collector. It removes files one by
+            // one, behind whatever else the disk is flushing: wait for it,
+            // within a bound.
             accept(&q.queue, b"late\r\n").await.unwrap();
-            glommio::timer::sleep(Duration::from_millis(100)).await;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while files(&dir, "head-").len() > 1 && std::time::Instant::now() < deadline {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
             let head_after = files(&dir, "head-");
             assert_eq!(head_after.len(), 1, "only the active segment is left: {head_after:?}");
             assert_eq!(files(&dir, "free-").len(), log::FREE_SEGMENTS_MAX, "freed files kept for reuse");
@@ -370,6 +376,238 @@ fn a_completion_whose_flush_failed_is_written_again() {
             drop(q);
             let q = open(&dir, params()).await;
             assert!(q.fresh.is_empty());
+        })
+    });
+}
+
+// --- Errors classified by errno, however they are wrapped ---------------
+
+/// The error glommio returns from a file operation (`create_enhanced`).
+fn glommio_enhanced(errno: i32, op: &'static str) -> glommio::GlommioError<()> {
+    glommio::GlommioError::EnhancedIoError {
+        source: std::io::Error::from_raw_os_error(errno),
+        op,
+        path: Some(PathBuf::from("/spool/shard-0/head-0000000000000002.seg")),
+        fd: Some(7),
+    }
+}
+
+/// A wrapper of our own around a wrapped error, reached through `source()`.
+#[derive(Debug, thiserror::Error)]
+#[error("while opening a segment: {source}")]
+struct Opening {
+    #[source]
+    source: storage::FileOpError,
+}
+
+fn is_452(error: &QueueError) -> bool {
+    matches!(error, QueueError::NoSpace(_)) && error.reply().summary().starts_with("452 4.3.1")
+}
+
+fn is_451(error: &QueueError) -> bool {
+    matches!(error, QueueError::Io(_)) && error.reply().summary().starts_with("451 4.3.0")
+}
+
+#[test]
+fn full_disk_errors_are_452_however_they_are_wrapped() {
+    use std::io::{Error, ErrorKind};
+    for errno in [libc::ENOSPC, libc::EDQUOT] {
+        // glommio's error itself, and our conversion of it.
+        let error = QueueError::from(glommio_enhanced(errno, "Pre-allocate space"));
+        assert!(is_452(&error), "{error:?}");
+        let converted = storage::io_error(glommio_enhanced(errno, "Pre-allocate space"));
+        assert_eq!(storage::errno_of(&converted), Some(errno));
+        assert!(
+            converted.to_string().contains("Pre-allocate space /spool/shard-0/head-0000000000000002.seg"),
+            "{converted}"
+        );
+        // glommio's own conversion to io::Error drops the errno (the
+        // source becomes text), keeping only the kind.
+        let lossy = Error::from(glommio_enhanced(errno, "Writing"));
+        assert_eq!(lossy.raw_os_error(), None);
+        assert!(is_452(&QueueError::from(lossy)));
+        // Plain, and an io::Error inside an io::Error of another kind.
+        assert!(is_452(&QueueError::from(glommio::GlommioError::<()>::IoError(Error::from_raw_os_error(errno)))));
+        assert!(is_452(&QueueError::from(Error::from_raw_os_error(errno))));
+        let nested = Error::other(Error::from_raw_os_error(errno));
+        assert_eq!(nested.kind(), ErrorKind::Other);
+        assert!(is_452(&QueueError::from(nested)));
+        // Deeper: a custom error whose source chain ends in the errno.
+        let source = storage::FileOpError { op: "Syncing", path: "x".into(), source: Error::from_raw_os_error(errno) };
+        let deep = Error::other(Opening { source });
+        assert_eq!(storage::errno_of(&deep), Some(errno));
+        assert!(is_452(&QueueError::from(deep)));
+    }
+    // Anything else is a 451.
+    assert!(is_451(&QueueError::from(glommio_enhanced(libc::EIO, "Syncing"))));
+    assert!(is_451(&QueueError::from(Error::from(glommio_enhanced(libc::EIO, "Syncing")))));
+    assert!(is_451(&QueueError::from(Error::other("record refused"))));
+    assert!(is_451(&QueueError::from(Error::other(Error::from_raw_os_error(libc::EBADF)))));
+    assert_eq!(storage::errno_of(&Error::other("no errno here")), None);
+    // A failed batch hands every waiter a copy with the same class.
+    assert!(is_452(&QueueError::from(glommio_enhanced(libc::ENOSPC, "Writing")).duplicate()));
+    assert!(is_451(&QueueError::from(glommio_enhanced(libc::EIO, "Writing")).duplicate()));
+}
+
+// --- Body files behind the storage trait --------------------------------
+
+#[test]
+fn a_full_disk_while_writing_a_body_file_is_452_and_leaves_nothing() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("body-enospc");
+            let q = open(&dir, params()).await;
+            let body = large_body(5000);
+            // The file cannot be created, or a write fails, or a write is short.
+            q.faults.body_create_error.set(Some(libc::ENOSPC));
+            let error = accept(&q.queue, &body).await.unwrap_err();
+            assert!(is_452(&error), "{error:?}");
+            q.faults.body_write_error.set(Some(libc::ENOSPC));
+            let error = accept(&q.queue, &body).await.unwrap_err();
+            assert!(is_452(&error), "{error:?}");
+            q.faults.body_write_error.set(Some(libc::EDQUOT));
+            let error = accept(&q.queue, &body).await.unwrap_err();
+            assert!(is_452(&error), "{error:?}");
+            q.faults.body_write_short_bytes.set(Some(100));
+            let error = accept(&q.queue, &body).await.unwrap_err();
+            assert!(is_452(&error), "a short write is a full disk: {error:?}");
+            assert!(q.faults.body_writes.get() >= 3);
+            assert!(files(&dir, "body-").is_empty(), "no orphan body file: {:?}", files(&dir, "body-"));
+            assert_eq!(q.queue.live_count(), 0, "nothing acknowledged");
+            assert_eq!(q.faults.writes.get(), 0, "no envelope was written");
+            // The next message goes through.
+            let ok = accept(&q.queue, &body).await.unwrap();
+            assert_eq!(files(&dir, "body-"), vec![format!("body-{}", ok.id)]);
+            drop(q);
+            let q = open(&dir, params()).await;
+            assert_eq!(q.fresh.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec![ok.id.as_str()]);
+        })
+    });
+}
+
+#[test]
+fn a_failed_body_flush_acknowledges_nothing() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("body-sync");
+            let q = open(&dir, params()).await;
+            q.faults.body_sync_error.set(Some(libc::EIO));
+            let error = accept(&q.queue, &large_body(5000)).await.unwrap_err();
+            assert!(is_451(&error), "{error:?}");
+            assert_eq!(q.faults.body_syncs.get(), 1);
+            assert_eq!(q.faults.writes.get(), 0, "writer rule 4: no envelope before the body is durable");
+            assert!(files(&dir, "body-").is_empty());
+            assert_eq!(q.queue.live_count(), 0);
+            // A full disk reported by the flush is a 452.
+            q.faults.body_sync_error.set(Some(libc::ENOSPC));
+            assert!(is_452(&accept(&q.queue, &large_body(5000)).await.unwrap_err()));
+            drop(q);
+            let q = open(&dir, params()).await;
+            assert!(q.fresh.is_empty());
+        })
+    });
+}
+
+#[test]
+fn a_failed_envelope_flush_keeps_the_body_only_when_the_envelope_may_be_on_disk() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("body-keep");
+            let q = open(&dir, params()).await;
+            accept(&q.queue, b"first\r\n").await.unwrap();
+            // The segment's fdatasync fails: the envelope may be on disk, so
+            // its body stays for the recovery that might find it.
+            q.faults.sync_error.set(Some(libc::EIO));
+            let body = large_body(5000);
+            let lost = accept(&q.queue, &body).await;
+            assert!(is_451(&lost.unwrap_err()));
+            let kept = files(&dir, "body-");
+            assert_eq!(kept.len(), 1, "{kept:?}");
+            // No segment can be created: nothing was written, the body goes.
+            q.faults.create_error.set(Some(libc::ENOSPC));
+            q.queue.logs[0].borrow_mut().rotate_requested = true;
+            assert!(is_452(&accept(&q.queue, &body).await.unwrap_err()));
+            assert_eq!(files(&dir, "body-"), kept);
+            drop(q);
+            // After a restart the body serves its recovered envelope, or, if
+            // the envelope did not reach the disk, it is an orphan and goes.
+            let q = open(&dir, params()).await;
+            let recovered: Vec<&Envelope> = q.fresh.iter().filter(|e| matches!(e.body, Body::File { .. })).collect();
+            match recovered.as_slice() {
+                [] => assert!(files(&dir, "body-").is_empty()),
+                [env] => {
+                    assert_eq!(kept, vec![format!("body-{}", env.id)]);
+                    q.queue.check_body(env).await.unwrap();
+                }
+                more => panic!("{more:?}"),
+            }
+        })
+    });
+}
+
+// --- The body check at delivery -----------------------------------------
+
+#[test]
+fn check_body_refuses_truncated_changed_and_missing_body_files() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("check-body");
+            let q = open(&dir, params()).await;
+            // Larger than one check chunk, so the check reads several times.
+            let body = large_body(BODY_CHECK_CHUNK_BYTES * 2 + 1234);
+            let mut envs = Vec::new();
+            for _ in 0..4 {
+                envs.push(accept(&q.queue, &body).await.unwrap());
+            }
+            for env in &envs {
+                q.queue.check_body(env).await.unwrap();
+            }
+            let inline = accept(&q.queue, b"small\r\n").await.unwrap();
+            q.queue.check_body(&inline).await.unwrap();
+            let path = |env: &Envelope| q.queue.body_path(&env.id);
+            // Truncated.
+            std::fs::OpenOptions::new().write(true).open(path(&envs[0])).unwrap().set_len(1000).unwrap();
+            let damaged = q.queue.check_body(&envs[0]).await.unwrap_err();
+            assert_eq!(damaged.id, envs[0].id);
+            assert_eq!(damaged.file, format!("body-{}", envs[0].id));
+            assert!(
+                matches!(damaged.problem, BodyProblem::Size { found_bytes: 1000, expected_bytes } if expected_bytes == body.len() as u64),
+                "{damaged}"
+            );
+            // One byte changed, far into the file.
+            let mut bytes = std::fs::read(path(&envs[1])).unwrap();
+            bytes[BODY_CHECK_CHUNK_BYTES + 17] ^= 0x20;
+            std::fs::write(path(&envs[1]), &bytes).unwrap();
+            let damaged = q.queue.check_body(&envs[1]).await.unwrap_err();
+            assert!(matches!(damaged.problem, BodyProblem::Checksum { .. }), "{damaged}");
+            // Gone.
+            std::fs::remove_file(path(&envs[2])).unwrap();
+            let damaged = q.queue.check_body(&envs[2]).await.unwrap_err();
+            assert!(matches!(damaged.problem, BodyProblem::Missing), "{damaged}");
+            assert!(damaged.to_string().contains("missing"));
+            // Longer than it should be.
+            let mut longer = std::fs::read(path(&envs[3])).unwrap();
+            longer.push(b'\n');
+            std::fs::write(path(&envs[3]), &longer).unwrap();
+            assert!(matches!(q.queue.check_body(&envs[3]).await.unwrap_err().problem, BodyProblem::Size { .. }));
+        })
+    });
+}
+
+#[test]
+fn a_torn_body_write_is_caught_by_the_body_check() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("body-torn");
+            let q = open(&dir, params()).await;
+            // The write claims success but only its first 512 bytes land.
+            q.faults.body_write_torn_bytes.set(Some(512));
+            let env = accept(&q.queue, &large_body(5000)).await.unwrap();
+            let damaged = q.queue.check_body(&env).await.unwrap_err();
+            assert!(
+                matches!(damaged.problem, BodyProblem::Size { found_bytes: 512, expected_bytes: 5000 }),
+                "{damaged}"
+            );
         })
     });
 }
@@ -481,75 +719,6 @@ fn a_segment_of_a_format_version_this_build_does_not_read_stops_the_start() {
             assert_eq!(std::fs::read(dir.join(name)).unwrap(), bytes, "not recycled");
         })
     });
-}
-
-// --- Errors classified by errno, however they are wrapped ---------------
-
-/// The error glommio returns from a file operation (`create_enhanced`).
-fn glommio_enhanced(errno: i32, op: &'static str) -> glommio::GlommioError<()> {
-    glommio::GlommioError::EnhancedIoError {
-        source: std::io::Error::from_raw_os_error(errno),
-        op,
-        path: Some(PathBuf::from("/spool/shard-0/head-0000000000000002.seg")),
-        fd: Some(7),
-    }
-}
-
-/// A wrapper of our own around a wrapped error, reached through `source()`.
-#[derive(Debug, thiserror::Error)]
-#[error("while opening a segment: {source}")]
-struct Opening {
-    #[source]
-    source: storage::FileOpError,
-}
-
-fn is_452(error: &QueueError) -> bool {
-    matches!(error, QueueError::NoSpace(_)) && error.reply().summary().starts_with("452 4.3.1")
-}
-
-fn is_451(error: &QueueError) -> bool {
-    matches!(error, QueueError::Io(_)) && error.reply().summary().starts_with("451 4.3.0")
-}
-
-#[test]
-fn full_disk_errors_are_452_however_they_are_wrapped() {
-    use std::io::{Error, ErrorKind};
-    for errno in [libc::ENOSPC, libc::EDQUOT] {
-        // glommio's error itself, and our conversion of it.
-        let error = QueueError::from(glommio_enhanced(errno, "Pre-allocate space"));
-        assert!(is_452(&error), "{error:?}");
-        let converted = storage::io_error(glommio_enhanced(errno, "Pre-allocate space"));
-        assert_eq!(storage::errno_of(&converted), Some(errno));
-        assert!(
-            converted.to_string().contains("Pre-allocate space /spool/shard-0/head-0000000000000002.seg"),
-            "{converted}"
-        );
-        // glommio's own conversion to io::Error drops the errno (the
-        // source becomes text), keeping only the kind.
-        let lossy = Error::from(glommio_enhanced(errno, "Writing"));
-        assert_eq!(lossy.raw_os_error(), None);
-        assert!(is_452(&QueueError::from(lossy)));
-        // Plain, and an io::Error inside an io::Error of another kind.
-        assert!(is_452(&QueueError::from(glommio::GlommioError::<()>::IoError(Error::from_raw_os_error(errno)))));
-        assert!(is_452(&QueueError::from(Error::from_raw_os_error(errno))));
-        let nested = Error::other(Error::from_raw_os_error(errno));
-        assert_eq!(nested.kind(), ErrorKind::Other);
-        assert!(is_452(&QueueError::from(nested)));
-        // Deeper: a custom error whose source chain ends in the errno.
-        let source = storage::FileOpError { op: "Syncing", path: "x".into(), source: Error::from_raw_os_error(errno) };
-        let deep = Error::other(Opening { source });
-        assert_eq!(storage::errno_of(&deep), Some(errno));
-        assert!(is_452(&QueueError::from(deep)));
-    }
-    // Anything else is a 451.
-    assert!(is_451(&QueueError::from(glommio_enhanced(libc::EIO, "Syncing"))));
-    assert!(is_451(&QueueError::from(Error::from(glommio_enhanced(libc::EIO, "Syncing")))));
-    assert!(is_451(&QueueError::from(Error::other("record refused"))));
-    assert!(is_451(&QueueError::from(Error::other(Error::from_raw_os_error(libc::EBADF)))));
-    assert_eq!(storage::errno_of(&Error::other("no errno here")), None);
-    // A failed batch hands every waiter a copy with the same class.
-    assert!(is_452(&QueueError::from(glommio_enhanced(libc::ENOSPC, "Writing")).duplicate()));
-    assert!(is_451(&QueueError::from(glommio_enhanced(libc::EIO, "Writing")).duplicate()));
 }
 
 // --- A real, small, full file system --------------------------------------
@@ -690,7 +859,7 @@ fn full_small_file_system_is_452_and_the_queue_works_again_once_space_is_freed()
             unsafe { libc::sync() };
             let small = accept(&q.queue, b"room again\r\n").await.unwrap();
             let large = accept(&q.queue, &large_body(256 * 1024)).await.unwrap();
-            assert_eq!(std::fs::read(q.queue.body_path(&large.id)).unwrap(), large_body(256 * 1024));
+            q.queue.check_body(&large).await.unwrap();
             q.queue.close();
             drop(q);
             let q = open(&dir, params()).await;
