@@ -307,6 +307,7 @@ impl<S: Storage + 'static> Queue<S> {
         for (kind, seq, name) in &segments {
             let file = self.storage.open(name).await?;
             let size = file.size_bytes().await?;
+            self.check_segment_size(name, size)?;
             let bytes = file.read_at(0, size as usize).await?;
             scan.add_segment(*kind, *seq, name, &bytes, *kind == LogKind::Head);
             files.push(Rc::new(file));
@@ -406,6 +407,27 @@ impl<S: Storage + 'static> Queue<S> {
             ],
         );
         Ok(fresh)
+    }
+
+    /// Recovery reads a segment whole: one larger than the configured
+    /// segment size is refused, and the shard does not start, rather than
+    /// read into memory without bound or be recycled as damaged (it may
+    /// hold acknowledged mail written with a larger setting).
+    fn check_segment_size(&self, name: &str, size_bytes: u64) -> std::io::Result<()> {
+        let size_bytes_max = self.params.segment_size_bytes;
+        if size_bytes <= size_bytes_max {
+            return Ok(());
+        }
+        crate::log::event(
+            "queue_recovery_refused",
+            &[
+                ("shard", &self.shard_index),
+                ("segment", &name),
+                ("size_bytes", &size_bytes),
+                ("segment_size_bytes", &size_bytes_max),
+            ],
+        );
+        Err(recover::RecoveryError::SegmentTooLarge { file: name.to_string(), size_bytes, size_bytes_max }.into())
     }
 
     /// A whole segment header of a version this build does not read is a

@@ -189,6 +189,11 @@ impl Scan {
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
     #[error(
+        "segment {file} is {size_bytes} bytes, above queue.segment_size_bytes ({size_bytes_max}): \
+         not read; set queue.segment_size_bytes to at least {size_bytes} to read it"
+    )]
+    SegmentTooLarge { file: String, size_bytes: u64, size_bytes_max: u64 },
+    #[error(
         "segment {file} is in queue format version {version}; this build reads versions {} to {}",
         queue_format::FORMAT_VERSION_READ_MIN,
         queue_format::FORMAT_VERSION

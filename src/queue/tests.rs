@@ -721,6 +721,47 @@ fn a_segment_of_a_format_version_this_build_does_not_read_stops_the_start() {
     });
 }
 
+// --- Recovery reads bounded segments -----------------------------------
+
+#[test]
+fn a_segment_larger_than_the_segment_size_stops_the_start() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("too-large");
+            let q = open(&dir, params()).await;
+            let acked = accept(&q.queue, b"kept\r\n").await.unwrap();
+            q.queue.close();
+            drop(q);
+            let name = "head-0000000000000001.seg";
+            let size = std::fs::metadata(dir.join(name)).unwrap().len();
+            assert_eq!(size, params().segment_size_bytes);
+            std::fs::OpenOptions::new().write(true).open(dir.join(name)).unwrap().set_len(size * 2).unwrap();
+            let storage = FaultStorage::new(DiskStorage::open(&dir).await.unwrap());
+            let error = match Queue::open_with(storage, 0, params()).await {
+                Ok(_) => panic!("a segment larger than queue.segment_size_bytes was read"),
+                Err(error) => error,
+            };
+            let text = error.to_string();
+            assert!(
+                text.contains(name) && text.contains(&format!("{}", size * 2)) && text.contains(&size.to_string()),
+                "{text}"
+            );
+            match error.get_ref().and_then(|e| e.downcast_ref::<recover::RecoveryError>()) {
+                Some(recover::RecoveryError::SegmentTooLarge { file, size_bytes, size_bytes_max }) => {
+                    assert_eq!((file.as_str(), *size_bytes, *size_bytes_max), (name, size * 2, size));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(std::fs::metadata(dir.join(name)).unwrap().len(), size * 2, "left as it was");
+            // With the setting raised to its size, it is read and nothing is lost.
+            let mut larger = params();
+            larger.segment_size_bytes = size * 2;
+            let q = open(&dir, larger).await;
+            assert_eq!(q.fresh.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec![acked.id.as_str()]);
+        })
+    });
+}
+
 // --- A real, small, full file system --------------------------------------
 
 /// A 64 MiB ext4 image on a loop device, mounted; everything undone on drop,

@@ -74,6 +74,20 @@ pub fn scan_shard(dir: &Path) -> std::io::Result<ShardView> {
     }
     segments.sort_by_key(|(kind, seq, _)| (super::recover::log_index(*kind), *seq));
     for (kind, seq, name) in segments {
+        // Read whole, so bounded: no segment is larger than the format allows.
+        if let Ok(metadata) = std::fs::metadata(dir.join(&name)) {
+            if metadata.len() > queue_format::SEGMENT_SIZE_BYTES_MAX {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "segment {} is {} bytes, above the format's largest segment ({} bytes): not read",
+                        dir.join(&name).display(),
+                        metadata.len(),
+                        queue_format::SEGMENT_SIZE_BYTES_MAX
+                    ),
+                ));
+            }
+        }
         let bytes = match std::fs::read(dir.join(&name)) {
             Ok(bytes) => bytes,
             // Collected since the listing: it held nothing live.
