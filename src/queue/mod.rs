@@ -226,7 +226,8 @@ pub struct RecordExpected {
 
 impl Drop for RecordExpected {
     fn drop(&mut self) {
-        self.expected.set(self.expected.get() - 1);
+        let expected = self.expected.get().checked_sub(1);
+        self.expected.set(expected.expect("invariant: one expected record counted per RecordExpected alive"));
     }
 }
 
@@ -358,7 +359,7 @@ impl<S: Storage + 'static> Queue<S> {
             if let Some(segment) =
                 self.logs[slot].borrow_mut().segments.get_mut(&candidate.location.segment_sequence)
             {
-                segment.live += 1;
+                segment.live_add();
             }
             let in_flight = candidate.location.log == LogKind::Head;
             index.insert(
@@ -809,7 +810,7 @@ impl<S: Storage + 'static> Queue<S> {
                         .segments
                         .get_mut(&location.segment_sequence)
                         .expect("the batch's segment exists")
-                        .live += 1;
+                        .live_add();
                     old
                 }
                 Staged::Completion(c) => {
@@ -825,8 +826,7 @@ impl<S: Storage + 'static> Queue<S> {
             if let Some(old) = old {
                 let mut log = self.logs[log_slot(old.location.log)].borrow_mut();
                 if let Some(segment) = log.segments.get_mut(&old.location.segment_sequence) {
-                    assert!(segment.live > 0, "live count of segment {} below zero", segment.name);
-                    segment.live -= 1;
+                    segment.live_remove();
                 }
             }
         }

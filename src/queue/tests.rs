@@ -762,6 +762,31 @@ fn a_segment_larger_than_the_segment_size_stops_the_start() {
     });
 }
 
+// --- Counters that must not wrap -----------------------------------------
+
+#[test]
+fn expected_records_are_counted_up_and_down() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("expected");
+            let q = open(&dir, params()).await;
+            let first = q.queue.expect_record();
+            let second = q.queue.expect_record();
+            assert_eq!(q.queue.expected.get(), 2);
+            drop(first);
+            drop(second);
+            assert_eq!(q.queue.expected.get(), 0);
+        })
+    });
+}
+
+#[test]
+#[should_panic(expected = "invariant: one expected record counted per RecordExpected alive")]
+fn an_expected_record_dropped_twice_is_caught() {
+    let counter = Rc::new(Cell::new(0usize));
+    drop(RecordExpected { expected: counter });
+}
+
 // --- A real, small, full file system --------------------------------------
 
 /// A 64 MiB ext4 image on a loop device, mounted; everything undone on drop,
