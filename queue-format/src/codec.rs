@@ -30,7 +30,6 @@ fn payload_size_bytes(body: &RecordBody<'_>) -> usize {
     match body {
         RecordBody::Padding { payload_size_bytes } => *payload_size_bytes as usize,
         RecordBody::Envelope(e) | RecordBody::ReplacementEnvelope(e) => envelope_size_bytes(e),
-        RecordBody::RecipientResult(r) => RECIPIENT_RESULT_FIXED_SIZE_BYTES + r.reply.len(),
         RecordBody::Completion(_) => COMPLETION_SIZE_BYTES,
     }
 }
@@ -97,7 +96,6 @@ pub fn encode_into(record: &Record<'_>, out: &mut [u8]) -> Result<usize, EncodeE
     match &record.body {
         RecordBody::Padding { payload_size_bytes } => put.zeros(*payload_size_bytes as usize),
         RecordBody::Envelope(e) | RecordBody::ReplacementEnvelope(e) => put_envelope(&mut put, e),
-        RecordBody::RecipientResult(r) => put_recipient_result(&mut put, r),
         RecordBody::Completion(c) => put.fixed(&CompletionRaw {
             queue_id: c.queue_id.0,
             completion_unix_ms: U64::new(c.completion_unix_ms),
@@ -175,19 +173,6 @@ fn put_envelope(put: &mut Put<'_>, e: &Envelope<'_>) {
     put.bytes(inline);
 }
 
-fn put_recipient_result(put: &mut Put<'_>, r: &RecipientResult<'_>) {
-    put.fixed(&RecipientResultFixedRaw {
-        queue_id: r.queue_id.0,
-        result_unix_ms: U64::new(r.result_unix_ms),
-        attempt_count: U16::new(r.attempt_count),
-        recipient_index: U16::new(r.recipient_index),
-        recipient_state: r.state as u8,
-        reserved_29: 0,
-        reply_size_bytes: U16::new(r.reply.len() as u16),
-    });
-    put.bytes(r.reply);
-}
-
 /// A write cursor over a buffer whose size was computed beforehand: running
 /// past its end is a bug in `payload_size_bytes`, so slicing may panic.
 struct Put<'b> {
@@ -251,9 +236,6 @@ pub fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
         RecordType::ReplacementEnvelope => {
             RecordBody::ReplacementEnvelope(decode_envelope(payload)?)
         }
-        RecordType::RecipientResult => {
-            RecordBody::RecipientResult(decode_recipient_result(payload)?)
-        }
         RecordType::Completion => RecordBody::Completion(decode_completion(payload)?),
     };
     body.check()?;
@@ -309,30 +291,6 @@ fn decode_completion(payload: &[u8]) -> Result<Completion, DecodeError> {
         completion_unix_ms: raw.completion_unix_ms.get(),
         attempt_count: raw.attempt_count.get(),
         reason,
-    })
-}
-
-fn decode_recipient_result(payload: &[u8]) -> Result<RecipientResult<'_>, DecodeError> {
-    let mut take = Take { bytes: payload };
-    let raw: RecipientResultFixedRaw = take.fixed()?;
-    if raw.reserved_29 != 0 {
-        return Err(DecodeError::ReservedNotZero);
-    }
-    let state = RecipientState::from_u8(raw.recipient_state)
-        .ok_or(DecodeError::BadRecipientState(raw.recipient_state))?;
-    let reply = take.field(
-        raw.reply_size_bytes.get() as usize,
-        Field::Reply,
-        REPLY_SIZE_BYTES_MAX,
-    )?;
-    take.finish()?;
-    Ok(RecipientResult {
-        queue_id: QueueId(raw.queue_id),
-        result_unix_ms: raw.result_unix_ms.get(),
-        attempt_count: raw.attempt_count.get(),
-        recipient_index: raw.recipient_index.get(),
-        state,
-        reply,
     })
 }
 

@@ -25,6 +25,7 @@ fn log_kind(kind: LogKind) -> &'static str {
 
 pub fn segment_header(header: &SegmentHeader, out: &mut String) {
     let SegmentHeader {
+        format_version,
         log_kind: kind,
         shard_index,
         segment_sequence,
@@ -37,6 +38,7 @@ pub fn segment_header(header: &SegmentHeader, out: &mut String) {
         "segment log={} shard={shard_index} segment_sequence={segment_sequence}",
         log_kind(*kind)
     );
+    let _ = writeln!(out, "  format_version: {format_version}");
     let _ = writeln!(out, "  record_sequence_first: {record_sequence_first}");
     let _ = writeln!(out, "  created_unix_ms: {created_unix_ms}");
     let _ = writeln!(out, "  segment_size_bytes: {segment_size_bytes}");
@@ -62,14 +64,6 @@ pub fn record(record: &Record<'_>, position: Option<(usize, usize)>, out: &mut S
             let _ = writeln!(out, "  payload_size_bytes: {payload_size_bytes}");
         }
         RecordBody::Envelope(e) | RecordBody::ReplacementEnvelope(e) => envelope(e, out),
-        RecordBody::RecipientResult(r) => {
-            let _ = writeln!(out, "  queue_id: {}", r.queue_id);
-            let _ = writeln!(out, "  result_unix_ms: {}", r.result_unix_ms);
-            let _ = writeln!(out, "  attempt_count: {}", r.attempt_count);
-            let _ = writeln!(out, "  recipient_index: {}", r.recipient_index);
-            let _ = writeln!(out, "  state: {:?}", r.state);
-            let _ = writeln!(out, "  reply: {}", text(r.reply));
-        }
         RecordBody::Completion(c) => {
             let _ = writeln!(out, "  queue_id: {}", c.queue_id);
             let _ = writeln!(out, "  completion_unix_ms: {}", c.completion_unix_ms);
@@ -139,7 +133,13 @@ pub fn stop(stop: &LogStop, out: &mut String) {
     } else {
         "untrusted"
     };
-    let reason = match stop.reason {
+    let reason = stop_reason(&stop.reason);
+    let _ = writeln!(out, "stop offset={} {clean}: {reason}", stop.offset);
+}
+
+/// Why reading stopped, in words (`corrupt: checksum mismatch: ...`).
+pub fn stop_reason(reason: &StopReason) -> String {
+    match *reason {
         StopReason::EndOfBytes => "end of bytes".to_string(),
         StopReason::Zeroed => "zeroed space".to_string(),
         StopReason::Corrupt(error) => format!("corrupt: {error}"),
@@ -153,8 +153,7 @@ pub fn stop(stop: &LogStop, out: &mut String) {
             format!("wrong log: {} shard {shard_index}", log_kind(kind))
         }
         StopReason::MisplacedPadding => "padding not ending on a block boundary".to_string(),
-    };
-    let _ = writeln!(out, "stop offset={} {clean}: {reason}", stop.offset);
+    }
 }
 
 /// Every trusted record of a segment and where reading stopped.

@@ -16,7 +16,6 @@ pub enum Field {
     Recipients,
     RecipientAddress,
     RecipientParams,
-    RecipientIndex,
     Reply,
     InlineBody,
     Padding,
@@ -30,8 +29,8 @@ pub enum LimitError {
         size: usize,
         max: usize,
     },
-    #[error("queue id is all zeros")]
-    QueueIdZero,
+    #[error("queue id is not 16 upper-case hex digits")]
+    QueueIdNotHex,
     #[error("envelope has no recipients")]
     RecipientsEmpty,
     #[error("recipient address is empty")]

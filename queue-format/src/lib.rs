@@ -13,8 +13,8 @@
 //! - [`layout`]: block size, header sizes, every limit, as constants with
 //!   compile-time checks of the facts the format relies on.
 //! - [`segment`]: the 4 KiB segment header at offset 0 of every segment file.
-//! - [`record`]: the typed records (envelope, replacement envelope, recipient
-//!   result, completion, padding) and their invariants.
+//! - [`record`]: the typed records (envelope, replacement envelope,
+//!   completion, padding) and their invariants.
 //! - [`codec`]: `encode_*` and [`decode`]: one record to bytes and back.
 //! - [`reader`]: [`LogReader`], which walks a segment and stops at the first
 //!   untrusted byte (the torn tail), saying where and why.
@@ -28,7 +28,7 @@
 //!
 //! // The committer stages records into one batch for its next write.
 //! let completion = Completion {
-//!     queue_id: QueueId([7; 16]),
+//!     queue_id: QueueId(*b"0006201A2B3C4D01"),
 //!     completion_unix_ms: 1_767_225_600_000,
 //!     attempt_count: 0,
 //!     reason: CompletionReason::Done,
@@ -67,6 +67,6 @@ pub use layout::*;
 pub use reader::{LogEntry, LogExpect, LogReader, LogStop, StopReason};
 pub use record::{
     BodyRef, Completion, CompletionReason, Envelope, EnvelopeFlags, LogKind, QueueId, Recipient,
-    RecipientResult, RecipientState, Record, RecordBody, RecordFrame, RecordType,
+    RecipientState, Record, RecordBody, RecordFrame, RecordType,
 };
 pub use segment::{SegmentHeader, SegmentHeaderError};

@@ -9,7 +9,7 @@
 //! | 1    | Padding             | zero payload; closes a batch on a 4 KiB boundary; carries no meaning |
 //! | 2    | Envelope            | a message as accepted: sender, recipients, body (inline or body file). First record of every message |
 //! | 3    | ReplacementEnvelope | the whole envelope again with updated recipient states and the next retry time; supersedes every earlier envelope of the message |
-//! | 4    | RecipientResult     | one recipient of one envelope generation reached a new state (delivered, failed, or deferred with a reply) |
+//! | 4    | (retired)           | RecipientResult in version 1, never written; refused as an unknown type since version 2 |
 //! | 5    | Completion          | the message is done; every record of its queue id, earlier or in the other log, is dead |
 //!
 //! Decoded records borrow from the bytes they were read from: a start-up
@@ -22,10 +22,11 @@ use crate::layout::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum LogKind {
-    /// New envelopes, recipient results and completions of fresh messages.
+    /// New envelopes, and completions of messages finished on their first
+    /// attempt.
     Head = 1,
-    /// Replacement envelopes, and the results and completions of messages
-    /// whose newest envelope is a replacement.
+    /// Replacement envelopes, and the completions of messages whose newest
+    /// envelope is a replacement.
     Retry = 2,
 }
 
@@ -39,14 +40,14 @@ impl LogKind {
     }
 }
 
-/// The `record_type` byte.
+/// The `record_type` byte. Type 4 was RecipientResult in version 1 (never
+/// written); it is no longer a record type and a reader refuses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum RecordType {
     Padding = 1,
     Envelope = 2,
     ReplacementEnvelope = 3,
-    RecipientResult = 4,
     Completion = 5,
 }
 
@@ -56,17 +57,46 @@ impl RecordType {
             1 => Some(RecordType::Padding),
             2 => Some(RecordType::Envelope),
             3 => Some(RecordType::ReplacementEnvelope),
-            4 => Some(RecordType::RecipientResult),
             5 => Some(RecordType::Completion),
             _ => None,
         }
     }
 }
 
-/// A message's queue id: 16 opaque bytes, unique for the life of a spool
-/// and never reused. All zeros is not a queue id.
+/// A message's queue id: 16 ASCII upper-case hex digits (`0-9`, `A-F`), as
+/// the writer makes them (microseconds since the epoch and the shard index).
+/// Unique for the life of a spool and never reused. The encoder refuses any
+/// other bytes and the decoder reports them, so a decoded record's id is
+/// always text.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct QueueId(pub [u8; 16]);
+pub struct QueueId(pub [u8; QUEUE_ID_SIZE_BYTES]);
+
+impl QueueId {
+    /// The id spelt by `text`, if it is 16 upper-case hex digits.
+    pub fn parse(text: &[u8]) -> Result<QueueId, LimitError> {
+        let bytes: [u8; QUEUE_ID_SIZE_BYTES] =
+            text.try_into().map_err(|_| LimitError::QueueIdNotHex)?;
+        let id = QueueId(bytes);
+        id.check()?;
+        Ok(id)
+    }
+
+    /// Every byte is an upper-case hex digit.
+    pub fn check(&self) -> Result<(), LimitError> {
+        let hex = |b: &u8| b.is_ascii_digit() || (b'A'..=b'F').contains(b);
+        if self.0.iter().all(hex) {
+            Ok(())
+        } else {
+            Err(LimitError::QueueIdNotHex)
+        }
+    }
+
+    /// The id as text (it is ASCII once checked).
+    pub fn as_str(&self) -> Option<&str> {
+        self.check().ok()?;
+        core::str::from_utf8(&self.0).ok()
+    }
+}
 
 impl core::fmt::Debug for QueueId {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -75,12 +105,13 @@ impl core::fmt::Debug for QueueId {
 }
 
 impl core::fmt::Display for QueueId {
-    /// 32 lowercase hex digits, byte 0 first: the form used in logs.
+    /// The 16 digits; an id that is not text (refused by the codec) shows
+    /// as its bytes escaped, so a log line never hides what was there.
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
+        match self.as_str() {
+            Some(text) => f.write_str(text),
+            None => write!(f, "\"{}\"", self.0.escape_ascii()),
         }
-        Ok(())
     }
 }
 
@@ -220,18 +251,6 @@ pub struct Envelope<'a> {
     pub body: BodyRef<'a>,
 }
 
-/// Payload of a RecipientResult record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RecipientResult<'a> {
-    pub queue_id: QueueId,
-    pub result_unix_ms: u64,
-    /// The envelope generation this result applies to.
-    pub attempt_count: u16,
-    pub recipient_index: u16,
-    pub state: RecipientState,
-    pub reply: &'a [u8],
-}
-
 /// Payload of a Completion record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Completion {
@@ -258,7 +277,6 @@ pub enum RecordBody<'a> {
     Padding { payload_size_bytes: u32 },
     Envelope(Envelope<'a>),
     ReplacementEnvelope(Envelope<'a>),
-    RecipientResult(RecipientResult<'a>),
     Completion(Completion),
 }
 
@@ -275,7 +293,6 @@ impl RecordBody<'_> {
             RecordBody::Padding { .. } => RecordType::Padding,
             RecordBody::Envelope(_) => RecordType::Envelope,
             RecordBody::ReplacementEnvelope(_) => RecordType::ReplacementEnvelope,
-            RecordBody::RecipientResult(_) => RecordType::RecipientResult,
             RecordBody::Completion(_) => RecordType::Completion,
         }
     }
@@ -285,7 +302,6 @@ impl RecordBody<'_> {
         match self {
             RecordBody::Padding { .. } => None,
             RecordBody::Envelope(e) | RecordBody::ReplacementEnvelope(e) => Some(e.queue_id),
-            RecordBody::RecipientResult(r) => Some(r.queue_id),
             RecordBody::Completion(c) => Some(c.queue_id),
         }
     }
@@ -301,8 +317,7 @@ impl RecordBody<'_> {
             ),
             RecordBody::Envelope(e) => e.check(false),
             RecordBody::ReplacementEnvelope(e) => e.check(true),
-            RecordBody::RecipientResult(r) => r.check(),
-            RecordBody::Completion(c) => check_queue_id(c.queue_id),
+            RecordBody::Completion(c) => c.queue_id.check(),
         }
     }
 }
@@ -315,17 +330,9 @@ fn limit(field: Field, size: usize, max: usize) -> Result<(), LimitError> {
     }
 }
 
-fn check_queue_id(queue_id: QueueId) -> Result<(), LimitError> {
-    if queue_id.0 == [0; 16] {
-        Err(LimitError::QueueIdZero)
-    } else {
-        Ok(())
-    }
-}
-
 impl Envelope<'_> {
     fn check(&self, replacement: bool) -> Result<(), LimitError> {
-        check_queue_id(self.queue_id)?;
+        self.queue_id.check()?;
         limit(Field::Sender, self.sender.len(), ADDRESS_SIZE_BYTES_MAX)?;
         limit(
             Field::MailParams,
@@ -409,20 +416,6 @@ impl Recipient<'_> {
             self.params.len(),
             ESMTP_PARAMS_SIZE_BYTES_MAX,
         )?;
-        limit(Field::Reply, self.reply.len(), REPLY_SIZE_BYTES_MAX)
-    }
-}
-
-impl RecipientResult<'_> {
-    fn check(&self) -> Result<(), LimitError> {
-        check_queue_id(self.queue_id)?;
-        if self.recipient_index as usize >= RECIPIENT_COUNT_MAX {
-            return Err(LimitError::FieldTooLong {
-                field: Field::RecipientIndex,
-                size: self.recipient_index as usize,
-                max: RECIPIENT_COUNT_MAX - 1,
-            });
-        }
         limit(Field::Reply, self.reply.len(), REPLY_SIZE_BYTES_MAX)
     }
 }

@@ -14,6 +14,10 @@ use crate::wire::{SegmentHeaderRaw, SEGMENT_HEADER_CHECKSUM_OFFSET};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// The version the segment was written in: a writer puts
+    /// [`FORMAT_VERSION`]; a reader accepts [`FORMAT_VERSION_READ_MIN`] up to
+    /// it (kept so a decoded header encodes back to the same bytes).
+    pub format_version: u16,
     pub log_kind: LogKind,
     pub shard_index: u16,
     /// Position of this segment in its log; a new or recycled segment gets
@@ -34,7 +38,11 @@ pub enum SegmentHeaderError {
     BadMagic,
     #[error("segment header checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     BadChecksum { stored: u32, computed: u32 },
-    #[error("unsupported format version {0}")]
+    #[error(
+        "format version {0} is not one this reader reads ({} to {})",
+        FORMAT_VERSION_READ_MIN,
+        FORMAT_VERSION
+    )]
     UnsupportedVersion(u16),
     #[error("unknown log kind {0}")]
     BadLogKind(u8),
@@ -49,6 +57,9 @@ pub enum SegmentHeaderError {
 impl SegmentHeader {
     /// The limits a header value must meet (shared by encode and decode).
     pub fn check(&self) -> Result<(), SegmentHeaderError> {
+        if !(FORMAT_VERSION_READ_MIN..=FORMAT_VERSION).contains(&self.format_version) {
+            return Err(SegmentHeaderError::UnsupportedVersion(self.format_version));
+        }
         let size = self.segment_size_bytes;
         let aligned = size.is_multiple_of(BLOCK_SIZE_BYTES as u64);
         if !(SEGMENT_SIZE_BYTES_MIN..=SEGMENT_SIZE_BYTES_MAX).contains(&size) || !aligned {
@@ -65,7 +76,7 @@ impl SegmentHeader {
         self.check()?;
         let mut raw = SegmentHeaderRaw {
             magic: SEGMENT_MAGIC,
-            format_version: U16::new(FORMAT_VERSION),
+            format_version: U16::new(self.format_version),
             log_kind: self.log_kind as u8,
             reserved_11: 0,
             shard_index: U16::new(self.shard_index),
@@ -107,10 +118,9 @@ impl SegmentHeader {
         if stored != computed {
             return Err(SegmentHeaderError::BadChecksum { stored, computed });
         }
-        if raw.format_version.get() != FORMAT_VERSION {
-            return Err(SegmentHeaderError::UnsupportedVersion(
-                raw.format_version.get(),
-            ));
+        let format_version = raw.format_version.get();
+        if !(FORMAT_VERSION_READ_MIN..=FORMAT_VERSION).contains(&format_version) {
+            return Err(SegmentHeaderError::UnsupportedVersion(format_version));
         }
         let log_kind =
             LogKind::from_u8(raw.log_kind).ok_or(SegmentHeaderError::BadLogKind(raw.log_kind))?;
@@ -123,6 +133,7 @@ impl SegmentHeader {
             return Err(SegmentHeaderError::ReservedNotZero);
         }
         let header = SegmentHeader {
+            format_version,
             log_kind,
             shard_index: raw.shard_index.get(),
             segment_sequence: raw.segment_sequence.get(),

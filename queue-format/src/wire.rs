@@ -124,25 +124,6 @@ const _: () = assert!(offset_of!(RecipientFixedRaw, reply_size_bytes) == 6);
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
 #[repr(C)]
-pub(crate) struct RecipientResultFixedRaw {
-    pub queue_id: [u8; 16],
-    pub result_unix_ms: U64,
-    pub attempt_count: U16,
-    pub recipient_index: U16,
-    pub recipient_state: u8,
-    pub reserved_29: u8,
-    pub reply_size_bytes: U16,
-}
-
-const _: () = assert!(size_of::<RecipientResultFixedRaw>() == RECIPIENT_RESULT_FIXED_SIZE_BYTES);
-const _: () = assert!(offset_of!(RecipientResultFixedRaw, result_unix_ms) == 16);
-const _: () = assert!(offset_of!(RecipientResultFixedRaw, attempt_count) == 24);
-const _: () = assert!(offset_of!(RecipientResultFixedRaw, recipient_index) == 26);
-const _: () = assert!(offset_of!(RecipientResultFixedRaw, recipient_state) == 28);
-const _: () = assert!(offset_of!(RecipientResultFixedRaw, reply_size_bytes) == 30);
-
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
-#[repr(C)]
 pub(crate) struct CompletionRaw {
     pub queue_id: [u8; 16],
     pub completion_unix_ms: U64,

@@ -79,22 +79,6 @@ fn encoder_refuses_fields_above_their_maximum() {
     for (got, want) in cases {
         assert_eq!(got, want);
     }
-    let mut result = recipient_result();
-    result.reply = &BIG[..1025];
-    let error = encode(
-        &head(1, RecordBody::RecipientResult(result)),
-        &mut Vec::new(),
-    )
-    .unwrap_err();
-    assert_eq!(error, too_long(Field::Reply, 1025, 1024));
-    result = recipient_result();
-    result.recipient_index = RECIPIENT_COUNT_MAX as u16;
-    let error = encode(
-        &head(1, RecordBody::RecipientResult(result)),
-        &mut Vec::new(),
-    )
-    .unwrap_err();
-    assert_eq!(error, too_long(Field::RecipientIndex, 1000, 999));
     let padding = RecordBody::Padding {
         payload_size_bytes: PADDING_PAYLOAD_SIZE_BYTES_MAX as u32 + 1,
     };
@@ -133,9 +117,34 @@ fn encoder_accepts_every_field_at_its_maximum() {
 #[test]
 fn encoder_refuses_broken_invariants() {
     let invariant = |error| EncodeError::Limit(error);
+    for id in [
+        [0u8; 16],
+        *b"0006201a2b3c4d01",
+        *b"0006201A2B3C4D0G",
+        *b"0006201A2B3C4D0 ",
+        *b"\x01\x9b\x7a\x3c\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00\x01",
+    ] {
+        assert_eq!(
+            encode_envelope_error(|e| e.queue_id = QueueId(id)),
+            invariant(LimitError::QueueIdNotHex),
+            "{id:?}"
+        );
+    }
     assert_eq!(
-        encode_envelope_error(|e| e.queue_id = QueueId([0; 16])),
-        invariant(LimitError::QueueIdZero)
+        QueueId::parse(b"0006201A2B3C4D01"),
+        Ok(QueueId(*b"0006201A2B3C4D01"))
+    );
+    assert_eq!(
+        QueueId::parse(b"0006201A2B3C4D0"),
+        Err(LimitError::QueueIdNotHex)
+    );
+    assert_eq!(
+        QueueId::parse(b"0006201A2B3C4D011"),
+        Err(LimitError::QueueIdNotHex)
+    );
+    assert_eq!(
+        QueueId::parse(b"0006201a2b3c4d01"),
+        Err(LimitError::QueueIdNotHex)
     );
     assert_eq!(
         encode_envelope_error(|e| e.recipients.clear()),
@@ -188,13 +197,13 @@ fn encoder_refuses_broken_invariants() {
         invariant(LimitError::NothingPending)
     );
     let mut completion = completion();
-    completion.queue_id = QueueId([0; 16]);
+    completion.queue_id = QueueId(*b"0006201A2B3C4D0x");
     let error = encode(
         &head(1, RecordBody::Completion(completion)),
         &mut Vec::new(),
     )
     .unwrap_err();
-    assert_eq!(error, invariant(LimitError::QueueIdZero));
+    assert_eq!(error, invariant(LimitError::QueueIdNotHex));
 }
 
 #[test]
@@ -279,6 +288,11 @@ fn decoder_names_each_fault() {
         decode_error(&resealed(envelope.clone(), |b| b[16] = 6)),
         DecodeError::BadType(6)
     );
+    // Type 4 was RecipientResult in version 1; it is no type now.
+    assert_eq!(
+        decode_error(&resealed(envelope.clone(), |b| b[16] = 4)),
+        DecodeError::BadType(4)
+    );
     assert_eq!(
         decode_error(&resealed(envelope.clone(), |b| b[17] = 1)),
         DecodeError::BadRecordFlags(1)
@@ -343,7 +357,11 @@ fn decoder_names_each_fault() {
     );
     assert_eq!(
         decode_error(&resealed(envelope.clone(), |b| b[payload..payload + 16].fill(0))),
-        DecodeError::Invariant(LimitError::QueueIdZero)
+        DecodeError::Invariant(LimitError::QueueIdNotHex)
+    );
+    assert_eq!(
+        decode_error(&resealed(envelope.clone(), |b| b[payload + 15] = b'g')),
+        DecodeError::Invariant(LimitError::QueueIdNotHex)
     );
 
     let mut padding = Vec::new();
@@ -383,15 +401,23 @@ fn decoder_names_each_fault() {
         }
     );
 
-    let mut result_bytes = Vec::new();
-    encode(
-        &head(5, RecordBody::RecipientResult(recipient_result())),
-        &mut result_bytes,
-    )
-    .unwrap();
+    // The first recipient entry follows the fixed part and the variable fields.
+    let fields = envelope_inline();
+    let recipient = payload
+        + ENVELOPE_FIXED_SIZE_BYTES
+        + fields.sender.len()
+        + fields.mail_params.len()
+        + fields.client_address.len()
+        + fields.client_helo.len()
+        + fields.headers_prepended.len();
+    assert_eq!(envelope[recipient], RecipientState::Pending as u8);
     assert_eq!(
-        decode_error(&resealed(result_bytes, |b| b[payload + 28] = 0)),
+        decode_error(&resealed(envelope.clone(), |b| b[recipient] = 0)),
         DecodeError::BadRecipientState(0)
+    );
+    assert_eq!(
+        decode_error(&resealed(envelope.clone(), |b| b[recipient] = 4)),
+        DecodeError::BadRecipientState(4)
     );
 }
 
@@ -436,8 +462,16 @@ fn segment_header_faults() {
         Err(SegmentHeaderError::BadChecksum { .. })
     ));
     assert_eq!(
-        header_resealed(|b| b[8] = 2),
-        Err(SegmentHeaderError::UnsupportedVersion(2))
+        header_resealed(|b| b[8] = 3),
+        Err(SegmentHeaderError::UnsupportedVersion(3))
+    );
+    assert_eq!(
+        header_resealed(|b| b[8] = 0),
+        Err(SegmentHeaderError::UnsupportedVersion(0))
+    );
+    assert_eq!(
+        header_resealed(|b| b[8] = 1).map(|h| h.format_version),
+        Ok(1)
     );
     assert_eq!(
         header_resealed(|b| b[10] = 0),
@@ -487,27 +521,14 @@ fn batch_padding_rules() {
     );
 
     // A record that leaves a gap too short for a padding header: the padding
-    // runs through the next block.
-    let reply_size = 4096 - 23 - RECORD_HEADER_SIZE_BYTES - RECIPIENT_RESULT_FIXED_SIZE_BYTES;
-    let mut result = recipient_result();
-    let reply = vec![b'r'; reply_size];
-    result.reply = &reply[..REPLY_SIZE_BYTES_MAX.min(reply_size)];
-    // Replies are bounded, so fill the block with several results instead.
+    // runs through the next block. An inline body sized to end 23 bytes
+    // before the block boundary.
+    let mut envelope = envelope_inline();
+    envelope.body = BodyRef::Inline(&[]);
+    let empty_size = encoded_size_bytes(&RecordBody::Envelope(envelope.clone()));
+    envelope.body = BodyRef::Inline(&BIG[..4096 - 23 - empty_size]);
     let mut builder = BatchBuilder::new(vec![0u8; 3 * 4096], LogKind::Head, SHARD_INDEX, 1);
-    let mut used = 0;
-    let mut sequence = 1;
-    while used < 4096 - 23 {
-        let left = 4096 - 23 - used;
-        let reply_size = (left - RECORD_HEADER_SIZE_BYTES - RECIPIENT_RESULT_FIXED_SIZE_BYTES)
-            .min(REPLY_SIZE_BYTES_MAX);
-        result.reply = &reply[..reply_size];
-        assert_eq!(
-            builder.push(&RecordBody::RecipientResult(result)),
-            Ok(sequence)
-        );
-        sequence += 1;
-        used = builder.size_bytes();
-    }
+    assert_eq!(builder.push(&RecordBody::Envelope(envelope)), Ok(1));
     assert_eq!(builder.size_bytes(), 4096 - 23);
     assert_eq!(
         builder.push(&RecordBody::Padding {

@@ -74,9 +74,11 @@ fn slice<'a>(rng: &mut Rng, pool: &'a [u8], min: usize, max: usize) -> &'a [u8] 
 }
 
 fn queue_id(rng: &mut Rng) -> QueueId {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     let mut bytes = [0u8; 16];
-    rng.fill(&mut bytes);
-    bytes[0] |= 1;
+    for byte in &mut bytes {
+        *byte = DIGITS[rng.below(16) as usize];
+    }
     QueueId(bytes)
 }
 
@@ -154,18 +156,10 @@ fn envelope<'a>(rng: &mut Rng, pool: &'a [u8], replacement: bool) -> Envelope<'a
 }
 
 fn body<'a>(rng: &mut Rng, pool: &'a [u8], padding: bool) -> RecordBody<'a> {
-    match rng.below(if padding { 5 } else { 4 }) {
+    match rng.below(if padding { 4 } else { 3 }) {
         0 => RecordBody::Envelope(envelope(rng, pool, false)),
         1 => RecordBody::ReplacementEnvelope(envelope(rng, pool, true)),
-        2 => RecordBody::RecipientResult(RecipientResult {
-            queue_id: queue_id(rng),
-            result_unix_ms: rng.next_u64(),
-            attempt_count: rng.next_u64() as u16,
-            recipient_index: rng.below(RECIPIENT_COUNT_MAX as u64) as u16,
-            state: state(rng),
-            reply: slice(rng, pool, 0, REPLY_SIZE_BYTES_MAX),
-        }),
-        3 => RecordBody::Completion(Completion {
+        2 => RecordBody::Completion(Completion {
             queue_id: queue_id(rng),
             completion_unix_ms: rng.next_u64(),
             attempt_count: rng.next_u64() as u16,
@@ -314,6 +308,7 @@ fn batches_read_back_and_torn_logs_keep_their_prefix() {
         let shard_index = rng.next_u64() as u16;
         let sequence_first = rng.below(1 << 48);
         let header = SegmentHeader {
+            format_version: FORMAT_VERSION_READ_MIN + rng.below(2) as u16,
             log_kind,
             shard_index,
             segment_sequence: rng.next_u64(),

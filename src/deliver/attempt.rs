@@ -123,6 +123,16 @@ impl Deliverer {
     /// One delivery attempt for every pending recipient of `env`: each
     /// recipient's outcome and where it went.
     pub async fn deliver_pending(&self, env: &Envelope) -> Vec<Attempted> {
+        // A body file that is not what its envelope says is never
+        // delivered: every pending recipient waits for the next attempt
+        // (the queue has logged what is wrong with it).
+        if let Err(damaged) = self.queue.check_body(env).await {
+            let reply = Reply::new(451, Enhanced(4, 3, 0), format!("queued content is damaged: {}", damaged.problem));
+            return (0..env.recipients.len())
+                .filter(|&i| env.recipients[i].state == RcptState::Pending)
+                .map(|i| (i, RcptOutcome::Transient(reply.clone()), "queue".to_string()))
+                .collect();
+        }
         let id = env.id.as_str();
         let mut groups: std::collections::BTreeMap<Path, Vec<usize>> =
             std::collections::BTreeMap::new();

@@ -215,3 +215,29 @@ fn a_permanent_refusal_bounces_once_to_the_sender() {
         })
     });
 }
+
+#[test]
+fn a_damaged_body_file_is_deferred_never_delivered() {
+    testing::run(|| {
+        Box::pin(async {
+            let peer = Peer::start(Arc::new(|_: &str, _: usize| "250 2.0.0 ok\r\n".to_string()));
+            let dir = testing::tempdir("deliver-damaged");
+            let extra = format!("[delivery]\nsmarthost = \"127.0.0.1:{}\"\n", peer.port);
+            let t = testing::shard(testing::config(&dir, &extra), START_MS).await;
+            let mut body = b"Subject: large\r\n\r\n".to_vec();
+            while body.len() < 200_000 {
+                body.extend_from_slice(b"a line of a large message, stored in a body file of its own\r\n");
+            }
+            let id = accept(&t, &["far@example.net"], &body).await;
+            // One byte changed on disk after the commit.
+            let path = t.shard.queue.body_path(&id);
+            let mut stored = std::fs::read(&path).unwrap();
+            stored[100_000] ^= 0x20;
+            std::fs::write(&path, stored).unwrap();
+            start_delivery(&t);
+            let queue = t.shard.queue.clone();
+            wait_for("the deferral", || queue.entry(&id).is_some_and(|e| e.attempt_count == 1 && !e.in_flight)).await;
+            assert!(peer.connections().is_empty(), "nothing went out: {:?}", peer.connections());
+        })
+    });
+}

@@ -77,18 +77,25 @@ impl Envelope {
     }
 }
 
-/// The 16 id bytes of a queue id (its ASCII hex digits).
+/// The record form of a queue id known to be well formed: one made by
+/// `Queue::next_id`, or read from a record (the decoder refuses any other,
+/// SPEC section 6.1). Anything else is a bug here, never disk content, and
+/// stops the program; text from outside goes through [`parse_queue_id`].
 pub fn queue_id_of(id: &str) -> QueueId {
-    let mut bytes = [b'0'; 16];
-    let src = id.as_bytes();
-    assert_eq!(src.len(), 16, "queue ids are 16 hex digits: {id:?}");
-    bytes.copy_from_slice(src);
-    QueueId(bytes)
+    match parse_queue_id(id) {
+        Ok(qid) => qid,
+        Err(_) => panic!("queue ids are 16 upper-case hex digits: {id:?}"),
+    }
+}
+
+/// The queue id spelt by text from outside (an operator's argument).
+pub fn parse_queue_id(id: &str) -> Result<QueueId, queue_format::LimitError> {
+    QueueId::parse(id.as_bytes())
 }
 
 /// The text form of a queue id read from the log.
 pub fn id_text(id: &QueueId) -> String {
-    String::from_utf8_lossy(&id.0).into_owned()
+    id.to_string()
 }
 
 fn state_to_format(state: RcptState) -> RecipientState {

@@ -76,17 +76,34 @@ impl Staged {
 /// How a staged record ended: durable at a location, or refused.
 pub struct Waiter {
     outcome: Cell<Option<Result<Location, QueueError>>>,
+    /// The record failed, but after its batch's write was issued: it may be
+    /// on disk, and recovery may trust it (SPEC section 11, case 7).
+    maybe_on_disk: Cell<bool>,
     event: event_listener::Event,
 }
 
 impl Waiter {
     pub fn new() -> Rc<Waiter> {
-        Rc::new(Waiter { outcome: Cell::new(None), event: event_listener::Event::new() })
+        Rc::new(Waiter {
+            outcome: Cell::new(None),
+            maybe_on_disk: Cell::new(false),
+            event: event_listener::Event::new(),
+        })
     }
 
     pub fn finish(&self, outcome: Result<Location, QueueError>) {
         self.outcome.set(Some(outcome));
         self.event.notify(usize::MAX);
+    }
+
+    /// The batch failed; `maybe_on_disk` says whether its write was issued.
+    pub fn fail(&self, error: QueueError, maybe_on_disk: bool) {
+        self.maybe_on_disk.set(maybe_on_disk);
+        self.finish(Err(error));
+    }
+
+    pub fn maybe_on_disk(&self) -> bool {
+        self.maybe_on_disk.get()
     }
 
     /// Waits until the batch holding the record was flushed (or failed).
@@ -110,6 +127,24 @@ pub struct Segment<F> {
     /// taking records; it is kept until that head segment is gone
     /// (SPEC section 13). None while it is the active segment.
     pub sealed_head_sequence: Option<u64>,
+}
+
+impl<F> Segment<F> {
+    /// The index points at one more record of this segment.
+    pub fn live_add(&mut self) {
+        self.live = self
+            .live
+            .checked_add(1)
+            .unwrap_or_else(|| panic!("invariant: segment {} has more live records than a segment holds", self.name));
+    }
+
+    /// The index stopped pointing at one record of this segment.
+    pub fn live_remove(&mut self) {
+        self.live = self
+            .live
+            .checked_sub(1)
+            .unwrap_or_else(|| panic!("invariant: segment {} lost a live record it was not counted for", self.name));
+    }
 }
 
 /// The segment taking batches.
@@ -218,18 +253,49 @@ impl<F> LogState<F> {
             count += 1;
         }
         let taken: Vec<_> = self.staged.drain(..count).collect();
-        self.staged_bytes = self.staged_bytes.saturating_sub(size);
-        self.staged_urgent -= taken.iter().filter(|(staged, _)| staged.is_urgent()).count();
+        let urgent = taken.iter().filter(|(staged, _)| staged.is_urgent()).count();
+        self.staged_bytes = self
+            .staged_bytes
+            .checked_sub(size)
+            .expect("invariant: staged_bytes counts every staged record's encoded size");
+        self.staged_urgent = self
+            .staged_urgent
+            .checked_sub(urgent)
+            .expect("invariant: staged_urgent counts every staged record but completions");
+        self.check_staged(true);
         (taken, size)
+    }
+
+    /// The staged counters agree with the staged records: always the cheap
+    /// bounds; with `exact`, in debug builds, the sums themselves (once per
+    /// batch, not per record staged, to keep staging O(1)).
+    fn check_staged(&self, exact: bool) {
+        assert!(self.staged_urgent <= self.staged.len(), "invariant: more urgent records counted than staged");
+        assert_eq!(
+            self.staged.is_empty(),
+            self.staged_bytes == 0,
+            "invariant: staged_bytes is 0 exactly when nothing is staged"
+        );
+        if !exact {
+            return;
+        }
+        debug_assert_eq!(
+            self.staged_urgent,
+            self.staged.iter().filter(|(staged, _)| staged.is_urgent()).count(),
+            "invariant: staged_urgent"
+        );
+        debug_assert_eq!(
+            self.staged_bytes,
+            self.staged.iter().map(|(staged, _)| encoded_size_bytes(&staged.body())).sum::<usize>(),
+            "invariant: staged_bytes"
+        );
     }
 
     /// Whether the batch of `padded` bytes needs a new segment first.
     pub fn needs_segment(&self, padded: usize) -> bool {
         match &self.active {
             None => true,
-            Some(active) => {
-                self.rotate_requested || active.write_offset + padded as u64 > self.segment_size_bytes
-            }
+            Some(active) => self.rotate_requested || active.write_offset + padded as u64 > self.segment_size_bytes,
         }
     }
 
@@ -242,6 +308,7 @@ impl<F> LogState<F> {
         let mut bytes = vec![0u8; header_bytes + padded];
         if active.header_pending {
             let header = SegmentHeader {
+                format_version: queue_format::FORMAT_VERSION,
                 log_kind: self.kind,
                 shard_index: self.shard_index,
                 segment_sequence: active.sequence,
@@ -300,11 +367,18 @@ impl<F> LogState<F> {
     pub fn restage_front(&mut self, records: Vec<(Staged, Rc<Waiter>)>) {
         let mut again: Vec<(Staged, Rc<Waiter>)> = records;
         for (staged, _) in &again {
-            self.staged_bytes += encoded_size_bytes(&staged.body());
-            self.staged_urgent += usize::from(staged.is_urgent());
+            self.count_staged(staged);
         }
         again.append(&mut self.staged);
         self.staged = again;
+        self.check_staged(true);
+    }
+
+    fn count_staged(&mut self, staged: &Staged) {
+        let size = encoded_size_bytes(&staged.body());
+        self.staged_bytes = self.staged_bytes.checked_add(size).expect("staged bytes fit usize");
+        self.staged_urgent =
+            self.staged_urgent.checked_add(usize::from(staged.is_urgent())).expect("staged records fit usize");
     }
 
     /// Stage a record; the caller waits on the returned waiter.
@@ -319,9 +393,9 @@ impl<F> LogState<F> {
             ))));
         }
         let waiter = Waiter::new();
-        self.staged_bytes += size;
-        self.staged_urgent += usize::from(staged.is_urgent());
+        self.count_staged(&staged);
         self.staged.push((staged, waiter.clone()));
+        self.check_staged(false);
         Ok(waiter)
     }
 
@@ -331,5 +405,128 @@ impl<F> LogState<F> {
 
     pub fn oldest_segment(&self) -> Option<u64> {
         self.segments.keys().next().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::envelope::{Body, Recipient};
+    use crate::queue::RcptState;
+    use queue_format::CompletionReason;
+    use std::sync::Arc;
+
+    fn envelope(id: &str) -> Staged {
+        Staged::envelope(Envelope {
+            id: id.into(),
+            sender: crate::smtp::address::ReversePath::Path(crate::queue::stored_address("s@example.org").unwrap()),
+            recipients: vec![Recipient {
+                address: crate::queue::stored_address("r@example.net").unwrap(),
+                state: RcptState::Pending,
+                last_reply: String::new(),
+            }],
+            arrival_unix_ms: 1_000,
+            next_retry_unix_ms: 1_000,
+            attempt_count: 0,
+            size_bytes: 3,
+            body_8bit: false,
+            body_binary: false,
+            smtputf8: false,
+            client: "[127.0.0.1]:1".into(),
+            helo: "h".into(),
+            body: Body::Inline(Arc::from(&b"abc"[..])),
+        })
+    }
+
+    fn completion(id: &str) -> Staged {
+        Staged::Completion(Completion {
+            queue_id: crate::queue::envelope::queue_id_of(id),
+            completion_unix_ms: 5,
+            attempt_count: 0,
+            reason: CompletionReason::Done,
+        })
+    }
+
+    fn log() -> LogState<()> {
+        LogState::new(LogKind::Head, 0, 64 * 1024)
+    }
+
+    #[test]
+    fn staged_counters_follow_stage_take_and_restage() {
+        let mut log = log();
+        log.stage(envelope("000000000000AA00")).unwrap();
+        log.stage(completion("000000000000BB00")).unwrap();
+        log.stage(envelope("000000000000CC00")).unwrap();
+        assert_eq!(log.staged_urgent, 2);
+        let size: usize = log.staged.iter().map(|(s, _)| encoded_size_bytes(&s.body())).sum();
+        assert_eq!(log.staged_bytes, size);
+        let (taken, taken_bytes) = log.take_batch();
+        assert_eq!((taken.len(), taken_bytes), (3, size));
+        assert_eq!((log.staged_urgent, log.staged_bytes), (0, 0));
+        // A failed batch's completion goes back in front.
+        let completions: Vec<_> = taken.into_iter().filter(|(s, _)| !s.is_urgent()).collect();
+        log.stage(envelope("000000000000DD00")).unwrap();
+        log.restage_front(completions);
+        assert_eq!(log.staged_urgent, 1);
+        assert!(matches!(log.staged[0].0, Staged::Completion(_)));
+        let (taken, _) = log.take_batch();
+        assert_eq!(taken.len(), 2);
+        assert_eq!((log.staged_urgent, log.staged_bytes), (0, 0));
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant: staged_urgent counts every staged record but completions")]
+    fn a_lost_urgent_count_is_caught_when_the_batch_is_taken() {
+        let mut log = log();
+        log.stage(envelope("000000000000AA00")).unwrap();
+        log.staged_urgent = 0;
+        log.take_batch();
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant: staged_bytes counts every staged record's encoded size")]
+    fn a_lost_byte_count_is_caught_when_the_batch_is_taken() {
+        let mut log = log();
+        log.stage(envelope("000000000000AA00")).unwrap();
+        log.staged_bytes = 10;
+        log.take_batch();
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant: staged_urgent")]
+    fn an_urgent_count_that_disagrees_with_the_records_is_caught() {
+        let mut log = log();
+        log.stage(completion("000000000000AA00")).unwrap();
+        log.staged_urgent = 1;
+        log.restage_front(Vec::new());
+    }
+
+    fn segment() -> Segment<()> {
+        Segment { file: Rc::new(()), name: "head-0000000000000001.seg".into(), live: 0, sealed_head_sequence: None }
+    }
+
+    #[test]
+    fn live_counts_go_up_and_down() {
+        let mut segment = segment();
+        segment.live_add();
+        segment.live_add();
+        segment.live_remove();
+        assert_eq!(segment.live, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant: segment head-0000000000000001.seg lost a live record it was not counted for")]
+    fn a_live_count_below_zero_is_caught() {
+        segment().live_remove();
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "invariant: segment head-0000000000000001.seg has more live records than a segment holds"
+    )]
+    fn a_live_count_past_its_type_is_caught() {
+        let mut segment = segment();
+        segment.live = u32::MAX;
+        segment.live_add();
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use queue_format::{LogKind, LogReader, LogStop, QueueId, RecordBody, SegmentHeader, StopReason};
+use queue_format::{LogKind, LogReader, LogStop, QueueId, RecordBody, SegmentHeader, SegmentHeaderError, StopReason};
 
 use super::envelope::Envelope;
 use super::log::Location;
@@ -23,6 +23,8 @@ pub struct ScannedSegment {
     pub name: String,
     /// None: the header failed its checks; the segment holds nothing trusted.
     pub header: Option<SegmentHeader>,
+    /// Why the header failed its checks.
+    pub header_error: Option<SegmentHeaderError>,
     pub stop: Option<LogStop>,
     pub records: u64,
     /// A problem worth a log line (media damage, a misnamed file).
@@ -73,6 +75,7 @@ impl Scan {
                     sequence,
                     name: name.to_string(),
                     header: None,
+                    header_error: Some(e),
                     stop: None,
                     records: 0,
                     problem: Some(format!("segment header refused: {e}")),
@@ -85,6 +88,7 @@ impl Scan {
             sequence,
             name: name.to_string(),
             header: Some(header),
+            header_error: None,
             stop: None,
             records: 0,
             problem: None,
@@ -143,24 +147,6 @@ impl Scan {
                         );
                     }
                 }
-                RecordBody::RecipientResult(result) => {
-                    // Results of the newest generation update its recipient.
-                    if let Some(candidate) = self.live.get_mut(&result.queue_id) {
-                        if candidate.attempt_count == result.attempt_count && candidate.location.log == kind {
-                            if let Some(env) = candidate.envelope.as_mut() {
-                                let index = result.recipient_index as usize;
-                                if let Some(r) = env.recipients.get_mut(index) {
-                                    r.state = match result.state {
-                                        queue_format::RecipientState::Pending => super::RcptState::Pending,
-                                        queue_format::RecipientState::Delivered => super::RcptState::Delivered,
-                                        queue_format::RecipientState::Failed => super::RcptState::Failed,
-                                    };
-                                    r.last_reply = String::from_utf8_lossy(result.reply).into_owned();
-                                }
-                            }
-                        }
-                    }
-                }
                 RecordBody::Completion(c) => {
                     self.live.remove(&c.queue_id);
                     self.completed.insert(c.queue_id);
@@ -172,16 +158,52 @@ impl Scan {
         scanned.stop = stop;
         if let Some(stop) = stop {
             if !stop.reason.is_clean() {
-                scanned.problem = Some(format!("log ends at offset {}: {:?}", stop.offset, stop.reason));
+                scanned.problem = Some(format!(
+                    "log ends at offset {}: {}",
+                    stop.offset,
+                    queue_format::dump::stop_reason(&stop.reason)
+                ));
             }
         }
         self.segments.push(scanned);
+    }
+
+    /// The first segment whose header is whole but of a version this build
+    /// does not read: its name and version.
+    pub fn unsupported_version(&self) -> Option<(&str, u16)> {
+        self.segments.iter().find_map(|s| match s.header_error {
+            Some(SegmentHeaderError::UnsupportedVersion(version)) => Some((s.name.as_str(), version)),
+            _ => None,
+        })
     }
 
     /// The stop of each segment that ended neither cleanly nor at the end:
     /// expected only in the newest segment of a log (a torn last batch).
     pub fn damaged(&self) -> impl Iterator<Item = &ScannedSegment> {
         self.segments.iter().filter(|s| s.problem.is_some())
+    }
+}
+
+/// Why recovery refuses to open a shard's spool. Each is a spool this build
+/// cannot read whole; nothing in it is changed, and the shard does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(
+        "segment {file} is {size_bytes} bytes, above queue.segment_size_bytes ({size_bytes_max}): \
+         not read; set queue.segment_size_bytes to at least {size_bytes} to read it"
+    )]
+    SegmentTooLarge { file: String, size_bytes: u64, size_bytes_max: u64 },
+    #[error(
+        "segment {file} is in queue format version {version}; this build reads versions {} to {}",
+        queue_format::FORMAT_VERSION_READ_MIN,
+        queue_format::FORMAT_VERSION
+    )]
+    UnsupportedVersion { file: String, version: u16 },
+}
+
+impl From<RecoveryError> for std::io::Error {
+    fn from(error: RecoveryError) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, error)
     }
 }
 
@@ -295,7 +317,11 @@ mod tests {
             LogKind::Head,
             1,
             1,
-            vec![vec![Staged::envelope(env(A, 0))], vec![Staged::envelope(env(B, 0))], vec![Staged::envelope(env(C, 0))]],
+            vec![
+                vec![Staged::envelope(env(A, 0))],
+                vec![Staged::envelope(env(B, 0))],
+                vec![Staged::envelope(env(C, 0))],
+            ],
         );
         // Tear the second batch (block 2): one byte flipped inside B's record.
         head[2 * 4096 + 100] ^= 0xFF;

@@ -1,16 +1,24 @@
-//! Storage under the envelope logs: a directory of segment files written
-//! with O_DIRECT at block-aligned offsets and flushed with fdatasync.
+//! Storage under the queue: a directory of segment files written with
+//! O_DIRECT at block-aligned offsets and flushed with fdatasync, and of body
+//! files written front to back while a message is received.
 //!
 //! Place in the pipeline: the lowest layer of the queue. The log committer
-//! (`log.rs`), recovery (`recover.rs`) and the runners (`runner.rs`) reach
-//! the disk only through [`Storage`] and [`SegmentFile`], so the tests can
-//! put [`FaultStorage`] underneath and make writes torn or short, flushes
-//! fail, or the disk full, at the moment they choose.
+//! (`log.rs`), recovery (`recover.rs`), the runners (`runner.rs`) and the
+//! message writer and body check (`mod.rs`) reach the disk only through
+//! [`Storage`], [`SegmentFile`] and [`BodyFile`], so the tests can put
+//! [`FaultStorage`] underneath and make writes torn or short, flushes fail,
+//! or the disk full, at the moment they choose, on either kind of file.
 //!
-//! [`DiskStorage`] is the real one: glommio DMA files on io_uring. A segment
-//! is created at its full size with fallocate so that an fdatasync inside it
-//! flushes data, not file-size metadata, and the directory is flushed after
-//! every create, rename and remove so the name is as durable as the bytes.
+//! [`DiskStorage`] is the real one: glommio files on io_uring (DMA files for
+//! segments, buffered files for bodies). A segment is created at its full
+//! size with fallocate so that an fdatasync inside it flushes data, not
+//! file-size metadata, and the directory is flushed after every create,
+//! rename and remove so the name is as durable as the bytes.
+//!
+//! Errors keep their errno: glommio's own conversion of its file errors to
+//! `io::Error` keeps the kind and the text but drops the errno, so
+//! [`io_error`] converts instead, keeping the original error as the source,
+//! and [`errno_of`] finds it again through any wrapping.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -18,12 +26,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, DmaFile, OpenOptions};
+use glommio::GlommioError;
 
-/// A directory of segment files.
+/// A directory of segment files and body files.
 #[allow(async_fn_in_trait)]
 pub trait Storage {
     type File: SegmentFile;
+    type Body: BodyFile;
     /// Creates (or truncates) `name`, allocated to `size_bytes`.
     async fn create(&self, name: &str, size_bytes: u64) -> io::Result<Self::File>;
     /// Opens an existing file for reading and writing.
@@ -35,6 +45,27 @@ pub trait Storage {
     /// Every file name in the directory.
     fn list(&self) -> io::Result<Vec<String>>;
     fn path(&self) -> &Path;
+    /// Creates body file `name`, empty (truncated if it exists), for
+    /// writing and reading. Removed with [`Storage::remove`].
+    async fn create_body(&self, name: &str) -> io::Result<Self::Body>;
+    /// Opens an existing body file for reading.
+    async fn open_body(&self, name: &str) -> io::Result<Self::Body>;
+}
+
+/// One body file: written front to back while its message is received,
+/// flushed once before its envelope is staged (writer rule 4), read at
+/// delivery.
+#[allow(async_fn_in_trait)]
+pub trait BodyFile {
+    /// Writes `bytes` at `offset`; returns how many bytes were written.
+    /// Fewer than given means the file system ran out of room part-way.
+    async fn write_at(&self, bytes: Vec<u8>, offset: u64) -> io::Result<usize>;
+    /// fdatasync.
+    async fn sync(&self) -> io::Result<()>;
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    async fn size_bytes(&self) -> io::Result<u64>;
+    async fn close(self) -> io::Result<()>;
 }
 
 /// One segment file. Writes are whole 4 KiB blocks at block offsets.
@@ -49,8 +80,72 @@ pub trait SegmentFile {
     async fn size_bytes(&self) -> io::Result<u64>;
 }
 
-fn glommio_err(e: glommio::GlommioError<()>) -> io::Error {
-    e.into()
+/// Deepest chain of wrapped errors [`errno_of`] looks through.
+const ERROR_CHAIN_DEPTH_MAX: usize = 8;
+
+/// A glommio file error as an `io::Error` that keeps its errno: the
+/// original error is the source, under the operation and the path.
+pub fn io_error(error: GlommioError<()>) -> io::Error {
+    match error {
+        GlommioError::IoError(error) => error,
+        GlommioError::EnhancedIoError { source, op, path, .. } => {
+            let path = path.map(|p| p.display().to_string()).unwrap_or_default();
+            io::Error::new(source.kind(), FileOpError { op, path, source })
+        }
+        other => other.into(),
+    }
+}
+
+/// A file operation that failed, with the error the kernel returned.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct FileOpError {
+    pub op: &'static str,
+    pub path: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The errno behind an error: its own, or that of an error it wraps (an
+/// `io::Error` inside another, a [`FileOpError`], a glommio error, any
+/// `source()` chain), looking at most [`ERROR_CHAIN_DEPTH_MAX`] deep.
+pub fn errno_of(error: &io::Error) -> Option<i32> {
+    if let Some(errno) = error.raw_os_error() {
+        return Some(errno);
+    }
+    let mut next = inner_error(error);
+    for _ in 0..ERROR_CHAIN_DEPTH_MAX {
+        let current = next?;
+        if let Some(io) = current.downcast_ref::<io::Error>() {
+            if let Some(errno) = io.raw_os_error() {
+                return Some(errno);
+            }
+            // An io::Error's `source()` skips the error it carries; look at it.
+            next = inner_error(io);
+            continue;
+        }
+        if let Some(errno) = current.downcast_ref::<GlommioError<()>>().and_then(|g| g.raw_os_error()) {
+            return Some(errno);
+        }
+        next = current.source();
+    }
+    None
+}
+
+fn inner_error(error: &io::Error) -> Option<&(dyn std::error::Error + 'static)> {
+    error.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static))
+}
+
+/// Whether an error means the file system is full or the quota spent:
+/// ENOSPC or EDQUOT anywhere in it, or the kinds the standard library gives
+/// those errnos (kept by wrappers that drop the errno itself).
+pub fn is_no_space(error: &io::Error) -> bool {
+    matches!(errno_of(error), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || matches!(error.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+}
+
+fn glommio_err(e: GlommioError<()>) -> io::Error {
+    io_error(e)
 }
 
 /// Segment files on a real disk through glommio's DMA (O_DIRECT) files.
@@ -74,9 +169,17 @@ pub struct DiskFile {
     path: PathBuf,
 }
 
+/// A body file on disk: a glommio buffered file (page cache, io_uring).
+pub struct DiskBody {
+    file: BufferedFile,
+}
+
 impl Storage for DiskStorage {
     type File = DiskFile;
+    type Body = DiskBody;
 
+    /// On a failed allocation (a full disk) the file just created is
+    /// removed again: no empty segment is left behind.
     async fn create(&self, name: &str, size_bytes: u64) -> io::Result<DiskFile> {
         let file = OpenOptions::new()
             .read(true)
@@ -86,7 +189,11 @@ impl Storage for DiskStorage {
             .dma_open(self.dir.join(name))
             .await
             .map_err(glommio_err)?;
-        file.pre_allocate(size_bytes, false).await.map_err(glommio_err)?;
+        if let Err(error) = file.pre_allocate(size_bytes, false).await {
+            let _ = file.close().await;
+            let _ = glommio::io::remove(self.dir.join(name)).await;
+            return Err(glommio_err(error));
+        }
         Ok(DiskFile { file, path: self.dir.join(name) })
     }
 
@@ -118,6 +225,46 @@ impl Storage for DiskStorage {
 
     fn path(&self) -> &Path {
         &self.dir
+    }
+
+    async fn create_body(&self, name: &str) -> io::Result<DiskBody> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .buffered_open(self.dir.join(name))
+            .await
+            .map_err(glommio_err)?;
+        Ok(DiskBody { file })
+    }
+
+    async fn open_body(&self, name: &str) -> io::Result<DiskBody> {
+        let file = OpenOptions::new().read(true).buffered_open(self.dir.join(name)).await.map_err(glommio_err)?;
+        Ok(DiskBody { file })
+    }
+}
+
+impl BodyFile for DiskBody {
+    async fn write_at(&self, bytes: Vec<u8>, offset: u64) -> io::Result<usize> {
+        self.file.write_at(bytes, offset).await.map_err(glommio_err)
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(glommio_err)
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let read = self.file.read_at(offset, len).await.map_err(glommio_err)?;
+        Ok(read.to_vec())
+    }
+
+    async fn size_bytes(&self) -> io::Result<u64> {
+        self.file.file_size().await.map_err(glommio_err)
+    }
+
+    async fn close(self) -> io::Result<()> {
+        self.file.close().await.map_err(glommio_err)
     }
 }
 
@@ -162,7 +309,8 @@ impl SegmentFile for DiskFile {
 }
 
 /// What the next operations of a [`FaultStorage`] do wrong. Each fault
-/// fires once, on the next matching operation, then clears itself.
+/// fires once, on the next matching operation, then clears itself. Segment
+/// faults and body-file faults are apart, so a test says which file fails.
 #[derive(Default)]
 pub struct Faults {
     /// The next segment write fails with this errno, writing nothing.
@@ -180,6 +328,20 @@ pub struct Faults {
     /// Operations seen, for assertions: (writes, syncs).
     pub writes: Cell<u64>,
     pub syncs: Cell<u64>,
+    /// The next body-file creation fails with this errno, creating nothing.
+    pub body_create_error: Cell<Option<i32>>,
+    /// The next body-file write fails with this errno, writing nothing.
+    pub body_write_error: Cell<Option<i32>>,
+    /// The next body-file write stops after this many bytes and reports it.
+    pub body_write_short_bytes: Cell<Option<usize>>,
+    /// The next body-file write puts only this many leading bytes in the
+    /// file but reports success (a torn write: the rest stays as it was).
+    pub body_write_torn_bytes: Cell<Option<usize>>,
+    /// The next body-file fdatasync fails with this errno.
+    pub body_sync_error: Cell<Option<i32>>,
+    /// Body-file operations seen: (writes, syncs).
+    pub body_writes: Cell<u64>,
+    pub body_syncs: Cell<u64>,
 }
 
 /// The real storage with [`Faults`] injected: tests of the committer,
@@ -202,8 +364,14 @@ pub struct FaultFile {
     faults: Rc<Faults>,
 }
 
+pub struct FaultBody {
+    inner: DiskBody,
+    faults: Rc<Faults>,
+}
+
 impl Storage for FaultStorage {
     type File = FaultFile;
+    type Body = FaultBody;
 
     async fn create(&self, name: &str, size_bytes: u64) -> io::Result<FaultFile> {
         if let Some(errno) = self.faults.create_error.take() {
@@ -237,6 +405,66 @@ impl Storage for FaultStorage {
 
     fn path(&self) -> &Path {
         self.inner.path()
+    }
+
+    async fn create_body(&self, name: &str) -> io::Result<FaultBody> {
+        if let Some(errno) = self.faults.body_create_error.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let inner = self.inner.create_body(name).await?;
+        Ok(FaultBody { inner, faults: self.faults.clone() })
+    }
+
+    async fn open_body(&self, name: &str) -> io::Result<FaultBody> {
+        let inner = self.inner.open_body(name).await?;
+        Ok(FaultBody { inner, faults: self.faults.clone() })
+    }
+}
+
+impl BodyFile for FaultBody {
+    async fn write_at(&self, bytes: Vec<u8>, offset: u64) -> io::Result<usize> {
+        self.faults.body_writes.set(self.faults.body_writes.get() + 1);
+        if let Some(errno) = self.faults.body_write_error.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        if let Some(short) = self.faults.body_write_short_bytes.take() {
+            let short = short.min(bytes.len());
+            if short > 0 {
+                let written = self.inner.write_at(bytes[..short].to_vec(), offset).await?;
+                assert_eq!(written, short, "the disk under a fault test is not full");
+            }
+            return Ok(short);
+        }
+        if let Some(torn) = self.faults.body_write_torn_bytes.take() {
+            let len = bytes.len();
+            let torn = torn.min(len);
+            if torn > 0 {
+                let written = self.inner.write_at(bytes[..torn].to_vec(), offset).await?;
+                assert_eq!(written, torn, "the disk under a fault test is not full");
+            }
+            return Ok(len);
+        }
+        self.inner.write_at(bytes, offset).await
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.faults.body_syncs.set(self.faults.body_syncs.get() + 1);
+        if let Some(errno) = self.faults.body_sync_error.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        self.inner.sync().await
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.inner.read_at(offset, len).await
+    }
+
+    async fn size_bytes(&self) -> io::Result<u64> {
+        self.inner.size_bytes().await
+    }
+
+    async fn close(self) -> io::Result<()> {
+        self.inner.close().await
     }
 }
 

@@ -1,7 +1,9 @@
 //! Tests of the queue on a real directory with faults injected: group
-//! commit, what a failed flush, a full disk, a short or torn write
-//! acknowledges (nothing), recovery after each, garbage collection and the
-//! retry runners.
+//! commit, what a failed flush, a full disk, a short or torn write (of a
+//! segment or of a body file) acknowledges (nothing), recovery after each,
+//! the body check at delivery, garbage collection and the retry runners;
+//! how errors are classified; and one test on a real, small, full file
+//! system.
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -87,10 +89,14 @@ fn template(id: &str) -> Envelope {
     }
 }
 
+/// Receives and commits a message as ingress does: a failed write aborts.
 async fn accept<S: Storage + 'static>(queue: &Queue<S>, body: &[u8]) -> Result<Envelope, QueueError> {
     let mut writer = queue.create().await?;
     for chunk in body.chunks(1000) {
-        writer.write(chunk).await?;
+        if let Err(e) = writer.write(chunk).await {
+            writer.abort().await;
+            return Err(e);
+        }
     }
     let env = template(writer.id());
     writer.commit(queue, env).await?;
@@ -102,6 +108,11 @@ async fn accept<S: Storage + 'static>(queue: &Queue<S>, body: &[u8]) -> Result<E
 
 fn unix_now_ms() -> u64 {
     crate::clock::system_unix_ms()
+}
+
+/// A body larger than `params().inline_max_bytes`: it gets a body file.
+fn large_body(size_bytes: usize) -> Vec<u8> {
+    (0..size_bytes).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
 fn files(dir: &std::path::Path, prefix: &str) -> Vec<String> {
@@ -277,9 +288,14 @@ fn dead_segments_are_collected_oldest_first_and_live_ones_kept() {
             assert_eq!(q.queue.segment_counts().0, files(&dir, "head-").len());
             assert!(files(&dir, "free-").is_empty());
             q.queue.complete(&keep, CompletionReason::Done).unwrap();
-            // One more flush wakes the collector.
+            // One more flush wakes the collector. It removes files one by
+            // one, behind whatever else the disk is flushing: wait for it,
+            // within a bound.
             accept(&q.queue, b"late\r\n").await.unwrap();
-            glommio::timer::sleep(Duration::from_millis(100)).await;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while files(&dir, "head-").len() > 1 && std::time::Instant::now() < deadline {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
             let head_after = files(&dir, "head-");
             assert_eq!(head_after.len(), 1, "only the active segment is left: {head_after:?}");
             assert_eq!(files(&dir, "free-").len(), log::FREE_SEGMENTS_MAX, "freed files kept for reuse");
@@ -368,4 +384,561 @@ fn a_completion_whose_flush_failed_is_written_again() {
             assert!(q.fresh.is_empty());
         })
     });
+}
+
+// --- Errors classified by errno, however they are wrapped ---------------
+
+/// The error glommio returns from a file operation (`create_enhanced`).
+fn glommio_enhanced(errno: i32, op: &'static str) -> glommio::GlommioError<()> {
+    glommio::GlommioError::EnhancedIoError {
+        source: std::io::Error::from_raw_os_error(errno),
+        op,
+        path: Some(PathBuf::from("/spool/shard-0/head-0000000000000002.seg")),
+        fd: Some(7),
+    }
+}
+
+/// A wrapper of our own around a wrapped error, reached through `source()`.
+#[derive(Debug, thiserror::Error)]
+#[error("while opening a segment: {source}")]
+struct Opening {
+    #[source]
+    source: storage::FileOpError,
+}
+
+fn is_452(error: &QueueError) -> bool {
+    matches!(error, QueueError::NoSpace(_)) && error.reply().summary().starts_with("452 4.3.1")
+}
+
+fn is_451(error: &QueueError) -> bool {
+    matches!(error, QueueError::Io(_)) && error.reply().summary().starts_with("451 4.3.0")
+}
+
+#[test]
+fn full_disk_errors_are_452_however_they_are_wrapped() {
+    use std::io::{Error, ErrorKind};
+    for errno in [libc::ENOSPC, libc::EDQUOT] {
+        // glommio's error itself, and our conversion of it.
+        let error = QueueError::from(glommio_enhanced(errno, "Pre-allocate space"));
+        assert!(is_452(&error), "{error:?}");
+        let converted = storage::io_error(glommio_enhanced(errno, "Pre-allocate space"));
+        assert_eq!(storage::errno_of(&converted), Some(errno));
+        assert!(
+            converted.to_string().contains("Pre-allocate space /spool/shard-0/head-0000000000000002.seg"),
+            "{converted}"
+        );
+        // glommio's own conversion to io::Error drops the errno (the
+        // source becomes text), keeping only the kind.
+        let lossy = Error::from(glommio_enhanced(errno, "Writing"));
+        assert_eq!(lossy.raw_os_error(), None);
+        assert!(is_452(&QueueError::from(lossy)));
+        // Plain, and an io::Error inside an io::Error of another kind.
+        assert!(is_452(&QueueError::from(glommio::GlommioError::<()>::IoError(Error::from_raw_os_error(errno)))));
+        assert!(is_452(&QueueError::from(Error::from_raw_os_error(errno))));
+        let nested = Error::other(Error::from_raw_os_error(errno));
+        assert_eq!(nested.kind(), ErrorKind::Other);
+        assert!(is_452(&QueueError::from(nested)));
+        // Deeper: a custom error whose source chain ends in the errno.
+        let source = storage::FileOpError { op: "Syncing", path: "x".into(), source: Error::from_raw_os_error(errno) };
+        let deep = Error::other(Opening { source });
+        assert_eq!(storage::errno_of(&deep), Some(errno));
+        assert!(is_452(&QueueError::from(deep)));
+    }
+    // Anything else is a 451.
+    assert!(is_451(&QueueError::from(glommio_enhanced(libc::EIO, "Syncing"))));
+    assert!(is_451(&QueueError::from(Error::from(glommio_enhanced(libc::EIO, "Syncing")))));
+    assert!(is_451(&QueueError::from(Error::other("record refused"))));
+    assert!(is_451(&QueueError::from(Error::other(Error::from_raw_os_error(libc::EBADF)))));
+    assert_eq!(storage::errno_of(&Error::other("no errno here")), None);
+    // A failed batch hands every waiter a copy with the same class.
+    assert!(is_452(&QueueError::from(glommio_enhanced(libc::ENOSPC, "Writing")).duplicate()));
+    assert!(is_451(&QueueError::from(glommio_enhanced(libc::EIO, "Writing")).duplicate()));
+}
+
+// --- Body files behind the storage trait --------------------------------
+
+#[test]
+fn a_full_disk_while_writing_a_body_file_is_452_and_leaves_nothing() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("body-enospc");
+            let q = open(&dir, params()).await;
+            let body = large_body(5000);
+            // The file cannot be created, or a write fails, or a write is short.
+            q.faults.body_create_error.set(Some(libc::ENOSPC));
+            let error = accept(&q.queue, &body).await.unwrap_err();
+            assert!(is_452(&error), "{error:?}");
+            q.faults.body_write_error.set(Some(libc::ENOSPC));
+            let error = accept(&q.queue, &body).await.unwrap_err();
+            assert!(is_452(&error), "{error:?}");
+            q.faults.body_write_error.set(Some(libc::EDQUOT));
+            let error = accept(&q.queue, &body).await.unwrap_err();
+            assert!(is_452(&error), "{error:?}");
+            q.faults.body_write_short_bytes.set(Some(100));
+            let error = accept(&q.queue, &body).await.unwrap_err();
+            assert!(is_452(&error), "a short write is a full disk: {error:?}");
+            assert!(q.faults.body_writes.get() >= 3);
+            assert!(files(&dir, "body-").is_empty(), "no orphan body file: {:?}", files(&dir, "body-"));
+            assert_eq!(q.queue.live_count(), 0, "nothing acknowledged");
+            assert_eq!(q.faults.writes.get(), 0, "no envelope was written");
+            // The next message goes through.
+            let ok = accept(&q.queue, &body).await.unwrap();
+            assert_eq!(files(&dir, "body-"), vec![format!("body-{}", ok.id)]);
+            drop(q);
+            let q = open(&dir, params()).await;
+            assert_eq!(q.fresh.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec![ok.id.as_str()]);
+        })
+    });
+}
+
+#[test]
+fn a_failed_body_flush_acknowledges_nothing() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("body-sync");
+            let q = open(&dir, params()).await;
+            q.faults.body_sync_error.set(Some(libc::EIO));
+            let error = accept(&q.queue, &large_body(5000)).await.unwrap_err();
+            assert!(is_451(&error), "{error:?}");
+            assert_eq!(q.faults.body_syncs.get(), 1);
+            assert_eq!(q.faults.writes.get(), 0, "writer rule 4: no envelope before the body is durable");
+            assert!(files(&dir, "body-").is_empty());
+            assert_eq!(q.queue.live_count(), 0);
+            // A full disk reported by the flush is a 452.
+            q.faults.body_sync_error.set(Some(libc::ENOSPC));
+            assert!(is_452(&accept(&q.queue, &large_body(5000)).await.unwrap_err()));
+            drop(q);
+            let q = open(&dir, params()).await;
+            assert!(q.fresh.is_empty());
+        })
+    });
+}
+
+#[test]
+fn a_failed_envelope_flush_keeps_the_body_only_when_the_envelope_may_be_on_disk() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("body-keep");
+            let q = open(&dir, params()).await;
+            accept(&q.queue, b"first\r\n").await.unwrap();
+            // The segment's fdatasync fails: the envelope may be on disk, so
+            // its body stays for the recovery that might find it.
+            q.faults.sync_error.set(Some(libc::EIO));
+            let body = large_body(5000);
+            let lost = accept(&q.queue, &body).await;
+            assert!(is_451(&lost.unwrap_err()));
+            let kept = files(&dir, "body-");
+            assert_eq!(kept.len(), 1, "{kept:?}");
+            // No segment can be created: nothing was written, the body goes.
+            q.faults.create_error.set(Some(libc::ENOSPC));
+            q.queue.logs[0].borrow_mut().rotate_requested = true;
+            assert!(is_452(&accept(&q.queue, &body).await.unwrap_err()));
+            assert_eq!(files(&dir, "body-"), kept);
+            drop(q);
+            // After a restart the body serves its recovered envelope, or, if
+            // the envelope did not reach the disk, it is an orphan and goes.
+            let q = open(&dir, params()).await;
+            let recovered: Vec<&Envelope> = q.fresh.iter().filter(|e| matches!(e.body, Body::File { .. })).collect();
+            match recovered.as_slice() {
+                [] => assert!(files(&dir, "body-").is_empty()),
+                [env] => {
+                    assert_eq!(kept, vec![format!("body-{}", env.id)]);
+                    q.queue.check_body(env).await.unwrap();
+                }
+                more => panic!("{more:?}"),
+            }
+        })
+    });
+}
+
+// --- The body check at delivery -----------------------------------------
+
+#[test]
+fn check_body_refuses_truncated_changed_and_missing_body_files() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("check-body");
+            let q = open(&dir, params()).await;
+            // Larger than one check chunk, so the check reads several times.
+            let body = large_body(BODY_CHECK_CHUNK_BYTES * 2 + 1234);
+            let mut envs = Vec::new();
+            for _ in 0..4 {
+                envs.push(accept(&q.queue, &body).await.unwrap());
+            }
+            for env in &envs {
+                q.queue.check_body(env).await.unwrap();
+            }
+            let inline = accept(&q.queue, b"small\r\n").await.unwrap();
+            q.queue.check_body(&inline).await.unwrap();
+            let path = |env: &Envelope| q.queue.body_path(&env.id);
+            // Truncated.
+            std::fs::OpenOptions::new().write(true).open(path(&envs[0])).unwrap().set_len(1000).unwrap();
+            let damaged = q.queue.check_body(&envs[0]).await.unwrap_err();
+            assert_eq!(damaged.id, envs[0].id);
+            assert_eq!(damaged.file, format!("body-{}", envs[0].id));
+            assert!(
+                matches!(damaged.problem, BodyProblem::Size { found_bytes: 1000, expected_bytes } if expected_bytes == body.len() as u64),
+                "{damaged}"
+            );
+            // One byte changed, far into the file.
+            let mut bytes = std::fs::read(path(&envs[1])).unwrap();
+            bytes[BODY_CHECK_CHUNK_BYTES + 17] ^= 0x20;
+            std::fs::write(path(&envs[1]), &bytes).unwrap();
+            let damaged = q.queue.check_body(&envs[1]).await.unwrap_err();
+            assert!(matches!(damaged.problem, BodyProblem::Checksum { .. }), "{damaged}");
+            // Gone.
+            std::fs::remove_file(path(&envs[2])).unwrap();
+            let damaged = q.queue.check_body(&envs[2]).await.unwrap_err();
+            assert!(matches!(damaged.problem, BodyProblem::Missing), "{damaged}");
+            assert!(damaged.to_string().contains("missing"));
+            // Longer than it should be.
+            let mut longer = std::fs::read(path(&envs[3])).unwrap();
+            longer.push(b'\n');
+            std::fs::write(path(&envs[3]), &longer).unwrap();
+            assert!(matches!(q.queue.check_body(&envs[3]).await.unwrap_err().problem, BodyProblem::Size { .. }));
+        })
+    });
+}
+
+#[test]
+fn a_torn_body_write_is_caught_by_the_body_check() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("body-torn");
+            let q = open(&dir, params()).await;
+            // The write claims success but only its first 512 bytes land.
+            q.faults.body_write_torn_bytes.set(Some(512));
+            let env = accept(&q.queue, &large_body(5000)).await.unwrap();
+            let damaged = q.queue.check_body(&env).await.unwrap_err();
+            assert!(
+                matches!(damaged.problem, BodyProblem::Size { found_bytes: 512, expected_bytes: 5000 }),
+                "{damaged}"
+            );
+        })
+    });
+}
+
+// --- Queue ids and format versions as the spec states them --------------
+
+/// Overwrites the queue id of the record at `location` and seals it again
+/// (a fresh CRC32C): a well-framed record whose id is not hex.
+fn replace_queue_id(dir: &std::path::Path, location: log::Location, id: &[u8; 16]) {
+    let name = log::segment_name(location.log, location.segment_sequence);
+    let mut bytes = std::fs::read(dir.join(&name)).unwrap();
+    let start = location.offset as usize;
+    let end = start + location.size_bytes as usize;
+    let payload = start + queue_format::RECORD_HEADER_SIZE_BYTES;
+    bytes[payload..payload + 16].copy_from_slice(id);
+    let checksum = queue_format::checksum::crc32c(&bytes[start + 4..end]);
+    bytes[start..start + 4].copy_from_slice(&checksum.to_le_bytes());
+    std::fs::write(dir.join(&name), &bytes).unwrap();
+}
+
+#[test]
+fn a_record_with_a_queue_id_that_is_not_hex_is_refused_at_recovery() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("bad-id");
+            let q = open(&dir, params()).await;
+            // Retry log: a deferred message. Head log: three batches.
+            let mut deferred = accept(&q.queue, b"deferred\r\n").await.unwrap();
+            deferred.attempt_count = 1;
+            deferred.next_retry_unix_ms = unix_now_ms() + 60_000;
+            q.queue.defer(&deferred).await.unwrap();
+            let a = accept(&q.queue, b"a\r\n").await.unwrap();
+            let b = accept(&q.queue, b"b\r\n").await.unwrap();
+            let c = accept(&q.queue, b"c\r\n").await.unwrap();
+            let location = q.queue.entry(&b.id).unwrap().location;
+            q.queue.close();
+            drop(q);
+            replace_queue_id(&dir, location, b"00064723bb4a01zz");
+            // Opens without a panic: the record is refused, the segment's log
+            // ends there (reported with its offset), the other segments are read.
+            let q = open(&dir, params()).await;
+            let fresh: Vec<&str> = q.fresh.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(fresh, vec![a.id.as_str()], "B is refused; C follows it in its segment and is not trusted");
+            assert!(q.queue.entry(&deferred.id).is_some(), "the retry segment is read");
+            assert!(q.queue.entry(&c.id).is_none());
+            assert!(q.queue.entry("not a queue id").is_none());
+            let view = tools::scan_shard(&dir).unwrap();
+            let damaged: Vec<_> = view.scan.damaged().collect();
+            assert_eq!(damaged.len(), 1);
+            let problem = damaged[0].problem.as_deref().unwrap();
+            assert_eq!(damaged[0].name, "head-0000000000000001.seg");
+            assert!(problem.contains(&format!("offset {}", location.offset)), "{problem}");
+            assert!(problem.contains("queue id is not 16 upper-case hex digits"), "{problem}");
+            // The queue goes on.
+            accept(&q.queue, b"after\r\n").await.unwrap();
+        })
+    });
+}
+
+#[test]
+fn a_version_1_segment_is_read() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("version-1");
+            let q = open(&dir, params()).await;
+            let acked = accept(&q.queue, b"written by version 1\r\n").await.unwrap();
+            q.queue.close();
+            drop(q);
+            // The same segment as a version 1 writer made it.
+            let name = "head-0000000000000001.seg";
+            let mut bytes = std::fs::read(dir.join(name)).unwrap();
+            bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+            let checksum = queue_format::checksum::crc32c(&bytes[..60]);
+            bytes[60..64].copy_from_slice(&checksum.to_le_bytes());
+            std::fs::write(dir.join(name), &bytes).unwrap();
+            let q = open(&dir, params()).await;
+            assert_eq!(q.fresh, vec![acked]);
+        })
+    });
+}
+
+#[test]
+fn a_segment_of_a_format_version_this_build_does_not_read_stops_the_start() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("version");
+            let q = open(&dir, params()).await;
+            accept(&q.queue, b"kept\r\n").await.unwrap();
+            q.queue.close();
+            drop(q);
+            let name = "head-0000000000000001.seg";
+            let mut bytes = std::fs::read(dir.join(name)).unwrap();
+            let future = queue_format::FORMAT_VERSION + 1;
+            bytes[8..10].copy_from_slice(&future.to_le_bytes());
+            let checksum = queue_format::checksum::crc32c(&bytes[..60]);
+            bytes[60..64].copy_from_slice(&checksum.to_le_bytes());
+            std::fs::write(dir.join(name), &bytes).unwrap();
+            let storage = FaultStorage::new(DiskStorage::open(&dir).await.unwrap());
+            let error = match Queue::open_with(storage, 0, params(), Clock::System).await {
+                Ok(_) => panic!("a segment of version {future} was opened"),
+                Err(error) => error,
+            };
+            match error.get_ref().and_then(|e| e.downcast_ref::<recover::RecoveryError>()) {
+                Some(recover::RecoveryError::UnsupportedVersion { file, version }) => {
+                    assert_eq!((file.as_str(), *version), (name, future));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(std::fs::read(dir.join(name)).unwrap(), bytes, "not recycled");
+        })
+    });
+}
+
+// --- Recovery reads bounded segments -----------------------------------
+
+#[test]
+fn a_segment_larger_than_the_segment_size_stops_the_start() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("too-large");
+            let q = open(&dir, params()).await;
+            let acked = accept(&q.queue, b"kept\r\n").await.unwrap();
+            q.queue.close();
+            drop(q);
+            let name = "head-0000000000000001.seg";
+            let size = std::fs::metadata(dir.join(name)).unwrap().len();
+            assert_eq!(size, params().segment_size_bytes);
+            std::fs::OpenOptions::new().write(true).open(dir.join(name)).unwrap().set_len(size * 2).unwrap();
+            let storage = FaultStorage::new(DiskStorage::open(&dir).await.unwrap());
+            let error = match Queue::open_with(storage, 0, params(), Clock::System).await {
+                Ok(_) => panic!("a segment larger than queue.segment_size_bytes was read"),
+                Err(error) => error,
+            };
+            let text = error.to_string();
+            assert!(
+                text.contains(name) && text.contains(&format!("{}", size * 2)) && text.contains(&size.to_string()),
+                "{text}"
+            );
+            match error.get_ref().and_then(|e| e.downcast_ref::<recover::RecoveryError>()) {
+                Some(recover::RecoveryError::SegmentTooLarge { file, size_bytes, size_bytes_max }) => {
+                    assert_eq!((file.as_str(), *size_bytes, *size_bytes_max), (name, size * 2, size));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(std::fs::metadata(dir.join(name)).unwrap().len(), size * 2, "left as it was");
+            // With the setting raised to its size, it is read and nothing is lost.
+            let mut larger = params();
+            larger.segment_size_bytes = size * 2;
+            let q = open(&dir, larger).await;
+            assert_eq!(q.fresh.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec![acked.id.as_str()]);
+        })
+    });
+}
+
+// --- Counters that must not wrap -----------------------------------------
+
+#[test]
+fn expected_records_are_counted_up_and_down() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("expected");
+            let q = open(&dir, params()).await;
+            let first = q.queue.expect_record();
+            let second = q.queue.expect_record();
+            assert_eq!(q.queue.expected.get(), 2);
+            drop(first);
+            drop(second);
+            assert_eq!(q.queue.expected.get(), 0);
+        })
+    });
+}
+
+#[test]
+#[should_panic(expected = "invariant: one expected record counted per RecordExpected alive")]
+fn an_expected_record_dropped_twice_is_caught() {
+    let counter = Rc::new(Cell::new(0usize));
+    drop(RecordExpected { expected: counter });
+}
+
+// --- A real, small, full file system --------------------------------------
+
+/// A 64 MiB ext4 image on a loop device, mounted; everything undone on drop,
+/// also when the test panics.
+struct SmallFileSystem {
+    image: PathBuf,
+    mount_point: PathBuf,
+    device: Option<String>,
+    mounted: bool,
+}
+
+const SMALL_FILE_SYSTEM_BYTES: u64 = 64 << 20;
+
+fn command(program: &str, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Why the small file system cannot be made here, if it cannot.
+fn small_file_system_missing() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root (loop devices and mount need it)".into());
+    }
+    let dirs = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+    for tool in ["losetup", "mkfs.ext4", "mount", "umount"] {
+        if !dirs.iter().any(|d| std::path::Path::new(d).join(tool).exists()) {
+            return Some(format!("{tool} not found"));
+        }
+    }
+    None
+}
+
+impl SmallFileSystem {
+    /// None (with a printed note) where the tools or root are missing,
+    /// unless `RINGPOST_TESTS_PREFLIGHT=1` says they were checked: then
+    /// their absence fails the test.
+    fn make(name: &str) -> Option<SmallFileSystem> {
+        if let Some(why) = small_file_system_missing() {
+            if std::env::var("RINGPOST_TESTS_PREFLIGHT").as_deref() == Ok("1") {
+                panic!("the full-disk test cannot run although RINGPOST_TESTS_PREFLIGHT=1: {why}");
+            }
+            eprintln!("skipping the full-disk test on a small file system: {why}");
+            return None;
+        }
+        let base = std::env::temp_dir().join(format!("ringpost-smallfs-{name}-{}", std::process::id()));
+        let mut fs = SmallFileSystem {
+            image: base.with_extension("img"),
+            mount_point: base.with_extension("mnt"),
+            device: None,
+            mounted: false,
+        };
+        let image = std::fs::File::create(&fs.image).unwrap();
+        image.set_len(SMALL_FILE_SYSTEM_BYTES).unwrap();
+        drop(image);
+        let image_text = fs.image.to_str().unwrap().to_string();
+        command("mkfs.ext4", &["-q", "-F", "-m", "0", &image_text]).unwrap();
+        fs.device = Some(command("losetup", &["--find", "--show", &image_text]).unwrap());
+        std::fs::create_dir_all(&fs.mount_point).unwrap();
+        command("mount", &[fs.device.as_deref().unwrap(), fs.mount_point.to_str().unwrap()]).unwrap();
+        fs.mounted = true;
+        Some(fs)
+    }
+}
+
+/// Writes a file in `mount_point` until its file system is full; returns
+/// its path. Flushing can hand back blocks reserved while writing, so it
+/// fills, flushes, and fills again.
+fn fill_file_system(mount_point: &std::path::Path) -> PathBuf {
+    use std::io::Write;
+    let path = mount_point.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for _round in 0..3 {
+        for chunk_bytes in [1 << 20, 4096, 1] {
+            let chunk = vec![0x5a; chunk_bytes];
+            // A limit on the loop: the file system is 64 MiB.
+            for _ in 0..(SMALL_FILE_SYSTEM_BYTES as usize / chunk_bytes + 1) {
+                match file.write(&chunk) {
+                    Ok(n) if n == chunk_bytes => continue,
+                    Ok(_) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                    Err(e) => panic!("filling: {e}"),
+                }
+            }
+        }
+        let _ = file.sync_all();
+    }
+    path
+}
+
+impl Drop for SmallFileSystem {
+    fn drop(&mut self) {
+        if self.mounted {
+            let mount_point = self.mount_point.to_str().unwrap_or_default().to_string();
+            if command("umount", &[&mount_point]).is_err() {
+                // Still busy: detach it now, the kernel finishes when it can.
+                let _ = command("umount", &["-l", &mount_point]);
+            }
+        }
+        if let Some(device) = self.device.take() {
+            let _ = command("losetup", &["-d", &device]);
+        }
+        let _ = std::fs::remove_dir(&self.mount_point);
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+#[test]
+fn full_small_file_system_is_452_and_the_queue_works_again_once_space_is_freed() {
+    let Some(fs) = SmallFileSystem::make("full") else { return };
+    let mount_point = fs.mount_point.clone();
+    let spool = fs.mount_point.join("spool");
+    // The executor ends (and every file of the queue is closed) before `fs`
+    // is dropped, so the unmount is not refused as busy.
+    run(move || {
+        Box::pin(async move {
+            let dir = spool.join("shard-0");
+            std::fs::create_dir_all(&dir).unwrap();
+            let q = open(&dir, params()).await;
+            let filler = fill_file_system(&mount_point);
+            // The first batch needs a segment: its preallocation fails.
+            let error = accept(&q.queue, b"no room\r\n").await.unwrap_err();
+            assert!(is_452(&error), "segment preallocation on a full disk: {error:?}");
+            assert!(files(&dir, "head-").is_empty(), "no empty segment left behind: {:?}", files(&dir, "head-"));
+            // A large message: its body file cannot be written.
+            let error = accept(&q.queue, &large_body(256 * 1024)).await.unwrap_err();
+            assert!(is_452(&error), "body file on a full disk: {error:?}");
+            assert!(files(&dir, "body-").is_empty(), "no orphan body file: {:?}", files(&dir, "body-"));
+            assert_eq!(q.queue.live_count(), 0);
+            // Room again: the queue works without a restart.
+            std::fs::remove_file(&filler).unwrap();
+            // SAFETY: sync has no preconditions.
+            unsafe { libc::sync() };
+            let small = accept(&q.queue, b"room again\r\n").await.unwrap();
+            let large = accept(&q.queue, &large_body(256 * 1024)).await.unwrap();
+            q.queue.check_body(&large).await.unwrap();
+            q.queue.close();
+            drop(q);
+            let q = open(&dir, params()).await;
+            let ids: Vec<&str> = q.fresh.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(ids, vec![small.id.as_str(), large.id.as_str()]);
+            q.queue.close();
+        })
+    });
+    drop(fs);
 }

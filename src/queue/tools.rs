@@ -74,6 +74,20 @@ pub fn scan_shard(dir: &Path) -> std::io::Result<ShardView> {
     }
     segments.sort_by_key(|(kind, seq, _)| (super::recover::log_index(*kind), *seq));
     for (kind, seq, name) in segments {
+        // Read whole, so bounded: no segment is larger than the format allows.
+        if let Ok(metadata) = std::fs::metadata(dir.join(&name)) {
+            if metadata.len() > queue_format::SEGMENT_SIZE_BYTES_MAX {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "segment {} is {} bytes, above the format's largest segment ({} bytes): not read",
+                        dir.join(&name).display(),
+                        metadata.len(),
+                        queue_format::SEGMENT_SIZE_BYTES_MAX
+                    ),
+                ));
+            }
+        }
         let bytes = match std::fs::read(dir.join(&name)) {
             Ok(bytes) => bytes,
             // Collected since the listing: it held nothing live.
@@ -141,7 +155,8 @@ pub fn list(config: &Config) -> std::io::Result<String> {
     if count == 0 {
         out.push_str("Mail queue is empty\n");
     } else {
-        let _ = writeln!(out, "-- {} KiB in {count} message{}.", bytes.div_ceil(1024), if count == 1 { "" } else { "s" });
+        let _ =
+            writeln!(out, "-- {} KiB in {count} message{}.", bytes.div_ceil(1024), if count == 1 { "" } else { "s" });
     }
     Ok(out)
 }
@@ -149,10 +164,12 @@ pub fn list(config: &Config) -> std::io::Result<String> {
 /// `queue show ID`: the whole envelope, where its record and body are.
 pub fn show(config: &Config, id: &str) -> std::io::Result<Option<String>> {
     let qid_text = id.to_ascii_uppercase();
-    if qid_text.len() != 16 || !qid_text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{id:?} is not a queue id (16 hex digits)")));
-    }
-    let qid = super::queue_id_of(&qid_text);
+    let Ok(qid) = super::parse_queue_id(&qid_text) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{id:?} is not a queue id (16 hex digits)"),
+        ));
+    };
     for dir in shard_dirs(config)? {
         let view = scan_shard(&dir)?;
         let Some(candidate) = view.scan.live.get(&qid) else { continue };
@@ -178,7 +195,8 @@ pub fn show(config: &Config, id: &str) -> std::io::Result<Option<String>> {
             Body::File { checksum, .. } => format!("file body-{} (crc32c {checksum:08x})", env.id),
         };
         let _ = writeln!(out, "body: {body}");
-        let _ = writeln!(out, "flags: 8bitmime={} binarymime={} smtputf8={}", env.body_8bit, env.body_binary, env.smtputf8);
+        let _ =
+            writeln!(out, "flags: 8bitmime={} binarymime={} smtputf8={}", env.body_8bit, env.body_binary, env.smtputf8);
         let _ = writeln!(out, "client: {} helo={}", env.client, env.helo);
         for (i, r) in env.recipients.iter().enumerate() {
             let _ = writeln!(out, "rcpt[{i}]: {} {} {}", r.address, state_text(r.state), r.last_reply);
@@ -204,12 +222,7 @@ pub fn stats(config: &Config) -> std::io::Result<String> {
         for segment in &view.scan.segments {
             per_log[super::recover::log_index(segment.kind)].1 += 1;
         }
-        let deferred = view
-            .scan
-            .live
-            .values()
-            .filter(|c| c.location.log == LogKind::Retry)
-            .count();
+        let deferred = view.scan.live.values().filter(|c| c.location.log == LogKind::Retry).count();
         total_live += live;
         total_segments += view.scan.segments.len();
         let _ = writeln!(

@@ -9,10 +9,11 @@ pub const SHARD_INDEX: u16 = 3;
 /// 2026-01-01T00:00:00Z.
 pub const T0_UNIX_MS: u64 = 1_767_225_600_000;
 
+/// A queue id as the writer makes them: microseconds since the epoch (14
+/// hex digits) and the shard index (2), upper case.
 pub fn queue_id(last: u8) -> QueueId {
-    let mut bytes = *b"\x01\x9b\x7a\x3c\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00\x00";
-    bytes[15] = last;
-    QueueId(bytes)
+    let text = format!("00064723BB4A{last:02X}{SHARD_INDEX:02X}");
+    QueueId::parse(text.as_bytes()).unwrap()
 }
 
 pub fn frame(log_kind: LogKind, record_sequence: u64) -> RecordFrame {
@@ -41,7 +42,7 @@ pub fn envelope_inline() -> Envelope<'static> {
         mail_params: b"BODY=8BITMIME ENVID=QQ314159",
         client_address: b"[192.0.2.25]:41822",
         client_helo: b"mail.example.org",
-        headers_prepended: b"Received: from mail.example.org ([192.0.2.25])\r\n\tby mx.example.net with ESMTP id 019b7a3c0000000300000000000001\r\n",
+        headers_prepended: b"Received: from mail.example.org ([192.0.2.25])\r\n\tby mx.example.net with ESMTP id 00064723BB4A0103\r\n",
         recipients: vec![
             Recipient {
                 state: RecipientState::Pending,
@@ -74,7 +75,7 @@ pub fn envelope_body_file() -> Envelope<'static> {
             reply: b"",
         }],
         body: BodyRef::File {
-            file_id: 0x0000_0003_0000_1a2b,
+            file_id: 0x0006_4723_BB4A_0203,
             size_bytes: 5_242_880,
             checksum: 0x1b2c_3d4e,
         },
@@ -89,17 +90,6 @@ pub fn replacement_envelope() -> Envelope<'static> {
     envelope.recipients[0].reply = b"250 2.0.0 Ok: queued as 4XyZ1";
     envelope.recipients[1].reply = b"451 4.7.1 Greylisted, try again in 300 seconds";
     envelope
-}
-
-pub fn recipient_result() -> RecipientResult<'static> {
-    RecipientResult {
-        queue_id: queue_id(1),
-        result_unix_ms: T0_UNIX_MS + 840,
-        attempt_count: 0,
-        recipient_index: 1,
-        state: RecipientState::Failed,
-        reply: b"550 5.1.1 <carol@example.com>: Recipient address rejected: User unknown",
-    }
 }
 
 pub fn completion() -> Completion {
@@ -117,6 +107,7 @@ pub fn segment_header(
     record_sequence_first: u64,
 ) -> SegmentHeader {
     SegmentHeader {
+        format_version: FORMAT_VERSION,
         log_kind,
         shard_index: SHARD_INDEX,
         segment_sequence,
