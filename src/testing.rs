@@ -22,6 +22,36 @@ use crate::deliver::engine::Delivery;
 use crate::queue::{Queue, QueueParams};
 use crate::shard::Shard;
 
+/// A pending envelope from <sender@example.org> to `to`, arrived at
+/// `now_ms`, its body to be filled in by the commit.
+pub fn envelope(id: &str, to: &[&str], now_ms: u64) -> crate::queue::Envelope {
+    use crate::queue::{stored_address, Body, Envelope, RcptState, Recipient};
+    Envelope {
+        id: id.to_string(),
+        sender: crate::smtp::address::ReversePath::Path(
+            stored_address("sender@example.org").unwrap(),
+        ),
+        recipients: to
+            .iter()
+            .map(|a| Recipient {
+                address: stored_address(a).unwrap(),
+                state: RcptState::Pending,
+                last_reply: String::new(),
+            })
+            .collect(),
+        arrival_unix_ms: now_ms,
+        next_retry_unix_ms: now_ms,
+        attempt_count: 0,
+        size_bytes: 0,
+        body_8bit: false,
+        body_binary: false,
+        smtputf8: false,
+        client: "127.0.0.1".into(),
+        helo: "client.test".into(),
+        body: Body::Inline(Default::default()),
+    }
+}
+
 /// A fresh directory under the system's temp dir.
 pub fn tempdir(name: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::queue::{stored_address, Body, Envelope, RcptState, Recipient};
-use crate::smtp::address::ReversePath;
 use crate::testing::{self, Peer};
 
 const START_MS: u64 = 1_800_000_000_000;
@@ -17,29 +15,7 @@ async fn accept(t: &testing::TestShard, to: &[&str], body: &[u8]) -> String {
     let mut writer = queue.create().await.unwrap();
     writer.write(body).await.unwrap();
     let id = writer.id().to_string();
-    let now = queue.clock().unix_ms();
-    let env = Envelope {
-        id: id.clone(),
-        sender: ReversePath::Path(stored_address("sender@example.org").unwrap()),
-        recipients: to
-            .iter()
-            .map(|a| Recipient {
-                address: stored_address(a).unwrap(),
-                state: RcptState::Pending,
-                last_reply: String::new(),
-            })
-            .collect(),
-        arrival_unix_ms: now,
-        next_retry_unix_ms: now,
-        attempt_count: 0,
-        size_bytes: 0,
-        body_8bit: false,
-        body_binary: false,
-        smtputf8: false,
-        client: "127.0.0.1".into(),
-        helo: "client.test".into(),
-        body: Body::Inline(Default::default()),
-    };
+    let env = testing::envelope(&id, to, queue.clock().unix_ms());
     writer.commit(queue, env).await.unwrap();
     id
 }
@@ -52,6 +28,18 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         testing::settle(10).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// A shard relaying through `delivery.smarthost` to a scripted peer.
+async fn shard_with_peer(
+    name: &str,
+    script: Arc<testing::Script>,
+) -> (testing::TestShard, Peer, std::path::PathBuf) {
+    let peer = Peer::start(script);
+    let dir = testing::tempdir(name);
+    let extra = format!("[delivery]\nsmarthost = \"127.0.0.1:{}\"\n", peer.port);
+    let t = testing::shard(testing::config(&dir, &extra), START_MS).await;
+    (t, peer, dir)
 }
 
 fn start_delivery(t: &testing::TestShard) {
@@ -97,13 +85,11 @@ fn a_deferred_recipient_is_retried_when_the_clock_reaches_the_lag() {
     testing::run(|| {
         Box::pin(async {
             // The first RCPT is refused for now, the second accepted.
-            let peer = Peer::start(Arc::new(|verb: &str, nth: usize| match (verb, nth) {
+            let script = Arc::new(|verb: &str, nth: usize| match (verb, nth) {
                 ("RCPT", 0) => "451 4.2.0 try later\r\n".to_string(),
                 _ => "250 2.0.0 ok\r\n".to_string(),
-            }));
-            let dir = testing::tempdir("deliver-retry");
-            let extra = format!("[delivery]\nsmarthost = \"127.0.0.1:{}\"\n", peer.port);
-            let t = testing::shard(testing::config(&dir, &extra), START_MS).await;
+            });
+            let (t, peer, _dir) = shard_with_peer("deliver-retry", script).await;
             start_delivery(&t);
             let id = accept(&t, &["far@example.net"], b"Subject: retry\r\n\r\nagain\r\n").await;
             let queue = t.shard.queue.clone();
@@ -140,10 +126,8 @@ fn a_deferred_recipient_is_retried_when_the_clock_reaches_the_lag() {
 fn two_messages_to_one_host_share_a_connection() {
     testing::run(|| {
         Box::pin(async {
-            let peer = Peer::start(Arc::new(|_: &str, _: usize| "250 2.0.0 ok\r\n".to_string()));
-            let dir = testing::tempdir("deliver-reuse");
-            let extra = format!("[delivery]\nsmarthost = \"127.0.0.1:{}\"\n", peer.port);
-            let t = testing::shard(testing::config(&dir, &extra), START_MS).await;
+            let ok = Arc::new(|_: &str, _: usize| "250 2.0.0 ok\r\n".to_string());
+            let (t, peer, _dir) = shard_with_peer("deliver-reuse", ok).await;
             start_delivery(&t);
             accept(&t, &["one@example.net"], b"Subject: first\r\n\r\n1\r\n").await;
             let queue = t.shard.queue.clone();
@@ -220,13 +204,13 @@ fn a_permanent_refusal_bounces_once_to_the_sender() {
 fn a_damaged_body_file_is_deferred_never_delivered() {
     testing::run(|| {
         Box::pin(async {
-            let peer = Peer::start(Arc::new(|_: &str, _: usize| "250 2.0.0 ok\r\n".to_string()));
-            let dir = testing::tempdir("deliver-damaged");
-            let extra = format!("[delivery]\nsmarthost = \"127.0.0.1:{}\"\n", peer.port);
-            let t = testing::shard(testing::config(&dir, &extra), START_MS).await;
+            let ok = Arc::new(|_: &str, _: usize| "250 2.0.0 ok\r\n".to_string());
+            let (t, peer, _dir) = shard_with_peer("deliver-damaged", ok).await;
             let mut body = b"Subject: large\r\n\r\n".to_vec();
             while body.len() < 200_000 {
-                body.extend_from_slice(b"a line of a large message, stored in a body file of its own\r\n");
+                body.extend_from_slice(
+                    b"a line of a large message, stored in a body file of its own\r\n",
+                );
             }
             let id = accept(&t, &["far@example.net"], &body).await;
             // One byte changed on disk after the commit.
@@ -236,8 +220,17 @@ fn a_damaged_body_file_is_deferred_never_delivered() {
             std::fs::write(&path, stored).unwrap();
             start_delivery(&t);
             let queue = t.shard.queue.clone();
-            wait_for("the deferral", || queue.entry(&id).is_some_and(|e| e.attempt_count == 1 && !e.in_flight)).await;
-            assert!(peer.connections().is_empty(), "nothing went out: {:?}", peer.connections());
+            wait_for("the deferral", || {
+                queue
+                    .entry(&id)
+                    .is_some_and(|e| e.attempt_count == 1 && !e.in_flight)
+            })
+            .await;
+            assert!(
+                peer.connections().is_empty(),
+                "nothing went out: {:?}",
+                peer.connections()
+            );
         })
     });
 }

@@ -230,8 +230,7 @@ mod tests {
 
     use crate::clock::Clock;
     use crate::queue::storage::DiskStorage;
-    use crate::queue::{stored_address, Body, Envelope, Queue, QueueParams, RcptState, Recipient};
-    use crate::smtp::address::ReversePath;
+    use crate::queue::{Body, Envelope, Queue, QueueParams};
 
     fn run(test: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static) {
         glommio::LocalExecutorBuilder::default().spawn(move || test()).unwrap().join().unwrap();
@@ -270,25 +269,7 @@ mod tests {
         let mut writer = queue.create().await.unwrap();
         writer.write(b"Subject: t\r\n\r\nbody\r\n").await.unwrap();
         let id = writer.id().to_string();
-        let env = Envelope {
-            id: id.clone(),
-            sender: ReversePath::Path(stored_address("s@example.org").unwrap()),
-            recipients: vec![Recipient {
-                address: stored_address("r@example.net").unwrap(),
-                state: RcptState::Pending,
-                last_reply: String::new(),
-            }],
-            arrival_unix_ms: now_ms,
-            next_retry_unix_ms: now_ms,
-            attempt_count: 0,
-            size_bytes: 0,
-            body_8bit: false,
-            body_binary: false,
-            smtputf8: false,
-            client: "127.0.0.1".into(),
-            helo: "t".into(),
-            body: Body::Inline(Default::default()),
-        };
+        let env = crate::testing::envelope(&id, &["r@example.net"], now_ms);
         writer.commit(queue, env).await.unwrap();
         id
     }
