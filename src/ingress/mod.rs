@@ -476,6 +476,37 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// A session's task is allocated at the size of its future's largest
+    /// state, whichever state it is in, so this is most of what an idle
+    /// session costs (perf/capacity measures the rest: glommio's readiness
+    /// source, about 0.5 KiB). The largest state today is the reply to the
+    /// final dot: `finish_message`'s future, about 36 KiB with early
+    /// delivery's outbound session inline; an idle session's own state
+    /// (`wait_input` beside the machine and the stream) is about 1.5 KiB.
+    const SESSION_FUTURE_BYTES_MAX: usize = 40 * 1024;
+    /// What waiting for input adds to the session's state: no read buffer.
+    const WAIT_INPUT_FUTURE_BYTES_MAX: usize = 256;
+
+    /// The size of the future an async fn of a shard and a socket returns.
+    fn future_bytes<'a, F>(_: fn(&'a Shard, TcpStream) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn session_future_bytes() {
+        let session_bytes = future_bytes(run_session);
+        fn wait<'a>(shard: &'a Shard, stream: &'a mut Stream, machine: &'a mut Server) -> impl Future + 'a {
+            wait_input(shard, stream, machine)
+        }
+        fn wait_bytes<'a, F>(_: fn(&'a Shard, &'a mut Stream, &'a mut Server) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let wait_input_bytes = wait_bytes(wait);
+        eprintln!("run_session future: {session_bytes} bytes; wait_input future: {wait_input_bytes} bytes");
+        assert!(session_bytes <= SESSION_FUTURE_BYTES_MAX, "run_session future: {session_bytes} bytes");
+        assert!(wait_input_bytes <= WAIT_INPUT_FUTURE_BYTES_MAX, "wait_input future: {wait_input_bytes} bytes");
+    }
+
     /// A read waits for the socket without the shard's buffer, loses
     /// nothing when dropped while waiting, and hands what it read to the
     /// machine; the end of the stream reads 0.
