@@ -42,6 +42,9 @@ pub enum Stream {
     Detached,
 }
 
+// TLS state is boxed: a plain session's stream is its socket and a tag.
+const _: () = assert!(std::mem::size_of::<Stream>() <= std::mem::size_of::<TcpStream>() + 8);
+
 impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Server(_) | Stream::Client(_))
@@ -69,7 +72,9 @@ impl Stream {
             return Err(io::Error::other("TLS already active"));
         };
         let acceptor = futures_rustls::TlsAcceptor::from(config);
-        let tls = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(acceptor.accept(tcp).await) })
+        // Boxed: the handshake's state (about 3 KiB) lives on the heap for
+        // the handshake only, not in every session future that can upgrade.
+        let tls = Box::pin(glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(acceptor.accept(tcp).await) }))
             .await
             .map_err(io::Error::from)??;
         *self = Stream::Server(Box::new(tls));
@@ -86,9 +91,11 @@ impl Stream {
         let name = ServerName::try_from(host.trim_end_matches('.').to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("server name {host:?}: {e}")))?;
         let connector = futures_rustls::TlsConnector::from(config);
-        let tls = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(connector.connect(name, tcp).await) })
-            .await
-            .map_err(io::Error::from)??;
+        // Boxed, as in `accept`.
+        let tls =
+            Box::pin(glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(connector.connect(name, tcp).await) }))
+                .await
+                .map_err(io::Error::from)??;
         *self = Stream::Client(Box::new(tls));
         Ok(())
     }
@@ -211,5 +218,36 @@ impl ServerCertVerifier for Unverified {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Upgrading adds little to the future of a session that can upgrade:
+    /// the handshake's state is boxed.
+    #[test]
+    fn upgrade_futures_are_small() {
+        const UPGRADE_FUTURE_BYTES_MAX: usize = 128;
+        fn accept(stream: &mut Stream, config: Arc<ServerConfig>) -> impl std::future::Future + '_ {
+            stream.accept(config)
+        }
+        fn connect<'a>(
+            stream: &'a mut Stream,
+            config: Arc<ClientConfig>,
+            host: &'a str,
+        ) -> impl std::future::Future + 'a {
+            stream.connect(config, host)
+        }
+        fn bytes2<'a, A, F>(_: fn(&'a mut Stream, A) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn bytes3<'a, A, F>(_: fn(&'a mut Stream, A, &'a str) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let (accept_bytes, connect_bytes) = (bytes2(accept), bytes3(connect));
+        assert!(accept_bytes <= UPGRADE_FUTURE_BYTES_MAX, "accept future: {accept_bytes} bytes");
+        assert!(connect_bytes <= UPGRADE_FUTURE_BYTES_MAX, "connect future: {connect_bytes} bytes");
     }
 }
