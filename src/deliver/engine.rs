@@ -100,7 +100,6 @@ impl Delivery {
     /// the queue and starts its attempt; until the shard closes.
     pub async fn run(self: Rc<Self>, shard: Rc<Shard>) {
         loop {
-            let closing = shard.phase_listener();
             if shard.phase() == Phase::Closing {
                 return;
             }
@@ -109,12 +108,20 @@ impl Delivery {
                 Err(_) => return,
             };
             let take = async { Some(self.queue.take().await) };
-            let stop = async {
-                closing.await;
-                None
+            // Only the shard's closing stops a take: a take dropped while it
+            // reads a message back from the log would leave that message
+            // in flight until the next start.
+            let closing = async {
+                loop {
+                    let listener = shard.phase_listener();
+                    if shard.phase() == Phase::Closing {
+                        return None;
+                    }
+                    listener.await;
+                }
             };
-            let env = match futures_lite::future::or(take, stop).await {
-                None => continue,     // the phase changed: the loop head looks
+            let env = match futures_lite::future::or(take, closing).await {
+                None => return,       // the shard is closing
                 Some(None) => return, // the queue closed
                 Some(Some(env)) => env,
             };
