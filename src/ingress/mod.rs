@@ -201,10 +201,7 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
             Event::DataEnd => {
                 expected = None;
                 let reply = match incoming.take() {
-                    // Boxed: the final dot's work (stages, commit) is the
-                    // largest state of a session, and an unboxed one would
-                    // size every idle session's task by it.
-                    Some(m) => Box::pin(finish_message(shard, &machine, peer, m)).await,
+                    Some(m) => finish_message(shard, &machine, peer, m).await,
                     None => QueueError::Io(std::io::Error::other("no message in progress")).reply(),
                 };
                 if reply.is_positive() {
@@ -430,7 +427,11 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
                 return e.reply();
             }
         }
-        match shard.stages.at_final_dot(&mut env).await {
+        // Boxed, and allocated only when a stage runs: a stage's state
+        // (early delivery holds a whole outbound attempt, about 35 KiB) is
+        // the largest a session can be in, and an unboxed one would size
+        // every idle session's task by it.
+        match Box::pin(shard.stages.at_final_dot(&mut env)).await {
             Verdict::Continue => {}
             Verdict::Done(reply) => {
                 writer.abort().await;
@@ -476,10 +477,10 @@ mod session_tests {
     /// A session's task is allocated at the size of its future's largest
     /// state, whichever state it is in, so this is most of what an idle
     /// session costs (perf/capacity measures the rest: glommio's readiness
-    /// source, about 0.5 KiB). The work at the final dot (the data-callout
-    /// stages with early delivery's outbound session, the commit) is boxed
-    /// and allocated only while it runs; what stays inline is the machine,
-    /// the stream and the smaller awaits, about 2.7 KiB.
+    /// source, about 0.5 KiB). The data-callout stages at the final dot
+    /// (early delivery's outbound session) are boxed and allocated only
+    /// while they run; what stays inline is the machine, the stream, the
+    /// commit and the smaller awaits, about 3 KiB.
     const SESSION_FUTURE_BYTES_MAX: usize = 4 * 1024;
     /// What waiting for input adds to the session's state: no read buffer.
     const WAIT_INPUT_FUTURE_BYTES_MAX: usize = 256;
