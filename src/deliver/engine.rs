@@ -108,9 +108,8 @@ impl Delivery {
                 Err(_) => return,
             };
             let take = async { Some(self.queue.take().await) };
-            // Only the shard's closing stops a take: a take dropped while it
-            // reads a message back from the log would leave that message
-            // in flight until the next start.
+            // Only the shard's closing stops the wait for a message: while
+            // the shard drains, delivery goes on.
             let closing = async {
                 loop {
                     let listener = shard.phase_listener();

@@ -42,6 +42,14 @@ async fn shard_with_peer(
     (t, peer, dir)
 }
 
+/// Waits until `user`'s Maildir holds one message; its bytes.
+async fn only_mail(dir: &std::path::Path, user: &str, what: &str) -> Vec<u8> {
+    let new = dir.join(format!("mail/{user}/Maildir/new"));
+    wait_for(what, || std::fs::read_dir(&new).map(|d| d.count() == 1).unwrap_or(false)).await;
+    let file = std::fs::read_dir(&new).unwrap().next().unwrap().unwrap().path();
+    std::fs::read(file).unwrap()
+}
+
 fn start_delivery(t: &testing::TestShard) {
     let shard = t.shard.clone();
     glommio::spawn_local_into(shard.delivery.clone().run(shard.clone()), shard.tq_delivery)
@@ -57,21 +65,8 @@ fn a_local_message_is_written_to_its_maildir_and_completed() {
             let t = testing::shard(testing::config(&dir, ""), START_MS).await;
             start_delivery(&t);
             accept(&t, &["bob@localhost"], b"Subject: local\r\n\r\nhi\r\n").await;
-            let new = dir.join("mail/bob/Maildir/new");
-            wait_for("the Maildir file", || {
-                std::fs::read_dir(&new)
-                    .map(|d| d.count() == 1)
-                    .unwrap_or(false)
-            })
-            .await;
-            let file = std::fs::read_dir(&new)
-                .unwrap()
-                .next()
-                .unwrap()
-                .unwrap()
-                .path();
             assert_eq!(
-                std::fs::read(file).unwrap(),
+                only_mail(&dir, "bob", "the Maildir file").await,
                 b"Return-Path: <sender@example.org>\nSubject: local\n\nhi\n"
             );
             let queue = t.shard.queue.clone();
@@ -169,20 +164,7 @@ fn a_permanent_refusal_bounces_once_to_the_sender() {
                 b"Subject: bounce me\r\n\r\nx\r\n",
             )
             .await;
-            let new = dir.join("mail/sender/Maildir/new");
-            wait_for("the bounce", || {
-                std::fs::read_dir(&new)
-                    .map(|d| d.count() == 1)
-                    .unwrap_or(false)
-            })
-            .await;
-            let file = std::fs::read_dir(&new)
-                .unwrap()
-                .next()
-                .unwrap()
-                .unwrap()
-                .path();
-            let bounce = String::from_utf8(std::fs::read(file).unwrap()).unwrap();
+            let bounce = String::from_utf8(only_mail(&dir, "sender", "the bounce").await).unwrap();
             assert!(bounce.starts_with("Return-Path: <>\n"), "{bounce}");
             assert!(
                 bounce.contains("Final-Recipient: rfc822; gone@example.net"),

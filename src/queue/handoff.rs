@@ -83,6 +83,14 @@ impl Handoff {
         Some(ready)
     }
 
+    /// The location at the front, if the front is one.
+    fn front_location(&self) -> Option<Location> {
+        match self.ready.borrow().front() {
+            Some(Ready::At(location)) => Some(*location),
+            _ => None,
+        }
+    }
+
     /// Messages waiting (envelopes and locations).
     pub(super) fn len(&self) -> usize {
         self.ready.borrow().len()
@@ -133,24 +141,34 @@ impl<S: Storage + 'static> Queue<S> {
     }
 
     /// The next message for a delivery attempt; None once the queue is
-    /// closed. A message given by location is read back from its log; a
-    /// caller that drops this future during that read (only at shutdown)
-    /// leaves the message live in the log, to be recovered at the next
-    /// start.
+    /// closed. A message given by location is read back from its log
+    /// before it leaves the hand-off, so this future may be dropped at any
+    /// await without losing a message (delivery is the hand-off's only
+    /// taker: the front stays where it is while it is read).
     pub async fn take(&self) -> Option<Envelope> {
         loop {
             let listener = self.handoff.ready_event.listen();
             if self.closed.get() {
                 return None;
             }
-            match self.handoff.pop() {
-                Some(Ready::Envelope(env)) => return Some(env),
-                Some(Ready::At(location)) => {
-                    if let Some(env) = self.read_ready(location).await {
-                        return Some(env);
+            let Some(location) = self.handoff.front_location() else {
+                match self.handoff.pop() {
+                    Some(Ready::Envelope(env)) => return Some(env),
+                    Some(Ready::At(_)) => unreachable!("a location at the front is read first"),
+                    None => {
+                        listener.await;
+                        continue;
                     }
                 }
-                None => listener.await,
+            };
+            let read = self.read_ready(location).await;
+            let popped = self.handoff.pop();
+            assert!(
+                matches!(popped, Some(Ready::At(front)) if front == location),
+                "the hand-off's front moved while it was read: a second taker"
+            );
+            if let Some(env) = read {
+                return Some(env);
             }
         }
     }
@@ -302,6 +320,27 @@ mod tests {
                 assert_eq!(taken, ids);
                 assert_eq!(queue.handoff_counts(), (0, 0));
                 assert!(queue.entry(&ids[0]).unwrap().in_flight, "with delivery until it records the attempt");
+            })
+        });
+    }
+
+    #[test]
+    fn a_take_dropped_while_it_reads_loses_nothing() {
+        run(|| {
+            Box::pin(async {
+                let dir = tempdir("cancel");
+                let (clock, _) = Clock::manual(1_800_000_000_000);
+                let queue = open(&dir, params(4), clock.clone()).await;
+                let id = accept(&queue, 1_800_000_000_000).await;
+                queue.close();
+                drop(queue);
+                let queue = open(&dir, params(4), clock).await;
+                assert_eq!(queue.handoff_counts(), (1, 0), "recovered by location");
+                // The first poll starts the read from the log and is pending.
+                assert!(futures_lite::future::poll_once(queue.take()).await.is_none());
+                assert_eq!(queue.handoff_counts(), (1, 0), "still there after the take was dropped");
+                assert_eq!(queue.take().await.unwrap().id, id);
+                assert_eq!(queue.handoff_counts(), (0, 0));
             })
         });
     }
