@@ -27,11 +27,14 @@ use super::{log_slot, Queue};
 
 /// A message waiting for delivery.
 pub(super) enum Ready {
-    /// Its envelope, in memory.
-    Envelope(Envelope),
+    /// Its envelope, in memory (boxed: most entries of a long hand-off are
+    /// locations, which should not be sized by an envelope).
+    Envelope(Box<Envelope>),
     /// Where its newest envelope is in the log.
     At(Location),
 }
+
+const _: () = assert!(std::mem::size_of::<Ready>() <= 32, "a waiting location stays small");
 
 pub(super) struct Handoff {
     ready: RefCell<VecDeque<Ready>>,
@@ -111,7 +114,7 @@ impl<S: Storage + 'static> Queue<S> {
     /// is room, else as its location.
     pub(super) fn hand_fresh(&self, env: Envelope, location: Location) {
         if self.handoff.has_room() {
-            self.handoff.push(Ready::Envelope(env));
+            self.handoff.push(Ready::Envelope(Box::new(env)));
         } else {
             self.handoff.push(Ready::At(location));
         }
@@ -133,7 +136,7 @@ impl<S: Storage + 'static> Queue<S> {
                 return false;
             }
             if self.handoff.has_room() {
-                self.handoff.push(Ready::Envelope(env));
+                self.handoff.push(Ready::Envelope(Box::new(env)));
                 return true;
             }
             listener.await;
@@ -153,7 +156,7 @@ impl<S: Storage + 'static> Queue<S> {
             }
             let Some(location) = self.handoff.front_location() else {
                 match self.handoff.pop() {
-                    Some(Ready::Envelope(env)) => return Some(env),
+                    Some(Ready::Envelope(env)) => return Some(*env),
                     Some(Ready::At(_)) => unreachable!("a location at the front is read first"),
                     None => {
                         listener.await;
@@ -179,7 +182,7 @@ impl<S: Storage + 'static> Queue<S> {
         let mut out = Vec::new();
         while let Some(ready) = self.handoff.pop() {
             match ready {
-                Ready::Envelope(env) => out.push(env),
+                Ready::Envelope(env) => out.push(*env),
                 Ready::At(location) => out.extend(self.read_ready(location).await),
             }
         }

@@ -40,8 +40,9 @@ pub struct Candidate {
     pub retry_next_unix_ms: u64,
     pub arrival_unix_ms: u64,
     pub body_file: bool,
-    /// The decoded envelope, when the caller asked to keep it.
-    pub envelope: Option<Envelope>,
+    /// The decoded envelope, when the caller asked to keep it (boxed: a
+    /// recovery that does not keep them holds a million candidates).
+    pub envelope: Option<Box<Envelope>>,
 }
 
 #[derive(Default)]
@@ -142,7 +143,7 @@ impl Scan {
                                 retry_next_unix_ms: env.retry_next_unix_ms,
                                 arrival_unix_ms: env.arrival_unix_ms,
                                 body_file: matches!(env.body, queue_format::BodyRef::File { .. }),
-                                envelope: if keep { Envelope::from_format(env).ok() } else { None },
+                                envelope: if keep { Envelope::from_format(env).ok().map(Box::new) } else { None },
                             },
                         );
                     }
@@ -306,7 +307,7 @@ mod tests {
         assert_eq!((a.location.log, a.attempt_count), (LogKind::Retry, 1));
         let c = &scan.live[&crate::queue::envelope::queue_id_of(C)];
         assert_eq!((c.location.log, c.attempt_count), (LogKind::Head, 0));
-        assert_eq!(c.envelope.as_ref().unwrap(), &env(C, 0));
+        assert_eq!(**c.envelope.as_ref().unwrap(), env(C, 0));
         assert_eq!(scan.record_sequence_last, [Some(5), Some(5)], "3 records and 2 paddings per log");
         assert_eq!(scan.damaged().count(), 0);
     }

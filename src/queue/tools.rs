@@ -114,7 +114,7 @@ fn state_text(state: RcptState) -> &'static str {
 }
 
 fn live_envelopes(view: &ShardView) -> Vec<&Envelope> {
-    let mut envs: Vec<&Envelope> = view.scan.live.values().filter_map(|c| c.envelope.as_ref()).collect();
+    let mut envs: Vec<&Envelope> = view.scan.live.values().filter_map(|c| c.envelope.as_deref()).collect();
     envs.sort_by(|a, b| a.id.cmp(&b.id));
     envs
 }
@@ -173,7 +173,7 @@ pub fn show(config: &Config, id: &str) -> std::io::Result<Option<String>> {
     for dir in shard_dirs(config)? {
         let view = scan_shard(&dir)?;
         let Some(candidate) = view.scan.live.get(&qid) else { continue };
-        let Some(env) = candidate.envelope.as_ref() else { continue };
+        let Some(env) = candidate.envelope.as_deref() else { continue };
         let mut out = String::new();
         let _ = writeln!(out, "id: {}", env.id);
         let _ = writeln!(out, "spool: {}", dir.display());
