@@ -22,14 +22,6 @@ pub(crate) mod testing;
 
 pub use config::load;
 
-/// Seconds since the Unix epoch, by the wall clock.
-pub fn unix_now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Raises the open-file limit to its hard maximum: every session holds a
 /// socket, and a relay holds thousands.
 pub fn raise_fd_limit() {

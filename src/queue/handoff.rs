@@ -195,8 +195,7 @@ impl<S: Storage + 'static> Queue<S> {
     }
 
     /// Reads the envelope at `location`. A record that cannot be read is
-    /// logged and left live in the log, out of flight: it is met again at
-    /// the next start.
+    /// logged and stays live in the log: it is met again at the next start.
     async fn read_ready(&self, location: Location) -> Option<Envelope> {
         match self.read_envelope_at(location).await {
             Ok(env) => Some(env),
