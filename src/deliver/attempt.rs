@@ -52,6 +52,17 @@ enum Path {
     },
 }
 
+/// Pairs the recipient indexes of one delivery with its outcomes, in order,
+/// each with where it went.
+fn attempted<'a>(
+    indexes: &'a [usize],
+    outcomes: Vec<RcptOutcome>,
+    relay: &'a str,
+) -> impl Iterator<Item = Attempted> + 'a {
+    debug_assert_eq!(indexes.len(), outcomes.len(), "one outcome per recipient");
+    indexes.iter().copied().zip(outcomes).map(move |(i, o)| (i, o, relay.to_string()))
+}
+
 /// The same temporary failure for `count` recipients.
 fn transient_all(
     count: usize,
@@ -193,13 +204,7 @@ impl Deliverer {
                         let tls = if delivered.tls { " tls=yes" } else { "" };
                         let relay =
                             format!("{} conn_use={}{tls}", delivered.relay, delivered.conn_use);
-                        results.extend(
-                            group
-                                .iter()
-                                .copied()
-                                .zip(delivered.outcomes)
-                                .map(|(i, o)| (i, o, relay.clone())),
-                        );
+                        results.extend(attempted(group, delivered.outcomes, &relay));
                     }
                 }
                 Path::Lmtp { rule } => {
@@ -230,13 +235,7 @@ impl Deliverer {
                         Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
                     };
                     let relay = format!("lmtp:{hop}");
-                    results.extend(
-                        indexes
-                            .iter()
-                            .copied()
-                            .zip(outcomes)
-                            .map(|(i, o)| (i, o, relay.clone())),
-                    );
+                    results.extend(attempted(indexes, outcomes, &relay));
                 }
                 Path::Pipe { rule } => {
                     let rule = &self.config.transports[*rule];
@@ -259,13 +258,7 @@ impl Deliverer {
                         Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
                     };
                     let relay = format!("pipe:{}", rule.command[0]);
-                    results.extend(
-                        indexes
-                            .iter()
-                            .copied()
-                            .zip(outcomes)
-                            .map(|(i, o)| (i, o, relay.clone())),
-                    );
+                    results.extend(attempted(indexes, outcomes, &relay));
                 }
             }
         }

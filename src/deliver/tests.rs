@@ -42,11 +42,33 @@ async fn shard_with_peer(
     (t, peer, dir)
 }
 
+/// Waits until message `id` has had its first attempt and is back with
+/// the runners.
+async fn wait_deferred(t: &testing::TestShard, id: &str) {
+    let queue = t.shard.queue.clone();
+    wait_for("the deferral", || {
+        queue
+            .entry(id)
+            .is_some_and(|e| e.attempt_count == 1 && !e.in_flight)
+    })
+    .await;
+}
+
 /// Waits until `user`'s Maildir holds one message; its bytes.
 async fn only_mail(dir: &std::path::Path, user: &str, what: &str) -> Vec<u8> {
     let new = dir.join(format!("mail/{user}/Maildir/new"));
-    wait_for(what, || std::fs::read_dir(&new).map(|d| d.count() == 1).unwrap_or(false)).await;
-    let file = std::fs::read_dir(&new).unwrap().next().unwrap().unwrap().path();
+    wait_for(what, || {
+        std::fs::read_dir(&new)
+            .map(|d| d.count() == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    let file = std::fs::read_dir(&new)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::read(file).unwrap()
 }
 
@@ -87,13 +109,7 @@ fn a_deferred_recipient_is_retried_when_the_clock_reaches_the_lag() {
             let (t, peer, _dir) = shard_with_peer("deliver-retry", script).await;
             start_delivery(&t);
             let id = accept(&t, &["far@example.net"], b"Subject: retry\r\n\r\nagain\r\n").await;
-            let queue = t.shard.queue.clone();
-            wait_for("the deferral", || {
-                queue
-                    .entry(&id)
-                    .is_some_and(|e| e.attempt_count == 1 && !e.in_flight)
-            })
-            .await;
+            wait_deferred(&t, &id).await;
             assert_eq!(peer.commands("RCPT").len(), 1);
             assert!(
                 peer.commands("|").is_empty(),
@@ -201,13 +217,7 @@ fn a_damaged_body_file_is_deferred_never_delivered() {
             stored[100_000] ^= 0x20;
             std::fs::write(&path, stored).unwrap();
             start_delivery(&t);
-            let queue = t.shard.queue.clone();
-            wait_for("the deferral", || {
-                queue
-                    .entry(&id)
-                    .is_some_and(|e| e.attempt_count == 1 && !e.in_flight)
-            })
-            .await;
+            wait_deferred(&t, &id).await;
             assert!(
                 peer.connections().is_empty(),
                 "nothing went out: {:?}",
