@@ -283,12 +283,12 @@ class Postfix:
     access map checked first, so tests can refuse or defer chosen
     recipients; `set_access()` changes them and reloads."""
 
-    def __init__(self, addr: str, port: int, relay_port: int, relay_domains, access=(), tls=None):
+    def __init__(self, addr: str, port: int, relay_port: int, relay_domains, access=(), tls=None, main=()):
         # Postfix's daemons run as postfix and must reach their data
         # directory: not under pytest's private (0700) tmp_path.
         workdir = Path(tempfile.mkdtemp(prefix="ringpost-postfix-"))
         os.chmod(workdir, 0o755)
-        self.workdir = workdir
+        self.workdir, self.port = workdir, port
         self.etc, self.spool, self.data = workdir / "etc", workdir / "spool", workdir / "data"
         for d in (self.etc, self.spool, self.data):
             d.mkdir(parents=True)
@@ -324,6 +324,18 @@ maillog_file_prefixes = {workdir}
                 f.write(f"smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {cert}\n"
                         f"smtpd_tls_key_file = {key}\nsmtpd_tls_loglevel = 1\n"
                         "smtpd_tls_received_header = yes\n")
+        if main:
+            # `main` lines ("name = value") replace the same parameter's line
+            # above, or are added.
+            cf = (self.etc / "main.cf").read_text().splitlines()
+            for line in main:
+                name = line.split("=")[0].strip()
+                at = [i for i, l in enumerate(cf) if l.split("=")[0].strip() == name]
+                if at:
+                    cf[at[0]] = line
+                else:
+                    cf.append(line)
+            (self.etc / "main.cf").write_text("\n".join(cf) + "\n")
         for f in ("/etc/postfix/dynamicmaps.cf", "/etc/postfix/postfix-files"):
             if Path(f).exists():
                 shutil.copy(f, self.etc)
@@ -355,6 +367,73 @@ def postfix(tmp_path):
 
     def start(addr, port, relay_port, relay_domains, access=(), tls=None):
         server = Postfix(addr, port, relay_port, relay_domains, access, tls)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+class DeptPostfix(Postfix):
+    """A department's mail server: a private Postfix on 127.0.0.1:`port`,
+    the final relay for `domain`, that knows its `users` from
+    relay_recipient_maps, so anyone else gets Postfix's own "550 5.1.1
+    <x@domain>: Recipient address rejected: User unknown in relay recipient
+    table". What it accepts goes to `[127.0.0.1]:relay_port` (a sink).
+    Every RCPT it answers is logged ("info: RCPT from ... to=<x@domain>"),
+    beside Postfix's "connect from" and reject lines, so tests count the
+    verifications that reached it. `restrictions` come first in
+    smtpd_recipient_restrictions (for instance "sleep 3" for a slow server);
+    `main` lines override the rest of main.cf."""
+
+    def __init__(self, port: int, relay_port: int, users, domain="dept.uni.test", restrictions=(), main=()):
+        self.domain = domain
+        self.users_file = Path(tempfile.mkdtemp(prefix="ringpost-dept-")) / "users"
+        self.users_file.parent.chmod(0o755)
+        self.users_file.write_text("".join(f"{u} OK\n" for u in users))
+        self.rcpt_log = self.users_file.parent / "rcpt-log"
+        self.rcpt_log.write_text("/./ INFO rcpt\n")
+        checks = [*restrictions, f"check_recipient_access regexp:{self.rcpt_log}",
+                  "permit_mynetworks", "reject_unauth_destination"]
+        lines = [f"myhostname = mail.{domain}", "alias_maps =",
+                 f"relay_recipient_maps = texthash:{self.users_file}",
+                 "smtpd_recipient_restrictions = " + ", ".join(checks),
+                 *main]
+        super().__init__("127.0.0.1", port, relay_port, [domain], main=lines)
+
+    def lines(self, needle, address=None):
+        """Log lines containing `needle` (and `<address>`, if given)."""
+        return [line for line in self.log_text().splitlines()
+                if needle in line and (address is None or f"<{address}>" in line)]
+
+    def connections(self):
+        """SMTP connections accepted so far."""
+        return len(self.lines(": connect from "))
+
+    def rcpts(self, address=None):
+        """RCPT commands answered so far (to `address`, if given)."""
+        return len(self.lines("info: RCPT from", address))
+
+    def rejects(self, address=None):
+        """RCPT commands refused so far (to `address`, if given)."""
+        return len(self.lines("NOQUEUE: reject: RCPT from", address))
+
+    def stop(self):
+        super().stop()
+        shutil.rmtree(self.users_file.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def dept_postfix():
+    """Factory: dept_postfix(port, relay_port, users, ...) starts a
+    department server (DeptPostfix); all are stopped after the test."""
+    if shutil.which("postfix") is None and not Path("/usr/sbin/postfix").exists():
+        missing_tool("postfix is not installed (tests/run installs it)")
+    started = []
+
+    def start(port, relay_port, users, **kwargs):
+        server = DeptPostfix(port, relay_port, users, **kwargs)
         started.append(server)
         return server
 
