@@ -56,6 +56,61 @@ pub struct Config {
     /// The `[[router]]` tables in order. Empty (the default): recipients are
     /// classified by `domains.local` and the relay settings alone.
     pub routers: Vec<Router>,
+    pub verify: Verify,
+}
+
+/// `[verify]`: call-forward recipient verification (callouts), for the
+/// rules and routers with `verify = "callout"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verify {
+    /// How long a client's RCPT waits for a callout; after it, 451 4.4.3
+    /// and the callout goes on to fill the cache. Default "20s".
+    pub callout_timeout: Duration,
+    /// How long an accepted address (or an accept-all domain) is cached. Default "24h".
+    pub callout_positive_ttl: Duration,
+    /// How long a refused address (or a domain refusing the probe's sender) is cached. Default "2h".
+    pub callout_negative_ttl: Duration,
+    /// Cached results per shard; the oldest go first. Default 1000000.
+    pub callout_cache_entries: usize,
+    /// Callouts in flight at once to one target host. Default 8.
+    pub callout_max_per_host: usize,
+    /// Callouts per second to one target domain (token bucket, burst the same). Default 50.
+    pub callout_rate_per_domain: u32,
+}
+
+/// The sender of a callout's `MAIL FROM`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CalloutSender {
+    /// `<>` (the default).
+    Null,
+    /// A fixed address, e.g. `postmaster@relay.example`.
+    Address(String),
+    /// The envelope sender of the transaction being verified (results are
+    /// cached per sender and address).
+    UseSender,
+}
+
+impl CalloutSender {
+    pub fn as_config(&self) -> String {
+        match self {
+            CalloutSender::Null => "<>".to_string(),
+            CalloutSender::Address(address) => address.clone(),
+            CalloutSender::UseSender => "use-sender".to_string(),
+        }
+    }
+}
+
+/// `verify = "callout"` on a `[[transport]]` rule or a `[[router]]`: its
+/// recipients are verified at RCPT by asking the next hop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Callout {
+    /// `callout_random`: first ask for a random local part; a domain that
+    /// accepts it accepts everything and is not verified per address.
+    pub random: bool,
+    /// `callout_sender`.
+    pub sender: CalloutSender,
+    /// `callout_defer_ok`: a callout that could not decide accepts the RCPT.
+    pub defer_ok: bool,
 }
 
 /// How a transport rule delivers.
@@ -114,6 +169,8 @@ pub struct TransportRule {
     pub timeout: Duration,
     /// maildir: the path template (`{user}`); default `local.maildir`.
     pub maildir: Option<String>,
+    /// smtp and lmtp: `verify = "callout"` and its options.
+    pub callout: Option<Callout>,
 }
 
 impl TransportRule {
@@ -420,6 +477,8 @@ pub struct Router {
     /// `postgres:` and `ldap:` sources: the `[pool.<name>]` limits to use.
     /// Default: the defaults of `crate::pool::PoolParams`.
     pub pool: Option<String>,
+    /// dnslookup, smarthost, mailertable: `verify = "callout"` and its options.
+    pub callout: Option<Callout>,
 }
 
 /// Reads the configuration: the TOML file at `path` if given (otherwise every
@@ -526,6 +585,20 @@ impl Default for Config {
             pools: Vec::new(),
             route: Route::default(),
             routers: Vec::new(),
+            verify: Verify::default(),
+        }
+    }
+}
+
+impl Default for Verify {
+    fn default() -> Verify {
+        Verify {
+            callout_timeout: Duration::from_secs(20),
+            callout_positive_ttl: Duration::from_secs(24 * 3600),
+            callout_negative_ttl: Duration::from_secs(2 * 3600),
+            callout_cache_entries: 1_000_000,
+            callout_max_per_host: 8,
+            callout_rate_per_domain: 50,
         }
     }
 }

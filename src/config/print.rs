@@ -153,6 +153,7 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         if let Some(maildir) = &rule.maildir {
             writeln!(out, "maildir = {}", quoted(maildir))?;
         }
+        write_callout(out, rule.callout.as_ref())?;
     }
 
     let r = &c.route;
@@ -165,6 +166,15 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "cache_ttl = {}", quoted(&r.cache_ttl.to_string()))?;
     writeln!(out, "cache_entries = {}", r.cache_entries)?;
     writeln!(out, "sqlite_max_in_flight = {}", r.sqlite_max_in_flight)?;
+
+    let v = &c.verify;
+    writeln!(out, "\n[verify]")?;
+    writeln!(out, "callout_timeout = {}", quoted(&v.callout_timeout.to_string()))?;
+    writeln!(out, "callout_positive_ttl = {}", quoted(&v.callout_positive_ttl.to_string()))?;
+    writeln!(out, "callout_negative_ttl = {}", quoted(&v.callout_negative_ttl.to_string()))?;
+    writeln!(out, "callout_cache_entries = {}", v.callout_cache_entries)?;
+    writeln!(out, "callout_max_per_host = {}", v.callout_max_per_host)?;
+    writeln!(out, "callout_rate_per_domain = {}", v.callout_rate_per_domain)?;
 
     for (name, pool) in &c.pools {
         writeln!(out, "\n[pool.{name}]")?;
@@ -200,6 +210,16 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
             }
             writeln!(out, "]")?;
         }
+        write_callout(out, router.callout.as_ref())?;
     }
     Ok(())
+}
+
+/// `verify = "callout"` and its options, when set.
+fn write_callout(out: &mut String, callout: Option<&super::Callout>) -> fmt::Result {
+    let Some(callout) = callout else { return Ok(()) };
+    writeln!(out, "verify = \"callout\"")?;
+    writeln!(out, "callout_random = {}", callout.random)?;
+    writeln!(out, "callout_sender = {}", quoted(&callout.sender.as_config()))?;
+    writeln!(out, "callout_defer_ok = {}", callout.defer_ok)
 }

@@ -17,7 +17,7 @@ use super::{
     BareLf, Cidr, Config, Delivery, Dns, Domains, Duration, Local, Nul, Queue, Relay, Server, Smtp, Tls, TlsPolicy,
     TransportKind, TransportRule,
 };
-use super::{Driver, Route, Router};
+use super::{Callout, CalloutSender, Driver, Route, Router, Verify};
 
 /// Most shards a configuration may ask for; far above any core count we run
 /// on, low enough that a typing slip does not start a million threads.
@@ -31,7 +31,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
 const ROOT_KEYS: &[&str] =
-    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool"];
+    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify"];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
     "max_alias_depth",
@@ -43,7 +43,19 @@ pub(super) const ROUTE_KEYS: &[&str] = &[
     "sqlite_max_in_flight",
 ];
 pub(super) const ROUTER_KEYS: &[&str] =
-    &["name", "driver", "domains", "local_parts", "senders", "file", "source", "query", "rules", "host", "transport", "pool"];
+    &["name", "driver", "domains", "local_parts", "senders", "file", "source", "query", "rules", "host", "transport", "pool", "verify", "callout_random", "callout_sender", "callout_defer_ok"];
+pub(super) const VERIFY_KEYS: &[&str] = &[
+    "callout_timeout",
+    "callout_positive_ttl",
+    "callout_negative_ttl",
+    "callout_cache_entries",
+    "callout_max_per_host",
+    "callout_rate_per_domain",
+];
+/// Most cached callout results per shard.
+const CALLOUT_CACHE_ENTRIES_MAX: usize = 100_000_000;
+/// Longest callout timeout: a client gives up on a RCPT after 5 minutes (RFC 5321 §4.5.3.2.3).
+const CALLOUT_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(300);
 pub(super) const POOL_KEYS: &[&str] = &["max_connections", "queue_max", "timeout"];
 /// Most routers in one configuration.
 const ROUTERS_MAX: usize = 256;
@@ -82,7 +94,7 @@ pub(super) const DELIVERY_KEYS: &[&str] = &[
 const EARLY_MS_MAX: u32 = 60_000;
 pub(super) const TLS_KEYS: &[&str] = &["cert", "key"];
 pub(super) const TRANSPORT_KEYS: &[&str] =
-    &["domains", "transport", "nexthop", "tls", "max_connections", "command", "user", "group", "timeout", "maildir"];
+    &["domains", "transport", "nexthop", "tls", "max_connections", "command", "user", "group", "timeout", "maildir", "verify", "callout_random", "callout_sender", "callout_defer_ok"];
 /// Most `[[transport]]` rules.
 const TRANSPORT_RULES_MAX: usize = 10_000;
 pub(super) const DNS_KEYS: &[&str] = &["servers", "timeout", "attempts"];
@@ -296,7 +308,87 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
             None => defaults.pools,
             Some(entry) => read_pools(&entry.node)?,
         },
+        verify: read_verify(&Section::open(root, "verify", VERIFY_KEYS)?, defaults.verify)?,
     })
+}
+
+fn read_verify(section: &Section<'_>, d: Verify) -> Result<Verify> {
+    Ok(Verify {
+        callout_timeout: section.read("callout_timeout", d.callout_timeout, |node, key| {
+            let value = duration_nonzero(node, key)?;
+            ensure(value.0 <= CALLOUT_TIMEOUT_MAX, node, key, "at most 5m (a client's own RCPT timeout)")?;
+            Ok(value)
+        })?,
+        callout_positive_ttl: section.read("callout_positive_ttl", d.callout_positive_ttl, duration)?,
+        callout_negative_ttl: section.read("callout_negative_ttl", d.callout_negative_ttl, duration)?,
+        callout_cache_entries: section.read("callout_cache_entries", d.callout_cache_entries, |node, key| {
+            let value: usize = positive(node, key)?;
+            ensure(value <= CALLOUT_CACHE_ENTRIES_MAX, node, key, &format!("at most {CALLOUT_CACHE_ENTRIES_MAX}"))?;
+            Ok(value)
+        })?,
+        callout_max_per_host: section.read("callout_max_per_host", d.callout_max_per_host, |node, key| {
+            let value: usize = positive(node, key)?;
+            ensure(value <= 10_000, node, key, "at most 10000")?;
+            Ok(value)
+        })?,
+        callout_rate_per_domain: section.read("callout_rate_per_domain", d.callout_rate_per_domain, |node, key| {
+            let value: u32 = positive(node, key)?;
+            ensure(value <= 1_000_000, node, key, "at most 1000000")?;
+            Ok(value)
+        })?,
+    })
+}
+
+/// `verify = "callout"` and the `callout_*` options of one rule or router
+/// (`get` finds a key of its table with its full name); `allowed` says
+/// whether this kind of rule or router can verify by callout (else the
+/// reason it cannot).
+fn read_callout<'a>(
+    get: impl Fn(&str) -> Option<(&'a Node, String)>,
+    element: &Node,
+    prefix: &str,
+    allowed: std::result::Result<(), String>,
+) -> Result<Option<Callout>> {
+    let options = ["callout_random", "callout_sender", "callout_defer_ok"];
+    let Some((node, key)) = get("verify") else {
+        if let Some((node, key)) = options.iter().find_map(|option| get(option)) {
+            return Err(invalid(node, &key, "callout options need verify = \"callout\""));
+        }
+        return Ok(None);
+    };
+    match string(node, &key)?.as_str() {
+        "callout" => {}
+        "none" => {
+            return match options.iter().find_map(|option| get(option)) {
+                Some((node, key)) => Err(invalid(node, &key, "callout options need verify = \"callout\"")),
+                None => Ok(None),
+            }
+        }
+        other => return Err(invalid(node, &key, format!("must be \"callout\" or \"none\", not {other:?}"))),
+    }
+    allowed.map_err(|reason| invalid(element, prefix, reason))?;
+    let random = match get("callout_random") {
+        None => false,
+        Some((node, key)) => boolean(node, &key)?,
+    };
+    let defer_ok = match get("callout_defer_ok") {
+        None => false,
+        Some((node, key)) => boolean(node, &key)?,
+    };
+    let sender = match get("callout_sender") {
+        None => CalloutSender::Null,
+        Some((node, key)) => match string(node, &key)?.as_str() {
+            "<>" | "" => CalloutSender::Null,
+            "use-sender" => CalloutSender::UseSender,
+            text => {
+                let address = crate::queue::stored_address(text.trim_start_matches('<').trim_end_matches('>'))
+                    .map_err(|e| invalid(node, &key, format!("\"<>\", \"use-sender\" or an address: {e}")))?;
+                ensure(address.domain.is_some(), node, &key, "the address needs a domain")?;
+                CalloutSender::Address(address.to_string())
+            }
+        },
+    };
+    Ok(Some(Callout { random, sender, defer_ok }))
 }
 
 /// `[[transport]]`: an array of tables, each checked for its transport's keys.
@@ -376,6 +468,11 @@ fn read_transports(node: &Node) -> Result<Vec<TransportRule>> {
         if let (Some(template), Some((node, key))) = (&maildir, get("maildir")) {
             ensure(template.contains("{user}"), node, &key, "the Maildir template must contain {user}")?;
         }
+        let allowed = match transport {
+            TransportKind::Smtp | TransportKind::Lmtp => Ok(()),
+            other => Err(format!("verify = \"callout\" needs an smtp or lmtp transport, not {}", other.as_str())),
+        };
+        let callout = read_callout(get, element, &name, allowed)?;
         rules.push(TransportRule {
             domains,
             transport,
@@ -387,6 +484,7 @@ fn read_transports(node: &Node) -> Result<Vec<TransportRule>> {
             group,
             timeout,
             maildir,
+            callout,
         });
     }
     Ok(rules)
@@ -513,6 +611,14 @@ fn read_routers(node: &Node) -> Result<Vec<Router>> {
         if driver == Driver::Rewrite && source.is_some() {
             return Err(invalid(element, &prefix, "driver rewrite reads rules, not a source"));
         }
+        let allowed = match driver {
+            Driver::Dnslookup | Driver::Smarthost | Driver::Mailertable => Ok(()),
+            other => Err(format!(
+                "verify = \"callout\" is for dnslookup, smarthost and mailertable routers, not {}",
+                other.as_str()
+            )),
+        };
+        let callout = read_callout(|key| get(key).map(|node| (node, key_of(key))), element, &prefix, allowed)?;
         routers.push(Router {
             name,
             driver,
@@ -526,6 +632,7 @@ fn read_routers(node: &Node) -> Result<Vec<Router>> {
             host,
             transport,
             pool,
+            callout,
         });
     }
     Ok(routers)

@@ -311,7 +311,7 @@ fn docs_example_loads_and_docs_list_every_key() {
     }
 }
 
-fn all_keys() -> [(&'static str, &'static [&'static str]); 10] {
+fn all_keys() -> [(&'static str, &'static [&'static str]); 11] {
     [
         ("server", read::SERVER_KEYS),
         ("smtp", read::SMTP_KEYS),
@@ -323,6 +323,7 @@ fn all_keys() -> [(&'static str, &'static [&'static str]); 10] {
         ("delivery", read::DELIVERY_KEYS),
         ("queue", read::QUEUE_KEYS),
         ("route", read::ROUTE_KEYS),
+        ("verify", read::VERIFY_KEYS),
     ]
 }
 

@@ -196,6 +196,7 @@ impl Deliverer {
                         max_connections: rule
                             .and_then(|r| r.max_connections)
                             .unwrap_or(self.config.delivery.max_connections_per_destination),
+                        transcript: false,
                     };
                     for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
                         let delivered =
@@ -343,6 +344,7 @@ impl Deliverer {
         let policy = outbound::Policy {
             tls: self.config.delivery.tls,
             max_connections: self.config.delivery.max_connections_per_destination,
+            transcript: false,
         };
         let mut replies = Vec::new();
         for delivery in deliveries {

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use glommio::net::{TcpStream, UnixStream};
 
-use crate::deliver::outbound::{drive, transaction};
+use crate::deliver::outbound::{drive, transaction, Content};
 use crate::queue::Envelope;
-use crate::smtp::client::{Client, ClientParams, RcptOutcome};
+use crate::smtp::client::{BodyType, Client, ClientParams, RcptOutcome, Transaction};
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::tls::Stream;
 
@@ -62,6 +62,42 @@ pub async fn deliver(
     env: &Envelope,
     indexes: &[usize],
 ) -> Vec<RcptOutcome> {
+    let txn = transaction(env, indexes);
+    let params = ClientParams { lmtp: true, ..ClientParams::new(helo_name.to_string()) };
+    converse(target, params, connect_timeout, txn, Some(Content { body_path, env })).await.0
+}
+
+/// A call-forward probe of the store: LHLO, `MAIL FROM:<sender>`, `RCPT
+/// TO` for each of `recipients`, QUIT. The outcome of each recipient is
+/// the reply to its RCPT; with `transcript`, the conversation too.
+pub async fn probe(
+    target: &LmtpTarget,
+    helo_name: &str,
+    connect_timeout: Duration,
+    sender: &str,
+    recipients: Vec<String>,
+    transcript: bool,
+) -> (Vec<RcptOutcome>, Vec<String>) {
+    let txn = Transaction {
+        reverse_path: sender.to_string(),
+        recipients,
+        size_bytes: 0,
+        body: BodyType::SevenBit,
+        smtputf8: false,
+        probe: true,
+    };
+    let params = ClientParams { lmtp: true, transcript, ..ClientParams::new(helo_name.to_string()) };
+    converse(target, params, connect_timeout, txn, None).await
+}
+
+/// One LMTP transaction on a connection of its own.
+async fn converse(
+    target: &LmtpTarget,
+    params: ClientParams,
+    connect_timeout: Duration,
+    txn: Transaction,
+    content: Option<Content<'_>>,
+) -> (Vec<RcptOutcome>, Vec<String>) {
     let connected = match target {
         LmtpTarget::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix).map_err(std::io::Error::from),
         LmtpTarget::Tcp(hostport) => match hostport.parse::<std::net::SocketAddr>() {
@@ -76,15 +112,13 @@ pub async fn deliver(
         Ok(stream) => stream,
         Err(e) => {
             let reply = Reply::new(451, Enhanced(4, 4, 1), format!("connect to LMTP {target}: {e}"));
-            return indexes.iter().map(|_| RcptOutcome::Transient(reply.clone())).collect();
+            return (txn.recipients.iter().map(|_| RcptOutcome::Transient(reply.clone())).collect(), Vec::new());
         }
     };
-    let txn = transaction(env, indexes);
-    let params = ClientParams { lmtp: true, ..ClientParams::new(helo_name.to_string()) };
     let mut client = Client::new(params, txn, Instant::now());
     // Never asked for: LMTP runs without STARTTLS.
     let tls = crate::tls::client_config();
-    let outcome = drive(&mut stream, &mut client, body_path, env, &Arc::clone(&tls), "localhost").await;
+    let outcome = drive(&mut stream, &mut client, content, &Arc::clone(&tls), "localhost").await;
     let out = client.take_output();
     let _ = glommio::timer::timeout(Duration::from_secs(5), async {
         use futures_lite::AsyncWriteExt;
@@ -95,7 +129,7 @@ pub async fn deliver(
         Ok(())
     })
     .await;
-    outcome.recipients
+    (outcome.recipients, outcome.transcript)
 }
 
 #[cfg(test)]

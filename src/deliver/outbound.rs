@@ -76,6 +76,20 @@ pub struct Delivered {
     pub conn_use: u32,
     /// The transaction ran over TLS.
     pub tls: bool,
+    /// The name of the host that gave the outcomes (the MX or smarthost
+    /// name as configured or found, an IP address when given as one), or
+    /// the destination when no host was reached.
+    pub host: String,
+    /// The conversation, when `Policy::transcript` asked for it.
+    pub transcript: Vec<String>,
+}
+
+/// A message's content, for the transactions that send one (a call-forward
+/// probe has none).
+#[derive(Clone, Copy)]
+pub struct Content<'a> {
+    pub body_path: &'a Path,
+    pub env: &'a Envelope,
 }
 
 /// The shard's outbound side: resolver, connections and settings.
@@ -91,6 +105,8 @@ pub struct Outbound<'a> {
 pub struct Policy {
     pub tls: TlsPolicy,
     pub max_connections: usize,
+    /// Keep the conversation in `Delivered::transcript` (new connections only).
+    pub transcript: bool,
 }
 
 /// A host to try: its name (for logs) and address.
@@ -108,35 +124,80 @@ pub async fn deliver(
     env: &Envelope,
     indexes: &[usize],
 ) -> Delivered {
-    let all = |reply: Reply, relay: String| Delivered {
-        outcomes: indexes
-            .iter()
+    let txn = transaction(env, indexes);
+    attempt(out, destination, policy, &txn, Some(Content { body_path, env })).await
+}
+
+/// A call-forward probe of `destination`: `MAIL FROM:<sender>` and `RCPT
+/// TO` for each of `recipients`, no content, on the hosts delivery would
+/// use, in the same order, with the same fallback, limits and session
+/// reuse. The outcome of each recipient is the reply to its RCPT.
+pub async fn probe(
+    out: &Outbound<'_>,
+    destination: &Destination,
+    policy: Policy,
+    sender: &str,
+    recipients: Vec<String>,
+) -> Delivered {
+    debug_assert!(!recipients.is_empty());
+    let txn = Transaction {
+        reverse_path: sender.to_string(),
+        recipients,
+        size_bytes: 0,
+        body: BodyType::SevenBit,
+        smtputf8: false,
+        probe: true,
+    };
+    attempt(out, destination, policy, &txn, None).await
+}
+
+/// One transaction of `txn` to `destination`: its hosts in order, the next
+/// one when a host cannot be reached, will not talk, or refuses for now.
+async fn attempt(
+    out: &Outbound<'_>,
+    destination: &Destination,
+    policy: Policy,
+    txn: &Transaction,
+    content: Option<Content<'_>>,
+) -> Delivered {
+    let count = txn.recipients.len();
+    let all = |reply: Reply, relay: String, host: String| Delivered {
+        outcomes: (0..count)
             .map(|_| if reply.is_permanent() { RcptOutcome::Permanent(reply.clone()) } else { RcptOutcome::Transient(reply.clone()) })
             .collect(),
         relay,
         conn_use: 0,
         tls: false,
+        host,
+        transcript: Vec::new(),
     };
+    let key = destination.key().to_string();
     let targets = match targets(out, destination).await {
         Ok(targets) => targets,
-        Err(reply) => return all(reply, destination.key().to_string()),
+        Err(reply) => return all(reply, key.clone(), key),
     };
     let Some(_turn) = out.connections.destination_permit(destination.key(), policy.max_connections).await else {
-        return all(Reply::new(451, Enhanced(4, 3, 0), "delivery is shutting down"), destination.key().to_string());
+        return all(Reply::new(451, Enhanced(4, 3, 0), "delivery is shutting down"), key.clone(), key);
     };
-    let txn = transaction(env, indexes);
     let mut last: Option<Delivered> = None;
     for target in targets.iter().take(ADDRESS_TRIES_MAX) {
         let relay = format!("{}[{}]:{}", target.name, target.addr.ip(), target.addr.port());
-        let (outcome, conn_use) = match transact(out, target, policy.tls, &txn, body_path, env).await {
+        let (outcome, conn_use) = match transact(out, target, policy, txn, content).await {
             Ok(done) => done,
             Err(e) => {
                 let reply = Reply::new(451, Enhanced(4, 4, 1), format!("connect to {relay}: {e}"));
-                last = Some(all(reply, relay));
+                last = Some(all(reply, relay, target.name.clone()));
                 continue;
             }
         };
-        let delivered = Delivered { outcomes: outcome.recipients.clone(), relay, conn_use, tls: outcome.tls };
+        let delivered = Delivered {
+            outcomes: outcome.recipients.clone(),
+            relay,
+            conn_use,
+            tls: outcome.tls,
+            host: target.name.clone(),
+            transcript: outcome.transcript.clone(),
+        };
         // The next host may do better when this one would not talk to us
         // at all, or refused the transaction for now (RFC 5321 §5.1).
         let session_failed = !outcome.session_established;
@@ -148,7 +209,7 @@ pub async fn deliver(
         }
         return delivered;
     }
-    last.unwrap_or_else(|| all(Reply::new(451, Enhanced(4, 4, 4), "no address to try"), destination.key().to_string()))
+    last.unwrap_or_else(|| all(Reply::new(451, Enhanced(4, 4, 4), "no address to try"), key.clone(), key))
 }
 
 /// The client's transaction for the recipients of `env` at `indexes`.
@@ -171,6 +232,7 @@ pub fn transaction(env: &Envelope, indexes: &[usize]) -> Transaction {
         size_bytes: env.size_bytes,
         body,
         smtputf8: env.smtputf8,
+        probe: false,
     }
 }
 
@@ -233,14 +295,14 @@ fn split_host_port(text: &str) -> Option<(&str, u16)> {
 async fn transact(
     out: &Outbound<'_>,
     target: &Target,
-    policy: TlsPolicy,
+    policy: Policy,
     txn: &Transaction,
-    body_path: &Path,
-    env: &Envelope,
+    content: Option<Content<'_>>,
 ) -> std::io::Result<(Outcome, u32)> {
-    if let Some(mut session) = out.connections.take_idle(target.addr) {
+    let reuse = if policy.transcript { None } else { out.connections.take_idle(target.addr) };
+    if let Some(mut session) = reuse {
         session.client.next_transaction(txn.clone(), Instant::now());
-        let outcome = run(&mut session, body_path, env, out.tls_client, &target.name).await;
+        let outcome = run(&mut session, content, out.tls_client, &target.name).await;
         if !outcome.stale {
             let conn_use = session.transaction_count;
             finish_session(out.connections, session, &outcome).await;
@@ -248,16 +310,16 @@ async fn transact(
         }
         connections::close(session).await;
     }
-    let starttls = match policy {
+    let starttls = match policy.tls {
         TlsPolicy::None => StartTls::Never,
         TlsPolicy::May => StartTls::IfOffered,
         TlsPolicy::Encrypt => StartTls::Required,
     };
-    let (outcome, conn_use) = transact_new(out, target, txn, body_path, env, starttls).await?;
-    if outcome.tls_failed && policy == TlsPolicy::May {
+    let (outcome, conn_use) = transact_new(out, target, txn, content, starttls, policy.transcript).await?;
+    if outcome.tls_failed && policy.tls == TlsPolicy::May {
         // Opportunistic: a server whose TLS is broken still gets its mail,
         // in plaintext, on a new connection.
-        return transact_new(out, target, txn, body_path, env, StartTls::Never).await;
+        return transact_new(out, target, txn, content, StartTls::Never, policy.transcript).await;
     }
     Ok((outcome, conn_use))
 }
@@ -267,17 +329,18 @@ async fn transact_new(
     out: &Outbound<'_>,
     target: &Target,
     txn: &Transaction,
-    body_path: &Path,
-    env: &Envelope,
+    content: Option<Content<'_>>,
     starttls: StartTls,
+    transcript: bool,
 ) -> std::io::Result<(Outcome, u32)> {
     let (stream, slot) = out.connections.connect(target.addr, out.config.delivery.connect_timeout.0).await?;
     let mut params = ClientParams::new(out.config.helo_name().to_string());
     params.keep_open = out.connections.reuse_enabled();
     params.starttls = starttls;
+    params.transcript = transcript;
     let client = Client::new(params, txn.clone(), Instant::now());
     let mut session = out.connections.session(stream, client, target.addr, slot);
-    let outcome = run(&mut session, body_path, env, out.tls_client, &target.name).await;
+    let outcome = run(&mut session, content, out.tls_client, &target.name).await;
     let conn_use = session.transaction_count;
     finish_session(out.connections, session, &outcome).await;
     Ok((outcome, conn_use))
@@ -305,24 +368,23 @@ async fn finish_session(connections: &Connections, mut session: Session, outcome
 /// handshake when the client asks for it; `host` is the name sent in SNI).
 async fn run(
     session: &mut Session,
-    body_path: &Path,
-    env: &Envelope,
+    content: Option<Content<'_>>,
     tls_client: &Arc<rustls::ClientConfig>,
     host: &str,
 ) -> Outcome {
     session.transaction_count += 1;
-    drive(&mut session.stream, &mut session.client, body_path, env, tls_client, host).await
+    drive(&mut session.stream, &mut session.client, content, tls_client, host).await
 }
 
 /// Moves bytes between `stream` and `client` until the client's
 /// transaction is over; streams the body (dot-stuffed after DATA, or in
 /// BDAT chunks as stored) and runs the TLS handshake when the client asks
-/// for them. Used for SMTP and LMTP alike.
+/// for them. Used for SMTP and LMTP alike; `content` is `None` for a
+/// probe, which never asks for it.
 pub async fn drive(
     stream: &mut Stream,
     client: &mut Client,
-    body_path: &Path,
-    env: &Envelope,
+    content: Option<Content<'_>>,
     tls_client: &Arc<rustls::ClientConfig>,
     host: &str,
 ) -> Outcome {
@@ -351,12 +413,22 @@ pub async fn drive(
             }
             ClientEvent::SendBody => {
                 let out = client.take_output();
+                let Some(Content { body_path, env }) = content else {
+                    debug_assert!(false, "a transaction without content never asks for it");
+                    client.on_connection_lost();
+                    continue;
+                };
                 match send_body(stream, &out, &env.body, body_path, client, block_timeout).await {
                     Ok(()) => client.body_sent(),
                     Err(_) => client.on_connection_lost(),
                 }
             }
             ClientEvent::SendChunk => {
+                let Some(Content { body_path, env }) = content else {
+                    debug_assert!(false, "a transaction without content never asks for it");
+                    client.on_connection_lost();
+                    continue;
+                };
                 if send_chunk(stream, client, &mut chunks, &env.body, body_path, block_timeout).await.is_err() {
                     client.on_connection_lost();
                 }

@@ -48,6 +48,8 @@ pub const REPLY_LINE_COUNT_MAX: usize = 100;
 pub const ADDRESS_BYTES_MAX: usize = 1000;
 /// Largest BDAT chunk the machine frames.
 pub const BDAT_CHUNK_BYTES_MAX: usize = 64 * 1024;
+/// Most lines an outcome's transcript keeps.
+pub const TRANSCRIPT_LINES_MAX: usize = 200;
 /// Most BDAT chunks sent and not yet answered, with PIPELINING: the
 /// replies the server queues meanwhile stay few, so neither side blocks.
 pub const BDAT_IN_FLIGHT_MAX: usize = 8;
@@ -107,6 +109,10 @@ pub struct ClientParams {
     /// Speak LMTP (RFC 2033): LHLO, and one reply per accepted recipient
     /// after the final dot.
     pub lmtp: bool,
+    /// Record the commands sent and the replies received in the outcome's
+    /// `transcript` (at most `TRANSCRIPT_LINES_MAX` lines), for tools that
+    /// show a conversation (`ringpost route --callout`).
+    pub transcript: bool,
 }
 
 impl ClientParams {
@@ -118,6 +124,7 @@ impl ClientParams {
             keep_open: false,
             starttls: StartTls::Never,
             lmtp: false,
+            transcript: false,
         }
     }
 }
@@ -137,6 +144,10 @@ pub struct Transaction {
     pub body: BodyType,
     /// The message needs SMTPUTF8 (RFC 6531). Non-ASCII addresses imply it.
     pub smtputf8: bool,
+    /// A call-forward probe: MAIL and RCPT only, no content. Each RCPT's
+    /// reply is that recipient's outcome (2xx `Delivered`); the session
+    /// ends with RSET pending (kept open) or QUIT.
+    pub probe: bool,
 }
 
 impl Transaction {
@@ -245,6 +256,8 @@ pub struct Outcome {
     pub tls: bool,
     /// The TLS handshake failed (the driver said so with `tls_failed()`).
     pub tls_failed: bool,
+    /// `C: command` and `S: reply` lines, when `ClientParams::transcript`.
+    pub transcript: Vec<String>,
 }
 
 /// What the driver should do next.
@@ -526,6 +539,7 @@ pub struct Client {
     /// A BDAT chunk was refused: the server failed the transaction (RFC 3030
     /// §2); no more chunks, remaining replies are only consumed.
     chunk_failed: bool,
+    transcript: Vec<String>,
 }
 
 impl Client {
@@ -570,6 +584,7 @@ impl Client {
             tls_active: false,
             tls_failed: false,
             chunk_failed: false,
+            transcript: Vec::new(),
         }
     }
 
@@ -705,7 +720,20 @@ impl Client {
 
     /// Bytes to write to the server.
     pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.output)
+        let output = std::mem::take(&mut self.output);
+        if self.params.transcript && self.phase != Phase::Chunks {
+            for line in output.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line));
+                self.note(format!("C: {line}"));
+            }
+        }
+        output
+    }
+
+    fn note(&mut self, line: String) {
+        if self.transcript.len() < TRANSCRIPT_LINES_MAX {
+            self.transcript.push(line);
+        }
     }
 
     /// The driver wrote the whole content, terminator included.
@@ -863,6 +891,13 @@ impl Client {
         };
         self.answering = Some(awaited);
         self.txn_reply_count += 1;
+        if self.params.transcript {
+            let mut wire = Vec::new();
+            reply.write_to(&mut wire);
+            for line in String::from_utf8_lossy(&wire).lines() {
+                self.note(format!("S: {line}"));
+            }
+        }
         if reply.code == 421 && self.reused && self.txn_reply_count == 1 {
             // The server closed the idle session; no reply of this
             // transaction counts.
@@ -1015,8 +1050,9 @@ impl Client {
                 }
             }
             // Binary content waits for the RCPT replies, then goes in BDAT
-            // chunks (sent to no one, a chunk would be wasted).
-            if self.txn.body != BodyType::BinaryMime {
+            // chunks (sent to no one, a chunk would be wasted); a probe
+            // sends none.
+            if self.txn.body != BodyType::BinaryMime && !self.txn.probe {
                 self.output.extend_from_slice(b"DATA\r\n");
                 self.awaiting.push_back(Await::Data);
             }
@@ -1068,7 +1104,7 @@ impl Client {
 
     fn mail_command(&self) -> String {
         let mut command = format!("MAIL FROM:<{}>", self.txn.reverse_path);
-        if self.extensions.size_advertised {
+        if self.extensions.size_advertised && !self.txn.probe {
             command.push_str(&format!(" SIZE={}", self.txn.size_bytes));
         }
         match self.txn.body {
@@ -1111,6 +1147,7 @@ impl Client {
     fn on_rcpt(&mut self, now: Instant, index: usize, reply: Reply) {
         if !self.mail_failed {
             match reply.code {
+                200..=299 if self.txn.probe => self.results[index] = Some(RcptOutcome::Delivered(reply)),
                 200..=299 => self.accepted[index] = true,
                 400..=599 => self.results[index] = Some(class_outcome(reply)),
                 code => {
@@ -1121,6 +1158,8 @@ impl Client {
         }
         if !self.pipelined {
             self.next_rcpt_or_data(now);
+        } else if self.txn.probe && self.awaiting.is_empty() {
+            self.end_probe();
         } else if self.txn.body == BodyType::BinaryMime && self.awaiting.is_empty() {
             self.start_content(now);
         }
@@ -1138,13 +1177,23 @@ impl Client {
                 return;
             }
         }
-        if self.txn.body == BodyType::BinaryMime {
+        if self.txn.probe {
+            self.end_probe();
+        } else if self.txn.body == BodyType::BinaryMime {
             self.start_content(now);
         } else if self.accepted.iter().any(|&a| a) {
             self.send(now, "DATA\r\n".to_string(), Await::Data);
         } else {
             self.end_transaction(true);
         }
+    }
+
+    /// A probe whose every RCPT is answered: the server holds a
+    /// transaction (MAIL was accepted) that RSET clears before the next.
+    fn end_probe(&mut self) {
+        debug_assert!(self.awaiting.is_empty());
+        self.resolve_unresolved(&RcptOutcome::Transient(Reply::new(451, Enhanced(4, 5, 0), "no reply for this recipient")));
+        self.end_transaction(true);
     }
 
     /// BINARYMIME, every RCPT answered: the chunks if anyone was accepted,
@@ -1331,6 +1380,7 @@ impl Client {
             stale: self.stale,
             tls: self.tls_active,
             tls_failed: self.tls_failed,
+            transcript: self.transcript.clone(),
         }
     }
 }
@@ -1384,6 +1434,7 @@ mod tests {
             size_bytes: 1234,
             body: BodyType::SevenBit,
             smtputf8: false,
+            probe: false,
         }
     }
 
@@ -2682,5 +2733,54 @@ mod tests {
         assert_eq!(f.say("250 2.0.0 a saved\r\n"), ClientEvent::NeedInput);
         let o = done(f.say("452 4.2.2 c over quota\r\n"));
         assert_eq!(codes(&o), vec![('D', 250), ('P', 550), ('T', 452)]);
+    }
+
+    fn probe(recipients: &[&str]) -> Transaction {
+        Transaction { reverse_path: String::new(), size_bytes: 0, probe: true, ..txn(recipients) }
+    }
+
+    /// A probe with PIPELINING: MAIL and every RCPT in one batch, no DATA,
+    /// no SIZE; each RCPT reply is its recipient's outcome; the session is
+    /// kept with RSET before its next transaction.
+    #[test]
+    fn probe_pipelined_asks_rcpt_only_and_keeps_the_session() {
+        let params = ClientParams { keep_open: true, transcript: true, ..ClientParams::new("relay.example.org") };
+        let mut f = Fake::with_params(params, probe(&["random-x@dept.test", "x@dept.test"]));
+        assert_eq!(f.open(EHLO_PIPE), "MAIL FROM:<>\r\nRCPT TO:<random-x@dept.test>\r\nRCPT TO:<x@dept.test>\r\n");
+        let o = done(f.say("250 2.1.0 Ok\r\n550 5.1.1 unknown\r\n250 2.1.5 Ok\r\n"));
+        assert_eq!(codes(&o), vec![('P', 550), ('D', 250)]);
+        assert!(o.reusable && o.mail_accepted);
+        assert_eq!(f.sent(), "", "no DATA, no QUIT: the session is kept");
+        assert!(o.transcript.contains(&"C: MAIL FROM:<>".to_string()), "{:?}", o.transcript);
+        assert!(o.transcript.contains(&"S: 550 5.1.1 unknown".to_string()), "{:?}", o.transcript);
+        // The next transaction on the session starts with RSET.
+        f.client.next_transaction(probe(&["y@dept.test"]), f.now);
+        assert_eq!(f.client.poll(f.now), ClientEvent::NeedInput);
+        assert_eq!(f.sent(), "RSET\r\n");
+        assert_eq!(f.say("250 2.0.0 Ok\r\n"), ClientEvent::NeedInput);
+        assert_eq!(f.sent(), "MAIL FROM:<>\r\nRCPT TO:<y@dept.test>\r\n");
+        let o = done(f.say("250 2.1.0 Ok\r\n451 4.3.0 try later\r\n"));
+        assert_eq!(codes(&o), vec![('T', 451)]);
+    }
+
+    /// Without PIPELINING, one command at a time; without keep_open, QUIT.
+    /// A refused MAIL fails every recipient with its reply.
+    #[test]
+    fn probe_without_pipelining_and_refused_null_sender() {
+        let mut f = Fake::new(probe(&["a@dept.test", "b@dept.test"]));
+        assert_eq!(f.open(EHLO_PLAIN), "MAIL FROM:<>\r\n");
+        assert_eq!(f.say("250 ok\r\n"), ClientEvent::NeedInput);
+        assert_eq!(f.sent(), "RCPT TO:<a@dept.test>\r\n");
+        assert_eq!(f.say("250 ok\r\n"), ClientEvent::NeedInput);
+        assert_eq!(f.sent(), "RCPT TO:<b@dept.test>\r\n");
+        let o = done(f.say("550 5.1.1 no\r\n"));
+        assert_eq!(codes(&o), vec![('D', 250), ('P', 550)]);
+        assert_eq!(f.sent(), "QUIT\r\n");
+
+        let mut f = Fake::new(probe(&["a@dept.test"]));
+        assert_eq!(f.open(EHLO_PIPE), "MAIL FROM:<>\r\nRCPT TO:<a@dept.test>\r\n");
+        let o = done(f.say("553 5.7.1 null sender refused\r\n503 5.5.1 need MAIL\r\n"));
+        assert_eq!(codes(&o), vec![('P', 553)]);
+        assert!(!o.mail_accepted);
     }
 }
