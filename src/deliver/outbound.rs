@@ -82,6 +82,8 @@ pub struct Delivered {
     pub host: String,
     /// The conversation, when `Policy::transcript` asked for it.
     pub transcript: Vec<String>,
+    /// The host that gave the outcomes accepted MAIL FROM.
+    pub mail_accepted: bool,
 }
 
 /// A message's content, for the transactions that send one (a call-forward
@@ -170,6 +172,7 @@ async fn attempt(
         tls: false,
         host,
         transcript: Vec::new(),
+        mail_accepted: false,
     };
     let key = destination.key().to_string();
     let targets = match targets(out, destination).await {
@@ -197,6 +200,7 @@ async fn attempt(
             tls: outcome.tls,
             host: target.name.clone(),
             transcript: outcome.transcript.clone(),
+            mail_accepted: outcome.mail_accepted,
         };
         // The next host may do better when this one would not talk to us
         // at all, or refused the transaction for now (RFC 5321 §5.1).
