@@ -310,3 +310,48 @@ fn a_session_gets_the_callouts_answer_at_rcpt_and_the_known_user_is_queued() {
         })
     });
 }
+
+#[test]
+fn use_sender_asks_with_the_envelope_sender_and_caches_per_sender() {
+    let peer = Peer::start(department(0));
+    let port = peer.port;
+    testing::run(move || {
+        Box::pin(async move {
+            let t = shard_for("verify-sender", port, "callout_sender = \"use-sender\"", "").await;
+            let shard = &t.shard;
+            let address = stored_address("x@dept.test").unwrap();
+            let client: IpAddr = "192.0.2.1".parse().unwrap();
+            for sender in ["a@example.org", "b@example.org", "a@example.org"] {
+                let reply =
+                    policy::check_rcpt(&shard.config, None, Some(&shard.verifier), client, &address, sender).await;
+                assert_eq!(reply.code, 550);
+            }
+            assert_eq!(peer.commands("MAIL"), vec!["MAIL FROM:<a@example.org>", "MAIL FROM:<b@example.org>"]);
+            assert_eq!(shard.verifier.stats().cache_hits, 1);
+        })
+    });
+}
+
+#[test]
+fn an_lmtp_rule_is_asked_over_lmtp() {
+    let peer = Peer::start(department(0));
+    let port = peer.port;
+    testing::run(move || {
+        Box::pin(async move {
+            let dir = testing::tempdir("verify-lmtp");
+            let extra = format!(
+                "[[transport]]\ndomains = [\"dept.test\"]\ntransport = \"lmtp\"\nnexthop = \"127.0.0.1:{port}\"\n\
+                 verify = \"callout\"\ncallout_sender = \"postmaster@mx.test\"\n"
+            );
+            let t = testing::shard(testing::config(&dir, &extra), START_MS).await;
+            let reply = rcpt(&t, "x@dept.test").await;
+            assert_eq!(
+                reply.summary(),
+                format!("550 5.1.1 <x@dept.test>: callout to 127.0.0.1:{port} said: 550 5.1.1 User unknown")
+            );
+            let lines = peer.connections().concat();
+            assert!(lines[0].starts_with("LHLO "), "{lines:?}");
+            assert_eq!(peer.commands("MAIL"), vec!["MAIL FROM:<postmaster@mx.test>"]);
+        })
+    });
+}
