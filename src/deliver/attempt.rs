@@ -10,6 +10,8 @@
 //! message not yet committed. It owns the shard's outbound side (DNS
 //! resolver, outbound connections, TLS client settings) and records
 //! nothing: callers apply the outcomes ([`record`]) and tell the queue.
+//! Its choice of next hop is also what a call-forward callout connects to
+//! (`rule_hop`, `routed_hop`, used by `crate::verify` through ingress).
 
 use std::rc::Rc;
 use std::sync::Arc;

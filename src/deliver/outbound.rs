@@ -6,7 +6,9 @@
 //! and drives the sans-IO [`Client`] over the socket, streaming the body
 //! from the queue through the dot-stuffer.
 //!
-//! Place in the pipeline: the SMTP transport of the delivery engine.
+//! Place in the pipeline: the SMTP transport of the delivery engine, and
+//! the connection side of call-forward callouts (`probe`: the same hosts,
+//! fallback, limits and sessions, a transaction without content).
 //! Returns one outcome per recipient; connection failures, timeouts and
 //! temporary DNS failures are transient, a null MX or a domain that does
 //! not exist is permanent.
