@@ -17,6 +17,7 @@ pub mod scan;
 pub mod shard;
 pub mod smtp;
 pub mod tls;
+pub mod verify;
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -41,6 +41,11 @@ enum Command {
         /// Verify mode, as at RCPT: print the SMTP reply too.
         #[arg(long)]
         verify: bool,
+        /// With --verify: perform the callouts of rules and routers with
+        /// verify = "callout" (as for a client in relay.networks), print
+        /// each conversation and the decision.
+        #[arg(long)]
+        callout: bool,
         /// The envelope sender (for routers with a `senders` condition).
         #[arg(long, default_value = "")]
         sender: String,
@@ -90,7 +95,8 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(config, cli.config, cli.overrides),
         Command::Queue { command } => queue(&config, command),
-        Command::Route { verify, sender, addresses } => route(config, verify, sender, addresses),
+        Command::Route { verify, callout, sender, addresses } if callout => callout_route(config, verify, sender, addresses),
+        Command::Route { verify, sender, addresses, .. } => route(config, verify, sender, addresses),
         Command::Makemap { args } => makemap(&args),
     }
 }
@@ -113,6 +119,84 @@ fn makemap(args: &[String]) -> ExitCode {
         Err(e) => {
             eprintln!("ringpost: makemap: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `ringpost route --verify --callout`: the RCPT decision of each address
+/// with its callouts performed, each conversation printed.
+fn callout_route(config: ringpost::config::Config, _verify: bool, sender: String, addresses: Vec<String>) -> ExitCode {
+    use ringpost::route::Engine;
+    let engine = match Engine::build(&config) {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("ringpost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dns = match ringpost::dns::params_for(&config.dns) {
+        Ok(dns) => dns,
+        Err(e) => {
+            eprintln!("ringpost: cannot read /etc/resolv.conf: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ran = glommio::LocalExecutorBuilder::default().name("route").spawn(move || async move {
+        let resolver = ringpost::dns::Resolver::new(dns).map_err(|e| format!("dns: {e}"))?;
+        let connections = ringpost::deliver::connections::Connections::new(&config);
+        let tls_client = ringpost::tls::client_config();
+        let out = ringpost::deliver::outbound::Outbound {
+            config: &config,
+            resolver: &resolver,
+            connections: &connections,
+            tls_client: &tls_client,
+        };
+        let client_ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let mut all_ok = true;
+        for text in &addresses {
+            let address = match ringpost::queue::stored_address(text.trim_start_matches('<').trim_end_matches('>')) {
+                Ok(address) => address,
+                Err(e) => {
+                    println!("{text}: not an address: {e}");
+                    all_ok = false;
+                    continue;
+                }
+            };
+            let routing = Some(&engine).filter(|engine| !engine.is_empty());
+            let (mut reply, plans) =
+                ringpost::ingress::policy::decide_rcpt(&config, routing, client_ip, &address, &sender).await;
+            if plans.is_empty() || !reply.is_positive() {
+                println!("# no callout for <{address}> (no verify = \"callout\" on its rule or router, or refused before)");
+            }
+            if reply.is_positive() {
+                for plan in &plans {
+                    println!("# callout to {} for <{}>", plan.hop.key(), plan.address);
+                    let (transcript, verified) = ringpost::verify::callout_once(&out, &config, plan, &sender).await;
+                    for line in transcript {
+                        println!("{line}");
+                    }
+                    reply = verified;
+                    if !reply.is_positive() {
+                        break;
+                    }
+                }
+            }
+            all_ok &= reply.is_positive();
+            println!("RCPT TO:<{address}> -> {}", reply.summary());
+        }
+        connections.close_all().await;
+        Ok::<bool, String>(all_ok)
+    });
+    match ran.map(|handle| handle.join()) {
+        Ok(Ok(Ok(true))) => ExitCode::SUCCESS,
+        Ok(Ok(Ok(false))) => ExitCode::from(1),
+        Ok(Ok(Err(e))) => {
+            eprintln!("ringpost: route: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) | Err(e) => {
+            eprintln!("ringpost: route: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -99,7 +99,7 @@ pub async fn shard(config: Arc<Config>, start_unix_ms: u64) -> TestShard {
         &config.queue.spool[0],
         0,
         QueueParams::from_config(&config),
-        clock,
+        clock.clone(),
     )
     .await
     .unwrap();
@@ -126,9 +126,10 @@ pub async fn shard(config: Arc<Config>, start_unix_ms: u64) -> TestShard {
         deliverer.clone(),
     ));
     let stages = crate::scan::Stages::new(crate::scan::early::EarlyDelivery::new(
-        deliverer,
+        deliverer.clone(),
         config.delivery.early_ms,
     ));
+    let verifier = Rc::new(crate::verify::Verifier::new(0, config.clone(), deliverer, clock.clone(), None));
     let executor = glommio::executor();
     let tq_smtp = executor.create_task_queue(Shares::Static(1000), Latency::NotImportant, "smtp");
     let tq_delivery =
@@ -141,6 +142,7 @@ pub async fn shard(config: Arc<Config>, start_unix_ms: u64) -> TestShard {
         stages,
         [tq_smtp, tq_delivery],
         None,
+        verifier,
     ));
     TestShard { shard, manual }
 }

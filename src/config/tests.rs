@@ -678,3 +678,52 @@ fn smtp_nul_defaults_to_reject_and_loads_strip() {
     assert_eq!(config.smtp.nul, Nul::Strip);
     assert_eq!(load_text(&config.to_toml()).expect("printed config loads"), config);
 }
+
+#[test]
+fn callouts_load_print_and_refuse_what_cannot_verify() {
+    let text = r#"
+[[transport]]
+domains = ["dept.test"]
+transport = "smtp"
+nexthop = "127.0.0.1:2526"
+verify = "callout"
+callout_random = true
+callout_sender = "postmaster@relay.test"
+
+[[router]]
+name = "mt"
+driver = "mailertable"
+file = "/dev/null"
+verify = "callout"
+callout_sender = "use-sender"
+callout_defer_ok = true
+
+[verify]
+callout_timeout = "5s"
+callout_rate_per_domain = 10
+"#;
+    let config = load_text(text).expect("loads");
+    let rule = config.transports[0].callout.clone().expect("the rule verifies");
+    assert!(rule.random && !rule.defer_ok);
+    assert_eq!(rule.sender, super::CalloutSender::Address("postmaster@relay.test".into()));
+    let router = config.routers[0].callout.clone().expect("the router verifies");
+    assert_eq!((router.sender, router.defer_ok), (super::CalloutSender::UseSender, true));
+    assert_eq!(config.verify.callout_timeout.0, std::time::Duration::from_secs(5));
+    assert_eq!(config.verify.callout_rate_per_domain, 10);
+    assert_eq!(config.verify.callout_max_per_host, 8);
+    let printed = config.to_toml();
+    assert_eq!(load_text(&printed).expect("printed loads"), config);
+
+    let error = error_of("[[transport]]\ndomains = [\"d.test\"]\ntransport = \"pipe\"\ncommand = [\"/bin/true\"]\nverify = \"callout\"\n");
+    assert!(error.starts_with("config.toml:1:1: ") && error.contains("needs an smtp or lmtp transport"), "{error}");
+    let error = error_of("[[router]]\nname = \"a\"\ndriver = \"aliases\"\nfile = \"/dev/null\"\nverify = \"callout\"\n");
+    assert!(error.contains("dnslookup, smarthost and mailertable"), "{error}");
+    let error = error_of("[[transport]]\ndomains = [\"d.test\"]\ntransport = \"smtp\"\ncallout_random = true\n");
+    assert!(error.starts_with("config.toml:4:") && error.contains("need verify = \"callout\""), "{error}");
+    let error = error_of("[[transport]]\ndomains = [\"d.test\"]\ntransport = \"smtp\"\nverify = \"yes\"\n");
+    assert!(error.starts_with("config.toml:4:") && error.contains("\"callout\" or \"none\""), "{error}");
+    let error = error_of("[verify]\ncallout_timeout = \"10m\"\n");
+    assert!(error.contains("at most 5m"), "{error}");
+    let error = error_of("[verify]\ncallout_max_per_host = 0\n");
+    assert!(error.starts_with("config.toml:2:"), "{error}");
+}

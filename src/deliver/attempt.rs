@@ -10,6 +10,8 @@
 //! message not yet committed. It owns the shard's outbound side (DNS
 //! resolver, outbound connections, TLS client settings) and records
 //! nothing: callers apply the outcomes ([`record`]) and tell the queue.
+//! Its choice of next hop is also what a call-forward callout connects to
+//! (`rule_hop`, `routed_hop`, used by `crate::verify` through ingress).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -77,6 +79,76 @@ fn transient_all(
         .collect()
 }
 
+/// Where one recipient's SMTP or LMTP goes, chosen as delivery chooses
+/// it: what a call-forward callout (`crate::verify`) connects to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hop {
+    Smtp { destination: Destination, policy: outbound::Policy },
+    Lmtp(lmtp::LmtpTarget),
+}
+
+impl Hop {
+    /// The name the per-host callout limit counts by, and logs show.
+    pub fn key(&self) -> String {
+        match self {
+            Hop::Smtp { destination, .. } => destination.key().to_string(),
+            Hop::Lmtp(target) => target.to_string(),
+        }
+    }
+}
+
+/// The SMTP settings of a transport rule (or the defaults without one).
+fn smtp_policy(config: &Config, rule: Option<&crate::config::TransportRule>) -> outbound::Policy {
+    outbound::Policy {
+        tls: rule.and_then(|r| r.tls).unwrap_or(config.delivery.tls),
+        max_connections: rule
+            .and_then(|r| r.max_connections)
+            .unwrap_or(config.delivery.max_connections_per_destination),
+        transcript: false,
+    }
+}
+
+/// Where SMTP goes for an address under an smtp transport rule: its
+/// `nexthop`, else the MX hosts of the address's domain.
+fn rule_destination(rule: &crate::config::TransportRule, address: &Address) -> Destination {
+    match &rule.nexthop {
+        Some(hop) => Destination::Smarthost(hop.clone()),
+        None => Destination::Domain(domains::mx_domain(address)),
+    }
+}
+
+/// Where SMTP goes for an address the routers sent to `next_hop` (or by
+/// MX of the final address, or to the smarthost, when `None`).
+fn routed_destination(config: &Config, next_hop: Option<&str>, final_address: &Address) -> Destination {
+    match next_hop {
+        Some(hop) => Destination::Smarthost(crate::route::socket_host(hop)),
+        None => Destination::of(config, final_address),
+    }
+}
+
+/// The hop of `address` under transport rule `index`, if it is SMTP or LMTP.
+pub fn rule_hop(config: &Config, index: usize, address: &Address) -> Option<Hop> {
+    let rule = &config.transports[index];
+    match rule.transport {
+        TransportKind::Smtp => {
+            Some(Hop::Smtp { destination: rule_destination(rule, address), policy: smtp_policy(config, Some(rule)) })
+        }
+        TransportKind::Lmtp => rule.nexthop.as_deref()?.parse().ok().map(Hop::Lmtp),
+        TransportKind::Pipe | TransportKind::Maildir => None,
+    }
+}
+
+/// The hop of a routers' delivery, with its final address, if it goes by
+/// SMTP (what every transport but `local`, `pipe` and `file` does).
+pub fn routed_hop(config: &Config, delivery: &crate::route::Delivery) -> Option<(Hop, Address)> {
+    if matches!(delivery.transport.as_str(), "local" | "pipe" | "file") {
+        return None;
+    }
+    let final_address = stored_address(&delivery.address).ok()?;
+    let destination = routed_destination(config, delivery.next_hop.as_deref(), &final_address);
+    Some((Hop::Smtp { destination, policy: smtp_policy(config, None) }, final_address))
+}
+
 /// The shard's transports.
 pub struct Deliverer {
     config: Arc<Config>,
@@ -118,6 +190,16 @@ impl Deliverer {
     /// Counters of the outbound connections.
     pub fn connection_stats(&self) -> ConnectionStats {
         self.connections.stats()
+    }
+
+    /// The outbound side (resolver, connections, TLS client), for callouts.
+    pub fn outbound(&self) -> Outbound<'_> {
+        Outbound {
+            config: &self.config,
+            resolver: &self.resolver,
+            connections: &self.connections,
+            tls_client: &self.tls_client,
+        }
     }
 
     /// Whether every recipient of `env` goes out by SMTP without the
@@ -190,14 +272,7 @@ impl Deliverer {
                     }
                 }
                 Path::Smtp { destination, rule } => {
-                    let rule = rule.map(|r| &self.config.transports[r]);
-                    let policy = outbound::Policy {
-                        tls: rule.and_then(|r| r.tls).unwrap_or(self.config.delivery.tls),
-                        max_connections: rule
-                            .and_then(|r| r.max_connections)
-                            .unwrap_or(self.config.delivery.max_connections_per_destination),
-                        transcript: false,
-                    };
+                    let policy = smtp_policy(&self.config, rule.map(|r| &self.config.transports[r]));
                     for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
                         let delivered =
                             outbound::deliver(&out, destination, policy, &body_path, env, group)
@@ -274,16 +349,10 @@ impl Deliverer {
             Disposition::Rule(index) => {
                 let rule = &self.config.transports[index];
                 match rule.transport {
-                    TransportKind::Smtp => {
-                        let destination = match &rule.nexthop {
-                            Some(hop) => Destination::Smarthost(hop.clone()),
-                            None => Destination::Domain(domains::mx_domain(address)),
-                        };
-                        Path::Smtp {
-                            destination,
-                            rule: Some(index),
-                        }
-                    }
+                    TransportKind::Smtp => Path::Smtp {
+                        destination: rule_destination(rule, address),
+                        rule: Some(index),
+                    },
                     TransportKind::Lmtp => Path::Lmtp { rule: index },
                     TransportKind::Pipe => Path::Pipe { rule: index },
                     TransportKind::Maildir => Path::Maildir(
@@ -335,17 +404,8 @@ impl Deliverer {
             }
             Decision::Deliver { deliveries, .. } => deliveries,
         };
-        let out = Outbound {
-            config: &self.config,
-            resolver: &self.resolver,
-            connections: &self.connections,
-            tls_client: &self.tls_client,
-        };
-        let policy = outbound::Policy {
-            tls: self.config.delivery.tls,
-            max_connections: self.config.delivery.max_connections_per_destination,
-            transcript: false,
-        };
+        let out = self.outbound();
+        let policy = smtp_policy(&self.config, None);
         let mut replies = Vec::new();
         for delivery in deliveries {
             // The routers' final address is where their rewriting ends: read
@@ -373,10 +433,7 @@ impl Deliverer {
                     format!("{} deliveries from aliases are not supported; use a [[transport]] pipe rule", delivery.transport),
                 )),
                 (_, hop) => {
-                    let destination = match hop {
-                        Some(hop) => Destination::Smarthost(crate::route::socket_host(hop)),
-                        None => Destination::of(&self.config, &final_address),
-                    };
+                    let destination = routed_destination(&self.config, hop.as_deref(), &final_address);
                     let mut one = env.clone();
                     one.recipients[index].address = final_address.clone();
                     let body = self.queue.body_path(&env.id);

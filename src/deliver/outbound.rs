@@ -6,7 +6,9 @@
 //! and drives the sans-IO [`Client`] over the socket, streaming the body
 //! from the queue through the dot-stuffer.
 //!
-//! Place in the pipeline: the SMTP transport of the delivery engine.
+//! Place in the pipeline: the SMTP transport of the delivery engine, and
+//! the connection side of call-forward callouts (`probe`: the same hosts,
+//! fallback, limits and sessions, a transaction without content).
 //! Returns one outcome per recipient; connection failures, timeouts and
 //! temporary DNS failures are transient, a null MX or a domain that does
 //! not exist is permanent.
@@ -82,6 +84,8 @@ pub struct Delivered {
     pub host: String,
     /// The conversation, when `Policy::transcript` asked for it.
     pub transcript: Vec<String>,
+    /// The host that gave the outcomes accepted MAIL FROM.
+    pub mail_accepted: bool,
 }
 
 /// A message's content, for the transactions that send one (a call-forward
@@ -170,6 +174,7 @@ async fn attempt(
         tls: false,
         host,
         transcript: Vec::new(),
+        mail_accepted: false,
     };
     let key = destination.key().to_string();
     let targets = match targets(out, destination).await {
@@ -197,6 +202,7 @@ async fn attempt(
             tls: outcome.tls,
             host: target.name.clone(),
             transcript: outcome.transcript.clone(),
+            mail_accepted: outcome.mail_accepted,
         };
         // The next host may do better when this one would not talk to us
         // at all, or refused the transaction for now (RFC 5321 §5.1).

@@ -183,7 +183,15 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 machine.decide(reply);
             }
             Event::Rcpt { forward_path, .. } => {
-                let reply = policy::check_rcpt(&shard.config, routing.as_deref(), peer.ip(), &forward_path, &sender).await;
+                let reply = policy::check_rcpt(
+                    &shard.config,
+                    routing.as_deref(),
+                    Some(&shard.verifier),
+                    peer.ip(),
+                    &forward_path,
+                    &sender,
+                )
+                .await;
                 if !reply.is_positive() {
                     log::event(
                         "rcpt_refused",

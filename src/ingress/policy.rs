@@ -13,38 +13,94 @@
 //! 550 with the router's own text, or 451 4.3.0 when a lookup failed.
 //! Without routers the decision is: local domain, relay client, relay
 //! domain, or refused.
+//!
+//! A recipient accepted so far whose `[[transport]]` rule or deciding
+//! `[[router]]` says `verify = "callout"` is then verified by its next hop
+//! (`crate::verify`): the callout's answer is the reply.
 
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use crate::config::Config;
-use crate::route::domains;
-use crate::route::{Engine, Mode};
+use crate::deliver::attempt::{routed_hop, rule_hop};
+use crate::route::domains::{self, Disposition};
+use crate::route::{Decision, Engine, Mode};
+use crate::verify::{Plan, Verifier};
 use crate::smtp::address::{Address, ReversePath};
 use crate::smtp::reply::{Enhanced, Reply};
 
 /// Decides RCPT TO for a client at `client_ip` in a transaction from
 /// `sender` (`""` for the null sender). `routing`: the session's routing
-/// engine, when it has routers.
+/// engine, when it has routers; `verifier`: the shard's callouts.
 pub async fn check_rcpt(
+    config: &Config,
+    routing: Option<&Engine>,
+    verifier: Option<&Rc<Verifier>>,
+    client_ip: IpAddr,
+    address: &Address,
+    sender: &str,
+) -> Reply {
+    let (reply, plans) = decide_rcpt(config, routing, client_ip, address, sender).await;
+    let Some(verifier) = verifier.filter(|_| reply.is_positive() && !plans.is_empty()) else {
+        return reply;
+    };
+    let mut verified = reply;
+    for plan in plans {
+        verified = verifier.verify(plan, sender).await;
+        if !verified.is_positive() {
+            break;
+        }
+    }
+    verified
+}
+
+/// The decision before callouts, and the callouts it asks for.
+pub async fn decide_rcpt(
     config: &Config,
     routing: Option<&Engine>,
     client_ip: IpAddr,
     address: &Address,
     sender: &str,
-) -> Reply {
+) -> (Reply, Vec<Plan>) {
     let Some(engine) = routing.filter(|engine| !engine.is_empty()) else {
-        return check_rcpt_by_domain(config, client_ip, address);
+        let reply = check_rcpt_by_domain(config, client_ip, address);
+        let plans = match domains::disposition(config, address) {
+            Disposition::Rule(index) if reply.is_positive() => rule_plan(config, index, address).into_iter().collect(),
+            _ => Vec::new(),
+        };
+        return (reply, plans);
     };
     if !domains::is_accepted_domain(engine.config(), address) && !config.relay.allows_client(client_ip) {
-        return Reply::new(550, Enhanced(5, 7, 1), "Relay access denied");
+        return (Reply::new(550, Enhanced(5, 7, 1), "Relay access denied"), Vec::new());
     }
     // A domain a [[transport]] rule takes is delivered by that rule, not
     // by the routers: verified the same way.
     if domains::is_ruled(config, address) {
-        return Reply::new(250, Enhanced(2, 1, 5), "Recipient ok");
+        let plans = match domains::disposition(config, address) {
+            Disposition::Rule(index) => rule_plan(config, index, address).into_iter().collect(),
+            _ => Vec::new(),
+        };
+        return (Reply::new(250, Enhanced(2, 1, 5), "Recipient ok"), plans);
     }
     let routed = engine.route(&address.to_string(), sender, Mode::Verify).await;
-    routed.decision.verify_reply()
+    let mut plans = Vec::new();
+    if let Decision::Deliver { deliveries, .. } = &routed.decision {
+        for delivery in deliveries {
+            let options = engine.config().routers.iter().find(|r| r.name == delivery.router).and_then(|r| r.callout.clone());
+            let (Some(options), Some((hop, final_address))) = (options, routed_hop(engine.config(), delivery)) else {
+                continue;
+            };
+            plans.push(Plan { hop, options, domain: domains::mx_domain(&final_address), address: final_address.to_string() });
+        }
+    }
+    (routed.decision.verify_reply(), plans)
+}
+
+/// The callout of transport rule `index` for `address`, if it asks for one.
+fn rule_plan(config: &Config, index: usize, address: &Address) -> Option<Plan> {
+    let options = config.transports[index].callout.clone()?;
+    let hop = rule_hop(config, index, address)?;
+    Some(Plan { hop, options, domain: domains::mx_domain(address), address: address.to_string() })
 }
 
 /// Decides MAIL FROM when `route.verify_sender` is on: the sender is routed

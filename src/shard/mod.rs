@@ -50,6 +50,8 @@ pub struct Shard {
     pub tq_delivery: TaskQueueHandle,
     /// The server side of STARTTLS; None when `tls.cert` is unset.
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Call-forward recipient verification.
+    pub verifier: Rc<crate::verify::Verifier>,
     sessions_active: Cell<usize>,
     phase: Cell<Phase>,
     phase_event: event_listener::Event,
@@ -66,6 +68,7 @@ impl Shard {
         stages: crate::scan::Stages,
         task_queues: [TaskQueueHandle; 2],
         tls_server: Option<Arc<rustls::ServerConfig>>,
+        verifier: Rc<crate::verify::Verifier>,
     ) -> Shard {
         Shard {
             index,
@@ -77,6 +80,7 @@ impl Shard {
             tq_smtp: task_queues[0],
             tq_delivery: task_queues[1],
             tls_server,
+            verifier,
             sessions_active: Cell::new(0),
             phase: Cell::new(Phase::Running),
             phase_event: event_listener::Event::new(),
@@ -194,8 +198,10 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
         tls_server,
         tls_client: crate::tls::client_config(),
     };
+    let mut meshes = crate::verify::mesh(shard_count).into_iter();
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
+        let mesh = meshes.next().expect("one mesh end per shard");
         let placement = if config.server.pin && !cpus.is_empty() {
             Placement::Fixed(cpus[index % cpus.len()])
         } else {
@@ -205,7 +211,7 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(2 << 20)
-            .spawn(move || async move { shard_main(index, config, start, stop).await })
+            .spawn(move || async move { shard_main(index, config, start, stop, mesh).await })
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
     }
@@ -240,6 +246,7 @@ async fn shard_main(
     config: Arc<Config>,
     start: Start,
     stop: Arc<AtomicBool>,
+    mesh: crate::verify::MeshEnd,
 ) -> Result<(), String> {
     let Start {
         dns,
@@ -279,6 +286,15 @@ async fn shard_main(
         deliverer.clone(),
         config.delivery.early_ms,
     ));
+    let verifier = Rc::new(crate::verify::Verifier::new(
+        index,
+        config.clone(),
+        deliverer.clone(),
+        Clock::System,
+        Some(mesh),
+    ));
+    let verifier_task = glommio::spawn_local_into(verifier.clone().serve(), tq_smtp)
+        .map_err(|e| format!("shard {index}: {e}"))?;
     let recovered = queue.handoff_counts().0;
     // The queue's own tasks: a committer per log next to the sessions it
     // acknowledges; the collector and the retry runners with delivery.
@@ -310,6 +326,7 @@ async fn shard_main(
         stages,
         [tq_smtp, tq_delivery],
         tls_server,
+        verifier,
     ));
     log::event(
         "shard_ready",
@@ -356,6 +373,11 @@ async fn shard_main(
     } else {
         shard.set_phase(Phase::Closing);
     }
+    // No session asks for callouts any more: the other shards' requests
+    // end here, and this shard's inbox ends when theirs close too.
+    shard.verifier.close();
+    verifier_task.await;
+    shard.verifier.log_stats();
     delivery_task.await;
     shard
         .delivery

@@ -19,7 +19,10 @@
 //! Place in the pipeline: `src/deliver/` opens the connection, runs one
 //! `Client` per attempt and turns the `Outcome` (one result per recipient,
 //! in order) into queue records, retries and bounces. Call-forward
-//! verification drives the same machine.
+//! verification (`crate::verify`) drives the same machine with a probe
+//! transaction (`Transaction::probe`): MAIL and RCPT, no content, each
+//! RCPT reply the outcome of its recipient, and RSET before the session's
+//! next transaction.
 //!
 //! Bounds: a reply line is at most `REPLY_LINE_BYTES_MAX` bytes and a reply
 //! at most `REPLY_LINE_COUNT_MAX` lines; the machine holds at most one
