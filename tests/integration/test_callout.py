@@ -48,7 +48,7 @@ def settings(dept_port, rule=None, **verify):
 
 def rcpt(port, address, sender="sender@client.test"):
     """One new session up to RCPT: (code, text, seconds the RCPT took)."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.ehlo("client.test")
         assert client.mail(sender)[0] == 250
         started = time.monotonic()
@@ -70,6 +70,13 @@ def events(rp, event, **match):
     return out
 
 
+def ended(rp, address, result):
+    """Whether a callout for `address` has ended with `result` (with no
+    client waiting any more, ringpost logs it as event=callout_done)."""
+    return (events(rp, "callout_done", address=address, result=result)
+            or events(rp, "callout", address=address, result=result, cached="false"))
+
+
 def stats(rp):
     """Sums of the event=callout_stats lines ringpost logs at shutdown (one
     per shard); stops ringpost."""
@@ -88,7 +95,7 @@ def department(dept_postfix, smtp_sink, **kwargs):
 def test_known_user_accepted_unknown_refused_with_the_department_servers_words(ringpost, dept_postfix, smtp_sink):
     dept, sink = department(dept_postfix, smtp_sink)
     rp = ringpost(settings(dept.port))
-    with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as client:
+    with smtplib.SMTP("127.0.0.1", rp.port, timeout=10) as client:
         client.ehlo("client.test")
         assert client.mail("sender@client.test")[0] == 250
         code, text = client.rcpt(f"alice@{DEPT}")
@@ -106,7 +113,7 @@ def test_known_user_accepted_unknown_refused_with_the_department_servers_words(r
     assert len(asked) == 1 and "from=<>" in asked[0], asked
     assert dept.rcpts(f"alice@{DEPT}") >= 2  # the callout, then the delivery
     reject = events(rp, "callout", address=f"ghost@{DEPT}", result="reject", cached="false")
-    assert reject and reject[0]["target"] == "127.0.0.1", rp.log_text()[-3000:]
+    assert reject and reject[0]["target"] in ("127.0.0.1", f"127.0.0.1:{dept.port}"), rp.log_text()[-3000:]
     assert int(reject[0]["latency_ms"]) < 2000
     assert events(rp, "callout", address=f"alice@{DEPT}", result="accept")
     # Refused at RCPT, so nothing bounces: ringpost's queue drains, nothing is
@@ -122,21 +129,24 @@ def test_known_user_accepted_unknown_refused_with_the_department_servers_words(r
 def test_a_repeated_rcpt_is_answered_from_the_cache(ringpost, dept_postfix, smtp_sink):
     dept, _ = department(dept_postfix, smtp_sink)
     rp = ringpost({**settings(dept.port), "delivery.connection_reuse_time": '"0s"'})
-    first = [rcpt(rp.port, f"ghost@{DEPT}")[:2], rcpt(rp.port, f"bob@{DEPT}")[:2]]
-    assert [c for c, _ in first] == [550, 250], first
+    # Several addresses, so that some are cached on a shard other than the
+    # one the repeated RCPT arrives on.
+    addresses = [f"ghost@{DEPT}", f"phantom@{DEPT}", f"alice@{DEPT}", f"bob@{DEPT}"]
+    first = [rcpt(rp.port, a)[:2] for a in addresses]
+    assert [c for c, _ in first] == [550, 550, 250, 250], first
     # With no reuse each callout is one connection, closed after it.
     wait_for(lambda: len(dept.lines("disconnect from")) >= dept.connections(), what="the callouts' connections to close")
     connections = dept.connections()
     # New sessions, spread over both shards by the kernel.
-    again = [rcpt(rp.port, a) for a in [f"ghost@{DEPT}", f"bob@{DEPT}"] * 4]
-    assert [(c, t) for c, t, _ in again] == first * 4, again
+    again = [rcpt(rp.port, a) for a in addresses * 3]
+    assert [(c, t) for c, t, _ in again] == first * 3, again
     assert max(s for _, _, s in again) < 0.5, again
     time.sleep(0.5)
     assert dept.connections() == connections, dept.log_text()[-2000:]
-    assert dept.rcpts(f"ghost@{DEPT}") == 1 and dept.rcpts(f"bob@{DEPT}") == 1
-    assert len(events(rp, "callout", address=f"ghost@{DEPT}", cached="true")) == 4, rp.log_text()[-3000:]
+    assert [dept.rcpts(a) for a in addresses] == [1, 1, 1, 1], dept.log_text()[-2000:]
+    assert len(events(rp, "callout", address=f"ghost@{DEPT}", cached="true")) == 3, rp.log_text()[-3000:]
     counted = stats(rp)
-    assert counted["started"] == 2 and counted["cache_hits"] == 8, counted
+    assert counted["started"] == 4 and counted["cache_hits"] == 12, counted
 
 
 def test_concurrent_rcpts_for_one_address_share_one_callout(ringpost, dept_postfix, smtp_sink):
@@ -150,7 +160,7 @@ def test_concurrent_rcpts_for_one_address_share_one_callout(ringpost, dept_postf
     replies = [None] * clients
 
     def one(i):
-        with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as client:
+        with smtplib.SMTP("127.0.0.1", rp.port, timeout=10) as client:
             client.ehlo("client.test")
             client.mail(f"sender{i}@client.test")
             ready.wait()
@@ -173,7 +183,7 @@ def test_callout_timeout_answers_451_and_the_callout_fills_the_cache(ringpost, d
     # The department server takes 3 s per RCPT; ringpost waits 1 s.
     dept, _ = department(dept_postfix, smtp_sink, restrictions=["sleep 3"])
     rp = ringpost({**settings(dept.port), "verify.callout_timeout": '"1s"'})
-    with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as client:
+    with smtplib.SMTP("127.0.0.1", rp.port, timeout=10) as client:
         client.ehlo("client.test")
         client.mail("sender@client.test")
         for address in (f"ghost@{DEPT}", f"alice@{DEPT}"):
@@ -183,11 +193,10 @@ def test_callout_timeout_answers_451_and_the_callout_fills_the_cache(ringpost, d
             assert code == 451 and text.startswith(b"4.4.3"), (address, code, text)
             assert 0.9 < took < 2.5, (address, took)
     # Both callouts run on to the department server's answers.
-    wait_for(lambda: events(rp, "callout", address=f"ghost@{DEPT}", result="reject", cached="false")
-             and events(rp, "callout", address=f"alice@{DEPT}", result="accept", cached="false"),
+    wait_for(lambda: ended(rp, f"ghost@{DEPT}", "reject") and ended(rp, f"alice@{DEPT}", "accept"),
              timeout_s=10, what="the callouts to end")
     connections = dept.connections()
-    with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as client:
+    with smtplib.SMTP("127.0.0.1", rp.port, timeout=10) as client:
         client.ehlo("client.test")
         client.mail("sender@client.test")
         started = time.monotonic()
@@ -203,7 +212,9 @@ def test_callout_timeout_answers_451_and_the_callout_fills_the_cache(ringpost, d
 
 
 def test_dictionary_attack_is_held_to_the_rate_per_domain(ringpost, dept_postfix, smtp_sink):
-    dept, _ = department(dept_postfix, smtp_sink)
+    # The department server's tarpit is off, so the callouts that are let
+    # through end quickly: what holds the attack back is ringpost's limit.
+    dept, _ = department(dept_postfix, smtp_sink, tarpit=False)
     rate = 20
     rp = ringpost({**settings(dept.port, callout_rate_per_domain=rate), "smtp.max_errors": "100000"})
     assert rcpt(rp.port, f"alice@{DEPT}")[0] == 250  # verified before the attack
@@ -213,16 +224,18 @@ def test_dictionary_attack_is_held_to_the_rate_per_domain(ringpost, dept_postfix
     done = threading.Event()
 
     def attack(i):
-        with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as client:
+        with smtplib.SMTP("127.0.0.1", rp.port, timeout=10) as client:
             client.ehlo("attacker.test")
             client.mail(f"spam{i}@attacker.test")
             for n in range(per_attacker):
-                started = time.monotonic()
+                sent = time.monotonic()
+                if sent > began + 30:
+                    break  # a limit on the test, not on ringpost: asserted below
                 code, text = client.rcpt(f"dict{i}x{n}-{secrets.token_hex(3)}@{DEPT}")
-                replies[i].append((code, text, time.monotonic() - started))
+                replies[i].append((code, text, time.monotonic() - sent))
 
     def legitimate():
-        with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as client:
+        with smtplib.SMTP("127.0.0.1", rp.port, timeout=10) as client:
             client.ehlo("client.test")
             while not done.is_set():
                 client.mail("friend@client.test")
@@ -232,13 +245,13 @@ def test_dictionary_attack_is_held_to_the_rate_per_domain(ringpost, dept_postfix
 
     checker = threading.Thread(target=legitimate)
     checker.start()
-    started = time.monotonic()
+    began = time.monotonic()
     threads = [threading.Thread(target=attack, args=(i,)) for i in range(attackers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.monotonic() - started
+    elapsed = time.monotonic() - began
     done.set()
     checker.join()
 
@@ -250,7 +263,7 @@ def test_dictionary_attack_is_held_to_the_rate_per_domain(ringpost, dept_postfix
         time.sleep(2.0)
     attack_rcpts = seen - dept.rcpts(f"alice@{DEPT}")
     flat = [r for rs in replies for r in rs]
-    assert len(flat) == attackers * per_attacker
+    assert len(flat) == attackers * per_attacker, (len(flat), elapsed)
     deferred = [r for r in flat if r[0] == 451]
     refused = [r for r in flat if r[0] == 550]
     assert len(deferred) + len(refused) == len(flat), {r[0] for r in flat}
@@ -276,7 +289,8 @@ def test_department_server_down_defers_and_nothing_is_cached(ringpost, dept_post
     code, text, took = rcpt(strict.port, f"ghost@{DEPT}")
     assert code == 451 and text.startswith(b"4.4.3"), (code, text)
     assert took < 1.5, took
-    assert events(strict, "callout", address=f"ghost@{DEPT}", result="defer")
+    wait_for(lambda: events(strict, "callout", address=f"ghost@{DEPT}", result="defer", cached="false"),
+             timeout_s=5, what="the deferred callout's log line")
     code, text, _ = rcpt(lenient.port, f"ghost@{DEPT}")
     assert code == 250, (code, text)
     # The department server comes up: the same RCPTs are now its to decide.
