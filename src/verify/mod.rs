@@ -259,10 +259,7 @@ impl Verifier {
         if shards <= 1 {
             return self.shard_index;
         }
-        // FNV-1a: the same on every shard and every run.
-        let hash =
-            domain.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        (hash % shards as u64) as usize
+        owner_shard(domain, shards)
     }
 
     /// Verifies the recipient of `plan` for a transaction from
@@ -353,7 +350,8 @@ impl Verifier {
     fn start(self: &Rc<Self>, plan: Plan, sender: String, reply: oneshot::Sender<Answer>) {
         let key_sender = key_sender(&plan.options, &sender).to_string();
         let now_ms = self.clock.unix_ms();
-        if let Some(outcome) = lookup(&mut self.cache.borrow_mut(), &plan, &key_sender, now_ms) {
+        let cached = lookup(&mut self.cache.borrow_mut(), &plan, &key_sender, now_ms);
+        if let Some(outcome) = cached {
             bump(&self.counters.cache_hits);
             let learned = self.entries_for(&plan, &key_sender, now_ms);
             let _ = reply.send(Answer { outcome, cached: true, coalesced: false, learned });
@@ -484,6 +482,13 @@ impl Verifier {
         }
         learned
     }
+}
+
+/// The shard of `shards` that owns the callouts of `domain`: FNV-1a of the
+/// domain, the same on every shard and every run.
+pub(crate) fn owner_shard(domain: &str, shards: usize) -> usize {
+    let hash = domain.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (hash % shards as u64) as usize
 }
 
 /// The sender part of cache keys: only `use-sender` results depend on the
