@@ -94,6 +94,17 @@ pub struct TestShard {
 /// Opens the queue (with its committers and runners running) and builds
 /// the shard around it; delivery is built but not started.
 pub async fn shard(config: Arc<Config>, start_unix_ms: u64) -> TestShard {
+    shard_in_mesh(config, start_unix_ms, 0, None).await
+}
+
+/// The same as shard `index` of several, its callouts connected to the
+/// others' by `mesh` (see `crate::verify::mesh`; its requests are served).
+pub async fn shard_in_mesh(
+    config: Arc<Config>,
+    start_unix_ms: u64,
+    index: usize,
+    mesh: Option<crate::verify::MeshEnd>,
+) -> TestShard {
     let (clock, manual) = Clock::manual(start_unix_ms);
     let queue = Queue::open(
         &config.queue.spool[0],
@@ -129,7 +140,8 @@ pub async fn shard(config: Arc<Config>, start_unix_ms: u64) -> TestShard {
         deliverer.clone(),
         config.delivery.early_ms,
     ));
-    let verifier = Rc::new(crate::verify::Verifier::new(0, config.clone(), deliverer, clock.clone(), None));
+    let verifier = Rc::new(crate::verify::Verifier::new(index, config.clone(), deliverer, clock.clone(), mesh));
+    glommio::spawn_local(verifier.clone().serve()).detach();
     let executor = glommio::executor();
     let tq_smtp = executor.create_task_queue(Shares::Static(1000), Latency::NotImportant, "smtp");
     let tq_delivery =

@@ -259,21 +259,14 @@ impl Verifier {
         if shards <= 1 {
             return self.shard_index;
         }
-        // FNV-1a: the same on every shard and every run.
-        let hash =
-            domain.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        (hash % shards as u64) as usize
+        owner_shard(domain, shards)
     }
 
     /// Verifies the recipient of `plan` for a transaction from
     /// `envelope_sender` ("" for `<>`): the reply to its RCPT.
     pub async fn verify(self: &Rc<Self>, plan: Plan, envelope_sender: &str) -> Reply {
         let started = Instant::now();
-        let sender = match &plan.options.sender {
-            CalloutSender::Null => String::new(),
-            CalloutSender::Address(address) => address.clone(),
-            CalloutSender::UseSender => envelope_sender.to_string(),
-        };
+        let sender = probe_sender(&plan.options, envelope_sender);
         let key_sender = key_sender(&plan.options, &sender);
         let now_ms = self.clock.unix_ms();
         let cached = lookup(&mut self.cache.borrow_mut(), &plan, key_sender, now_ms);
@@ -291,12 +284,6 @@ impl Verifier {
             }
         }
         let reply = client_reply(&plan, &answer.outcome);
-        let result = match &answer.outcome {
-            Outcome::Accept => "accept",
-            Outcome::Reject { .. } => "reject",
-            Outcome::Defer { .. } => "defer",
-            Outcome::Busy(_) => "busy",
-        };
         log::event(
             "callout",
             &[
@@ -304,7 +291,7 @@ impl Verifier {
                 ("target", &plan.hop.key()),
                 ("address", &plan.address),
                 ("sender", &sender),
-                ("result", &result),
+                ("result", &outcome_name(&answer.outcome)),
                 ("latency_ms", &started.elapsed().as_millis()),
                 ("cached", &answer.cached),
                 ("coalesced", &answer.coalesced),
@@ -353,7 +340,8 @@ impl Verifier {
     fn start(self: &Rc<Self>, plan: Plan, sender: String, reply: oneshot::Sender<Answer>) {
         let key_sender = key_sender(&plan.options, &sender).to_string();
         let now_ms = self.clock.unix_ms();
-        if let Some(outcome) = lookup(&mut self.cache.borrow_mut(), &plan, &key_sender, now_ms) {
+        let cached = lookup(&mut self.cache.borrow_mut(), &plan, &key_sender, now_ms);
+        if let Some(outcome) = cached {
             bump(&self.counters.cache_hits);
             let learned = self.entries_for(&plan, &key_sender, now_ms);
             let _ = reply.send(Answer { outcome, cached: true, coalesced: false, learned });
@@ -399,12 +387,8 @@ impl Verifier {
         let started = Instant::now();
         let domain_state = self.cache.borrow_mut().get(&domain_key(&key_sender, &plan.domain), self.clock.unix_ms());
         let random = plan.options.random && domain_state.is_none();
-        let mut recipients = Vec::with_capacity(2);
-        if random {
-            let local = format!("rp-verify-{:016x}", self.random.borrow_mut().next_u64());
-            recipients.push(format!("{local}@{}", plan.domain));
-        }
-        recipients.push(plan.address.clone());
+        let recipients =
+            probe_recipients(&plan.address, &plan.domain, random.then_some(&mut *self.random.borrow_mut()));
         let probed = probe(&self.deliverer, &self.config, &plan.hop, &sender, recipients).await;
         let now_ms = self.clock.unix_ms();
         let outcome = self.interpret(&plan, &key_sender, random, probed, now_ms);
@@ -435,41 +419,25 @@ impl Verifier {
         let v = &self.config.verify;
         let positive = now_ms.saturating_add(v.callout_positive_ttl.0.as_millis() as u64);
         let negative = now_ms.saturating_add(v.callout_negative_ttl.0.as_millis() as u64);
+        let (outcome, domain) = read_probe(probed, random);
+        // An accept-all domain's addresses are answered by the domain's entry.
+        let accept_all = matches!(domain, Some(Cached::AcceptAll));
         let mut cache = self.cache.borrow_mut();
-        let host = probed.host;
-        if probed.refused_before_rcpt {
-            if let Some(RcptOutcome::Permanent(reply)) = probed.outcomes.first() {
-                let value = Cached::DomainRefuses { host: host.clone(), reply: reply.clone() };
-                cache.insert(domain_key(key_sender, &plan.domain), value, negative);
-                return Outcome::Reject { host, reply: reply.clone(), before_rcpt: true };
-            }
+        if let Some(state) = domain {
+            let expires = if matches!(state, Cached::DomainRefuses { .. }) { negative } else { positive };
+            cache.insert(domain_key(key_sender, &plan.domain), state, expires);
         }
-        let address = probed.outcomes.last().cloned();
-        if random {
-            match probed.outcomes.first() {
-                Some(RcptOutcome::Delivered(_)) => {
-                    cache.insert(domain_key(key_sender, &plan.domain), Cached::AcceptAll, positive);
-                    return Outcome::Accept;
-                }
-                Some(RcptOutcome::Permanent(_)) => {
-                    cache.insert(domain_key(key_sender, &plan.domain), Cached::NotAcceptAll, positive);
-                }
-                _ => {}
-            }
-        }
-        match address {
-            Some(RcptOutcome::Delivered(_)) => {
+        match &outcome {
+            Outcome::Accept if !accept_all => {
                 cache.insert(address_key(key_sender, &plan.address), Cached::Accept, positive);
-                Outcome::Accept
             }
-            Some(RcptOutcome::Permanent(reply)) => {
+            Outcome::Reject { host, reply, before_rcpt: false } => {
                 let value = Cached::Reject { host: host.clone(), reply: reply.clone() };
                 cache.insert(address_key(key_sender, &plan.address), value, negative);
-                Outcome::Reject { host, reply, before_rcpt: false }
             }
-            Some(RcptOutcome::Transient(reply)) => Outcome::Defer { host, reply },
-            None => Outcome::Defer { host, reply: Reply::new(451, Enhanced(4, 5, 0), "no outcome from the callout") },
+            _ => {}
         }
+        outcome
     }
 
     /// The live cache entries that decide `plan`'s address, for a
@@ -483,6 +451,22 @@ impl Verifier {
             }
         }
         learned
+    }
+}
+
+/// The shard of `shards` that owns the callouts of `domain`: FNV-1a of the
+/// domain, the same on every shard and every run.
+pub(crate) fn owner_shard(domain: &str, shards: usize) -> usize {
+    let hash = domain.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (hash % shards as u64) as usize
+}
+
+/// The `MAIL FROM` of a callout ("" for `<>`).
+fn probe_sender(options: &Callout, envelope_sender: &str) -> String {
+    match &options.sender {
+        CalloutSender::Null => String::new(),
+        CalloutSender::Address(address) => address.clone(),
+        CalloutSender::UseSender => envelope_sender.to_string(),
     }
 }
 
@@ -563,6 +547,45 @@ fn client_reply(plan: &Plan, outcome: &Outcome) -> Reply {
     }
 }
 
+/// What a probe says of the address asked for (its last recipient) and,
+/// when it knows, of the whole domain: refusing before any RCPT, or (with
+/// a random local part first) accepting everything or not.
+fn read_probe(probed: Probed, random: bool) -> (Outcome, Option<Cached>) {
+    let host = probed.host;
+    let mut domain = None;
+    if probed.refused_before_rcpt {
+        if let Some(RcptOutcome::Permanent(reply)) = probed.outcomes.first() {
+            let state = Cached::DomainRefuses { host: host.clone(), reply: reply.clone() };
+            return (Outcome::Reject { host, reply: reply.clone(), before_rcpt: true }, Some(state));
+        }
+    }
+    if random {
+        match probed.outcomes.first() {
+            Some(RcptOutcome::Delivered(_)) => return (Outcome::Accept, Some(Cached::AcceptAll)),
+            Some(RcptOutcome::Permanent(_)) => domain = Some(Cached::NotAcceptAll),
+            _ => {}
+        }
+    }
+    let outcome = match probed.outcomes.last() {
+        Some(RcptOutcome::Delivered(_)) => Outcome::Accept,
+        Some(RcptOutcome::Permanent(reply)) => Outcome::Reject { host, reply: reply.clone(), before_rcpt: false },
+        Some(RcptOutcome::Transient(reply)) => Outcome::Defer { host, reply: reply.clone() },
+        None => Outcome::Defer { host, reply: Reply::new(451, Enhanced(4, 5, 0), "no outcome from the callout") },
+    };
+    (outcome, domain)
+}
+
+/// The recipients of a probe for `address`: a random local part of
+/// `domain` first when `random`.
+fn probe_recipients(address: &str, domain: &str, random: Option<&mut Random>) -> Vec<String> {
+    let mut recipients = Vec::with_capacity(2);
+    if let Some(random) = random {
+        recipients.push(format!("rp-verify-{:016x}@{domain}", random.next_u64()));
+    }
+    recipients.push(address.to_string());
+    recipients
+}
+
 /// What one probe found.
 struct Probed {
     /// One per recipient asked for, in order.
@@ -625,16 +648,9 @@ pub async fn callout_once(
     plan: &Plan,
     envelope_sender: &str,
 ) -> (Vec<String>, Reply) {
-    let sender = match &plan.options.sender {
-        CalloutSender::Null => String::new(),
-        CalloutSender::Address(address) => address.clone(),
-        CalloutSender::UseSender => envelope_sender.to_string(),
-    };
-    let mut recipients = Vec::new();
-    if plan.options.random {
-        recipients.push(format!("rp-verify-{:016x}@{}", Random::from_os().next_u64(), plan.domain));
-    }
-    recipients.push(plan.address.clone());
+    let sender = probe_sender(&plan.options, envelope_sender);
+    let mut random = Random::from_os();
+    let recipients = probe_recipients(&plan.address, &plan.domain, plan.options.random.then_some(&mut random));
     let timeout = config.verify.callout_timeout.0;
     let probed = glommio::timer::timeout(timeout, async {
         Ok(probe_with(out, config, &plan.hop, &sender, recipients, true).await)
@@ -649,25 +665,7 @@ pub async fn callout_once(
         }
     };
     let transcript = probed.transcript.clone();
-    let outcome = if probed.refused_before_rcpt {
-        match probed.outcomes.first() {
-            Some(RcptOutcome::Permanent(reply)) => {
-                Outcome::Reject { host: probed.host.clone(), reply: reply.clone(), before_rcpt: true }
-            }
-            _ => Outcome::Accept,
-        }
-    } else if plan.options.random && matches!(probed.outcomes.first(), Some(RcptOutcome::Delivered(_))) {
-        Outcome::Accept
-    } else {
-        match probed.outcomes.last() {
-            Some(RcptOutcome::Delivered(_)) => Outcome::Accept,
-            Some(RcptOutcome::Permanent(reply)) => {
-                Outcome::Reject { host: probed.host.clone(), reply: reply.clone(), before_rcpt: false }
-            }
-            Some(RcptOutcome::Transient(reply)) => Outcome::Defer { host: probed.host.clone(), reply: reply.clone() },
-            None => Outcome::Busy("no outcome"),
-        }
-    };
+    let (outcome, _) = read_probe(probed, plan.options.random);
     (transcript, client_reply(plan, &outcome))
 }
 

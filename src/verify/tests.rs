@@ -355,3 +355,71 @@ fn an_lmtp_rule_is_asked_over_lmtp() {
         })
     });
 }
+
+/// Two shards on two threads: the owner of dept.test verifies an address
+/// first; the other shard's RCPTs for it are then answered by the owner's
+/// cache (one round trip, no callout), then by its own. Concurrent RCPTs
+/// on both shards for a new address share the owner's one callout.
+#[test]
+fn shards_ask_the_owner_of_the_domain_and_share_its_cache() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let peer = Arc::new(Peer::start(department(200)));
+    let port = peer.port;
+    let owner = super::owner_shard("dept.test", 2);
+    let mut ends: Vec<Option<super::MeshEnd>> = super::mesh(2).into_iter().map(Some).collect();
+    // Steps: 0 start, 1 owner verified, 2 the other verified, 3 both asked
+    // for the new address, 4 done.
+    let step = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for index in 0..2 {
+        let end = ends[index].take();
+        let (step, peer) = (step.clone(), peer.clone());
+        threads.push(std::thread::spawn(move || {
+            testing::run(move || {
+                Box::pin(async move {
+                    let dir = testing::tempdir(&format!("verify-mesh-{index}"));
+                    let extra = format!(
+                        "[[transport]]\ndomains = [\"dept.test\"]\ntransport = \"smtp\"\n\
+                         nexthop = \"127.0.0.1:{port}\"\nverify = \"callout\"\n"
+                    );
+                    let t = testing::shard_in_mesh(testing::config(&dir, &extra), START_MS, index, end).await;
+                    let wait_for = |n: usize| {
+                        let step = step.clone();
+                        async move {
+                            while step.load(Ordering::SeqCst) < n {
+                                testing::settle(5).await;
+                            }
+                        }
+                    };
+                    if index == owner {
+                        assert_eq!(rcpt(&t, "x@dept.test").await.code, 550);
+                        step.store(1, Ordering::SeqCst);
+                    } else {
+                        wait_for(1).await;
+                        assert_eq!(rcpt(&t, "x@dept.test").await.code, 550, "from the owner's cache");
+                        assert_eq!(rcpt(&t, "x@dept.test").await.code, 550, "from its own");
+                        assert_eq!(t.shard.verifier.stats().cache_hits, 1);
+                        assert_eq!(rcpt_lines(&peer).len(), 1);
+                        step.store(2, Ordering::SeqCst);
+                    }
+                    wait_for(2).await;
+                    let reply = rcpt(&t, "y@dept.test").await;
+                    assert_eq!(reply.code, 550, "{reply:?}");
+                    step.fetch_add(1, Ordering::SeqCst);
+                    // Serve the other shard until it is done too.
+                    wait_for(4).await;
+                    let stats = t.shard.verifier.stats();
+                    if index == owner {
+                        assert_eq!((stats.started, stats.coalesced, stats.cache_hits), (2, 1, 1), "{stats:?}");
+                    } else {
+                        assert_eq!(stats.started, 0, "{stats:?}");
+                    }
+                })
+            })
+        }));
+    }
+    for thread in threads {
+        thread.join().expect("shard thread");
+    }
+    assert_eq!(rcpt_lines(&peer), vec!["RCPT TO:<x@dept.test>", "RCPT TO:<y@dept.test>"]);
+}
