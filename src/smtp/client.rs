@@ -1193,10 +1193,18 @@ impl Client {
 
     /// A probe whose every RCPT is answered: the server holds a
     /// transaction (MAIL was accepted) that RSET clears before the next.
+    /// A server counts refused RCPTs against the session (Postfix's
+    /// smtpd_soft_error_limit delays every reply after 10, its hard limit
+    /// of 20 ends the session), so a probe that was refused does not keep
+    /// its session for the next one.
     fn end_probe(&mut self) {
         debug_assert!(self.awaiting.is_empty());
         self.resolve_unresolved(&RcptOutcome::Transient(Reply::new(451, Enhanced(4, 5, 0), "no reply for this recipient")));
-        self.end_transaction(true);
+        if self.results.iter().any(|r| matches!(r, Some(RcptOutcome::Permanent(_)))) {
+            self.quit();
+        } else {
+            self.end_transaction(true);
+        }
     }
 
     /// BINARYMIME, every RCPT answered: the chunks if anyone was accepted,
@@ -2743,19 +2751,26 @@ mod tests {
     }
 
     /// A probe with PIPELINING: MAIL and every RCPT in one batch, no DATA,
-    /// no SIZE; each RCPT reply is its recipient's outcome; the session is
-    /// kept with RSET before its next transaction.
+    /// no SIZE; each RCPT reply is its recipient's outcome; a probe whose
+    /// RCPTs were all accepted keeps the session, with RSET before its
+    /// next transaction; a refused one ends it.
     #[test]
     fn probe_pipelined_asks_rcpt_only_and_keeps_the_session() {
         let params = ClientParams { keep_open: true, transcript: true, ..ClientParams::new("relay.example.org") };
-        let mut f = Fake::with_params(params, probe(&["random-x@dept.test", "x@dept.test"]));
+        let mut f = Fake::with_params(params.clone(), probe(&["random-x@dept.test", "x@dept.test"]));
         assert_eq!(f.open(EHLO_PIPE), "MAIL FROM:<>\r\nRCPT TO:<random-x@dept.test>\r\nRCPT TO:<x@dept.test>\r\n");
         let o = done(f.say("250 2.1.0 Ok\r\n550 5.1.1 unknown\r\n250 2.1.5 Ok\r\n"));
         assert_eq!(codes(&o), vec![('P', 550), ('D', 250)]);
-        assert!(o.reusable && o.mail_accepted);
-        assert_eq!(f.sent(), "", "no DATA, no QUIT: the session is kept");
+        assert!(!o.reusable && o.mail_accepted);
+        assert_eq!(f.sent(), "QUIT\r\n", "a refused probe does not keep its session");
         assert!(o.transcript.contains(&"C: MAIL FROM:<>".to_string()), "{:?}", o.transcript);
         assert!(o.transcript.contains(&"S: 550 5.1.1 unknown".to_string()), "{:?}", o.transcript);
+
+        let mut f = Fake::with_params(params, probe(&["x@dept.test"]));
+        assert_eq!(f.open(EHLO_PIPE), "MAIL FROM:<>\r\nRCPT TO:<x@dept.test>\r\n");
+        let o = done(f.say("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"));
+        assert!(o.reusable);
+        assert_eq!(f.sent(), "", "no DATA, no QUIT: the session is kept");
         // The next transaction on the session starts with RSET.
         f.client.next_transaction(probe(&["y@dept.test"]), f.now);
         assert_eq!(f.client.poll(f.now), ClientEvent::NeedInput);

@@ -1,8 +1,8 @@
 //! Call-forward recipient verification ("callouts"): at RCPT, a recipient
 //! whose `[[transport]]` rule or `[[router]]` says `verify = "callout"` is
 //! checked by asking the next hop delivery would use — `MAIL FROM:<>`,
-//! `RCPT TO:<address>`, then RSET (the session is kept for the next
-//! callout or delivery to that host) or QUIT — and the back end's answer
+//! `RCPT TO:<address>`, then RSET (an accepting session is kept for the
+//! next callout or delivery to that host) or QUIT — and the back end's answer
 //! becomes the client's: 2xx is `250 2.1.5`, 5xx is `550` with the back
 //! end's words, anything else `451 4.4.3` (or acceptance with
 //! `callout_defer_ok`). Nothing is accepted to be bounced later, and
