@@ -289,6 +289,26 @@ def test_dictionary_attack_is_held_to_the_rate_per_domain(ringpost, dept_postfix
     assert counted["rate_limited"] > 0, counted
 
 
+def test_refused_callouts_do_not_meet_the_department_servers_tarpit(ringpost, dept_postfix, smtp_sink):
+    # Postfix's defaults: after 10 refused RCPTs in one session each reply
+    # waits 1 s, after 20 the session is closed. Callouts that shared a
+    # session would slow down from the 11th refusal on.
+    dept, _ = department(dept_postfix, smtp_sink)
+    rp = ringpost(settings(dept.port))
+    with smtplib.SMTP("127.0.0.1", rp.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("sender@client.test")
+        for n in range(25):
+            started = time.monotonic()
+            code, text = client.rcpt(f"nobody{n}@{DEPT}")
+            took = time.monotonic() - started
+            assert code == 550 and UNKNOWN_TEXT in text, (n, code, text)
+            assert took < 0.5, (n, took)
+        # An accepted one still works after them.
+        assert client.rcpt(f"alice@{DEPT}")[0] == 250
+    settled(lambda: dept.rejects(), 25)
+
+
 def test_department_server_down_defers_and_nothing_is_cached(ringpost, dept_postfix, smtp_sink):
     port = free_port()  # nothing listens there yet
     strict = ringpost(settings(port))
