@@ -12,6 +12,7 @@
 //! delivery (`delivery.early_ms`) is the first stage; content scanners and
 //! replication to a peer plug in here the same way.
 
+pub mod content;
 pub mod early;
 
 use crate::queue::Envelope;
