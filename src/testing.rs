@@ -49,6 +49,7 @@ pub fn envelope(id: &str, to: &[&str], now_ms: u64) -> crate::queue::Envelope {
         client: "127.0.0.1".into(),
         helo: "client.test".into(),
         body: Body::Inline(Default::default()),
+        headers_prepended: Vec::new(),
     }
 }
 

@@ -475,7 +475,8 @@ impl Deliverer {
         let body_path = self.queue.body_path(&env.id);
         let body = env.body.clone();
         let hostname = self.config.server.hostname.clone();
-        let prefix = format!("Return-Path: {}\r\n", env.sender).into_bytes();
+        let mut prefix = format!("Return-Path: {}\r\n", env.sender).into_bytes();
+        prefix.extend_from_slice(&env.headers_prepended);
         let line_ends = if env.body_binary { maildir::LineEnds::AsStored } else { maildir::LineEnds::Lf };
         let result = glommio::executor()
             .spawn_blocking(move || -> std::io::Result<std::path::PathBuf> {

@@ -305,6 +305,7 @@ impl Delivery {
             client: "local".into(),
             helo: String::new(),
             body: Body::Inline(Default::default()),
+            headers_prepended: Vec::new(),
         };
         let bounce_id = bounce.id.clone();
         writer.commit(&self.queue, bounce).await?;

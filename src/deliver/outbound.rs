@@ -235,7 +235,7 @@ pub fn transaction(env: &Envelope, indexes: &[usize]) -> Transaction {
             ReversePath::Path(a) => a.to_string(),
         },
         recipients: indexes.iter().map(|&i| env.recipients[i].address.to_string()).collect(),
-        size_bytes: env.size_bytes,
+        size_bytes: env.size_bytes + env.headers_prepended.len() as u64,
         body,
         smtputf8: env.smtputf8,
         probe: false,
@@ -424,7 +424,7 @@ pub async fn drive(
                     client.on_connection_lost();
                     continue;
                 };
-                match send_body(stream, &out, &env.body, body_path, client, block_timeout).await {
+                match send_body(stream, &out, env, body_path, client, block_timeout).await {
                     Ok(()) => client.body_sent(),
                     Err(_) => client.on_connection_lost(),
                 }
@@ -435,7 +435,7 @@ pub async fn drive(
                     client.on_connection_lost();
                     continue;
                 };
-                if send_chunk(stream, client, &mut chunks, &env.body, body_path, block_timeout).await.is_err() {
+                if send_chunk(stream, client, &mut chunks, env, body_path, block_timeout).await.is_err() {
                     client.on_connection_lost();
                 }
             }
@@ -454,13 +454,14 @@ pub async fn drive(
     outcome
 }
 
-/// Writes pending commands, then the dot-stuffed content and its
-/// terminator. Each block must be written within the client's data-block
-/// timeout (RFC 5321 §4.5.3.2.5), which every written block restarts.
+/// Writes pending commands, then the dot-stuffed content (the envelope's
+/// added header lines first) and its terminator. Each block must be
+/// written within the client's data-block timeout (RFC 5321 §4.5.3.2.5),
+/// which every written block restarts.
 async fn send_body(
     stream: &mut Stream,
     pending: &[u8],
-    body: &Body,
+    env: &Envelope,
     body_path: &Path,
     client: &mut Client,
     block_timeout: Duration,
@@ -468,7 +469,12 @@ async fn send_body(
     write_within(stream, pending, block_timeout).await?;
     let mut stuffer = DotStuffer::new();
     let mut wire = Vec::with_capacity(BODY_READ_BYTES + BODY_READ_BYTES / 8);
-    match body {
+    if !env.headers_prepended.is_empty() {
+        stuffer.encode(&env.headers_prepended, &mut wire);
+        write_within(stream, &wire, block_timeout).await?;
+        wire.clear();
+    }
+    match &env.body {
         Body::Inline(bytes) => {
             for chunk in bytes.chunks(BODY_READ_BYTES) {
                 wire.clear();
@@ -505,12 +511,18 @@ async fn send_chunk(
     stream: &mut Stream,
     client: &mut Client,
     chunks: &mut ChunkReader,
-    body: &Body,
+    env: &Envelope,
     body_path: &Path,
     block_timeout: Duration,
 ) -> std::io::Result<()> {
     write_within(stream, &client.take_output(), block_timeout).await?;
-    let (block, last) = chunks.next(body, body_path).await?;
+    let (block, last) = if !chunks.headers_sent && !env.headers_prepended.is_empty() {
+        // The added header lines go first, as a chunk of their own.
+        chunks.headers_sent = true;
+        (env.headers_prepended.clone(), false)
+    } else {
+        chunks.next(&env.body, body_path).await?
+    };
     client.bdat_chunk(Instant::now(), &block, last);
     write_within(stream, &client.take_output(), block_timeout).await
 }
@@ -520,6 +532,8 @@ async fn send_chunk(
 /// last block is known as such when it is framed.
 #[derive(Default)]
 struct ChunkReader {
+    /// The envelope's added header lines have been sent.
+    headers_sent: bool,
     file: Option<BufferedFile>,
     /// Where the next read starts.
     offset_bytes: u64,
@@ -672,6 +686,7 @@ mod tests {
             client: String::new(),
             helo: String::new(),
             body: Body::Inline(b"abc".to_vec().into()),
+            headers_prepended: Vec::new(),
         };
         assert_eq!(transaction(&env(false, false), &[0]).body, BodyType::SevenBit);
         assert_eq!(transaction(&env(true, false), &[0]).body, BodyType::EightBitMime);

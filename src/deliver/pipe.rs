@@ -142,6 +142,7 @@ pub async fn deliver(params: &PipeParams, body_path: &Path, env: &Envelope, inde
                 crate::smtp::address::ReversePath::Path(a) => a.to_string(),
             },
             binary: env.body_binary,
+            headers_prepended: env.headers_prepended.clone(),
             user: first.local_part.clone(),
             domain: first.domain.clone().unwrap_or_default(),
             recipients,
@@ -165,6 +166,8 @@ struct Job {
     recipients: Vec<String>,
     /// BINARYMIME content: passed on byte for byte.
     binary: bool,
+    /// Header lines added above the content (CRLF line ends).
+    headers_prepended: Vec<u8>,
     per_recipient: bool,
     body: Body,
     body_path: PathBuf,
@@ -216,6 +219,8 @@ impl Job {
         if self.per_recipient {
             header.push_str(&format!("Delivered-To: {first}{eol}"));
         }
+        let added = String::from_utf8_lossy(&self.headers_prepended);
+        header.push_str(&if self.binary { added.into_owned() } else { added.replace("\r\n", "\n") });
         let binary = self.binary;
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let body = self.body.clone();

@@ -226,3 +226,44 @@ fn a_damaged_body_file_is_deferred_never_delivered() {
         })
     });
 }
+
+/// Commits a message whose envelope carries added header lines (what
+/// content scanners add).
+async fn accept_with_headers(t: &testing::TestShard, to: &[&str], body: &[u8], headers: &[u8]) -> String {
+    let queue = &t.shard.queue;
+    let mut writer = queue.create().await.unwrap();
+    writer.write(body).await.unwrap();
+    let id = writer.id().to_string();
+    let mut env = testing::envelope(&id, to, queue.clock().unix_ms());
+    env.headers_prepended = headers.to_vec();
+    writer.commit(queue, env).await.unwrap();
+    id
+}
+
+#[test]
+fn added_header_lines_go_above_the_stored_content_on_every_transport() {
+    testing::run(|| {
+        Box::pin(async {
+            let added = b"X-Spam-Status: No, score=0.1\r\nX-Virus-Scanned: clamd\r\n";
+            // SMTP: after DATA, before the content; SIZE counts them.
+            let ok = Arc::new(|_: &str, _: usize| "250 2.0.0 ok\r\n".to_string());
+            let (t, peer, dir) = shard_with_peer("deliver-headers", ok).await;
+            start_delivery(&t);
+            accept_with_headers(&t, &["far@example.net"], b"Subject: scanned\r\n\r\n.dot\r\n", added).await;
+            accept_with_headers(&t, &["bob@localhost"], b"Subject: local\r\n\r\nhi\r\n", added).await;
+            let queue = t.shard.queue.clone();
+            wait_for("both deliveries", || queue.live_count() == 0).await;
+            let data: Vec<String> = peer.commands("|");
+            assert_eq!(
+                data,
+                vec!["|X-Spam-Status: No, score=0.1", "|X-Virus-Scanned: clamd", "|Subject: scanned", "|", "|..dot"]
+            );
+            // Maildir: below Return-Path, with LF line ends like the rest.
+            assert_eq!(
+                only_mail(&dir, "bob", "the Maildir file").await,
+                b"Return-Path: <sender@example.org>\nX-Spam-Status: No, score=0.1\nX-Virus-Scanned: clamd\n\
+                  Subject: local\n\nhi\n"
+            );
+        })
+    });
+}

@@ -421,6 +421,7 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
         client: peer.ip().to_string(),
         helo: machine.helo_name().unwrap_or_default().to_string(),
         body: Body::Inline(Default::default()),
+        headers_prepended: Vec::new(),
     };
     // The data-callout stages see the whole message before its commit.
     if !shard.stages.is_empty() {

@@ -62,6 +62,10 @@ pub struct Envelope {
     /// The client's address and HELO name, for logs.
     pub client: String,
     pub helo: String,
+    /// Header lines (each ending in CRLF) added above the stored content
+    /// at delivery: what content scanners add. The stored content is never
+    /// rewritten. At most `queue_format::HEADERS_PREPENDED_SIZE_BYTES_MAX`.
+    pub headers_prepended: Vec<u8>,
     pub body: Body,
 }
 
@@ -128,6 +132,16 @@ fn bounded(text: &str, max: usize) -> &[u8] {
     &text.as_bytes()[..end]
 }
 
+/// Whole header lines of `headers` that fit in `max` bytes (the scanning
+/// stage never adds more; this only keeps a record within its format).
+fn bounded_bytes(headers: &[u8], max: usize) -> &[u8] {
+    if headers.len() <= max {
+        return headers;
+    }
+    let end = headers[..max].windows(2).rposition(|w| w == b"\r\n").map_or(0, |at| at + 2);
+    &headers[..end]
+}
+
 /// An address as the log stores it (`local@domain`, or a bare `postmaster`),
 /// read back. The text was written from a parsed [`Address`], so the domain
 /// is what follows the last `@` (a domain never holds one); a stored text
@@ -176,7 +190,7 @@ impl Envelope {
             mail_params: b"",
             client_address: bounded(&self.client, queue_format::CLIENT_ADDRESS_SIZE_BYTES_MAX),
             client_helo: bounded(&self.helo, queue_format::CLIENT_HELO_SIZE_BYTES_MAX),
-            headers_prepended: b"",
+            headers_prepended: bounded_bytes(&self.headers_prepended, queue_format::HEADERS_PREPENDED_SIZE_BYTES_MAX),
             recipients: self
                 .recipients
                 .iter()
@@ -229,6 +243,7 @@ impl Envelope {
             smtputf8: record.flags.contains(EnvelopeFlags::SMTPUTF8),
             client: text(record.client_address),
             helo: text(record.client_helo),
+            headers_prepended: record.headers_prepended.to_vec(),
             body,
         })
     }
@@ -282,6 +297,7 @@ mod tests {
             smtputf8: false,
             client: "[127.0.0.1]:4000".into(),
             helo: "client.example".into(),
+            headers_prepended: b"X-Spam-Status: No, score=0.1\r\nX-Virus-Scanned: clamd\r\n".to_vec(),
             body,
         }
     }

@@ -244,6 +244,7 @@ mod tests {
             client: "[127.0.0.1]:1".into(),
             helo: "h".into(),
             body: Body::Inline(Arc::from(&b"abc"[..])),
+            headers_prepended: Vec::new(),
         }
     }
 

@@ -86,6 +86,7 @@ fn template(id: &str) -> Envelope {
         client: "[127.0.0.1]:1".into(),
         helo: "test".into(),
         body: Body::Inline(Default::default()),
+        headers_prepended: Vec::new(),
     }
 }
 
