@@ -100,3 +100,192 @@ fn verdict(reply: &[u8]) -> Result<Verdict, String> {
         false => Err(format!("unexpected reply {:?}", printable(line, 200))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+
+    use std::path::Path;
+    use std::thread::JoinHandle;
+
+    use super::*;
+    use crate::scan::content::CHUNK_BYTES;
+    use crate::scan::spamd::tests::{content, in_file, inline, listen, Conn};
+    use crate::testing;
+
+    /// What the fake clamd received: the command (up to its NUL), each
+    /// chunk's length, the chunks' octets, whether the zero length came.
+    #[derive(Debug, Default)]
+    struct Request {
+        command: Vec<u8>,
+        chunks: Vec<usize>,
+        content: Vec<u8>,
+        terminated: bool,
+    }
+
+    fn read_request(conn: &mut dyn Conn, max_chunks: usize) -> Request {
+        let mut request = Request::default();
+        let mut byte = [0u8];
+        while conn.read(&mut byte).is_ok_and(|n| n == 1) && byte[0] != 0 && request.command.len() < 100 {
+            request.command.push(byte[0]);
+        }
+        while request.chunks.len() < max_chunks {
+            let mut length = [0u8; 4];
+            if conn.read_exact(&mut length).is_err() {
+                break;
+            }
+            let length = u32::from_be_bytes(length) as usize;
+            if length == 0 {
+                request.terminated = true;
+                break;
+            }
+            request.chunks.push(length);
+            let mut chunk = vec![0u8; length];
+            if conn.read_exact(&mut chunk).is_err() {
+                break;
+            }
+            request.content.extend_from_slice(&chunk);
+        }
+        request
+    }
+
+    /// A clamd that reads the whole request, then answers `reply`.
+    fn fake_clamd(unix: bool, reply: &'static [u8]) -> (ScannerAddress, JoinHandle<Request>) {
+        listen(unix, move |conn| {
+            let request = read_request(conn, usize::MAX);
+            let _ = conn.write_all(reply);
+            conn.shut_write();
+            request
+        })
+    }
+
+    fn scan_inline(address: ScannerAddress, bytes: &'static [u8]) -> Result<Verdict, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        testing::run(move || {
+            Box::pin(async move {
+                let env = inline(bytes);
+                let message = Message { env: &env, body_path: Path::new("/nonexistent") };
+                let _ = tx.send(scan(&ClamdParams { address }, message).await);
+            })
+        });
+        rx.recv().unwrap()
+    }
+
+    fn scan_file(address: ScannerAddress, bytes: Vec<u8>) -> Result<Verdict, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        testing::run(move || {
+            Box::pin(async move {
+                let (env, path) = in_file(&bytes);
+                let _ = tx.send(scan(&ClamdParams { address }, Message { env: &env, body_path: &path }).await);
+            })
+        });
+        rx.recv().unwrap()
+    }
+
+    const MESSAGE: &[u8] = b"Subject: x\r\n\r\nhello\r\n";
+
+    #[test]
+    fn clean_mail_is_accepted_with_a_header() {
+        let (address, peer) = fake_clamd(false, b"stream: OK\0");
+        assert_eq!(
+            scan_inline(address, MESSAGE),
+            Ok(Verdict::Accept { headers: vec!["X-Virus-Scanned: clamd".into()], score: None })
+        );
+        let request = peer.join().unwrap();
+        assert_eq!(request.command, b"zINSTREAM");
+        assert_eq!(request.chunks, [MESSAGE.len()]);
+        assert_eq!(request.content, MESSAGE);
+        assert!(request.terminated);
+    }
+
+    #[test]
+    fn a_virus_is_refused_by_name() {
+        let (address, _) = fake_clamd(false, b"stream: Eicar-Test-Signature.UNOFFICIAL FOUND\0");
+        assert_eq!(
+            scan_inline(address, MESSAGE),
+            Ok(Verdict::Reject { reason: "virus Eicar-Test-Signature.UNOFFICIAL found".into(), score: None })
+        );
+    }
+
+    #[test]
+    fn a_body_file_is_framed_in_chunks_and_terminated() {
+        let bytes = content(3 * CHUNK_BYTES + 1234);
+        let (address, peer) = fake_clamd(false, b"stream: OK\0");
+        assert!(matches!(scan_file(address, bytes.clone()), Ok(Verdict::Accept { .. })));
+        let request = peer.join().unwrap();
+        assert_eq!(request.command, b"zINSTREAM");
+        assert_eq!(request.chunks, [CHUNK_BYTES, CHUNK_BYTES, CHUNK_BYTES, 1234]);
+        assert!(request.content == bytes, "the content differs");
+        assert!(request.terminated);
+    }
+
+    #[test]
+    fn an_empty_message_is_only_the_terminator() {
+        let (address, peer) = fake_clamd(true, b"stream: OK\0");
+        assert!(matches!(scan_inline(address, b""), Ok(Verdict::Accept { .. })));
+        let request = peer.join().unwrap();
+        assert_eq!(
+            (request.command.as_slice(), request.chunks.len(), request.terminated),
+            (&b"zINSTREAM"[..], 0, true)
+        );
+    }
+
+    #[test]
+    fn errors_and_malformed_replies() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"INSTREAM size limit exceeded. ERROR\0", "clamd answered \"INSTREAM size limit exceeded. ERROR\""),
+            (b"stream: Can't allocate memory ERROR\0", "Can't allocate memory ERROR"),
+            (b"UNKNOWN COMMAND\0", "unexpected reply \"UNKNOWN COMMAND\""),
+            (b"", "connection closed without a reply"),
+            (b"stream: O", "connection closed within the reply \"stream: O\""),
+            (b"stream:  FOUND\0", "unexpected reply"),
+            (b"stream: \xff FOUND\0", "unexpected reply \"stream: \\\\xff FOUND\""),
+            (b"PONG\0", "unexpected reply"),
+        ];
+        for (reply, wanted) in cases {
+            let (address, _) = fake_clamd(false, reply);
+            let error = scan_inline(address.clone(), MESSAGE).unwrap_err();
+            assert!(error.contains(wanted), "{:?}: {error}", String::from_utf8_lossy(reply));
+            assert!(error.starts_with(&format!("clamd {address}: ")), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_reply_is_read_to_a_bound() {
+        let (address, _) = listen(false, |conn| {
+            read_request(conn, usize::MAX);
+            let _ = conn.write_all(&vec![b'a'; MAX_REPLY_BYTES + 1]);
+        });
+        let error = scan_inline(address, MESSAGE).unwrap_err();
+        assert!(error.contains(&format!("reply longer than {MAX_REPLY_BYTES} bytes")), "{error}");
+    }
+
+    #[test]
+    fn an_answer_before_the_end_of_the_stream_is_read() {
+        // A size limit: clamd answers after the first chunk and closes
+        // while much more is still to come.
+        let (address, peer) = listen(false, |conn| {
+            let request = read_request(conn, 1);
+            let _ = conn.write_all(b"INSTREAM size limit exceeded. ERROR\0");
+            request
+        });
+        let error = scan_file(address, content(64 * CHUNK_BYTES)).unwrap_err();
+        assert!(error.contains("INSTREAM size limit exceeded. ERROR"), "{error}");
+        assert_eq!(peer.join().unwrap().chunks, [CHUNK_BYTES]);
+    }
+
+    #[test]
+    fn a_close_before_the_end_of_the_stream_is_an_error() {
+        let (address, _) = listen(false, |conn| {
+            read_request(conn, 1);
+        });
+        let error = scan_file(address, content(64 * CHUNK_BYTES)).unwrap_err();
+        assert!(error.contains("write: ") || error.contains("closed without a reply"), "{error}");
+    }
+
+    #[test]
+    fn unreachable_clamd_is_an_error() {
+        let path = testing::tempdir("clamd-absent").join("clamd.ctl");
+        let error = scan_inline(ScannerAddress::Unix(path.clone()), MESSAGE).unwrap_err();
+        assert!(error.starts_with(&format!("clamd unix:{}: connect: ", path.display())), "{error}");
+    }
+}
