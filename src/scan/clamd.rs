@@ -103,7 +103,6 @@ fn verdict(reply: &[u8]) -> Result<Verdict, String> {
 
 #[cfg(test)]
 mod tests {
-
     use std::path::Path;
     use std::thread::JoinHandle;
 
