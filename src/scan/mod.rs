@@ -12,8 +12,10 @@
 //! delivery (`delivery.early_ms`) is the first stage; content scanners and
 //! replication to a peer plug in here the same way.
 
+pub mod clamd;
 pub mod content;
 pub mod early;
+pub mod spamd;
 
 use crate::queue::Envelope;
 use crate::smtp::reply::Reply;
