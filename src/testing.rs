@@ -137,10 +137,10 @@ pub async fn shard_in_mesh(
         queue.clone(),
         deliverer.clone(),
     ));
-    let stages = crate::scan::Stages::new(crate::scan::early::EarlyDelivery::new(
-        deliverer.clone(),
-        config.delivery.early_ms,
-    ));
+    let stages = crate::scan::Stages::new(
+        Some(crate::scan::scanners::Scanners::new(&config, queue.clone())),
+        crate::scan::early::EarlyDelivery::new(deliverer.clone(), config.delivery.early_ms),
+    );
     let verifier = Rc::new(crate::verify::Verifier::new(index, config.clone(), deliverer, clock.clone(), mesh));
     glommio::spawn_local(verifier.clone().serve()).detach();
     let executor = glommio::executor();

@@ -57,6 +57,83 @@ pub struct Config {
     /// classified by `domains.local` and the relay settings alone.
     pub routers: Vec<Router>,
     pub verify: Verify,
+    /// `[[scanner]]` tables: content scanners run in order over each
+    /// message at its final dot. Default: none.
+    pub scanners: Vec<Scanner>,
+}
+
+/// What a content scanner speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScannerKind {
+    /// SpamAssassin's spamd (SPAMC/1.5).
+    Spamd,
+    /// ClamAV's clamd (zINSTREAM).
+    Clamd,
+}
+
+impl ScannerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScannerKind::Spamd => "spamd",
+            ScannerKind::Clamd => "clamd",
+        }
+    }
+}
+
+/// What a scanner that fails (cannot be reached, times out, answers
+/// nonsense) means for the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// `451 4.7.1`: the client tries again later.
+    Tempfail,
+    /// The message goes on as if this scanner had accepted it.
+    Accept,
+}
+
+impl OnFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFailure::Tempfail => "tempfail",
+            OnFailure::Accept => "accept",
+        }
+    }
+}
+
+/// A spam score in thousandths (`reject_score = 7.5` is 7500).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Score(pub i64);
+
+impl Score {
+    pub fn from_f64(score: f64) -> Score {
+        Score((score * 1000.0).round() as i64)
+    }
+
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+}
+
+/// One `[[scanner]]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scanner {
+    /// Unique; in logs and replies.
+    pub name: String,
+    pub kind: ScannerKind,
+    /// `"host:port"` or `"unix:/path"`.
+    pub address: String,
+    /// Longest scan, waiting for a slot included. Default "30s".
+    pub timeout: Duration,
+    /// Scans running at once per shard. Default 8.
+    pub max_concurrent: usize,
+    /// Scans waiting for a slot per shard; one more gets 451 at once. Default 64.
+    pub queue_max: usize,
+    /// Default tempfail.
+    pub on_failure: OnFailure,
+    /// Larger messages are not given to this scanner. Default: unset (all).
+    pub max_size_bytes: Option<u64>,
+    /// spamd: refuse at or above this score; below it, accept and add the
+    /// X-Spam headers. Default: unset (refuse what spamd calls spam).
+    pub reject_score: Option<Score>,
 }
 
 /// `[verify]`: call-forward recipient verification (callouts), for the
@@ -586,6 +663,7 @@ impl Default for Config {
             route: Route::default(),
             routers: Vec::new(),
             verify: Verify::default(),
+            scanners: Vec::new(),
         }
     }
 }

@@ -176,6 +176,23 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "callout_max_per_host = {}", v.callout_max_per_host)?;
     writeln!(out, "callout_rate_per_domain = {}", v.callout_rate_per_domain)?;
 
+    for scanner in &c.scanners {
+        writeln!(out, "\n[[scanner]]")?;
+        writeln!(out, "name = {}", quoted(&scanner.name))?;
+        writeln!(out, "kind = {}", quoted(scanner.kind.as_str()))?;
+        writeln!(out, "address = {}", quoted(&scanner.address))?;
+        writeln!(out, "timeout = {}", quoted(&scanner.timeout.to_string()))?;
+        writeln!(out, "max_concurrent = {}", scanner.max_concurrent)?;
+        writeln!(out, "queue_max = {}", scanner.queue_max)?;
+        writeln!(out, "on_failure = {}", quoted(scanner.on_failure.as_str()))?;
+        if let Some(max) = scanner.max_size_bytes {
+            writeln!(out, "max_size_bytes = {max}")?;
+        }
+        if let Some(score) = scanner.reject_score {
+            writeln!(out, "reject_score = {:?}", score.as_f64())?;
+        }
+    }
+
     for (name, pool) in &c.pools {
         writeln!(out, "\n[pool.{name}]")?;
         writeln!(out, "max_connections = {}", pool.max_connections)?;

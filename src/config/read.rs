@@ -17,7 +17,7 @@ use super::{
     BareLf, Cidr, Config, Delivery, Dns, Domains, Duration, Local, Nul, Queue, Relay, Server, Smtp, Tls, TlsPolicy,
     TransportKind, TransportRule,
 };
-use super::{Callout, CalloutSender, Driver, Route, Router, Verify};
+use super::{Callout, CalloutSender, Driver, OnFailure, Route, Router, Scanner, ScannerKind, Score, Verify};
 
 /// Most shards a configuration may ask for; far above any core count we run
 /// on, low enough that a typing slip does not start a million threads.
@@ -31,7 +31,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
 const ROOT_KEYS: &[&str] =
-    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify"];
+    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner"];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
     "max_alias_depth",
@@ -44,6 +44,19 @@ pub(super) const ROUTE_KEYS: &[&str] = &[
 ];
 pub(super) const ROUTER_KEYS: &[&str] =
     &["name", "driver", "domains", "local_parts", "senders", "file", "source", "query", "rules", "host", "transport", "pool", "verify", "callout_random", "callout_sender", "callout_defer_ok"];
+pub(super) const SCANNER_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "address",
+    "timeout",
+    "max_concurrent",
+    "queue_max",
+    "on_failure",
+    "max_size_bytes",
+    "reject_score",
+];
+/// Most `[[scanner]]` tables.
+const SCANNERS_MAX: usize = 16;
 pub(super) const VERIFY_KEYS: &[&str] = &[
     "callout_timeout",
     "callout_positive_ttl",
@@ -309,7 +322,103 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
             Some(entry) => read_pools(&entry.node)?,
         },
         verify: read_verify(&Section::open(root, "verify", VERIFY_KEYS)?, defaults.verify)?,
+        scanners: match root.get("scanner") {
+            None => defaults.scanners,
+            Some(entry) => read_scanners(&entry.node)?,
+        },
     })
+}
+
+/// `[[scanner]]`: content scanners, in order.
+fn read_scanners(node: &Node) -> Result<Vec<Scanner>> {
+    let Value::Array(elements) = &node.value else {
+        return Err(wrong_type(node, "scanner", "an array of tables ([[scanner]])", &node.value));
+    };
+    ensure(elements.len() <= SCANNERS_MAX, node, "scanner", &format!("at most {SCANNERS_MAX} scanners"))?;
+    let mut scanners: Vec<Scanner> = Vec::with_capacity(elements.len());
+    for (index, element) in elements.iter().enumerate() {
+        let prefix = format!("scanner[{index}]");
+        let Value::Table(table) = &element.value else {
+            return Err(wrong_type(element, &prefix, "a table", &element.value));
+        };
+        refuse_unknown_keys(table, &prefix, SCANNER_KEYS)?;
+        let get = |key: &str| table.get(key).map(|entry| (&entry.node, format!("{prefix}.{key}")));
+        let required = |key: &str| get(key).ok_or_else(|| invalid(element, &prefix, format!("a scanner needs {key}")));
+        let (node, key) = required("name")?;
+        let name = string(node, &key)?;
+        let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        ensure(ok, node, &key, "letters, digits, _ - . only")?;
+        ensure(!scanners.iter().any(|s| s.name == name), node, &key, "a scanner of this name is defined above")?;
+        let (node, key) = required("kind")?;
+        let kind = match string(node, &key)?.as_str() {
+            "spamd" => ScannerKind::Spamd,
+            "clamd" => ScannerKind::Clamd,
+            other => return Err(invalid(node, &key, format!("must be \"spamd\" or \"clamd\", not {other:?}"))),
+        };
+        let (node, key) = required("address")?;
+        let address = string(node, &key)?;
+        address
+            .parse::<crate::scan::content::ScannerAddress>()
+            .map_err(|reason| invalid(node, &key, reason))?;
+        let timeout = match get("timeout") {
+            None => Duration::from_secs(30),
+            Some((node, key)) => duration_nonzero(node, &key)?,
+        };
+        let bounded = |key: &str, default: usize, max: usize| -> Result<usize> {
+            match get(key) {
+                None => Ok(default),
+                Some((node, key)) => {
+                    let value: usize = integer(node, &key)?;
+                    ensure(value <= max, node, &key, &format!("at most {max}"))?;
+                    Ok(value)
+                }
+            }
+        };
+        let max_concurrent = bounded("max_concurrent", 8, 10_000)?;
+        if let (0, Some((node, key))) = (max_concurrent, get("max_concurrent")) {
+            return Err(invalid(node, &key, "at least 1"));
+        }
+        let queue_max = bounded("queue_max", 64, 100_000)?;
+        let on_failure = match get("on_failure") {
+            None => OnFailure::Tempfail,
+            Some((node, key)) => match string(node, &key)?.as_str() {
+                "tempfail" => OnFailure::Tempfail,
+                "accept" => OnFailure::Accept,
+                other => {
+                    return Err(invalid(node, &key, format!("must be \"tempfail\" or \"accept\", not {other:?}")))
+                }
+            },
+        };
+        let max_size_bytes = match get("max_size_bytes") {
+            None => None,
+            Some((node, key)) => Some(positive(node, &key)?),
+        };
+        let reject_score = match get("reject_score") {
+            None => None,
+            Some((node, key)) => {
+                ensure(kind == ScannerKind::Spamd, node, &key, "only a spamd scanner has a score")?;
+                let score = match node.value {
+                    Value::Float(f) => f,
+                    Value::Integer(i) => i as f64,
+                    ref other => return Err(wrong_type(node, &key, "a number", other)),
+                };
+                ensure(score.is_finite() && score.abs() < 1e9, node, &key, "a finite score")?;
+                Some(Score::from_f64(score))
+            }
+        };
+        scanners.push(Scanner {
+            name,
+            kind,
+            address,
+            timeout,
+            max_concurrent,
+            queue_max,
+            on_failure,
+            max_size_bytes,
+            reject_score,
+        });
+    }
+    Ok(scanners)
 }
 
 fn read_verify(section: &Section<'_>, d: Verify) -> Result<Verify> {

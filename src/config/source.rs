@@ -24,8 +24,8 @@ pub struct Node {
 pub enum Value {
     String(String),
     Integer(i64),
-    /// No configuration key takes a float; only its type is kept, for errors.
-    Float,
+    /// A spam score (`[[scanner]] reject_score`).
+    Float(f64),
     Boolean(bool),
     /// No configuration key takes a date or time; only its type is kept.
     Datetime,
@@ -39,7 +39,7 @@ impl Value {
         match self {
             Value::String(_) => "a string",
             Value::Integer(_) => "an integer",
-            Value::Float => "a float",
+            Value::Float(_) => "a float",
             Value::Boolean(_) => "a boolean",
             Value::Datetime => "a date-time",
             Value::Array(_) => "an array",
@@ -153,7 +153,7 @@ fn convert_value(file: &FileText<'_>, value: &TomlValue, fallback: &Origin) -> N
     let value = match value {
         TomlValue::String(s) => Value::String(s.value().clone()),
         TomlValue::Integer(i) => Value::Integer(*i.value()),
-        TomlValue::Float(_) => Value::Float,
+        TomlValue::Float(f) => Value::Float(*f.value()),
         TomlValue::Boolean(b) => Value::Boolean(*b.value()),
         TomlValue::Datetime(_) => Value::Datetime,
         TomlValue::Array(array) => Value::Array(array.iter().map(|v| convert_value(file, v, &origin)).collect()),

@@ -727,3 +727,44 @@ callout_rate_per_domain = 10
     let error = error_of("[verify]\ncallout_max_per_host = 0\n");
     assert!(error.starts_with("config.toml:2:"), "{error}");
 }
+
+#[test]
+fn scanners_load_print_and_refuse_bad_values() {
+    let text = r#"
+[[scanner]]
+name = "av"
+kind = "clamd"
+address = "unix:/run/clamav/clamd.ctl"
+
+[[scanner]]
+name = "spam"
+kind = "spamd"
+address = "127.0.0.1:783"
+timeout = "10s"
+max_concurrent = 4
+queue_max = 0
+on_failure = "accept"
+max_size_bytes = 1048576
+reject_score = 7.5
+"#;
+    let config = load_text(text).expect("loads");
+    assert_eq!(config.scanners.len(), 2);
+    let av = &config.scanners[0];
+    assert_eq!((av.kind, av.max_concurrent, av.queue_max), (super::ScannerKind::Clamd, 8, 64));
+    assert_eq!((av.on_failure, av.timeout.0), (super::OnFailure::Tempfail, std::time::Duration::from_secs(30)));
+    let spam = &config.scanners[1];
+    assert_eq!(spam.reject_score, Some(super::Score(7500)));
+    assert_eq!((spam.max_concurrent, spam.queue_max, spam.max_size_bytes), (4, 0, Some(1_048_576)));
+    assert_eq!(load_text(&config.to_toml()).expect("printed loads"), config);
+
+    let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"rspamd\"\naddress = \"127.0.0.1:1\"\n");
+    assert!(error.starts_with("config.toml:3:") && error.contains("\"spamd\" or \"clamd\""), "{error}");
+    let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"clamd\"\naddress = \"unix:relative\"\n");
+    assert!(error.starts_with("config.toml:4:") && error.contains("absolute"), "{error}");
+    let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"clamd\"\naddress = \"127.0.0.1:1\"\nreject_score = 5\n");
+    assert!(error.contains("only a spamd scanner"), "{error}");
+    let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"clamd\"\n");
+    assert!(error.contains("a scanner needs address"), "{error}");
+    let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"clamd\"\naddress = \"127.0.0.1:1\"\nmax_concurrent = 0\n");
+    assert!(error.starts_with("config.toml:5:") && error.contains("at least 1"), "{error}");
+}

@@ -8,13 +8,15 @@
 //! (`Done`: the message needs no queueing, e.g. every recipient already
 //! accepted by the next hop), or refuse (`Refuse`: nothing is committed,
 //! nothing stays live). A stage may change the envelope it is given
-//! (recipient states, later scanner headers), never the body. Early
-//! delivery (`delivery.early_ms`) is the first stage; content scanners and
-//! replication to a peer plug in here the same way.
+//! (recipient states, the scanners' added header lines), never the body.
+//! The content scanners (`scanners`, `[[scanner]]`) run first, then early
+//! delivery (`delivery.early_ms`); replication to a peer plugs in here the
+//! same way.
 
 pub mod clamd;
 pub mod content;
 pub mod early;
+pub mod scanners;
 pub mod spamd;
 
 use crate::queue::Envelope;
@@ -32,25 +34,32 @@ pub enum Verdict {
     Refuse(Reply),
 }
 
-/// The data-callout stages of one shard, in order.
+/// The data-callout stages of one shard, in order: the content scanners,
+/// then early delivery.
 pub struct Stages {
+    scanners: Option<scanners::Scanners>,
     early: Option<early::EarlyDelivery>,
 }
 
 impl Stages {
-    pub fn new(early: Option<early::EarlyDelivery>) -> Stages {
-        Stages { early }
+    pub fn new(scanners: Option<scanners::Scanners>, early: Option<early::EarlyDelivery>) -> Stages {
+        Stages { scanners: scanners.filter(|s| !s.is_empty()), early }
     }
 
     /// Whether any stage runs: without one, the session commits at once
     /// and never makes the message's content available before its commit.
     pub fn is_empty(&self) -> bool {
-        self.early.is_none()
+        self.scanners.is_none() && self.early.is_none()
     }
 
     /// Runs the stages over `env`, whose body (`env.body`) is complete but
     /// not yet committed.
     pub async fn at_final_dot(&self, env: &mut Envelope) -> Verdict {
+        if let Some(scanners) = &self.scanners {
+            if let scanners::Decision::Refuse(reply) = scanners.run(env).await {
+                return Verdict::Refuse(reply);
+            }
+        }
         if let Some(early) = &self.early {
             match early.run(env).await {
                 Verdict::Continue => {}

@@ -284,10 +284,10 @@ async fn shard_main(
         queue.clone(),
         deliverer.clone(),
     ));
-    let stages = crate::scan::Stages::new(crate::scan::early::EarlyDelivery::new(
-        deliverer.clone(),
-        config.delivery.early_ms,
-    ));
+    let stages = crate::scan::Stages::new(
+        Some(crate::scan::scanners::Scanners::new(&config, queue.clone())),
+        crate::scan::early::EarlyDelivery::new(deliverer.clone(), config.delivery.early_ms),
+    );
     let verifier = Rc::new(crate::verify::Verifier::new(
         index,
         config.clone(),
