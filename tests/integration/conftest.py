@@ -551,3 +551,172 @@ def dovecot():
     yield start
     for server in started:
         server.stop()
+
+
+def sbin_binary(name):
+    """`name` on PATH or in /usr/sbin or /sbin, None if absent."""
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    for d in ("/usr/sbin", "/sbin"):
+        if (Path(d) / name).is_file():
+            return Path(d) / name
+    return None
+
+
+# The test strings every spam and virus scanner knows: GTUBE (SpamAssassin
+# scores it 1000) and the EICAR test file (the private clamd's only
+# signature).
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+# What the private clamd calls it (signatures outside ClamAV's official
+# databases get ".UNOFFICIAL").
+EICAR_NAME = "Eicar-Test-Signature.UNOFFICIAL"
+
+
+def wait_answer(port, request, expect, proc, what, timeout_s=20.0):
+    """Waits until the daemon on 127.0.0.1:`port` answers `request` with
+    a reply starting with `expect`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before answering")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2.0) as s:
+                s.sendall(request)
+                reply = s.recv(256)
+                if reply.startswith(expect):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} does not answer on 127.0.0.1:{port}")
+
+
+class Spamd:
+    """A private spamd: SpamAssassin's rules as the package ships them
+    (/usr/share/spamassassin, never sa-update's), no network tests (-L), no
+    per-user settings (-x), no Bayes and no learning, on 127.0.0.1:`port`
+    (`address`) and the unix socket `socket` (`unix_address`). GTUBE scores
+    1000 and more; its required score is 5.0."""
+
+    RULES = Path("/usr/share/spamassassin")
+
+    def __init__(self):
+        binary = sbin_binary("spamd")
+        if binary is None:
+            missing_tool("spamd is not installed (tests/run installs spamassassin and spamd)")
+        pre = sorted(Path("/etc/spamassassin").glob("*.pre"))
+        if not pre or not (self.RULES / "10_default_prefs.cf").exists():
+            missing_tool("SpamAssassin's rules or plugin list are missing (tests/run installs spamassassin)")
+        # spamd scans as nobody when started as root: not under pytest's
+        # private (0700) tmp_path.
+        self.dir = Path(tempfile.mkdtemp(prefix="ringpost-spamd-"))
+        os.chmod(self.dir, 0o755)
+        site = self.dir / "site"
+        site.mkdir()
+        # The plugin list (.pre files) from the package; local settings of
+        # this machine's /etc/spamassassin are not taken.
+        for p in pre:
+            shutil.copy(p, site)
+        (site / "local.cf").write_text("use_bayes 0\nbayes_auto_learn 0\ndns_available no\nskip_rbl_checks 1\n")
+        self.port = free_port()
+        self.socket = self.dir / "spamd.sock"
+        self.address = f"127.0.0.1:{self.port}"
+        self.unix_address = f"unix:{self.socket}"
+        self.log_path = self.dir / "spamd.log"
+        args = [str(binary), "--listen", self.address, "--listen", str(self.socket), "--socketmode", "0666",
+                "--allowed-ips", "127.0.0.1", "-x", "-L", "--min-children", "1", "--max-children", "2",
+                "-C", str(self.RULES), "--siteconfigpath", str(site), "-s", "stderr"]
+        if os.geteuid() == 0:
+            args += ["-u", "nobody"]
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, cwd=self.dir, stdout=self.log, stderr=self.log)
+        try:
+            wait_answer(self.port, b"PING SPAMC/1.5\r\n\r\n", b"SPAMD/", self.proc, "spamd")
+        except Exception:
+            self.stop()
+            raise
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def spamd():
+    """One private spamd (Spamd) for the whole session: it keeps no state
+    between messages (no Bayes, no learning, no per-user settings)."""
+    server = Spamd()
+    yield server
+    server.stop()
+
+
+class Clamd:
+    """A private clamd on 127.0.0.1:`port` (`address`) and the unix socket
+    `socket` (`unix_address`), its database one signature for the EICAR
+    test string (`EICAR_NAME`), no freshclam. `conf` lines ("Name value")
+    are added to its clamd.conf, e.g. "StreamMaxLength 1M"."""
+
+    def __init__(self, conf=()):
+        binary = sbin_binary("clamd")
+        if binary is None:
+            missing_tool("clamd is not installed (tests/run installs clamav-daemon)")
+        self.dir = Path(tempfile.mkdtemp(prefix="ringpost-clamd-"))
+        os.chmod(self.dir, 0o755)
+        db = self.dir / "db"
+        db.mkdir()
+        # An extended (.ndb) signature: name, any file type, any offset, hex.
+        (db / "eicar.ndb").write_text(f"Eicar-Test-Signature:0:*:{EICAR.hex()}\n")
+        self.port = free_port()
+        self.socket = self.dir / "clamd.sock"
+        self.address = f"127.0.0.1:{self.port}"
+        self.unix_address = f"unix:{self.socket}"
+        self.log_path = self.dir / "clamd.log"
+        self.conf = self.dir / "clamd.conf"
+        lines = [f"TCPSocket {self.port}", "TCPAddr 127.0.0.1", f"LocalSocket {self.socket}", "LocalSocketMode 666",
+                 "Foreground yes", f"DatabaseDirectory {db}", f"TemporaryDirectory {self.dir}",
+                 f"LogFile {self.log_path}", "LogTime yes", "SelfCheck 0", "MaxThreads 4", *conf]
+        self.conf.write_text("".join(f"{line}\n" for line in lines))
+        self.log = open(self.dir / "clamd.out", "ab")
+        self.proc = subprocess.Popen([str(binary), "-c", str(self.conf)], cwd=self.dir,
+                                     stdout=self.log, stderr=self.log)
+        try:
+            wait_answer(self.port, b"zPING\0", b"PONG\0", self.proc, "clamd")
+            wait_for(lambda: self.socket.exists(), timeout_s=10, what="clamd's unix socket")
+        except Exception:
+            self.stop()
+            raise
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def clamd():
+    """One private clamd (Clamd) for the whole session; a test that needs
+    other settings starts its own Clamd(conf=[...]) and stops it."""
+    server = Clamd()
+    yield server
+    server.stop()
