@@ -69,6 +69,8 @@ pub enum ScannerKind {
     Spamd,
     /// ClamAV's clamd (zINSTREAM).
     Clamd,
+    /// A program reading the message on its standard input.
+    Pipe,
 }
 
 impl ScannerKind {
@@ -76,6 +78,7 @@ impl ScannerKind {
         match self {
             ScannerKind::Spamd => "spamd",
             ScannerKind::Clamd => "clamd",
+            ScannerKind::Pipe => "pipe",
         }
     }
 }
@@ -119,8 +122,13 @@ pub struct Scanner {
     /// Unique; in logs and replies.
     pub name: String,
     pub kind: ScannerKind,
-    /// `"host:port"` or `"unix:/path"`.
+    /// `"host:port"` or `"unix:/path"`; empty for a pipe scanner.
     pub address: String,
+    /// pipe: the program and its arguments (no shell).
+    pub command: Vec<String>,
+    /// pipe: the user and group it runs as (default `nobody`).
+    pub user: Option<String>,
+    pub group: Option<String>,
     /// Longest scan, waiting for a slot included. Default "30s".
     pub timeout: Duration,
     /// Scans running at once per shard. Default 8.

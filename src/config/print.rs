@@ -180,7 +180,16 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         writeln!(out, "\n[[scanner]]")?;
         writeln!(out, "name = {}", quoted(&scanner.name))?;
         writeln!(out, "kind = {}", quoted(scanner.kind.as_str()))?;
-        writeln!(out, "address = {}", quoted(&scanner.address))?;
+        if scanner.kind == super::ScannerKind::Pipe {
+            writeln!(out, "command = {}", string_array(&scanner.command))?;
+            for (key, value) in [("user", &scanner.user), ("group", &scanner.group)] {
+                if let Some(value) = value {
+                    writeln!(out, "{key} = {}", quoted(value))?;
+                }
+            }
+        } else {
+            writeln!(out, "address = {}", quoted(&scanner.address))?;
+        }
         writeln!(out, "timeout = {}", quoted(&scanner.timeout.to_string()))?;
         writeln!(out, "max_concurrent = {}", scanner.max_concurrent)?;
         writeln!(out, "queue_max = {}", scanner.queue_max)?;

@@ -54,6 +54,9 @@ pub(super) const SCANNER_KEYS: &[&str] = &[
     "on_failure",
     "max_size_bytes",
     "reject_score",
+    "command",
+    "user",
+    "group",
 ];
 /// Most `[[scanner]]` tables.
 const SCANNERS_MAX: usize = 16;
@@ -353,13 +356,34 @@ fn read_scanners(node: &Node) -> Result<Vec<Scanner>> {
         let kind = match string(node, &key)?.as_str() {
             "spamd" => ScannerKind::Spamd,
             "clamd" => ScannerKind::Clamd,
-            other => return Err(invalid(node, &key, format!("must be \"spamd\" or \"clamd\", not {other:?}"))),
+            "pipe" => ScannerKind::Pipe,
+            other => {
+                return Err(invalid(node, &key, format!("must be \"spamd\", \"clamd\" or \"pipe\", not {other:?}")))
+            }
         };
-        let (node, key) = required("address")?;
-        let address = string(node, &key)?;
-        address
-            .parse::<crate::scan::content::ScannerAddress>()
-            .map_err(|reason| invalid(node, &key, reason))?;
+        let opt_string = |key: &str| get(key).map(|(node, key)| string(node, &key)).transpose();
+        let (address, command) = if kind == ScannerKind::Pipe {
+            if let Some((node, key)) = get("address") {
+                return Err(invalid(node, &key, "a pipe scanner runs a command; it has no address"));
+            }
+            let (node, key) = required("command")?;
+            let command = nonempty_array(node, &key, string)?;
+            ensure(command[0].starts_with('/'), node, &key, "the program must be an absolute path")?;
+            (String::new(), command)
+        } else {
+            for key in ["command", "user", "group"] {
+                if let Some((node, key)) = get(key) {
+                    return Err(invalid(node, &key, "only a pipe scanner runs a command"));
+                }
+            }
+            let (node, key) = required("address")?;
+            let address = string(node, &key)?;
+            address
+                .parse::<crate::scan::content::ScannerAddress>()
+                .map_err(|reason| invalid(node, &key, reason))?;
+            (address, Vec::new())
+        };
+        let (user, group) = (opt_string("user")?, opt_string("group")?);
         let timeout = match get("timeout") {
             None => Duration::from_secs(30),
             Some((node, key)) => duration_nonzero(node, &key)?,
@@ -410,6 +434,9 @@ fn read_scanners(node: &Node) -> Result<Vec<Scanner>> {
             name,
             kind,
             address,
+            command,
+            user,
+            group,
             timeout,
             max_concurrent,
             queue_max,

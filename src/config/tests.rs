@@ -746,9 +746,17 @@ queue_max = 0
 on_failure = "accept"
 max_size_bytes = 1048576
 reject_score = 7.5
+
+[[scanner]]
+name = "filter"
+kind = "pipe"
+command = ["/usr/local/bin/filter", "{sender}", "{recipients}"]
+user = "filter"
 "#;
     let config = load_text(text).expect("loads");
-    assert_eq!(config.scanners.len(), 2);
+    assert_eq!(config.scanners.len(), 3);
+    assert_eq!(config.scanners[2].command.len(), 3);
+    assert_eq!((config.scanners[2].user.as_deref(), config.scanners[2].group.as_deref()), (Some("filter"), None));
     let av = &config.scanners[0];
     assert_eq!((av.kind, av.max_concurrent, av.queue_max), (super::ScannerKind::Clamd, 8, 64));
     assert_eq!((av.on_failure, av.timeout.0), (super::OnFailure::Tempfail, std::time::Duration::from_secs(30)));
@@ -758,7 +766,13 @@ reject_score = 7.5
     assert_eq!(load_text(&config.to_toml()).expect("printed loads"), config);
 
     let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"rspamd\"\naddress = \"127.0.0.1:1\"\n");
-    assert!(error.starts_with("config.toml:3:") && error.contains("\"spamd\" or \"clamd\""), "{error}");
+    assert!(error.starts_with("config.toml:3:") && error.contains("\"clamd\" or \"pipe\""), "{error}");
+    let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"pipe\"\ncommand = [\"bin/f\"]\n");
+    assert!(error.starts_with("config.toml:4:") && error.contains("absolute path"), "{error}");
+    let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"pipe\"\naddress = \"127.0.0.1:1\"\n");
+    assert!(error.contains("has no address"), "{error}");
+    let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"clamd\"\naddress = \"127.0.0.1:1\"\ncommand = [\"/bin/f\"]\n");
+    assert!(error.contains("only a pipe scanner"), "{error}");
     let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"clamd\"\naddress = \"unix:relative\"\n");
     assert!(error.starts_with("config.toml:4:") && error.contains("absolute"), "{error}");
     let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"clamd\"\naddress = \"127.0.0.1:1\"\nreject_score = 5\n");

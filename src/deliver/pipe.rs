@@ -26,7 +26,7 @@
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::queue::{Body, Envelope};
@@ -193,25 +193,13 @@ impl Job {
                 .replace("{extension}", extension)
         };
         let argv: Vec<String> = self.params.argv.iter().map(|a| expand(a)).collect();
-        let mut command = Command::new(&argv[0]);
-        command
-            .args(&argv[1..])
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("SENDER", &self.sender)
-            .env("RECIPIENT", self.recipients.join(" "))
-            .env("USER", user)
-            .env("DOMAIN", domain)
-            .env("EXTENSION", extension)
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .uid(self.params.uid)
-            .gid(self.params.gid)
-            .process_group(0);
-        let mut child = command.spawn()?;
-        let pid = child.id() as i32;
+        let vars = [
+            ("SENDER", self.sender.clone()),
+            ("RECIPIENT", self.recipients.join(" ")),
+            ("USER", user.to_string()),
+            ("DOMAIN", domain.to_string()),
+            ("EXTENSION", extension.to_string()),
+        ];
         // Text goes out with LF line ends; binary content (BINARYMIME)
         // byte for byte, after header lines ending in CRLF like its own.
         let eol = if self.binary { "\r\n" } else { "\n" };
@@ -221,54 +209,10 @@ impl Job {
         }
         let added = String::from_utf8_lossy(&self.headers_prepended);
         header.push_str(&if self.binary { added.into_owned() } else { added.replace("\r\n", "\n") });
-        let binary = self.binary;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        let body = self.body.clone();
-        let body_path = self.body_path.clone();
-        // The writer runs beside the wait, so a program that stops reading
-        // cannot hold the delivery past the time limit.
-        let writer = std::thread::spawn(move || -> std::io::Result<()> {
-            stdin.write_all(header.as_bytes())?;
-            if binary {
-                match body {
-                    Body::Inline(bytes) => stdin.write_all(&bytes)?,
-                    Body::File { .. } => {
-                        std::io::copy(&mut std::fs::File::open(&body_path)?, &mut stdin)?;
-                    }
-                }
-                return stdin.flush();
-            }
-            let mut lf = LfWriter { inner: &mut stdin, pending_cr: false };
-            match body {
-                Body::Inline(bytes) => lf.write_all(&bytes)?,
-                Body::File { .. } => {
-                    let mut file = std::fs::File::open(&body_path)?;
-                    std::io::copy(&mut file, &mut lf)?;
-                }
-            }
-            lf.finish()
-        });
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let out_reader = std::thread::spawn(move || read_bounded(&mut stdout));
-        let err_reader = std::thread::spawn(move || read_bounded(&mut stderr));
-        let deadline = Instant::now() + self.params.timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                // The whole process group: the program and what it started.
-                // SAFETY: kill(2) with a negative pid signals a process group.
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        };
-        let _ = writer.join();
-        let out = out_reader.join().unwrap_or_default();
-        let err = err_reader.join().unwrap_or_default();
+        let (body, body_path, line_ends) = (self.body.clone(), self.body_path.clone(), binary_of(self.binary));
+        let feed = move |stdin: &mut ChildStdin| write_message(stdin, header.as_bytes(), &body, &body_path, line_ends);
+        let Ran { status, stdout: out, stderr: err } =
+            run_program(&argv, &vars, self.params.uid, self.params.gid, self.params.timeout, feed)?;
         let text = first_line(if out.trim().is_empty() { &err } else { &out });
         Ok(match status {
             None => RcptOutcome::Transient(Reply::new(
@@ -286,6 +230,116 @@ impl Job {
             },
         })
     }
+}
+
+fn binary_of(binary: bool) -> LineEnds {
+    if binary {
+        LineEnds::AsStored
+    } else {
+        LineEnds::Lf
+    }
+}
+
+/// How content goes to a program's standard input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineEnds {
+    /// CRLF as LF, as mail programs on Unix expect.
+    Lf,
+    /// Byte for byte (BINARYMIME content).
+    AsStored,
+}
+
+/// Writes `prefix` and then the stored content (inline, or the body file
+/// at `body_path`) to `out`.
+pub fn write_message(
+    out: &mut impl Write,
+    prefix: &[u8],
+    body: &Body,
+    body_path: &Path,
+    line_ends: LineEnds,
+) -> std::io::Result<()> {
+    out.write_all(prefix)?;
+    if line_ends == LineEnds::AsStored {
+        match body {
+            Body::Inline(bytes) => out.write_all(bytes)?,
+            Body::File { .. } => {
+                std::io::copy(&mut std::fs::File::open(body_path)?, out)?;
+            }
+        }
+        return out.flush();
+    }
+    let mut lf = LfWriter { inner: out, pending_cr: false };
+    match body {
+        Body::Inline(bytes) => lf.write_all(bytes)?,
+        Body::File { .. } => {
+            std::io::copy(&mut std::fs::File::open(body_path)?, &mut lf)?;
+        }
+    }
+    lf.finish()
+}
+
+/// What a program left behind.
+pub struct Ran {
+    /// `None`: killed at its time limit.
+    pub status: Option<std::process::ExitStatus>,
+    /// The first `OUTPUT_BYTES_MAX` bytes of its output and error output.
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `argv` without a shell as `uid`/`gid`, in `/`, in a process group
+/// of its own, with only `PATH=/usr/bin:/bin` and `vars` in its
+/// environment; `feed` writes its standard input on a thread of its own
+/// (so a program that stops reading cannot hold the caller past the time
+/// limit); after `timeout` the whole group is killed. Runs on the calling
+/// thread: call it from the blocking pool.
+pub fn run_program(
+    argv: &[String],
+    vars: &[(&str, String)],
+    uid: u32,
+    gid: u32,
+    timeout: Duration,
+    feed: impl FnOnce(&mut ChildStdin) -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<Ran> {
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .uid(uid)
+        .gid(gid)
+        .process_group(0);
+    let mut child = command.spawn()?;
+    let pid = child.id() as i32;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let writer = std::thread::spawn(move || feed(&mut stdin));
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let out_reader = std::thread::spawn(move || read_bounded(&mut stdout));
+    let err_reader = std::thread::spawn(move || read_bounded(&mut stderr));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            // The whole process group: the program and what it started.
+            // SAFETY: kill(2) with a negative pid signals a process group.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    };
+    let _ = writer.join();
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(Ran { status, stdout, stderr })
 }
 
 /// Reads a pipe to its end, keeping the first `OUTPUT_BYTES_MAX` bytes.
@@ -308,12 +362,12 @@ fn first_line(text: &str) -> String {
 }
 
 /// Writes CRLF as LF.
-struct LfWriter<'a, W: Write> {
+struct LfWriter<'a, W: Write + ?Sized> {
     inner: &'a mut W,
     pending_cr: bool,
 }
 
-impl<W: Write> LfWriter<'_, W> {
+impl<W: Write + ?Sized> LfWriter<'_, W> {
     fn finish(mut self) -> std::io::Result<()> {
         if self.pending_cr {
             self.inner.write_all(b"\r")?;
@@ -323,7 +377,7 @@ impl<W: Write> LfWriter<'_, W> {
     }
 }
 
-impl<W: Write> Write for LfWriter<'_, W> {
+impl<W: Write + ?Sized> Write for LfWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut out = Vec::with_capacity(buf.len() + 1);
         for &b in buf {

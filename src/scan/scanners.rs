@@ -27,6 +27,7 @@ use glommio::sync::Semaphore;
 
 use super::clamd::{self, ClamdParams};
 use super::content::{Message, ScannerAddress, Verdict as Said};
+use super::pipe::{self, PipeScanParams};
 use super::spamd::{self, SpamdParams};
 use crate::config::{Config, OnFailure, Scanner as ScannerConfig, ScannerKind};
 use crate::log;
@@ -39,10 +40,18 @@ const REASON_BYTES_MAX: usize = 300;
 /// One scanner and its pool.
 struct Pool {
     config: ScannerConfig,
-    address: ScannerAddress,
+    /// Where a network scanner listens; how a pipe scanner runs (or why
+    /// it cannot: an unknown user or group).
+    target: Target,
     slots: Rc<Semaphore>,
     running: Cell<usize>,
     waiting: Cell<usize>,
+}
+
+/// What a scanner is reached by.
+enum Target {
+    Address(ScannerAddress),
+    Program(Result<PipeScanParams, String>),
 }
 
 /// What the stage decided for a message.
@@ -68,7 +77,17 @@ impl Scanners {
             .scanners
             .iter()
             .map(|scanner| Pool {
-                address: scanner.address.parse().expect("scanner addresses are checked at load"),
+                target: match scanner.kind {
+                    ScannerKind::Pipe => Target::Program(PipeScanParams::new(
+                        &scanner.command,
+                        scanner.user.as_deref(),
+                        scanner.group.as_deref(),
+                        scanner.timeout.0,
+                    )),
+                    ScannerKind::Spamd | ScannerKind::Clamd => {
+                        Target::Address(scanner.address.parse().expect("scanner addresses are checked at load"))
+                    }
+                },
                 slots: Rc::new(Semaphore::new(scanner.max_concurrent as u64)),
                 running: Cell::new(0),
                 waiting: Cell::new(0),
@@ -182,16 +201,18 @@ impl Pool {
             };
             let _running = Counted::new(&self.running);
             let message = Message { env, body_path };
-            match self.config.kind {
-                ScannerKind::Spamd => {
+            match (&self.target, self.config.kind) {
+                (Target::Address(address), ScannerKind::Spamd) => {
                     let params = SpamdParams {
-                        address: self.address.clone(),
+                        address: address.clone(),
                         reject_score: self.config.reject_score.map(|s| s.as_f64()),
                         user: None,
                     };
                     spamd::scan(&params, message).await
                 }
-                ScannerKind::Clamd => clamd::scan(&ClamdParams { address: self.address.clone() }, message).await,
+                (Target::Address(address), _) => clamd::scan(&ClamdParams { address: address.clone() }, message).await,
+                (Target::Program(Ok(params)), _) => pipe::scan(params, message).await,
+                (Target::Program(Err(e)), _) => Err(e.clone()),
             }
         };
         let result = glommio::timer::timeout(timeout, async { Ok(work.await) }).await;

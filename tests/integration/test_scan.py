@@ -5,9 +5,16 @@ ringpost's queue before the reply to its final dot. A virus or GTUBE gets
 550 5.7.1 with the scanner's reason and nothing is queued; a clean message
 gets 250 and arrives at the next hop (smtp-sink) with the scanner's header
 lines above it and its content unchanged. A message kept in a body file
-(larger than queue.inline_max_bytes) is streamed to clamd from the file."""
+(larger than queue.inline_max_bytes) is streamed to clamd from the file. A
+pipe scanner runs as nobody, refuses with its first line of output and
+adds the header lines it prints."""
 
+import os
+import pwd
+import shutil
 import smtplib
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +132,28 @@ def test_both_scanners_in_order_and_a_reject_score(ringpost, smtp_sink, spamd, c
     assert code == 250, text
     lines = delivered_lines(sink, "gtube-marked")
     assert [line for line in lines if line.startswith(b"X-Spam-Status: Yes, score=")], lines
+
+
+def test_a_pipe_scanner_runs_as_nobody_refuses_and_adds_a_header(ringpost, smtp_sink):
+    # nobody must reach the program: not under pytest's private tmp_path.
+    where = Path(tempfile.mkdtemp(prefix="ringpost-filter-"))
+    os.chmod(where, 0o755)
+    program = where / "filter"
+    program.write_text("#!/bin/sh\n"
+                       "if grep -q 'PHISH-ME'; then echo 'Looks like phishing'; exit 1; fi\n"
+                       "echo \"X-Filter: checked uid=$(id -u) from=$1 to=$2\"\n"
+                       "exit 0\n")
+    program.chmod(0o755)
+    sink = smtp_sink()
+    scanner = f'[{{name = "filter", kind = "pipe", command = ["{program}", "{{sender}}", "{{recipients}}"]}}]'
+    rp = ringpost({"delivery.smarthost": f'"127.0.0.1:{sink.port}"', "scanner": scanner})
+    code, text = send(rp, message("phish", b"Click here: PHISH-ME"))
+    assert (code, text) == (550, b"5.7.1 Message refused by filter: Looks like phishing"), (code, text)
+    clean = message("filtered", b"An ordinary note.")
+    code, text = send(rp, clean)
+    assert code == 250, text
+    lines = delivered_lines(sink, "filtered")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert f"X-Filter: checked uid={nobody} from=sender@client.test to=rcpt@far.test".encode() in lines, lines
+    assert_unchanged(lines, clean)
+    shutil.rmtree(where, ignore_errors=True)
