@@ -26,8 +26,7 @@
 //!
 //! (the rule names follow the blank line without a line end; spamd then
 //! closes the connection). A status other than 0 (`EX_OK`) or a reply of
-//! another shape is an error, which the stage turns into its configured
-//! failure action.
+//! another shape is an `Err` for the scanning stage to act on.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
