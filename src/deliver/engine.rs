@@ -303,7 +303,7 @@ impl Delivery {
             body_binary: false,
             smtputf8: env.smtputf8,
             client: "local".into(),
-            helo: String::new(),
+            helo: "".into(),
             body: Body::Inline(Default::default()),
             headers_prepended: Vec::new(),
         };

@@ -683,8 +683,8 @@ mod tests {
             body_8bit,
             body_binary,
             smtputf8: false,
-            client: String::new(),
-            helo: String::new(),
+            client: "".into(),
+            helo: "".into(),
             body: Body::Inline(b"abc".to_vec().into()),
             headers_prepended: Vec::new(),
         };

@@ -133,7 +133,6 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
     let mut close_reason = "quit";
     // The routers this session decides with; a SIGHUP reaches new sessions.
     let routing = crate::route::current_with_routers();
-    let mut sender = String::new();
     loop {
         if expected.is_some() && !machine.in_transaction() {
             expected = None;
@@ -173,16 +172,19 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
             }
             Event::Mail { reverse_path, .. } => {
                 let reply = policy::check_mail(routing.as_deref(), &reverse_path).await;
-                sender = match &reverse_path {
-                    crate::smtp::address::ReversePath::Path(a) => a.to_string(),
-                    crate::smtp::address::ReversePath::Null => String::new(),
-                };
                 if reply.is_positive() {
                     expected = Some(shard.queue.expect_record());
                 }
                 machine.decide(reply);
             }
             Event::Rcpt { forward_path, .. } => {
+                // The sender of the transaction the machine holds (not kept
+                // beside it: every byte of the session's state is paid by
+                // every idle session).
+                let sender = match machine.transaction().map(|t| &t.reverse_path) {
+                    Some(crate::smtp::address::ReversePath::Path(a)) => a.to_string(),
+                    _ => String::new(),
+                };
                 let reply = policy::check_rcpt(
                     &shard.config,
                     routing.as_deref(),
@@ -418,8 +420,8 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
         body_8bit: txn.body_8bit(),
         body_binary: txn.body_binary(),
         smtputf8: txn.params.smtputf8,
-        client: peer.ip().to_string(),
-        helo: machine.helo_name().unwrap_or_default().to_string(),
+        client: peer.ip().to_string().into(),
+        helo: machine.helo_name().unwrap_or_default().into(),
         body: Body::Inline(Default::default()),
         headers_prepended: Vec::new(),
     };

@@ -60,8 +60,8 @@ pub struct Envelope {
     pub body_binary: bool,
     pub smtputf8: bool,
     /// The client's address and HELO name, for logs.
-    pub client: String,
-    pub helo: String,
+    pub client: Box<str>,
+    pub helo: Box<str>,
     /// Header lines (each ending in CRLF) added above the stored content
     /// at delivery: what content scanners add. The stored content is never
     /// rewritten. At most `queue_format::HEADERS_PREPENDED_SIZE_BYTES_MAX`.
@@ -241,8 +241,8 @@ impl Envelope {
             body_8bit: record.flags.contains(EnvelopeFlags::BODY_8BITMIME),
             body_binary: record.flags.contains(EnvelopeFlags::BODY_BINARYMIME),
             smtputf8: record.flags.contains(EnvelopeFlags::SMTPUTF8),
-            client: text(record.client_address),
-            helo: text(record.client_helo),
+            client: text(record.client_address).into(),
+            helo: text(record.client_helo).into(),
             headers_prepended: record.headers_prepended.to_vec(),
             body,
         })
