@@ -16,6 +16,7 @@
 pub mod clamd;
 pub mod content;
 pub mod early;
+pub mod rspamd;
 pub mod scanners;
 pub mod spamd;
 
