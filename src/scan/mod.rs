@@ -17,6 +17,7 @@ pub mod clamd;
 pub mod content;
 pub mod early;
 pub mod pipe;
+pub mod rspamd;
 pub mod scanners;
 pub mod spamd;
 

@@ -720,3 +720,92 @@ def clamd():
     server = Clamd()
     yield server
     server.stop()
+
+
+class Rspamd:
+    """A private rspamd: the package's configuration and rules
+    (/etc/rspamd, /usr/share/rspamd) with a private local.d/override.d
+    that keeps only the scanner worker ("normal", on 127.0.0.1:`port`,
+    `address`, and the unix socket `socket`, `unix_address`), and turns
+    off everything that needs redis or the network (RBLs, SPF, DKIM,
+    DMARC, fuzzy hashes, maps fetched over HTTP, ...). DNS goes to a
+    closed loopback port, so a lookup fails at once instead of waiting.
+    GTUBE gets the action "reject"."""
+
+    CONFDIR = Path("/etc/rspamd")
+    # Modules that query DNS, redis or remote maps, or export to servers.
+    OFF = ("antivirus", "arc", "asn", "bimi", "clickhouse", "dcc", "dkim", "dkim_signing", "dmarc", "elastic",
+           "emails", "external_services", "fuzzy_check", "greylist", "history_redis", "metadata_exporter",
+           "hfilter", "multimap", "mx_check", "neural", "p0f", "phishing", "ratelimit", "rbl", "replies", "reputation",
+           "rspamd_update", "spf", "surbl", "url_redirector", "whitelist")
+
+    def __init__(self):
+        binary = sbin_binary("rspamd")
+        if binary is None:
+            missing_tool("rspamd is not installed (tests/run installs it)")
+        if not (self.CONFDIR / "rspamd.conf").exists():
+            missing_tool("rspamd's shipped configuration /etc/rspamd/rspamd.conf is missing (tests/run installs it)")
+        # The workers run as _rspamd when started as root: not under
+        # pytest's private (0700) tmp_path.
+        self.dir = Path(tempfile.mkdtemp(prefix="ringpost-rspamd-"))
+        os.chmod(self.dir, 0o755)
+        local = self.dir / "local.d"
+        override = self.dir / "override.d"
+        local.mkdir()
+        override.mkdir()
+        self.port = free_port()
+        self.socket = self.dir / "rspamd.sock"
+        self.address = f"127.0.0.1:{self.port}"
+        self.unix_address = f"unix:{self.socket}"
+        self.log_path = self.dir / "rspamd.log"
+        (override / "worker-normal.inc").write_text(
+            f'bind_socket = "127.0.0.1:{self.port}";\n'
+            f'bind_socket = "{self.socket} mode=0666";\n'
+            "count = 1;\n")
+        for worker in ("worker-controller.inc", "worker-proxy.inc", "worker-fuzzy.inc"):
+            (override / worker).write_text("enabled = false;\ncount = 0;\n")
+        (local / "options.inc").write_text(
+            'dns { nameserver = ["127.0.0.1:1"]; timeout = 0.1s; retransmits = 1; }\n'
+            'control_socket = "";\n')
+        (override / "logging.inc").write_text(f'type = "file";\nfilename = "{self.log_path}";\nlevel = "notice";\n')
+        for module in self.OFF:
+            (local / f"{module}.conf").write_text("enabled = false;\n")
+        args = [str(binary), "-f", "-c", str(self.CONFDIR / "rspamd.conf"),
+                "--var", f"CONFDIR={self.CONFDIR}", "--var", f"LOCAL_CONFDIR={self.dir}",
+                "--var", f"DBDIR={self.dir}", "--var", f"RUNDIR={self.dir}", "--var", f"LOGDIR={self.dir}"]
+        if os.geteuid() == 0:
+            args += ["-u", "_rspamd", "-g", "_rspamd"]
+            shutil.chown(self.dir, "_rspamd", "_rspamd")
+        self.out = open(self.dir / "rspamd.out", "ab")
+        self.proc = subprocess.Popen(args, cwd=self.dir, stdout=self.out, stderr=self.out)
+        try:
+            # rspamd compiles its TLD list and regular expressions before
+            # its worker listens: on a small machine that takes a while.
+            wait_answer(self.port, b"GET /ping HTTP/1.0\r\n\r\n", b"HTTP/1.", self.proc, "rspamd", timeout_s=180)
+            wait_for(lambda: self.socket.exists(), timeout_s=10, what="rspamd's unix socket")
+        except Exception:
+            self.stop()
+            raise
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.out.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rspamd():
+    """One private rspamd (Rspamd) for the whole session: no redis, so it
+    keeps no state between messages (no Bayes, no greylisting, no rates)."""
+    server = Rspamd()
+    yield server
+    server.stop()
