@@ -69,6 +69,8 @@ pub enum ScannerKind {
     Spamd,
     /// ClamAV's clamd (zINSTREAM).
     Clamd,
+    /// rspamd (HTTP `/checkv2`).
+    Rspamd,
     /// A program reading the message on its standard input.
     Pipe,
 }
@@ -78,6 +80,7 @@ impl ScannerKind {
         match self {
             ScannerKind::Spamd => "spamd",
             ScannerKind::Clamd => "clamd",
+            ScannerKind::Rspamd => "rspamd",
             ScannerKind::Pipe => "pipe",
         }
     }

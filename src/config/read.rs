@@ -356,9 +356,11 @@ fn read_scanners(node: &Node) -> Result<Vec<Scanner>> {
         let kind = match string(node, &key)?.as_str() {
             "spamd" => ScannerKind::Spamd,
             "clamd" => ScannerKind::Clamd,
+            "rspamd" => ScannerKind::Rspamd,
             "pipe" => ScannerKind::Pipe,
             other => {
-                return Err(invalid(node, &key, format!("must be \"spamd\", \"clamd\" or \"pipe\", not {other:?}")))
+                let known = "\"spamd\", \"clamd\", \"rspamd\" or \"pipe\"";
+                return Err(invalid(node, &key, format!("must be {known}, not {other:?}")));
             }
         };
         let opt_string = |key: &str| get(key).map(|(node, key)| string(node, &key)).transpose();

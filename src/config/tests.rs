@@ -765,8 +765,12 @@ user = "filter"
     assert_eq!((spam.max_concurrent, spam.queue_max, spam.max_size_bytes), (4, 0, Some(1_048_576)));
     assert_eq!(load_text(&config.to_toml()).expect("printed loads"), config);
 
-    let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"rspamd\"\naddress = \"127.0.0.1:1\"\n");
-    assert!(error.starts_with("config.toml:3:") && error.contains("\"clamd\" or \"pipe\""), "{error}");
+    let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"milter\"\naddress = \"127.0.0.1:1\"\n");
+    assert!(error.starts_with("config.toml:3:") && error.contains("\"rspamd\" or \"pipe\""), "{error}");
+    assert_eq!(
+        load_text("[[scanner]]\nname = \"r\"\nkind = \"rspamd\"\naddress = \"127.0.0.1:11333\"\n").unwrap().scanners[0].kind,
+        super::ScannerKind::Rspamd
+    );
     let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"pipe\"\ncommand = [\"bin/f\"]\n");
     assert!(error.starts_with("config.toml:4:") && error.contains("absolute path"), "{error}");
     let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"pipe\"\naddress = \"127.0.0.1:1\"\n");

@@ -28,6 +28,7 @@ use glommio::sync::Semaphore;
 use super::clamd::{self, ClamdParams};
 use super::content::{Message, ScannerAddress, Verdict as Said};
 use super::pipe::{self, PipeScanParams};
+use super::rspamd::{self, RspamdParams};
 use super::spamd::{self, SpamdParams};
 use crate::config::{Config, OnFailure, Scanner as ScannerConfig, ScannerKind};
 use crate::log;
@@ -84,7 +85,7 @@ impl Scanners {
                         scanner.group.as_deref(),
                         scanner.timeout.0,
                     )),
-                    ScannerKind::Spamd | ScannerKind::Clamd => {
+                    ScannerKind::Spamd | ScannerKind::Clamd | ScannerKind::Rspamd => {
                         Target::Address(scanner.address.parse().expect("scanner addresses are checked at load"))
                     }
                 },
@@ -209,6 +210,9 @@ impl Pool {
                         user: None,
                     };
                     spamd::scan(&params, message).await
+                }
+                (Target::Address(address), ScannerKind::Rspamd) => {
+                    rspamd::scan(&RspamdParams { address: address.clone() }, message).await
                 }
                 (Target::Address(address), _) => clamd::scan(&ClamdParams { address: address.clone() }, message).await,
                 (Target::Program(Ok(params)), _) => pipe::scan(params, message).await,

@@ -1,6 +1,6 @@
 """Content scanning at the final dot, end to end with real scanners: a
-private clamd (one signature, the EICAR test string) and a private spamd
-(SpamAssassin's shipped rules) scan each message in its final place in
+private clamd (one signature, the EICAR test string), a private spamd
+(SpamAssassin's shipped rules) and a private rspamd scan each message in its final place in
 ringpost's queue before the reply to its final dot. A virus or GTUBE gets
 550 5.7.1 with the scanner's reason and nothing is queued; a clean message
 gets 250 and arrives at the next hop (smtp-sink) with the scanner's header
@@ -157,3 +157,20 @@ def test_a_pipe_scanner_runs_as_nobody_refuses_and_adds_a_header(ringpost, smtp_
     assert f"X-Filter: checked uid={nobody} from=sender@client.test to=rcpt@far.test".encode() in lines, lines
     assert_unchanged(lines, clean)
     shutil.rmtree(where, ignore_errors=True)
+
+
+def test_rspamd_refuses_gtube_and_marks_a_clean_message(ringpost, smtp_sink, rspamd):
+    sink = smtp_sink()
+    rp = ringpost(scanner_settings(sink.port, {"name": "rspamd", "kind": "rspamd", "address": rspamd.address}))
+    code, text = send(rp, message("rspamd-gtube", GTUBE))
+    assert code == 550, text
+    assert text.startswith(b"5.7.1 Message refused by rspamd: "), text
+    clean = (b"Date: Tue, 01 Dec 2026 12:00:00 +0000\r\nFrom: Sender <sender@client.test>\r\n"
+             b"To: Someone <rcpt@far.test>\r\nSubject: rspamd-ham\r\nMessage-ID: <rspamd-ham@client.test>\r\n\r\n"
+             b"The minutes of today's meeting are attached.\r\n")
+    code, text = send(rp, clean)
+    assert code == 250, text
+    lines = delivered_lines(sink, "rspamd-ham")
+    assert [line for line in lines if line.startswith(b"X-Rspamd-Score: ")], lines
+    assert [line for line in lines if line.startswith(b"X-Spam-Status: ")], lines
+    assert_unchanged(lines, clean)
