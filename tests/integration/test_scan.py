@@ -14,6 +14,8 @@ import pwd
 import shutil
 import smtplib
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,43 @@ def test_rspamd_refuses_gtube_and_marks_a_clean_message(ringpost, smtp_sink, rsp
     assert [line for line in lines if line.startswith(b"X-Rspamd-Score: ")], lines
     assert [line for line in lines if line.startswith(b"X-Spam-Status: ")], lines
     assert_unchanged(lines, clean)
+
+
+def test_a_slow_scanner_is_bounded_and_others_do_not_wait(ringpost, smtp_sink):
+    where = Path(tempfile.mkdtemp(prefix="ringpost-slow-"))
+    os.chmod(where, 0o755)
+    program = where / "slow"
+    program.write_text("#!/bin/sh\ncat > /dev/null\nsleep 2\nexit 0\n")
+    program.chmod(0o755)
+    sink = smtp_sink()
+    scanner = (f'[{{name = "slow", kind = "pipe", command = ["{program}"], max_concurrent = 2, queue_max = 1, '
+               f'max_size_bytes = 2000}}]')
+    # One shard, so that the pool's bound is the one every client meets.
+    rp = ringpost({"delivery.smarthost": f'"127.0.0.1:{sink.port}"', "scanner": scanner, "server.shards": "1"})
+    results = {}
+
+    def one(i):
+        started = time.monotonic()
+        results[i] = (send(rp, message(f"slow-{i}", b"scan me")), time.monotonic() - started)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.7)  # two scanning, one waiting
+    started = time.monotonic()
+    busy = send(rp, message("slow-busy", b"scan me"))
+    busy_s = time.monotonic() - started
+    started = time.monotonic()
+    # Above max_size_bytes: not given to the scanner, not held up by it.
+    unscanned = send(rp, message("slow-large", b"\r\n".join([b"y" * 70] * 40)))
+    unscanned_s = time.monotonic() - started
+    for t in threads:
+        t.join()
+    assert busy == (451, b"4.7.1 Content scanner busy, try again later"), busy
+    assert busy_s < 0.5, busy_s
+    assert unscanned[0] == 250 and unscanned_s < 0.5, (unscanned, unscanned_s)
+    codes = sorted(r[0][0] for r in results.values())
+    assert codes == [250, 250, 250], results
+    # The third waited for a slot: about two scans' time.
+    assert max(r[1] for r in results.values()) > 3.5, results
+    shutil.rmtree(where, ignore_errors=True)
