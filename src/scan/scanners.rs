@@ -94,7 +94,13 @@ impl Scanners {
                 waiting: Cell::new(0),
                 config: scanner.clone(),
             })
-            .collect();
+            .collect::<Vec<Pool>>();
+        for pool in &pools {
+            if let Target::Program(Err(e)) = &pool.target {
+                // Every message it is given fails by on_failure; said once here.
+                log::event("scanner_unusable", &[("scanner", &pool.config.name), ("error", e)]);
+            }
+        }
         Scanners { pools, queue }
     }
 
