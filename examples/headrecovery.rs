@@ -45,8 +45,9 @@ fn envelope(id: String, i: u64, now_ms: u64) -> Envelope {
         body_8bit: false,
         body_binary: false,
         smtputf8: false,
-        client: "192.0.2.1".to_string(),
-        helo: "client.example".to_string(),
+        client: "192.0.2.1".into(),
+        helo: "client.example".into(),
+        headers_prepended: Vec::new(),
         body: Body::Inline(Default::default()),
     }
 }

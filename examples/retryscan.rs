@@ -46,8 +46,9 @@ fn envelope(id: String, i: u64) -> Envelope {
         body_8bit: false,
         body_binary: false,
         smtputf8: false,
-        client: "192.0.2.1".to_string(),
-        helo: "client.example".to_string(),
+        client: "192.0.2.1".into(),
+        helo: "client.example".into(),
+        headers_prepended: Vec::new(),
         // A small message, inline as most deferred mail is.
         body: Body::Inline(std::sync::Arc::from(&b"Subject: deferred\r\n\r\nA one-line message body.\r\n"[..])),
     }
