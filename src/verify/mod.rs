@@ -28,7 +28,7 @@
 //! memory.
 //!
 //! Bounds: the cache (`verify.callout_cache_entries` per shard), the
-//! requests waiting for an owner shard (`REQUESTS_QUEUED_MAX` per shard),
+//! requests waiting for an owner shard (`REQUESTS_QUEUED_MAX` per owner),
 //! the callouts in flight (`callout_max_per_host` per host, each with at
 //! most one callout per address), and the clients waiting for one
 //! callout (`WAITERS_PER_CALLOUT_MAX`; more get 451).
@@ -56,7 +56,8 @@ use crate::smtp::reply::{Enhanced, Reply};
 use cache::{address_key, domain_key, Cache, Cached};
 use limits::{Limits, Refused};
 
-/// Requests one shard may have waiting for each owner shard.
+/// Requests waiting for one owner shard, from all the others together
+/// (the channel holds this many, plus one per sender).
 pub const REQUESTS_QUEUED_MAX: usize = 1024;
 /// Clients that may wait for one callout in flight.
 pub const WAITERS_PER_CALLOUT_MAX: usize = 1024;
