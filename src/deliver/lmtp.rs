@@ -17,7 +17,7 @@ use glommio::net::{TcpStream, UnixStream};
 
 use crate::deliver::outbound::{drive, transaction, Content};
 use crate::queue::Envelope;
-use crate::smtp::client::{BodyType, Client, ClientParams, RcptOutcome, Transaction};
+use crate::smtp::client::{Client, ClientParams, RcptOutcome, Transaction};
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::tls::Stream;
 
@@ -78,14 +78,7 @@ pub async fn probe(
     recipients: Vec<String>,
     transcript: bool,
 ) -> (Vec<RcptOutcome>, Vec<String>) {
-    let txn = Transaction {
-        reverse_path: sender.to_string(),
-        recipients,
-        size_bytes: 0,
-        body: BodyType::SevenBit,
-        smtputf8: false,
-        probe: true,
-    };
+    let txn = Transaction::probe(sender, recipients);
     let params = ClientParams { lmtp: true, transcript, ..ClientParams::new(helo_name.to_string()) };
     converse(target, params, connect_timeout, txn, None).await
 }

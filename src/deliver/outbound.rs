@@ -144,14 +144,7 @@ pub async fn probe(
     recipients: Vec<String>,
 ) -> Delivered {
     debug_assert!(!recipients.is_empty());
-    let txn = Transaction {
-        reverse_path: sender.to_string(),
-        recipients,
-        size_bytes: 0,
-        body: BodyType::SevenBit,
-        smtputf8: false,
-        probe: true,
-    };
+    let txn = Transaction::probe(sender, recipients);
     attempt(out, destination, policy, &txn, None).await
 }
 

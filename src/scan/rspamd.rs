@@ -357,48 +357,17 @@ fn verdict(report: &Report) -> Result<Verdict, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
     use std::path::Path;
     use std::thread::JoinHandle;
 
     use super::*;
     use crate::scan::content::CHUNK_BYTES;
-    use crate::scan::spamd::tests::{content, in_file, inline, listen};
+    use crate::scan::spamd::tests::{content, fake_peer, in_file, inline, listen, Request};
     use crate::testing;
-
-    /// What the fake rspamd received: the request's head (up to the blank
-    /// line), the Content-Length octets after it, and anything beyond.
-    #[derive(Debug)]
-    struct Request {
-        head: String,
-        content: Vec<u8>,
-        extra: Vec<u8>,
-    }
 
     /// A one-request HTTP peer answering `reply` after the content.
     fn fake_rspamd(unix: bool, reply: Vec<u8>) -> (ScannerAddress, JoinHandle<Request>) {
-        listen(unix, move |conn| {
-            let mut head = Vec::new();
-            let mut byte = [0u8];
-            while !head.ends_with(b"\r\n\r\n") && head.len() < 100_000 {
-                match conn.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let head = String::from_utf8(head).unwrap();
-            let length = head
-                .split("\r\n")
-                .find_map(|line| line.strip_prefix("Content-Length: "))
-                .map_or(0, |v| v.parse::<usize>().unwrap());
-            let mut content = Vec::new();
-            let _ = (&mut *conn).take(length as u64).read_to_end(&mut content);
-            let _ = conn.write_all(&reply);
-            conn.shut_write();
-            let mut extra = Vec::new();
-            let _ = conn.read_to_end(&mut extra);
-            Request { head, content, extra }
-        })
+        fake_peer(unix, "Content-Length: ", reply)
     }
 
     fn http(status: &str, body: &str) -> Vec<u8> {

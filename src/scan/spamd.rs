@@ -493,20 +493,27 @@ pub(super) mod tests {
         out
     }
 
-    /// What the fake spamd received: the request's head (up to the blank
-    /// line), the Content-length octets after it, and anything beyond.
+    /// What a fake scanner received: the request's head (up to the blank
+    /// line), the octets its length header announced, and anything beyond.
     #[derive(Debug)]
-    struct Request {
-        head: String,
-        content: Vec<u8>,
-        extra: Vec<u8>,
+    pub(crate) struct Request {
+        pub head: String,
+        pub content: Vec<u8>,
+        pub extra: Vec<u8>,
     }
 
-    fn fake_spamd(unix: bool, reply: &'static [u8]) -> (ScannerAddress, JoinHandle<Request>) {
+    /// A one-request peer (spamd, rspamd) that reads the head, then as many
+    /// octets as its `length_header` line says, answers `reply`, ends its
+    /// side, and keeps whatever the client sends after.
+    pub(crate) fn fake_peer(
+        unix: bool,
+        length_header: &'static str,
+        reply: Vec<u8>,
+    ) -> (ScannerAddress, JoinHandle<Request>) {
         listen(unix, move |conn| {
             let mut head = Vec::new();
             let mut byte = [0u8];
-            while !head.ends_with(b"\r\n\r\n") && head.len() < 10_000 {
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 100_000 {
                 match conn.read(&mut byte) {
                     Ok(1) => head.push(byte[0]),
                     _ => break,
@@ -515,16 +522,20 @@ pub(super) mod tests {
             let head = String::from_utf8(head).unwrap();
             let length = head
                 .split("\r\n")
-                .find_map(|line| line.strip_prefix("Content-length: "))
+                .find_map(|line| line.strip_prefix(length_header))
                 .map_or(0, |v| v.parse::<usize>().unwrap());
             let mut content = Vec::new();
-            let _ = conn.take(length as u64).read_to_end(&mut content);
-            let _ = conn.write_all(reply);
+            let _ = (&mut *conn).take(length as u64).read_to_end(&mut content);
+            let _ = conn.write_all(&reply);
             conn.shut_write();
             let mut extra = Vec::new();
             let _ = conn.read_to_end(&mut extra);
             Request { head, content, extra }
         })
+    }
+
+    fn fake_spamd(unix: bool, reply: &'static [u8]) -> (ScannerAddress, JoinHandle<Request>) {
+        fake_peer(unix, "Content-length: ", reply.to_vec())
     }
 
     fn params(address: ScannerAddress, reject_score: Option<f64>, user: Option<&str>) -> SpamdParams {

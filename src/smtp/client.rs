@@ -154,6 +154,19 @@ pub struct Transaction {
 }
 
 impl Transaction {
+    /// A call-forward probe from `sender` ("" for `<>`) for `recipients`:
+    /// no content, so no size and 7-bit.
+    pub fn probe(sender: &str, recipients: Vec<String>) -> Transaction {
+        Transaction {
+            reverse_path: sender.to_string(),
+            recipients,
+            size_bytes: 0,
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            probe: true,
+        }
+    }
+
     fn needs_smtputf8(&self) -> bool {
         self.smtputf8
             || !self.reverse_path.is_ascii()
@@ -2747,7 +2760,7 @@ mod tests {
     }
 
     fn probe(recipients: &[&str]) -> Transaction {
-        Transaction { reverse_path: String::new(), size_bytes: 0, probe: true, ..txn(recipients) }
+        Transaction::probe("", recipients.iter().map(|r| r.to_string()).collect())
     }
 
     /// A probe with PIPELINING: MAIL and every RCPT in one batch, no DATA,
