@@ -593,7 +593,26 @@ def wait_answer(port, request, expect, proc, what, timeout_s=20.0):
     raise TimeoutError(f"{what} does not answer on 127.0.0.1:{port}")
 
 
-class Spamd:
+class PrivateDaemon:
+    """What the private scanner daemons share: a process (`proc`) writing
+    to `output`, its log at `log_path`, its files under `dir`."""
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.output.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Spamd(PrivateDaemon):
     """A private spamd: SpamAssassin's rules as the package ships them
     (/usr/share/spamassassin, never sa-update's), no network tests (-L), no
     per-user settings (-x), no Bayes and no learning, on 127.0.0.1:`port`
@@ -630,27 +649,13 @@ class Spamd:
                 "-C", str(self.RULES), "--siteconfigpath", str(site), "-s", "stderr"]
         if os.geteuid() == 0:
             args += ["-u", "nobody"]
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, cwd=self.dir, stdout=self.log, stderr=self.log)
+        self.output = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, cwd=self.dir, stdout=self.output, stderr=self.output)
         try:
             wait_answer(self.port, b"PING SPAMC/1.5\r\n\r\n", b"SPAMD/", self.proc, "spamd")
         except Exception:
             self.stop()
             raise
-
-    def log_text(self):
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -662,7 +667,7 @@ def spamd():
     server.stop()
 
 
-class Clamd:
+class Clamd(PrivateDaemon):
     """A private clamd on 127.0.0.1:`port` (`address`) and the unix socket
     `socket` (`unix_address`), its database one signature for the EICAR
     test string (`EICAR_NAME`), no freshclam. `conf` lines ("Name value")
@@ -688,29 +693,15 @@ class Clamd:
                  "Foreground yes", f"DatabaseDirectory {db}", f"TemporaryDirectory {self.dir}",
                  f"LogFile {self.log_path}", "LogTime yes", "SelfCheck 0", "MaxThreads 4", *conf]
         self.conf.write_text("".join(f"{line}\n" for line in lines))
-        self.log = open(self.dir / "clamd.out", "ab")
+        self.output = open(self.dir / "clamd.out", "ab")
         self.proc = subprocess.Popen([str(binary), "-c", str(self.conf)], cwd=self.dir,
-                                     stdout=self.log, stderr=self.log)
+                                     stdout=self.output, stderr=self.output)
         try:
             wait_answer(self.port, b"zPING\0", b"PONG\0", self.proc, "clamd")
             wait_for(lambda: self.socket.exists(), timeout_s=10, what="clamd's unix socket")
         except Exception:
             self.stop()
             raise
-
-    def log_text(self):
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -722,7 +713,7 @@ def clamd():
     server.stop()
 
 
-class Rspamd:
+class Rspamd(PrivateDaemon):
     """A private rspamd: the package's configuration and rules
     (/etc/rspamd, /usr/share/rspamd) with a private local.d/override.d
     that keeps only the scanner worker ("normal", on 127.0.0.1:`port`,
@@ -776,8 +767,8 @@ class Rspamd:
         if os.geteuid() == 0:
             args += ["-u", "_rspamd", "-g", "_rspamd"]
             shutil.chown(self.dir, "_rspamd", "_rspamd")
-        self.out = open(self.dir / "rspamd.out", "ab")
-        self.proc = subprocess.Popen(args, cwd=self.dir, stdout=self.out, stderr=self.out)
+        self.output = open(self.dir / "rspamd.out", "ab")
+        self.proc = subprocess.Popen(args, cwd=self.dir, stdout=self.output, stderr=self.output)
         try:
             # rspamd compiles its TLD list and regular expressions before
             # its worker listens: on a small machine that takes a while.
@@ -786,20 +777,6 @@ class Rspamd:
         except Exception:
             self.stop()
             raise
-
-    def log_text(self):
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.out.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
