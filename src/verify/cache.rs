@@ -87,19 +87,18 @@ impl Cache {
 
     /// The live value for `key` at `now_unix_ms`; an expired one is removed.
     pub fn get(&mut self, key: &str, now_unix_ms: u64) -> Option<Cached> {
-        let entry = self.map.get(key)?;
-        if entry.expires_unix_ms > now_unix_ms {
-            return Some(entry.value.clone());
-        }
-        self.map.remove(key);
-        self.expired += 1;
-        None
+        self.get_with_expiry(key, now_unix_ms).map(|(value, _)| value)
     }
 
     /// The live value for `key` and when it expires.
     pub fn get_with_expiry(&mut self, key: &str, now_unix_ms: u64) -> Option<(Cached, u64)> {
-        let value = self.get(key, now_unix_ms)?;
-        Some((value, self.map[key].expires_unix_ms))
+        let entry = self.map.get(key)?;
+        if entry.expires_unix_ms > now_unix_ms {
+            return Some((entry.value.clone(), entry.expires_unix_ms));
+        }
+        self.map.remove(key);
+        self.expired += 1;
+        None
     }
 
     /// Remembers `value` for `key` until `expires_unix_ms`, evicting the
