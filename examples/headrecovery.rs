@@ -48,6 +48,7 @@ fn envelope(id: String, i: u64, now_ms: u64) -> Envelope {
         client: "192.0.2.1".into(),
         helo: "client.example".into(),
         headers_prepended: Vec::new(),
+        replica_of: None,
         body: Body::Inline(Default::default()),
     }
 }

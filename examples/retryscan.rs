@@ -49,6 +49,7 @@ fn envelope(id: String, i: u64) -> Envelope {
         client: "192.0.2.1".into(),
         helo: "client.example".into(),
         headers_prepended: Vec::new(),
+        replica_of: None,
         // A small message, inline as most deferred mail is.
         body: Body::Inline(std::sync::Arc::from(&b"Subject: deferred\r\n\r\nA one-line message body.\r\n"[..])),
     }

@@ -50,6 +50,7 @@ pub fn envelope(id: &str, to: &[&str], now_ms: u64) -> crate::queue::Envelope {
         helo: "client.test".into(),
         body: Body::Inline(Default::default()),
         headers_prepended: Vec::new(),
+        replica_of: None,
     }
 }
 
@@ -140,6 +141,7 @@ pub async fn shard_in_mesh(
     let stages = crate::scan::Stages::new(
         Some(crate::scan::scanners::Scanners::new(&config, queue.clone())),
         crate::scan::early::EarlyDelivery::new(deliverer.clone(), config.delivery.early_ms),
+        None,
     );
     let verifier = Rc::new(crate::verify::Verifier::new(index, config.clone(), deliverer, clock.clone(), mesh));
     glommio::spawn_local(verifier.clone().serve()).detach();
@@ -156,6 +158,7 @@ pub async fn shard_in_mesh(
         [tq_smtp, tq_delivery],
         None,
         verifier,
+        crate::scan::replicate::Held::new(1, 0),
     ));
     TestShard { shard, manual }
 }

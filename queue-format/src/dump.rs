@@ -84,6 +84,7 @@ fn envelope(e: &Envelope<'_>, out: &mut String) {
         (EnvelopeFlags::SMTPUTF8, "SMTPUTF8"),
         (EnvelopeFlags::NULL_SENDER, "NULL_SENDER"),
         (EnvelopeFlags::BODY_BINARYMIME, "BODY_BINARYMIME"),
+        (EnvelopeFlags::REPLICA, "REPLICA"),
     ] {
         if e.flags.contains(flag) {
             flags.push(name);

@@ -176,8 +176,12 @@ impl EnvelopeFlags {
     /// MAIL FROM carried BODY=BINARYMIME (RFC 3030): the content is
     /// binary, delivered byte for byte and only with BDAT.
     pub const BODY_BINARYMIME: EnvelopeFlags = EnvelopeFlags(1 << 3);
+    /// A replica: a copy held for the peer that accepted the message
+    /// (`mail_params` holds its `XREPLICA=<origin queue id>`), delivered
+    /// only if that peer stops confirming it is alive.
+    pub const REPLICA: EnvelopeFlags = EnvelopeFlags(1 << 4);
     /// Every bit the format defines.
-    pub const ALL: EnvelopeFlags = EnvelopeFlags(0b1111);
+    pub const ALL: EnvelopeFlags = EnvelopeFlags(0b1_1111);
 
     pub const fn empty() -> EnvelopeFlags {
         EnvelopeFlags(0)

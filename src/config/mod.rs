@@ -60,6 +60,29 @@ pub struct Config {
     /// `[[scanner]]` tables: content scanners run in order over each
     /// message at its final dot. Default: none.
     pub scanners: Vec<Scanner>,
+    pub replicate: Replicate,
+}
+
+/// `[replicate]`: before the 250, a copy of each message queued here is
+/// also stored by a peer ringpost (`docs/replication.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replicate {
+    /// "host:port" of the peer that holds this node's replicas. Default:
+    /// unset (this node sends none).
+    pub peer: Option<String>,
+    /// How long the reply to the final dot waits for the peer. Default "5s".
+    pub timeout: Duration,
+    /// The peer did not store the copy in time: `tempfail` (451 4.3.0, the
+    /// client tries again) or `accept` (250, the message is held here
+    /// alone). Default tempfail.
+    pub on_failure: OnFailure,
+    /// A replica held here is delivered once the peer it belongs to has
+    /// been silent (no replica, completion or heartbeat) for this long
+    /// since it was stored. Default "30m".
+    pub takeover_after: Duration,
+    /// Clients that may store replicas here. Default: the peer's address
+    /// (a pair replicating to each other), none without a peer.
+    pub accept_from: Vec<Cidr>,
 }
 
 /// What a content scanner speaks.
@@ -674,7 +697,20 @@ impl Default for Config {
             route: Route::default(),
             routers: Vec::new(),
             verify: Verify::default(),
+            replicate: Replicate::default(),
             scanners: Vec::new(),
+        }
+    }
+}
+
+impl Default for Replicate {
+    fn default() -> Replicate {
+        Replicate {
+            peer: None,
+            timeout: Duration(std::time::Duration::from_secs(5)),
+            on_failure: OnFailure::Tempfail,
+            takeover_after: Duration(std::time::Duration::from_secs(30 * 60)),
+            accept_from: Vec::new(),
         }
     }
 }

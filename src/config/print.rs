@@ -202,6 +202,17 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         }
     }
 
+    let r = &c.replicate;
+    writeln!(out, "\n[replicate]")?;
+    match &r.peer {
+        Some(peer) => writeln!(out, "peer = {}", quoted(peer))?,
+        None => writeln!(out, "# no peer: this node sends no replicas")?,
+    }
+    writeln!(out, "timeout = {}", quoted(&r.timeout.to_string()))?;
+    writeln!(out, "on_failure = {}", quoted(r.on_failure.as_str()))?;
+    writeln!(out, "takeover_after = {}", quoted(&r.takeover_after.to_string()))?;
+    writeln!(out, "accept_from = {}", string_array(&r.accept_from))?;
+
     for (name, pool) in &c.pools {
         writeln!(out, "\n[pool.{name}]")?;
         writeln!(out, "max_connections = {}", pool.max_connections)?;

@@ -17,7 +17,9 @@ use super::{
     BareLf, Cidr, Config, Delivery, Dns, Domains, Duration, Local, Nul, Queue, Relay, Server, Smtp, Tls, TlsPolicy,
     TransportKind, TransportRule,
 };
-use super::{Callout, CalloutSender, Driver, OnFailure, Route, Router, Scanner, ScannerKind, Score, Verify};
+use super::{
+    Callout, CalloutSender, Driver, OnFailure, Replicate, Route, Router, Scanner, ScannerKind, Score, Verify,
+};
 
 /// Most shards a configuration may ask for; far above any core count we run
 /// on, low enough that a typing slip does not start a million threads.
@@ -31,7 +33,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
 const ROOT_KEYS: &[&str] =
-    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner"];
+    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate"];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
     "max_alias_depth",
@@ -60,6 +62,7 @@ pub(super) const SCANNER_KEYS: &[&str] = &[
 ];
 /// Most `[[scanner]]` tables.
 const SCANNERS_MAX: usize = 16;
+pub(super) const REPLICATE_KEYS: &[&str] = &["peer", "timeout", "on_failure", "takeover_after", "accept_from"];
 pub(super) const VERIFY_KEYS: &[&str] = &[
     "callout_timeout",
     "callout_positive_ttl",
@@ -325,6 +328,7 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
             Some(entry) => read_pools(&entry.node)?,
         },
         verify: read_verify(&Section::open(root, "verify", VERIFY_KEYS)?, defaults.verify)?,
+        replicate: read_replicate(&Section::open(root, "replicate", REPLICATE_KEYS)?, defaults.replicate)?,
         scanners: match root.get("scanner") {
             None => defaults.scanners,
             Some(entry) => read_scanners(&entry.node)?,
@@ -407,13 +411,7 @@ fn read_scanners(node: &Node) -> Result<Vec<Scanner>> {
         let queue_max = bounded("queue_max", 64, 100_000)?;
         let on_failure = match get("on_failure") {
             None => OnFailure::Tempfail,
-            Some((node, key)) => match string(node, &key)?.as_str() {
-                "tempfail" => OnFailure::Tempfail,
-                "accept" => OnFailure::Accept,
-                other => {
-                    return Err(invalid(node, &key, format!("must be \"tempfail\" or \"accept\", not {other:?}")))
-                }
-            },
+            Some((node, key)) => on_failure(node, &key)?,
         };
         let max_size_bytes = match get("max_size_bytes") {
             None => None,
@@ -448,6 +446,59 @@ fn read_scanners(node: &Node) -> Result<Vec<Scanner>> {
         });
     }
     Ok(scanners)
+}
+
+fn on_failure(node: &Node, key: &str) -> Result<OnFailure> {
+    match string(node, key)?.as_str() {
+        "tempfail" => Ok(OnFailure::Tempfail),
+        "accept" => Ok(OnFailure::Accept),
+        other => Err(invalid(node, key, format!("must be \"tempfail\" or \"accept\", not {other:?}"))),
+    }
+}
+
+/// Longest wait of a final dot for the peer's copy.
+const REPLICATE_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// `[replicate]`. Without `accept_from`, replicas are taken from the
+/// peer's address, which must then be an IP address.
+fn read_replicate(section: &Section<'_>, d: Replicate) -> Result<Replicate> {
+    let peer = section.read("peer", d.peer, |node, key| {
+        optional(node, key, |node, key| {
+            let text = string(node, key)?;
+            check_smarthost(&text).map_err(|reason| invalid(node, key, reason.replace("smarthost", "peer")))?;
+            Ok(text)
+        })
+    })?;
+    let accept_from = match section.node("accept_from") {
+        Some(node) => array(node, "replicate.accept_from", cidr)?,
+        None => match (&peer, section.node("peer")) {
+            (Some(text), Some(node)) => {
+                let host = text.rsplit_once(':').map_or("", |(host, _)| host);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let Ok(addr) = host.parse::<std::net::IpAddr>() else {
+                    return Err(invalid(
+                        node,
+                        "replicate.peer",
+                        "is a host name: set replicate.accept_from to the networks the peer connects from",
+                    ));
+                };
+                let prefix_len = if addr.is_ipv4() { 32 } else { 128 };
+                vec![Cidr { addr, prefix_len }]
+            }
+            _ => d.accept_from,
+        },
+    };
+    Ok(Replicate {
+        peer,
+        timeout: section.read("timeout", d.timeout, |node, key| {
+            let value = duration_nonzero(node, key)?;
+            ensure(value.0 <= REPLICATE_TIMEOUT_MAX, node, key, "at most 5m")?;
+            Ok(value)
+        })?,
+        on_failure: section.read("on_failure", d.on_failure, on_failure)?,
+        takeover_after: section.read("takeover_after", d.takeover_after, duration_nonzero)?,
+        accept_from,
+    })
 }
 
 fn read_verify(section: &Section<'_>, d: Verify) -> Result<Verify> {

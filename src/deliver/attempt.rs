@@ -202,6 +202,16 @@ impl Deliverer {
         }
     }
 
+    /// Where the body file of message `id` is (if it has one).
+    pub fn body_path(&self, id: &str) -> std::path::PathBuf {
+        self.queue.body_path(id)
+    }
+
+    /// The SMTP settings of a destination no transport rule names.
+    pub fn default_policy(&self) -> outbound::Policy {
+        smtp_policy(&self.config, None)
+    }
+
     /// Whether every recipient of `env` goes out by SMTP without the
     /// routers (what early delivery may try: Maildir, LMTP and pipe
     /// deliveries are commits of their own).

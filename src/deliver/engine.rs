@@ -27,6 +27,7 @@ use crate::deliver::attempt::{self, Deliverer};
 use crate::deliver::dsn;
 use crate::log;
 use crate::queue::{Body, Envelope, Queue, RcptState};
+use crate::scan::replicate::{self, Held, Hold, Replicator};
 use crate::shard::{Phase, Shard};
 use crate::smtp::address::ReversePath;
 
@@ -45,6 +46,10 @@ pub struct Delivery {
     permits: Rc<Semaphore>,
     attempts_active: Cell<usize>,
     idle: event_listener::Event,
+    /// The replicas this node holds for its peer, and when it last spoke.
+    held: Arc<Held>,
+    /// This node's replication stage, told of every message finished here.
+    replicator: Option<Rc<Replicator>>,
 }
 
 impl Delivery {
@@ -61,7 +66,17 @@ impl Delivery {
             permits,
             attempts_active: Cell::new(0),
             idle: event_listener::Event::new(),
+            held: Held::new(1, 0),
+            replicator: None,
         }
+    }
+
+    /// Replication: the replicas held here (shared by the node's shards),
+    /// and this shard's replication stage, if the node replicates.
+    pub fn with_replication(mut self, held: Arc<Held>, replicator: Option<Rc<Replicator>>) -> Delivery {
+        self.held = held;
+        self.replicator = replicator;
+        self
     }
 
     pub fn deliverer(&self) -> &Rc<Deliverer> {
@@ -182,10 +197,49 @@ impl Delivery {
 
     /// One delivery attempt for every pending recipient of a message.
     async fn attempt(&self, mut env: Envelope) {
+        if env.replica_of.is_some() && self.hold_replica(&mut env).await {
+            return;
+        }
         env.attempt_count = env.attempt_count.checked_add(1).unwrap_or(u16::MAX);
         let results = self.deliverer.deliver_pending(&env).await;
         attempt::record(self.deliverer.shard_index(), &mut env, results, false);
         self.finish(env).await;
+    }
+
+    /// A replica handed over (fresh, recovered or by a runner): kept
+    /// untried while its origin speaks (a replacement envelope due when it
+    /// should be looked at again; returns true), or taken over (its flag
+    /// cleared, delivered from here on like any message; returns false).
+    async fn hold_replica(&self, env: &mut Envelope) -> bool {
+        let now_ms = self.clock.unix_ms();
+        let heard_ms = self.held.heard_unix_ms();
+        let takeover_after = self.config.replicate.takeover_after.0;
+        let origin = env.replica_of.clone().unwrap_or_default();
+        match replicate::decide(env, now_ms, heard_ms, takeover_after, self.config.queue.max_age.0) {
+            Hold::TakeOver => {
+                let silent_s = now_ms.saturating_sub(heard_ms) / 1000;
+                log::event("replica_takeover", &[("id", &env.id), ("origin_id", &origin), ("origin_silent_s", &silent_s)]);
+                env.replica_of = None;
+                false
+            }
+            Hold::Forget => {
+                log::event("replica_expired", &[("id", &env.id), ("origin_id", &origin)]);
+                if let Err(e) = self.queue.complete(env, CompletionReason::Expired) {
+                    log::event("queue_error", &[("id", &env.id), ("error", &e)]);
+                    self.queue.release(&env.id);
+                }
+                true
+            }
+            Hold::Until { unix_ms } => {
+                env.attempt_count = env.attempt_count.checked_add(1).unwrap_or(u16::MAX);
+                env.next_retry_unix_ms = unix_ms;
+                if let Err(e) = self.queue.defer(env).await {
+                    log::event("queue_error", &[("id", &env.id), ("error", &e)]);
+                    self.queue.release(&env.id);
+                }
+                true
+            }
+        }
     }
 
     /// Records the attempt. While recipients are pending, the message goes
@@ -239,6 +293,9 @@ impl Delivery {
                 Ok(what) => {
                     if what == "removed" {
                         log::event("removed", &[("id", &env.id)]);
+                        if let Some(replicator) = &self.replicator {
+                            replicator.note_done(&env.id);
+                        }
                     }
                     return;
                 }
@@ -306,6 +363,7 @@ impl Delivery {
             helo: "".into(),
             body: Body::Inline(Default::default()),
             headers_prepended: Vec::new(),
+            replica_of: None,
         };
         let bounce_id = bounce.id.clone();
         writer.commit(&self.queue, bounce).await?;

@@ -148,6 +148,28 @@ pub async fn probe(
     attempt(out, destination, policy, &txn, None).await
 }
 
+/// A replica of `env` for the replication peer at `destination`
+/// (`[replicate]`): the recipients at `indexes` in one transaction whose
+/// MAIL carries `XREPLICA=<env.id>`, with the content delivery would send
+/// (the scanners' header lines above the stored body).
+pub async fn replicate(
+    out: &Outbound<'_>,
+    destination: &Destination,
+    policy: Policy,
+    body_path: &Path,
+    env: &Envelope,
+    indexes: &[usize],
+) -> Delivered {
+    let mut txn = transaction(env, indexes);
+    txn.replica_of = Some(env.id.clone());
+    attempt(out, destination, policy, &txn, Some(Content { body_path, env })).await
+}
+
+/// The addresses of a destination, in the order delivery tries them.
+pub async fn addresses(out: &Outbound<'_>, destination: &Destination) -> Result<Vec<SocketAddr>, Reply> {
+    Ok(targets(out, destination).await?.into_iter().map(|target| target.addr).collect())
+}
+
 /// One transaction of `txn` to `destination`: its hosts in order, the next
 /// one when a host cannot be reached, will not talk, or refuses for now.
 async fn attempt(
@@ -232,6 +254,7 @@ pub fn transaction(env: &Envelope, indexes: &[usize]) -> Transaction {
         body,
         smtputf8: env.smtputf8,
         probe: false,
+        replica_of: None,
     }
 }
 
@@ -680,6 +703,7 @@ mod tests {
             helo: "".into(),
             body: Body::Inline(b"abc".to_vec().into()),
             headers_prepended: Vec::new(),
+            replica_of: None,
         };
         assert_eq!(transaction(&env(false, false), &[0]).body, BodyType::SevenBit);
         assert_eq!(transaction(&env(true, false), &[0]).body, BodyType::EightBitMime);

@@ -25,7 +25,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::log;
 use crate::queue::{Body, Envelope, MessageWriter, QueueError, RcptState, Recipient};
-use crate::scan::Verdict;
+use crate::scan::{replicate as replica, Verdict};
 use crate::shard::{Phase, Shard};
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::smtp::server::{Event, PeerInfo, Server};
@@ -125,6 +125,9 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
     let started = Instant::now();
     log::event("connect", &[("shard", &shard.index), ("client", &peer)]);
     let mut machine = Server::new(shard.server_params.clone(), PeerInfo { addr: peer, local }, started);
+    if shard.config.replicate.accept_from.iter().any(|net| net.contains(peer.ip())) {
+        machine.offer_replicas();
+    }
     let mut incoming: Option<Incoming> = None;
     // From an accepted MAIL until the envelope is staged: tells the
     // committer a record is coming (queue.commit_delay_us).
@@ -170,8 +173,13 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
             Event::Helo { name, esmtp } => {
                 log::event("helo", &[("client", &peer), ("helo", &name), ("esmtp", &esmtp)]);
             }
-            Event::Mail { reverse_path, .. } => {
-                let reply = policy::check_mail(routing.as_deref(), &reverse_path).await;
+            Event::Mail { reverse_path, params } => {
+                // A replica's sender and recipients were checked by the
+                // origin, which accepted the message.
+                let reply = match params.replica_of {
+                    Some(_) => Reply::new(250, Enhanced(2, 1, 0), "Ok"),
+                    None => policy::check_mail(routing.as_deref(), &reverse_path).await,
+                };
                 if reply.is_positive() {
                     expected = Some(shard.queue.expect_record());
                 }
@@ -185,15 +193,21 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                     Some(crate::smtp::address::ReversePath::Path(a)) => a.to_string(),
                     _ => String::new(),
                 };
-                let reply = policy::check_rcpt(
-                    &shard.config,
-                    routing.as_deref(),
-                    Some(&shard.verifier),
-                    peer.ip(),
-                    &forward_path,
-                    &sender,
-                )
-                .await;
+                let replica = machine.transaction().is_some_and(|t| t.params.replica_of.is_some());
+                let reply = match replica {
+                    true => Reply::new(250, Enhanced(2, 1, 5), "Ok"),
+                    false => {
+                        policy::check_rcpt(
+                            &shard.config,
+                            routing.as_deref(),
+                            Some(&shard.verifier),
+                            peer.ip(),
+                            &forward_path,
+                            &sender,
+                        )
+                        .await
+                    }
+                };
                 if !reply.is_positive() {
                     log::event(
                         "rcpt_refused",
@@ -236,6 +250,9 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
             Event::Close => {
                 let _ = flush(&mut stream, &mut machine).await;
                 break;
+            }
+            Event::ReplicaDone { ids } => {
+                shard.held.note_done(&ids, shard.queue.clock().unix_ms());
             }
             Event::StartTls => {
                 let Some(config) = shard.tls_server.clone() else {
@@ -353,6 +370,18 @@ impl Future for ReadInto<'_> {
 }
 
 async fn start_message(shard: &Shard, machine: &Server, peer: SocketAddr, tls: Option<String>) -> Incoming {
+    // A replica keeps the id derived from its origin's, and its content as
+    // the origin would deliver it (the origin's Received line included).
+    if let Some(origin) = machine.transaction().and_then(|t| t.params.replica_of.as_deref()) {
+        return match replica::replica_id(origin).and_then(|id| shard.queue.create_with_id(&id)) {
+            Some(writer) => Incoming { id: writer.id().to_string(), writer: Some(writer), error: None },
+            None => {
+                let e = QueueError::Io(std::io::Error::other(format!("replica of {origin} is held already")));
+                log::event("queue_error", &[("client", &peer), ("error", &e)]);
+                Incoming { writer: None, id: String::new(), error: Some(e) }
+            }
+        };
+    }
     let mut writer = match shard.queue.create().await {
         Ok(w) => w,
         Err(e) => {
@@ -424,9 +453,17 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
         helo: machine.helo_name().unwrap_or_default().into(),
         body: Body::Inline(Default::default()),
         headers_prepended: Vec::new(),
+        replica_of: txn.params.replica_of.clone(),
     };
-    // The data-callout stages see the whole message before its commit.
-    if !shard.stages.is_empty() {
+    let replica = env.replica_of.is_some();
+    if replica {
+        // Held untried until the origin has been silent this long.
+        env.next_retry_unix_ms = now_ms + shard.config.replicate.takeover_after.0.as_millis() as u64;
+        shard.held.heard(now_ms);
+    }
+    // The data-callout stages see the whole message before its commit
+    // (a replica passed them at its origin).
+    if !replica && !shard.stages.is_empty() {
         match writer.body_before_commit().await {
             Ok(body) => {
                 env.body = body;
@@ -460,6 +497,10 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
     let from = env.sender.to_string();
     let size_bytes = writer.size_bytes();
     match writer.commit(&shard.queue, env).await {
+        Ok(()) if replica => {
+            log::event("replica_stored", &[("id", &id), ("client", &peer), ("from", &from), ("to", &to.join(","))]);
+            Reply::new(250, Enhanced(2, 0, 0), format!("Ok: replica held as {id}"))
+        }
         Ok(()) => {
             log::event(
                 "queued",
@@ -475,6 +516,10 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
         }
         Err(e) => {
             log::event("queue_error", &[("id", &id), ("client", &peer), ("error", &e)]);
+            // Its replica, if the peer holds one, is not needed.
+            if let Some(replicator) = shard.stages.replicator() {
+                replicator.note_done(&id);
+            }
             e.reply()
         }
     }

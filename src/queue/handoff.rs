@@ -75,11 +75,7 @@ impl Handoff {
     fn pop(&self) -> Option<Ready> {
         let ready = self.ready.borrow_mut().pop_front()?;
         if matches!(ready, Ready::Envelope(_)) {
-            let count = self
-                .envelopes_count
-                .get()
-                .checked_sub(1)
-                .expect("envelope count below zero");
+            let count = self.envelopes_count.get().checked_sub(1).expect("envelope count below zero");
             self.envelopes_count.set(count);
             self.room_event.notify(1);
         }
@@ -219,23 +215,16 @@ impl<S: Storage + 'static> Queue<S> {
         let slot = log_slot(location.log);
         let file = {
             let log = self.logs[slot].borrow();
-            let segment = log
-                .segments
-                .get(&location.segment_sequence)
-                .ok_or("segment is gone")?;
+            let segment = log.segments.get(&location.segment_sequence).ok_or("segment is gone")?;
             segment.file.clone()
         };
-        let bytes = file
-            .read_at(location.offset as u64, location.size_bytes as usize)
-            .await
-            .map_err(|e| e.to_string())?;
+        let bytes =
+            file.read_at(location.offset as u64, location.size_bytes as usize).await.map_err(|e| e.to_string())?;
         // The frame's CRC covers the record; the location says which one it
         // is, so the sequence number needs no separate check here.
         let (record, _) = queue_format::decode(&bytes).map_err(|e| format!("{e:?}"))?;
         match &record.body {
-            RecordBody::Envelope(env) | RecordBody::ReplacementEnvelope(env) => {
-                Envelope::from_format(env)
-            }
+            RecordBody::Envelope(env) | RecordBody::ReplacementEnvelope(env) => Envelope::from_format(env),
             _ => Err("not an envelope record".to_string()),
         }
     }

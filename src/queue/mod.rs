@@ -102,9 +102,7 @@ impl QueueError {
             QueueError::NoSpace(_) => {
                 Reply::new(452, Enhanced(4, 3, 1), "Insufficient system storage, try again later")
             }
-            QueueError::Io(_) => {
-                Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later")
-            }
+            QueueError::Io(_) => Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later"),
         }
     }
 
@@ -267,7 +265,12 @@ impl Queue<DiskStorage> {
 }
 
 impl<S: Storage + 'static> Queue<S> {
-    pub async fn open_with(storage: S, shard_index: u16, params: QueueParams, clock: Clock) -> std::io::Result<Rc<Queue<S>>> {
+    pub async fn open_with(
+        storage: S,
+        shard_index: u16,
+        params: QueueParams,
+        clock: Clock,
+    ) -> std::io::Result<Rc<Queue<S>>> {
         assert!(!params.retry_lags.is_empty());
         let queue = Queue {
             handoff: handoff::Handoff::new(params.handoff_envelopes_max),
@@ -369,7 +372,11 @@ impl<S: Storage + 'static> Queue<S> {
                 None => {
                     // Nothing trusted: still past any number a segment of this
                     // log could have used, if segments exist.
-                    if log.segments.is_empty() { 1 } else { 1 + queue_format::RECORD_SEQUENCE_RESTART_GAP }
+                    if log.segments.is_empty() {
+                        1
+                    } else {
+                        1 + queue_format::RECORD_SEQUENCE_RESTART_GAP
+                    }
                 }
             };
         }
@@ -380,9 +387,7 @@ impl<S: Storage + 'static> Queue<S> {
         let mut index = self.index.borrow_mut();
         for (id, candidate) in scan.live.drain() {
             let slot = log_slot(candidate.location.log);
-            if let Some(segment) =
-                self.logs[slot].borrow_mut().segments.get_mut(&candidate.location.segment_sequence)
-            {
+            if let Some(segment) = self.logs[slot].borrow_mut().segments.get_mut(&candidate.location.segment_sequence) {
                 segment.live_add();
             }
             let in_flight = candidate.location.log == LogKind::Head;
@@ -522,6 +527,16 @@ impl<S: Storage + 'static> Queue<S> {
         Ok(MessageWriter::new(self.storage.clone(), id, self.params.inline_max_bytes))
     }
 
+    /// Starts a message under a given id: a replica, which keeps the id
+    /// derived from its origin's (`crate::scan::replicate::replica_id`).
+    /// None when that id is live here already (the origin sent it again).
+    pub fn create_with_id(&self, id: &str) -> Option<MessageWriter<S>> {
+        if self.entry(id).is_some() {
+            return None;
+        }
+        Some(MessageWriter::new(self.storage.clone(), id.to_string(), self.params.inline_max_bytes))
+    }
+
     /// Stages a record in its log and waits until it is durable.
     async fn append(&self, kind: LogKind, staged: Staged) -> Result<Location, QueueError> {
         self.append_tracked(kind, staged).await.map_err(|(error, _)| error)
@@ -561,8 +576,12 @@ impl<S: Storage + 'static> Queue<S> {
         let Some(entry) = self.index.borrow().get(&qid).copied() else {
             return Ok(());
         };
+        self.stage_completion(qid, entry, reason)
+    }
+
+    fn stage_completion(&self, queue_id: QueueId, entry: Entry, reason: CompletionReason) -> Result<(), QueueError> {
         let completion = Completion {
-            queue_id: qid,
+            queue_id,
             completion_unix_ms: self.clock.unix_ms(),
             attempt_count: entry.attempt_count,
             reason,
@@ -571,6 +590,30 @@ impl<S: Storage + 'static> Queue<S> {
         self.logs[slot].borrow_mut().stage(Staged::Completion(completion))?;
         self.staged_events[slot].notify(1);
         Ok(())
+    }
+
+    /// Finishes a live message that no delivery holds (not in the hand-off,
+    /// not being attempted): a replica whose origin delivered it. Returns
+    /// whether it was live and idle; a message in flight is left to its
+    /// attempt.
+    pub fn complete_idle(&self, id: &str, reason: CompletionReason) -> Result<bool, QueueError> {
+        let Some(qid) = parse_queue_id(id).ok() else { return Ok(false) };
+        let entry = {
+            let mut index = self.index.borrow_mut();
+            let Some(entry) = index.get_mut(&qid) else { return Ok(false) };
+            if entry.in_flight {
+                return Ok(false);
+            }
+            // Until the completion is durable (and removes the entry), no
+            // runner hands the message over.
+            entry.in_flight = true;
+            *entry
+        };
+        let staged = self.stage_completion(qid, entry, reason);
+        if staged.is_err() {
+            self.release(id);
+        }
+        staged.map(|()| true)
     }
 
     /// The index entry of a message, if it is live (None for text that is
@@ -746,7 +789,12 @@ impl<S: Storage + 'static> Queue<S> {
                 self.stats[slot].borrow_mut().failures += 1;
                 crate::log::event(
                     "queue_flush_failed",
-                    &[("shard", &self.shard_index), ("log", &log::kind_name(kind)), ("records", &records.len()), ("error", &error)],
+                    &[
+                        ("shard", &self.shard_index),
+                        ("log", &log::kind_name(kind)),
+                        ("records", &records.len()),
+                        ("error", &error),
+                    ],
                 );
                 self.seal_active(kind);
                 let mut log = self.logs[slot].borrow_mut();
@@ -787,7 +835,8 @@ impl<S: Storage + 'static> Queue<S> {
             (batch, file)
         };
         let sequence_next = Some(batch.record_sequence_next);
-        let written = file.write_at(&batch.bytes, batch.write_offset).await.map_err(|e| (QueueError::from(e), sequence_next))?;
+        let written =
+            file.write_at(&batch.bytes, batch.write_offset).await.map_err(|e| (QueueError::from(e), sequence_next))?;
         if written != batch.bytes.len() {
             let e = std::io::Error::new(
                 std::io::ErrorKind::WriteZero,
@@ -919,7 +968,10 @@ impl<S: Storage + 'static> Queue<S> {
             let bodies = std::mem::take(&mut *self.bodies_dead.borrow_mut());
             for name in bodies {
                 if let Err(e) = self.storage.remove(&name).await {
-                    crate::log::event("queue_gc_error", &[("shard", &self.shard_index), ("file", &name), ("error", &e)]);
+                    crate::log::event(
+                        "queue_gc_error",
+                        &[("shard", &self.shard_index), ("file", &name), ("error", &e)],
+                    );
                 }
             }
             listener.await;

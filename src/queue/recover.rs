@@ -245,6 +245,7 @@ mod tests {
             helo: "h".into(),
             body: Body::Inline(Arc::from(&b"abc"[..])),
             headers_prepended: Vec::new(),
+            replica_of: None,
         }
     }
 

@@ -166,7 +166,12 @@ impl<S: Storage + 'static> Queue<S> {
                     }
                     Err(problem) => crate::log::event(
                         "queue_record_refused",
-                        &[("shard", &self.shard_index), ("segment", &span.segment_sequence), ("offset", &offset), ("problem", &problem)],
+                        &[
+                            ("shard", &self.shard_index),
+                            ("segment", &span.segment_sequence),
+                            ("offset", &offset),
+                            ("problem", &problem),
+                        ],
                     ),
                 }
             }

@@ -87,6 +87,7 @@ fn template(id: &str) -> Envelope {
         helo: "test".into(),
         body: Body::Inline(Default::default()),
         headers_prepended: Vec::new(),
+        replica_of: None,
     }
 }
 

@@ -10,13 +10,14 @@
 //! nothing stays live). A stage may change the envelope it is given
 //! (recipient states, the scanners' added header lines), never the body.
 //! The content scanners (`scanners`, `[[scanner]]`) run first, then early
-//! delivery (`delivery.early_ms`); replication to a peer plugs in here the
-//! same way.
+//! delivery (`delivery.early_ms`), then replication to a peer
+//! (`replicate`, `[replicate]`) for the recipients still pending.
 
 pub mod clamd;
 pub mod content;
 pub mod early;
 pub mod pipe;
+pub mod replicate;
 pub mod rspamd;
 pub mod scanners;
 pub mod spamd;
@@ -37,21 +38,32 @@ pub enum Verdict {
 }
 
 /// The data-callout stages of one shard, in order: the content scanners,
-/// then early delivery.
+/// early delivery, replication.
 pub struct Stages {
     scanners: Option<scanners::Scanners>,
     early: Option<early::EarlyDelivery>,
+    replicator: Option<std::rc::Rc<replicate::Replicator>>,
 }
 
 impl Stages {
-    pub fn new(scanners: Option<scanners::Scanners>, early: Option<early::EarlyDelivery>) -> Stages {
-        Stages { scanners: scanners.filter(|s| !s.is_empty()), early }
+    pub fn new(
+        scanners: Option<scanners::Scanners>,
+        early: Option<early::EarlyDelivery>,
+        replicator: Option<std::rc::Rc<replicate::Replicator>>,
+    ) -> Stages {
+        Stages { scanners: scanners.filter(|s| !s.is_empty()), early, replicator }
     }
 
     /// Whether any stage runs: without one, the session commits at once
     /// and never makes the message's content available before its commit.
     pub fn is_empty(&self) -> bool {
-        self.scanners.is_none() && self.early.is_none()
+        self.scanners.is_none() && self.early.is_none() && self.replicator.is_none()
+    }
+
+    /// The replication stage, told when a replicated message is not
+    /// committed after all.
+    pub fn replicator(&self) -> Option<&replicate::Replicator> {
+        self.replicator.as_deref()
     }
 
     /// Runs the stages over `env`, whose body (`env.body`) is complete but
@@ -67,6 +79,9 @@ impl Stages {
                 Verdict::Continue => {}
                 other => return other,
             }
+        }
+        if let Some(replicator) = &self.replicator {
+            return replicator.run(env).await;
         }
         Verdict::Continue
     }

@@ -54,6 +54,8 @@ pub struct Shard {
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
     /// Call-forward recipient verification.
     pub verifier: Rc<crate::verify::Verifier>,
+    /// The replicas the node holds for its peer (shared by its shards).
+    pub held: Arc<crate::scan::replicate::Held>,
     sessions_active: Cell<usize>,
     phase: Cell<Phase>,
     phase_event: event_listener::Event,
@@ -71,6 +73,7 @@ impl Shard {
         task_queues: [TaskQueueHandle; 2],
         tls_server: Option<Arc<rustls::ServerConfig>>,
         verifier: Rc<crate::verify::Verifier>,
+        held: Arc<crate::scan::replicate::Held>,
     ) -> Shard {
         Shard {
             index,
@@ -83,6 +86,7 @@ impl Shard {
             tq_delivery: task_queues[1],
             tls_server,
             verifier,
+            held,
             sessions_active: Cell::new(0),
             phase: Cell::new(Phase::Running),
             phase_event: event_listener::Event::new(),
@@ -200,6 +204,14 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
         tls_server,
         tls_client: crate::tls::client_config(),
     };
+    let replicating = config.replicate.peer.is_some() || !config.replicate.accept_from.is_empty();
+    if replicating && shard_count > crate::scan::replicate::REPLICATION_SHARDS_MAX {
+        return Err(format!(
+            "[replicate] needs at most {} shards, not {shard_count}",
+            crate::scan::replicate::REPLICATION_SHARDS_MAX
+        ));
+    }
+    let held = crate::scan::replicate::Held::new(shard_count, Clock::System.unix_ms());
     let mut meshes = crate::verify::mesh(shard_count).into_iter();
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -209,11 +221,11 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
         } else {
             Placement::Unbound
         };
-        let (config, start, stop) = (config.clone(), start.clone(), stop.clone());
+        let (config, start, stop, held) = (config.clone(), start.clone(), stop.clone(), held.clone());
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(2 << 20)
-            .spawn(move || async move { shard_main(index, config, start, stop, mesh).await })
+            .spawn(move || async move { shard_main(index, config, start, stop, mesh, held).await })
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
     }
@@ -249,6 +261,7 @@ async fn shard_main(
     start: Start,
     stop: Arc<AtomicBool>,
     mesh: crate::verify::MeshEnd,
+    held: Arc<crate::scan::replicate::Held>,
 ) -> Result<(), String> {
     let Start {
         dns,
@@ -279,15 +292,31 @@ async fn shard_main(
         dns,
         tls_client,
     )?);
-    let delivery = Rc::new(Delivery::new(
-        config.clone(),
-        queue.clone(),
-        deliverer.clone(),
-    ));
+    let replicator = crate::scan::replicate::Replicator::new(&config, deliverer.clone());
+    let delivery = Rc::new(
+        Delivery::new(config.clone(), queue.clone(), deliverer.clone())
+            .with_replication(held.clone(), replicator.clone()),
+    );
     let stages = crate::scan::Stages::new(
         Some(crate::scan::scanners::Scanners::new(&config, queue.clone())),
         crate::scan::early::EarlyDelivery::new(deliverer.clone(), config.delivery.early_ms),
+        replicator.clone(),
     );
+    // Replication's own tasks: the notifier telling the peer what finished
+    // here, and the completer removing replicas the peer finished.
+    let replication_stop = Rc::new(Cell::new(false));
+    let notifier_task = match &replicator {
+        Some(replicator) => Some(
+            glommio::spawn_local_into(replicator.clone().run_notifier(replication_stop.clone()), tq_delivery)
+                .map_err(|e| format!("shard {index}: {e}"))?,
+        ),
+        None => None,
+    };
+    let completer_task = glommio::spawn_local_into(
+        crate::scan::replicate::run_completer(queue.clone(), held.clone(), index, replication_stop.clone()),
+        tq_delivery,
+    )
+    .map_err(|e| format!("shard {index}: {e}"))?;
     let verifier = Rc::new(crate::verify::Verifier::new(
         index,
         config.clone(),
@@ -329,6 +358,7 @@ async fn shard_main(
         [tq_smtp, tq_delivery],
         tls_server,
         verifier,
+        held,
     ));
     log::event(
         "shard_ready",
@@ -386,6 +416,13 @@ async fn shard_main(
         .wait_idle(Instant::now() + Duration::from_secs(10))
         .await;
     sweep_task.await;
+    // The last finished messages are told to the peer before the outbound
+    // connections close.
+    replication_stop.set(true);
+    if let Some(task) = notifier_task {
+        task.await;
+    }
+    completer_task.await;
     shard.delivery.close_connections().await;
     // Records staged by the last attempts are flushed before the committers end.
     shard.queue.close();

@@ -374,6 +374,10 @@ pub struct MailParams {
     pub body: Option<BodyType>,
     /// SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// `XREPLICA=<queue id>`: the message is a replica of the one the
+    /// client queued under this id (ringpost's replication, between peers
+    /// only; the server refuses it from anyone else).
+    pub replica_of: Option<Box<str>>,
 }
 
 impl MailParams {
@@ -457,13 +461,24 @@ pub fn parse_mail_params(s: &str, size_bytes_max: u64) -> Result<MailParams, Par
                 });
             }
             ("SMTPUTF8", None) => p.smtputf8 = true,
-            ("SIZE" | "BODY", None) | ("SMTPUTF8", Some(_)) => {
+            ("XREPLICA", Some(v)) => {
+                let id = parse_queue_id_param(v).ok_or(ParamError::Syntax("bad XREPLICA value"))?;
+                p.replica_of = Some(id.into());
+            }
+            ("SIZE" | "BODY" | "XREPLICA", None) | ("SMTPUTF8", Some(_)) => {
                 return Err(ParamError::Syntax("bad parameter value"));
             }
             _ => return Err(ParamError::Unsupported(key)),
         }
     }
     Ok(p)
+}
+
+/// A queue id in a replication command or parameter: 16 upper-case hex
+/// digits, as ringpost makes them.
+pub fn parse_queue_id_param(text: &str) -> Option<&str> {
+    let hex = text.len() == 16 && text.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
+    hex.then_some(text)
 }
 
 /// Parses RCPT TO parameters; none are implemented, so any is refused.
@@ -589,9 +604,14 @@ mod tests {
             MailParams {
                 size: Some(100),
                 body: Some(BodyType::EightBitMime),
-                smtputf8: true
+                smtputf8: true,
+                replica_of: None,
             }
         );
+        let p = parse_mail_params("XREPLICA=0006201A2B3C4D01", 1000).unwrap();
+        assert_eq!(p.replica_of.as_deref(), Some("0006201A2B3C4D01"));
+        assert!(parse_mail_params("XREPLICA=0006201a2b3c4d01", 1000).is_err());
+        assert!(parse_mail_params("XREPLICA", 1000).is_err());
         assert_eq!(
             parse_mail_params("SIZE=1001", 1000),
             Err(ParamError::TooBig { size: 1001 })

@@ -151,6 +151,10 @@ pub struct Transaction {
     /// reply is that recipient's outcome (2xx `Delivered`); the session
     /// ends with RSET pending (kept open) or QUIT.
     pub probe: bool,
+    /// A replica for a peer ringpost (`[replicate]`): MAIL carries
+    /// `XREPLICA=<this queue id>`, and a server that does not offer
+    /// XREPLICA is refused without asking.
+    pub replica_of: Option<String>,
 }
 
 impl Transaction {
@@ -164,6 +168,7 @@ impl Transaction {
             body: BodyType::SevenBit,
             smtputf8: false,
             probe: true,
+            replica_of: None,
         }
     }
 
@@ -189,6 +194,8 @@ pub struct Extensions {
     pub chunking: bool,
     /// BINARYMIME (RFC 3030), usable only with CHUNKING.
     pub binary_mime: bool,
+    /// XREPLICA: a ringpost peer that stores replicas from this client.
+    pub replica: bool,
 }
 
 impl Extensions {
@@ -208,6 +215,7 @@ impl Extensions {
                 "STARTTLS" => ext.starttls = true,
                 "CHUNKING" => ext.chunking = true,
                 "BINARYMIME" => ext.binary_mime = true,
+                "XREPLICA" => ext.replica = true,
                 _ => {}
             }
         }
@@ -1084,6 +1092,9 @@ impl Client {
         {
             return Some(reply);
         }
+        if self.txn.replica_of.is_some() && !ext.replica {
+            return Some(Reply::new(554, Enhanced(5, 5, 1), "the peer does not take replicas from this host (no XREPLICA)"));
+        }
         if self.txn.needs_smtputf8() && !ext.smtputf8 {
             return Some(Reply::new(
                 553,
@@ -1130,6 +1141,10 @@ impl Client {
         }
         if self.txn.needs_smtputf8() {
             command.push_str(" SMTPUTF8");
+        }
+        if let Some(id) = &self.txn.replica_of {
+            command.push_str(" XREPLICA=");
+            command.push_str(id);
         }
         command.push_str("\r\n");
         command
@@ -1459,6 +1474,7 @@ mod tests {
             body: BodyType::SevenBit,
             smtputf8: false,
             probe: false,
+            replica_of: None,
         }
     }
 

@@ -187,6 +187,11 @@ pub enum Event {
     /// TLS handshake, then calls `tls_started()` (or closes on failure).
     /// Input received after the STARTTLS line has been discarded.
     StartTls,
+    /// `XREPLDONE` from a replication peer (only when
+    /// [`Server::offer_replicas`] was called): the messages it queued under
+    /// these ids are finished there, so their replicas here can go; no id
+    /// is a heartbeat. The machine already replied (250). Informational.
+    ReplicaDone { ids: Vec<String> },
 }
 
 /// A mail transaction: from an accepted MAIL to the end of its content or
@@ -294,6 +299,8 @@ pub struct Server {
     block_bytes: u64,
     /// TLS is active on the connection (after STARTTLS and its handshake).
     tls_active: bool,
+    /// The client is a replication peer: XREPLICA and XREPLDONE are offered.
+    replicas: bool,
 }
 
 /// `now + timeout`, or a year from now if that cannot be represented.
@@ -324,6 +331,7 @@ impl Server {
             events: VecDeque::new(),
             error_count: 0,
             tls_active: false,
+            replicas: false,
         };
         let text = format!("{} {}", s.params.hostname, s.params.greeting);
         s.send(&Reply {
@@ -332,6 +340,13 @@ impl Server {
             lines: vec![text],
         });
         s
+    }
+
+    /// The client may store replicas here (`replicate.accept_from`): EHLO
+    /// offers XREPLICA, MAIL takes `XREPLICA=<queue id>` and the command
+    /// `XREPLDONE [<queue id> ...]` is known. Called before the first poll.
+    pub fn offer_replicas(&mut self) {
+        self.replicas = true;
     }
 
     /// Appends received bytes. The driver reads (and feeds) only after
@@ -785,6 +800,7 @@ impl Server {
             "RSET" => self.cmd_rset(args),
             "NOOP" => self.reply(250, Enhanced(2, 0, 0), "OK"),
             "STARTTLS" => self.cmd_starttls(args),
+            "XREPLDONE" if self.replicas => self.cmd_repldone(args),
             "QUIT" => {
                 let text = format!("{} closing connection", self.params.hostname);
                 self.close_with(Reply::new(221, Enhanced(2, 0, 0), text));
@@ -840,6 +856,9 @@ impl Server {
             let mut lines = lines;
             if self.params.starttls && !self.tls_active {
                 lines.push("STARTTLS".to_string());
+            }
+            if self.replicas {
+                lines.push("XREPLICA".to_string());
             }
             // RFC 2034 §3: no enhanced code in the reply to EHLO/HELO.
             Reply {
@@ -935,6 +954,9 @@ impl Server {
             Ok(p) => p,
             Err(e) => return self.param_error(e),
         };
+        if params.replica_of.is_some() && !self.replicas {
+            return self.param_error(ParamError::Unsupported("XREPLICA".to_string()));
+        }
         let utf8_path = matches!(&reverse_path, ReversePath::Path(a) if a.is_utf8());
         if utf8_path && !params.smtputf8 {
             return self.address_error(AddressError::NonAscii, Enhanced(5, 1, 7), "sender");
@@ -947,6 +969,24 @@ impl Server {
             reverse_path,
             params,
         });
+    }
+
+    /// `XREPLDONE [<queue id> ...]`: at most what fits a command line
+    /// (about 29 ids); no id is a heartbeat. Not allowed in a transaction,
+    /// so it never mixes with a replica being sent.
+    fn cmd_repldone(&mut self, args: &str) {
+        if self.txn.is_some() {
+            return self.client_error(503, Enhanced(5, 5, 1), "XREPLDONE not allowed in a transaction");
+        }
+        let mut ids = Vec::new();
+        for id in args.split(' ').filter(|id| !id.is_empty()) {
+            if super::address::parse_queue_id_param(id).is_none() {
+                return self.client_error(501, Enhanced(5, 5, 4), "syntax: XREPLDONE [<queue id> ...]");
+            }
+            ids.push(id.to_string());
+        }
+        self.reply(250, Enhanced(2, 0, 0), format!("{} noted", ids.len()));
+        self.push_event(Event::ReplicaDone { ids });
     }
 
     fn cmd_rcpt(&mut self, args: &str) {

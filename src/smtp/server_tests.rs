@@ -32,6 +32,7 @@ enum Ev {
     Aborted(String),
     Close,
     StartTls,
+    ReplicaDone(Vec<String>),
 }
 
 type Decider = Box<dyn FnMut(&Event) -> Reply>;
@@ -153,6 +154,7 @@ impl Session {
                     self.body.extend_from_slice(&b);
                 }
                 Event::DataAborted { reply } => self.events.push(Ev::Aborted(summary(&reply))),
+                Event::ReplicaDone { ids } => self.events.push(Ev::ReplicaDone(ids)),
                 Event::StartTls => {
                     // The driver's handshake, always successful here.
                     self.events.push(Ev::StartTls);
@@ -2227,4 +2229,39 @@ fn an_idle_session_keeps_little_heap() {
         "size_of::<Server>() = {}, retained heap: after EHLO {after_ehlo}, after a 15 KB read {after_burst}, after a message {after_message}",
         std::mem::size_of::<Server>()
     );
+}
+
+// ---- replication between peers (XREPLICA, XREPLDONE) ----
+
+#[test]
+fn replication_is_offered_only_to_peers() {
+    let mut t = Session::ehlo();
+    assert!(!t.raw.contains("XREPLICA"));
+    t.send("MAIL FROM:<a@example.com> XREPLICA=0006201A2B3C4D01\r\n");
+    t.expect(&["555 5.5.4"]);
+    t.send("XREPLDONE 0006201A2B3C4D01\r\n");
+    t.expect(&["500 5.5.1"]);
+    assert!(t.events.is_empty());
+}
+
+#[test]
+fn a_peer_sends_replicas_and_completions() {
+    let mut t = Session::new();
+    t.s.offer_replicas();
+    t.send("EHLO origin.test\r\n");
+    assert!(t.raw.contains("250-XREPLICA\r\n") || t.raw.contains("250 XREPLICA\r\n"), "{}", t.raw);
+    t.expect(&["250"]);
+    t.events.clear();
+    t.send("XREPLDONE 0006201A2B3C4D01 0006201A2B3C4D02\r\nXREPLDONE\r\nXREPLDONE 123\r\n");
+    t.expect(&["250 2.0.0", "250 2.0.0", "501 5.5.4"]);
+    t.expect_events(&[
+        Ev::ReplicaDone(vec!["0006201A2B3C4D01".to_string(), "0006201A2B3C4D02".to_string()]),
+        Ev::ReplicaDone(Vec::new()),
+    ]);
+    t.send("MAIL FROM:<a@example.com> XREPLICA=0006201A2B3C4D03\r\n");
+    t.expect(&["250 2.1.0"]);
+    assert_eq!(t.s.transaction().unwrap().params.replica_of.as_deref(), Some("0006201A2B3C4D03"));
+    // Not inside a transaction.
+    t.send("XREPLDONE 0006201A2B3C4D01\r\n");
+    t.expect(&["503 5.5.1"]);
 }

@@ -1,0 +1,463 @@
+//! Replication (`[replicate]`): before the client hears 250, a peer
+//! ringpost also holds the message, so the mail a node accepted still goes
+//! out if that node dies for good.
+//!
+//! Place in the pipeline, on the two nodes of a pair:
+//! - Origin: the last data-callout stage at the final dot ([`Replicator`],
+//!   after the scanners and early delivery, for the recipients still
+//!   pending). It sends the message to the peer as an SMTP transaction whose
+//!   MAIL carries `XREPLICA=<queue id>`; the final dot waits for the
+//!   peer's 250 (within `replicate.timeout`) and then for its own commit.
+//!   A notifier per shard tells the peer which messages are finished here
+//!   (`XREPLDONE <id> ...`, batched every second; an empty one every few
+//!   seconds is the heartbeat).
+//! - Peer: ingress stores a replica from a client in
+//!   `replicate.accept_from` under [`replica_id`], flagged REPLICA and due
+//!   at arrival + `takeover_after`; delivery holds it ([`decide`]) while
+//!   the origin keeps talking, and takes it over once the origin has been
+//!   silent for `takeover_after`. Each shard's completer
+//!   ([`run_completer`]) removes the replicas the origin reports finished.
+//!
+//! What each failure costs (peer down, origin dead after its 250, both
+//! restarting, a partition) is in `docs/replication.md`: at most a
+//! duplicate, never a loss.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::queue::ArrayQueue;
+use futures_lite::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use queue_format::CompletionReason;
+
+use crate::config::{Config, OnFailure};
+use crate::deliver::attempt::Deliverer;
+use crate::deliver::outbound::{self, Destination};
+use crate::log;
+use crate::queue::{Envelope, Queue, RcptState};
+use crate::scan::Verdict;
+use crate::smtp::client::{parse_reply_line, RcptOutcome};
+use crate::smtp::reply::{Enhanced, Reply};
+
+/// Set in the shard byte of a replica's id: a replica's id is its origin's
+/// with this bit, so it never meets an id the peer makes itself (shards
+/// number at most 128 when replication is on) and the origin's XREPLDONE
+/// names it without a table.
+const REPLICA_SHARD_BIT: u8 = 0x80;
+/// Most shards of a node that replicates or holds replicas.
+pub const REPLICATION_SHARDS_MAX: usize = REPLICA_SHARD_BIT as usize;
+/// Finished ids waiting to be told to the peer, per shard; beyond it the
+/// oldest are forgotten (their replicas are delivered again if the peer
+/// ever takes over).
+const DONE_PENDING_MAX: usize = 100_000;
+/// Ids on one XREPLDONE line: 17 octets each, within a 512-octet line.
+const DONE_IDS_PER_LINE: usize = 28;
+/// XREPLDONE lines sent on one connection.
+const DONE_LINES_PER_CONNECTION: usize = 64;
+/// How often the notifier looks for finished messages.
+const NOTIFY_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest time the peer hears nothing from an origin that is up.
+const HEARTBEAT_INTERVAL_MAX: Duration = Duration::from_secs(10);
+/// The notifier's whole conversation with the peer, at most.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Replica ids waiting for their shard's completer, per shard.
+const INBOX_IDS_MAX: usize = 65_536;
+/// How often a completer looks at its inbox.
+const COMPLETER_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a completion for a replica that delivery holds is retried.
+const IN_FLIGHT_RETRY: Duration = Duration::from_secs(60);
+
+/// The id the peer stores a replica under: the origin's id with
+/// [`REPLICA_SHARD_BIT`] set in its shard byte. None for an id that is
+/// not an origin's (a replica is never replicated again).
+pub fn replica_id(origin_id: &str) -> Option<String> {
+    let (time, shard) = origin_id.split_at_checked(14)?;
+    let shard = u8::from_str_radix(shard, 16).ok()?;
+    if origin_id.len() != 16 || shard & REPLICA_SHARD_BIT != 0 {
+        return None;
+    }
+    Some(format!("{time}{:02X}", shard | REPLICA_SHARD_BIT))
+}
+
+/// Whether `id` names a replica (or a message taken over from one).
+pub fn is_replica_id(id: &str) -> bool {
+    id.get(14..).and_then(|shard| u8::from_str_radix(shard, 16).ok()).is_some_and(|s| s & REPLICA_SHARD_BIT != 0)
+}
+
+// ---- the peer's side ----
+
+/// What the shards of a node share about the replicas it holds: one inbox
+/// of finished replica ids per shard, and when the origin last spoke.
+pub struct Held {
+    inboxes: Vec<ArrayQueue<String>>,
+    origin_heard_unix_ms: AtomicU64,
+    /// Completions lost to a full inbox (their replicas wait for max_age).
+    dropped: AtomicU64,
+}
+
+impl Held {
+    /// At start the origin counts as just heard: a node that restarts
+    /// gives it `takeover_after` to speak before taking anything over.
+    pub fn new(shards: usize, now_unix_ms: u64) -> Arc<Held> {
+        Arc::new(Held {
+            inboxes: (0..shards).map(|_| ArrayQueue::new(INBOX_IDS_MAX)).collect(),
+            origin_heard_unix_ms: AtomicU64::new(now_unix_ms),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// The origin spoke (a replica, XREPLDONE or a heartbeat).
+    pub fn heard(&self, now_unix_ms: u64) {
+        self.origin_heard_unix_ms.fetch_max(now_unix_ms, Ordering::Relaxed);
+    }
+
+    pub fn heard_unix_ms(&self) -> u64 {
+        self.origin_heard_unix_ms.load(Ordering::Relaxed)
+    }
+
+    /// The origin finished these messages: each shard's completer removes
+    /// the replica if it holds it (a replica is on the shard whose session
+    /// stored it, which the id does not say).
+    pub fn note_done(&self, origin_ids: &[String], now_unix_ms: u64) {
+        self.heard(now_unix_ms);
+        for id in origin_ids.iter().filter_map(|id| replica_id(id)) {
+            for inbox in &self.inboxes {
+                if inbox.push(id.clone()).is_err() {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn take(&self, shard: usize) -> Vec<String> {
+        let inbox = &self.inboxes[shard];
+        std::iter::from_fn(|| inbox.pop()).take(INBOX_IDS_MAX).collect()
+    }
+}
+
+/// What delivery does with a replica it is handed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Keep it, untried, until then.
+    Until { unix_ms: u64 },
+    /// The origin is alive and has had the message for the queue's whole
+    /// `max_age`: it delivered or bounced it, and its word was lost.
+    Forget,
+    /// The origin has been silent for `takeover_after`: deliver it.
+    TakeOver,
+}
+
+/// The rule for a replica handed to delivery: not due yet, held; due and
+/// the origin heard within `takeover_after`, held again until that much
+/// silence (or forgotten past `max_age`); due and the origin silent that
+/// long, taken over.
+pub fn decide(env: &Envelope, now_unix_ms: u64, heard_unix_ms: u64, takeover_after: Duration, max_age: Duration) -> Hold {
+    if now_unix_ms < env.next_retry_unix_ms {
+        return Hold::Until { unix_ms: env.next_retry_unix_ms };
+    }
+    let takeover_after_ms = takeover_after.as_millis() as u64;
+    if now_unix_ms.saturating_sub(heard_unix_ms) >= takeover_after_ms {
+        return Hold::TakeOver;
+    }
+    if now_unix_ms.saturating_sub(env.arrival_unix_ms) >= max_age.as_millis() as u64 {
+        return Hold::Forget;
+    }
+    Hold::Until { unix_ms: heard_unix_ms + takeover_after_ms }
+}
+
+/// One shard's completer: every second, removes the replicas its inbox
+/// names that it holds. One that delivery holds at that moment (handed
+/// over, not yet put back) is tried again for `IN_FLIGHT_RETRY`.
+pub async fn run_completer(queue: Rc<Queue>, held: Arc<Held>, shard: usize, stop: Rc<Cell<bool>>) {
+    let mut waiting: Vec<(String, Instant)> = Vec::new();
+    while !stop.get() {
+        glommio::timer::sleep(COMPLETER_INTERVAL).await;
+        let now = Instant::now();
+        let fresh = held.take(shard).into_iter().map(|id| (id, now));
+        let ids: Vec<(String, Instant)> = std::mem::take(&mut waiting).into_iter().chain(fresh).collect();
+        for (id, first) in ids {
+            match queue.complete_idle(&id, CompletionReason::Done) {
+                Ok(true) => log::event("replica_done", &[("id", &id)]),
+                Ok(false) if queue.entry(&id).is_some() && first.elapsed() < IN_FLIGHT_RETRY => {
+                    waiting.push((id, first))
+                }
+                Ok(false) => {}
+                Err(e) => log::event("queue_error", &[("id", &id), ("error", &e)]),
+            }
+        }
+    }
+    let dropped = held.dropped.load(Ordering::Relaxed);
+    if dropped > 0 {
+        log::event("replica_completions_dropped", &[("shard", &shard), ("count", &dropped)]);
+    }
+}
+
+// ---- the origin's side ----
+
+/// The origin's side on one shard: the stage that sends replicas, and the
+/// ids of finished messages the notifier has yet to tell the peer.
+pub struct Replicator {
+    deliverer: Rc<Deliverer>,
+    peer: Destination,
+    peer_text: String,
+    timeout: Duration,
+    on_failure: OnFailure,
+    heartbeat: Duration,
+    helo_name: String,
+    done: RefCell<VecDeque<String>>,
+    done_forgotten: Cell<u64>,
+}
+
+impl Replicator {
+    /// None without `replicate.peer`.
+    pub fn new(config: &Config, deliverer: Rc<Deliverer>) -> Option<Rc<Replicator>> {
+        let r = &config.replicate;
+        let peer = r.peer.clone()?;
+        Some(Rc::new(Replicator {
+            deliverer,
+            peer: Destination::Smarthost(peer.clone()),
+            peer_text: peer,
+            timeout: r.timeout.0,
+            on_failure: r.on_failure,
+            heartbeat: (r.takeover_after.0 / 3).min(HEARTBEAT_INTERVAL_MAX).max(Duration::from_millis(100)),
+            helo_name: config.helo_name().to_string(),
+            done: RefCell::new(VecDeque::new()),
+            done_forgotten: Cell::new(0),
+        }))
+    }
+
+    /// The stage: the pending recipients of `env` go to the peer as a
+    /// replica. The peer's 250 for all of them lets the message go on to
+    /// its commit; anything else is `replicate.on_failure`.
+    pub async fn run(&self, env: &mut Envelope) -> Verdict {
+        let indexes: Vec<usize> =
+            (0..env.recipients.len()).filter(|&i| env.recipients[i].state == RcptState::Pending).collect();
+        if indexes.is_empty() || is_replica_id(&env.id) {
+            return Verdict::Continue;
+        }
+        let started = Instant::now();
+        let body_path = self.deliverer.body_path(&env.id);
+        let out = self.deliverer.outbound();
+        let policy = self.deliverer.default_policy();
+        let sent = glommio::timer::timeout(self.timeout, async {
+            Ok(outbound::replicate(&out, &self.peer, policy, &body_path, env, &indexes).await)
+        })
+        .await;
+        let latency_ms = started.elapsed().as_millis();
+        let problem = match sent {
+            Err(_) => format!("no reply within {}", crate::config::Duration(self.timeout)),
+            Ok(delivered) => match delivered.outcomes.iter().find(|o| !matches!(o, RcptOutcome::Delivered(_))) {
+                None => {
+                    log::event("replicated", &[("id", &env.id), ("peer", &delivered.relay), ("ms", &latency_ms)]);
+                    return Verdict::Continue;
+                }
+                Some(outcome) => format!("{}: {}", delivered.relay, outcome.reply().summary()),
+            },
+        };
+        log::event(
+            "replicate_failed",
+            &[("id", &env.id), ("peer", &self.peer_text), ("ms", &latency_ms), ("problem", &problem), ("action", &self.on_failure.as_str())],
+        );
+        match self.on_failure {
+            OnFailure::Tempfail => Verdict::Refuse(Reply::new(
+                451,
+                Enhanced(4, 3, 0),
+                "Replication to the peer failed, try again later",
+            )),
+            OnFailure::Accept => Verdict::Continue,
+        }
+    }
+
+    /// Message `id` is finished here (delivered, bounced, expired, or never
+    /// committed after its replica was sent): its replica can go.
+    pub fn note_done(&self, id: &str) {
+        if is_replica_id(id) {
+            return;
+        }
+        let mut done = self.done.borrow_mut();
+        if done.len() >= DONE_PENDING_MAX {
+            done.pop_front();
+            self.done_forgotten.set(self.done_forgotten.get() + 1);
+        }
+        done.push_back(id.to_string());
+    }
+
+    /// The notifier: every second, what finished goes to the peer; at least
+    /// every heartbeat interval, something does. Ids stay until the peer
+    /// has answered for them. Ends when `stop` is set, after one last try.
+    pub async fn run_notifier(self: Rc<Self>, stop: Rc<Cell<bool>>) {
+        let mut last_told = Instant::now() - self.heartbeat;
+        let mut failing = false;
+        loop {
+            let stopping = stop.get();
+            if stopping && failing {
+                break;
+            }
+            let due = !self.done.borrow().is_empty() || last_told.elapsed() >= self.heartbeat;
+            if due {
+                let count = self.done.borrow().len().min(DONE_IDS_PER_LINE * DONE_LINES_PER_CONNECTION);
+                let ids: Vec<String> = self.done.borrow().iter().take(count).cloned().collect();
+                match glommio::timer::timeout(NOTIFY_TIMEOUT, async { Ok(self.tell(&ids).await) }).await {
+                    Ok(Ok(())) => {
+                        self.done.borrow_mut().drain(..count);
+                        last_told = Instant::now();
+                        if failing {
+                            log::event("replicate_notify", &[("peer", &self.peer_text), ("state", &"ok")]);
+                            failing = false;
+                        }
+                    }
+                    result => {
+                        if !failing {
+                            let problem = match result {
+                                Ok(Err(e)) => e,
+                                _ => "timed out".to_string(),
+                            };
+                            log::event(
+                                "replicate_notify",
+                                &[("peer", &self.peer_text), ("state", &"failing"), ("problem", &problem)],
+                            );
+                            failing = true;
+                        }
+                    }
+                }
+            }
+            if stopping {
+                break;
+            }
+            glommio::timer::sleep(NOTIFY_INTERVAL).await;
+        }
+        if self.done_forgotten.get() > 0 {
+            log::event("replicate_done_forgotten", &[("peer", &self.peer_text), ("count", &self.done_forgotten.get())]);
+        }
+    }
+
+    /// One conversation: EHLO, the XREPLDONE lines for `ids` (one empty
+    /// line when there are none: the heartbeat), QUIT.
+    async fn tell(&self, ids: &[String]) -> Result<(), String> {
+        let out = self.deliverer.outbound();
+        let addrs = outbound::addresses(&out, &self.peer).await.map_err(|reply| reply.summary())?;
+        let mut last = String::from("no address");
+        for addr in addrs {
+            match tell_at(addr, &self.helo_name, ids).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The XREPLDONE lines for `ids`: one empty line for none.
+fn done_lines(ids: &[String]) -> Vec<String> {
+    if ids.is_empty() {
+        return vec!["XREPLDONE\r\n".to_string()];
+    }
+    ids.chunks(DONE_IDS_PER_LINE).map(|chunk| format!("XREPLDONE {}\r\n", chunk.join(" "))).collect()
+}
+
+async fn tell_at(addr: SocketAddr, helo_name: &str, ids: &[String]) -> Result<(), String> {
+    let stream = glommio::net::TcpStream::connect_timeout(addr, NOTIFY_TIMEOUT).await.map_err(|e| e.to_string())?;
+    let mut stream = BufReader::new(stream);
+    expect(&mut stream, 220).await?;
+    stream.get_mut().write_all(format!("EHLO {helo_name}\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
+    let keywords = expect(&mut stream, 250).await?;
+    if !keywords.iter().any(|k| k.eq_ignore_ascii_case("XREPLICA")) {
+        return Err("the peer does not take replicas from this host (no XREPLICA)".to_string());
+    }
+    let lines = done_lines(ids);
+    let mut commands: String = lines.concat();
+    commands.push_str("QUIT\r\n");
+    stream.get_mut().write_all(commands.as_bytes()).await.map_err(|e| e.to_string())?;
+    for _ in &lines {
+        expect(&mut stream, 250).await?;
+    }
+    let _ = expect(&mut stream, 221).await;
+    Ok(())
+}
+
+/// Reads one reply; Err unless its code is `code`. Returns the text of
+/// its lines after the first (the EHLO keywords).
+async fn expect<S: futures_lite::AsyncRead + Unpin>(stream: &mut BufReader<S>, code: u16) -> Result<Vec<String>, String> {
+    let mut rest = Vec::new();
+    let mut first = true;
+    loop {
+        let mut line = Vec::new();
+        let n = (&mut *stream).take(1024).read_until(b'\n', &mut line).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed".to_string());
+        }
+        let (got, more, text) = parse_reply_line(&line).map_err(|e| format!("{e:?}"))?;
+        if got != code {
+            return Err(format!("{got} {}", String::from_utf8_lossy(text).trim_end()));
+        }
+        if !first {
+            rest.push(String::from_utf8_lossy(text).trim_end().to_string());
+        }
+        first = false;
+        if !more {
+            return Ok(rest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_ids_are_the_origins_with_the_shard_bit() {
+        assert_eq!(replica_id("0006201A2B3C4D01").as_deref(), Some("0006201A2B3C4D81"));
+        assert!(is_replica_id("0006201A2B3C4D81"));
+        assert!(!is_replica_id("0006201A2B3C4D01"));
+        // A replica is never replicated again; malformed ids have none.
+        assert_eq!(replica_id("0006201A2B3C4D81"), None);
+        assert_eq!(replica_id("0006201A2B3C4D"), None);
+        assert_eq!(replica_id("0006201A2B3C4DZZ"), None);
+    }
+
+    #[test]
+    fn done_lines_fit_a_command_line() {
+        let ids: Vec<String> = (0..60).map(|i| format!("{:016X}", i)).collect();
+        let lines = done_lines(&ids);
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|l| l.len() <= crate::smtp::server::COMMAND_LINE_BYTES_MAX));
+        assert_eq!(done_lines(&[]), vec!["XREPLDONE\r\n".to_string()]);
+    }
+
+    #[test]
+    fn held_fans_completions_out_to_every_shard() {
+        let held = Held::new(2, 1_000);
+        held.note_done(&["0006201A2B3C4D01".to_string(), "0006201A2B3C4D81".to_string()], 5_000);
+        assert_eq!(held.heard_unix_ms(), 5_000);
+        assert_eq!(held.take(0), vec!["0006201A2B3C4D81".to_string()]);
+        assert_eq!(held.take(1), vec!["0006201A2B3C4D81".to_string()]);
+        assert!(held.take(0).is_empty());
+        // Heard never goes back.
+        held.heard(4_000);
+        assert_eq!(held.heard_unix_ms(), 5_000);
+    }
+
+    #[test]
+    fn replicas_are_held_while_the_origin_speaks() {
+        let minute = Duration::from_secs(60);
+        let day = Duration::from_secs(86_400);
+        let mut env = crate::testing::envelope("0006201A2B3C4D81", &["a@example.net"], 0);
+        env.arrival_unix_ms = 0;
+        env.next_retry_unix_ms = 30 * 60_000;
+        // Not due: held until its time.
+        assert_eq!(decide(&env, 60_000, 60_000, 30 * minute, day), Hold::Until { unix_ms: 30 * 60_000 });
+        // Due, origin heard a minute ago: held until 30 minutes of silence.
+        assert_eq!(
+            decide(&env, 31 * 60_000, 30 * 60_000, 30 * minute, day),
+            Hold::Until { unix_ms: 60 * 60_000 }
+        );
+        // Due, origin silent for 30 minutes: taken over.
+        assert_eq!(decide(&env, 40 * 60_000, 10 * 60_000, 30 * minute, day), Hold::TakeOver);
+        // Origin alive past max_age: its word was lost; forgotten.
+        assert_eq!(decide(&env, 86_400_000, 86_400_000 - 1, 30 * minute, day), Hold::Forget);
+    }
+}
