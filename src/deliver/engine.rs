@@ -200,6 +200,16 @@ impl Delivery {
         if env.replica_of.is_some() && self.hold_replica(&mut env).await {
             return;
         }
+        // The peer took this message over while this node was away, and
+        // delivers it: it is not delivered from here as well.
+        if self.replicator.as_ref().is_some_and(|r| r.taken_by_peer(&env.id)) {
+            log::event("removed_taken_by_peer", &[("id", &env.id)]);
+            if let Err(e) = self.queue.complete(&env, CompletionReason::Removed) {
+                log::event("queue_error", &[("id", &env.id), ("error", &e)]);
+                self.queue.release(&env.id);
+            }
+            return;
+        }
         env.attempt_count = env.attempt_count.checked_add(1).unwrap_or(u16::MAX);
         let results = self.deliverer.deliver_pending(&env).await;
         attempt::record(self.deliverer.shard_index(), &mut env, results, false);
@@ -219,6 +229,7 @@ impl Delivery {
             Hold::TakeOver => {
                 let silent_s = now_ms.saturating_sub(heard_ms) / 1000;
                 log::event("replica_takeover", &[("id", &env.id), ("origin_id", &origin), ("origin_silent_s", &silent_s)]);
+                self.held.took_over(&origin);
                 env.replica_of = None;
                 false
             }

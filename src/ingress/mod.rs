@@ -254,6 +254,9 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
             Event::ReplicaDone { ids } => {
                 shard.held.note_done(&ids, shard.queue.clock().unix_ms());
             }
+            Event::ReplicaTaken { shard: origin_shard } => {
+                machine.decide(shard.held.taken_reply(origin_shard, shard.queue.clock().unix_ms()));
+            }
             Event::StartTls => {
                 let Some(config) = shard.tls_server.clone() else {
                     debug_assert!(false, "STARTTLS is offered only with a server configuration");

@@ -23,11 +23,11 @@
 //! duplicate, never a loss.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
@@ -70,6 +70,14 @@ const INBOX_IDS_MAX: usize = 65_536;
 const COMPLETER_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a completion for a replica that delivery holds is retried.
 const IN_FLIGHT_RETRY: Duration = Duration::from_secs(60);
+/// Origin ids of replicas taken over and not yet reported to the origin
+/// (XREPLTAKEN), at most; beyond, the oldest are forgotten (the origin,
+/// if it comes back, delivers those again).
+const TAKEN_MAX: usize = 100_000;
+/// Taken-over ids in one XREPLTAKEN reply; the rest wait for the next.
+const TAKEN_PER_REPLY: usize = DONE_IDS_PER_LINE * 64;
+/// The origin's first conversation at start, before its delivery starts.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The id the peer stores a replica under: the origin's id with
 /// [`REPLICA_SHARD_BIT`] set in its shard byte. None for an id that is
@@ -97,6 +105,8 @@ pub struct Held {
     origin_heard_unix_ms: AtomicU64,
     /// Completions lost to a full inbox (their replicas wait for max_age).
     dropped: AtomicU64,
+    /// Origin ids of the replicas taken over here, until the origin asks.
+    taken: Mutex<VecDeque<String>>,
 }
 
 impl Held {
@@ -107,7 +117,39 @@ impl Held {
             inboxes: (0..shards).map(|_| ArrayQueue::new(INBOX_IDS_MAX)).collect(),
             origin_heard_unix_ms: AtomicU64::new(now_unix_ms),
             dropped: AtomicU64::new(0),
+            taken: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// A replica is taken over: the origin, if it comes back, must not
+    /// deliver its own copy too.
+    pub fn took_over(&self, origin_id: &str) {
+        let mut taken = self.taken.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if taken.len() >= TAKEN_MAX {
+            taken.pop_front();
+        }
+        taken.push_back(origin_id.to_string());
+    }
+
+    /// The reply to `XREPLTAKEN <shard>`: the taken-over origin ids of that
+    /// origin shard (the last two hex digits of an id), each said once.
+    pub fn taken_reply(&self, shard: u8, now_unix_ms: u64) -> Reply {
+        self.heard(now_unix_ms);
+        let suffix = format!("{shard:02X}");
+        let mut ids = Vec::new();
+        {
+            let mut taken = self.taken.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            taken.retain(|id| {
+                let mine = ids.len() < TAKEN_PER_REPLY && id.ends_with(&suffix);
+                if mine {
+                    ids.push(id.clone());
+                }
+                !mine
+            });
+        }
+        let mut lines: Vec<String> = ids.chunks(DONE_IDS_PER_LINE).map(|chunk| chunk.join(" ")).collect();
+        lines.push(format!("{} taken over", ids.len()));
+        Reply { code: 250, enhanced: Some(Enhanced(2, 0, 0)), lines }
     }
 
     /// The origin spoke (a replica, XREPLDONE or a heartbeat).
@@ -155,7 +197,13 @@ pub enum Hold {
 /// the origin heard within `takeover_after`, held again until that much
 /// silence (or forgotten past `max_age`); due and the origin silent that
 /// long, taken over.
-pub fn decide(env: &Envelope, now_unix_ms: u64, heard_unix_ms: u64, takeover_after: Duration, max_age: Duration) -> Hold {
+pub fn decide(
+    env: &Envelope,
+    now_unix_ms: u64,
+    heard_unix_ms: u64,
+    takeover_after: Duration,
+    max_age: Duration,
+) -> Hold {
     if now_unix_ms < env.next_retry_unix_ms {
         return Hold::Until { unix_ms: env.next_retry_unix_ms };
     }
@@ -208,8 +256,13 @@ pub struct Replicator {
     on_failure: OnFailure,
     heartbeat: Duration,
     helo_name: String,
+    /// This shard's index as its queue ids end (two hex digits).
+    shard_hex: String,
     done: RefCell<VecDeque<String>>,
     done_forgotten: Cell<u64>,
+    /// Messages here whose replicas the peer took over (and delivered):
+    /// not delivered from here again.
+    taken: RefCell<HashSet<String>>,
 }
 
 impl Replicator {
@@ -217,7 +270,10 @@ impl Replicator {
     pub fn new(config: &Config, deliverer: Rc<Deliverer>) -> Option<Rc<Replicator>> {
         let r = &config.replicate;
         let peer = r.peer.clone()?;
+        let shard_hex = format!("{:02X}", deliverer.shard_index());
         Some(Rc::new(Replicator {
+            shard_hex,
+            taken: RefCell::new(HashSet::new()),
             deliverer,
             peer: Destination::Smarthost(peer.clone()),
             peer_text: peer,
@@ -260,14 +316,18 @@ impl Replicator {
         };
         log::event(
             "replicate_failed",
-            &[("id", &env.id), ("peer", &self.peer_text), ("ms", &latency_ms), ("problem", &problem), ("action", &self.on_failure.as_str())],
+            &[
+                ("id", &env.id),
+                ("peer", &self.peer_text),
+                ("ms", &latency_ms),
+                ("problem", &problem),
+                ("action", &self.on_failure.as_str()),
+            ],
         );
         match self.on_failure {
-            OnFailure::Tempfail => Verdict::Refuse(Reply::new(
-                451,
-                Enhanced(4, 3, 0),
-                "Replication to the peer failed, try again later",
-            )),
+            OnFailure::Tempfail => {
+                Verdict::Refuse(Reply::new(451, Enhanced(4, 3, 0), "Replication to the peer failed, try again later"))
+            }
             OnFailure::Accept => Verdict::Continue,
         }
     }
@@ -284,6 +344,29 @@ impl Replicator {
             self.done_forgotten.set(self.done_forgotten.get() + 1);
         }
         done.push_back(id.to_string());
+    }
+
+    /// Whether the peer took over message `id` (and so delivers it); each
+    /// id is said once.
+    pub fn taken_by_peer(&self, id: &str) -> bool {
+        self.taken.borrow_mut().remove(id)
+    }
+
+    /// The first conversation, at start, before delivery begins: the peer
+    /// hears this node is back, and says which of the messages it recovers
+    /// the peer took over meanwhile.
+    pub async fn greet_peer(&self) {
+        match glommio::timer::timeout(STARTUP_TIMEOUT, async { Ok(self.tell(&[]).await) }).await {
+            Ok(Ok(())) => {}
+            Ok(Err(problem)) => log::event(
+                "replicate_notify",
+                &[("peer", &self.peer_text), ("state", &"failing"), ("problem", &problem)],
+            ),
+            Err(_) => log::event(
+                "replicate_notify",
+                &[("peer", &self.peer_text), ("state", &"failing"), ("problem", &"timed out")],
+            ),
+        }
     }
 
     /// The notifier: every second, what finished goes to the peer; at least
@@ -336,14 +419,23 @@ impl Replicator {
     }
 
     /// One conversation: EHLO, the XREPLDONE lines for `ids` (one empty
-    /// line when there are none: the heartbeat), QUIT.
+    /// line when there are none: the heartbeat), XREPLTAKEN, QUIT.
     async fn tell(&self, ids: &[String]) -> Result<(), String> {
         let out = self.deliverer.outbound();
         let addrs = outbound::addresses(&out, &self.peer).await.map_err(|reply| reply.summary())?;
         let mut last = String::from("no address");
         for addr in addrs {
-            match tell_at(addr, &self.helo_name, ids).await {
-                Ok(()) => return Ok(()),
+            match tell_at(addr, &self.helo_name, ids, &self.shard_hex).await {
+                Ok(taken) => {
+                    for id in taken {
+                        log::event("replica_taken_by_peer", &[("id", &id), ("peer", &self.peer_text)]);
+                        let mut set = self.taken.borrow_mut();
+                        if set.len() < TAKEN_MAX {
+                            set.insert(id);
+                        }
+                    }
+                    return Ok(());
+                }
                 Err(e) => last = format!("{addr}: {e}"),
             }
         }
@@ -359,47 +451,58 @@ fn done_lines(ids: &[String]) -> Vec<String> {
     ids.chunks(DONE_IDS_PER_LINE).map(|chunk| format!("XREPLDONE {}\r\n", chunk.join(" "))).collect()
 }
 
-async fn tell_at(addr: SocketAddr, helo_name: &str, ids: &[String]) -> Result<(), String> {
+/// The conversation with the peer at `addr`; returns the ids of this
+/// shard's messages whose replicas the peer took over.
+async fn tell_at(addr: SocketAddr, helo_name: &str, ids: &[String], shard_hex: &str) -> Result<Vec<String>, String> {
     let stream = glommio::net::TcpStream::connect_timeout(addr, NOTIFY_TIMEOUT).await.map_err(|e| e.to_string())?;
     let mut stream = BufReader::new(stream);
     expect(&mut stream, 220).await?;
     stream.get_mut().write_all(format!("EHLO {helo_name}\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
     let keywords = expect(&mut stream, 250).await?;
-    if !keywords.iter().any(|k| k.eq_ignore_ascii_case("XREPLICA")) {
+    if !keywords.iter().skip(1).any(|k| k.eq_ignore_ascii_case("XREPLICA")) {
         return Err("the peer does not take replicas from this host (no XREPLICA)".to_string());
     }
     let lines = done_lines(ids);
     let mut commands: String = lines.concat();
-    commands.push_str("QUIT\r\n");
+    commands.push_str(&format!("XREPLTAKEN {shard_hex}\r\nQUIT\r\n"));
     stream.get_mut().write_all(commands.as_bytes()).await.map_err(|e| e.to_string())?;
     for _ in &lines {
         expect(&mut stream, 250).await?;
     }
+    // The ids' lines, then the count's.
+    let mut taken_lines = expect(&mut stream, 250).await?;
+    taken_lines.pop();
+    let taken = taken_lines
+        .iter()
+        .flat_map(|line| line.split(' '))
+        .filter(|word| crate::smtp::address::parse_queue_id_param(word).is_some())
+        .map(str::to_string)
+        .collect();
     let _ = expect(&mut stream, 221).await;
-    Ok(())
+    Ok(taken)
 }
 
 /// Reads one reply; Err unless its code is `code`. Returns the text of
-/// its lines after the first (the EHLO keywords).
-async fn expect<S: futures_lite::AsyncRead + Unpin>(stream: &mut BufReader<S>, code: u16) -> Result<Vec<String>, String> {
-    let mut rest = Vec::new();
-    let mut first = true;
+/// its lines, without an enhanced status code.
+async fn expect<S: futures_lite::AsyncRead + Unpin>(
+    stream: &mut BufReader<S>,
+    code: u16,
+) -> Result<Vec<String>, String> {
+    let mut lines = Vec::new();
     loop {
         let mut line = Vec::new();
         let n = (&mut *stream).take(1024).read_until(b'\n', &mut line).await.map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("connection closed".to_string());
         }
-        let (got, more, text) = parse_reply_line(&line).map_err(|e| format!("{e:?}"))?;
+        let (got, last, text) = parse_reply_line(&line).map_err(|e| format!("{e:?}"))?;
         if got != code {
             return Err(format!("{got} {}", String::from_utf8_lossy(text).trim_end()));
         }
-        if !first {
-            rest.push(String::from_utf8_lossy(text).trim_end().to_string());
-        }
-        first = false;
-        if !more {
-            return Ok(rest);
+        let text = String::from_utf8_lossy(text).trim_end().to_string();
+        lines.push(text.strip_prefix("2.0.0 ").map(str::to_string).unwrap_or(text));
+        if last {
+            return Ok(lines);
         }
     }
 }
@@ -417,6 +520,65 @@ mod tests {
         assert_eq!(replica_id("0006201A2B3C4D81"), None);
         assert_eq!(replica_id("0006201A2B3C4D"), None);
         assert_eq!(replica_id("0006201A2B3C4DZZ"), None);
+    }
+
+    fn on_executor(addr: SocketAddr, ids: Vec<String>) -> Result<Vec<String>, String> {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move { tell_at(addr, "origin.test", &ids, "01").await })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    /// A peer on a thread: greets, offers XREPLICA (or not), answers 250
+    /// to each XREPLDONE and 221 to QUIT; returns the lines it read.
+    fn fake_peer(offer: bool) -> (SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut writer = stream;
+            writer.write_all(b"220 peer.test ESMTP\r\n").unwrap();
+            let mut seen = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 {
+                    return seen;
+                }
+                let reply: &[u8] = match line.split(' ').next().unwrap().trim_end() {
+                    "EHLO" if offer => b"250-peer.test\r\n250-PIPELINING\r\n250 XREPLICA\r\n",
+                    "EHLO" => b"250-peer.test\r\n250 PIPELINING\r\n",
+                    "QUIT" => b"221 bye\r\n",
+                    "XREPLTAKEN" => b"250-2.0.0 0006201A2B3C4D01 0006201A2B3C4D03\r\n250 2.0.0 2 taken over\r\n",
+                    _ => b"250 2.0.0 noted\r\n",
+                };
+                seen.push(line.trim_end().to_string());
+                writer.write_all(reply).unwrap();
+            }
+        });
+        (addr, handle)
+    }
+
+    #[test]
+    fn the_notifier_tells_a_peer_what_finished() {
+        let (addr, peer) = fake_peer(true);
+        let ids: Vec<String> = (0..30).map(|i| format!("{:016X}", i)).collect();
+        let told = on_executor(addr, ids);
+        assert_eq!(told, Ok(vec!["0006201A2B3C4D01".to_string(), "0006201A2B3C4D03".to_string()]));
+        let seen = peer.join().unwrap();
+        assert_eq!(seen.len(), 5, "{seen:?}");
+        assert_eq!(seen[0], "EHLO origin.test");
+        assert!(seen[1].starts_with("XREPLDONE 0000000000000000 ") && seen[1].split(' ').count() == 29);
+        assert_eq!(seen[2], "XREPLDONE 000000000000001C 000000000000001D");
+        assert_eq!(seen[3], "XREPLTAKEN 01");
+        assert_eq!(seen[4], "QUIT");
+        // A server that does not offer XREPLICA is not told anything.
+        let (addr, peer) = fake_peer(false);
+        let told = on_executor(addr, Vec::new());
+        assert!(told.unwrap_err().contains("XREPLICA"));
+        assert_eq!(peer.join().unwrap(), vec!["EHLO origin.test".to_string()]);
     }
 
     #[test]
@@ -442,6 +604,19 @@ mod tests {
     }
 
     #[test]
+    fn taken_over_ids_go_to_their_origin_shard_once() {
+        let held = Held::new(1, 0);
+        held.took_over("0006201A2B3C4D01");
+        held.took_over("0006201A2B3C4D00");
+        held.took_over("0006201A2B3C4E01");
+        let reply = held.taken_reply(1, 7_000);
+        assert_eq!(reply.lines, vec!["0006201A2B3C4D01 0006201A2B3C4E01".to_string(), "2 taken over".to_string()]);
+        assert_eq!(held.heard_unix_ms(), 7_000);
+        assert_eq!(held.taken_reply(1, 7_000).lines, vec!["0 taken over".to_string()]);
+        assert_eq!(held.taken_reply(0, 7_000).lines[0], "0006201A2B3C4D00");
+    }
+
+    #[test]
     fn replicas_are_held_while_the_origin_speaks() {
         let minute = Duration::from_secs(60);
         let day = Duration::from_secs(86_400);
@@ -451,10 +626,7 @@ mod tests {
         // Not due: held until its time.
         assert_eq!(decide(&env, 60_000, 60_000, 30 * minute, day), Hold::Until { unix_ms: 30 * 60_000 });
         // Due, origin heard a minute ago: held until 30 minutes of silence.
-        assert_eq!(
-            decide(&env, 31 * 60_000, 30 * 60_000, 30 * minute, day),
-            Hold::Until { unix_ms: 60 * 60_000 }
-        );
+        assert_eq!(decide(&env, 31 * 60_000, 30 * 60_000, 30 * minute, day), Hold::Until { unix_ms: 60 * 60_000 });
         // Due, origin silent for 30 minutes: taken over.
         assert_eq!(decide(&env, 40 * 60_000, 10 * 60_000, 30 * minute, day), Hold::TakeOver);
         // Origin alive past max_age: its word was lost; forgotten.

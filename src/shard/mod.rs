@@ -225,6 +225,7 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(2 << 20)
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(blocking_threads(&config)))
             .spawn(move || async move { shard_main(index, config, start, stop, mesh, held).await })
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
@@ -246,6 +247,26 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
         Some(e) => Err(e),
     }
 }
+
+/// Threads of a shard's pool for blocking work: pipe scanners (each scan
+/// holds a thread while its program runs), pipe and Maildir deliveries,
+/// SQLite lookups. glommio's default of one would run a shard's pipe scans
+/// one at a time, whatever their `max_concurrent`, and make every other
+/// blocking job wait behind a slow scan.
+fn blocking_threads(config: &Config) -> usize {
+    let scans: usize = config
+        .scanners
+        .iter()
+        .filter(|s| s.kind == crate::config::ScannerKind::Pipe)
+        .map(|s| s.max_concurrent)
+        .sum();
+    (BLOCKING_THREADS_BASE + scans).min(BLOCKING_THREADS_MAX)
+}
+
+/// Blocking threads per shard besides those of the pipe scanners.
+const BLOCKING_THREADS_BASE: usize = 4;
+/// Blocking threads per shard at most.
+const BLOCKING_THREADS_MAX: usize = 512;
 
 /// What every shard starts with, read once by `run`.
 #[derive(Clone)]
@@ -372,6 +393,11 @@ async fn shard_main(
         )
         .map_err(|e| format!("shard {index}: {e}"))?;
         accept_tasks.push(task);
+    }
+    // Back from a stop or a crash: the peer says which messages it took
+    // over meanwhile before delivery sends any of them again.
+    if let Some(replicator) = shard.stages.replicator() {
+        replicator.greet_peer().await;
     }
     let delivery_task =
         glommio::spawn_local_into(shard.delivery.clone().run(shard.clone()), tq_delivery)

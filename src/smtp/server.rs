@@ -192,6 +192,10 @@ pub enum Event {
     /// these ids are finished there, so their replicas here can go; no id
     /// is a heartbeat. The machine already replied (250). Informational.
     ReplicaDone { ids: Vec<String> },
+    /// `XREPLTAKEN <shard>` from a replication peer: which of the replicas
+    /// of that shard's messages were taken over here since it last asked;
+    /// waits for `decide(reply)`, the reply listing them.
+    ReplicaTaken { shard: u8 },
 }
 
 /// A mail transaction: from an accepted MAIL to the end of its content or
@@ -266,6 +270,7 @@ enum Pending {
         forward_path: Address,
     },
     DataEnd,
+    ReplicaTaken,
 }
 
 /// What `poll`'s loop does after one step.
@@ -424,6 +429,7 @@ impl Server {
                 // whatever the reply.
                 self.txn = None;
             }
+            Pending::ReplicaTaken => {}
         }
         if reply.code == 421 {
             self.close_with(reply);
@@ -801,6 +807,7 @@ impl Server {
             "NOOP" => self.reply(250, Enhanced(2, 0, 0), "OK"),
             "STARTTLS" => self.cmd_starttls(args),
             "XREPLDONE" if self.replicas => self.cmd_repldone(args),
+            "XREPLTAKEN" if self.replicas => self.cmd_repltaken(args),
             "QUIT" => {
                 let text = format!("{} closing connection", self.params.hostname);
                 self.close_with(Reply::new(221, Enhanced(2, 0, 0), text));
@@ -987,6 +994,20 @@ impl Server {
         }
         self.reply(250, Enhanced(2, 0, 0), format!("{} noted", ids.len()));
         self.push_event(Event::ReplicaDone { ids });
+    }
+
+    /// `XREPLTAKEN <shard>`: the shard is two upper-case hex digits, as in
+    /// the last two of its queue ids.
+    fn cmd_repltaken(&mut self, args: &str) {
+        if self.txn.is_some() {
+            return self.client_error(503, Enhanced(5, 5, 1), "XREPLTAKEN not allowed in a transaction");
+        }
+        let hex = args.len() == 2 && args.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
+        let Some(shard) = hex.then(|| u8::from_str_radix(args, 16).ok()).flatten() else {
+            return self.client_error(501, Enhanced(5, 5, 4), "syntax: XREPLTAKEN <shard>");
+        };
+        self.pending = Some(Box::new(Pending::ReplicaTaken));
+        self.push_event(Event::ReplicaTaken { shard });
     }
 
     fn cmd_rcpt(&mut self, args: &str) {

@@ -33,6 +33,7 @@ enum Ev {
     Close,
     StartTls,
     ReplicaDone(Vec<String>),
+    ReplicaTaken(u8),
 }
 
 type Decider = Box<dyn FnMut(&Event) -> Reply>;
@@ -155,6 +156,12 @@ impl Session {
                 }
                 Event::DataAborted { reply } => self.events.push(Ev::Aborted(summary(&reply))),
                 Event::ReplicaDone { ids } => self.events.push(Ev::ReplicaDone(ids)),
+                Event::ReplicaTaken { shard } => {
+                    self.events.push(Ev::ReplicaTaken(shard));
+                    assert_eq!(self.s.poll(self.now), Event::Pending);
+                    let lines = vec!["0006201A2B3C4D01".to_string(), "1 taken over".to_string()];
+                    self.s.decide(Reply { code: 250, enhanced: Some(Enhanced(2, 0, 0)), lines });
+                }
                 Event::StartTls => {
                     // The driver's handshake, always successful here.
                     self.events.push(Ev::StartTls);
@@ -2258,6 +2265,10 @@ fn a_peer_sends_replicas_and_completions() {
         Ev::ReplicaDone(vec!["0006201A2B3C4D01".to_string(), "0006201A2B3C4D02".to_string()]),
         Ev::ReplicaDone(Vec::new()),
     ]);
+    t.send("XREPLTAKEN 01\r\nXREPLTAKEN 1\r\n");
+    assert!(t.raw.contains("250-2.0.0 0006201A2B3C4D01\r\n250 2.0.0 1 taken over\r\n"), "{}", t.raw);
+    t.expect(&["250 2.0.0", "501 5.5.4"]);
+    t.expect_events(&[Ev::ReplicaTaken(1)]);
     t.send("MAIL FROM:<a@example.com> XREPLICA=0006201A2B3C4D03\r\n");
     t.expect(&["250 2.1.0"]);
     assert_eq!(t.s.transaction().unwrap().params.replica_of.as_deref(), Some("0006201A2B3C4D03"));
