@@ -16,6 +16,7 @@ pub mod route;
 pub mod scan;
 pub mod shard;
 pub mod smtp;
+pub mod stats;
 pub mod tls;
 pub mod verify;
 #[cfg(test)]

@@ -61,7 +61,13 @@ pub struct Config {
     /// message at its final dot. Default: none.
     pub scanners: Vec<Scanner>,
     pub replicate: Replicate,
+    pub policy: Policy,
 }
+
+/// `[policy]`: the front line's checks on clients, HELO, senders and
+/// recipients, and its per-client limits (`docs/config.md`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {}
 
 /// `[replicate]`: before the 250, a copy of each message queued here is
 /// also stored by a peer ringpost (`docs/replication.md`).
@@ -698,6 +704,7 @@ impl Default for Config {
             routers: Vec::new(),
             verify: Verify::default(),
             replicate: Replicate::default(),
+            policy: Policy::default(),
             scanners: Vec::new(),
         }
     }

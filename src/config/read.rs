@@ -18,7 +18,7 @@ use super::{
     TransportKind, TransportRule,
 };
 use super::{
-    Callout, CalloutSender, Driver, OnFailure, Replicate, Route, Router, Scanner, ScannerKind, Score, Verify,
+    Callout, CalloutSender, Driver, OnFailure, Policy, Replicate, Route, Router, Scanner, ScannerKind, Score, Verify,
 };
 
 /// Most shards a configuration may ask for; far above any core count we run
@@ -33,7 +33,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
 const ROOT_KEYS: &[&str] =
-    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate"];
+    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate", "policy"];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
     "max_alias_depth",
@@ -62,6 +62,7 @@ pub(super) const SCANNER_KEYS: &[&str] = &[
 ];
 /// Most `[[scanner]]` tables.
 const SCANNERS_MAX: usize = 16;
+pub(super) const POLICY_KEYS: &[&str] = &[];
 pub(super) const REPLICATE_KEYS: &[&str] = &["peer", "timeout", "on_failure", "takeover_after", "accept_from"];
 pub(super) const VERIFY_KEYS: &[&str] = &[
     "callout_timeout",
@@ -329,6 +330,7 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
         },
         verify: read_verify(&Section::open(root, "verify", VERIFY_KEYS)?, defaults.verify)?,
         replicate: read_replicate(&Section::open(root, "replicate", REPLICATE_KEYS)?, defaults.replicate)?,
+        policy: read_policy(&Section::open(root, "policy", POLICY_KEYS)?, defaults.policy)?,
         scanners: match root.get("scanner") {
             None => defaults.scanners,
             Some(entry) => read_scanners(&entry.node)?,
@@ -499,6 +501,12 @@ fn read_replicate(section: &Section<'_>, d: Replicate) -> Result<Replicate> {
         takeover_after: section.read("takeover_after", d.takeover_after, duration_nonzero)?,
         accept_from,
     })
+}
+
+/// `[policy]`.
+fn read_policy(_section: &Section<'_>, d: Policy) -> Result<Policy> {
+    let Policy {} = d;
+    Ok(Policy {})
 }
 
 fn read_verify(section: &Section<'_>, d: Verify) -> Result<Verify> {
