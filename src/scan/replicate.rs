@@ -57,7 +57,7 @@ const DONE_PENDING_MAX: usize = 100_000;
 /// Ids on one XREPLDONE line: 17 octets each, within a 512-octet line.
 const DONE_IDS_PER_LINE: usize = 28;
 /// XREPLDONE lines sent on one connection.
-const DONE_LINES_PER_CONNECTION: usize = 64;
+const DONE_LINES_PER_CONNECTION: usize = 256;
 /// How often the notifier looks for finished messages.
 const NOTIFY_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest time the peer hears nothing from an origin that is up.
@@ -381,12 +381,17 @@ impl Replicator {
                 break;
             }
             let due = !self.done.borrow().is_empty() || last_told.elapsed() >= self.heartbeat;
+            let mut more = false;
             if due {
-                let count = self.done.borrow().len().min(DONE_IDS_PER_LINE * DONE_LINES_PER_CONNECTION);
-                let ids: Vec<String> = self.done.borrow().iter().take(count).cloned().collect();
+                let ids: Vec<String> = {
+                    let mut done = self.done.borrow_mut();
+                    let count = done.len().min(DONE_IDS_PER_LINE * DONE_LINES_PER_CONNECTION);
+                    done.drain(..count).collect()
+                };
                 match glommio::timer::timeout(NOTIFY_TIMEOUT, async { Ok(self.tell(&ids).await) }).await {
                     Ok(Ok(())) => {
-                        self.done.borrow_mut().drain(..count);
+                        // A full batch: the rest goes at once, not a second later.
+                        more = ids.len() == DONE_IDS_PER_LINE * DONE_LINES_PER_CONNECTION;
                         last_told = Instant::now();
                         if failing {
                             log::event("replicate_notify", &[("peer", &self.peer_text), ("state", &"ok")]);
@@ -394,6 +399,17 @@ impl Replicator {
                         }
                     }
                     result => {
+                        // Kept, in order, for the next try (the oldest
+                        // beyond the bound are forgotten).
+                        let mut done = self.done.borrow_mut();
+                        for id in ids.into_iter().rev() {
+                            if done.len() >= DONE_PENDING_MAX {
+                                self.done_forgotten.set(self.done_forgotten.get() + 1);
+                                continue;
+                            }
+                            done.push_front(id);
+                        }
+                        drop(done);
                         if !failing {
                             let problem = match result {
                                 Ok(Err(e)) => e,
@@ -411,7 +427,9 @@ impl Replicator {
             if stopping {
                 break;
             }
-            glommio::timer::sleep(NOTIFY_INTERVAL).await;
+            if !more {
+                glommio::timer::sleep(NOTIFY_INTERVAL).await;
+            }
         }
         if self.done_forgotten.get() > 0 {
             log::event("replicate_done_forgotten", &[("peer", &self.peer_text), ("count", &self.done_forgotten.get())]);
