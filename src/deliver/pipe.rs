@@ -262,20 +262,34 @@ pub fn write_message(
     if line_ends == LineEnds::AsStored {
         match body {
             Body::Inline(bytes) => out.write_all(bytes)?,
-            Body::File { .. } => {
-                std::io::copy(&mut std::fs::File::open(body_path)?, out)?;
-            }
+            Body::File { .. } => copy_file(body_path, out)?,
         }
         return out.flush();
     }
-    let mut lf = LfWriter { inner: out, pending_cr: false };
+    let mut lf = LfWriter { inner: out, pending_cr: false, buffer: Vec::with_capacity(BODY_CHUNK_BYTES) };
     match body {
         Body::Inline(bytes) => lf.write_all(bytes)?,
-        Body::File { .. } => {
-            std::io::copy(&mut std::fs::File::open(body_path)?, &mut lf)?;
-        }
+        Body::File { .. } => copy_file(body_path, &mut lf)?,
     }
     lf.finish()
+}
+
+/// Bytes of a body file read, and of converted content written, at once.
+const BODY_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The body file to `out` in `BODY_CHUNK_BYTES` reads through one buffer.
+fn copy_file(path: &Path, out: &mut impl Write) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buffer = vec![0u8; BODY_CHUNK_BYTES];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(n) => out.write_all(&buffer[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// What a program left behind.
@@ -365,39 +379,52 @@ fn first_line(text: &str) -> String {
 struct LfWriter<'a, W: Write + ?Sized> {
     inner: &'a mut W,
     pending_cr: bool,
+    /// Converted bytes not yet written, at most `BODY_CHUNK_BYTES`.
+    buffer: Vec<u8>,
 }
 
 impl<W: Write + ?Sized> LfWriter<'_, W> {
     fn finish(mut self) -> std::io::Result<()> {
         if self.pending_cr {
-            self.inner.write_all(b"\r")?;
+            self.buffer.push(b'\r');
             self.pending_cr = false;
         }
-        self.inner.flush()
+        self.flush()
+    }
+
+    fn push(&mut self, b: u8) -> std::io::Result<()> {
+        if self.buffer.len() == BODY_CHUNK_BYTES {
+            self.inner.write_all(&self.buffer)?;
+            self.buffer.clear();
+        }
+        self.buffer.push(b);
+        Ok(())
     }
 }
 
 impl<W: Write + ?Sized> Write for LfWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut out = Vec::with_capacity(buf.len() + 1);
         for &b in buf {
             if self.pending_cr {
                 self.pending_cr = false;
                 if b != b'\n' {
-                    out.push(b'\r');
+                    self.push(b'\r')?;
                 }
             }
             if b == b'\r' {
                 self.pending_cr = true;
             } else {
-                out.push(b);
+                self.push(b)?;
             }
         }
-        self.inner.write_all(&out)?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.inner.write_all(&self.buffer)?;
+            self.buffer.clear();
+        }
         self.inner.flush()
     }
 }
@@ -423,11 +450,24 @@ mod tests {
     #[test]
     fn crlf_becomes_lf() {
         let mut out = Vec::new();
-        let mut w = LfWriter { inner: &mut out, pending_cr: false };
+        let mut w = LfWriter { inner: &mut out, pending_cr: false, buffer: Vec::new() };
         w.write_all(b"a\r").unwrap();
         w.write_all(b"\nb\rc\r\n").unwrap();
         w.finish().unwrap();
         assert_eq!(out, b"a\nb\rc\n");
+        // Larger than the buffer, in pieces: written in whole buffers, the
+        // same bytes.
+        let line = b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n";
+        let content: Vec<u8> = line.iter().copied().cycle().take(3 * BODY_CHUNK_BYTES + 5).collect();
+        let mut out = Vec::new();
+        let mut w = LfWriter { inner: &mut out, pending_cr: false, buffer: Vec::with_capacity(BODY_CHUNK_BYTES) };
+        for piece in content.chunks(1000) {
+            w.write_all(piece).unwrap();
+            assert!(w.buffer.len() <= BODY_CHUNK_BYTES);
+        }
+        w.finish().unwrap();
+        let want: Vec<u8> = String::from_utf8(content).unwrap().replace("\r\n", "\n").into_bytes();
+        assert_eq!(out, want);
     }
 
     #[test]
