@@ -310,8 +310,8 @@ fn decoder_names_each_fault() {
         DecodeError::ReservedNotZero
     );
     assert_eq!(
-        decode_error(&resealed(envelope.clone(), |b| b[payload + 56] = 0x10)),
-        DecodeError::BadEnvelopeFlags(0x10)
+        decode_error(&resealed(envelope.clone(), |b| b[payload + 56] = 0x20)),
+        DecodeError::BadEnvelopeFlags(0x20)
     );
     assert_eq!(
         decode_error(&resealed(envelope.clone(), |b| b[payload + 58] = 3)),
