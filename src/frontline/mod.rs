@@ -113,9 +113,17 @@ impl Session {
         }
     }
 
-    /// The front line's reply to MAIL, if it refuses it.
-    pub fn check_mail(&mut self, peer: SocketAddr) -> Option<Reply> {
-        let r = self.refusals.as_mut()?;
+    /// Whether the front line refuses MAIL (then [`Session::mail_refusal`]
+    /// is the reply). Asked before the routers, and apart from the reply,
+    /// so that no reply is kept across their await.
+    pub fn refuses_mail(&self) -> bool {
+        self.refusals.as_ref().is_some_and(|r| r.rdns.is_some() || r.helo.is_some())
+    }
+
+    /// The reply to a refused MAIL: reverse DNS first, then the HELO check
+    /// (a tagged HELO is counted as known malware once per HELO).
+    pub fn mail_refusal(&mut self, peer: SocketAddr) -> Reply {
+        let r = self.refusals();
         let reply = if let Some(reply) = &r.rdns {
             reply.clone()
         } else if let Some(failure) = &r.helo {
@@ -125,25 +133,29 @@ impl Session {
             }
             Reply::new(550, Enhanced(5, 7, 1), failure.text.clone())
         } else {
-            return None;
+            debug_assert!(false, "mail_refusal() without a refusal");
+            Reply::new(451, Enhanced(4, 3, 0), "Local error in processing")
         };
         log::event("mail_refused", &[("client", &peer), ("reply", &reply.summary())]);
-        Some(reply)
+        reply
     }
 
-    /// The front line's reply to RCPT, if it refuses it: a listed client
-    /// under `reject_at_rcpt`, except for mail to postmaster.
-    pub fn check_rcpt(&mut self, peer: SocketAddr, to: &Address) -> Option<Reply> {
-        let r = self.refusals.as_mut()?;
-        let zone = r.dnsbl_zone.as_ref()?;
-        if to.local_part.eq_ignore_ascii_case("postmaster") {
-            return None;
-        }
+    /// Whether the front line refuses RCPT to `to`: a listed client under
+    /// `reject_at_rcpt`, except for mail to postmaster.
+    pub fn refuses_rcpt(&self, to: &Address) -> bool {
+        self.refusals.as_ref().is_some_and(|r| r.dnsbl_zone.is_some())
+            && !to.local_part.eq_ignore_ascii_case("postmaster")
+    }
+
+    /// The reply to a refused RCPT (the client is counted as blacklisted
+    /// once per connection).
+    pub fn rcpt_refusal(&mut self, peer: SocketAddr) -> Reply {
+        let r = self.refusals();
         if !r.dnsbl_counted {
             count(Class::Blacklisted);
             r.dnsbl_counted = true;
         }
-        Some(blocked_reply(peer.ip(), zone))
+        blocked_reply(peer.ip(), r.dnsbl_zone.as_deref().unwrap_or(""))
     }
 }
 

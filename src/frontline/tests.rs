@@ -149,3 +149,91 @@ fn greet_pause_states() {
 
     assert_eq!(Pause::new(t0, Duration::ZERO).state(), State::Done, "no pause");
 }
+
+// ---- configuration: [policy] keys, [[dnsbl]], [[helo_check]] ----
+
+fn load(text: &str) -> Result<crate::config::Config, String> {
+    crate::config::load_str(std::path::Path::new("config.toml"), text, &[]).map_err(|e| e.to_string())
+}
+
+const FRONT_CONFIG: &str = r#"
+[policy]
+dnsbl_threshold = 3
+dnsbl_action = "reject_at_rcpt"
+dnsbl_timeout = "500ms"
+greet_pause = "3s"
+strict_pipelining = false
+helo_require = true
+helo_reject_own_name = true
+helo_reject_ip_mismatch = true
+helo_reject_invalid = true
+reverse_dns = "require_forward_confirmed"
+
+[[dnsbl]]
+zone = "Zen.Example."
+answers = ["127.0.0.2", "127.0.0.4..127.0.0.11"]
+weight = 2
+
+[[dnsbl]]
+zone = "wl.example"
+weight = -5
+
+[[helo_check]]
+pattern = "^bot[0-9]+\\.example$"
+action = "tag"
+
+[[helo_check]]
+name = "Friend.Example"
+text = "Not my friend"
+"#;
+
+#[test]
+fn front_config_reads_and_prints_back_equal() {
+    let config = load(FRONT_CONFIG).expect("loads");
+    let front = &config.policy.front;
+    assert_eq!(front.dnsbl_threshold, 3);
+    assert_eq!(front.dnsbl_action, crate::config::DnsblAction::RejectAtRcpt);
+    assert_eq!(front.dnsbl_timeout.0, Duration::from_millis(500));
+    assert_eq!(front.greet_pause.0, Duration::from_secs(3));
+    assert!(!front.strict_pipelining && front.helo_require && front.helo_reject_invalid);
+    assert_eq!(front.reverse_dns, ReverseDns::RequireForwardConfirmed);
+    assert_eq!(config.dnsbls.len(), 2);
+    assert_eq!(config.dnsbls[0].zone, "zen.example");
+    assert_eq!(config.dnsbls[0].answers.len(), 2);
+    assert_eq!((config.dnsbls[0].weight, config.dnsbls[1].weight), (2, -5));
+    assert_eq!(config.helo_checks[0].action, HeloAction::Tag);
+    assert_eq!(config.helo_checks[1].matcher, HeloMatch::Name("friend.example".into()));
+    assert_eq!(config.helo_checks[1].text, "Not my friend");
+    let printed = config.to_toml();
+    assert_eq!(load(&printed).expect("printed config loads"), config, "{printed}");
+    let defaults = load("").expect("loads");
+    assert_eq!(defaults.policy.front, FrontPolicy::default());
+    assert!(defaults.policy.front.strict_pipelining, "on by default");
+    assert_eq!(load(&defaults.to_toml()).expect("printed defaults load"), defaults);
+}
+
+#[test]
+fn front_config_errors_name_file_line_and_key() {
+    let error = load("[policy]\n\ndnsbl_action = \"drop\"\n").unwrap_err();
+    assert!(error.starts_with("config.toml:3:") && error.contains("policy.dnsbl_action"), "{error}");
+    let error = load("[policy]\ngreet_pause = \"2m\"\n").unwrap_err();
+    assert!(error.contains("policy.greet_pause") && error.contains("at most 60s"), "{error}");
+    let error = load("[policy]\nreverse_dns = \"yes\"\n").unwrap_err();
+    assert!(error.starts_with("config.toml:2:") && error.contains("policy.reverse_dns"), "{error}");
+    let error = load("[[dnsbl]]\nzone = \"bl.example\"\nanswers = [\"127.0.0.9..127.0.0.2\"]\n").unwrap_err();
+    assert!(error.starts_with("config.toml:3:") && error.contains("dnsbl[0].answers[0]"), "{error}");
+    let error = load("[[dnsbl]]\nweight = 2\n").unwrap_err();
+    assert!(error.contains("dnsbl[0]") && error.contains("needs zone"), "{error}");
+    let error = load("[[dnsbl]]\nzone = \"a.example\"\n[[dnsbl]]\nzone = \"A.example\"\n").unwrap_err();
+    assert!(error.starts_with("config.toml:4:") && error.contains("listed above"), "{error}");
+    let error = load("[[helo_check]]\npattern = \"(unclosed\"\n").unwrap_err();
+    assert!(error.starts_with("config.toml:2:") && error.contains("helo_check[0].pattern"), "{error}");
+    let error = load("[[helo_check]]\nname = \"x.example\"\naction = \"tag\"\ntext = \"no\"\n").unwrap_err();
+    assert!(error.contains("helo_check[0].text"), "{error}");
+    let error = load("[[helo_check]]\naction = \"reject\"\n").unwrap_err();
+    assert!(error.contains("needs pattern or name"), "{error}");
+    let error = load("[[dnsbl]]\nzone = \"a.example\"\ncolour = 1\n").unwrap_err();
+    assert!(error.contains("unknown key dnsbl[0].colour"), "{error}");
+    let many: String = (0..17).map(|i| format!("[[dnsbl]]\nzone = \"z{i}.example\"\n")).collect();
+    assert!(load(&many).unwrap_err().contains("at most 16"));
+}

@@ -140,14 +140,17 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
     // The routers this session decides with; a SIGHUP reaches new sessions.
     let routing = crate::route::current_with_routers();
     // The front line's checks before the greeting (crate::frontline).
-    let (mut front, refused) = match crate::frontline::admit(shard, &mut stream, peer).await {
-        Ok(front) => (front, false),
+    let mut front = match crate::frontline::admit(shard, &mut stream, peer).await {
+        Ok(front) => front,
         Err(reason) => {
+            // Refused instead of the greeting: the machine closes silently.
             close_reason = reason;
-            (crate::frontline::Session::default(), true)
+            machine.take_output();
+            machine.on_eof();
+            crate::frontline::Session::default()
         }
     };
-    while !refused {
+    loop {
         if expected.is_some() && !machine.in_transaction() {
             expected = None;
         }
@@ -183,17 +186,15 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
             }
             Event::Helo { name, esmtp } => {
                 log::event("helo", &[("client", &peer), ("helo", &name), ("esmtp", &esmtp)]);
-                front.on_helo(shard, &name, peer, local);
+                front.on_helo(shard, &name, peer, machine.peer().local);
             }
             Event::Mail { reverse_path, params } => {
                 // A replica's sender and recipients were checked by the
                 // origin, which accepted the message.
                 let reply = match params.replica_of {
                     Some(_) => Reply::new(250, Enhanced(2, 1, 0), "Ok"),
-                    None => match front.check_mail(peer) {
-                        Some(refusal) => refusal,
-                        None => policy::check_mail(routing.as_deref(), &reverse_path).await,
-                    },
+                    None if front.refuses_mail() => front.mail_refusal(peer),
+                    None => policy::check_mail(routing.as_deref(), &reverse_path).await,
                 };
                 if reply.is_positive() {
                     expected = Some(shard.queue.expect_record());
@@ -209,10 +210,9 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                     _ => String::new(),
                 };
                 let replica = machine.transaction().is_some_and(|t| t.params.replica_of.is_some());
-                let refusal = if replica { None } else { front.check_rcpt(peer, &forward_path) };
                 let reply = match replica {
                     true => Reply::new(250, Enhanced(2, 1, 5), "Ok"),
-                    false if refusal.is_some() => refusal.unwrap_or_else(|| Reply::new(250, Enhanced(2, 1, 5), "Ok")),
+                    false if front.refuses_rcpt(&forward_path) => front.rcpt_refusal(peer),
                     false => {
                         policy::check_rcpt(
                             &shard.config,
