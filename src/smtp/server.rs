@@ -306,10 +306,18 @@ pub struct Server {
     tls_active: bool,
     /// The client is a replication peer: XREPLICA and XREPLDONE are offered.
     replicas: bool,
-    /// Refuse pipelining that was not offered (`strict_pipelining`).
-    strict_pipelining: bool,
-    /// The session was closed for improper pipelining.
-    pipelining_violated: bool,
+    /// Whether pipelining that was not offered is refused, and was.
+    pipelining: Pipelining,
+}
+
+/// `Server::strict_pipelining`, in one byte (every idle session pays for
+/// the machine's size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pipelining {
+    Lenient,
+    Strict,
+    /// Refused, and the session closed.
+    Violated,
 }
 
 /// `now + timeout`, or a year from now if that cannot be represented.
@@ -341,8 +349,7 @@ impl Server {
             error_count: 0,
             tls_active: false,
             replicas: false,
-            strict_pipelining: false,
-            pipelining_violated: false,
+            pipelining: Pipelining::Lenient,
         };
         let text = format!("{} {}", s.params.hostname, s.params.greeting);
         s.send(&Reply {
@@ -368,12 +375,12 @@ impl Server {
     /// send EHLO and their first MAIL together). The client gets
     /// 554 5.5.0 and the session closes. Called before the first poll.
     pub fn strict_pipelining(&mut self) {
-        self.strict_pipelining = true;
+        self.pipelining = Pipelining::Strict;
     }
 
     /// Whether the session was closed for improper pipelining.
     pub fn pipelining_violated(&self) -> bool {
-        self.pipelining_violated
+        self.pipelining == Pipelining::Violated
     }
 
     /// Appends received bytes. The driver reads (and feeds) only after
@@ -761,8 +768,8 @@ impl Server {
             Ok(text) if !text.chars().any(|c| c.is_control()) => {
                 let text = text.trim_end_matches(' ').to_string();
                 let unanswered_input = self.input_pos < self.input.len();
-                if self.strict_pipelining && unanswered_input && self.improper_pipelining(&text) {
-                    self.pipelining_violated = true;
+                if self.pipelining == Pipelining::Strict && unanswered_input && self.improper_pipelining(&text) {
+                    self.pipelining = Pipelining::Violated;
                     self.close_with(Reply::new(
                         554,
                         Enhanced(5, 5, 0),
