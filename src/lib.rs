@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod deliver;
 pub mod dns;
+pub mod frontline;
 pub mod ingress;
 pub mod log;
 pub mod pool;

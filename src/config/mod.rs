@@ -62,12 +62,147 @@ pub struct Config {
     pub scanners: Vec<Scanner>,
     pub replicate: Replicate,
     pub policy: Policy,
+    /// `[[dnsbl]]` zones the front line scores each client with. Default: none.
+    pub dnsbls: Vec<Dnsbl>,
+    /// `[[helo_check]]` rules for HELO/EHLO names, first match wins. Default: none.
+    pub helo_checks: Vec<HeloCheck>,
 }
 
 /// `[policy]`: the front line's checks on clients, HELO, senders and
 /// recipients, and its per-client limits (`docs/config.md`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Policy {}
+pub struct Policy {
+    /// The front line's client, greeting, HELO and reverse-DNS checks
+    /// (`crate::frontline`).
+    pub front: FrontPolicy,
+}
+
+/// The `[policy]` keys of the front line (`crate::frontline`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontPolicy {
+    /// A client whose summed `[[dnsbl]]` weight reaches this is refused. Default 1.
+    pub dnsbl_threshold: i64,
+    /// Where a listed client is refused. Default "reject_at_greeting".
+    pub dnsbl_action: DnsblAction,
+    /// A DNSBL lookup without an answer by then counts as "not listed". Default "2s".
+    pub dnsbl_timeout: Duration,
+    /// The wait before the 220 greeting; input before it is an early talker. Default "0s".
+    pub greet_pause: Duration,
+    /// Refuse pipelining that was not offered (RFC 2920). Default true.
+    pub strict_pipelining: bool,
+    /// Refuse MAIL after a HELO name that fails an enabled built-in check
+    /// (off: such failures are only logged). Default false.
+    pub helo_require: bool,
+    /// Built-in check: the HELO name is ours (host name or local address). Default false.
+    pub helo_reject_own_name: bool,
+    /// Built-in check: an address literal that is not the client's. Default false.
+    pub helo_reject_ip_mismatch: bool,
+    /// Built-in check: neither a valid domain nor an address literal. Default false.
+    pub helo_reject_invalid: bool,
+    /// Reverse DNS of the client. Default "off".
+    pub reverse_dns: ReverseDns,
+}
+
+impl Default for FrontPolicy {
+    fn default() -> FrontPolicy {
+        FrontPolicy {
+            dnsbl_threshold: 1,
+            dnsbl_action: DnsblAction::RejectAtGreeting,
+            dnsbl_timeout: Duration::from_secs(2),
+            greet_pause: Duration::from_secs(0),
+            strict_pipelining: true,
+            helo_require: false,
+            helo_reject_own_name: false,
+            helo_reject_ip_mismatch: false,
+            helo_reject_invalid: false,
+            reverse_dns: ReverseDns::Off,
+        }
+    }
+}
+
+/// `policy.dnsbl_action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsblAction {
+    /// 554 instead of the 220 greeting, then close.
+    RejectAtGreeting,
+    /// 554 to every RCPT (except to postmaster@).
+    RejectAtRcpt,
+}
+
+impl DnsblAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsblAction::RejectAtGreeting => "reject_at_greeting",
+            DnsblAction::RejectAtRcpt => "reject_at_rcpt",
+        }
+    }
+}
+
+/// `policy.reverse_dns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReverseDns {
+    Off,
+    /// The client address has a PTR record.
+    Require,
+    /// A PTR name that resolves back to the client address (FCrDNS).
+    RequireForwardConfirmed,
+}
+
+impl ReverseDns {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReverseDns::Off => "off",
+            ReverseDns::Require => "require",
+            ReverseDns::RequireForwardConfirmed => "require_forward_confirmed",
+        }
+    }
+}
+
+/// A `[[dnsbl]]` table: a DNS list queried with the client's reversed
+/// address under `zone`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dnsbl {
+    /// Lower-case, without the final dot.
+    pub zone: String,
+    /// The A records that count as listed, as inclusive ranges; empty: any.
+    pub answers: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// Added to the client's score when listed; negative for an allowlist. Default 1.
+    pub weight: i64,
+}
+
+/// A `[[helo_check]]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeloCheck {
+    pub matcher: HeloMatch,
+    pub action: HeloAction,
+    /// The reply text for action "reject". Default "Client host rejected: HELO name refused".
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeloMatch {
+    /// `pattern`: a regular expression (case-insensitive) over the whole name.
+    Pattern(String),
+    /// `name`: the name itself, case-insensitive.
+    Name(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeloAction {
+    /// 550 5.7.1 with the rule's text.
+    Reject,
+    /// A known malware signature: counted as such, 550 5.7.1.
+    Tag,
+}
+
+impl HeloAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeloAction::Reject => "reject",
+            HeloAction::Tag => "tag",
+        }
+    }
+}
 
 /// `[replicate]`: before the 250, a copy of each message queued here is
 /// also stored by a peer ringpost (`docs/replication.md`).
@@ -706,6 +841,8 @@ impl Default for Config {
             replicate: Replicate::default(),
             policy: Policy::default(),
             scanners: Vec::new(),
+            dnsbls: Vec::new(),
+            helo_checks: Vec::new(),
         }
     }
 }

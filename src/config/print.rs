@@ -213,6 +213,41 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "takeover_after = {}", quoted(&r.takeover_after.to_string()))?;
     writeln!(out, "accept_from = {}", string_array(&r.accept_from))?;
 
+    let f = &c.policy.front;
+    writeln!(out, "\n[policy]")?;
+    writeln!(out, "dnsbl_threshold = {}", f.dnsbl_threshold)?;
+    writeln!(out, "dnsbl_action = {}", quoted(f.dnsbl_action.as_str()))?;
+    writeln!(out, "dnsbl_timeout = {}", quoted(&f.dnsbl_timeout.to_string()))?;
+    writeln!(out, "greet_pause = {}", quoted(&f.greet_pause.to_string()))?;
+    writeln!(out, "strict_pipelining = {}", f.strict_pipelining)?;
+    writeln!(out, "helo_require = {}", f.helo_require)?;
+    writeln!(out, "helo_reject_own_name = {}", f.helo_reject_own_name)?;
+    writeln!(out, "helo_reject_ip_mismatch = {}", f.helo_reject_ip_mismatch)?;
+    writeln!(out, "helo_reject_invalid = {}", f.helo_reject_invalid)?;
+    writeln!(out, "reverse_dns = {}", quoted(f.reverse_dns.as_str()))?;
+    for dnsbl in &c.dnsbls {
+        writeln!(out, "\n[[dnsbl]]")?;
+        writeln!(out, "zone = {}", quoted(&dnsbl.zone))?;
+        let answers: Vec<String> = dnsbl
+            .answers
+            .iter()
+            .map(|(low, high)| if low == high { low.to_string() } else { format!("{low}..{high}") })
+            .collect();
+        writeln!(out, "answers = {}", string_array(&answers))?;
+        writeln!(out, "weight = {}", dnsbl.weight)?;
+    }
+    for check in &c.helo_checks {
+        writeln!(out, "\n[[helo_check]]")?;
+        match &check.matcher {
+            super::HeloMatch::Pattern(pattern) => writeln!(out, "pattern = {}", quoted(pattern))?,
+            super::HeloMatch::Name(name) => writeln!(out, "name = {}", quoted(name))?,
+        }
+        writeln!(out, "action = {}", quoted(check.action.as_str()))?;
+        if check.action == super::HeloAction::Reject {
+            writeln!(out, "text = {}", quoted(&check.text))?;
+        }
+    }
+
     for (name, pool) in &c.pools {
         writeln!(out, "\n[pool.{name}]")?;
         writeln!(out, "max_connections = {}", pool.max_connections)?;

@@ -18,7 +18,7 @@ use super::{
     TransportKind, TransportRule,
 };
 use super::{
-    Callout, CalloutSender, Driver, OnFailure, Policy, Replicate, Route, Router, Scanner, ScannerKind, Score, Verify,
+    Callout, CalloutSender, Dnsbl, DnsblAction, Driver, FrontPolicy, HeloAction, HeloCheck, HeloMatch, OnFailure, Policy, ReverseDns, Replicate, Route, Router, Scanner, ScannerKind, Score, Verify,
 };
 
 /// Most shards a configuration may ask for; far above any core count we run
@@ -33,7 +33,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
 const ROOT_KEYS: &[&str] =
-    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate", "policy"];
+    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate", "policy", "dnsbl", "helo_check"];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
     "max_alias_depth",
@@ -62,7 +62,20 @@ pub(super) const SCANNER_KEYS: &[&str] = &[
 ];
 /// Most `[[scanner]]` tables.
 const SCANNERS_MAX: usize = 16;
-pub(super) const POLICY_KEYS: &[&str] = &[];
+pub(super) const POLICY_KEYS: &[&str] = &[
+    "dnsbl_threshold",
+    "dnsbl_action",
+    "dnsbl_timeout",
+    "greet_pause",
+    "strict_pipelining",
+    "helo_require",
+    "helo_reject_own_name",
+    "helo_reject_ip_mismatch",
+    "helo_reject_invalid",
+    "reverse_dns",
+];
+pub(super) const DNSBL_KEYS: &[&str] = &["zone", "answers", "weight"];
+pub(super) const HELO_CHECK_KEYS: &[&str] = &["pattern", "name", "action", "text"];
 pub(super) const REPLICATE_KEYS: &[&str] = &["peer", "timeout", "on_failure", "takeover_after", "accept_from"];
 pub(super) const VERIFY_KEYS: &[&str] = &[
     "callout_timeout",
@@ -335,7 +348,112 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
             None => defaults.scanners,
             Some(entry) => read_scanners(&entry.node)?,
         },
+        dnsbls: match root.get("dnsbl") {
+            None => defaults.dnsbls,
+            Some(entry) => read_dnsbls(&entry.node)?,
+        },
+        helo_checks: match root.get("helo_check") {
+            None => defaults.helo_checks,
+            Some(entry) => read_helo_checks(&entry.node)?,
+        },
     })
+}
+
+/// The elements of an array of tables `[[name]]`, each with its key prefix
+/// (`name[i]`), unknown keys refused, at most `max` of them.
+fn tables_of<'a>(node: &'a Node, name: &str, known: &[&str], max: usize) -> Result<Vec<(&'a Node, &'a Table, String)>> {
+    let Value::Array(elements) = &node.value else {
+        return Err(wrong_type(node, name, "an array of tables ([[…]])", &node.value));
+    };
+    ensure(elements.len() <= max, node, name, &format!("at most {max} tables"))?;
+    let mut tables = Vec::with_capacity(elements.len());
+    for (index, element) in elements.iter().enumerate() {
+        let prefix = format!("{name}[{index}]");
+        let Value::Table(table) = &element.value else {
+            return Err(wrong_type(element, &prefix, "a table", &element.value));
+        };
+        refuse_unknown_keys(table, &prefix, known)?;
+        tables.push((element, table, prefix));
+    }
+    Ok(tables)
+}
+
+/// Most `[[dnsbl]]` tables (each is one query per new client).
+const DNSBLS_MAX: usize = crate::frontline::DNSBLS_MAX;
+/// Most `[[helo_check]]` tables.
+const HELO_CHECKS_MAX: usize = 256;
+/// Longest `[[helo_check]]` pattern.
+const HELO_PATTERN_BYTES_MAX: usize = 1024;
+
+/// `[[dnsbl]]`: DNS lists and allowlists with their weights.
+fn read_dnsbls(node: &Node) -> Result<Vec<Dnsbl>> {
+    let mut dnsbls: Vec<Dnsbl> = Vec::new();
+    for (element, table, prefix) in tables_of(node, "dnsbl", DNSBL_KEYS, DNSBLS_MAX)? {
+        let get = |key: &str| table.get(key).map(|entry| (&entry.node, format!("{prefix}.{key}")));
+        let (node, key) = get("zone").ok_or_else(|| invalid(element, &prefix, "a dnsbl needs zone"))?;
+        let zone = string(node, &key)?.trim_end_matches('.').to_ascii_lowercase();
+        check_host_name(&zone).map_err(|reason| invalid(node, &key, reason))?;
+        ensure(!dnsbls.iter().any(|d| d.zone == zone), node, &key, "this zone is listed above")?;
+        let answers = match get("answers") {
+            None => Vec::new(),
+            Some((node, key)) => array(node, &key, |node, key| {
+                let text = string(node, key)?;
+                crate::frontline::dnsbl::parse_answer_range(&text).map_err(|reason| invalid(node, key, reason))
+            })?,
+        };
+        let weight = match get("weight") {
+            None => 1,
+            Some((node, key)) => match node.value {
+                Value::Integer(w) if w.abs() <= 1_000_000 => w,
+                Value::Integer(_) => return Err(invalid(node, &key, "between -1000000 and 1000000")),
+                ref other => return Err(wrong_type(node, &key, "an integer", other)),
+            },
+        };
+        dnsbls.push(Dnsbl { zone, answers, weight });
+    }
+    Ok(dnsbls)
+}
+
+/// `[[helo_check]]`: HELO name rules, first match wins.
+fn read_helo_checks(node: &Node) -> Result<Vec<HeloCheck>> {
+    let mut checks = Vec::new();
+    for (element, table, prefix) in tables_of(node, "helo_check", HELO_CHECK_KEYS, HELO_CHECKS_MAX)? {
+        let get = |key: &str| table.get(key).map(|entry| (&entry.node, format!("{prefix}.{key}")));
+        let matcher = match (get("pattern"), get("name")) {
+            (Some((node, key)), None) => {
+                let pattern = string(node, &key)?;
+                ensure(pattern.len() <= HELO_PATTERN_BYTES_MAX, node, &key, "at most 1024 bytes")?;
+                crate::frontline::helo::compile(&pattern).map_err(|reason| invalid(node, &key, reason))?;
+                HeloMatch::Pattern(pattern)
+            }
+            (None, Some((node, key))) => {
+                let name = string(node, &key)?;
+                ensure(!name.is_empty() && name.len() <= 255, node, &key, "1 to 255 bytes")?;
+                HeloMatch::Name(name.to_ascii_lowercase())
+            }
+            (Some((node, key)), Some(_)) => return Err(invalid(node, &key, "give pattern or name, not both")),
+            (None, None) => return Err(invalid(element, &prefix, "a helo_check needs pattern or name")),
+        };
+        let action = match get("action") {
+            None => HeloAction::Reject,
+            Some((node, key)) => match string(node, &key)?.as_str() {
+                "reject" => HeloAction::Reject,
+                "tag" => HeloAction::Tag,
+                other => return Err(invalid(node, &key, format!("must be \"reject\" or \"tag\", not {other:?}"))),
+            },
+        };
+        let text = match get("text") {
+            None => crate::frontline::helo::DEFAULT_TEXT.to_string(),
+            Some((node, key)) => {
+                ensure(action == HeloAction::Reject, node, &key, "only action = \"reject\" has a text")?;
+                let text = reply_text(node, &key)?;
+                ensure(!text.is_empty() && text.len() <= 400, node, &key, "1 to 400 bytes")?;
+                text
+            }
+        };
+        checks.push(HeloCheck { matcher, action, text });
+    }
+    Ok(checks)
 }
 
 /// `[[scanner]]`: content scanners, in order.
@@ -504,9 +622,49 @@ fn read_replicate(section: &Section<'_>, d: Replicate) -> Result<Replicate> {
 }
 
 /// `[policy]`.
-fn read_policy(_section: &Section<'_>, d: Policy) -> Result<Policy> {
-    let Policy {} = d;
-    Ok(Policy {})
+fn read_policy(section: &Section<'_>, d: Policy) -> Result<Policy> {
+    Ok(Policy { front: read_front_policy(section, d.front)? })
+}
+
+/// Longest `policy.greet_pause` and `policy.dnsbl_timeout`.
+const FRONT_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The front line's keys of `[policy]`.
+fn read_front_policy(section: &Section<'_>, d: FrontPolicy) -> Result<FrontPolicy> {
+    let short = |node: &Node, key: &str, nonzero: bool| -> Result<Duration> {
+        let value = if nonzero { duration_nonzero(node, key)? } else { duration(node, key)? };
+        ensure(value.0 <= FRONT_WAIT_MAX, node, key, "at most 60s")?;
+        Ok(value)
+    };
+    Ok(FrontPolicy {
+        dnsbl_threshold: section.read("dnsbl_threshold", d.dnsbl_threshold, |node, key| match node.value {
+            Value::Integer(t) if t.abs() <= 1_000_000 => Ok(t),
+            Value::Integer(_) => Err(invalid(node, key, "between -1000000 and 1000000")),
+            ref other => Err(wrong_type(node, key, "an integer", other)),
+        })?,
+        dnsbl_action: section.read("dnsbl_action", d.dnsbl_action, |node, key| match string(node, key)?.as_str() {
+            "reject_at_greeting" => Ok(DnsblAction::RejectAtGreeting),
+            "reject_at_rcpt" => Ok(DnsblAction::RejectAtRcpt),
+            other => Err(invalid(node, key, format!("must be \"reject_at_greeting\" or \"reject_at_rcpt\", not {other:?}"))),
+        })?,
+        dnsbl_timeout: section.read("dnsbl_timeout", d.dnsbl_timeout, |node, key| short(node, key, true))?,
+        greet_pause: section.read("greet_pause", d.greet_pause, |node, key| short(node, key, false))?,
+        strict_pipelining: section.read("strict_pipelining", d.strict_pipelining, boolean)?,
+        helo_require: section.read("helo_require", d.helo_require, boolean)?,
+        helo_reject_own_name: section.read("helo_reject_own_name", d.helo_reject_own_name, boolean)?,
+        helo_reject_ip_mismatch: section.read("helo_reject_ip_mismatch", d.helo_reject_ip_mismatch, boolean)?,
+        helo_reject_invalid: section.read("helo_reject_invalid", d.helo_reject_invalid, boolean)?,
+        reverse_dns: section.read("reverse_dns", d.reverse_dns, |node, key| match string(node, key)?.as_str() {
+            "off" => Ok(ReverseDns::Off),
+            "require" => Ok(ReverseDns::Require),
+            "require_forward_confirmed" => Ok(ReverseDns::RequireForwardConfirmed),
+            other => Err(invalid(
+                node,
+                key,
+                format!("must be \"off\", \"require\" or \"require_forward_confirmed\", not {other:?}"),
+            )),
+        })?,
+    })
 }
 
 fn read_verify(section: &Section<'_>, d: Verify) -> Result<Verify> {

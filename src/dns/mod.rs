@@ -61,6 +61,8 @@ pub enum RecordKind {
     A,
     Aaaa,
     Mx,
+    /// Reverse DNS (`crate::frontline`'s client checks).
+    Ptr,
 }
 
 /// An MX record (RFC 1035 §3.3.9).
@@ -84,6 +86,8 @@ pub enum RecordData {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Mx(MxRecord),
+    /// A PTR target: lower-case, A-labels, without the final dot.
+    Ptr(String),
 }
 
 /// A definitive answer to one question, with the seconds it stays valid
@@ -123,7 +127,7 @@ impl Lookup {
                 match record {
                     RecordData::A(a) => ipv4.push(*a),
                     RecordData::Aaaa(aaaa) => ipv6.push(*aaaa),
-                    RecordData::Mx(_) => {}
+                    RecordData::Mx(_) | RecordData::Ptr(_) => {}
                 }
             }
         }

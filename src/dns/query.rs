@@ -89,6 +89,7 @@ impl RecordKind {
             RecordKind::A => RecordType::A,
             RecordKind::Aaaa => RecordType::AAAA,
             RecordKind::Mx => RecordType::MX,
+            RecordKind::Ptr => RecordType::PTR,
         }
     }
 }
@@ -257,6 +258,7 @@ fn record_data(record: &Record) -> Option<RecordData> {
             preference: mx.preference(),
             exchange: name_text(mx.exchange()),
         })),
+        RData::PTR(ptr) => Some(RecordData::Ptr(name_text(&ptr.0))),
         _ => None,
     }
 }

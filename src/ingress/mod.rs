@@ -128,6 +128,9 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
     if shard.config.replicate.accept_from.iter().any(|net| net.contains(peer.ip())) {
         machine.offer_replicas();
     }
+    if shard.config.policy.front.strict_pipelining {
+        machine.strict_pipelining();
+    }
     let mut incoming: Option<Incoming> = None;
     // From an accepted MAIL until the envelope is staged: tells the
     // committer a record is coming (queue.commit_delay_us).
@@ -136,6 +139,17 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
     let mut close_reason = "quit";
     // The routers this session decides with; a SIGHUP reaches new sessions.
     let routing = crate::route::current_with_routers();
+    // The front line's checks before the greeting (crate::frontline).
+    let mut front = match crate::frontline::admit(shard, &mut stream, peer).await {
+        Ok(front) => front,
+        Err(reason) => {
+            // Refused instead of the greeting: the machine closes silently.
+            close_reason = reason;
+            machine.take_output();
+            machine.on_eof();
+            crate::frontline::Session::default()
+        }
+    };
     loop {
         if expected.is_some() && !machine.in_transaction() {
             expected = None;
@@ -172,12 +186,14 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
             }
             Event::Helo { name, esmtp } => {
                 log::event("helo", &[("client", &peer), ("helo", &name), ("esmtp", &esmtp)]);
+                front.on_helo(shard, &name, peer, machine.peer().local);
             }
             Event::Mail { reverse_path, params } => {
                 // A replica's sender and recipients were checked by the
                 // origin, which accepted the message.
                 let reply = match params.replica_of {
                     Some(_) => Reply::new(250, Enhanced(2, 1, 0), "Ok"),
+                    None if front.refuses_mail() => front.mail_refusal(peer),
                     None => policy::check_mail(routing.as_deref(), &reverse_path).await,
                 };
                 if reply.is_positive() {
@@ -196,6 +212,7 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 let replica = machine.transaction().is_some_and(|t| t.params.replica_of.is_some());
                 let reply = match replica {
                     true => Reply::new(250, Enhanced(2, 1, 5), "Ok"),
+                    false if front.refuses_rcpt(&forward_path) => front.rcpt_refusal(peer),
                     false => {
                         policy::check_rcpt(
                             &shard.config,
@@ -248,6 +265,10 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 break;
             }
             Event::Close => {
+                if machine.pipelining_violated() {
+                    log::event("improper_pipelining", &[("client", &peer)]);
+                    close_reason = "improper_pipelining";
+                }
                 let _ = flush(&mut stream, &mut machine).await;
                 break;
             }

@@ -306,6 +306,18 @@ pub struct Server {
     tls_active: bool,
     /// The client is a replication peer: XREPLICA and XREPLDONE are offered.
     replicas: bool,
+    /// Whether pipelining that was not offered is refused, and was.
+    pipelining: Pipelining,
+}
+
+/// `Server::strict_pipelining`, in one byte (every idle session pays for
+/// the machine's size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pipelining {
+    Lenient,
+    Strict,
+    /// Refused, and the session closed.
+    Violated,
 }
 
 /// `now + timeout`, or a year from now if that cannot be represented.
@@ -337,6 +349,7 @@ impl Server {
             error_count: 0,
             tls_active: false,
             replicas: false,
+            pipelining: Pipelining::Lenient,
         };
         let text = format!("{} {}", s.params.hostname, s.params.greeting);
         s.send(&Reply {
@@ -352,6 +365,22 @@ impl Server {
     /// `XREPLDONE [<queue id> ...]` is known. Called before the first poll.
     pub fn offer_replicas(&mut self) {
         self.replicas = true;
+    }
+
+    /// Refuse pipelining the client was not offered (RFC 2920 §3.1): more
+    /// input behind a command line before its reply was sent, when that
+    /// command was DATA (content before the 354) or HELO, or when the
+    /// session greeted with HELO (which offers no PIPELINING). QUIT is
+    /// always let through, and so is input behind EHLO (many clients
+    /// send EHLO and their first MAIL together). The client gets
+    /// 554 5.5.0 and the session closes. Called before the first poll.
+    pub fn strict_pipelining(&mut self) {
+        self.pipelining = Pipelining::Strict;
+    }
+
+    /// Whether the session was closed for improper pipelining.
+    pub fn pipelining_violated(&self) -> bool {
+        self.pipelining == Pipelining::Violated
     }
 
     /// Appends received bytes. The driver reads (and feeds) only after
@@ -738,6 +767,16 @@ impl Server {
         match std::str::from_utf8(line) {
             Ok(text) if !text.chars().any(|c| c.is_control()) => {
                 let text = text.trim_end_matches(' ').to_string();
+                let unanswered_input = self.input_pos < self.input.len();
+                if self.pipelining == Pipelining::Strict && unanswered_input && self.improper_pipelining(&text) {
+                    self.pipelining = Pipelining::Violated;
+                    self.close_with(Reply::new(
+                        554,
+                        Enhanced(5, 5, 0),
+                        "Improper use of SMTP command pipelining",
+                    ));
+                    return Flow::Continue;
+                }
                 self.command(&text);
             }
             _ => self.client_error(
@@ -788,6 +827,17 @@ impl Server {
                 self.input_pos = self.input.len();
                 Flow::NeedInput
             }
+        }
+    }
+
+    /// Whether a command followed by more input breaks RFC 2920: DATA or
+    /// HELO, or any command but QUIT and EHLO after HELO (no PIPELINING).
+    fn improper_pipelining(&self, line: &str) -> bool {
+        let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        match verb.as_str() {
+            "QUIT" | "EHLO" => false,
+            "HELO" | "DATA" => true,
+            _ => self.helo.as_ref().is_some_and(|h| !h.esmtp),
         }
     }
 

@@ -2276,3 +2276,45 @@ fn a_peer_sends_replicas_and_completions() {
     t.send("XREPLDONE 0006201A2B3C4D01\r\n");
     t.expect(&["503 5.5.1"]);
 }
+
+/// `strict_pipelining`: content before the 354, and commands pipelined
+/// after HELO, get 554 5.5.0 and a close; pipelining after EHLO, and one
+/// command at a time after HELO, go on as before.
+#[test]
+fn strict_pipelining_refuses_what_was_not_offered() {
+    let strict = || {
+        let mut t = Session::new();
+        t.s.strict_pipelining();
+        t
+    };
+    let mut t = strict();
+    t.send("EHLO client.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n");
+    t.expect(&["250", "250 2.1.0", "250 2.1.5"]);
+    t.send("DATA\r\nSubject: too early\r\n\r\nbody\r\n.\r\n");
+    t.expect(&["554 5.5.0"]);
+    assert!(t.closed && t.s.pipelining_violated());
+
+    let mut t = strict();
+    t.send("HELO client.test\r\nMAIL FROM:<a@example.com>\r\n");
+    t.expect(&["554 5.5.0"]);
+    assert!(t.closed);
+
+    let mut t = strict();
+    t.send("HELO client.test\r\n");
+    t.expect(&["250"]);
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n");
+    t.expect(&["554 5.5.0"]);
+
+    let mut t = strict();
+    t.send("HELO client.test\r\n");
+    t.send("MAIL FROM:<a@example.com>\r\n");
+    t.send("RCPT TO:<b@example.com>\r\n");
+    t.send("DATA\r\n");
+    t.send("Subject: one at a time\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    t.expect(&["250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"]);
+    assert!(!t.s.pipelining_violated());
+
+    let mut lenient = Session::new();
+    lenient.send("HELO client.test\r\nMAIL FROM:<a@example.com>\r\n");
+    lenient.expect(&["250", "250 2.1.0"]);
+}
