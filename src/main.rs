@@ -1,7 +1,8 @@
 //! The `ringpost` command: `serve` runs the MTA, `check-config` validates and
 //! prints the effective configuration, `queue` shows what the spool holds,
 //! `route` shows how the routers decide for an address, `makemap` builds a
-//! cdb table. SIGHUP while serving reloads the routers and their tables.
+//! cdb table, `stats` asks a running server for its counters. SIGHUP while
+//! serving reloads the routers and their tables.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,9 @@ enum Command {
         #[arg(required = true)]
         addresses: Vec<String>,
     },
+    /// Ask the running server (through its control socket) for its counters
+    /// by class: totals since start and per second over the last minute.
+    Stats,
     /// Build TEXTFILE.cdb from a text table (written to a temporary file and
     /// renamed into place).
     Makemap {
@@ -98,6 +102,16 @@ fn main() -> ExitCode {
         Command::Route { verify, callout, sender, addresses } if callout => callout_route(config, verify, sender, addresses),
         Command::Route { verify, sender, addresses, .. } => route(config, verify, sender, addresses),
         Command::Makemap { args } => makemap(&args),
+        Command::Stats => match ringpost::control::ask(&config.control_socket_path(), "STATS") {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ringpost: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 

@@ -56,6 +56,10 @@ pub struct Shard {
     pub verifier: Rc<crate::verify::Verifier>,
     /// The replicas the node holds for its peer (shared by its shards).
     pub held: Arc<crate::scan::replicate::Held>,
+    /// Per-client limits, one table for the process (`crate::limits`).
+    pub limits: Arc<crate::limits::Limits>,
+    /// The `[policy]` access tables (`crate::access`).
+    pub access: Rc<crate::access::Access>,
     sessions_active: Cell<usize>,
     phase: Cell<Phase>,
     phase_event: event_listener::Event,
@@ -78,6 +82,8 @@ impl Shard {
         Shard {
             index,
             server_params: Arc::new(server_params(&config)),
+            limits: Arc::new(crate::limits::Limits::new(&config)),
+            access: Rc::new(crate::access::Access::default()),
             config,
             queue,
             delivery,
@@ -92,6 +98,14 @@ impl Shard {
             phase_event: event_listener::Event::new(),
             session_event: event_listener::Event::new(),
         }
+    }
+
+    /// The process's per-client table and the shard's access tables, in
+    /// place of the unshared, empty ones `new` starts with.
+    pub fn with_front(mut self, limits: Arc<crate::limits::Limits>, access: Rc<crate::access::Access>) -> Shard {
+        self.limits = limits;
+        self.access = access;
+        self
     }
 
     pub fn phase(&self) -> Phase {
@@ -212,6 +226,10 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
         ));
     }
     let held = crate::scan::replicate::Held::new(shard_count, Clock::System.unix_ms());
+    // Checked once here so a broken table stops the start with its file:line.
+    crate::access::Access::open(&config.policy)?;
+    let limits = Arc::new(crate::limits::Limits::new(&config));
+    let control = crate::control::start(&config.control_socket_path())?;
     let mut meshes = crate::verify::mesh(shard_count).into_iter();
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -222,11 +240,12 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
             Placement::Unbound
         };
         let (config, start, stop, held) = (config.clone(), start.clone(), stop.clone(), held.clone());
+        let limits = limits.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(2 << 20)
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(blocking_threads(&config)))
-            .spawn(move || async move { shard_main(index, config, start, stop, mesh, held).await })
+            .spawn(move || async move { shard_main(index, config, start, stop, mesh, held, limits).await })
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
     }
@@ -242,6 +261,8 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
             }
         }
     }
+    control.stop();
+    crate::control::log_totals();
     match first_error {
         None => Ok(()),
         Some(e) => Err(e),
@@ -283,6 +304,7 @@ async fn shard_main(
     stop: Arc<AtomicBool>,
     mesh: crate::verify::MeshEnd,
     held: Arc<crate::scan::replicate::Held>,
+    limits: Arc<crate::limits::Limits>,
 ) -> Result<(), String> {
     let Start {
         dns,
@@ -364,6 +386,7 @@ async fn shard_main(
             .map_err(|e| format!("shard {index}: {e}"))?;
         runner_tasks.push(task);
     }
+    let shard_config_policy = config.policy.clone();
     let mut listeners = Vec::new();
     for addr in &config.server.listen {
         let listener = glommio::net::TcpListener::bind(addr)
@@ -380,7 +403,8 @@ async fn shard_main(
         tls_server,
         verifier,
         held,
-    ));
+    )
+    .with_front(limits, Rc::new(crate::access::Access::open(&shard_config_policy)?)));
     log::event(
         "shard_ready",
         &[("shard", &index), ("recovered", &recovered)],
