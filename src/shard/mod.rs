@@ -229,7 +229,14 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
     // Checked once here so a broken table stops the start with its file:line.
     crate::access::Access::open(&config.policy)?;
     let limits = Arc::new(crate::limits::Limits::new(&config));
-    let control = crate::control::start(&config.control_socket_path())?;
+    // Without its control socket the server still takes mail.
+    let control = match crate::control::start(&config.control_socket_path()) {
+        Ok(control) => Some(control),
+        Err(e) => {
+            log::event("control_socket_error", &[("error", &e)]);
+            None
+        }
+    };
     let mut meshes = crate::verify::mesh(shard_count).into_iter();
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -261,7 +268,9 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
             }
         }
     }
-    control.stop();
+    if let Some(control) = control {
+        control.stop();
+    }
     crate::control::log_totals();
     match first_error {
         None => Ok(()),
