@@ -182,6 +182,8 @@ impl Limits {
         let policy = &config.policy;
         let mut exempt = config.relay.networks.clone();
         exempt.extend(policy.exempt_networks.iter().cloned());
+        // A replicating peer's sessions are this pair's own traffic.
+        exempt.extend(config.replicate.accept_from.iter().cloned());
         let params = Params {
             ipv6_prefix_len: policy.ipv6_prefix_len,
             max_sessions: policy.max_sessions_per_client,
