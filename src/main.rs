@@ -272,7 +272,7 @@ fn route(config: ringpost::config::Config, verify: bool, sender: String, address
 }
 
 /// Watches the SIGHUP flag: re-reads the configuration and rebuilds the
-/// routers with their tables; a broken configuration or table keeps the
+/// routers with their tables and the access tables; a broken configuration or table keeps the
 /// routers in use and is logged with its file:line.
 fn watch_reload(hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>, path: Option<PathBuf>, overrides: Vec<String>) {
     use std::sync::atomic::Ordering;
@@ -281,9 +281,14 @@ fn watch_reload(hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>, path: Option<Pat
         if !hangup.swap(false, Ordering::Relaxed) {
             continue;
         }
-        let result = ringpost::config::load(path.as_deref(), &overrides)
-            .map_err(|e| e.to_string())
-            .and_then(|config| ringpost::route::reload(&config).map(|()| config.routers.len()));
+        let result = ringpost::config::load(path.as_deref(), &overrides).map_err(|e| e.to_string()).and_then(|config| {
+            // The access tables are opened first: a broken one keeps the
+            // routers and the tables in use alike.
+            let access = ringpost::access::Access::open(&config.policy)?;
+            ringpost::route::reload(&config)?;
+            ringpost::access::install(Arc::new(access));
+            Ok(config.routers.len())
+        });
         match result {
             Ok(routers) => ringpost::log::event("reload", &[("routers", &routers)]),
             Err(e) => ringpost::log::event("reload_failed", &[("error", &e), ("kept", &"previous routers")]),

@@ -4,7 +4,8 @@
 //! ending in `.cdb`, built by `ringpost makemap`), read through the table
 //! code of `crate::route::table`.
 //!
-//! Place in the pipeline: asked by the session driver at RCPT, before the
+//! Place in the pipeline: opened at start-up and at SIGHUP (a broken table
+//! keeps the tables in use), asked by the session driver at RCPT, before the
 //! per-client recipient rate and the relay and routing checks (like
 //! Postfix's `smtpd_delay_reject = yes`: a client or HELO refusal is given
 //! at RCPT, where the log names the recipient, and a client the table
@@ -28,6 +29,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use crate::config::Policy;
 use crate::route::table::{parse_text, CdbTable};
@@ -271,6 +273,19 @@ impl Access {
         }
         (Decision::Continue, None)
     }
+}
+
+/// The tables in use, shared by every shard; replaced whole at SIGHUP.
+static LIVE: RwLock<Option<Arc<Access>>> = RwLock::new(None);
+
+/// Makes `access` the tables every later RCPT is checked against.
+pub fn install(access: Arc<Access>) {
+    *LIVE.write().expect("access tables lock") = Some(access);
+}
+
+/// The tables in use; `None` before `install` (tests, tools): no tables.
+pub fn current() -> Option<Arc<Access>> {
+    LIVE.read().expect("access tables lock").clone().filter(|access| !access.is_empty())
 }
 
 /// A client's keys: address, networks, reverse name and parent domains.

@@ -376,11 +376,11 @@ enum Front {
 fn front_rcpt(shard: &Shard, machine: &Server, peer: SocketAddr, rcpt: &crate::smtp::address::Address, sender: &str) -> Front {
     use crate::access::{Decision, Which};
     use crate::stats::{count, Class};
-    if !shard.access.is_empty() {
+    if let Some(access) = crate::access::current() {
         // The reverse name is not looked up here: client keys are the
         // address and its networks.
         let recipient = rcpt.to_string();
-        match shard.access.check(peer.ip(), None, machine.helo_name(), sender, &recipient) {
+        match access.check(peer.ip(), None, machine.helo_name(), sender, &recipient) {
             (Decision::Continue, _) => {}
             (Decision::Discard, _) => return Front::Discard,
             (Decision::Refuse(reply), which) => {

@@ -58,8 +58,6 @@ pub struct Shard {
     pub held: Arc<crate::scan::replicate::Held>,
     /// Per-client limits, one table for the process (`crate::limits`).
     pub limits: Arc<crate::limits::Limits>,
-    /// The `[policy]` access tables (`crate::access`).
-    pub access: Rc<crate::access::Access>,
     sessions_active: Cell<usize>,
     phase: Cell<Phase>,
     phase_event: event_listener::Event,
@@ -83,7 +81,6 @@ impl Shard {
             index,
             server_params: Arc::new(server_params(&config)),
             limits: Arc::new(crate::limits::Limits::new(&config)),
-            access: Rc::new(crate::access::Access::default()),
             config,
             queue,
             delivery,
@@ -100,11 +97,10 @@ impl Shard {
         }
     }
 
-    /// The process's per-client table and the shard's access tables, in
-    /// place of the unshared, empty ones `new` starts with.
-    pub fn with_front(mut self, limits: Arc<crate::limits::Limits>, access: Rc<crate::access::Access>) -> Shard {
+    /// The process's per-client table in place of the unshared one `new`
+    /// starts with.
+    pub fn with_limits(mut self, limits: Arc<crate::limits::Limits>) -> Shard {
         self.limits = limits;
-        self.access = access;
         self
     }
 
@@ -226,8 +222,8 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
         ));
     }
     let held = crate::scan::replicate::Held::new(shard_count, Clock::System.unix_ms());
-    // Checked once here so a broken table stops the start with its file:line.
-    crate::access::Access::open(&config.policy)?;
+    // A broken access table stops the start with its file and key.
+    crate::access::install(Arc::new(crate::access::Access::open(&config.policy)?));
     let limits = Arc::new(crate::limits::Limits::new(&config));
     // Without its control socket the server still takes mail.
     let control = match crate::control::start(&config.control_socket_path()) {
@@ -395,7 +391,6 @@ async fn shard_main(
             .map_err(|e| format!("shard {index}: {e}"))?;
         runner_tasks.push(task);
     }
-    let shard_config_policy = config.policy.clone();
     let mut listeners = Vec::new();
     for addr in &config.server.listen {
         let listener = glommio::net::TcpListener::bind(addr)
@@ -413,7 +408,7 @@ async fn shard_main(
         verifier,
         held,
     )
-    .with_front(limits, Rc::new(crate::access::Access::open(&shard_config_policy)?)));
+    .with_limits(limits));
     log::event(
         "shard_ready",
         &[("shard", &index), ("recovered", &recovered)],

@@ -4,6 +4,7 @@ different 127.0.0.x addresses to be different clients; relay.networks is
 emptied so that loopback clients are limited at all."""
 
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -187,6 +188,16 @@ def test_access_tables(ringpost, tmp_path):
     wait_for(lambda: rp.maildir_files("bob"), what="bob's message")
     assert rp.maildir_files("trap") == []
     assert "event=discarded" in rp.log_text()
+    # SIGHUP reads the tables again.
+    (tmp_path / "client").write_text("127.0.0.13 DEFER come back later\n")
+    rp.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "event=reload " in rp.log_text(), what="the reload")
+    c, (code, text) = rcpt("127.0.0.13", "ok.helo", "a@example.org", "bob@localhost")
+    assert code == 450 and "Client host rejected: come back later" in text, text
+    c.close()
+    c, (code, text) = rcpt("127.0.0.11", "ok.helo", "a@example.org", "bob@localhost")
+    assert code == 250, text
+    c.close()
 
 
 def stats(rp):
