@@ -67,7 +67,7 @@ pub fn parse_action(value: &str) -> Result<Action, String> {
         "OK" => Ok(Action::Ok),
         "DUNNO" => Ok(Action::Dunno),
         "REJECT" => Ok(Action::Reject(text())),
-        "DEFER" | "DEFER_IF_PERMIT" | "DEFER_IF_REJECT" => Ok(Action::Defer(text())),
+        "DEFER" => Ok(Action::Defer(text())),
         "DISCARD" => Ok(Action::Discard),
         "" => Err("empty result".into()),
         code if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) => {
@@ -369,6 +369,9 @@ mod tests {
         assert!(parse_action("250 fine").is_err());
         assert!(parse_action("550 4.7.1 mixed").is_err());
         assert!(parse_action("PERMIT").is_err());
+        // Postfix results this server does not implement are refused, not guessed.
+        assert!(parse_action("DEFER_IF_PERMIT").is_err());
+        assert!(parse_action("HOLD").is_err());
     }
 
     #[test]

@@ -210,7 +210,10 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                     None => {
                         let reply = policy::check_mail(routing.as_deref(), &reverse_path).await;
                         if !reply.is_positive() {
-                            crate::stats::count(crate::stats::Class::InvalidSender);
+                            // A lookup that failed (4xx) says nothing of the sender.
+                            if reply.code >= 500 {
+                                crate::stats::count(crate::stats::Class::InvalidSender);
+                            }
                             reply
                         } else if let Err(refusal) = shard.limits.take_message(peer.ip(), crate::limits::now_ms()) {
                             crate::stats::count(crate::stats::Class::RateLimited);
