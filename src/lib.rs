@@ -4,12 +4,15 @@
 //! The pipeline, one shard: ingress (sockets, SMTP sessions) → queue
 //! (durable before 250) → deliver (Maildir, SMTP to the next hop, bounces).
 
+pub mod access;
 pub mod clock;
+pub mod control;
 pub mod config;
 pub mod deliver;
 pub mod dns;
 pub mod frontline;
 pub mod ingress;
+pub mod limits;
 pub mod log;
 pub mod pool;
 pub mod queue;

@@ -1,7 +1,8 @@
 //! The `ringpost` command: `serve` runs the MTA, `check-config` validates and
 //! prints the effective configuration, `queue` shows what the spool holds,
 //! `route` shows how the routers decide for an address, `makemap` builds a
-//! cdb table. SIGHUP while serving reloads the routers and their tables.
+//! cdb table, `stats` asks a running server for its counters. SIGHUP while
+//! serving reloads the routers and their tables.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,9 @@ enum Command {
         #[arg(required = true)]
         addresses: Vec<String>,
     },
+    /// Ask the running server (through its control socket) for its counters
+    /// by class: totals since start and per second over the last minute.
+    Stats,
     /// Build TEXTFILE.cdb from a text table (written to a temporary file and
     /// renamed into place).
     Makemap {
@@ -98,6 +102,16 @@ fn main() -> ExitCode {
         Command::Route { verify, callout, sender, addresses } if callout => callout_route(config, verify, sender, addresses),
         Command::Route { verify, sender, addresses, .. } => route(config, verify, sender, addresses),
         Command::Makemap { args } => makemap(&args),
+        Command::Stats => match ringpost::control::ask(&config.control_socket_path(), "STATS") {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ringpost: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
@@ -258,7 +272,7 @@ fn route(config: ringpost::config::Config, verify: bool, sender: String, address
 }
 
 /// Watches the SIGHUP flag: re-reads the configuration and rebuilds the
-/// routers with their tables; a broken configuration or table keeps the
+/// routers with their tables and the access tables; a broken configuration or table keeps the
 /// routers in use and is logged with its file:line.
 fn watch_reload(hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>, path: Option<PathBuf>, overrides: Vec<String>) {
     use std::sync::atomic::Ordering;
@@ -267,9 +281,14 @@ fn watch_reload(hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>, path: Option<Pat
         if !hangup.swap(false, Ordering::Relaxed) {
             continue;
         }
-        let result = ringpost::config::load(path.as_deref(), &overrides)
-            .map_err(|e| e.to_string())
-            .and_then(|config| ringpost::route::reload(&config).map(|()| config.routers.len()));
+        let result = ringpost::config::load(path.as_deref(), &overrides).map_err(|e| e.to_string()).and_then(|config| {
+            // The access tables are opened first: a broken one keeps the
+            // routers and the tables in use alike.
+            let access = ringpost::access::Access::open(&config.policy)?;
+            ringpost::route::reload(&config)?;
+            ringpost::access::install(Arc::new(access));
+            Ok(config.routers.len())
+        });
         match result {
             Ok(routers) => ringpost::log::event("reload", &[("routers", &routers)]),
             Err(e) => ringpost::log::event("reload_failed", &[("error", &e), ("kept", &"previous routers")]),

@@ -70,11 +70,57 @@ pub struct Config {
 
 /// `[policy]`: the front line's checks on clients, HELO, senders and
 /// recipients, and its per-client limits (`docs/config.md`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
+    /// IPv6 clients are counted per network of this prefix length (a
+    /// host's /64 is usually all one customer). Default 64.
+    pub ipv6_prefix_len: u8,
+    /// Concurrent sessions of one client; beyond it 421 4.7.0 at connect.
+    /// 0 = no limit. Default 50.
+    pub max_sessions_per_client: u32,
+    /// Connections one client may open per minute (a token bucket of this
+    /// size refilled over a minute); beyond it 421 4.7.0. 0 = no limit. Default 0.
+    pub max_connections_per_minute: u32,
+    /// Messages (accepted MAIL commands) per client per minute; beyond it
+    /// 451 4.7.0 at MAIL. 0 = no limit. Default 0.
+    pub max_messages_per_minute: u32,
+    /// Recipients per client per minute; beyond it 451 4.7.0 at RCPT.
+    /// 0 = no limit. Default 0.
+    pub max_recipients_per_minute: u32,
+    /// Clients no per-client limit applies to (besides `relay.networks`). Default none.
+    pub exempt_networks: Vec<Cidr>,
+    /// Most clients the per-client table tracks at once; idle ones are
+    /// evicted first. Default 100000.
+    pub client_table_entries: usize,
+    /// access(5) tables (text, or cdb when the name ends in `.cdb`),
+    /// consulted at RCPT in this order: client, HELO, sender, recipient.
+    /// Default: unset.
+    pub client_access: Option<PathBuf>,
+    pub helo_access: Option<PathBuf>,
+    pub sender_access: Option<PathBuf>,
+    pub recipient_access: Option<PathBuf>,
     /// The front line's client, greeting, HELO and reverse-DNS checks
     /// (`crate::frontline`).
     pub front: FrontPolicy,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            ipv6_prefix_len: 64,
+            max_sessions_per_client: 50,
+            max_connections_per_minute: 0,
+            max_messages_per_minute: 0,
+            max_recipients_per_minute: 0,
+            exempt_networks: Vec::new(),
+            client_table_entries: 100_000,
+            client_access: None,
+            helo_access: None,
+            sender_access: None,
+            recipient_access: None,
+            front: FrontPolicy::default(),
+        }
+    }
 }
 
 /// The `[policy]` keys of the front line (`crate::frontline`).
@@ -518,6 +564,9 @@ pub struct Server {
     pub max_sessions_per_shard: usize,
     /// On SIGTERM/SIGINT: how long sessions may finish their transaction. Default "30s".
     pub drain_timeout: Duration,
+    /// The control socket (`ringpost stats`). Default: unset, which is
+    /// `ringpost.sock` in the first spool directory.
+    pub control_socket: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -773,6 +822,15 @@ impl Config {
         }
     }
 
+    /// The control socket's path: `server.control_socket`, else
+    /// `ringpost.sock` in the first spool directory.
+    pub fn control_socket_path(&self) -> PathBuf {
+        match &self.server.control_socket {
+            Some(path) => path.clone(),
+            None => self.spool_for_shard(0).join("ringpost.sock"),
+        }
+    }
+
     /// The spool directory of shard `shard`: `queue.spool[shard % n]`.
     pub fn spool_for_shard(&self, shard: usize) -> &Path {
         // Invariant: loading refuses an empty `queue.spool`.
@@ -896,6 +954,7 @@ impl Default for Server {
             pin: true,
             max_sessions_per_shard: 10_000,
             drain_timeout: Duration::from_secs(30),
+            control_socket: None,
         }
     }
 }

@@ -50,6 +50,10 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "pin = {}", s.pin)?;
     writeln!(out, "max_sessions_per_shard = {}", s.max_sessions_per_shard)?;
     writeln!(out, "drain_timeout = {}", quoted(&s.drain_timeout.to_string()))?;
+    match &s.control_socket {
+        Some(path) => writeln!(out, "control_socket = {}", quoted(&path.to_string_lossy()))?,
+        None => writeln!(out, "control_socket = \"\"  # unset: ringpost.sock in the first spool directory")?,
+    }
 
     let m = &c.smtp;
     writeln!(out, "\n[smtp]")?;
@@ -213,8 +217,27 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "takeover_after = {}", quoted(&r.takeover_after.to_string()))?;
     writeln!(out, "accept_from = {}", string_array(&r.accept_from))?;
 
-    let f = &c.policy.front;
+    let p = &c.policy;
     writeln!(out, "\n[policy]")?;
+    writeln!(out, "ipv6_prefix_len = {}", p.ipv6_prefix_len)?;
+    writeln!(out, "max_sessions_per_client = {}", p.max_sessions_per_client)?;
+    writeln!(out, "max_connections_per_minute = {}", p.max_connections_per_minute)?;
+    writeln!(out, "max_messages_per_minute = {}", p.max_messages_per_minute)?;
+    writeln!(out, "max_recipients_per_minute = {}", p.max_recipients_per_minute)?;
+    writeln!(out, "exempt_networks = {}", string_array(&p.exempt_networks))?;
+    writeln!(out, "client_table_entries = {}", p.client_table_entries)?;
+    for (key, table) in [
+        ("client_access", &p.client_access),
+        ("helo_access", &p.helo_access),
+        ("sender_access", &p.sender_access),
+        ("recipient_access", &p.recipient_access),
+    ] {
+        match table {
+            Some(path) => writeln!(out, "{key} = {}", quoted(&path.to_string_lossy()))?,
+            None => writeln!(out, "{key} = \"\"")?,
+        }
+    }
+    let f = &c.policy.front;
     writeln!(out, "dnsbl_threshold = {}", f.dnsbl_threshold)?;
     writeln!(out, "dnsbl_action = {}", quoted(f.dnsbl_action.as_str()))?;
     writeln!(out, "dnsbl_timeout = {}", quoted(&f.dnsbl_timeout.to_string()))?;

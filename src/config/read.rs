@@ -73,6 +73,17 @@ pub(super) const POLICY_KEYS: &[&str] = &[
     "helo_reject_ip_mismatch",
     "helo_reject_invalid",
     "reverse_dns",
+    "ipv6_prefix_len",
+    "max_sessions_per_client",
+    "max_connections_per_minute",
+    "max_messages_per_minute",
+    "max_recipients_per_minute",
+    "exempt_networks",
+    "client_table_entries",
+    "client_access",
+    "helo_access",
+    "sender_access",
+    "recipient_access",
 ];
 pub(super) const DNSBL_KEYS: &[&str] = &["zone", "answers", "weight"];
 pub(super) const HELO_CHECK_KEYS: &[&str] = &["pattern", "name", "action", "text"];
@@ -95,7 +106,7 @@ const ROUTERS_MAX: usize = 256;
 /// Most inline rewrite rules (a longer list belongs in a file).
 const RULES_INLINE_MAX: usize = 10_000;
 pub(super) const SERVER_KEYS: &[&str] =
-    &["hostname", "listen", "shards", "pin", "max_sessions_per_shard", "drain_timeout"];
+    &["hostname", "listen", "shards", "pin", "max_sessions_per_shard", "drain_timeout", "control_socket"];
 pub(super) const SMTP_KEYS: &[&str] = &[
     "greeting",
     "max_recipients",
@@ -623,7 +634,34 @@ fn read_replicate(section: &Section<'_>, d: Replicate) -> Result<Replicate> {
 
 /// `[policy]`.
 fn read_policy(section: &Section<'_>, d: Policy) -> Result<Policy> {
-    Ok(Policy { front: read_front_policy(section, d.front)? })
+    let per_minute = |node: &Node, key: &str| {
+        let value: u32 = integer(node, key)?;
+        ensure(value <= PER_MINUTE_MAX, node, key, &format!("at most {PER_MINUTE_MAX} (0 = no limit)"))?;
+        Ok(value)
+    };
+    let table = |node: &Node, key: &str| optional(node, key, path);
+    Ok(Policy {
+        ipv6_prefix_len: section.read("ipv6_prefix_len", d.ipv6_prefix_len, |node, key| {
+            let value: u8 = positive(node, key)?;
+            ensure(value <= 128, node, key, "at most 128")?;
+            Ok(value)
+        })?,
+        max_sessions_per_client: section.read("max_sessions_per_client", d.max_sessions_per_client, per_minute)?,
+        max_connections_per_minute: section.read("max_connections_per_minute", d.max_connections_per_minute, per_minute)?,
+        max_messages_per_minute: section.read("max_messages_per_minute", d.max_messages_per_minute, per_minute)?,
+        max_recipients_per_minute: section.read("max_recipients_per_minute", d.max_recipients_per_minute, per_minute)?,
+        exempt_networks: section.read("exempt_networks", d.exempt_networks, |node, key| array(node, key, cidr))?,
+        client_table_entries: section.read("client_table_entries", d.client_table_entries, |node, key| {
+            let value: usize = positive(node, key)?;
+            ensure(value <= CLIENT_TABLE_ENTRIES_MAX, node, key, &format!("at most {CLIENT_TABLE_ENTRIES_MAX}"))?;
+            Ok(value)
+        })?,
+        client_access: section.read("client_access", d.client_access, table)?,
+        helo_access: section.read("helo_access", d.helo_access, table)?,
+        sender_access: section.read("sender_access", d.sender_access, table)?,
+        recipient_access: section.read("recipient_access", d.recipient_access, table)?,
+        front: read_front_policy(section, d.front)?,
+    })
 }
 
 /// Longest `policy.greet_pause` and `policy.dnsbl_timeout`.
@@ -666,6 +704,11 @@ fn read_front_policy(section: &Section<'_>, d: FrontPolicy) -> Result<FrontPolic
         })?,
     })
 }
+
+/// Largest per-client limit (sessions, or events per minute).
+const PER_MINUTE_MAX: u32 = 1_000_000;
+/// Most clients the per-client table may be asked to track.
+const CLIENT_TABLE_ENTRIES_MAX: usize = 10_000_000;
 
 fn read_verify(section: &Section<'_>, d: Verify) -> Result<Verify> {
     Ok(Verify {
@@ -1046,6 +1089,7 @@ fn read_server(section: &Section<'_>, d: Server) -> Result<Server> {
         pin: section.read("pin", d.pin, boolean)?,
         max_sessions_per_shard: section.read("max_sessions_per_shard", d.max_sessions_per_shard, positive)?,
         drain_timeout: section.read("drain_timeout", d.drain_timeout, duration)?,
+        control_socket: section.read("control_socket", d.control_socket, |node, key| optional(node, key, path))?,
     })
 }
 

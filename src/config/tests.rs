@@ -311,7 +311,7 @@ fn docs_example_loads_and_docs_list_every_key() {
     }
 }
 
-fn all_keys() -> [(&'static str, &'static [&'static str]); 11] {
+fn all_keys() -> [(&'static str, &'static [&'static str]); 12] {
     [
         ("server", read::SERVER_KEYS),
         ("smtp", read::SMTP_KEYS),
@@ -324,7 +324,27 @@ fn all_keys() -> [(&'static str, &'static [&'static str]); 11] {
         ("queue", read::QUEUE_KEYS),
         ("route", read::ROUTE_KEYS),
         ("verify", read::VERIFY_KEYS),
+        ("policy", read::POLICY_KEYS),
     ]
+}
+
+#[test]
+fn policy_limits_and_tables_load_print_and_refuse_bad_values() {
+    let config = load_with(
+        "[policy]\nmax_sessions_per_client = 7\nmax_recipients_per_minute = 100\nexempt_networks = [\"10.0.0.0/8\"]\nclient_access = \"/etc/ca\"\n",
+        &[],
+    )
+    .expect("loads");
+    assert_eq!(config.policy.max_sessions_per_client, 7);
+    assert_eq!(config.policy.max_recipients_per_minute, 100);
+    assert_eq!(config.policy.ipv6_prefix_len, 64);
+    assert_eq!(config.policy.client_access.as_deref(), Some(Path::new("/etc/ca")));
+    assert_eq!(load_with(&config.to_toml(), &[]).expect("printed loads"), config);
+    assert_eq!(config.control_socket_path(), Path::new("./var/spool/ringpost.sock"));
+    assert_eq!(
+        error_of("[policy]\nipv6_prefix_len = 129\n"),
+        "config.toml:2:19: policy.ipv6_prefix_len: at most 128"
+    );
 }
 
 // ---- errors with file:line:column and key ----

@@ -72,10 +72,27 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             glommio::spawn_local_into(refuse_busy(stream), shard.tq_smtp).map(|t| t.detach()).ok();
             continue;
         }
+        // The client's place in the per-client table, given back when the
+        // session's task ends, however it ends.
+        let guard = match stream.peer_addr() {
+            Ok(peer) => match shard.limits.connect(peer.ip(), crate::limits::now_ms()) {
+                Ok(guard) => guard,
+                Err(refusal) => {
+                    crate::stats::count(crate::stats::Class::RateLimited);
+                    log::event("rate_limited", &[("client", &peer), ("limit", &refusal.name())]);
+                    glommio::spawn_local_into(refuse(stream, refusal.reply(peer.ip())), shard.tq_smtp)
+                        .map(|t| t.detach())
+                        .ok();
+                    continue;
+                }
+            },
+            Err(_) => None,
+        };
         shard.session_started();
         let session_shard = shard.clone();
         let task = glommio::spawn_local_into(
             async move {
+                let _guard = guard;
                 run_session(&session_shard, stream).await;
                 session_shard.session_ended();
             },
@@ -96,6 +113,13 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 async fn refuse_busy(mut stream: TcpStream) {
     let mut out = Vec::new();
     Reply::new(421, Enhanced(4, 3, 2), "Too many connections, try again later").write_to(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
+}
+
+async fn refuse(mut stream: TcpStream, reply: Reply) {
+    let mut out = Vec::new();
+    reply.write_to(&mut out);
     let _ = stream.write_all(&out).await;
     let _ = stream.close().await;
 }
@@ -136,6 +160,8 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
     // committer a record is coming (queue.commit_delay_us).
     let mut expected: Option<crate::queue::RecordExpected> = None;
     let mut messages_accepted: u32 = 0;
+    // An access table said DISCARD for a recipient of this transaction.
+    let mut discard = false;
     let mut close_reason = "quit";
     // The routers this session decides with; a SIGHUP reaches new sessions.
     let routing = crate::route::current_with_routers();
@@ -153,6 +179,9 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
     loop {
         if expected.is_some() && !machine.in_transaction() {
             expected = None;
+        }
+        if discard && !machine.in_transaction() {
+            discard = false;
         }
         match machine.poll(Instant::now()) {
             Event::NeedInput => {
@@ -194,7 +223,22 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 let reply = match params.replica_of {
                     Some(_) => Reply::new(250, Enhanced(2, 1, 0), "Ok"),
                     None if front.refuses_mail() => front.mail_refusal(peer),
-                    None => policy::check_mail(routing.as_deref(), &reverse_path).await,
+                    None => {
+                        let reply = policy::check_mail(routing.as_deref(), &reverse_path).await;
+                        if !reply.is_positive() {
+                            // A lookup that failed (4xx) says nothing of the sender.
+                            if reply.code >= 500 {
+                                crate::stats::count(crate::stats::Class::InvalidSender);
+                            }
+                            reply
+                        } else if let Err(refusal) = shard.limits.take_message(peer.ip(), crate::limits::now_ms()) {
+                            crate::stats::count(crate::stats::Class::RateLimited);
+                            log::event("rate_limited", &[("client", &peer), ("limit", &refusal.name())]);
+                            refusal.reply(peer.ip())
+                        } else {
+                            reply
+                        }
+                    }
                 };
                 if reply.is_positive() {
                     expected = Some(shard.queue.expect_record());
@@ -213,8 +257,13 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 let reply = match replica {
                     true => Reply::new(250, Enhanced(2, 1, 5), "Ok"),
                     false if front.refuses_rcpt(&forward_path) => front.rcpt_refusal(peer),
-                    false => {
-                        policy::check_rcpt(
+                    false => match front_rcpt(shard, &machine, peer, &forward_path, &sender) {
+                        Front::Refuse(reply) => reply,
+                        Front::Discard => {
+                            discard = true;
+                            Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")
+                        }
+                        Front::Continue => policy::check_rcpt(
                             &shard.config,
                             routing.as_deref(),
                             Some(&shard.verifier),
@@ -222,9 +271,12 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                             &forward_path,
                             &sender,
                         )
-                        .await
-                    }
+                        .await,
+                    },
                 };
+                if !reply.is_positive() && reply.enhanced.is_some_and(|e| e.0 == 5 && e.1 == 1) {
+                    crate::stats::count(crate::stats::Class::InvalidRecipient);
+                }
                 if !reply.is_positive() {
                     log::event(
                         "rcpt_refused",
@@ -242,6 +294,13 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
             Event::DataEnd => {
                 expected = None;
                 let reply = match incoming.take() {
+                    Some(m) if discard => {
+                        if let Some(w) = m.writer {
+                            w.abort().await;
+                        }
+                        log::event("discarded", &[("id", &m.id), ("client", &peer)]);
+                        Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", m.id))
+                    }
                     Some(m) => finish_message(shard, &machine, peer, m).await,
                     None => QueueError::Io(std::io::Error::other("no message in progress")).reply(),
                 };
@@ -326,6 +385,47 @@ fn end_if_draining(shard: &Shard, machine: &mut Server) {
     if shard.phase() != Phase::Running {
         machine.shutdown();
     }
+}
+
+/// What the front line's checks (access tables, the recipient rate)
+/// decided for one RCPT before the relay and routing checks.
+enum Front {
+    Continue,
+    Discard,
+    Refuse(Reply),
+}
+
+/// The access tables (`crate::access`), then the client's recipient rate
+/// (`crate::limits`); each refusal is counted by its class.
+fn front_rcpt(shard: &Shard, machine: &Server, peer: SocketAddr, rcpt: &crate::smtp::address::Address, sender: &str) -> Front {
+    use crate::access::{Decision, Which};
+    use crate::stats::{count, Class};
+    if let Some(access) = crate::access::current() {
+        // The reverse name is not looked up here: client keys are the
+        // address and its networks.
+        let recipient = rcpt.to_string();
+        match access.check(peer.ip(), None, machine.helo_name(), sender, &recipient) {
+            (Decision::Continue, _) => {}
+            (Decision::Discard, _) => return Front::Discard,
+            (Decision::Refuse(reply), which) => {
+                match which {
+                    Some(Which::Sender) => count(Class::InvalidSender),
+                    // (a 5.1.x reply is counted with the other refused RCPTs)
+                    Some(Which::Recipient) if !reply.enhanced.is_some_and(|e| e.0 == 5 && e.1 == 1) => {
+                        count(Class::InvalidRecipient)
+                    }
+                    _ => {}
+                }
+                return Front::Refuse(reply);
+            }
+        }
+    }
+    if let Err(refusal) = shard.limits.take_recipient(peer.ip(), crate::limits::now_ms()) {
+        count(Class::RateLimited);
+        log::event("rate_limited", &[("client", &peer), ("limit", &refusal.name())]);
+        return Front::Refuse(refusal.reply(peer.ip()));
+    }
+    Front::Continue
 }
 
 async fn flush(stream: &mut Stream, machine: &mut Server) -> std::io::Result<()> {
@@ -507,6 +607,9 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
             Verdict::Continue => {}
             Verdict::Done(reply) => {
                 writer.abort().await;
+                if reply.is_positive() {
+                    crate::stats::count(crate::stats::Class::Accepted);
+                }
                 return reply;
             }
             Verdict::Refuse(reply) => {
@@ -526,6 +629,7 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
             Reply::new(250, Enhanced(2, 0, 0), format!("Ok: replica held as {id}"))
         }
         Ok(()) => {
+            crate::stats::count(crate::stats::Class::Accepted);
             log::event(
                 "queued",
                 &[

@@ -71,6 +71,7 @@ pub async fn decide_rcpt(
         return (reply, plans);
     };
     if !domains::is_accepted_domain(engine.config(), address) && !config.relay.allows_client(client_ip) {
+        crate::stats::count(crate::stats::Class::RelayAttempt);
         return (Reply::new(550, Enhanced(5, 7, 1), "Relay access denied"), Vec::new());
     }
     // A domain a [[transport]] rule takes is delivered by that rule, not
@@ -137,6 +138,7 @@ fn check_rcpt_by_domain(config: &Config, client_ip: IpAddr, address: &Address) -
     // A domain named by a transport rule is ours to deliver, as are
     // relay.domains (a "*" rule only says how relayed mail goes).
     if !config.relay.allows_client(client_ip) && !domains::is_accepted_domain(config, address) {
+        crate::stats::count(crate::stats::Class::RelayAttempt);
         return Reply::new(550, Enhanced(5, 7, 1), "Relay access denied");
     }
     Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")

@@ -126,7 +126,7 @@ impl CdbTable {
         Ok(CdbTable { describe: format!("cdb:{}", path.display()), cdb })
     }
 
-    fn get(&self, key: &str) -> Result<Option<String>, LookupError> {
+    pub fn get(&self, key: &str) -> Result<Option<String>, LookupError> {
         match self.cdb.get(key.as_bytes()) {
             None => Ok(None),
             Some(Ok(bytes)) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),

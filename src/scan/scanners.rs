@@ -130,11 +130,19 @@ impl Scanners {
                     add_headers(env, headers, &pool.config.name);
                     Decision::Continue
                 }
-                Outcome::Said(Said::Reject { reason, .. }) => Decision::Refuse(Reply::new(
+                Outcome::Said(Said::Reject { reason, .. }) => {
+                    // clamd refuses viruses; spamd, rspamd and pipe
+                    // filters (content filters) refuse spam.
+                    crate::stats::count(match pool.config.kind {
+                        crate::config::ScannerKind::Clamd => crate::stats::Class::Virus,
+                        _ => crate::stats::Class::Spam,
+                    });
+                    Decision::Refuse(Reply::new(
                     550,
                     Enhanced(5, 7, 1),
                     format!("Message refused by {}: {}", pool.config.name, bounded(reason)),
-                )),
+                ))
+                }
                 Outcome::Said(Said::Tempfail { reason }) => Decision::Refuse(Reply::new(
                     451,
                     Enhanced(4, 7, 1),

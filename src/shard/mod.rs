@@ -56,6 +56,8 @@ pub struct Shard {
     pub verifier: Rc<crate::verify::Verifier>,
     /// The replicas the node holds for its peer (shared by its shards).
     pub held: Arc<crate::scan::replicate::Held>,
+    /// Per-client limits, one table for the process (`crate::limits`).
+    pub limits: Arc<crate::limits::Limits>,
     sessions_active: Cell<usize>,
     phase: Cell<Phase>,
     phase_event: event_listener::Event,
@@ -78,6 +80,7 @@ impl Shard {
         Shard {
             index,
             server_params: Arc::new(server_params(&config)),
+            limits: Arc::new(crate::limits::Limits::new(&config)),
             config,
             queue,
             delivery,
@@ -92,6 +95,13 @@ impl Shard {
             phase_event: event_listener::Event::new(),
             session_event: event_listener::Event::new(),
         }
+    }
+
+    /// The process's per-client table in place of the unshared one `new`
+    /// starts with.
+    pub fn with_limits(mut self, limits: Arc<crate::limits::Limits>) -> Shard {
+        self.limits = limits;
+        self
     }
 
     pub fn phase(&self) -> Phase {
@@ -212,6 +222,17 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
         ));
     }
     let held = crate::scan::replicate::Held::new(shard_count, Clock::System.unix_ms());
+    // A broken access table stops the start with its file and key.
+    crate::access::install(Arc::new(crate::access::Access::open(&config.policy)?));
+    let limits = Arc::new(crate::limits::Limits::new(&config));
+    // Without its control socket the server still takes mail.
+    let control = match crate::control::start(&config.control_socket_path()) {
+        Ok(control) => Some(control),
+        Err(e) => {
+            log::event("control_socket_error", &[("error", &e)]);
+            None
+        }
+    };
     let mut meshes = crate::verify::mesh(shard_count).into_iter();
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -222,11 +243,12 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
             Placement::Unbound
         };
         let (config, start, stop, held) = (config.clone(), start.clone(), stop.clone(), held.clone());
+        let limits = limits.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(2 << 20)
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(blocking_threads(&config)))
-            .spawn(move || async move { shard_main(index, config, start, stop, mesh, held).await })
+            .spawn(move || async move { shard_main(index, config, start, stop, mesh, held, limits).await })
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
     }
@@ -242,6 +264,10 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
             }
         }
     }
+    if let Some(control) = control {
+        control.stop();
+    }
+    crate::control::log_totals();
     match first_error {
         None => Ok(()),
         Some(e) => Err(e),
@@ -283,6 +309,7 @@ async fn shard_main(
     stop: Arc<AtomicBool>,
     mesh: crate::verify::MeshEnd,
     held: Arc<crate::scan::replicate::Held>,
+    limits: Arc<crate::limits::Limits>,
 ) -> Result<(), String> {
     let Start {
         dns,
@@ -380,7 +407,8 @@ async fn shard_main(
         tls_server,
         verifier,
         held,
-    ));
+    )
+    .with_limits(limits));
     log::event(
         "shard_ready",
         &[("shard", &index), ("recovered", &recovered)],
