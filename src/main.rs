@@ -102,16 +102,7 @@ fn main() -> ExitCode {
         Command::Route { verify, callout, sender, addresses } if callout => callout_route(config, verify, sender, addresses),
         Command::Route { verify, sender, addresses, .. } => route(config, verify, sender, addresses),
         Command::Makemap { args } => makemap(&args),
-        Command::Stats => match ringpost::control::ask(&config.control_socket_path(), "STATS") {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ringpost: {e}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Stats => printed(ringpost::control::ask(&config.control_socket_path(), "STATS")),
     }
 }
 
@@ -314,6 +305,12 @@ fn queue(config: &ringpost::config::Config, command: QueueCommand) -> ExitCode {
             Err(e) => Err(e),
         },
     };
+    printed(result)
+}
+
+/// A command's text on standard output, or its error on standard error
+/// (exit status 1).
+fn printed<E: std::fmt::Display>(result: Result<String, E>) -> ExitCode {
     match result {
         Ok(text) => {
             print!("{text}");

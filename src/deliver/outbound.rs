@@ -148,21 +148,10 @@ pub async fn probe(
     attempt(out, destination, policy, &txn, None).await
 }
 
-/// A replica of `env` for the replication peer at `destination`
-/// (`[replicate]`): the recipients at `indexes` in one transaction whose
-/// MAIL carries `XREPLICA=<env.id>`, with the content delivery would send
-/// (the scanners' header lines above the stored body).
-pub async fn replicate(
-    out: &Outbound<'_>,
-    destination: &Destination,
-    policy: Policy,
-    body_path: &Path,
-    env: &Envelope,
-    indexes: &[usize],
-) -> Delivered {
-    let mut txn = transaction(env, indexes);
-    txn.replica_of = Some(env.id.clone());
-    attempt(out, destination, policy, &txn, Some(Content { body_path, env })).await
+/// One transaction `txn` with `content` to `destination`, as delivery
+/// sends it (a replica for the replication peer, `crate::scan::replicate`).
+pub async fn send(out: &Outbound<'_>, destination: &Destination, policy: Policy, content: Content<'_>, txn: &Transaction) -> Delivered {
+    attempt(out, destination, policy, txn, Some(content)).await
 }
 
 /// The addresses of a destination, in the order delivery tries them.

@@ -299,8 +299,13 @@ impl Replicator {
         let body_path = self.deliverer.body_path(&env.id);
         let out = self.deliverer.outbound();
         let policy = self.deliverer.default_policy();
+        // One transaction whose MAIL carries XREPLICA=<id>, with the content
+        // delivery would send (the scanners' header lines above the body).
+        let mut txn = outbound::transaction(env, &indexes);
+        txn.replica_of = Some(env.id.clone());
+        let content = outbound::Content { body_path: &body_path, env };
         let sent = glommio::timer::timeout(self.timeout, async {
-            Ok(outbound::replicate(&out, &self.peer, policy, &body_path, env, &indexes).await)
+            Ok(outbound::send(&out, &self.peer, policy, content, &txn).await)
         })
         .await;
         let latency_ms = started.elapsed().as_millis();
