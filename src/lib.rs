@@ -4,6 +4,7 @@
 //! The pipeline, one shard: ingress (sockets, SMTP sessions) → queue
 //! (durable before 250) → deliver (Maildir, SMTP to the next hop, bounces).
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod deliver;

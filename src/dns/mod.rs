@@ -61,6 +61,8 @@ pub enum RecordKind {
     A,
     Aaaa,
     Mx,
+    /// TXT (RFC 1035 §3.3.14), for SPF, DKIM keys and DMARC policies.
+    Txt,
 }
 
 /// An MX record (RFC 1035 §3.3.9).
@@ -84,6 +86,9 @@ pub enum RecordData {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Mx(MxRecord),
+    /// One TXT record, its character-strings concatenated (RFC 7208 §3.3,
+    /// RFC 6376 §3.6.2.2); at most `query::TXT_RECORD_BYTES_MAX` bytes.
+    Txt(Vec<u8>),
 }
 
 /// A definitive answer to one question, with the seconds it stays valid
@@ -123,7 +128,7 @@ impl Lookup {
                 match record {
                     RecordData::A(a) => ipv4.push(*a),
                     RecordData::Aaaa(aaaa) => ipv6.push(*aaaa),
-                    RecordData::Mx(_) => {}
+                    RecordData::Mx(_) | RecordData::Txt(_) => {}
                 }
             }
         }

@@ -180,6 +180,15 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                     Some(_) => Reply::new(250, Enhanced(2, 1, 0), "Ok"),
                     None => policy::check_mail(routing.as_deref(), &reverse_path).await,
                 };
+                // SPF (`email_auth.spf = "reject_fail"`), for a sender the
+                // policy accepted.
+                let reply = match (reply.is_positive(), params.replica_of.is_none(), shard.stages.auth()) {
+                    (true, true, Some(auth)) => {
+                        let helo = machine.helo_name().unwrap_or_default();
+                        Box::pin(auth.check_mail(peer.ip(), helo, &reverse_path)).await.unwrap_or(reply)
+                    }
+                    _ => reply,
+                };
                 if reply.is_positive() {
                     expected = Some(shard.queue.expect_record());
                 }
