@@ -209,7 +209,9 @@ impl Auth {
                     })
                     .await;
                     let verdict = dmarc_verdict(&dmarc);
-                    if !dmarc.domain().is_empty() || verdict != "none" {
+                    if verdict == "none" && !dmarc.domain().is_empty() {
+                        extra.push_str(&format!(";\r\n\tdmarc=none header.from={}", dmarc.domain()));
+                    } else if verdict != "none" {
                         extra.push_str(&format!(
                             ";\r\n\tdmarc={verdict} header.from={} policy.dmarc={}",
                             dmarc.domain(),
