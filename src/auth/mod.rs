@@ -4,8 +4,8 @@
 //! `docs/email-auth.md`.
 //!
 //! Place in the pipeline: SPF at MAIL FROM (`check_mail`, called by the
-//! session driver after the sender policy; a `reject_fail` refusal is the
-//! reply to MAIL), the rest as the first data-callout stage at the final
+//! session driver, `ingress::check_sender`, after the sender policy; a
+//! `reject_fail` refusal is the reply to MAIL), the rest as the first data-callout stage at the final
 //! dot (`at_final_dot`, from `crate::scan::Stages`, before the content
 //! scanners): the message is whole in the queue and not yet committed.
 //! The stage adds exactly one `Authentication-Results:` field (RFC 8601,

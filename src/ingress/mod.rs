@@ -178,16 +178,7 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 // origin, which accepted the message.
                 let reply = match params.replica_of {
                     Some(_) => Reply::new(250, Enhanced(2, 1, 0), "Ok"),
-                    None => policy::check_mail(routing.as_deref(), &reverse_path).await,
-                };
-                // SPF (`email_auth.spf = "reject_fail"`), for a sender the
-                // policy accepted.
-                let reply = match (reply.is_positive(), params.replica_of.is_none(), shard.stages.auth()) {
-                    (true, true, Some(auth)) => {
-                        let helo = machine.helo_name().unwrap_or_default();
-                        Box::pin(auth.check_mail(peer.ip(), helo, &reverse_path)).await.unwrap_or(reply)
-                    }
-                    _ => reply,
+                    None => Box::pin(check_sender(shard, routing.as_deref(), &machine, peer, &reverse_path)).await,
                 };
                 if reply.is_positive() {
                     expected = Some(shard.queue.expect_record());
@@ -378,6 +369,26 @@ impl Future for ReadInto<'_> {
             }
             read
         })
+    }
+}
+
+/// The reply to MAIL FROM: the sender policy, then SPF (`[email_auth]`)
+/// for a sender it accepted. Boxed by the session: its state is not in
+/// every session's.
+async fn check_sender(
+    shard: &Shard,
+    routing: Option<&crate::route::Engine>,
+    machine: &Server,
+    peer: SocketAddr,
+    sender: &crate::smtp::address::ReversePath,
+) -> Reply {
+    let reply = policy::check_mail(routing, sender).await;
+    match shard.stages.auth() {
+        Some(auth) if reply.is_positive() => {
+            let helo = machine.helo_name().unwrap_or_default();
+            auth.check_mail(peer.ip(), helo, sender).await.unwrap_or(reply)
+        }
+        _ => reply,
     }
 }
 
