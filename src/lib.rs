@@ -5,6 +5,7 @@
 //! (durable before 250) → deliver (Maildir, SMTP to the next hop, bounces).
 
 pub mod access;
+pub mod auth;
 pub mod clock;
 pub mod control;
 pub mod config;

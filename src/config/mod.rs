@@ -10,6 +10,7 @@
 //! then the typed `Config` is read out of it with every value checked
 //! (`read.rs`). `to_toml` (`print.rs`) prints the effective configuration.
 
+mod email_auth;
 mod error;
 mod print;
 mod read;
@@ -21,6 +22,7 @@ mod types;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+pub use email_auth::{DkimSign, DmarcMode, EmailAuth, SpfMode, DKIM_SIGN_HEADERS_DEFAULT};
 pub use error::{ConfigError, Origin};
 pub use read::SHARD_COUNT_MAX;
 pub use types::{check_host_name, check_smarthost, HOST_NAME_BYTES_MAX};
@@ -66,6 +68,11 @@ pub struct Config {
     pub dnsbls: Vec<Dnsbl>,
     /// `[[helo_check]]` rules for HELO/EHLO names, first match wins. Default: none.
     pub helo_checks: Vec<HeloCheck>,
+    /// `[email_auth]`: SPF, DKIM, DMARC and ARC verification of inbound
+    /// mail. Default: absent (nothing is verified).
+    pub email_auth: Option<EmailAuth>,
+    /// `[[dkim_sign]]`: DKIM keys for outbound mail. Default: none.
+    pub dkim_sign: Vec<DkimSign>,
 }
 
 /// `[policy]`: the front line's checks on clients, HELO, senders and
@@ -901,6 +908,8 @@ impl Default for Config {
             scanners: Vec::new(),
             dnsbls: Vec::new(),
             helo_checks: Vec::new(),
+            email_auth: None,
+            dkim_sign: Vec::new(),
         }
     }
 }

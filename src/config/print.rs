@@ -270,6 +270,21 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
             writeln!(out, "text = {}", quoted(&check.text))?;
         }
     }
+    if let Some(a) = &c.email_auth {
+        writeln!(out, "\n[email_auth]")?;
+        writeln!(out, "spf = {}", quoted(a.spf.as_str()))?;
+        writeln!(out, "dmarc = {}", quoted(a.dmarc.as_str()))?;
+        writeln!(out, "max_size_bytes = {}", a.max_size_bytes)?;
+        writeln!(out, "timeout = {}", quoted(&a.timeout.to_string()))?;
+        writeln!(out, "max_lookups = {}", a.max_lookups)?;
+    }
+    for k in &c.dkim_sign {
+        writeln!(out, "\n[[dkim_sign]]")?;
+        writeln!(out, "domain = {}", quoted(&k.domain))?;
+        writeln!(out, "selector = {}", quoted(&k.selector))?;
+        writeln!(out, "key = {}", quoted(&k.key.to_string_lossy()))?;
+        writeln!(out, "headers = {}", string_array(&k.headers))?;
+    }
 
     for (name, pool) in &c.pools {
         writeln!(out, "\n[pool.{name}]")?;

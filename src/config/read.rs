@@ -33,7 +33,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
 const ROOT_KEYS: &[&str] =
-    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate", "policy", "dnsbl", "helo_check"];
+    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate", "policy", "dnsbl", "helo_check", "email_auth", "dkim_sign"];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
     "max_alias_depth",
@@ -366,6 +366,17 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
         helo_checks: match root.get("helo_check") {
             None => defaults.helo_checks,
             Some(entry) => read_helo_checks(&entry.node)?,
+        },
+        email_auth: match root.get("email_auth") {
+            None => defaults.email_auth,
+            Some(_) => Some(read_email_auth(
+                &Section::open(root, "email_auth", EMAIL_AUTH_KEYS)?,
+                defaults.email_auth.unwrap_or_default(),
+            )?),
+        },
+        dkim_sign: match root.get("dkim_sign") {
+            None => defaults.dkim_sign,
+            Some(entry) => read_dkim_sign(&entry.node)?,
         },
     })
 }
@@ -1262,4 +1273,72 @@ fn read_queue(section: &Section<'_>, d: Queue) -> Result<Queue> {
         }
     }
     Ok(queue)
+}
+
+const EMAIL_AUTH_KEYS: &[&str] = &["spf", "dmarc", "max_size_bytes", "timeout", "max_lookups"];
+const DKIM_SIGN_KEYS: &[&str] = &["domain", "selector", "key", "headers"];
+/// Most `[[dkim_sign]]` tables.
+const DKIM_SIGN_MAX: usize = 256;
+/// Most DNS lookups one verification may be allowed.
+const EMAIL_AUTH_LOOKUPS_MAX: u32 = 256;
+
+/// `[email_auth]`.
+fn read_email_auth(section: &Section<'_>, d: super::EmailAuth) -> Result<super::EmailAuth> {
+    Ok(super::EmailAuth {
+        spf: section.read("spf", d.spf, |node, key| {
+            string(node, key)?.parse().map_err(|reason: String| invalid(node, key, reason))
+        })?,
+        dmarc: section.read("dmarc", d.dmarc, |node, key| {
+            string(node, key)?.parse().map_err(|reason: String| invalid(node, key, reason))
+        })?,
+        max_size_bytes: section.read("max_size_bytes", d.max_size_bytes, positive)?,
+        timeout: section.read("timeout", d.timeout, duration_nonzero)?,
+        max_lookups: section.read("max_lookups", d.max_lookups, |node, key| {
+            let value: u32 = positive(node, key)?;
+            ensure(value <= EMAIL_AUTH_LOOKUPS_MAX, node, key, "at most 256")?;
+            Ok(value)
+        })?,
+    })
+}
+
+/// `[[dkim_sign]]`: one key per domain. The key file is read when the
+/// shards start, not here.
+fn read_dkim_sign(node: &Node) -> Result<Vec<super::DkimSign>> {
+    let Value::Array(elements) = &node.value else {
+        return Err(wrong_type(node, "dkim_sign", "an array of tables ([[dkim_sign]])", &node.value));
+    };
+    ensure(elements.len() <= DKIM_SIGN_MAX, node, "dkim_sign", "at most 256 keys")?;
+    let mut keys: Vec<super::DkimSign> = Vec::with_capacity(elements.len());
+    for (index, element) in elements.iter().enumerate() {
+        let prefix = format!("dkim_sign[{index}]");
+        let Value::Table(table) = &element.value else {
+            return Err(wrong_type(element, &prefix, "a table", &element.value));
+        };
+        refuse_unknown_keys(table, &prefix, DKIM_SIGN_KEYS)?;
+        let get = |key: &str| table.get(key).map(|entry| (&entry.node, format!("{prefix}.{key}")));
+        let required = |key: &str| get(key).ok_or_else(|| invalid(element, &prefix, format!("a DKIM key needs {key}")));
+        let (node, key) = required("domain")?;
+        let domain = host_name(node, &key)?.to_ascii_lowercase();
+        ensure(!keys.iter().any(|k| k.domain == domain), node, &key, "a key for this domain is defined above")?;
+        let (node, key) = required("selector")?;
+        let selector = string(node, &key)?;
+        let ok = !selector.is_empty()
+            && selector.len() <= 63
+            && selector.split('.').all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        ensure(ok, node, &key, "a DNS label (letters, digits, - and _)")?;
+        let (node, key) = required("key")?;
+        let key_path = path(node, &key)?;
+        let headers = match get("headers") {
+            None => super::DKIM_SIGN_HEADERS_DEFAULT.iter().map(|h| h.to_string()).collect(),
+            Some((node, key)) => {
+                let headers = nonempty_array(node, &key, string)?;
+                let ok = headers.iter().all(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b':'));
+                ensure(ok, node, &key, "header field names (printable, no colon)")?;
+                ensure(headers.iter().any(|h| h.eq_ignore_ascii_case("from")), node, &key, "must include From (RFC 6376 §5.4)")?;
+                headers
+            }
+        };
+        keys.push(super::DkimSign { domain, selector, key: key_path, headers });
+    }
+    Ok(keys)
 }

@@ -63,6 +63,8 @@ pub enum RecordKind {
     Mx,
     /// Reverse DNS (`crate::frontline`'s client checks).
     Ptr,
+    /// TXT (RFC 1035 §3.3.14), for SPF, DKIM keys and DMARC policies.
+    Txt,
 }
 
 /// An MX record (RFC 1035 §3.3.9).
@@ -88,6 +90,9 @@ pub enum RecordData {
     Mx(MxRecord),
     /// A PTR target: lower-case, A-labels, without the final dot.
     Ptr(String),
+    /// One TXT record, its character-strings concatenated (RFC 7208 §3.3,
+    /// RFC 6376 §3.6.2.2); at most `query::TXT_RECORD_BYTES_MAX` bytes.
+    Txt(Vec<u8>),
 }
 
 /// A definitive answer to one question, with the seconds it stays valid
@@ -127,7 +132,7 @@ impl Lookup {
                 match record {
                     RecordData::A(a) => ipv4.push(*a),
                     RecordData::Aaaa(aaaa) => ipv6.push(*aaaa),
-                    RecordData::Mx(_) | RecordData::Ptr(_) => {}
+                    RecordData::Mx(_) | RecordData::Ptr(_) | RecordData::Txt(_) => {}
                 }
             }
         }

@@ -31,6 +31,9 @@ pub const UDP_PAYLOAD_BYTES_MAX: u16 = 1232;
 pub const RECORD_COUNT_MAX: usize = 64;
 /// The fixed DNS header (RFC 1035 §4.1.1).
 pub const HEADER_BYTES: usize = 12;
+/// Bytes kept of one TXT record's concatenated strings; a longer record is
+/// dropped (a 4096-bit RSA DKIM key is about 800 bytes).
+pub const TXT_RECORD_BYTES_MAX: usize = 8192;
 
 /// A name and a record type, class IN. The name is absolute and lower-case
 /// (internationalised names in their A-label form), so it is also the
@@ -90,6 +93,7 @@ impl RecordKind {
             RecordKind::Aaaa => RecordType::AAAA,
             RecordKind::Mx => RecordType::MX,
             RecordKind::Ptr => RecordType::PTR,
+            RecordKind::Txt => RecordType::TXT,
         }
     }
 }
@@ -259,6 +263,13 @@ fn record_data(record: &Record) -> Option<RecordData> {
             exchange: name_text(mx.exchange()),
         })),
         RData::PTR(ptr) => Some(RecordData::Ptr(name_text(&ptr.0))),
+        RData::TXT(txt) => {
+            let bytes: usize = txt.txt_data().iter().map(|part| part.len()).sum();
+            if bytes > TXT_RECORD_BYTES_MAX {
+                return None;
+            }
+            Some(RecordData::Txt(txt.txt_data().concat()))
+        }
         _ => None,
     }
 }

@@ -223,22 +223,7 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 let reply = match params.replica_of {
                     Some(_) => Reply::new(250, Enhanced(2, 1, 0), "Ok"),
                     None if front.refuses_mail() => front.mail_refusal(peer),
-                    None => {
-                        let reply = policy::check_mail(routing.as_deref(), &reverse_path).await;
-                        if !reply.is_positive() {
-                            // A lookup that failed (4xx) says nothing of the sender.
-                            if reply.code >= 500 {
-                                crate::stats::count(crate::stats::Class::InvalidSender);
-                            }
-                            reply
-                        } else if let Err(refusal) = shard.limits.take_message(peer.ip(), crate::limits::now_ms()) {
-                            crate::stats::count(crate::stats::Class::RateLimited);
-                            log::event("rate_limited", &[("client", &peer), ("limit", &refusal.name())]);
-                            refusal.reply(peer.ip())
-                        } else {
-                            reply
-                        }
-                    }
+                    None => Box::pin(check_sender(shard, routing.as_deref(), &machine, peer, &reverse_path)).await,
                 };
                 if reply.is_positive() {
                     expected = Some(shard.queue.expect_record());
@@ -491,6 +476,42 @@ impl Future for ReadInto<'_> {
             read
         })
     }
+}
+
+/// The reply to MAIL FROM: the sender policy, then SPF (`[email_auth]`)
+/// for a sender it accepted. Boxed by the session: its state is not in
+/// every session's.
+async fn check_sender(
+    shard: &Shard,
+    routing: Option<&crate::route::Engine>,
+    machine: &Server,
+    peer: SocketAddr,
+    sender: &crate::smtp::address::ReversePath,
+) -> Reply {
+    let reply = policy::check_mail(routing, sender).await;
+    if !reply.is_positive() {
+        // A lookup that failed (4xx) says nothing of the sender.
+        if reply.code >= 500 {
+            crate::stats::count(crate::stats::Class::InvalidSender);
+        }
+        return reply;
+    }
+    let reply = match shard.stages.auth() {
+        Some(auth) => {
+            let helo = machine.helo_name().unwrap_or_default();
+            auth.check_mail(peer.ip(), helo, sender).await.unwrap_or(reply)
+        }
+        None => reply,
+    };
+    if !reply.is_positive() {
+        return reply;
+    }
+    if let Err(refusal) = shard.limits.take_message(peer.ip(), crate::limits::now_ms()) {
+        crate::stats::count(crate::stats::Class::RateLimited);
+        log::event("rate_limited", &[("client", &peer), ("limit", &refusal.name())]);
+        return refusal.reply(peer.ip());
+    }
+    reply
 }
 
 async fn start_message(shard: &Shard, machine: &Server, peer: SocketAddr, tls: Option<String>) -> Incoming {

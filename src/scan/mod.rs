@@ -9,7 +9,9 @@
 //! accepted by the next hop), or refuse (`Refuse`: nothing is committed,
 //! nothing stays live). A stage may change the envelope it is given
 //! (recipient states, the scanners' added header lines), never the body.
-//! The content scanners (`scanners`, `[[scanner]]`) run first, then early
+//! Email authentication (`crate::auth`, `[email_auth]` and
+//! `[[dkim_sign]]`) runs first, then the content scanners (`scanners`,
+//! `[[scanner]]`), then early
 //! delivery (`delivery.early_ms`), then replication to a peer
 //! (`replicate`, `[replicate]`) for the recipients still pending.
 
@@ -43,6 +45,7 @@ pub struct Stages {
     scanners: Option<scanners::Scanners>,
     early: Option<early::EarlyDelivery>,
     replicator: Option<std::rc::Rc<replicate::Replicator>>,
+    auth: Option<std::rc::Rc<crate::auth::Auth>>,
 }
 
 impl Stages {
@@ -51,13 +54,25 @@ impl Stages {
         early: Option<early::EarlyDelivery>,
         replicator: Option<std::rc::Rc<replicate::Replicator>>,
     ) -> Stages {
-        Stages { scanners: scanners.filter(|s| !s.is_empty()), early, replicator }
+        Stages { scanners: scanners.filter(|s| !s.is_empty()), early, replicator, auth: None }
+    }
+
+    /// With the email authentication stage (`crate::auth`), which runs
+    /// before the others.
+    pub fn with_auth(mut self, auth: Option<std::rc::Rc<crate::auth::Auth>>) -> Stages {
+        self.auth = auth;
+        self
+    }
+
+    /// The email authentication of this shard (also asked at MAIL FROM).
+    pub fn auth(&self) -> Option<&crate::auth::Auth> {
+        self.auth.as_deref()
     }
 
     /// Whether any stage runs: without one, the session commits at once
     /// and never makes the message's content available before its commit.
     pub fn is_empty(&self) -> bool {
-        self.scanners.is_none() && self.early.is_none() && self.replicator.is_none()
+        self.scanners.is_none() && self.early.is_none() && self.replicator.is_none() && self.auth.is_none()
     }
 
     /// The replication stage, told when a replicated message is not
@@ -69,6 +84,11 @@ impl Stages {
     /// Runs the stages over `env`, whose body (`env.body`) is complete but
     /// not yet committed.
     pub async fn at_final_dot(&self, env: &mut Envelope) -> Verdict {
+        if let Some(auth) = &self.auth {
+            if let crate::auth::Decision::Refuse(reply) = auth.at_final_dot(env).await {
+                return Verdict::Refuse(reply);
+            }
+        }
         if let Some(scanners) = &self.scanners {
             if let scanners::Decision::Refuse(reply) = scanners.run(env).await {
                 return Verdict::Refuse(reply);

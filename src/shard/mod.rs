@@ -333,6 +333,8 @@ async fn shard_main(
     )
     .await
     .map_err(|e| format!("shard {index}: cannot open spool {}: {e}", spool.display()))?;
+    let auth = crate::auth::Auth::new(&config, dns.clone(), queue.clone())
+        .map_err(|e| format!("shard {index}: {e}"))?;
     let deliverer = Rc::new(Deliverer::new(
         config.clone(),
         queue.clone(),
@@ -349,7 +351,8 @@ async fn shard_main(
         Some(crate::scan::scanners::Scanners::new(&config, queue.clone())),
         crate::scan::early::EarlyDelivery::new(deliverer.clone(), config.delivery.early_ms),
         replicator.clone(),
-    );
+    )
+    .with_auth(auth.map(Rc::new));
     // Replication's own tasks: the notifier telling the peer what finished
     // here, and the completer removing replicas the peer finished.
     let replication_stop = Rc::new(Cell::new(false));

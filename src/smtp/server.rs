@@ -35,9 +35,13 @@
 //!
 //! The header section of received content (up to its first empty line)
 //! loses every `Return-Path:` field, continuation lines included (RFC 5321
-//! §4.4: the final delivery adds the one true Return-Path). The filter works
-//! on the stored lines as they stream, holding back at most
-//! `HEADER_HOLD_BYTES_MAX` octets of a line start. Octets above 127 are
+//! §4.4: the final delivery adds the one true Return-Path), and every
+//! `Authentication-Results:` field that claims this host's name as its
+//! authserv-id (RFC 8601 §5: only our own verdicts may carry it; ringpost
+//! adds its own above the stored message). The filter works on the stored
+//! lines as they stream, holding back at most `HEADER_HOLD_BYTES_MAX`
+//! octets of a line start, and at most `AR_HOLD_BYTES_MAX` of an
+//! Authentication-Results field's start until its authserv-id is read. Octets above 127 are
 //! noted while content is scanned (`Transaction::content_8bit`), since many
 //! clients send 8-bit content without BODY=8BITMIME.
 //!
@@ -71,7 +75,7 @@ pub const COMMAND_LINE_BYTES_MAX: usize = 512;
 pub const BODY_CHUNK_BYTES_MAX: usize = 64 * 1024;
 /// How far a `Body` chunk may exceed `BODY_CHUNK_BYTES_MAX`: a line end, and
 /// the start of a header line held back by the Return-Path filter.
-pub const BODY_CHUNK_SLACK_BYTES: usize = HEADER_HOLD_BYTES_MAX + 2;
+pub const BODY_CHUNK_SLACK_BYTES: usize = AR_HOLD_BYTES_MAX + 2;
 /// Most unprocessed input the machine holds; a driver that feeds more than
 /// this without polling gets the session closed with 421.
 pub const INPUT_BYTES_MAX: usize = 1024 * 1024;
@@ -90,6 +94,12 @@ const INPUT_IDLE_BYTES_MAX: usize = 256;
 const HEADER_HOLD_BYTES_MAX: usize = 32;
 /// The header field removed from received content, lower-case.
 const RETURN_PATH: &[u8] = b"return-path";
+/// The header field removed when its authserv-id is this host's name.
+const AUTH_RESULTS: &[u8] = b"authentication-results";
+/// Most octets of an Authentication-Results field start held back until
+/// its authserv-id (a host name, at most 255 octets) has been read; a field
+/// whose authserv-id does not end within them is dropped.
+const AR_HOLD_BYTES_MAX: usize = 512;
 
 /// What to do with a bare CR or LF in message content (RFC 5321 §2.3.8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1492,7 +1502,7 @@ impl Content {
             content_bytes_max: params.max_message_bytes,
             refusal: None,
             eight_bit: false,
-            headers: HeaderFilter::new(),
+            headers: HeaderFilter::new(&params.hostname),
         }
     }
 
@@ -1726,6 +1736,9 @@ enum HeaderState {
     Pass,
     /// The rest of this line is dropped.
     Drop,
+    /// An Authentication-Results field up to its colon was read (held in
+    /// `ar_held`); its authserv-id is being read.
+    ArId,
     /// Past the first empty line: everything is kept.
     Body,
 }
@@ -1736,23 +1749,110 @@ enum HeaderState {
 /// stored lines as runs of line octets and line ends, and holds back at
 /// most `HEADER_HOLD_BYTES_MAX` octets of one line start. A line starting
 /// with "Return-Path" and more white space than that is dropped too.
+///
+/// An `Authentication-Results:` field is held (at most
+/// `AR_HOLD_BYTES_MAX` octets, allocated only then) until its authserv-id
+/// ends (at `;`, white space, `(` or the line end): it is dropped when the
+/// id is `hostname` (case-insensitively), empty on the first line (folded
+/// or a comment first: it could hide our name), or too long to hold.
 #[derive(Clone, Debug)]
 struct HeaderFilter {
     state: HeaderState,
     held: [u8; HEADER_HOLD_BYTES_MAX],
     held_len: usize,
-    /// The field being read is a Return-Path: its continuation lines go too.
+    /// The field being read is dropped: its continuation lines go too.
     dropping: bool,
+    /// This host's name, lower-case: the authserv-id that is ours.
+    hostname: Box<[u8]>,
+    /// An Authentication-Results field's start, while its id is read.
+    ar_held: Vec<u8>,
+    /// Where the authserv-id starts in `ar_held`, once a non-blank octet
+    /// after the colon was seen.
+    ar_id_start: Option<usize>,
 }
 
 impl HeaderFilter {
-    fn new() -> HeaderFilter {
+    fn new(hostname: &str) -> HeaderFilter {
         HeaderFilter {
             state: HeaderState::LineStart,
             held: [0; HEADER_HOLD_BYTES_MAX],
             held_len: 0,
             dropping: false,
+            hostname: hostname.to_ascii_lowercase().into_bytes().into_boxed_slice(),
+            ar_held: Vec::new(),
+            ar_id_start: None,
         }
+    }
+
+    /// Whether the octets held so far and `lower` next are a prefix of
+    /// `name`.
+    fn prefix_of(&self, name: &[u8], lower: u8) -> bool {
+        let n = self.held_len;
+        n < name.len() && name[n] == lower && self.held[..n].eq_ignore_ascii_case(&name[..n])
+    }
+
+    /// Whether the octets held start with the whole of `name`.
+    fn holds_name(&self, name: &[u8]) -> bool {
+        self.held_len >= name.len() && self.held[..name.len()].eq_ignore_ascii_case(name)
+    }
+
+    /// An octet of an Authentication-Results field after its colon.
+    fn ar_octet(&mut self, b: u8, out: &mut Vec<u8>) {
+        let blank = b == b' ' || b == b'\t';
+        if self.ar_id_start.is_none() && blank {
+            self.ar_hold(b);
+            return;
+        }
+        if self.ar_id_start.is_none() {
+            if b == b'(' || b == b';' {
+                // No id before a comment or the results: drop it.
+                self.ar_drop();
+                return;
+            }
+            self.ar_id_start = Some(self.ar_held.len());
+            self.ar_hold(b);
+            return;
+        }
+        if blank || b == b';' || b == b'(' {
+            if self.ar_id_is_ours() {
+                self.ar_drop();
+            } else {
+                out.extend_from_slice(&self.ar_held);
+                self.ar_release();
+                out.push(b);
+                self.state = HeaderState::Pass;
+            }
+            return;
+        }
+        self.ar_hold(b);
+    }
+
+    fn ar_hold(&mut self, b: u8) {
+        if self.ar_held.len() >= AR_HOLD_BYTES_MAX {
+            self.ar_drop();
+            return;
+        }
+        self.ar_held.push(b);
+    }
+
+    fn ar_id_is_ours(&self) -> bool {
+        match self.ar_id_start {
+            Some(start) => self.ar_held[start..].eq_ignore_ascii_case(&self.hostname),
+            None => true,
+        }
+    }
+
+    fn ar_drop(&mut self) {
+        self.ar_release();
+        self.dropping = true;
+        if self.state == HeaderState::ArId {
+            self.state = HeaderState::Drop;
+        }
+    }
+
+    fn ar_release(&mut self) {
+        self.ar_held = Vec::new();
+        self.ar_id_start = None;
     }
 
     fn in_body(&self) -> bool {
@@ -1772,6 +1872,10 @@ impl HeaderFilter {
                     return;
                 }
                 HeaderState::Drop => return,
+                HeaderState::ArId => {
+                    self.ar_octet(b, out);
+                    bytes = &bytes[1..];
+                }
                 HeaderState::LineStart if b == b' ' || b == b'\t' => {
                     // A continuation line belongs to the field before it.
                     self.state = if self.dropping {
@@ -1794,14 +1898,30 @@ impl HeaderFilter {
 
     fn name_octet(&mut self, b: u8, out: &mut Vec<u8>) {
         debug_assert!(self.held_len <= HEADER_HOLD_BYTES_MAX);
-        let whole_name = self.held_len >= RETURN_PATH.len();
+        let return_path = self.holds_name(RETURN_PATH);
+        let auth_results = self.holds_name(AUTH_RESULTS);
+        let whole_name = return_path || auth_results;
         let blank = b == b' ' || b == b'\t';
-        if whole_name && (b == b':' || (blank && self.held_len == HEADER_HOLD_BYTES_MAX)) {
+        let lower = b.to_ascii_lowercase();
+        let name_ends = b == b':' || (blank && self.held_len == HEADER_HOLD_BYTES_MAX);
+        if return_path && name_ends {
             self.held_len = 0;
             self.dropping = true;
             self.state = HeaderState::Drop;
+        } else if auth_results && name_ends {
+            let mut held = Vec::with_capacity(AR_HOLD_BYTES_MAX);
+            held.extend_from_slice(&self.held[..self.held_len]);
+            held.push(b);
+            self.ar_held = held;
+            self.ar_id_start = None;
+            self.held_len = 0;
+            self.state = HeaderState::ArId;
+            if b != b':' {
+                // White space past the hold before the colon: not ours to keep.
+                self.ar_drop();
+            }
         } else if (whole_name && blank)
-            || (!whole_name && b.to_ascii_lowercase() == RETURN_PATH[self.held_len])
+            || (!whole_name && (self.prefix_of(RETURN_PATH, lower) || self.prefix_of(AUTH_RESULTS, lower)))
         {
             self.held[self.held_len] = b;
             self.held_len += 1;
@@ -1830,6 +1950,17 @@ impl HeaderFilter {
                 self.state = HeaderState::LineStart;
             }
             HeaderState::Drop => self.state = HeaderState::LineStart,
+            HeaderState::ArId => {
+                if self.ar_id_is_ours() {
+                    self.ar_release();
+                    self.dropping = true;
+                } else {
+                    out.extend_from_slice(&self.ar_held);
+                    self.ar_release();
+                    out.extend_from_slice(ending);
+                }
+                self.state = HeaderState::LineStart;
+            }
             HeaderState::Body => out.extend_from_slice(ending),
         }
     }
@@ -1839,6 +1970,13 @@ impl HeaderFilter {
     fn finish(&mut self, out: &mut Vec<u8>) {
         if self.state == HeaderState::Name {
             self.release(out);
+            self.state = HeaderState::Pass;
+        }
+        if self.state == HeaderState::ArId {
+            if !self.ar_id_is_ours() {
+                out.extend_from_slice(&self.ar_held);
+            }
+            self.ar_release();
             self.state = HeaderState::Pass;
         }
     }

@@ -1479,6 +1479,44 @@ fn return_path_name_variants() {
     );
 }
 
+// ---- Authentication-Results fields claiming this host (mx.test) ----
+
+#[test]
+fn authentication_results_claiming_our_name_are_dropped() {
+    let content: &[u8] = b"Authentication-Results: mx.test; spf=pass smtp.mailfrom=a@b\r\n\
+AUTHENTICATION-RESULTS :  MX.TEST ; dkim=pass\r\n\tcontinued\r\n\
+Authentication-Results: other.test; dkim=fail\r\n\
+Authentication-Results: mx.test.evil; spf=fail\r\n\
+Authentication-Results: mx.test\r\n\
+Authentication-Results:\r\n mx.test; folded before the id\r\n\
+Authentication-Results: (comment) mx.test; spf=pass\r\n\
+Authentication-Results-X: mx.test; kept\r\n\
+Subject: s\r\n\r\nAuthentication-Results: mx.test; in the body\r\n";
+    assert_eq!(
+        stored_via_data(content),
+        b"Authentication-Results: other.test; dkim=fail\r\n\
+Authentication-Results: mx.test.evil; spf=fail\r\n\
+Authentication-Results-X: mx.test; kept\r\n\
+Subject: s\r\n\r\nAuthentication-Results: mx.test; in the body\r\n"
+    );
+    // The content may end in the field.
+    assert_eq!(stored_via_data(b"Authentication-Results: other.test"), b"Authentication-Results: other.test\r\n");
+}
+
+#[test]
+fn authentication_results_split_across_two_feeds_at_every_offset() {
+    let content: &[u8] = b"Authentication-Results: mx.test; spf=pass\r\n\tdkim=pass\r\nAuthentication-Results: peer.test; spf=fail\r\nSubject: a\r\n\r\nbody\r\n.\r\n";
+    let want: &[u8] = b"Authentication-Results: peer.test; spf=fail\r\nSubject: a\r\n\r\nbody\r\n";
+    for split in 0..=content.len() {
+        let mut t = Session::ehlo();
+        t.start_data();
+        t.send_bytes(&content[..split]);
+        t.send_bytes(&content[split..]);
+        t.expect(&["250 2.0.0"]);
+        assert_eq!(t.body, want, "split at {split}");
+    }
+}
+
 #[test]
 fn return_path_split_across_two_feeds_at_every_offset() {
     let content: &[u8] = b"Return-Path: <forged@x>\r\nReturn-Path: <a\r\n b>\r\nSubject: a\r\nReturn-Pat\r\n\r\nReturn-Path: in body\r\n.\r\n";
