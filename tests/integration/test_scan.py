@@ -85,6 +85,8 @@ def test_a_body_file_is_streamed_to_clamd(ringpost, smtp_sink, clamd):
     assert code == 550 and EICAR_NAME.encode() in text, (code, text)
     code, text = send(rp, message("large-clean", filler))
     assert code == 250, text
+    # smtp-sink writes the file as the content arrives: wait for its end.
+    sink.wait_message(b"line 004999 of a message larger than the inline limit")
     lines = delivered_lines(sink, "large-clean")
     assert b"X-Virus-Scanned: clamd" in lines
     assert lines.count(b"line 004999 of a message larger than the inline limit") == 1
