@@ -199,14 +199,21 @@ def unbound_binary():
 
 class Unbound:
     """A private unbound on 127.0.0.1 and a free port, serving `records`
-    (zone-file lines) from a static local zone `zone`."""
+    (zone-file lines) from a static local zone `zone`, or from each of
+    `zones`. `quote` encloses each record in unbound's configuration: a
+    record whose TXT text is in double quotes needs single ones."""
 
-    def __init__(self, workdir: Path, zone: str, records):
+    def __init__(self, workdir: Path, zone: str, records, zones=None, quote='"'):
         binary = unbound_binary()
         if binary is None:
             missing_tool("unbound is not installed (tests/run installs it)")
         workdir.mkdir(parents=True, exist_ok=True)
-        data = "\n".join(f'    local-data: "{r}"' for r in records)
+        zones = zones or [zone]
+        data = "\n".join(
+            [line for z in zones for line in (
+                f'    local-zone: "{z}." static',
+                f'    local-data: "{z}. 3600 IN SOA ns.{z}. admin.{z}. 1 3600 600 86400 60"')]
+            + [f"    local-data: {quote}{r}{quote}" for r in records])
         for _ in range(5):
             self.port = free_port()
             conf = workdir / "unbound.conf"
@@ -224,8 +231,6 @@ class Unbound:
     num-threads: 1
     module-config: "iterator"
     access-control: 127.0.0.0/8 allow
-    local-zone: "{zone}." static
-    local-data: "{zone}. 3600 IN SOA ns.{zone}. admin.{zone}. 1 3600 600 86400 60"
 {data}
 remote-control:
     control-enable: no

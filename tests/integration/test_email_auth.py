@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Unbound, free_port, missing_tool, unbound_binary
+from conftest import Unbound, missing_tool
 
 OPENDKIM = Path("/usr/sbin/opendkim")
 GENKEY = Path("/usr/sbin/opendkim-genkey")
@@ -33,40 +33,7 @@ class TxtUnbound(Unbound):
     unbound wants records whose TXT text is in double quotes."""
 
     def __init__(self, workdir: Path, zone: str, records):
-        binary = unbound_binary()
-        if binary is None:
-            missing_tool("unbound is not installed (tests/run installs it)")
-        workdir.mkdir(parents=True, exist_ok=True)
-        data = "\n".join(f"    local-data: '{r}'" for r in records)
-        for _ in range(5):
-            self.port = free_port()
-            conf = workdir / "unbound.conf"
-            conf.write_text(f"""server:
-    interface: 127.0.0.1@{self.port}
-    port: {self.port}
-    do-daemonize: no
-    use-syslog: no
-    logfile: ""
-    chroot: ""
-    username: ""
-    directory: "{workdir}"
-    pidfile: ""
-    do-ip6: no
-    num-threads: 1
-    module-config: "iterator"
-    access-control: 127.0.0.0/8 allow
-    local-zone: "{zone}." static
-    local-data: "{zone}. 3600 IN SOA ns.{zone}. admin.{zone}. 1 3600 600 86400 60"
-{data}
-remote-control:
-    control-enable: no
-""")
-            self.log = open(workdir / "unbound.log", "ab")
-            self.proc = subprocess.Popen([str(binary), "-d", "-c", str(conf)], stdout=self.log, stderr=self.log)
-            if self._answers(zone):
-                return
-            self.stop()
-        raise RuntimeError(f"unbound did not start; see {workdir}")
+        super().__init__(workdir, zone, records, quote="'")
 
 
 def dkim_key(directory, domain, selector):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import Ringpost, Unbound, free_port, unbound_binary, missing_tool, wait_for
+from conftest import Ringpost, Unbound, wait_for
 
 # DNSBL bl.test lists 127.0.0.2, .3 and .5 (.5 with an answer outside the
 # configured range); DNSWL wl.test lists .3. PTR: .1 -> good.test (which
@@ -35,42 +35,7 @@ class Zones(Unbound):
     """unbound serving several static zones (the fixture's serves one)."""
 
     def __init__(self, workdir, zones, records):
-        binary = unbound_binary()
-        if binary is None:
-            missing_tool("unbound is not installed (tests/run installs it)")
-        workdir.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for zone in zones:
-            lines.append(f'    local-zone: "{zone}." static')
-            lines.append(f'    local-data: "{zone}. 3600 IN SOA ns.{zone}. admin.{zone}. 1 3600 600 86400 60"')
-        lines += [f'    local-data: "{r}"' for r in records]
-        for _ in range(5):
-            self.port = free_port()
-            conf = workdir / "unbound.conf"
-            conf.write_text(f"""server:
-    interface: 127.0.0.1@{self.port}
-    port: {self.port}
-    do-daemonize: no
-    use-syslog: no
-    logfile: ""
-    chroot: ""
-    username: ""
-    directory: "{workdir}"
-    pidfile: ""
-    do-ip6: no
-    num-threads: 1
-    module-config: "iterator"
-    access-control: 127.0.0.0/8 allow
-""" + "\n".join(lines) + """
-remote-control:
-    control-enable: no
-""")
-            self.log = open(workdir / "unbound.log", "ab")
-            self.proc = subprocess.Popen([str(binary), "-d", "-c", str(conf)], stdout=self.log, stderr=self.log)
-            if self._answers(zones[0]):
-                return
-            self.stop()
-        raise RuntimeError(f"unbound did not start; see {workdir}")
+        super().__init__(workdir, zones[0], records, zones=zones)
 
 
 @pytest.fixture
