@@ -1,8 +1,11 @@
 //! Shards: one glommio executor per core, each owning its listeners (one
 //! SO_REUSEPORT socket per `server.listen` address), its SMTP sessions, its
-//! spool directory and its delivery engine. Shards share nothing mutable;
-//! the one thing they send each other is callout requests, over bounded
-//! channels to the shard that owns the recipient's domain (`crate::verify`).
+//! spool directory and its delivery engine. What they send each other is
+//! callout requests, over bounded channels to the shard that owns the
+//! recipient's domain (`crate::verify`). What they share is small and
+//! bounded, behind atomics or short locks: the per-client table
+//! (`crate::limits`), the counters by class (`crate::stats`) and the
+//! replicas' state (`crate::scan::replicate::Held`).
 //!
 //! Place in the pipeline: the frame every other stage runs in. Task queues
 //! set the shares of the core: SMTP sessions are latency-sensitive and get
