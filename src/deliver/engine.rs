@@ -204,16 +204,22 @@ impl Delivery {
         // delivers it: it is not delivered from here as well.
         if self.replicator.as_ref().is_some_and(|r| r.taken_by_peer(&env.id)) {
             log::event("removed_taken_by_peer", &[("id", &env.id)]);
-            if let Err(e) = self.queue.complete(&env, CompletionReason::Removed) {
-                log::event("queue_error", &[("id", &env.id), ("error", &e)]);
-                self.queue.release(&env.id);
-            }
+            self.complete_untried(&env, CompletionReason::Removed);
             return;
         }
         env.attempt_count = env.attempt_count.checked_add(1).unwrap_or(u16::MAX);
         let results = self.deliverer.deliver_pending(&env).await;
         attempt::record(self.deliverer.shard_index(), &mut env, results, false);
         self.finish(env).await;
+    }
+
+    /// Removes a message delivery did not try; if the queue cannot take
+    /// the completion, the message is given back (met again later).
+    fn complete_untried(&self, env: &Envelope, reason: CompletionReason) {
+        if let Err(e) = self.queue.complete(env, reason) {
+            log::event("queue_error", &[("id", &env.id), ("error", &e)]);
+            self.queue.release(&env.id);
+        }
     }
 
     /// A replica handed over (fresh, recovered or by a runner): kept
@@ -235,10 +241,7 @@ impl Delivery {
             }
             Hold::Forget => {
                 log::event("replica_expired", &[("id", &env.id), ("origin_id", &origin)]);
-                if let Err(e) = self.queue.complete(env, CompletionReason::Expired) {
-                    log::event("queue_error", &[("id", &env.id), ("error", &e)]);
-                    self.queue.release(&env.id);
-                }
+                self.complete_untried(env, CompletionReason::Expired);
                 true
             }
             Hold::Until { unix_ms } => {
