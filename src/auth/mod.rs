@@ -39,7 +39,6 @@ use mail_auth::{
 };
 
 use crate::config::{Config, DmarcMode, EmailAuth, SpfMode};
-use crate::dns::{Resolver, ResolverParams};
 use crate::log;
 use crate::queue::{Envelope, Queue};
 use crate::scan::content::Message;
@@ -60,7 +59,9 @@ pub struct Auth {
     /// `None`: `[email_auth]` is absent, only signing runs.
     verify: Option<EmailAuth>,
     hostname: String,
-    resolver: Resolver,
+    /// The shard's transports, whose resolver (and its cache) answers
+    /// every lookup here, as it does for delivery and the front line.
+    deliverer: Rc<crate::deliver::attempt::Deliverer>,
     authenticator: MessageAuthenticator,
     signers: Vec<sign::Signer>,
     queue: Rc<Queue>,
@@ -78,16 +79,19 @@ pub enum Decision {
 impl Auth {
     /// The shard's authentication, `None` when neither `[email_auth]` nor
     /// `[[dkim_sign]]` is configured. Fails when a key cannot be loaded.
-    pub fn new(config: &Config, dns: ResolverParams, queue: Rc<Queue>) -> Result<Option<Auth>, String> {
+    pub fn new(
+        config: &Config,
+        deliverer: Rc<crate::deliver::attempt::Deliverer>,
+        queue: Rc<Queue>,
+    ) -> Result<Option<Auth>, String> {
         if config.email_auth.is_none() && config.dkim_sign.is_empty() {
             return Ok(None);
         }
         let signers = config.dkim_sign.iter().map(sign::Signer::load).collect::<Result<Vec<_>, String>>()?;
-        let resolver = Resolver::new(dns).map_err(|e| format!("dns: {e}"))?;
         Ok(Some(Auth {
             verify: config.email_auth.clone(),
             hostname: config.server.hostname.clone(),
-            resolver,
+            deliverer,
             authenticator: offline_authenticator()?,
             signers,
             queue,
@@ -114,7 +118,7 @@ impl Auth {
     async fn spf(&self, caches: &Caches, config: &EmailAuth, ip: IpAddr, helo: &str, sender: &str) -> SpfOutput {
         let helo = if helo.is_empty() { "unknown" } else { helo };
         let hostname = self.hostname.as_str();
-        lookups::settle(&self.resolver, caches, config.max_lookups, config.timeout.0, || {
+        lookups::settle(self.deliverer.outbound().resolver, caches, config.max_lookups, config.timeout.0, || {
             let params = if sender.is_empty() {
                 SpfParameters::verify_ehlo(ip, helo, hostname)
             } else {
@@ -182,12 +186,12 @@ impl Auth {
             }
             Some(message) => {
                 let dkim: Vec<DkimOutput<'_>> =
-                    lookups::settle(&self.resolver, &caches, config.max_lookups, config.timeout.0, || {
+                    lookups::settle(self.deliverer.outbound().resolver, &caches, config.max_lookups, config.timeout.0, || {
                         self.authenticator.verify_dkim(caches.params(message))
                     })
                     .await;
                 let dkim = dkim.into_iter().map(|d| body_hash_mismatch_fails(message, d)).collect::<Vec<_>>();
-                let arc = lookups::settle(&self.resolver, &caches, config.max_lookups, config.timeout.0, || {
+                let arc = lookups::settle(self.deliverer.outbound().resolver, &caches, config.max_lookups, config.timeout.0, || {
                     self.authenticator.verify_arc(caches.params(message))
                 })
                 .await;
@@ -208,7 +212,7 @@ impl Auth {
                     };
                     let no_spf = SpfOutput::default();
                     let spf_for_dmarc = spf.as_ref().unwrap_or(&no_spf);
-                    let dmarc = lookups::settle(&self.resolver, &caches, config.max_lookups, config.timeout.0, || {
+                    let dmarc = lookups::settle(self.deliverer.outbound().resolver, &caches, config.max_lookups, config.timeout.0, || {
                         self.authenticator.verify_dmarc(caches.params(mail_auth::dmarc::verify::DmarcParameters::new(
                             message,
                             &dkim,

@@ -336,8 +336,6 @@ async fn shard_main(
     )
     .await
     .map_err(|e| format!("shard {index}: cannot open spool {}: {e}", spool.display()))?;
-    let auth = crate::auth::Auth::new(&config, dns.clone(), queue.clone())
-        .map_err(|e| format!("shard {index}: {e}"))?;
     let deliverer = Rc::new(Deliverer::new(
         config.clone(),
         queue.clone(),
@@ -345,6 +343,8 @@ async fn shard_main(
         dns,
         tls_client,
     )?);
+    let auth = crate::auth::Auth::new(&config, deliverer.clone(), queue.clone())
+        .map_err(|e| format!("shard {index}: {e}"))?;
     let replicator = crate::scan::replicate::Replicator::new(&config, deliverer.clone());
     let delivery = Rc::new(
         Delivery::new(config.clone(), queue.clone(), deliverer.clone())
