@@ -215,6 +215,12 @@ impl Access {
         })
     }
 
+    /// Whether `policy.client_access` is in use (then the client's
+    /// forward-confirmed reverse name is looked up when it connects).
+    pub fn has_client_table(&self) -> bool {
+        self.client.is_some()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.client.is_none() && self.helo.is_none() && self.sender.is_none() && self.recipient.is_none()
     }

@@ -118,7 +118,7 @@ impl Auth {
     async fn spf(&self, caches: &Caches, config: &EmailAuth, ip: IpAddr, helo: &str, sender: &str) -> SpfOutput {
         let helo = if helo.is_empty() { "unknown" } else { helo };
         let hostname = self.hostname.as_str();
-        lookups::settle(self.deliverer.outbound().resolver, caches, config.max_lookups, config.timeout.0, || {
+        let spf = lookups::settle(self.deliverer.outbound().resolver, caches, config.max_lookups, config.timeout.0, || {
             let params = if sender.is_empty() {
                 SpfParameters::verify_ehlo(ip, helo, hostname)
             } else {
@@ -126,7 +126,8 @@ impl Auth {
             };
             self.authenticator.verify_spf(caches.params(params))
         })
-        .await
+        .await;
+        temp_error_if_unanswered(spf, caches.temp_failure.get())
     }
 
     /// The stage at the final dot: verification (with `[email_auth]`) and
@@ -195,6 +196,7 @@ impl Auth {
                     self.authenticator.verify_arc(caches.params(message))
                 })
                 .await;
+                let arc = arc_body_hash_mismatch_fails(arc);
                 let from = message.from().to_string();
                 if dkim.is_empty() {
                     extra.push_str(";\r\n\tdkim=none");
@@ -300,6 +302,18 @@ fn sender_text(sender: &ReversePath) -> String {
 }
 
 /// The reply for an SPF result under `reject_fail`.
+/// An SPF result computed while an A, AAAA or MX lookup failed
+/// temporarily (answered "no such name" to mail-auth so that it could go
+/// on) is `temperror`: RFC 7208 §4.4 and §5 end `check_host()` at such a
+/// failure, so no later mechanism may decide. Errors stay as they are.
+pub fn temp_error_if_unanswered(spf: SpfOutput, temp_failure: bool) -> SpfOutput {
+    match spf.result() {
+        SpfResult::TempError | SpfResult::PermError => spf,
+        _ if temp_failure => spf.with_result(SpfResult::TempError),
+        _ => spf,
+    }
+}
+
 pub fn spf_refusal(spf: &SpfOutput) -> Option<Reply> {
     match spf.result() {
         SpfResult::Fail => Some(Reply::new(
@@ -350,6 +364,16 @@ fn body_hash_mismatch_fails<'x>(message: &'x AuthenticatedMessage<'x>, output: D
     match signature {
         Some(signature) => DkimOutput::fail(mail_auth::Error::FailedBodyHashMatch).with_signature(signature),
         None => output,
+    }
+}
+
+/// The same for the newest ARC-Message-Signature: its validation failed,
+/// so the chain fails (RFC 8617 §5.2, step 4); mail-auth says neutral.
+fn arc_body_hash_mismatch_fails(output: mail_auth::ArcOutput<'_>) -> mail_auth::ArcOutput<'_> {
+    if *output.result() == DkimResult::Neutral(mail_auth::Error::FailedBodyHashMatch) {
+        output.with_result(DkimResult::Fail(mail_auth::Error::FailedBodyHashMatch))
+    } else {
+        output
     }
 }
 

@@ -104,6 +104,29 @@ fn spf_fail_and_temperror_are_refused_with_their_codes() {
 }
 
 #[test]
+fn an_mx_lookup_that_timed_out_makes_the_spf_result_temperror() {
+    use crate::dns::ResolveError;
+    use mail_auth::spf::verify::SpfParameters;
+    use super::lookups::Kind;
+    let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+    let spf = |mx_timed_out: bool| {
+        let caches = Caches::default();
+        let record = "spf.test.";
+        caches.txt.insert_value(record.to_string(), parse_txt(record, &[b"v=spf1 mx ip4:192.0.2.7 -all"]));
+        let answer = if mx_timed_out { Err(ResolveError::Timeout) } else { Ok(crate::dns::Lookup::NoData { ttl_s: 60 }) };
+        caches.put(Kind::Mx, record.to_string(), answer);
+        let authenticator = offline_authenticator().unwrap();
+        let params = SpfParameters::verify_mail_from(ip, "client.test", "mx.local", "a@spf.test");
+        let out = futures_lite::future::block_on(authenticator.verify_spf(caches.params(params)));
+        temp_error_if_unanswered(out, caches.temp_failure.get()).result()
+    };
+    // The mechanism after the failed one matches: without the failure it
+    // passes; with it, check_host() ends at the failure (RFC 7208 §4.4).
+    assert_eq!(spf(false), SpfResult::Pass);
+    assert_eq!(spf(true), SpfResult::TempError);
+}
+
+#[test]
 fn headers_that_do_not_fit_the_record_are_left_out() {
     let mut env = crate::testing::envelope("auth1", &["bob@example.org"], 0);
     append_header(&mut env, "Authentication-Results: mx.test; none\r\n");

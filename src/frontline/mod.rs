@@ -50,8 +50,9 @@ pub const DNSBLS_MAX: usize = 16;
 const PAUSE_READ_BYTES: usize = 64;
 
 /// What the front line keeps for the rest of a session: the refusals it
-/// owes the client's MAIL and RCPT commands. Empty (no allocation) for a
-/// client that passed everything.
+/// owes the client's MAIL and RCPT commands, and the client's verified
+/// reverse name for `policy.client_access`. Empty (no allocation) for a
+/// client that passed everything and was not named.
 #[derive(Default)]
 pub struct Session {
     refusals: Option<Box<Refusals>>,
@@ -59,6 +60,9 @@ pub struct Session {
 
 #[derive(Default)]
 struct Refusals {
+    /// The client's forward-confirmed reverse name (looked up when
+    /// `policy.client_access` is in use or `reverse_dns` asks for it).
+    client_name: Option<String>,
     /// `reject_at_rcpt`: the zone the client is listed in.
     dnsbl_zone: Option<String>,
     dnsbl_counted: bool,
@@ -113,6 +117,12 @@ impl Session {
         }
     }
 
+    /// The client's forward-confirmed reverse name, when it was looked up
+    /// and confirmed (the `client_access` keys by name).
+    pub fn client_name(&self) -> Option<&str> {
+        self.refusals.as_ref().and_then(|r| r.client_name.as_deref())
+    }
+
     /// Whether the front line refuses MAIL (then [`Session::mail_refusal`]
     /// is the reply). Asked before the routers, and apart from the reply,
     /// so that no reply is kept across their await.
@@ -164,20 +174,30 @@ fn blocked_reply(ip: IpAddr, zone: &str) -> Reply {
 }
 
 /// Whether any connection-time check is configured.
-fn anything_to_do(shard: &Shard) -> bool {
+fn anything_to_do(shard: &Shard, wants_name: bool) -> bool {
     let policy = &shard.config.policy.front;
-    !shard.config.dnsbls.is_empty() || !policy.greet_pause.0.is_zero() || policy.reverse_dns != ReverseDns::Off
+    !shard.config.dnsbls.is_empty()
+        || !policy.greet_pause.0.is_zero()
+        || policy.reverse_dns != ReverseDns::Off
+        || wants_name
+}
+
+/// Whether the client's verified reverse name is needed for the
+/// `client_access` table's name keys.
+fn wants_name() -> bool {
+    crate::access::current().is_some_and(|access| access.has_client_table())
 }
 
 /// Runs the connection-time checks before the greeting. `Ok`: greet the
 /// client (the machine's queued 220); `Err(reason)`: a refusal has been
 /// written, close the connection.
 pub async fn admit(shard: &Shard, stream: &mut Stream, peer: SocketAddr) -> Result<Session, &'static str> {
-    if !anything_to_do(shard) {
+    let wants_name = wants_name();
+    if !anything_to_do(shard, wants_name) {
         return Ok(Session::default());
     }
     // Boxed: the pause's and lookups' state must not stay in the session.
-    Box::pin(admit_checked(shard, stream, peer)).await
+    Box::pin(admit_checked(shard, stream, peer, wants_name)).await
 }
 
 /// What woke the pause.
@@ -190,7 +210,12 @@ enum Wake {
 
 type Checks = (dnsbl::Score, Option<rdns::Verdict>);
 
-async fn admit_checked(shard: &Shard, stream: &mut Stream, peer: SocketAddr) -> Result<Session, &'static str> {
+async fn admit_checked(
+    shard: &Shard,
+    stream: &mut Stream,
+    peer: SocketAddr,
+    wants_name: bool,
+) -> Result<Session, &'static str> {
     let config = &shard.config;
     let policy = &config.policy.front;
     let ip = dnsbl::canonical(peer.ip());
@@ -199,7 +224,7 @@ async fn admit_checked(shard: &Shard, stream: &mut Stream, peer: SocketAddr) -> 
     let resolver = outbound.resolver;
     let checks = futures_lite::future::zip(
         dnsbl::score(resolver, &config.dnsbls, ip, policy.dnsbl_timeout.0, policy.dnsbl_threshold),
-        rdns::check(resolver, policy.reverse_dns, ip),
+        rdns::check(resolver, rdns::lookup_mode(policy.reverse_dns, wants_name), ip),
     );
     futures_lite::pin!(checks);
     let mut results: Option<Checks> = None;
@@ -277,8 +302,13 @@ async fn admit_checked(shard: &Shard, stream: &mut Stream, peer: SocketAddr) -> 
             _ => "",
         };
         log::event("reverse_dns", &[("client", &ip), ("verdict", &verdict.as_str()), ("name", &name)]);
-        if let Some(reply) = verdict.refusal(ip) {
+        if let Some(reply) = verdict.refusal_under(policy.reverse_dns, ip) {
             session.refusals().rdns = Some(reply);
+        }
+        if let rdns::Verdict::Pass(name) = verdict {
+            if wants_name {
+                session.refusals().client_name = Some(name);
+            }
         }
     }
     Ok(session)

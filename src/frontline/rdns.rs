@@ -54,6 +54,17 @@ impl Verdict {
         }
     }
 
+    /// The refusal for MAIL under `mode`, for a verdict that may have been
+    /// looked up more strictly than `mode` asks (see [`lookup_mode`]): a
+    /// PTR name that is not forward-confirmed passes `"require"`, and
+    /// nothing is refused with `"off"`.
+    pub fn refusal_under(&self, mode: ReverseDns, ip: IpAddr) -> Option<Reply> {
+        match (mode, self) {
+            (ReverseDns::Off, _) | (ReverseDns::Require, Verdict::Mismatch(_)) => None,
+            _ => self.refusal(ip),
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Verdict::Pass(_) => "pass",
@@ -61,6 +72,17 @@ impl Verdict {
             Verdict::Absent => "absent",
             Verdict::Mismatch(_) => "mismatch",
         }
+    }
+}
+
+/// How far to look: `mode`, or forward-confirmed whatever `mode` says
+/// when the client's name is wanted (the `client_access` name keys match
+/// only a confirmed name, as Postfix's do).
+pub fn lookup_mode(mode: ReverseDns, wants_name: bool) -> ReverseDns {
+    if wants_name {
+        ReverseDns::RequireForwardConfirmed
+    } else {
+        mode
     }
 }
 

@@ -242,7 +242,7 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 let reply = match replica {
                     true => Reply::new(250, Enhanced(2, 1, 5), "Ok"),
                     false if front.refuses_rcpt(&forward_path) => front.rcpt_refusal(peer),
-                    false => match front_rcpt(shard, &machine, peer, &forward_path, &sender) {
+                    false => match front_rcpt(shard, &machine, peer, front.client_name(), &forward_path, &sender) {
                         Front::Refuse(reply) => reply,
                         Front::Discard => {
                             discard = true;
@@ -382,14 +382,21 @@ enum Front {
 
 /// The access tables (`crate::access`), then the client's recipient rate
 /// (`crate::limits`); each refusal is counted by its class.
-fn front_rcpt(shard: &Shard, machine: &Server, peer: SocketAddr, rcpt: &crate::smtp::address::Address, sender: &str) -> Front {
+fn front_rcpt(
+    shard: &Shard,
+    machine: &Server,
+    peer: SocketAddr,
+    client_name: Option<&str>,
+    rcpt: &crate::smtp::address::Address,
+    sender: &str,
+) -> Front {
     use crate::access::{Decision, Which};
     use crate::stats::{count, Class};
     if let Some(access) = crate::access::current() {
-        // The reverse name is not looked up here: client keys are the
-        // address and its networks.
+        // The client's name was looked up (forward-confirmed) when it
+        // connected, if the client table is in use.
         let recipient = rcpt.to_string();
-        match access.check(peer.ip(), None, machine.helo_name(), sender, &recipient) {
+        match access.check(peer.ip(), client_name, machine.helo_name(), sender, &recipient) {
             (Decision::Continue, _) => {}
             (Decision::Discard, _) => return Front::Discard,
             (Decision::Refuse(reply), which) => {

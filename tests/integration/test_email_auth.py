@@ -4,7 +4,8 @@ asks it, and the verdicts reach the client (550 5.7.23 for an SPF fail at
 MAIL FROM, 550 5.7.1 for a DMARC p=reject failure at the final dot) or the
 delivered copy (one Authentication-Results field with authserv-id mx.test,
 above the stored message). Messages signed by OpenDKIM verify as
-dkim=pass, a tampered copy as dkim=fail; ringpost's own signature
+dkim=pass, a tampered copy as dkim=fail; an ARC seal by dkimpy's arcsign
+as arc=pass, a tampered copy as arc=fail; ringpost's own signature
 ([[dkim_sign]]) on the copy smtp-sink received is verified by OpenDKIM."""
 
 import itertools
@@ -116,6 +117,8 @@ def world(tmp_path, smtp_sink):
     sign_key, sign_txt, sign_record = dkim_key(keys, "sign.test", "s1")
     (keys / "out").mkdir()
     out_key, out_txt, out_record = dkim_key(keys / "out", "out.test", "rp")
+    (keys / "arc").mkdir()
+    arc_key, arc_txt, _ = dkim_key(keys / "arc", "fwd.test", "arc")
     records = [
         'pass.test. 300 IN TXT "v=spf1 ip4:127.0.0.1 -all"',
         'fail.test. 300 IN TXT "v=spf1 ip4:192.0.2.1 -all"',
@@ -124,10 +127,11 @@ def world(tmp_path, smtp_sink):
         '_dmarc.sign.test. 300 IN TXT "v=DMARC1; p=reject"',
         '_dmarc.strict.test. 300 IN TXT "v=DMARC1; p=reject"',
         f"rp._domainkey.out.test. 300 IN TXT {out_txt}",
+        f"arc._domainkey.fwd.test. 300 IN TXT {arc_txt}",
     ]
     dns = TxtUnbound(tmp_path / "dns", "test", records)
     sink = smtp_sink()
-    yield {"dns": dns, "sink": sink, "keys": keys, "sign_key": sign_key, "out_key": out_key,
+    yield {"dns": dns, "sink": sink, "keys": keys, "sign_key": sign_key, "out_key": out_key, "arc_key": arc_key,
            "sign_record": sign_record, "out_record": out_record}
     dns.stop()
     shutil.rmtree(keys, ignore_errors=True)
@@ -219,5 +223,57 @@ def test_ringposts_own_signature_verifies_with_opendkim(ringpost, world):
     out = opendkim(world["keys"], ["Mode v", f"TestPublicKeys {keys_file}"], raw)
     assert "verification (s=rp, d=out.test" in out and "succeeded" in out, out
     # The same copy changed by a byte no longer verifies.
+    out = opendkim(world["keys"], ["Mode v", f"TestPublicKeys {keys_file}"], raw.replace(b"Hello, Bob.", b"Hello, Eve."))
+    assert "failed" in out, out
+
+
+ARCSIGN = Path("/usr/bin/arcsign")
+
+
+def test_an_arc_seal_by_dkimpy_passes_and_a_tampered_copy_fails(ringpost, world):
+    """A forwarder (dkimpy's arcsign, Debian's python3-dkim) seals the
+    message it authenticated; ringpost verifies the chain."""
+    if not ARCSIGN.exists():
+        missing_tool("arcsign (python3-dkim) is not installed (tests/run installs it)")
+    arc_key = world["arc_key"]
+    rp = ringpost(settings(world, spf="tag", dmarc="tag"))
+
+    def sealed(subject):
+        verdict = "Authentication-Results: fwd.test; spf=pass smtp.mailfrom=alice@pass.test\r\n"
+        done = subprocess.run([str(ARCSIGN), "arc", "fwd.test", str(arc_key), "fwd.test"],
+                              input=message("alice@pass.test", subject, extra=verdict), capture_output=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.startswith(b"ARC-Seal:"), done.stderr[-2000:]
+        return done.stdout
+
+    mail, data = send(rp, "alice@pass.test", sealed("arc-good"))
+    assert data[0] == 250, data
+    ours = our_results(delivered(world["sink"], "arc-good"))
+    assert len(ours) == 1 and "arc=pass" in ours[0], ours
+    mail, data = send(rp, "alice@pass.test", sealed("arc-bad").replace(b"Hello, Bob.", b"Hello, Eve."))
+    assert data[0] == 250, data
+    ours = our_results(delivered(world["sink"], "arc-bad"))
+    assert len(ours) == 1 and "arc=fail" in ours[0], ours
+
+
+def test_ringposts_ed25519_signature_verifies_with_opendkim(ringpost, world, tmp_path):
+    """RFC 8463: an Ed25519 key from openssl, the record's p= the raw
+    32-octet public key."""
+    key = tmp_path / "ed25519.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True)
+    spki = subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "DER"],
+                          check=True, capture_output=True).stdout
+    import base64
+    record = f"v=DKIM1; k=ed25519; p={base64.b64encode(spki[-32:]).decode()}"
+    table = f'[{{domain = "out.test", selector = "ed", key = "{key}"}}]'
+    rp = ringpost(settings(world, spf="tag", dmarc="tag", extra={"dkim_sign": table}))
+    mail, data = send(rp, "someone@pass.test", message("bob@out.test", "signed-ed25519"))
+    assert data[0] == 250, data
+    raw = delivered(world["sink"], "signed-ed25519")
+    signatures = [f for f in header_fields(raw) if f.startswith("DKIM-Signature:")]
+    assert len(signatures) == 1 and "a=ed25519-sha256" in signatures[0], signatures
+    keys_file = world["keys"] / "test-keys-ed"
+    keys_file.write_text(f"ed._domainkey.out.test {record}\n")
+    out = opendkim(world["keys"], ["Mode v", f"TestPublicKeys {keys_file}"], raw)
+    assert "verification (s=ed, d=out.test" in out and "succeeded" in out, out
     out = opendkim(world["keys"], ["Mode v", f"TestPublicKeys {keys_file}"], raw.replace(b"Hello, Bob.", b"Hello, Eve."))
     assert "failed" in out, out

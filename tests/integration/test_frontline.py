@@ -263,3 +263,23 @@ def test_reverse_dns_temporary_failure(front):
             assert code == 450 and text.startswith(b"4.7.1"), text
     finally:
         silent.close()
+
+
+def test_client_access_matches_the_forward_confirmed_reverse_name(zones, front, tmp_path):
+    table = tmp_path / "client_access"
+    table.write_text("good.test REJECT Named and shamed\nliar.test REJECT an unconfirmed name must not match\n")
+    rp = front(f'[policy]\nclient_access = "{table}"\n', zones.port, {"relay.networks": "[]"})
+
+    def rcpt(source):
+        with smtp_from(rp.port, source) as s:
+            s.ehlo("client.test")
+            assert s.mail("a@example.org")[0] == 250
+            return s.rcpt("bob@localhost")
+
+    code, text = rcpt("127.0.0.1")
+    assert code == 554 and b"5.7.1 Client host rejected: Named and shamed" in text, text
+    # .4's PTR name does not resolve back: the name keys are not tried,
+    # and without reverse_dns nothing refuses it for having no name.
+    assert rcpt("127.0.0.4")[0] == 250
+    assert rcpt("127.0.0.6")[0] == 250
+    assert "event=reverse_dns client=127.0.0.4 verdict=mismatch name=liar.test" in rp.log_text()
