@@ -349,13 +349,14 @@ fn simple(ctx: &mut Ctx, n: &CommandNode) -> Result<Cmd, CompileError> {
         }
         return Err(err(n.line, n.column, format!("{name} takes no block")));
     }
-    if let Some(t) = n.tests.first() {
-        if matches!(
-            name,
-            "stop" | "keep" | "discard" | "fileinto" | "redirect" | "reject" | "ereject" | "set" | "vacation"
-        ) {
-            return Err(err(t.line, t.column, format!("{name} takes no test")));
-        }
+    let known = matches!(
+        name,
+        "stop" | "keep" | "discard" | "fileinto" | "redirect" | "reject" | "ereject" | "set" | "vacation"
+    );
+    if !n.tests.is_empty() && known {
+        // `fileinto "a" keep;`: most likely a missing ';' after the arguments.
+        let (line, column) = n.args.last().map_or((n.line, n.column), Arg::pos);
+        return Err(err(line, column, format!("missing ';' after {name} command (it takes no test)")));
     }
     let (l, c) = (n.line, n.column);
     let mut a = split_args(name, l, c, &n.args)?;

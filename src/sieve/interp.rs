@@ -15,15 +15,16 @@ use super::matcher::{self, OutOfSteps};
 use super::message::{self, Field};
 use super::{Input, Limits, Outcome};
 
-enum Stop {
+/// Why evaluation ends early.
+enum Halt {
     Content,
     Error(String),
     Stop,
 }
 
-impl From<OutOfSteps> for Stop {
-    fn from(_: OutOfSteps) -> Stop {
-        Stop::Error("evaluation step limit exceeded".into())
+impl From<OutOfSteps> for Halt {
+    fn from(_: OutOfSteps) -> Halt {
+        Halt::Error("evaluation step limit exceeded".into())
     }
 }
 
@@ -55,9 +56,9 @@ pub fn evaluate(prog: &Program, input: &Input, limits: &Limits) -> Outcome {
         redirects: 0,
     };
     match run.block(&prog.cmds) {
-        Ok(()) | Err(Stop::Stop) => {}
-        Err(Stop::Content) => return Outcome::NeedsContent,
-        Err(Stop::Error(e)) => return Outcome::Error(e),
+        Ok(()) | Err(Halt::Stop) => {}
+        Err(Halt::Content) => return Outcome::NeedsContent,
+        Err(Halt::Error(e)) => return Outcome::Error(e),
     }
     Outcome::Done(Actions { list: run.actions, implicit_keep: run.implicit_keep })
 }
@@ -85,16 +86,16 @@ fn truncate(mut s: String, max: usize) -> String {
 }
 
 impl Run<'_> {
-    fn step(&mut self) -> Result<(), Stop> {
+    fn step(&mut self) -> Result<(), Halt> {
         if self.steps == 0 {
-            return Err(Stop::Error("evaluation step limit exceeded".into()));
+            return Err(Halt::Error("evaluation step limit exceeded".into()));
         }
         self.steps -= 1;
         Ok(())
     }
 
-    fn fields(&self) -> Result<&[Field], Stop> {
-        self.fields.as_deref().ok_or(Stop::Content)
+    fn fields(&self) -> Result<&[Field], Halt> {
+        self.fields.as_deref().ok_or(Halt::Content)
     }
 
     /// `${name}` and `${N}` expansion (RFC 5229 section 3), when the script
@@ -145,7 +146,7 @@ impl Run<'_> {
         v.iter().map(|s| self.expand(s)).collect()
     }
 
-    fn block(&mut self, cmds: &[Cmd]) -> Result<(), Stop> {
+    fn block(&mut self, cmds: &[Cmd]) -> Result<(), Halt> {
         for c in cmds {
             self.step()?;
             self.command(c)?;
@@ -153,9 +154,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn push(&mut self, a: Action) -> Result<(), Stop> {
+    fn push(&mut self, a: Action) -> Result<(), Halt> {
         if self.actions.len() >= self.limits.max_actions {
-            return Err(Stop::Error("too many actions".into()));
+            return Err(Halt::Error("too many actions".into()));
         }
         self.actions.push(a);
         Ok(())
@@ -165,11 +166,11 @@ impl Run<'_> {
         self.actions.iter().any(|a| matches!(a, Action::Reject { .. }))
     }
 
-    fn conflict(&self, what: &str) -> Stop {
-        Stop::Error(format!("reject action conflicts with other action: {what}"))
+    fn conflict(&self, what: &str) -> Halt {
+        Halt::Error(format!("reject action conflicts with other action: {what}"))
     }
 
-    fn command(&mut self, c: &Cmd) -> Result<(), Stop> {
+    fn command(&mut self, c: &Cmd) -> Result<(), Halt> {
         match c {
             Cmd::If { branches, otherwise } => {
                 for (t, body) in branches {
@@ -182,11 +183,12 @@ impl Run<'_> {
                 }
                 Ok(())
             }
-            Cmd::Stop => Err(Stop::Stop),
+            Cmd::Stop => Err(Halt::Stop),
             Cmd::Keep => {
                 if self.rejected() {
                     return Err(self.conflict("keep"));
                 }
+                self.implicit_keep = false;
                 if !self.actions.contains(&Action::Keep) {
                     self.push(Action::Keep)?;
                 }
@@ -225,21 +227,21 @@ impl Run<'_> {
                 let address = address.trim();
                 let address = address.strip_prefix('<').and_then(|a| a.strip_suffix('>')).unwrap_or(address);
                 if address.rsplit_once('@').is_none_or(|(l, d)| l.is_empty() || d.is_empty()) {
-                    return Err(Stop::Error(format!("redirect: invalid address '{address}'")));
+                    return Err(Halt::Error(format!("redirect: invalid address '{address}'")));
                 }
                 let address = address.to_string();
                 if !*copy {
                     self.implicit_keep = false;
                 }
                 let dup = self.actions.iter_mut().find_map(|a| match a {
-                    Action::Redirect { address: r, copy } if r.eq_ignore_ascii_case(&address) => Some(copy),
+                    Action::Redirect { address: r, copy } if same_address(r, &address) => Some(copy),
                     _ => None,
                 });
                 match dup {
                     Some(c) => *c = *c && *copy,
                     None => {
                         if self.redirects >= self.limits.max_redirects {
-                            return Err(Stop::Error("too many redirect actions".into()));
+                            return Err(Halt::Error("too many redirect actions".into()));
                         }
                         self.redirects += 1;
                         self.push(Action::Redirect { address, copy: *copy })?;
@@ -249,7 +251,7 @@ impl Run<'_> {
             }
             Cmd::Reject { text, extended } => {
                 if self.rejected() {
-                    return Err(Stop::Error("duplicate reject action".into()));
+                    return Err(Halt::Error("duplicate reject action".into()));
                 }
                 for a in &self.actions {
                     let what = match a {
@@ -278,7 +280,7 @@ impl Run<'_> {
                     };
                 }
                 if !self.vars.contains_key(name) && self.vars.len() >= self.limits.max_variables {
-                    return Err(Stop::Error("too many variables".into()));
+                    return Err(Halt::Error("too many variables".into()));
                 }
                 self.vars.insert(name.clone(), truncate(v, self.limits.max_string_len));
                 Ok(())
@@ -287,7 +289,7 @@ impl Run<'_> {
         }
     }
 
-    fn header_values(&self, names: &[String]) -> Result<Vec<String>, Stop> {
+    fn header_values(&self, names: &[String]) -> Result<Vec<String>, Halt> {
         let fields = self.fields()?;
         let mut out = Vec::new();
         for n in names {
@@ -298,7 +300,7 @@ impl Run<'_> {
         Ok(out)
     }
 
-    fn addresses(&self, names: &[String]) -> Result<Vec<message::Address>, Stop> {
+    fn addresses(&self, names: &[String]) -> Result<Vec<message::Address>, Halt> {
         let fields = self.fields()?;
         let mut out = Vec::new();
         for n in names {
@@ -309,7 +311,7 @@ impl Run<'_> {
         Ok(out)
     }
 
-    fn test(&mut self, t: &Test) -> Result<bool, Stop> {
+    fn test(&mut self, t: &Test) -> Result<bool, Halt> {
         self.step()?;
         match t {
             Test::True => Ok(true),
@@ -337,7 +339,7 @@ impl Run<'_> {
                 Ok(names.iter().all(|n| fields.iter().any(|f| f.name.eq_ignore_ascii_case(n))))
             }
             Test::Size { over, limit } => {
-                let size = self.input.message.as_ref().ok_or(Stop::Content)?.size;
+                let size = self.input.message.as_ref().ok_or(Halt::Content)?.size;
                 Ok(if *over { size > *limit } else { size < *limit })
             }
             Test::Header { names, keys, m } => {
@@ -390,7 +392,7 @@ impl Run<'_> {
 
     /// Compares values against keys; `None` values exist (for `:count`) but
     /// match nothing.
-    fn compare(&mut self, values: &[Option<String>], keys: &[String], m: Match) -> Result<bool, Stop> {
+    fn compare(&mut self, values: &[Option<String>], keys: &[String], m: Match) -> Result<bool, Halt> {
         let keys = self.expand_all(keys);
         if let MatchKind::Count(rel) = m.kind {
             let n = values.iter().filter(|v| v.is_some()).count().to_string();
@@ -424,9 +426,9 @@ impl Run<'_> {
         Ok(false)
     }
 
-    fn vacation(&mut self, v: &VacationCmd) -> Result<(), Stop> {
+    fn vacation(&mut self, v: &VacationCmd) -> Result<(), Halt> {
         if self.actions.iter().any(|a| matches!(a, Action::Vacation(_))) {
-            return Err(Stop::Error("duplicate vacation action".into()));
+            return Err(Halt::Error("duplicate vacation action".into()));
         }
         if self.rejected() {
             return Err(self.conflict("vacation"));
@@ -481,6 +483,14 @@ impl Run<'_> {
             addresses,
             skipped,
         }))
+    }
+}
+
+/// Local parts compare exactly, domains without regard to case.
+fn same_address(a: &str, b: &str) -> bool {
+    match (a.rsplit_once('@'), b.rsplit_once('@')) {
+        (Some((la, da)), Some((lb, db))) => la == lb && da.eq_ignore_ascii_case(db),
+        _ => a == b,
     }
 }
 

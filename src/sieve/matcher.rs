@@ -5,7 +5,8 @@
 //!
 //! `:matches` is non-greedy from the left (RFC 5229 section 3.2: each
 //! wildcard takes as little as it can) and reports what each wildcard
-//! matched, for the match variables. Its backtracking is bounded: failed
+//! matched, for the match variables. `i;ascii-casemap` orders strings by
+//! their lower-case form, as Pigeonhole does: `[` sorts before `b`. Its backtracking is bounded: failed
 //! states are remembered and every step is charged to the caller's budget.
 
 use std::cmp::Ordering;
@@ -19,7 +20,7 @@ pub struct OutOfSteps;
 
 fn fold(cmp: Comparator, c: char) -> char {
     match cmp {
-        Comparator::Casemap => c.to_ascii_uppercase(),
+        Comparator::Casemap => c.to_ascii_lowercase(),
         _ => c,
     }
 }

@@ -288,8 +288,19 @@ fn addr_from(tokens: &[T]) -> Option<Address> {
 }
 
 /// Parses an address list (From, To, Cc, …). Group names and display
-/// names are dropped; an empty group yields nothing.
+/// names are dropped. A value holding no address at all (empty, or only an
+/// empty group) is one invalid address: the trimmed value, which only
+/// `:all` sees (as Pigeonhole does).
 pub fn parse_addresses(raw: &str) -> Vec<Address> {
+    let out = parse_address_list(raw);
+    if out.is_empty() {
+        let all = raw.trim_matches(|c| c == ' ' || c == '\t' || c == '\r' || c == '\n').to_string();
+        return vec![Address { all, parts: None }];
+    }
+    out
+}
+
+fn parse_address_list(raw: &str) -> Vec<Address> {
     let toks = tokens(raw);
     let mut out = Vec::new();
     let mut cur: Vec<T> = Vec::new();
