@@ -166,8 +166,11 @@ impl Run<'_> {
         self.actions.iter().any(|a| matches!(a, Action::Reject { .. }))
     }
 
+    /// The RFC 5429 conflicts, worded as Pigeonhole words them.
     fn conflict(&self, what: &str) -> Halt {
-        Halt::Error(format!("reject action conflicts with other action: {what}"))
+        let why =
+            if what == "vacation" { "also sends a response to the sender" } else { "tries to deliver the message" };
+        Halt::Error(format!("reject/ereject action conflicts with other action: the {what} action {why}"))
     }
 
     fn command(&mut self, c: &Cmd) -> Result<(), Halt> {
