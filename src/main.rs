@@ -1,8 +1,9 @@
 //! The `ringpost` command: `serve` runs the MTA, `check-config` validates and
 //! prints the effective configuration, `queue` shows what the spool holds,
 //! `route` shows how the routers decide for an address, `makemap` builds a
-//! cdb table, `stats` asks a running server for its counters. SIGHUP while
-//! serving reloads the routers and their tables.
+//! cdb table, `stats` asks a running server for its counters, `sieve` checks
+//! and tries Sieve scripts. SIGHUP while serving reloads the routers and
+//! their tables.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,36 @@ enum Command {
         #[arg(required = true, num_args = 1..=2)]
         args: Vec<String>,
     },
+    /// Check a Sieve script, or run one over a message and print its actions
+    /// (docs/sieve.md).
+    Sieve {
+        #[command(subcommand)]
+        command: SieveCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SieveCommand {
+    /// Compile a script: `FILE: OK`, or `FILE:LINE:COLUMN: message` and exit 1.
+    Check { file: PathBuf },
+    /// Evaluate a script over a message and print the actions, one a line.
+    Test {
+        /// The envelope sender (empty for the null sender).
+        #[arg(long, default_value = "")]
+        sender: String,
+        /// The envelope recipient.
+        #[arg(long)]
+        recipient: String,
+        /// Another of the user's addresses, for the vacation recipient check.
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        /// Evaluate with the envelope only, as at RCPT time.
+        #[arg(long)]
+        envelope_only: bool,
+        file: PathBuf,
+        /// An RFC 5322 message file, `-` for standard input.
+        message: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +116,11 @@ enum QueueCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Sieve scripts are checked and tried without any configuration.
+    let cli = match cli.command {
+        Command::Sieve { command } => return sieve(command),
+        command => Cli { command, ..cli },
+    };
     let config = match ringpost::config::load(cli.config.as_deref(), &cli.overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -102,6 +138,7 @@ fn main() -> ExitCode {
         Command::Route { verify, callout, sender, addresses } if callout => callout_route(config, verify, sender, addresses),
         Command::Route { verify, sender, addresses, .. } => route(config, verify, sender, addresses),
         Command::Makemap { args } => makemap(&args),
+        Command::Sieve { command } => sieve(command),
         Command::Stats => printed(ringpost::control::ask(&config.control_socket_path(), "STATS")),
     }
 }
@@ -126,6 +163,75 @@ fn makemap(args: &[String]) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `ringpost sieve check` and `ringpost sieve test`.
+fn sieve(command: SieveCommand) -> ExitCode {
+    use ringpost::sieve;
+    let limits = sieve::Limits::default();
+    let file = match &command {
+        SieveCommand::Check { file } | SieveCommand::Test { file, .. } => file.clone(),
+    };
+    let text = match std::fs::read(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ringpost: sieve: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let script = match sieve::compile(&text, &limits) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}:{e}", file.display());
+            return ExitCode::from(1);
+        }
+    };
+    let SieveCommand::Test { sender, recipient, addresses, envelope_only, message, .. } = command else {
+        println!("{}: OK", file.display());
+        return ExitCode::SUCCESS;
+    };
+    let raw = match (&message, envelope_only) {
+        (_, true) => Vec::new(),
+        (None, false) => {
+            eprintln!("ringpost: sieve test: a MESSAGE (or --envelope-only) is needed");
+            return ExitCode::from(2);
+        }
+        (Some(p), false) => {
+            let read = if p.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+            } else {
+                std::fs::read(p)
+            };
+            match read {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("ringpost: sieve: {}: {e}", p.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let input = sieve::Input {
+        envelope: sieve::Envelope { sender, recipient, user_addresses: addresses, client_ip: None },
+        message: if envelope_only { None } else { Some(sieve::Message::from_whole(&raw)) },
+    };
+    match sieve::evaluate(&script, &input, &limits) {
+        sieve::Outcome::NeedsContent => println!("needs content"),
+        sieve::Outcome::Error(e) => {
+            println!("error: {e}");
+            println!("keep");
+        }
+        sieve::Outcome::Done(actions) => {
+            for a in &actions.list {
+                println!("{a}");
+            }
+            if actions.implicit_keep && !actions.list.contains(&sieve::Action::Keep) {
+                println!("keep");
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `ringpost route --verify --callout`: the RCPT decision of each address

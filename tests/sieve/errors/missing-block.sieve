@@ -1,0 +1,3 @@
+# error at line 3
+keep;
+if true keep;

@@ -1,0 +1,4 @@
+# error at line 4
+# fileinto used without require.
+keep;
+fileinto "x";

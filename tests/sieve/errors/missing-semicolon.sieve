@@ -1,0 +1,4 @@
+# error at line 3
+require "fileinto";
+fileinto "a"
+keep;

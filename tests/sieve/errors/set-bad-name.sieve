@@ -1,0 +1,3 @@
+# error at line 3
+require "variables";
+set "bad name" "x";

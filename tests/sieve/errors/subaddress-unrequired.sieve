@@ -1,0 +1,4 @@
+# error at line 4
+require "envelope";
+
+if envelope :detail "to" "x" { discard; }

@@ -1,0 +1,3 @@
+# error at line 3
+require "fileinto";
+frobnicate "x";

@@ -1,0 +1,3 @@
+# error at line 2
+require ["fileinto", "nonsense-ext"];
+keep;

@@ -1,0 +1,2 @@
+# error at line 2
+if header :frob "subject" "x" { discard; }

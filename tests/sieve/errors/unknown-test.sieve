@@ -1,0 +1,3 @@
+# error at line 3
+
+if foo "x" { keep; }

@@ -1,0 +1,4 @@
+# error at line 3
+keep;
+/* this comment
+ never ends

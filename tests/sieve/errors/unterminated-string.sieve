@@ -1,0 +1,4 @@
+# error at line 3
+keep;
+fileinto "never
+closed;

@@ -1,0 +1,3 @@
+# stop ends the script before the discard.
+stop;
+discard;

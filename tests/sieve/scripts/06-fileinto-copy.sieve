@@ -1,0 +1,2 @@
+require ["fileinto", "copy"];
+if header :contains "subject" ["patch", "meeting"] { fileinto :copy "Archive"; }

@@ -1,0 +1,2 @@
+require "copy";
+if not header :is "x-spam-flag" "YES" { redirect :copy "backup@elsewhere.example"; }

@@ -1,0 +1,2 @@
+require "fileinto";
+if header :is "SUBJECT" "MEETING TOMORROW" { fileinto "exact"; }

@@ -1,0 +1,2 @@
+require "reject";
+if address :domain "from" "lottery.example" { discard; reject "No."; }
