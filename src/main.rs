@@ -130,6 +130,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::CheckConfig => {
+            if let Err(e) = ringpost::ingress::filters::check(&config) {
+                eprintln!("ringpost: {e}");
+                return ExitCode::from(2);
+            }
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
@@ -369,8 +373,10 @@ fn route(config: ringpost::config::Config, verify: bool, sender: String, address
 }
 
 /// Watches the SIGHUP flag: re-reads the configuration and rebuilds the
-/// routers with their tables and the access tables; a broken configuration or table keeps the
-/// routers in use and is logged with its file:line.
+/// routers with their tables, the access tables and the Sieve filters
+/// (`[sieve]`, its `before` script compiled again, the cache of users'
+/// scripts emptied); a broken configuration, table or `before` script
+/// keeps what is in use and is logged with its file:line.
 fn watch_reload(hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>, path: Option<PathBuf>, overrides: Vec<String>) {
     use std::sync::atomic::Ordering;
     while !stop.load(Ordering::Relaxed) {
@@ -382,8 +388,10 @@ fn watch_reload(hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>, path: Option<Pat
             // The access tables are opened first: a broken one keeps the
             // routers and the tables in use alike.
             let access = ringpost::access::Access::open(&config.policy)?;
+            let filters = ringpost::ingress::filters::Filters::open(&config)?;
             ringpost::route::reload(&config)?;
             ringpost::access::install(Arc::new(access));
+            ringpost::ingress::filters::install(filters.map(Arc::new));
             Ok(config.routers.len())
         });
         match result {

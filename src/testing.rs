@@ -37,6 +37,7 @@ pub fn envelope(id: &str, to: &[&str], now_ms: u64) -> crate::queue::Envelope {
                 address: stored_address(a).unwrap(),
                 state: RcptState::Pending,
                 last_reply: String::new(),
+                folder: None,
             })
             .collect(),
         arrival_unix_ms: now_ms,

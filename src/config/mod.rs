@@ -11,6 +11,7 @@
 //! (`read.rs`). `to_toml` (`print.rs`) prints the effective configuration.
 
 mod email_auth;
+mod sieve;
 mod error;
 mod print;
 mod read;
@@ -23,6 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub use email_auth::{DkimSign, DmarcMode, EmailAuth, SpfMode, DKIM_SIGN_HEADERS_DEFAULT};
+pub use sieve::Sieve;
 pub use error::{ConfigError, Origin};
 pub use read::SHARD_COUNT_MAX;
 pub use types::{check_host_name, check_smarthost, HOST_NAME_BYTES_MAX};
@@ -73,6 +75,9 @@ pub struct Config {
     pub email_auth: Option<EmailAuth>,
     /// `[[dkim_sign]]`: DKIM keys for outbound mail. Default: none.
     pub dkim_sign: Vec<DkimSign>,
+    /// `[sieve]`: users' Sieve scripts, run at RCPT and at the final dot.
+    /// Default: absent (no scripts run).
+    pub sieve: Option<Sieve>,
 }
 
 /// `[policy]`: the front line's checks on clients, HELO, senders and
@@ -838,6 +843,16 @@ impl Config {
         }
     }
 
+    /// The vacation memory's file: `sieve.vacation_db`, or
+    /// `sieve-vacation.sqlite` in the first spool directory.
+    pub fn vacation_db_path(&self) -> Option<PathBuf> {
+        let sieve = self.sieve.as_ref()?;
+        Some(match &sieve.vacation_db {
+            Some(path) => path.clone(),
+            None => self.spool_for_shard(0).join("sieve-vacation.sqlite"),
+        })
+    }
+
     /// The spool directory of shard `shard`: `queue.spool[shard % n]`.
     pub fn spool_for_shard(&self, shard: usize) -> &Path {
         // Invariant: loading refuses an empty `queue.spool`.
@@ -910,6 +925,7 @@ impl Default for Config {
             helo_checks: Vec::new(),
             email_auth: None,
             dkim_sign: Vec::new(),
+            sieve: None,
         }
     }
 }

@@ -278,6 +278,22 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         writeln!(out, "timeout = {}", quoted(&a.timeout.to_string()))?;
         writeln!(out, "max_lookups = {}", a.max_lookups)?;
     }
+    if let Some(v) = &c.sieve {
+        writeln!(out, "\n[sieve]")?;
+        let text = |value: &Option<String>| quoted(value.as_deref().unwrap_or(""));
+        let path = |value: &Option<std::path::PathBuf>| {
+            quoted(&value.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())
+        };
+        writeln!(out, "scripts = {}", text(&v.scripts))?;
+        writeln!(out, "source = {}", text(&v.source))?;
+        writeln!(out, "query = {}", text(&v.query))?;
+        writeln!(out, "pool = {}", text(&v.pool))?;
+        writeln!(out, "before = {}", path(&v.before))?;
+        writeln!(out, "vacation_db = {}", path(&v.vacation_db))?;
+        writeln!(out, "max_script_bytes = {}", v.max_script_bytes)?;
+        writeln!(out, "max_redirects = {}", v.max_redirects)?;
+        writeln!(out, "cache_entries = {}", v.cache_entries)?;
+    }
     for k in &c.dkim_sign {
         writeln!(out, "\n[[dkim_sign]]")?;
         writeln!(out, "domain = {}", quoted(&k.domain))?;

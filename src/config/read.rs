@@ -33,7 +33,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
 const ROOT_KEYS: &[&str] =
-    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate", "policy", "dnsbl", "helo_check", "email_auth", "dkim_sign"];
+    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate", "policy", "dnsbl", "helo_check", "email_auth", "dkim_sign", "sieve"];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
     "max_alias_depth",
@@ -377,6 +377,14 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
         dkim_sign: match root.get("dkim_sign") {
             None => defaults.dkim_sign,
             Some(entry) => read_dkim_sign(&entry.node)?,
+        },
+        sieve: match root.get("sieve") {
+            None => defaults.sieve,
+            Some(entry) => Some(read_sieve(
+                &entry.node,
+                &Section::open(root, "sieve", SIEVE_KEYS)?,
+                defaults.sieve.unwrap_or_default(),
+            )?),
         },
     })
 }
@@ -1299,6 +1307,60 @@ fn read_email_auth(section: &Section<'_>, d: super::EmailAuth) -> Result<super::
             Ok(value)
         })?,
     })
+}
+
+const SIEVE_KEYS: &[&str] =
+    &["scripts", "source", "query", "pool", "before", "vacation_db", "max_script_bytes", "max_redirects", "cache_entries"];
+/// Longest Sieve script `sieve.max_script_bytes` allows.
+const SIEVE_SCRIPT_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Most redirects `sieve.max_redirects` allows.
+const SIEVE_REDIRECTS_MAX: u32 = 64;
+/// Most compiled scripts `sieve.cache_entries` allows.
+const SIEVE_CACHE_ENTRIES_MAX: usize = 10_000_000;
+
+/// `[sieve]`.
+fn read_sieve(node: &Node, section: &Section<'_>, d: super::Sieve) -> Result<super::Sieve> {
+    let text = |node: &Node, key: &str| optional(node, key, string);
+    let sieve = super::Sieve {
+        scripts: section.read("scripts", d.scripts, text)?,
+        source: section.read("source", d.source, text)?,
+        query: section.read("query", d.query, text)?,
+        pool: section.read("pool", d.pool, text)?,
+        before: section.read("before", d.before, |node, key| optional(node, key, path))?,
+        vacation_db: section.read("vacation_db", d.vacation_db, |node, key| optional(node, key, path))?,
+        max_script_bytes: section.read("max_script_bytes", d.max_script_bytes, |node, key| {
+            let value: u64 = positive(node, key)?;
+            ensure(value <= SIEVE_SCRIPT_BYTES_MAX, node, key, "at most 16 MiB")?;
+            Ok(value)
+        })?,
+        max_redirects: section.read("max_redirects", d.max_redirects, |node, key| {
+            let value: u32 = integer(node, key)?;
+            ensure(value <= SIEVE_REDIRECTS_MAX, node, key, "at most 64")?;
+            Ok(value)
+        })?,
+        cache_entries: section.read("cache_entries", d.cache_entries, |node, key| {
+            let value: usize = positive(node, key)?;
+            ensure(value <= SIEVE_CACHE_ENTRIES_MAX, node, key, "at most 10000000")?;
+            Ok(value)
+        })?,
+    };
+    let at = |key: &str| section.node(key).unwrap_or(node);
+    if let Some(template) = &sieve.scripts {
+        ensure(template.contains("{user}"), at("scripts"), "sieve.scripts", "the path template needs {user}")?;
+    }
+    if let Some(source) = &sieve.source {
+        let known = ["sqlite:", "postgres:", "postgresql:", "ldap:", "ldaps:"];
+        ensure(known.iter().any(|p| source.starts_with(p)), at("source"), "sieve.source", "expected sqlite:PATH, postgres:URL or ldap:URL")?;
+        ensure(sieve.query.is_some(), at("source"), "sieve.source", "a source needs a query")?;
+        ensure(sieve.scripts.is_none(), at("source"), "sieve.source", "give scripts or source, not both")?;
+    }
+    ensure(
+        sieve.scripts.is_some() || sieve.source.is_some() || sieve.before.is_some(),
+        node,
+        "sieve",
+        "needs scripts, source or before",
+    )?;
+    Ok(sieve)
 }
 
 /// `[[dkim_sign]]`: one key per domain. The key file is read when the

@@ -482,6 +482,18 @@ impl Deliverer {
                 ))
             }
         };
+        // A copy a Sieve `fileinto` chose goes into that Maildir++ folder.
+        let folder = match env.recipients[index].folder.as_deref().map(maildir::folder_dir) {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(dir))) => Some(dir),
+            Some(Err(e)) => {
+                return RcptOutcome::Permanent(Reply::new(550, Enhanced(5, 2, 0), format!("Bad folder name: {e}")))
+            }
+        };
+        let path = match &folder {
+            Some(dir) => path.join(dir),
+            None => path,
+        };
         let body_path = self.queue.body_path(&env.id);
         let body = env.body.clone();
         let hostname = self.config.server.hostname.clone();
@@ -490,6 +502,9 @@ impl Deliverer {
         let line_ends = if env.body_binary { maildir::LineEnds::AsStored } else { maildir::LineEnds::Lf };
         let result = glommio::executor()
             .spawn_blocking(move || -> std::io::Result<std::path::PathBuf> {
+                if folder.is_some() {
+                    maildir::create_folder(&path)?;
+                }
                 match body {
                     Body::Inline(bytes) => {
                         maildir::deliver(&path, &hostname, &prefix, &mut &bytes[..], line_ends)

@@ -334,7 +334,7 @@ impl Delivery {
         let ReversePath::Path(original_sender) = &env.sender else {
             unreachable!("no bounce is made for the null sender");
         };
-        let headers = self.original_headers(env).await;
+        let headers = self.queue.header_block(env, BOUNCE_HEADERS_BYTES_MAX).await;
         let now = self.clock.system_time();
         let input = dsn::BounceInput {
             reporting_mta: self.config.server.hostname.clone(),
@@ -364,6 +364,7 @@ impl Delivery {
                 address: original_sender.clone(),
                 state: RcptState::Pending,
                 last_reply: String::new(),
+                folder: None,
             }],
             arrival_unix_ms: now_ms,
             next_retry_unix_ms: now_ms,
@@ -390,33 +391,5 @@ impl Delivery {
             ],
         );
         Ok(())
-    }
-
-    /// The original message's header block (up to the empty line), bounded.
-    async fn original_headers(&self, env: &Envelope) -> Vec<u8> {
-        let path = self.queue.body_path(&env.id);
-        let body = env.body.clone();
-        glommio::executor()
-            .spawn_blocking(move || {
-                use std::io::Read;
-                let mut buf = Vec::new();
-                match body {
-                    Body::Inline(bytes) => {
-                        buf.extend_from_slice(&bytes[..bytes.len().min(BOUNCE_HEADERS_BYTES_MAX)])
-                    }
-                    Body::File { .. } => {
-                        if let Ok(f) = std::fs::File::open(&path) {
-                            let _ = f
-                                .take(BOUNCE_HEADERS_BYTES_MAX as u64)
-                                .read_to_end(&mut buf);
-                        }
-                    }
-                }
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    buf.truncate(end + 2);
-                }
-                buf
-            })
-            .await
     }
 }

@@ -172,6 +172,95 @@ pub fn create_maildir(maildir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Longest folder name `folder_path` accepts, in bytes (before encoding).
+pub const FOLDER_BYTES_MAX: usize = 255;
+
+/// Why a folder name cannot become a Maildir++ folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FolderError {
+    #[error("folder name longer than {FOLDER_BYTES_MAX} bytes")]
+    TooLong,
+    #[error("folder name has an empty, \".\" or \"..\" level")]
+    BadLevel,
+    #[error("folder name contains a control character or NUL")]
+    Control,
+}
+
+/// The Maildir++ folder directory for a Sieve `fileinto` folder name, as
+/// Dovecot lays it out: `INBOX` (any case) is the mailbox itself (`None`);
+/// otherwise `.` and the name's levels (split at `/` or `.`, an `INBOX`
+/// prefix dropped) joined with `.`, non-ASCII and `&` in IMAP's modified
+/// UTF-7 (RFC 3501 §5.1.3): `Lists/rust` → `.Lists.rust`.
+pub fn folder_dir(folder: &str) -> Result<Option<String>, FolderError> {
+    if folder.len() > FOLDER_BYTES_MAX {
+        return Err(FolderError::TooLong);
+    }
+    if folder.chars().any(char::is_control) {
+        return Err(FolderError::Control);
+    }
+    let mut levels: Vec<&str> = folder.split(['/', '.']).collect();
+    if levels.first().is_some_and(|l| l.eq_ignore_ascii_case("INBOX")) {
+        levels.remove(0);
+        if levels.is_empty() {
+            return Ok(None);
+        }
+    }
+    if levels.iter().any(|l| l.is_empty() || *l == "..") {
+        return Err(FolderError::BadLevel);
+    }
+    let encoded: Vec<String> = levels.iter().map(|l| modified_utf7(l)).collect();
+    Ok(Some(format!(".{}", encoded.join("."))))
+}
+
+/// IMAP's modified UTF-7: printable ASCII as itself (`&` as `&-`), other
+/// runs as `&` + modified base64 of their UTF-16BE + `-`.
+fn modified_utf7(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
+    let mut out = String::new();
+    let mut pending: Vec<u16> = Vec::new();
+    let flush = |pending: &mut Vec<u16>, out: &mut String| {
+        if pending.is_empty() {
+            return;
+        }
+        let bytes: Vec<u8> = pending.iter().flat_map(|u| u.to_be_bytes()).collect();
+        out.push('&');
+        for chunk in bytes.chunks(3) {
+            let n = (u32::from(chunk[0]) << 16)
+                | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*chunk.get(2).unwrap_or(&0));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out.push('-');
+        pending.clear();
+    };
+    for c in text.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut pending, &mut out);
+            match c {
+                '&' => out.push_str("&-"),
+                c => out.push(c),
+            }
+        } else {
+            pending.extend(c.encode_utf16(&mut [0; 2]).iter());
+        }
+    }
+    flush(&mut pending, &mut out);
+    out
+}
+
+/// Creates a Maildir++ folder (cur/, new/, tmp/ and the `maildirfolder`
+/// marker Dovecot and Courier look for) if it is missing.
+pub fn create_folder(folder: &Path) -> io::Result<()> {
+    create_maildir(folder)?;
+    let marker = folder.join("maildirfolder");
+    if !marker.exists() {
+        OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(marker)?;
+    }
+    Ok(())
+}
+
 /// Opens a new file in `tmp_dir` under a fresh unique name; never opens an
 /// existing one.
 fn create_unique(
@@ -522,5 +611,21 @@ mod tests {
             Err(TemplateError::TooLong)
         );
         assert!(expand_template(t, &"a".repeat(USER_BYTES_MAX)).is_ok());
+    }
+
+    #[test]
+    fn fileinto_folders_are_maildirplusplus_folders() {
+        assert_eq!(folder_dir("INBOX"), Ok(None));
+        assert_eq!(folder_dir("inbox"), Ok(None));
+        assert_eq!(folder_dir("Lists/rust"), Ok(Some(".Lists.rust".to_string())));
+        assert_eq!(folder_dir("INBOX.Spam"), Ok(Some(".Spam".to_string())));
+        assert_eq!(folder_dir("Tom & Jerry"), Ok(Some(".Tom &- Jerry".to_string())));
+        // RFC 3501 §5.1.3's example: "~peter/mail/台北/日本語".
+        assert_eq!(folder_dir("台北/日本語"), Ok(Some(".&U,BTFw-.&ZeVnLIqe-".to_string())));
+        assert_eq!(folder_dir("a/../b"), Err(FolderError::BadLevel));
+        assert_eq!(folder_dir("a//b"), Err(FolderError::BadLevel));
+        assert_eq!(folder_dir("/etc"), Err(FolderError::BadLevel));
+        assert_eq!(folder_dir("x\ny"), Err(FolderError::Control));
+        assert_eq!(folder_dir(&"x".repeat(256)), Err(FolderError::TooLong));
     }
 }

@@ -679,6 +679,7 @@ mod tests {
                     address: crate::queue::stored_address(a).unwrap(),
                     state: RcptState::Pending,
                     last_reply: String::new(),
+                    folder: None,
                 })
                 .collect(),
             arrival_unix_ms: 0,

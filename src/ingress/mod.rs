@@ -8,9 +8,11 @@
 //! passed it and the queue has made it durable. The session never talks to
 //! delivery: the queue hands committed messages on.
 
+pub mod filters;
 pub mod policy;
 #[cfg(test)]
 mod tests;
+pub mod vacation;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -162,6 +164,8 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
     let mut messages_accepted: u32 = 0;
     // An access table said DISCARD for a recipient of this transaction.
     let mut discard = false;
+    // The Sieve decisions of this transaction (crate::ingress::filters).
+    let mut sieve: Option<Box<filters::Txn>> = None;
     let mut close_reason = "quit";
     // The routers this session decides with; a SIGHUP reaches new sessions.
     let routing = crate::route::current_with_routers();
@@ -182,6 +186,9 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
         }
         if discard && !machine.in_transaction() {
             discard = false;
+        }
+        if sieve.is_some() && !machine.in_transaction() {
+            sieve = None;
         }
         match machine.poll(Instant::now()) {
             Event::NeedInput => {
@@ -259,6 +266,16 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                         .await,
                     },
                 };
+                // A local recipient's Sieve script decides last (boxed: its
+                // state must not size every idle session).
+                let reply = match reply.is_positive() && !replica && !discard && shard.config.sieve.is_some() {
+                    true => {
+                        let filtering =
+                            Box::pin(sieve_rcpt(shard, routing.as_deref(), &mut sieve, peer, &forward_path, &sender));
+                        filtering.await.unwrap_or(reply)
+                    }
+                    false => reply,
+                };
                 if !reply.is_positive() && reply.enhanced.is_some_and(|e| e.0 == 5 && e.1 == 1) {
                     crate::stats::count(crate::stats::Class::InvalidRecipient);
                 }
@@ -286,7 +303,13 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                         log::event("discarded", &[("id", &m.id), ("client", &peer)]);
                         Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {}", m.id))
                     }
-                    Some(m) => finish_message(shard, &machine, peer, m).await,
+                    Some(m) => {
+                        // Boxed, allocated for the final dot only: its state
+                        // (the envelope, the writer's commit) would otherwise
+                        // size every idle session's task (2.9 KiB of it).
+                        let finishing = Box::pin(finish_message(shard, &machine, peer, m, sieve.take()));
+                        finishing.await
+                    }
                     None => QueueError::Io(std::io::Error::other("no message in progress")).reply(),
                 };
                 if reply.is_positive() {
@@ -369,6 +392,30 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
 fn end_if_draining(shard: &Shard, machine: &mut Server) {
     if shard.phase() != Phase::Running {
         machine.shutdown();
+    }
+}
+
+/// The Sieve script of a local recipient at RCPT: its refusal, if any
+/// (else the decision is kept in `txn` for the final dot).
+async fn sieve_rcpt(
+    shard: &Shard,
+    routing: Option<&crate::route::Engine>,
+    txn: &mut Option<Box<filters::Txn>>,
+    peer: SocketAddr,
+    rcpt: &crate::smtp::address::Address,
+    sender: &str,
+) -> Option<Reply> {
+    let filters = filters::current()?;
+    let user = filters.local_user(&shard.config, routing, rcpt, sender).await?;
+    match filters.at_rcpt(txn, rcpt, user, sender, peer.ip()).await {
+        Ok(()) => None,
+        Err(reply) => {
+            if reply.code >= 500 {
+                crate::stats::count(crate::stats::Class::InvalidRecipient);
+            }
+            log::event("sieve_refused", &[("client", &peer), ("to", rcpt), ("reply", &reply.summary())]);
+            Some(reply)
+        }
     }
 }
 
@@ -577,7 +624,13 @@ async fn write_body(m: &mut Incoming, chunk: &[u8]) {
     }
 }
 
-async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: Incoming) -> Reply {
+async fn finish_message(
+    shard: &Shard,
+    machine: &Server,
+    peer: SocketAddr,
+    m: Incoming,
+    sieve: Option<Box<filters::Txn>>,
+) -> Reply {
     if let Some(e) = m.error {
         return e.reply();
     }
@@ -591,7 +644,7 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
         recipients: txn
             .recipients
             .iter()
-            .map(|a| Recipient { address: a.clone(), state: RcptState::Pending, last_reply: String::new() })
+            .map(|a| Recipient { address: a.clone(), state: RcptState::Pending, last_reply: String::new(), folder: None })
             .collect(),
         arrival_unix_ms: now_ms,
         next_retry_unix_ms: now_ms,
@@ -613,9 +666,10 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
         env.next_retry_unix_ms = now_ms + shard.config.replicate.takeover_after.0.as_millis() as u64;
         shard.held.heard(now_ms);
     }
-    // The data-callout stages see the whole message before its commit
-    // (a replica passed them at its origin).
-    if !replica && !shard.stages.is_empty() {
+    let sieve = sieve.filter(|_| !replica);
+    // The Sieve scripts and the data-callout stages see the whole message
+    // before its commit (a replica passed them at its origin).
+    if !replica && (!shard.stages.is_empty() || sieve.is_some()) {
         match writer.body_before_commit().await {
             Ok(body) => {
                 env.body = body;
@@ -627,6 +681,24 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
                 return e.reply();
             }
         }
+    }
+    // What the scripts leave for after the commit (vacation responses):
+    // one pointer in the session's state, as the session pays for each
+    // byte kept across the commit.
+    let mut after: Option<Box<filters::AfterCommit>> = None;
+    if let Some(txn) = sieve {
+        // Bound first: a future built inside the awaiting statement would
+        // keep its unboxed storage in the session's state.
+        let deciding = Box::pin(filters::at_final_dot(&shard.queue, txn, &mut env, peer));
+        match deciding.await {
+            filters::FinalDot::Continue(pending) => after = pending,
+            filters::FinalDot::Reply(reply) => {
+                writer.abort().await;
+                return reply;
+            }
+        }
+    }
+    if !replica && !shard.stages.is_empty() {
         // Boxed, and allocated only when a stage runs: a stage's state
         // (early delivery holds a whole outbound attempt, about 35 KiB) is
         // the largest a session can be in, and an unboxed one would size
@@ -637,6 +709,10 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
                 writer.abort().await;
                 if reply.is_positive() {
                     crate::stats::count(crate::stats::Class::Accepted);
+                    if let Some(after) = after {
+                        let sending = Box::pin(after.send(&shard.queue, &env.id));
+                        sending.await;
+                    }
                 }
                 return reply;
             }
@@ -658,6 +734,10 @@ async fn finish_message(shard: &Shard, machine: &Server, peer: SocketAddr, m: In
         }
         Ok(()) => {
             crate::stats::count(crate::stats::Class::Accepted);
+            if let Some(after) = after {
+                let sending = Box::pin(after.send(&shard.queue, &id));
+                sending.await;
+            }
             log::event(
                 "queued",
                 &[
@@ -689,11 +769,12 @@ mod session_tests {
     /// A session's task is allocated at the size of its future's largest
     /// state, whichever state it is in, so this is most of what an idle
     /// session costs (perf/capacity measures the rest: glommio's readiness
-    /// source, about 0.5 KiB). The data-callout stages at the final dot
-    /// (early delivery's outbound session) are boxed and allocated only
-    /// while they run; what stays inline is the machine, the stream, the
-    /// commit and the smaller awaits, about 3 KiB.
-    const SESSION_FUTURE_BYTES_MAX: usize = 4 * 1024;
+    /// source, about 0.5 KiB). The reply to the final dot (the envelope,
+    /// the commit, 2.9 KiB; inside it the data-callout stages, boxed again)
+    /// and the Sieve work at RCPT are boxed and allocated only while they
+    /// run; what stays inline is the machine, the stream, the front line's
+    /// and the transaction's pointers and the smaller awaits, about 3 KiB.
+    const SESSION_FUTURE_BYTES_MAX: usize = 3584;
     /// What waiting for input adds to the session's state: no read buffer.
     const WAIT_INPUT_FUTURE_BYTES_MAX: usize = 256;
 

@@ -28,6 +28,10 @@ pub struct Recipient {
     pub state: RcptState,
     /// The last reply or error seen for this recipient, for logs and bounces.
     pub last_reply: String,
+    /// The mailbox folder a Sieve `fileinto` chose for this copy (local
+    /// delivery into the Maildir++ folder `.NAME/`); `None`: the inbox.
+    /// Stored as the record's recipient parameter `XFOLDER=<xtext>`.
+    pub folder: Option<Box<str>>,
 }
 
 /// Where the content of a message is.
@@ -203,10 +207,11 @@ impl Envelope {
                 .recipients
                 .iter()
                 .zip(&texts.recipients)
-                .map(|(r, address)| queue_format::Recipient {
+                .zip(&texts.recipient_params)
+                .map(|((r, address), params)| queue_format::Recipient {
                     state: state_to_format(r.state),
                     address: address.as_bytes(),
-                    params: b"",
+                    params: params.as_bytes(),
                     reply: bounded(&r.last_reply, queue_format::REPLY_SIZE_BYTES_MAX),
                 })
                 .collect(),
@@ -232,6 +237,7 @@ impl Envelope {
                 address: address(r.address)?,
                 state: state_from_format(r.state),
                 last_reply: text(r.reply),
+                folder: folder_param(r.params),
             });
         }
         let replica_of = match record.flags.contains(EnvelopeFlags::REPLICA) {
@@ -269,6 +275,47 @@ pub struct AddressTexts {
     recipients: Vec<String>,
     /// The record's `mail_params`: `XREPLICA=<id>` for a replica, else empty.
     mail_params: String,
+    /// Each recipient's `params`: `XFOLDER=<xtext>` for a filed copy, else empty.
+    recipient_params: Vec<String>,
+}
+
+/// A filed copy's folder in a recipient's `params` (`XFOLDER=<xtext>`,
+/// RFC 3461's xtext so that any folder name fits one parameter).
+fn folder_param(params: &[u8]) -> Option<Box<str>> {
+    let text = std::str::from_utf8(params).ok()?;
+    let value = text.split(' ').find_map(|param| param.strip_prefix("XFOLDER="))?;
+    let decoded = xtext_decode(value)?;
+    (!decoded.is_empty()).then(|| decoded.into())
+}
+
+/// RFC 3461 §4 xtext: `+` and octets outside `!`..`~` and `=` as `+HH`.
+fn xtext_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+fn xtext_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'+' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The origin's queue id in a replica's `mail_params` (`XREPLICA=<id>`).
@@ -291,6 +338,11 @@ impl AddressTexts {
                 Some(id) => format!("XREPLICA={id}"),
                 None => String::new(),
             },
+            recipient_params: env
+                .recipients
+                .iter()
+                .map(|r| r.folder.as_deref().map(|f| format!("XFOLDER={}", xtext_encode(f))).unwrap_or_default())
+                .collect(),
         }
     }
 }
@@ -308,11 +360,13 @@ mod tests {
                     address: stored_address("b@example.net").unwrap(),
                     state: RcptState::Pending,
                     last_reply: String::new(),
+                    folder: None,
                 },
                 Recipient {
                     address: stored_address("c@example.net").unwrap(),
                     state: RcptState::Delivered,
                     last_reply: "250 2.0.0 ok".into(),
+                    folder: Some("Lists/rust é".into()),
                 },
             ],
             arrival_unix_ms: 1_767_225_600_000,

@@ -506,6 +506,33 @@ impl<S: Storage + 'static> Queue<S> {
         self.storage.path().join(body_name(id))
     }
 
+    /// The message's header block (up to and with the CRLF before the
+    /// empty line; all of the first `max_bytes` when no empty line comes
+    /// within them), read on the shard's blocking pool. For bounces (the
+    /// returned headers) and the Sieve tests of the final dot.
+    pub async fn header_block(&self, env: &Envelope, max_bytes: usize) -> Vec<u8> {
+        let path = self.body_path(&env.id);
+        let body = env.body.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                use std::io::Read;
+                let mut buf = Vec::new();
+                match body {
+                    Body::Inline(bytes) => buf.extend_from_slice(&bytes[..bytes.len().min(max_bytes)]),
+                    Body::File { .. } => {
+                        if let Ok(f) = std::fs::File::open(&path) {
+                            let _ = f.take(max_bytes as u64).read_to_end(&mut buf);
+                        }
+                    }
+                }
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.truncate(end + 2);
+                }
+                buf
+            })
+            .await
+    }
+
     /// The wait before a message's next attempt after attempt `attempt_count`:
     /// the lag of the runner that will hand it back.
     pub fn retry_delay(&self, attempt_count: u16) -> Duration {

@@ -233,6 +233,7 @@ mod tests {
                 address: crate::queue::stored_address("r@example.net").unwrap(),
                 state: RcptState::Pending,
                 last_reply: String::new(),
+                folder: None,
             }],
             arrival_unix_ms: 1_000,
             next_retry_unix_ms: 2_000,

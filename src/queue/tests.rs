@@ -75,6 +75,7 @@ fn template(id: &str) -> Envelope {
             address: stored_address("r@example.net").unwrap(),
             state: RcptState::Pending,
             last_reply: String::new(),
+            folder: None,
         }],
         arrival_unix_ms: unix_now_ms(),
         next_retry_unix_ms: unix_now_ms(),

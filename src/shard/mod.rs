@@ -227,6 +227,8 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
     let held = crate::scan::replicate::Held::new(shard_count, Clock::System.unix_ms());
     // A broken access table stops the start with its file and key.
     crate::access::install(Arc::new(crate::access::Access::open(&config.policy)?));
+    // A `before` script that does not compile stops the start likewise.
+    crate::ingress::filters::install(crate::ingress::filters::Filters::open(&config)?.map(Arc::new));
     let limits = Arc::new(crate::limits::Limits::new(&config));
     // Without its control socket the server still takes mail.
     let control = match crate::control::start(&config.control_socket_path()) {

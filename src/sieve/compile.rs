@@ -107,6 +107,8 @@ pub struct Program {
     /// The script can reach a test that needs the message (header, address,
     /// exists, size) or a vacation command.
     pub uses_content: bool,
+    /// `require "reject"` or `"ereject"`: the script can refuse the message.
+    pub can_reject: bool,
 }
 
 /// Extensions this implementation knows (the capability strings of `require`).
@@ -174,7 +176,8 @@ pub fn compile(nodes: &[CommandNode]) -> Result<Program, CompileError> {
         }
     }
     let cmds = block(&mut ctx, nodes.get(start..).unwrap_or(&[]))?;
-    Ok(Program { cmds, variables: ctx.has("variables"), uses_content: ctx.uses_content })
+    let can_reject = ctx.has("reject") || ctx.has("ereject");
+    Ok(Program { cmds, variables: ctx.has("variables"), uses_content: ctx.uses_content, can_reject })
 }
 
 fn block(ctx: &mut Ctx, nodes: &[CommandNode]) -> Result<Vec<Cmd>, CompileError> {

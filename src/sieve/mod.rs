@@ -99,6 +99,12 @@ impl Script {
     pub fn needs_content_statically(&self) -> bool {
         self.prog.uses_content
     }
+
+    /// Whether the script can refuse the message (it requires `reject` or
+    /// `ereject`; without them `reject` does not compile).
+    pub fn can_reject(&self) -> bool {
+        self.prog.can_reject
+    }
 }
 
 /// Compiles a script.
