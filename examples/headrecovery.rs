@@ -37,6 +37,7 @@ fn envelope(id: String, i: u64, now_ms: u64) -> Envelope {
             address: stored_address(&format!("user{i}@remote.example")).expect("address"),
             state: RcptState::Pending,
             last_reply: String::new(),
+            folder: None,
         }],
         arrival_unix_ms: now_ms,
         next_retry_unix_ms: now_ms,

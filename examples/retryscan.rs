@@ -38,6 +38,7 @@ fn envelope(id: String, i: u64) -> Envelope {
             address: stored_address(&format!("user{i}@remote.example")).expect("address"),
             state: RcptState::Pending,
             last_reply: "451 4.7.1 greylisted, try again later".to_string(),
+            folder: None,
         }],
         arrival_unix_ms: now_ms,
         next_retry_unix_ms: now_ms + 3_600_000,
