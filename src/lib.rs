@@ -20,6 +20,7 @@ pub mod queue;
 pub mod route;
 pub mod scan;
 pub mod shard;
+pub mod sendmail;
 pub mod sieve;
 pub mod smtp;
 pub mod stats;

@@ -1,31 +1,112 @@
 //! Log lines: one line per event, `key=value` pairs on stderr, so that a
 //! postmaster can grep by queue id, client or status and a program can parse
-//! them. Values with spaces, quotes or `=` are quoted.
+//! them. Values with spaces, quotes or `=` are quoted. `--log-format json`
+//! writes the same event as one JSON object per line (`{"ts":…,"event":…,
+//! key: value…}`, every value a string) for log shippers; `[log] syslog =
+//! true` sends each line to the local syslog socket (the journal's
+//! `/dev/log`) with facility mail instead of stderr. Every line about one
+//! message carries its queue id as `id`.
 //!
 //! Place in the pipeline: every stage (ingress, queue, delivery) reports here;
 //! nothing reads it back.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `ts=… event=… key=value …`
+    KeyValue,
+    /// `{"ts":"…","event":"…","key":"value",…}`
+    Json,
+}
+
+static FORMAT: AtomicU8 = AtomicU8::new(0);
+static SYSLOG: OnceLock<UnixDatagram> = OnceLock::new();
+/// syslog priority: facility mail (2) × 8 + severity info (6).
+const SYSLOG_PRIORITY: u32 = 2 * 8 + 6;
+/// Longest datagram sent to syslog (longer lines are cut).
+const SYSLOG_LINE_BYTES_MAX: usize = 8 * 1024;
+
+/// Chooses the format of every later line.
+pub fn set_format(format: Format) {
+    FORMAT.store(if format == Format::Json { 1 } else { 0 }, Ordering::Relaxed);
+}
+
+/// Sends every later line to the syslog socket at `path` (with facility
+/// mail) instead of stderr.
+pub fn use_syslog(path: &std::path::Path) -> Result<(), String> {
+    let socket = UnixDatagram::unbound().map_err(|e| format!("syslog: {e}"))?;
+    socket.connect(path).map_err(|e| format!("syslog socket {}: {e}", path.display()))?;
+    let _ = SYSLOG.set(socket);
+    Ok(())
+}
 
 /// Writes one log line: `ts=<unix.millis> event=<event> k=v ...`.
 pub fn event(event: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     let mut line = String::with_capacity(128);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let _ = write!(line, "ts={}.{:03} event={}", now.as_secs(), now.subsec_millis(), event);
+    let json = FORMAT.load(Ordering::Relaxed) == 1;
+    if json {
+        let _ = write!(line, "{{\"ts\":\"{}.{:03}\",\"event\":", now.as_secs(), now.subsec_millis());
+        push_json(&mut line, event);
+    } else {
+        let _ = write!(line, "ts={}.{:03} event={}", now.as_secs(), now.subsec_millis(), event);
+    }
     let mut value = String::new();
     for (key, val) in fields {
         value.clear();
         let _ = write!(value, "{}", val);
-        line.push(' ');
-        line.push_str(key);
-        line.push('=');
-        push_value(&mut line, &value);
+        if json {
+            line.push(',');
+            push_json(&mut line, key);
+            line.push(':');
+            push_json(&mut line, &value);
+        } else {
+            line.push(' ');
+            line.push_str(key);
+            line.push('=');
+            push_value(&mut line, &value);
+        }
+    }
+    if json {
+        line.push('}');
     }
     line.push('\n');
+    if let Some(socket) = SYSLOG.get() {
+        let mut datagram = format!("<{SYSLOG_PRIORITY}>ringpost[{}]: ", std::process::id()).into_bytes();
+        let text = line.trim_end().as_bytes();
+        datagram.extend_from_slice(&text[..text.len().min(SYSLOG_LINE_BYTES_MAX)]);
+        if socket.send(&datagram).is_ok() {
+            return;
+        }
+    }
     // One write per line keeps lines whole when shards log at the same time.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `text` as a JSON string.
+fn push_json(line: &mut String, text: &str) {
+    line.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => line.push_str("\\\""),
+            '\\' => line.push_str("\\\\"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\t' => line.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(line, "\\u{:04x}", c as u32);
+            }
+            c => line.push(c),
+        }
+    }
+    line.push('"');
 }
 
 fn push_value(line: &mut String, value: &str) {
@@ -53,7 +134,14 @@ fn push_value(line: &mut String, value: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::push_value;
+    use super::{push_json, push_value};
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut s = String::new();
+        push_json(&mut s, "a\"b\\c\n\u{1}é");
+        assert_eq!(s, "\"a\\\"b\\\\c\\n\\u0001é\"");
+    }
 
     #[test]
     fn values_are_quoted_when_needed() {

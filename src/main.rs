@@ -22,6 +22,10 @@ struct Cli {
     /// The value is TOML; a bare word is taken as a string.
     #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     overrides: Vec<String>,
+    /// Log lines as `kv` (`key=value`, the default) or `json` (one object
+    /// a line); overrides `log.format`.
+    #[arg(long = "log-format", value_name = "FORMAT", global = true, value_parser = ["kv", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,6 +66,16 @@ enum Command {
     Makemap {
         /// `cdb` (the only format; may be omitted) and the text table.
         #[arg(required = true, num_args = 1..=2)]
+        args: Vec<String>,
+    },
+    /// sendmail(1): submit one message from standard input to the local
+    /// server (`ringpost sendmail [-t] [-i] [-f sender] [-F name] [-oi]
+    /// [-bs] [recipients…]`; also when the binary is called as
+    /// `sendmail`). Exit codes from sysexits.h. Handled before the other
+    /// commands, so this entry is for `--help` only.
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Check a Sieve script, or run one over a message and print its actions
@@ -115,6 +129,12 @@ enum QueueCommand {
 }
 
 fn main() -> ExitCode {
+    // sendmail(1)'s options are not clap's: `ringpost [-c F] [--set K=V]
+    // sendmail ...`, or the binary called as `sendmail` through a link.
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some((config, overrides, args)) = sendmail_invocation(&argv) {
+        return sendmail(config, &overrides, &args);
+    }
     let cli = Cli::parse();
     // Sieve scripts are checked and tried without any configuration.
     let cli = match cli.command {
@@ -137,12 +157,23 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
-        Command::Serve => serve(config, cli.config, cli.overrides),
+        Command::Serve => {
+            let format = cli.log_format.as_deref().unwrap_or(&config.log.format);
+            ringpost::log::set_format(if format == "json" { ringpost::log::Format::Json } else { ringpost::log::Format::KeyValue });
+            if config.log.syslog {
+                if let Err(e) = ringpost::log::use_syslog(&config.log.syslog_socket) {
+                    eprintln!("ringpost: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            serve(config, cli.config, cli.overrides)
+        }
         Command::Queue { command } => queue(&config, command),
         Command::Route { verify, callout, sender, addresses } if callout => callout_route(config, verify, sender, addresses),
         Command::Route { verify, sender, addresses, .. } => route(config, verify, sender, addresses),
         Command::Makemap { args } => makemap(&args),
         Command::Sieve { command } => sieve(command),
+        Command::Sendmail { args } => sendmail(cli.config, &cli.overrides, &args),
         Command::Stats => printed(ringpost::control::ask(&config.control_socket_path(), "STATS")),
     }
 }
@@ -166,6 +197,114 @@ fn makemap(args: &[String]) -> ExitCode {
             eprintln!("ringpost: makemap: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The configuration file, overrides and sendmail arguments when the
+/// command line is a sendmail(1) call.
+fn sendmail_invocation(argv: &[String]) -> Option<(Option<PathBuf>, Vec<String>, Vec<String>)> {
+    let called = std::path::Path::new(argv.first()?).file_name()?.to_str()?;
+    let (mut config, mut overrides) = (None, Vec::new());
+    if called == "sendmail" {
+        return Some((default_config_file(), overrides, argv[1..].to_vec()));
+    }
+    let mut i = 1;
+    while i < argv.len() {
+        let arg = argv[i].as_str();
+        match arg {
+            "sendmail" => {
+                let config = config.or_else(default_config_file);
+                return Some((config, overrides, argv[i + 1..].to_vec()));
+            }
+            "-c" | "--config" => {
+                config = Some(PathBuf::from(argv.get(i + 1)?));
+                i += 1;
+            }
+            "--set" => {
+                overrides.push(argv.get(i + 1)?.clone());
+                i += 1;
+            }
+            a if a.starts_with("--config=") => config = Some(PathBuf::from(&a["--config=".len()..])),
+            a if a.starts_with("--set=") => overrides.push(a["--set=".len()..].to_string()),
+            _ => return None,
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The configuration sendmail reads without `-c`: `$RINGPOST_CONFIG`, or
+/// the package's `/etc/ringpost/ringpost.toml` when it exists, else the
+/// embedded default.
+fn default_config_file() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("RINGPOST_CONFIG") {
+        return Some(PathBuf::from(path));
+    }
+    let installed = PathBuf::from("/etc/ringpost/ringpost.toml");
+    installed.exists().then_some(installed)
+}
+
+/// `ringpost sendmail`: one message from standard input to the local
+/// server (src/sendmail.rs); exit codes from sysexits.h.
+fn sendmail(config: Option<PathBuf>, overrides: &[String], args: &[String]) -> ExitCode {
+    use ringpost::sendmail::{self as sm, exit};
+    let fail = |code: u8, text: &str| {
+        eprintln!("ringpost sendmail: {text}");
+        ExitCode::from(code)
+    };
+    let options = match sm::parse_args(args) {
+        Ok(o) => o,
+        Err(e) => return fail(exit::USAGE, &e),
+    };
+    let config = match ringpost::config::load(config.as_deref(), overrides) {
+        Ok(c) => c,
+        Err(e) => return fail(exit::USAGE, &e.to_string()),
+    };
+    let Some(listen) = config.server.listen.first() else {
+        return fail(exit::UNAVAILABLE, "server.listen is empty: no server to submit to");
+    };
+    let mut server = *listen;
+    if server.ip().is_unspecified() {
+        server.set_ip(match server.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    if options.smtp_on_stdio {
+        return match sm::relay_stdio(server) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(f) => fail(f.code, &f.text),
+        };
+    }
+    let hostname = config.server.hostname.clone();
+    let sender = match &options.sender {
+        Some(s) if s == "<>" || s.is_empty() => String::new(),
+        Some(s) => sm::qualify(s, &hostname),
+        None => format!("{}@{hostname}", sm::login_name()),
+    };
+    let message = match sm::read_message(&mut std::io::stdin().lock(), options.ignore_dots) {
+        Ok(m) => m,
+        Err(e) => return fail(exit::IOERR, &e),
+    };
+    let unique = format!(
+        "{}.{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros(),
+        std::process::id()
+    );
+    let from_field = if sender.is_empty() { format!("MAILER-DAEMON@{hostname}") } else { sender.clone() };
+    let (message, found) = sm::prepare(&message, &options, &from_field, &hostname, std::time::SystemTime::now(), &unique);
+    let mut recipients: Vec<String> = options.recipients.iter().map(|r| sm::qualify(r, &hostname)).collect();
+    recipients.extend(found.iter().map(|r| sm::qualify(r, &hostname)));
+    recipients.dedup();
+    if recipients.is_empty() {
+        return fail(exit::USAGE, "no recipients (give them as arguments, or use -t)");
+    }
+    if recipients.len() > sm::RECIPIENTS_MAX {
+        return fail(exit::USAGE, &format!("more than {} recipients", sm::RECIPIENTS_MAX));
+    }
+    match sm::submit(server, &hostname, &sender, &recipients, &message) {
+        Ok(_) => ExitCode::from(exit::OK),
+        Err(f) => fail(f.code, &f.text),
     }
 }
 

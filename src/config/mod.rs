@@ -78,6 +78,26 @@ pub struct Config {
     /// `[sieve]`: users' Sieve scripts, run at RCPT and at the final dot.
     /// Default: absent (no scripts run).
     pub sieve: Option<Sieve>,
+    pub log: Log,
+}
+
+/// `[log]`: where and how event lines are written (`crate::log`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log {
+    /// `"kv"` (`key=value`, the default) or `"json"` (one object a line);
+    /// `--log-format` overrides it.
+    pub format: String,
+    /// Send lines to the syslog socket (facility mail) instead of stderr.
+    /// Default false.
+    pub syslog: bool,
+    /// The syslog socket. Default `/dev/log` (the journal's, under systemd).
+    pub syslog_socket: PathBuf,
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log { format: "kv".to_string(), syslog: false, syslog_socket: PathBuf::from("/dev/log") }
+    }
 }
 
 /// `[policy]`: the front line's checks on clients, HELO, senders and
@@ -926,6 +946,7 @@ impl Default for Config {
             email_auth: None,
             dkim_sign: Vec::new(),
             sieve: None,
+            log: Log::default(),
         }
     }
 }

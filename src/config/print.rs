@@ -278,6 +278,10 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         writeln!(out, "timeout = {}", quoted(&a.timeout.to_string()))?;
         writeln!(out, "max_lookups = {}", a.max_lookups)?;
     }
+    writeln!(out, "\n[log]")?;
+    writeln!(out, "format = {}", quoted(&c.log.format))?;
+    writeln!(out, "syslog = {}", c.log.syslog)?;
+    writeln!(out, "syslog_socket = {}", quoted(&c.log.syslog_socket.to_string_lossy()))?;
     if let Some(v) = &c.sieve {
         writeln!(out, "\n[sieve]")?;
         let text = |value: &Option<String>| quoted(value.as_deref().unwrap_or(""));

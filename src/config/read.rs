@@ -33,7 +33,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
 const ROOT_KEYS: &[&str] =
-    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate", "policy", "dnsbl", "helo_check", "email_auth", "dkim_sign", "sieve"];
+    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate", "policy", "dnsbl", "helo_check", "email_auth", "dkim_sign", "sieve", "log"];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
     "max_alias_depth",
@@ -378,6 +378,7 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
             None => defaults.dkim_sign,
             Some(entry) => read_dkim_sign(&entry.node)?,
         },
+        log: read_log(&Section::open(root, "log", LOG_KEYS)?, defaults.log)?,
         sieve: match root.get("sieve") {
             None => defaults.sieve,
             Some(entry) => Some(read_sieve(
@@ -1306,6 +1307,21 @@ fn read_email_auth(section: &Section<'_>, d: super::EmailAuth) -> Result<super::
             ensure(value <= EMAIL_AUTH_LOOKUPS_MAX, node, key, "at most 256")?;
             Ok(value)
         })?,
+    })
+}
+
+const LOG_KEYS: &[&str] = &["format", "syslog", "syslog_socket"];
+
+/// `[log]`.
+fn read_log(section: &Section<'_>, d: super::Log) -> Result<super::Log> {
+    Ok(super::Log {
+        format: section.read("format", d.format, |node, key| {
+            let text = string(node, key)?;
+            ensure(text == "kv" || text == "json", node, key, "expected \"kv\" or \"json\"")?;
+            Ok(text)
+        })?,
+        syslog: section.read("syslog", d.syslog, boolean)?,
+        syslog_socket: section.read("syslog_socket", d.syslog_socket, path)?,
     })
 }
 
