@@ -60,7 +60,13 @@ pub fn evaluate(prog: &Program, input: &Input, limits: &Limits) -> Outcome {
         Err(Halt::Content) => return Outcome::NeedsContent,
         Err(Halt::Error(e)) => return Outcome::Error(e),
     }
-    Outcome::Done(Actions { list: run.actions, implicit_keep: run.implicit_keep })
+    // The implicit keep stores in INBOX: not again after an explicit store there.
+    let implicit_keep = run.implicit_keep && !run.stores_inbox();
+    Outcome::Done(Actions { list: run.actions, implicit_keep })
+}
+
+fn is_inbox(folder: &str) -> bool {
+    folder.eq_ignore_ascii_case("INBOX")
 }
 
 fn set_case_first(s: &str, upper: bool) -> String {
@@ -162,6 +168,15 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// An explicit keep or fileinto "INBOX" is already in the list.
+    fn stores_inbox(&self) -> bool {
+        self.actions.iter().any(|a| match a {
+            Action::Keep => true,
+            Action::FileInto { folder, .. } => is_inbox(folder),
+            _ => false,
+        })
+    }
+
     fn rejected(&self) -> bool {
         self.actions.iter().any(|a| matches!(a, Action::Reject { .. }))
     }
@@ -192,7 +207,7 @@ impl Run<'_> {
                     return Err(self.conflict("keep"));
                 }
                 self.implicit_keep = false;
-                if !self.actions.contains(&Action::Keep) {
+                if !self.stores_inbox() {
                     self.push(Action::Keep)?;
                 }
                 Ok(())
@@ -211,6 +226,10 @@ impl Run<'_> {
                 let folder = self.expand(folder);
                 if !*copy {
                     self.implicit_keep = false;
+                }
+                // keep is fileinto "INBOX" (RFC 5228 section 4.2): one store.
+                if is_inbox(&folder) && self.stores_inbox() {
+                    return Ok(());
                 }
                 let dup = self.actions.iter_mut().find_map(|a| match a {
                     Action::FileInto { folder: f, copy } if *f == folder => Some(copy),

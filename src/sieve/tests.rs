@@ -211,6 +211,11 @@ fn tests_and_semantics() {
     assert_eq!(lines("keep;"), vec!["keep"]);
     assert_eq!(lines(""), vec!["implicit keep"]);
     assert_eq!(lines("discard;"), vec!["discard"]);
+    assert_eq!(lines("require \"fileinto\"; keep; fileinto \"inbox\"; keep;"), vec!["keep"]);
+    assert_eq!(
+        lines("require [\"fileinto\", \"copy\"]; fileinto :copy \"INBOX\"; keep;"),
+        vec!["fileinto :copy \"INBOX\""]
+    );
     assert_eq!(
         lines("require [\"fileinto\", \"copy\"]; fileinto :copy \"A\"; fileinto \"B\"; fileinto \"B\";"),
         vec!["fileinto :copy \"A\"", "fileinto \"B\""]
@@ -395,7 +400,9 @@ fn never_panics() {
     let corpus: String = SEEDS.concat();
     let alphabet: &[u8] = b"\"\\[](){},;:*?${}#/\n\r\t .KMG0123456789abcdefghijklmnopqrstuvwxyz=@<>\xc3\xa4\xff";
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
-    for case in 0..20_000u32 {
+    // SIEVE_RANDOM_CASES=1000000 for a longer run.
+    let cases: u32 = std::env::var("SIEVE_RANDOM_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    for case in 0..cases {
         let text: Vec<u8> = match case % 4 {
             0 => {
                 let len = (rng.next() % 200) as usize;
