@@ -518,10 +518,7 @@ fn same_address(a: &str, b: &str) -> bool {
 
 fn address_part(a: &message::Address, part: AddrPart) -> Option<String> {
     match part {
-        AddrPart::All => Some(match &a.parts {
-            Some((l, d)) => format!("{l}@{d}"),
-            None => a.all.clone(),
-        }),
+        AddrPart::All => Some(a.all.clone()),
         AddrPart::Local => a.parts.as_ref().map(|(l, _)| l.clone()),
         AddrPart::Domain => a.parts.as_ref().map(|(_, d)| d.clone()),
         AddrPart::User => a.parts.as_ref().map(|(l, _)| l.split_once('+').map_or(l.as_str(), |(u, _)| u).to_string()),

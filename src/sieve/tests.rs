@@ -106,6 +106,9 @@ fn errors_have_positions() {
     compile_err("redirect \"not an address\";");
     compile_err("if header :comparator \"i;ascii-numeric\" :is \"a\" \"1\" { keep; }");
     compile_err("keep");
+    let e = compile_err("\nif address \"subject\" \"x\" { keep; }");
+    assert_eq!((e.line, e.column), (2, 4));
+    assert!(e.message.contains("not allowed for the address test"));
 }
 
 #[test]
@@ -186,9 +189,14 @@ fn addresses() {
     assert_eq!(a[0].parts, Some(("user".into(), "final.test".into())));
     let a = parse_addresses("\"john doe\"@quoted.test");
     assert_eq!(a[0].parts, Some(("john doe".into(), "quoted.test".into())));
+    assert_eq!(a[0].all, "\"john doe\"@quoted.test");
+    let a = parse_addresses("\"joe\"@quoted.test");
+    assert_eq!(a[0].all, "joe@quoted.test");
     let a = parse_addresses("not an address");
-    assert_eq!(a.len(), 1);
-    assert_eq!(a[0].parts, None);
+    assert_eq!(a, vec![message::Address { all: "not an address".into(), parts: None }]);
+    // Items that are not addresses are dropped when others are.
+    let a = parse_addresses("just words, x@y.z, Friends: ;");
+    assert_eq!(a, vec![message::Address { all: "x@y.z".into(), parts: Some(("x".into(), "y.z".into())) }]);
     let _ = parse_addresses("<<<>>>,,,::;;@@@\"unterminated (open [x");
 }
 
