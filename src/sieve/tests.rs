@@ -458,3 +458,57 @@ fn script_is_shareable() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<Script>();
 }
+
+#[test]
+fn action_and_variable_limits() {
+    let limits = Limits { max_actions: 3, ..Limits::default() };
+    let s =
+        compile(b"require \"fileinto\"; fileinto \"a\"; fileinto \"b\"; fileinto \"c\"; fileinto \"d\";", &limits).ok();
+    let r = s.as_ref().map(|s| evaluate(s, &input("a@b.c", None), &limits));
+    assert!(matches!(r, Some(Outcome::Error(e)) if e.contains("too many actions")));
+    let limits = Limits { max_variables: 2, ..Limits::default() };
+    let s =
+        compile(b"require \"variables\"; set \"a\" \"1\"; set \"b\" \"2\"; set \"a\" \"3\"; set \"c\" \"4\";", &limits)
+            .ok();
+    let r = s.as_ref().map(|s| evaluate(s, &input("a@b.c", None), &limits));
+    assert!(matches!(r, Some(Outcome::Error(e)) if e.contains("too many variables")));
+    let limits = Limits { max_string_len: 10, ..Limits::default() };
+    let script = b"require [\"variables\", \"fileinto\"]; set \"a\" \"0123456789abcdef\"; set \"b\" \"${a}${a}\"; fileinto \"${b}\";";
+    let s = compile(script, &limits).ok();
+    let r = s.as_ref().map(|s| evaluate(s, &input("a@b.c", None), &limits));
+    let want =
+        Actions { list: vec![Action::FileInto { folder: "0123456789".into(), copy: false }], implicit_keep: false };
+    assert_eq!(r, Some(Outcome::Done(want)));
+}
+
+#[test]
+fn null_sender_envelope() {
+    let s = "require [\"envelope\", \"fileinto\"];\n\
+             if envelope :is \"from\" \"\" { fileinto \"null\"; }\n\
+             if envelope :localpart :is \"from\" \"\" { fileinto \"local\"; }";
+    match run(s, "", None) {
+        Outcome::Done(a) => assert_eq!(a.list, vec![Action::FileInto { folder: "null".into(), copy: false }]),
+        o => panic!("unexpected {o:?}"),
+    }
+}
+
+#[test]
+fn error_display_and_cli_format() {
+    let e = CompileError { line: 3, column: 7, message: "unknown test 'x'".into() };
+    assert_eq!(e.to_string(), "3:7: unknown test 'x'");
+    assert_eq!(
+        Action::FileInto { folder: "a\"b\\c\n".into(), copy: true }.to_string(),
+        "fileinto :copy \"a\\\"b\\\\c\\n\""
+    );
+    assert_eq!(Action::Reject { text: "t".into(), extended: true }.to_string(), "ereject \"t\"");
+    assert_eq!(quote("\u{1}"), "\"\\x01\"");
+}
+
+#[test]
+fn vacation_helper() {
+    let header = b"To: me@ex.org\r\nPrecedence: junk\r\n\r\n";
+    assert!(vacation_skip_reason(header, "a@b.c", &["me@ex.org".into()]).is_some());
+    let header = b"To: Me <me@ex.org>\r\n\r\n";
+    assert_eq!(vacation_skip_reason(header, "a@b.c", &["me@ex.org".into()]), None);
+    assert!(vacation_skip_reason(header, "me@ex.org", &["me@ex.org".into()]).is_some());
+}
