@@ -550,6 +550,10 @@ pub fn vacation_skip(fields: &[Field], sender: &str, addresses: &[String]) -> Op
                 return Some("message is auto-submitted".into());
             }
         }
+        // Microsoft's X-Auto-Response-Suppress: All or OOF (out of office).
+        if name == "x-auto-response-suppress" && value.split(',').any(|v| matches!(v.trim(), "all" | "oof")) {
+            return Some("message suppresses auto responses".into());
+        }
         if name.starts_with("list-") {
             return Some("message is from a mailing list".into());
         }

@@ -330,6 +330,8 @@ fn vacation_rules() {
     assert!(v("joe@example.com", b"To: someone@else.org\r\n\r\n").is_some());
     assert_eq!(v("joe@example.com", b"To: someone@else.org\r\nCc: <ALIAS@ex.org>\r\n\r\n"), None);
     assert_eq!(v("joe@example.com", b"Resent-To: me@ex.org\r\n\r\n"), None);
+    assert!(v("joe@example.com", b"To: me@ex.org\r\nX-Auto-Response-Suppress: DR, OOF, RN\r\n\r\n").is_some());
+    assert_eq!(v("joe@example.com", b"To: me@ex.org\r\nX-Auto-Response-Suppress: DR\r\n\r\n"), None);
     let r = run("require [\"vacation\", \"reject\"]; reject \"x\"; vacation \"y\";", "a@b.c", Some(MSG));
     assert!(matches!(r, Outcome::Error(_)));
 }
