@@ -183,9 +183,6 @@ fn tokens_into(s: &[u8], out: &mut Vec<Token>) -> Result<(), CompileError> {
                     return Err(lx.err(line, column, "invalid number"));
                 }
                 let n = n.checked_mul(mult).ok_or_else(|| lx.err(line, column, "number too large"))?;
-                if n > u64::from(u32::MAX) {
-                    return Err(lx.err(line, column, "number too large"));
-                }
                 Tok::Number(n)
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {

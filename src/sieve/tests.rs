@@ -73,7 +73,8 @@ fn lexer_strings_and_numbers() {
         ]
     );
     assert!(lexer::tokenize(b"99999999999999999999999").is_err());
-    assert!(lexer::tokenize(b"5G").is_err(), "over 2^32");
+    assert!(lexer::tokenize(b"17179869184G").is_err(), "over 2^64");
+    assert_eq!(lexer::tokenize(b"5G").map(|t| t.len()), Ok(1));
 }
 
 #[test]
