@@ -64,7 +64,9 @@ pub struct Vacation {
 pub struct Actions {
     pub list: Vec<Action>,
     /// The implicit keep (RFC 5228 section 2.10.2) applies: the message is
-    /// also stored in the default mailbox. It is not in `list`.
+    /// also stored in the default mailbox. It is not in `list`, and it is
+    /// false when `list` already stores there (`Keep`, `FileInto` "INBOX",
+    /// which appear at most once between them).
     pub implicit_keep: bool,
 }
 

@@ -127,6 +127,30 @@ pub const EXTENSIONS: &[&str] = &[
     "comparator-i;ascii-numeric",
 ];
 
+/// Header fields the `address` test accepts (RFC 5228 section 5.1: only
+/// fields that hold addresses; the same set as Pigeonhole).
+pub const ADDRESS_HEADERS: &[&str] = &[
+    "from",
+    "sender",
+    "reply-to",
+    "to",
+    "cc",
+    "bcc",
+    "resent-from",
+    "resent-sender",
+    "resent-reply-to",
+    "resent-to",
+    "resent-cc",
+    "resent-bcc",
+    "delivered-to",
+    "errors-to",
+    "mail-followup-to",
+    "mail-reply-to",
+    "return-receipt-to",
+    "x-original-to",
+    "apparently-to",
+];
+
 struct Ctx {
     exts: Vec<String>,
     uses_content: bool,
@@ -562,6 +586,16 @@ fn test(ctx: &mut Ctx, t: &TestNode) -> Result<Test, CompileError> {
                 }
                 "address" => {
                     ctx.uses_content = true;
+                    for h in &names {
+                        let dynamic = ctx.has("variables") && h.contains("${");
+                        if !dynamic && !ADDRESS_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
+                            return Err(err(
+                                l,
+                                c,
+                                format!("specified header '{h}' is not allowed for the address test"),
+                            ));
+                        }
+                    }
                     Ok(Test::Address { part, names, keys, m })
                 }
                 "envelope" => {

@@ -60,7 +60,13 @@ pub fn evaluate(prog: &Program, input: &Input, limits: &Limits) -> Outcome {
         Err(Halt::Content) => return Outcome::NeedsContent,
         Err(Halt::Error(e)) => return Outcome::Error(e),
     }
-    Outcome::Done(Actions { list: run.actions, implicit_keep: run.implicit_keep })
+    // The implicit keep stores in INBOX: not again after an explicit store there.
+    let implicit_keep = run.implicit_keep && !run.stores_inbox();
+    Outcome::Done(Actions { list: run.actions, implicit_keep })
+}
+
+fn is_inbox(folder: &str) -> bool {
+    folder.eq_ignore_ascii_case("INBOX")
 }
 
 fn set_case_first(s: &str, upper: bool) -> String {
@@ -162,6 +168,15 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// An explicit keep or fileinto "INBOX" is already in the list.
+    fn stores_inbox(&self) -> bool {
+        self.actions.iter().any(|a| match a {
+            Action::Keep => true,
+            Action::FileInto { folder, .. } => is_inbox(folder),
+            _ => false,
+        })
+    }
+
     fn rejected(&self) -> bool {
         self.actions.iter().any(|a| matches!(a, Action::Reject { .. }))
     }
@@ -192,7 +207,7 @@ impl Run<'_> {
                     return Err(self.conflict("keep"));
                 }
                 self.implicit_keep = false;
-                if !self.actions.contains(&Action::Keep) {
+                if !self.stores_inbox() {
                     self.push(Action::Keep)?;
                 }
                 Ok(())
@@ -211,6 +226,10 @@ impl Run<'_> {
                 let folder = self.expand(folder);
                 if !*copy {
                     self.implicit_keep = false;
+                }
+                // keep is fileinto "INBOX" (RFC 5228 section 4.2): one store.
+                if is_inbox(&folder) && self.stores_inbox() {
+                    return Ok(());
                 }
                 let dup = self.actions.iter_mut().find_map(|a| match a {
                     Action::FileInto { folder: f, copy } if *f == folder => Some(copy),
@@ -499,10 +518,7 @@ fn same_address(a: &str, b: &str) -> bool {
 
 fn address_part(a: &message::Address, part: AddrPart) -> Option<String> {
     match part {
-        AddrPart::All => Some(match &a.parts {
-            Some((l, d)) => format!("{l}@{d}"),
-            None => a.all.clone(),
-        }),
+        AddrPart::All => Some(a.all.clone()),
         AddrPart::Local => a.parts.as_ref().map(|(l, _)| l.clone()),
         AddrPart::Domain => a.parts.as_ref().map(|(_, d)| d.clone()),
         AddrPart::User => a.parts.as_ref().map(|(l, _)| l.split_once('+').map_or(l.as_str(), |(u, _)| u).to_string()),
@@ -533,6 +549,10 @@ pub fn vacation_skip(fields: &[Field], sender: &str, addresses: &[String]) -> Op
             if kind != "no" {
                 return Some("message is auto-submitted".into());
             }
+        }
+        // Microsoft's X-Auto-Response-Suppress: All or OOF (out of office).
+        if name == "x-auto-response-suppress" && value.split(',').any(|v| matches!(v.trim(), "all" | "oof")) {
+            return Some("message suppresses auto responses".into());
         }
         if name.starts_with("list-") {
             return Some("message is from a mailing list".into());

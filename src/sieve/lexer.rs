@@ -65,14 +65,32 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Splits a script into tokens.
-pub fn tokenize(s: &[u8]) -> Result<Vec<Token>, CompileError> {
-    let mut lx = Lexer { s, i: 0, line: 1, col: 1 };
+/// Splits a script into tokens: all of them, or those before the first
+/// lexical error and that error (so that the parser can report an earlier
+/// syntax error first).
+pub fn tokenize_prefix(s: &[u8]) -> (Vec<Token>, Option<CompileError>) {
     let mut out = Vec::new();
+    match tokens_into(s, &mut out) {
+        Ok(()) => (out, None),
+        Err(e) => (out, Some(e)),
+    }
+}
+
+/// Splits a script into tokens.
+#[cfg(test)]
+pub fn tokenize(s: &[u8]) -> Result<Vec<Token>, CompileError> {
+    match tokenize_prefix(s) {
+        (t, None) => Ok(t),
+        (_, Some(e)) => Err(e),
+    }
+}
+
+fn tokens_into(s: &[u8], out: &mut Vec<Token>) -> Result<(), CompileError> {
+    let mut lx = Lexer { s, i: 0, line: 1, col: 1 };
     loop {
         // Whitespace and comments.
         match lx.peek() {
-            None => return Ok(out),
+            None => return Ok(()),
             Some(b' ' | b'\t' | b'\r' | b'\n') => {
                 lx.bump();
                 continue;
@@ -165,9 +183,6 @@ pub fn tokenize(s: &[u8]) -> Result<Vec<Token>, CompileError> {
                     return Err(lx.err(line, column, "invalid number"));
                 }
                 let n = n.checked_mul(mult).ok_or_else(|| lx.err(line, column, "number too large"))?;
-                if n > u64::from(u32::MAX) {
-                    return Err(lx.err(line, column, "number too large"));
-                }
                 Tok::Number(n)
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {

@@ -263,36 +263,51 @@ fn tokens(s: &str) -> Vec<T> {
     out
 }
 
+/// Whether a local part can stand unquoted (RFC 5322 dot-atom).
+fn is_dot_atom(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && !s.contains("..")
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii())
+}
+
 fn addr_from(tokens: &[T]) -> Option<Address> {
     // Drop a source route ("@a,@b:") in front of the address.
     let start = tokens.iter().rposition(|t| *t == T::Special(':')).map_or(0, |p| p + 1);
     let tokens = &tokens[start..];
-    let mut all = String::new();
+    let mut text = String::new();
     for t in tokens {
         match t {
-            T::Word(w) => all.push_str(w),
-            T::Special(c) => all.push(*c),
+            T::Word(w) => text.push_str(w),
+            T::Special(c) => text.push(*c),
         }
     }
-    if all.is_empty() {
+    if text.is_empty() {
         return None;
     }
-    let parts = match tokens.iter().rposition(|t| *t == T::Special('@')) {
+    match tokens.iter().rposition(|t| *t == T::Special('@')) {
         Some(at) if at > 0 && at + 1 < tokens.len() => {
-            let (local, domain) = all.rsplit_once('@')?;
-            Some((local.to_string(), domain.to_string()))
+            let (local, domain) = text.rsplit_once('@')?;
+            let all = if is_dot_atom(local) {
+                format!("{local}@{domain}")
+            } else {
+                format!("\"{}\"@{domain}", local.replace('\\', "\\\\").replace('"', "\\\""))
+            };
+            Some(Address { all, parts: Some((local.to_string(), domain.to_string())) })
         }
-        _ => None,
-    };
-    Some(Address { all, parts })
+        _ => Some(Address { all: text, parts: None }),
+    }
 }
 
-/// Parses an address list (From, To, Cc, …). Group names and display
-/// names are dropped. A value holding no address at all (empty, or only an
-/// empty group) is one invalid address: the trimmed value, which only
-/// `:all` sees (as Pigeonhole does).
+/// Parses an address list (From, To, Cc, …). Group names, display names
+/// and items that are not addresses are dropped. A value holding no
+/// address at all (empty, only an empty group, or only words) is one
+/// invalid address: the trimmed value, which only `:all` sees (as
+/// Pigeonhole does). `all` quotes a local part that is not a dot-atom.
 pub fn parse_addresses(raw: &str) -> Vec<Address> {
-    let out = parse_address_list(raw);
+    let out: Vec<Address> = parse_address_list(raw).into_iter().filter(|a| a.parts.is_some()).collect();
     if out.is_empty() {
         let all = raw.trim_matches(|c| c == ' ' || c == '\t' || c == '\r' || c == '\n').to_string();
         return vec![Address { all, parts: None }];

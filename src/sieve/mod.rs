@@ -116,9 +116,19 @@ pub fn compile(text: &[u8], limits: &Limits) -> Result<Script, CompileError> {
             message: format!("script too large ({} bytes, at most {})", text.len(), limits.max_script_size),
         });
     }
-    let toks = lexer::tokenize(text)?;
-    let end = end_position(text);
-    let tree = parser::parse(&toks, limits.max_nesting, end)?;
+    let (toks, lex_error) = lexer::tokenize_prefix(text);
+    let tree = match lex_error {
+        None => parser::parse(&toks, limits.max_nesting, end_position(text))?,
+        // The first error in the script wins: a syntax error before the
+        // lexical one, else the lexical one.
+        Some(lex) => {
+            let at = (lex.line, lex.column);
+            match parser::parse(&toks, limits.max_nesting, at) {
+                Err(e) if (e.line, e.column) < at => return Err(e),
+                _ => return Err(lex),
+            }
+        }
+    };
     let prog = compile::compile(&tree)?;
     Ok(Script { prog: Arc::new(prog) })
 }

@@ -139,7 +139,10 @@ impl Parser<'_> {
             Some(self.commands(depth + 1, true)?)
         } else {
             // Reported where the command's last token is, as the ';' belongs there.
-            let (line, column) = self.toks.get(self.i.wrapping_sub(1)).map_or(self.end, |t| (t.line, t.column));
+            let (line, column) = match self.peek() {
+                None => self.end,
+                Some(_) => self.toks.get(self.i.wrapping_sub(1)).map_or(self.end, |t| (t.line, t.column)),
+            };
             let message = format!("missing ';' after command '{name}' (found {})", self.found());
             return Err(CompileError { line, column, message });
         };

@@ -73,7 +73,8 @@ fn lexer_strings_and_numbers() {
         ]
     );
     assert!(lexer::tokenize(b"99999999999999999999999").is_err());
-    assert!(lexer::tokenize(b"5G").is_err(), "over 2^32");
+    assert!(lexer::tokenize(b"17179869184G").is_err(), "over 2^64");
+    assert_eq!(lexer::tokenize(b"5G").map(|t| t.len()), Ok(1));
 }
 
 #[test]
@@ -106,6 +107,9 @@ fn errors_have_positions() {
     compile_err("redirect \"not an address\";");
     compile_err("if header :comparator \"i;ascii-numeric\" :is \"a\" \"1\" { keep; }");
     compile_err("keep");
+    let e = compile_err("\nif address \"subject\" \"x\" { keep; }");
+    assert_eq!((e.line, e.column), (2, 4));
+    assert!(e.message.contains("not allowed for the address test"));
 }
 
 #[test]
@@ -186,9 +190,14 @@ fn addresses() {
     assert_eq!(a[0].parts, Some(("user".into(), "final.test".into())));
     let a = parse_addresses("\"john doe\"@quoted.test");
     assert_eq!(a[0].parts, Some(("john doe".into(), "quoted.test".into())));
+    assert_eq!(a[0].all, "\"john doe\"@quoted.test");
+    let a = parse_addresses("\"joe\"@quoted.test");
+    assert_eq!(a[0].all, "joe@quoted.test");
     let a = parse_addresses("not an address");
-    assert_eq!(a.len(), 1);
-    assert_eq!(a[0].parts, None);
+    assert_eq!(a, vec![message::Address { all: "not an address".into(), parts: None }]);
+    // Items that are not addresses are dropped when others are.
+    let a = parse_addresses("just words, x@y.z, Friends: ;");
+    assert_eq!(a, vec![message::Address { all: "x@y.z".into(), parts: Some(("x".into(), "y.z".into())) }]);
     let _ = parse_addresses("<<<>>>,,,::;;@@@\"unterminated (open [x");
 }
 
@@ -211,6 +220,11 @@ fn tests_and_semantics() {
     assert_eq!(lines("keep;"), vec!["keep"]);
     assert_eq!(lines(""), vec!["implicit keep"]);
     assert_eq!(lines("discard;"), vec!["discard"]);
+    assert_eq!(lines("require \"fileinto\"; keep; fileinto \"inbox\"; keep;"), vec!["keep"]);
+    assert_eq!(
+        lines("require [\"fileinto\", \"copy\"]; fileinto :copy \"INBOX\"; keep;"),
+        vec!["fileinto :copy \"INBOX\""]
+    );
     assert_eq!(
         lines("require [\"fileinto\", \"copy\"]; fileinto :copy \"A\"; fileinto \"B\"; fileinto \"B\";"),
         vec!["fileinto :copy \"A\"", "fileinto \"B\""]
@@ -317,6 +331,8 @@ fn vacation_rules() {
     assert!(v("joe@example.com", b"To: someone@else.org\r\n\r\n").is_some());
     assert_eq!(v("joe@example.com", b"To: someone@else.org\r\nCc: <ALIAS@ex.org>\r\n\r\n"), None);
     assert_eq!(v("joe@example.com", b"Resent-To: me@ex.org\r\n\r\n"), None);
+    assert!(v("joe@example.com", b"To: me@ex.org\r\nX-Auto-Response-Suppress: DR, OOF, RN\r\n\r\n").is_some());
+    assert_eq!(v("joe@example.com", b"To: me@ex.org\r\nX-Auto-Response-Suppress: DR\r\n\r\n"), None);
     let r = run("require [\"vacation\", \"reject\"]; reject \"x\"; vacation \"y\";", "a@b.c", Some(MSG));
     assert!(matches!(r, Outcome::Error(_)));
 }
@@ -395,7 +411,9 @@ fn never_panics() {
     let corpus: String = SEEDS.concat();
     let alphabet: &[u8] = b"\"\\[](){},;:*?${}#/\n\r\t .KMG0123456789abcdefghijklmnopqrstuvwxyz=@<>\xc3\xa4\xff";
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
-    for case in 0..20_000u32 {
+    // SIEVE_RANDOM_CASES=1000000 for a longer run.
+    let cases: u32 = std::env::var("SIEVE_RANDOM_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    for case in 0..cases {
         let text: Vec<u8> = match case % 4 {
             0 => {
                 let len = (rng.next() % 200) as usize;
@@ -442,4 +460,58 @@ fn never_panics() {
 fn script_is_shareable() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<Script>();
+}
+
+#[test]
+fn action_and_variable_limits() {
+    let limits = Limits { max_actions: 3, ..Limits::default() };
+    let s =
+        compile(b"require \"fileinto\"; fileinto \"a\"; fileinto \"b\"; fileinto \"c\"; fileinto \"d\";", &limits).ok();
+    let r = s.as_ref().map(|s| evaluate(s, &input("a@b.c", None), &limits));
+    assert!(matches!(r, Some(Outcome::Error(e)) if e.contains("too many actions")));
+    let limits = Limits { max_variables: 2, ..Limits::default() };
+    let s =
+        compile(b"require \"variables\"; set \"a\" \"1\"; set \"b\" \"2\"; set \"a\" \"3\"; set \"c\" \"4\";", &limits)
+            .ok();
+    let r = s.as_ref().map(|s| evaluate(s, &input("a@b.c", None), &limits));
+    assert!(matches!(r, Some(Outcome::Error(e)) if e.contains("too many variables")));
+    let limits = Limits { max_string_len: 10, ..Limits::default() };
+    let script = b"require [\"variables\", \"fileinto\"]; set \"a\" \"0123456789abcdef\"; set \"b\" \"${a}${a}\"; fileinto \"${b}\";";
+    let s = compile(script, &limits).ok();
+    let r = s.as_ref().map(|s| evaluate(s, &input("a@b.c", None), &limits));
+    let want =
+        Actions { list: vec![Action::FileInto { folder: "0123456789".into(), copy: false }], implicit_keep: false };
+    assert_eq!(r, Some(Outcome::Done(want)));
+}
+
+#[test]
+fn null_sender_envelope() {
+    let s = "require [\"envelope\", \"fileinto\"];\n\
+             if envelope :is \"from\" \"\" { fileinto \"null\"; }\n\
+             if envelope :localpart :is \"from\" \"\" { fileinto \"local\"; }";
+    match run(s, "", None) {
+        Outcome::Done(a) => assert_eq!(a.list, vec![Action::FileInto { folder: "null".into(), copy: false }]),
+        o => panic!("unexpected {o:?}"),
+    }
+}
+
+#[test]
+fn error_display_and_cli_format() {
+    let e = CompileError { line: 3, column: 7, message: "unknown test 'x'".into() };
+    assert_eq!(e.to_string(), "3:7: unknown test 'x'");
+    assert_eq!(
+        Action::FileInto { folder: "a\"b\\c\n".into(), copy: true }.to_string(),
+        "fileinto :copy \"a\\\"b\\\\c\\n\""
+    );
+    assert_eq!(Action::Reject { text: "t".into(), extended: true }.to_string(), "ereject \"t\"");
+    assert_eq!(quote("\u{1}"), "\"\\x01\"");
+}
+
+#[test]
+fn vacation_helper() {
+    let header = b"To: me@ex.org\r\nPrecedence: junk\r\n\r\n";
+    assert!(vacation_skip_reason(header, "a@b.c", &["me@ex.org".into()]).is_some());
+    let header = b"To: Me <me@ex.org>\r\n\r\n";
+    assert_eq!(vacation_skip_reason(header, "a@b.c", &["me@ex.org".into()]), None);
+    assert!(vacation_skip_reason(header, "me@ex.org", &["me@ex.org".into()]).is_some());
 }
