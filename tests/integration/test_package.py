@@ -78,7 +78,7 @@ def deb(tmp_path):
         pytest.fail(f"{RINGPOST} is missing: build with cargo build --release first")
     out = tmp_path / "deb"
     out.mkdir()
-    built = subprocess.run(["cargo", "deb", "--no-build", "--fast", "--output", str(out)], cwd=ROOT,
+    built = subprocess.run(["cargo", "deb", "--no-build", "--strip", "--fast", "--output", str(out)], cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr
     debs = sorted(out.glob("ringpost_*.deb"))
@@ -183,7 +183,10 @@ def test_package_installs_runs_and_purges(package):
         wait_port(port)
     else:
         # READY=1 reaches the socket a service manager would listen on.
+        # After the drop the server sends as ringpost: the socket's
+        # directory must let that user through, as systemd's does.
         notify_path = Path(tempfile.mkdtemp(prefix="ringpost-notify-")) / "notify.sock"
+        os.chmod(notify_path.parent, 0o755)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
         os.chmod(notify_path, 0o777)
