@@ -217,8 +217,8 @@ pub fn run(
     // A `before` script that does not compile stops the start likewise.
     crate::ingress::filters::install(crate::ingress::filters::Filters::open(&config)?.map(Arc::new));
     let limits = Arc::new(crate::limits::Limits::new(&config));
-    // Every shard's listeners, bound here while the process may still bind
-    // ports below 1024; each shard takes its own.
+    // Every shard's sockets, bound here while the process may still bind
+    // ports below 1024; each shard takes its own and listens on it.
     let mut listeners = bind_listeners(&config.server.listen, shard_count)?.into_iter();
     let control_path = config.control_socket_path();
     if let (Some(identity), Some(dir)) = (&identity, control_path.parent()) {
@@ -292,34 +292,55 @@ pub fn run(
 }
 
 /// `count` sockets for each of `addresses`, each bound with SO_REUSEPORT
-/// (so the kernel spreads connections over the shards' sockets) and
-/// listening; the outer vector has one entry per shard.
-fn bind_listeners(addresses: &[std::net::SocketAddr], count: usize) -> Result<Vec<Vec<std::net::TcpListener>>, String> {
+/// (so the kernel spreads connections over the shards' sockets) but not
+/// yet listening: binding is what needs root for a port below 1024, and a
+/// socket joins its port's group, and gets connections, only when its
+/// shard calls `listen` once its queue is open. The outer vector has one
+/// entry per shard.
+fn bind_listeners(addresses: &[std::net::SocketAddr], count: usize) -> Result<Vec<Vec<BoundSocket>>, String> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut shards = Vec::with_capacity(count);
     for _ in 0..count {
-        let mut listeners = Vec::with_capacity(addresses.len());
+        let mut sockets = Vec::with_capacity(addresses.len());
         for addr in addresses {
             let bound = Socket::new(Domain::for_address(*addr), Type::STREAM, Some(Protocol::TCP)).and_then(|socket| {
                 socket.set_reuse_port(true)?;
                 socket.bind(&(*addr).into())?;
-                socket.listen(LISTEN_BACKLOG)?;
-                Ok(std::net::TcpListener::from(socket))
+                Ok(socket)
             });
-            listeners.push(bound.map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+            let socket = bound.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            sockets.push(BoundSocket { addr: *addr, socket });
         }
-        shards.push(listeners);
+        shards.push(sockets);
     }
     Ok(shards)
+}
+
+/// A shard's socket for one `server.listen` address, bound by `run`.
+struct BoundSocket {
+    addr: std::net::SocketAddr,
+    socket: socket2::Socket,
+}
+
+impl BoundSocket {
+    /// Starts listening and hands the socket to the shard's executor.
+    fn listen(self) -> std::io::Result<glommio::net::TcpListener> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        self.socket.listen(LISTEN_BACKLOG)?;
+        let fd = std::net::TcpListener::from(self.socket).into_raw_fd();
+        // SAFETY: `fd` is a bound, listening TCP socket whose ownership
+        // moves into glommio's listener here.
+        Ok(unsafe { glommio::net::TcpListener::from_raw_fd(fd) })
+    }
 }
 
 /// The backlog of each listening socket.
 const LISTEN_BACKLOG: i32 = 1024;
 
-/// What `run` hands one shard: its listeners, already bound; the count of
+/// What `run` hands one shard: its sockets, already bound; the count of
 /// shards not yet taking connections; the process's per-client table.
 struct Ready {
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<BoundSocket>,
     unready: Arc<std::sync::atomic::AtomicUsize>,
     limits: Arc<crate::limits::Limits>,
 }
@@ -416,15 +437,12 @@ async fn shard_main(
             .map_err(|e| format!("shard {index}: {e}"))?;
         runner_tasks.push(task);
     }
-    let listeners: Vec<glommio::net::TcpListener> = listeners
-        .into_iter()
-        .map(|listener| {
-            use std::os::fd::{FromRawFd, IntoRawFd};
-            // SAFETY: the descriptor is a bound, listening TCP socket whose
-            // ownership moves into glommio's listener here.
-            unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) }
-        })
-        .collect();
+    let mut accepting = Vec::with_capacity(listeners.len());
+    for bound in listeners {
+        let addr = bound.addr;
+        accepting.push(bound.listen().map_err(|e| format!("shard {index}: cannot listen on {addr}: {e}"))?);
+    }
+    let listeners = accepting;
     let shard = Rc::new(
         Shard::new(index, config, queue, delivery, stages, [tq_smtp, tq_delivery], tls_server, verifier, held)
             .with_limits(limits),
