@@ -3,7 +3,8 @@
 //! `route` shows how the routers decide for an address, `makemap` builds a
 //! cdb table, `stats` asks a running server for its counters, `sieve` checks
 //! and tries Sieve scripts. SIGHUP while serving reloads the routers and
-//! their tables.
+//! their tables. `serve` started as root drops to `server.user` once its
+//! listeners are bound (`ringpost::privdrop`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -166,10 +167,25 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
-            serve(config, cli.config, cli.overrides)
+            // SAFETY: geteuid only reads the process's effective uid.
+            let euid = unsafe { libc::geteuid() };
+            if let Some(refusal) = ringpost::privdrop::root_refusal(euid, &config, cli.config.is_some()) {
+                eprintln!("ringpost: {refusal}");
+                return ExitCode::from(2);
+            }
+            let identity = match privileges(&config) {
+                Ok(identity) => identity,
+                Err(e) => {
+                    eprintln!("ringpost: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            serve(config, cli.config, cli.overrides, identity)
         }
         Command::Queue { command } => queue(&config, command),
-        Command::Route { verify, callout, sender, addresses } if callout => callout_route(config, verify, sender, addresses),
+        Command::Route { verify, callout, sender, addresses } if callout => {
+            callout_route(config, verify, sender, addresses)
+        }
         Command::Route { verify, sender, addresses, .. } => route(config, verify, sender, addresses),
         Command::Makemap { args } => makemap(&args),
         Command::Sieve { command } => sieve(command),
@@ -420,7 +436,9 @@ fn callout_route(config: ringpost::config::Config, _verify: bool, sender: String
             let (mut reply, plans) =
                 ringpost::ingress::policy::decide_rcpt(&config, routing, client_ip, &address, &sender).await;
             if plans.is_empty() || !reply.is_positive() {
-                println!("# no callout for <{address}> (no verify = \"callout\" on its rule or router, or refused before)");
+                println!(
+                    "# no callout for <{address}> (no verify = \"callout\" on its rule or router, or refused before)"
+                );
             }
             if reply.is_positive() {
                 for plan in &plans {
@@ -465,7 +483,10 @@ fn route(config: ringpost::config::Config, verify: bool, sender: String, address
         }
     };
     if engine.is_empty() {
-        println!("# no [[router]] configured: local domains {:?} go to local.maildir, others to delivery.smarthost", config.domains.local);
+        println!(
+            "# no [[router]] configured: local domains {:?} go to local.maildir, others to delivery.smarthost",
+            config.domains.local
+        );
     }
     let mode = if verify { Mode::Verify } else { Mode::Deliver };
     let ran = glommio::LocalExecutorBuilder::default().name("route").spawn(move || async move {
@@ -523,16 +544,17 @@ fn watch_reload(hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>, path: Option<Pat
         if !hangup.swap(false, Ordering::Relaxed) {
             continue;
         }
-        let result = ringpost::config::load(path.as_deref(), &overrides).map_err(|e| e.to_string()).and_then(|config| {
-            // The access tables are opened first: a broken one keeps the
-            // routers and the tables in use alike.
-            let access = ringpost::access::Access::open(&config.policy)?;
-            let filters = ringpost::ingress::filters::Filters::open(&config)?;
-            ringpost::route::reload(&config)?;
-            ringpost::access::install(Arc::new(access));
-            ringpost::ingress::filters::install(filters.map(Arc::new));
-            Ok(config.routers.len())
-        });
+        let result =
+            ringpost::config::load(path.as_deref(), &overrides).map_err(|e| e.to_string()).and_then(|config| {
+                // The access tables are opened first: a broken one keeps the
+                // routers and the tables in use alike.
+                let access = ringpost::access::Access::open(&config.policy)?;
+                let filters = ringpost::ingress::filters::Filters::open(&config)?;
+                ringpost::route::reload(&config)?;
+                ringpost::access::install(Arc::new(access));
+                ringpost::ingress::filters::install(filters.map(Arc::new));
+                Ok(config.routers.len())
+            });
         match result {
             Ok(routers) => ringpost::log::event("reload", &[("routers", &routers)]),
             Err(e) => ringpost::log::event("reload_failed", &[("error", &e), ("kept", &"previous routers")]),
@@ -576,7 +598,25 @@ fn printed<E: std::fmt::Display>(result: Result<String, E>) -> ExitCode {
     }
 }
 
-fn serve(config: ringpost::config::Config, path: Option<PathBuf>, overrides: Vec<String>) -> ExitCode {
+/// The account to drop to (`server.user`), looked up, with the pipes that
+/// could not run as it refused; None when there is no drop to make (unset,
+/// or started as that user already).
+fn privileges(config: &ringpost::config::Config) -> Result<Option<ringpost::privdrop::Identity>, String> {
+    let Some(name) = &config.server.user else {
+        return Ok(None);
+    };
+    let identity = ringpost::privdrop::lookup(name)?;
+    ringpost::privdrop::check_pipes(config, &identity)?;
+    let needed = ringpost::privdrop::needs_drop(&identity)?;
+    Ok(Some(identity).filter(|_| needed))
+}
+
+fn serve(
+    config: ringpost::config::Config,
+    path: Option<PathBuf>,
+    overrides: Vec<String>,
+    identity: Option<ringpost::privdrop::Identity>,
+) -> ExitCode {
     ringpost::raise_fd_limit();
     if let Err(e) = ringpost::route::reload(&config) {
         eprintln!("ringpost: {e}");
@@ -604,7 +644,7 @@ fn serve(config: ringpost::config::Config, path: Option<PathBuf>, overrides: Vec
             .spawn(move || watch_reload(hangup, stop, path, overrides))
             .expect("spawn the reload thread");
     }
-    match ringpost::shard::run(Arc::new(config), stop) {
+    match ringpost::shard::run(Arc::new(config), stop, identity) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             ringpost::log::event("fatal", &[("error", &e)]);

@@ -599,6 +599,12 @@ pub struct Server {
     /// The control socket (`ringpost stats`). Default: unset, which is
     /// `ringpost.sock` in the first spool directory.
     pub control_socket: Option<PathBuf>,
+    /// The account to run as once the listeners are bound (`crate::privdrop`).
+    /// Default: unset (no drop).
+    pub user: Option<String>,
+    /// Run as root without `user` although a configuration file is given.
+    /// Default false.
+    pub allow_root: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1001,6 +1007,8 @@ impl Default for Server {
             max_sessions_per_shard: 10_000,
             drain_timeout: Duration::from_secs(30),
             control_socket: None,
+            user: None,
+            allow_root: false,
         }
     }
 }

@@ -54,6 +54,11 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         Some(path) => writeln!(out, "control_socket = {}", quoted(&path.to_string_lossy()))?,
         None => writeln!(out, "control_socket = \"\"  # unset: ringpost.sock in the first spool directory")?,
     }
+    match &s.user {
+        Some(user) => writeln!(out, "user = {}", quoted(user))?,
+        None => writeln!(out, "user = \"\"  # unset: no privilege drop")?,
+    }
+    writeln!(out, "allow_root = {}", s.allow_root)?;
 
     let m = &c.smtp;
     writeln!(out, "\n[smtp]")?;
@@ -111,7 +116,12 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     let n = &c.dns;
     writeln!(out, "\n[dns]")?;
     let servers: Vec<String> = n.servers.iter().map(|server| server.to_string()).collect();
-    writeln!(out, "servers = {}{}", string_array(&servers), if servers.is_empty() { "  # empty: /etc/resolv.conf" } else { "" })?;
+    writeln!(
+        out,
+        "servers = {}{}",
+        string_array(&servers),
+        if servers.is_empty() { "  # empty: /etc/resolv.conf" } else { "" }
+    )?;
     match n.timeout {
         Some(timeout) => writeln!(out, "timeout = {}", quoted(&timeout.to_string()))?,
         None => writeln!(out, "timeout = \"\"  # unset: resolv.conf's, else 5s")?,
@@ -320,7 +330,9 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         writeln!(out, "\n[[router]]")?;
         writeln!(out, "name = {}", quoted(&router.name))?;
         writeln!(out, "driver = {}", quoted(router.driver.as_str()))?;
-        for (key, list) in [("domains", &router.domains), ("local_parts", &router.local_parts), ("senders", &router.senders)] {
+        for (key, list) in
+            [("domains", &router.domains), ("local_parts", &router.local_parts), ("senders", &router.senders)]
+        {
             if !list.is_empty() {
                 writeln!(out, "{key} = {}", string_array(list))?;
             }
@@ -328,7 +340,13 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         if let Some(file) = &router.file {
             writeln!(out, "file = {}", quoted(&file.to_string_lossy()))?;
         }
-        for (key, value) in [("source", &router.source), ("query", &router.query), ("host", &router.host), ("transport", &router.transport), ("pool", &router.pool)] {
+        for (key, value) in [
+            ("source", &router.source),
+            ("query", &router.query),
+            ("host", &router.host),
+            ("transport", &router.transport),
+            ("pool", &router.pool),
+        ] {
             if let Some(value) = value {
                 writeln!(out, "{key} = {}", quoted(value))?;
             }

@@ -18,7 +18,8 @@ use super::{
     TransportKind, TransportRule,
 };
 use super::{
-    Callout, CalloutSender, Dnsbl, DnsblAction, Driver, FrontPolicy, HeloAction, HeloCheck, HeloMatch, OnFailure, Policy, ReverseDns, Replicate, Route, Router, Scanner, ScannerKind, Score, Verify,
+    Callout, CalloutSender, Dnsbl, DnsblAction, Driver, FrontPolicy, HeloAction, HeloCheck, HeloMatch, OnFailure,
+    Policy, Replicate, ReverseDns, Route, Router, Scanner, ScannerKind, Score, Verify,
 };
 
 /// Most shards a configuration may ask for; far above any core count we run
@@ -32,8 +33,31 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 /// Longest commit delay: 100 ms.
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
-const ROOT_KEYS: &[&str] =
-    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate", "policy", "dnsbl", "helo_check", "email_auth", "dkim_sign", "sieve", "log"];
+const ROOT_KEYS: &[&str] = &[
+    "server",
+    "smtp",
+    "domains",
+    "local",
+    "relay",
+    "delivery",
+    "dns",
+    "tls",
+    "queue",
+    "transport",
+    "route",
+    "router",
+    "pool",
+    "verify",
+    "scanner",
+    "replicate",
+    "policy",
+    "dnsbl",
+    "helo_check",
+    "email_auth",
+    "dkim_sign",
+    "sieve",
+    "log",
+];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
     "max_alias_depth",
@@ -44,8 +68,24 @@ pub(super) const ROUTE_KEYS: &[&str] = &[
     "cache_entries",
     "sqlite_max_in_flight",
 ];
-pub(super) const ROUTER_KEYS: &[&str] =
-    &["name", "driver", "domains", "local_parts", "senders", "file", "source", "query", "rules", "host", "transport", "pool", "verify", "callout_random", "callout_sender", "callout_defer_ok"];
+pub(super) const ROUTER_KEYS: &[&str] = &[
+    "name",
+    "driver",
+    "domains",
+    "local_parts",
+    "senders",
+    "file",
+    "source",
+    "query",
+    "rules",
+    "host",
+    "transport",
+    "pool",
+    "verify",
+    "callout_random",
+    "callout_sender",
+    "callout_defer_ok",
+];
 pub(super) const SCANNER_KEYS: &[&str] = &[
     "name",
     "kind",
@@ -105,8 +145,17 @@ pub(super) const POOL_KEYS: &[&str] = &["max_connections", "queue_max", "timeout
 const ROUTERS_MAX: usize = 256;
 /// Most inline rewrite rules (a longer list belongs in a file).
 const RULES_INLINE_MAX: usize = 10_000;
-pub(super) const SERVER_KEYS: &[&str] =
-    &["hostname", "listen", "shards", "pin", "max_sessions_per_shard", "drain_timeout", "control_socket"];
+pub(super) const SERVER_KEYS: &[&str] = &[
+    "hostname",
+    "listen",
+    "shards",
+    "pin",
+    "max_sessions_per_shard",
+    "drain_timeout",
+    "control_socket",
+    "user",
+    "allow_root",
+];
 pub(super) const SMTP_KEYS: &[&str] = &[
     "greeting",
     "max_recipients",
@@ -137,8 +186,22 @@ pub(super) const DELIVERY_KEYS: &[&str] = &[
 /// Longest early delivery: a client waits this long for its reply.
 const EARLY_MS_MAX: u32 = 60_000;
 pub(super) const TLS_KEYS: &[&str] = &["cert", "key"];
-pub(super) const TRANSPORT_KEYS: &[&str] =
-    &["domains", "transport", "nexthop", "tls", "max_connections", "command", "user", "group", "timeout", "maildir", "verify", "callout_random", "callout_sender", "callout_defer_ok"];
+pub(super) const TRANSPORT_KEYS: &[&str] = &[
+    "domains",
+    "transport",
+    "nexthop",
+    "tls",
+    "max_connections",
+    "command",
+    "user",
+    "group",
+    "timeout",
+    "maildir",
+    "verify",
+    "callout_random",
+    "callout_sender",
+    "callout_defer_ok",
+];
 /// Most `[[transport]]` rules.
 const TRANSPORT_RULES_MAX: usize = 10_000;
 pub(super) const DNS_KEYS: &[&str] = &["servers", "timeout", "attempts"];
@@ -148,14 +211,8 @@ const DNS_SERVER_COUNT_MAX: usize = crate::dns::SERVER_COUNT_MAX;
 const DNS_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most rounds over the name servers.
 const DNS_ATTEMPTS_MAX: u32 = 10;
-pub(super) const QUEUE_KEYS: &[&str] = &[
-    "spool",
-    "retry_lags",
-    "max_age",
-    "inline_max_bytes",
-    "segment_size_bytes",
-    "commit_delay_us",
-];
+pub(super) const QUEUE_KEYS: &[&str] =
+    &["spool", "retry_lags", "max_age", "inline_max_bytes", "segment_size_bytes", "commit_delay_us"];
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -309,6 +366,23 @@ fn path(node: &Node, key: &str) -> Result<PathBuf> {
     ensure(!text.is_empty(), node, key, "must not be empty")?;
     Ok(PathBuf::from(text))
 }
+
+/// A user name for `server.user`: what `useradd` accepts (letters, digits,
+/// `_`, `-`, `.`, not starting with `-`), at most 32 characters.
+fn user_name(node: &Node, key: &str) -> Result<String> {
+    let name = string(node, key)?;
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    ensure(
+        name.len() <= USER_NAME_BYTES_MAX && !name.starts_with('-') && name.chars().all(allowed),
+        node,
+        key,
+        &format!("must be a user name (letters, digits, '_', '-', '.'; at most {USER_NAME_BYTES_MAX} characters)"),
+    )?;
+    Ok(name)
+}
+
+/// Longest `server.user` (the limit of `useradd`).
+const USER_NAME_BYTES_MAX: usize = 32;
 
 /// Text sent on one SMTP reply line: no CR, LF or other control characters.
 fn reply_text(node: &Node, key: &str) -> Result<String> {
@@ -535,9 +609,7 @@ fn read_scanners(node: &Node) -> Result<Vec<Scanner>> {
             }
             let (node, key) = required("address")?;
             let address = string(node, &key)?;
-            address
-                .parse::<crate::scan::content::ScannerAddress>()
-                .map_err(|reason| invalid(node, &key, reason))?;
+            address.parse::<crate::scan::content::ScannerAddress>().map_err(|reason| invalid(node, &key, reason))?;
             (address, Vec::new())
         };
         let (user, group) = (opt_string("user")?, opt_string("group")?);
@@ -667,9 +739,17 @@ fn read_policy(section: &Section<'_>, d: Policy) -> Result<Policy> {
             Ok(value)
         })?,
         max_sessions_per_client: section.read("max_sessions_per_client", d.max_sessions_per_client, per_minute)?,
-        max_connections_per_minute: section.read("max_connections_per_minute", d.max_connections_per_minute, per_minute)?,
+        max_connections_per_minute: section.read(
+            "max_connections_per_minute",
+            d.max_connections_per_minute,
+            per_minute,
+        )?,
         max_messages_per_minute: section.read("max_messages_per_minute", d.max_messages_per_minute, per_minute)?,
-        max_recipients_per_minute: section.read("max_recipients_per_minute", d.max_recipients_per_minute, per_minute)?,
+        max_recipients_per_minute: section.read(
+            "max_recipients_per_minute",
+            d.max_recipients_per_minute,
+            per_minute,
+        )?,
         exempt_networks: section.read("exempt_networks", d.exempt_networks, |node, key| array(node, key, cidr))?,
         client_table_entries: section.read("client_table_entries", d.client_table_entries, |node, key| {
             let value: usize = positive(node, key)?;
@@ -703,7 +783,9 @@ fn read_front_policy(section: &Section<'_>, d: FrontPolicy) -> Result<FrontPolic
         dnsbl_action: section.read("dnsbl_action", d.dnsbl_action, |node, key| match string(node, key)?.as_str() {
             "reject_at_greeting" => Ok(DnsblAction::RejectAtGreeting),
             "reject_at_rcpt" => Ok(DnsblAction::RejectAtRcpt),
-            other => Err(invalid(node, key, format!("must be \"reject_at_greeting\" or \"reject_at_rcpt\", not {other:?}"))),
+            other => {
+                Err(invalid(node, key, format!("must be \"reject_at_greeting\" or \"reject_at_rcpt\", not {other:?}")))
+            }
         })?,
         dnsbl_timeout: section.read("dnsbl_timeout", d.dnsbl_timeout, |node, key| short(node, key, true))?,
         greet_pause: section.read("greet_pause", d.greet_pause, |node, key| short(node, key, false))?,
@@ -827,7 +909,8 @@ fn read_transports(node: &Node) -> Result<Vec<TransportRule>> {
         let domains = nonempty_array(domains_node, &key, |node, key| {
             let text = string(node, key)?;
             if text != "*" {
-                check_host_name(text.strip_prefix('.').unwrap_or(&text)).map_err(|reason| invalid(node, key, reason))?;
+                check_host_name(text.strip_prefix('.').unwrap_or(&text))
+                    .map_err(|reason| invalid(node, key, reason))?;
             }
             Ok(text.to_ascii_lowercase())
         })?;
@@ -928,7 +1011,9 @@ fn read_route(section: &Section<'_>, d: Route) -> Result<Route> {
         subaddress_separators: section.read("subaddress_separators", d.subaddress_separators, |node, key| {
             array(node, key, |node, key| {
                 let text = string(node, key)?;
-                let ok = text.chars().count() == 1 && !text.contains(['@', '"', '\\']) && !text.chars().any(char::is_whitespace);
+                let ok = text.chars().count() == 1
+                    && !text.contains(['@', '"', '\\'])
+                    && !text.chars().any(char::is_whitespace);
                 ensure(ok, node, key, "a separator is one character other than @, \", \\ and space")?;
                 Ok(text)
             })
@@ -963,7 +1048,12 @@ fn read_routers(node: &Node) -> Result<Vec<Router>> {
                 let name = string(node, &key_of("name"))?;
                 let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
                 ensure(ok, node, &key_of("name"), "letters, digits, _ - . only")?;
-                ensure(!routers.iter().any(|r| r.name == name), node, &key_of("name"), "a router of this name is defined above")?;
+                ensure(
+                    !routers.iter().any(|r| r.name == name),
+                    node,
+                    &key_of("name"),
+                    "a router of this name is defined above",
+                )?;
                 name
             }
             None => return Err(invalid(element, &prefix, "a router needs a name")),
@@ -975,7 +1065,11 @@ fn read_routers(node: &Node) -> Result<Vec<Router>> {
                     Some(driver) => *driver,
                     None => {
                         let known: Vec<&str> = Driver::ALL.iter().map(|d| d.as_str()).collect();
-                        return Err(invalid(node, &key_of("driver"), format!("unknown driver {text:?}; one of {}", known.join(", "))));
+                        return Err(invalid(
+                            node,
+                            &key_of("driver"),
+                            format!("unknown driver {text:?}; one of {}", known.join(", ")),
+                        ));
                     }
                 }
             }
@@ -983,14 +1077,22 @@ fn read_routers(node: &Node) -> Result<Vec<Router>> {
         };
         let opt_string = |key: &str| get(key).map(|node| string(node, &key_of(key))).transpose();
         let list = |key: &str| -> Result<Vec<String>> {
-            get(key).map(|node| array(node, &key_of(key), |n, k| Ok(string(n, k)?.to_ascii_lowercase()))).transpose().map(Option::unwrap_or_default)
+            get(key)
+                .map(|node| array(node, &key_of(key), |n, k| Ok(string(n, k)?.to_ascii_lowercase())))
+                .transpose()
+                .map(Option::unwrap_or_default)
         };
         let file = get("file").map(|node| path(node, &key_of("file"))).transpose()?;
         let source = opt_string("source")?;
         let query = opt_string("query")?;
         if let (Some(node), Some(text)) = (get("source"), &source) {
             let known = ["sqlite:", "postgres:", "postgresql:", "ldap:", "ldaps:"];
-            ensure(known.iter().any(|p| text.starts_with(p)), node, &key_of("source"), "expected sqlite:PATH, postgres:URL or ldap:URL")?;
+            ensure(
+                known.iter().any(|p| text.starts_with(p)),
+                node,
+                &key_of("source"),
+                "expected sqlite:PATH, postgres:URL or ldap:URL",
+            )?;
             ensure(query.is_some(), node, &key_of("source"), "a source needs a query")?;
             ensure(file.is_none(), node, &key_of("source"), "give file or source, not both")?;
         }
@@ -1110,6 +1212,8 @@ fn read_server(section: &Section<'_>, d: Server) -> Result<Server> {
         max_sessions_per_shard: section.read("max_sessions_per_shard", d.max_sessions_per_shard, positive)?,
         drain_timeout: section.read("drain_timeout", d.drain_timeout, duration)?,
         control_socket: section.read("control_socket", d.control_socket, |node, key| optional(node, key, path))?,
+        user: section.read("user", d.user, |node, key| optional(node, key, user_name))?,
+        allow_root: section.read("allow_root", d.allow_root, boolean)?,
     })
 }
 
@@ -1213,7 +1317,12 @@ fn read_dns(section: &Section<'_>, d: Dns) -> Result<Dns> {
                 let text = string(node, key)?;
                 crate::dns::parse_server(&text).map_err(|reason| invalid(node, key, reason))
             })?;
-            ensure(servers.len() <= DNS_SERVER_COUNT_MAX, node, key, &format!("at most {DNS_SERVER_COUNT_MAX} servers"))?;
+            ensure(
+                servers.len() <= DNS_SERVER_COUNT_MAX,
+                node,
+                key,
+                &format!("at most {DNS_SERVER_COUNT_MAX} servers"),
+            )?;
             Ok(servers)
         })?,
         timeout: section.read("timeout", d.timeout, |node, key| {
@@ -1325,8 +1434,17 @@ fn read_log(section: &Section<'_>, d: super::Log) -> Result<super::Log> {
     })
 }
 
-const SIEVE_KEYS: &[&str] =
-    &["scripts", "source", "query", "pool", "before", "vacation_db", "max_script_bytes", "max_redirects", "cache_entries"];
+const SIEVE_KEYS: &[&str] = &[
+    "scripts",
+    "source",
+    "query",
+    "pool",
+    "before",
+    "vacation_db",
+    "max_script_bytes",
+    "max_redirects",
+    "cache_entries",
+];
 /// Longest Sieve script `sieve.max_script_bytes` allows.
 const SIEVE_SCRIPT_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Most redirects `sieve.max_redirects` allows.
@@ -1366,7 +1484,12 @@ fn read_sieve(node: &Node, section: &Section<'_>, d: super::Sieve) -> Result<sup
     }
     if let Some(source) = &sieve.source {
         let known = ["sqlite:", "postgres:", "postgresql:", "ldap:", "ldaps:"];
-        ensure(known.iter().any(|p| source.starts_with(p)), at("source"), "sieve.source", "expected sqlite:PATH, postgres:URL or ldap:URL")?;
+        ensure(
+            known.iter().any(|p| source.starts_with(p)),
+            at("source"),
+            "sieve.source",
+            "expected sqlite:PATH, postgres:URL or ldap:URL",
+        )?;
         ensure(sieve.query.is_some(), at("source"), "sieve.source", "a source needs a query")?;
         ensure(sieve.scripts.is_none(), at("source"), "sieve.source", "give scripts or source, not both")?;
     }
@@ -1402,7 +1525,9 @@ fn read_dkim_sign(node: &Node) -> Result<Vec<super::DkimSign>> {
         let selector = string(node, &key)?;
         let ok = !selector.is_empty()
             && selector.len() <= 63
-            && selector.split('.').all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+            && selector.split('.').all(|label| {
+                !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
         ensure(ok, node, &key, "a DNS label (letters, digits, - and _)")?;
         let (node, key) = required("key")?;
         let key_path = path(node, &key)?;
@@ -1412,7 +1537,12 @@ fn read_dkim_sign(node: &Node) -> Result<Vec<super::DkimSign>> {
                 let headers = nonempty_array(node, &key, string)?;
                 let ok = headers.iter().all(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b':'));
                 ensure(ok, node, &key, "header field names (printable, no colon)")?;
-                ensure(headers.iter().any(|h| h.eq_ignore_ascii_case("from")), node, &key, "must include From (RFC 6376 §5.4)")?;
+                ensure(
+                    headers.iter().any(|h| h.eq_ignore_ascii_case("from")),
+                    node,
+                    &key,
+                    "must include From (RFC 6376 §5.4)",
+                )?;
                 headers
             }
         };

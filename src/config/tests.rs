@@ -311,6 +311,29 @@ fn docs_example_loads_and_docs_list_every_key() {
     }
 }
 
+#[test]
+fn packaged_example_loads_as_an_mx_relay() {
+    let text = include_str!("../../debian/ringpost.toml");
+    let config = load_str(Path::new("debian/ringpost.toml"), text, &[]).expect("the packaged configuration loads");
+    assert_eq!(config.server.user.as_deref(), Some("ringpost"));
+    assert!(!config.server.allow_root);
+    assert!(config.domains.local.is_empty(), "a relay delivers nothing locally");
+    assert_eq!(config.queue.spool, vec![std::path::PathBuf::from("/var/spool/ringpost")]);
+    assert_eq!(config.transports.len(), 1);
+    assert_eq!(load_str(Path::new("printed"), &config.to_toml(), &[]).expect("printed loads"), config);
+}
+
+#[test]
+fn server_user_is_a_user_name() {
+    let config = load_with("[server]\nuser = \"ringpost\"\nallow_root = true\n", &[]).expect("loads");
+    assert_eq!((config.server.user.as_deref(), config.server.allow_root), (Some("ringpost"), true));
+    assert_eq!(load_with("[server]\nuser = \"\"\n", &[]).expect("loads").server.user, None, "empty is unset");
+    for bad in ["-rf", "a b", "root:0", "x/y", &"a".repeat(33)] {
+        assert!(load_with(&format!("[server]\nuser = \"{bad}\"\n"), &[]).is_err(), "{bad:?} refused");
+    }
+    assert!(load_with("[server]\nallow_root = \"yes\"\n", &[]).is_err());
+}
+
 fn all_keys() -> [(&'static str, &'static [&'static str]); 12] {
     [
         ("server", read::SERVER_KEYS),

@@ -50,12 +50,24 @@ pub struct PipeParams {
 }
 
 impl PipeParams {
-    /// From a rule's command, user and group (names or numbers; unset
-    /// means `nobody` and that user's primary group: a pipe never runs as
-    /// root by default).
-    pub fn from_rule(command: &[String], user: Option<&str>, group: Option<&str>, timeout: Duration) -> Result<PipeParams, String> {
-        let user = user.unwrap_or("nobody");
-        let (uid, primary_gid) = lookup_user(user)?;
+    /// From a rule's command, user and group (names or numbers). Unset
+    /// means `nobody` and that user's primary group when ringpost runs as
+    /// root (a pipe never runs as root by default), and ringpost's own ids
+    /// otherwise (after the drop to `server.user` nothing can switch to
+    /// another user).
+    pub fn from_rule(
+        command: &[String],
+        user: Option<&str>,
+        group: Option<&str>,
+        timeout: Duration,
+    ) -> Result<PipeParams, String> {
+        // SAFETY: these calls only read the process's ids.
+        let (euid, uid, gid) = unsafe { (libc::geteuid(), libc::getuid(), libc::getgid()) };
+        let (uid, primary_gid) = match user {
+            Some(user) => lookup_user(user)?,
+            None if euid != 0 => (uid, gid),
+            None => lookup_user("nobody")?,
+        };
         let gid = match group {
             Some(group) => lookup_group(group)?,
             None => primary_gid,
@@ -64,7 +76,7 @@ impl PipeParams {
     }
 }
 
-fn lookup_user(name: &str) -> Result<(u32, u32), String> {
+pub(crate) fn lookup_user(name: &str) -> Result<(u32, u32), String> {
     let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
     for line in passwd.lines() {
         let fields: Vec<&str> = line.split(':').collect();
@@ -77,7 +89,7 @@ fn lookup_user(name: &str) -> Result<(u32, u32), String> {
     name.parse::<u32>().map(|uid| (uid, uid)).map_err(|_| format!("no user {name:?} in /etc/passwd"))
 }
 
-fn lookup_group(name: &str) -> Result<u32, String> {
+pub(crate) fn lookup_group(name: &str) -> Result<u32, String> {
     let groups = std::fs::read_to_string("/etc/group").map_err(|e| format!("/etc/group: {e}"))?;
     for line in groups.lines() {
         let fields: Vec<&str> = line.split(':').collect();
@@ -112,15 +124,27 @@ pub fn outcome_of_exit(code: i32, text: &str) -> RcptOutcome {
         _ => (451, Enhanced(4, 3, 0), "unknown exit status"),
     };
     let reply = Reply::new(reply_code, enhanced, format!("{} (exit {code}){}", what, text_suffix(text)));
-    if reply_code >= 500 { RcptOutcome::Permanent(reply) } else { RcptOutcome::Transient(reply) }
+    if reply_code >= 500 {
+        RcptOutcome::Permanent(reply)
+    } else {
+        RcptOutcome::Transient(reply)
+    }
 }
 
 fn text_or(text: &str, default: &str) -> String {
-    if text.is_empty() { default.to_string() } else { text.to_string() }
+    if text.is_empty() {
+        default.to_string()
+    } else {
+        text.to_string()
+    }
 }
 
 fn text_suffix(text: &str) -> String {
-    if text.is_empty() { String::new() } else { format!(": {text}") }
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {text}")
+    }
 }
 
 /// Delivers `env` to the recipients at `indexes` through the program.
@@ -472,10 +496,12 @@ mod tests {
 
     #[test]
     fn users_and_groups_resolve() {
-        let p = PipeParams::from_rule(&["/bin/true".into()], Some("root"), Some("root"), Duration::from_secs(1)).unwrap();
+        let p =
+            PipeParams::from_rule(&["/bin/true".into()], Some("root"), Some("root"), Duration::from_secs(1)).unwrap();
         assert_eq!((p.uid, p.gid), (0, 0));
         let p = PipeParams::from_rule(&["/bin/true".into()], None, None, Duration::from_secs(1)).unwrap();
         assert_ne!(p.uid, 0, "nobody by default");
-        assert!(PipeParams::from_rule(&["/bin/true".into()], Some("no-such-user-here"), None, Duration::from_secs(1)).is_err());
+        assert!(PipeParams::from_rule(&["/bin/true".into()], Some("no-such-user-here"), None, Duration::from_secs(1))
+            .is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! A program as a content scanner: the message on its standard input, run
-//! without a shell as a configured user and group (default `nobody`, the
-//! security boundary between scanner and MTA), its exit status the
+//! without a shell as a configured user and group (default `nobody` when
+//! ringpost runs as root, the security boundary between scanner and MTA;
+//! ringpost's own user after a drop to `server.user`), its exit status the
 //! verdict.
 //!
 //! Place in the pipeline: one scanner kind of the scanning stage at the
@@ -119,7 +120,10 @@ fn verdict(program: &str, ran: &Ran) -> Verdict {
         }
         Some(Some(1)) => {
             let reason = first_line();
-            Verdict::Reject { reason: if reason.is_empty() { format!("refused by {program}") } else { reason }, score: None }
+            Verdict::Reject {
+                reason: if reason.is_empty() { format!("refused by {program}") } else { reason },
+                score: None,
+            }
         }
         Some(Some(code)) => {
             let reason = first_line();
@@ -149,7 +153,11 @@ mod tests {
     use std::os::unix::process::ExitStatusExt;
 
     fn ran(code: i32, stdout: &str) -> Ran {
-        Ran { status: Some(std::process::ExitStatus::from_raw(code << 8)), stdout: stdout.into(), stderr: String::new() }
+        Ran {
+            status: Some(std::process::ExitStatus::from_raw(code << 8)),
+            stdout: stdout.into(),
+            stderr: String::new(),
+        }
     }
 
     #[test]
@@ -175,10 +183,11 @@ mod tests {
     fn arguments_are_expanded_from_the_envelope() {
         let env = crate::testing::envelope("0000000000000001", &["a@x.test", "b@x.test"], 0);
         let message = Message { env: &env, body_path: std::path::Path::new("/nonexistent") };
-        let argv: Vec<String> = ["/bin/f", "--from={sender}", "{recipients}", "--to={recipients}", "{client_ip}", "{queue_id}"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let argv: Vec<String> =
+            ["/bin/f", "--from={sender}", "{recipients}", "--to={recipients}", "{client_ip}", "{queue_id}"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         assert_eq!(
             expand(&argv, &message),
             vec![

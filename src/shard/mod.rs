@@ -129,20 +129,12 @@ impl Shard {
     }
 
     pub fn session_started(&self) {
-        let count = self
-            .sessions_active
-            .get()
-            .checked_add(1)
-            .expect("session count overflow");
+        let count = self.sessions_active.get().checked_add(1).expect("session count overflow");
         self.sessions_active.set(count);
     }
 
     pub fn session_ended(&self) {
-        let count = self
-            .sessions_active
-            .get()
-            .checked_sub(1)
-            .expect("session count below zero");
+        let count = self.sessions_active.get().checked_sub(1).expect("session count below zero");
         self.sessions_active.set(count);
         self.session_event.notify(usize::MAX);
     }
@@ -189,34 +181,29 @@ pub fn server_params(config: &Config) -> ServerParams {
     }
 }
 
-/// Runs every shard until `stop` is set and they have drained.
-pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
+/// Runs every shard until `stop` is set and they have drained. With
+/// `identity` (from `server.user`), the listeners and the control socket
+/// are bound first, the spool and the socket given to that user, and the
+/// process becomes it before any shard starts (`crate::privdrop`).
+pub fn run(
+    config: Arc<Config>,
+    stop: Arc<AtomicBool>,
+    identity: Option<crate::privdrop::Identity>,
+) -> Result<(), String> {
     let shard_count = config.shard_count();
-    let cpus: Vec<usize> = glommio::CpuSet::online()
-        .map(|set| set.into_iter().map(|l| l.cpu).collect())
-        .unwrap_or_default();
+    let cpus: Vec<usize> =
+        glommio::CpuSet::online().map(|set| set.into_iter().map(|l| l.cpu).collect()).unwrap_or_default();
     log::event(
         "start",
-        &[
-            ("shards", &shard_count),
-            ("pin", &config.server.pin),
-            ("listen", &format!("{:?}", config.server.listen)),
-        ],
+        &[("shards", &shard_count), ("pin", &config.server.pin), ("listen", &format!("{:?}", config.server.listen))],
     );
-    let dns = crate::dns::params_for(&config.dns)
-        .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?;
+    let dns = crate::dns::params_for(&config.dns).map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?;
     dns.validate().map_err(|e| format!("dns: {e}"))?;
     let tls_server = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => {
-            Some(crate::tls::server_config(cert, key).map_err(|e| format!("tls: {e}"))?)
-        }
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key).map_err(|e| format!("tls: {e}"))?),
         _ => None,
     };
-    let start = Start {
-        dns,
-        tls_server,
-        tls_client: crate::tls::client_config(),
-    };
+    let start = Start { dns, tls_server, tls_client: crate::tls::client_config() };
     let replicating = config.replicate.peer.is_some() || !config.replicate.accept_from.is_empty();
     if replicating && shard_count > crate::scan::replicate::REPLICATION_SHARDS_MAX {
         return Err(format!(
@@ -230,14 +217,35 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
     // A `before` script that does not compile stops the start likewise.
     crate::ingress::filters::install(crate::ingress::filters::Filters::open(&config)?.map(Arc::new));
     let limits = Arc::new(crate::limits::Limits::new(&config));
+    // Every shard's sockets, bound here while the process may still bind
+    // ports below 1024; each shard takes its own and listens on it.
+    let mut listeners = bind_listeners(&config.server.listen, shard_count)?.into_iter();
+    let control_path = config.control_socket_path();
+    if let (Some(identity), Some(dir)) = (&identity, control_path.parent()) {
+        crate::privdrop::prepare_dir(dir, identity).map_err(|e| format!("control socket {e}"))?;
+    }
     // Without its control socket the server still takes mail.
-    let control = match crate::control::start(&config.control_socket_path()) {
+    let control = match crate::control::start(&control_path) {
         Ok(control) => Some(control),
         Err(e) => {
             log::event("control_socket_error", &[("error", &e)]);
             None
         }
     };
+    if let Some(identity) = &identity {
+        let socket = control.as_ref().map(|_| control_path.as_path());
+        let dropped =
+            crate::privdrop::hand_over(&config, socket, identity).and_then(|()| crate::privdrop::become_user(identity));
+        if let Err(e) = dropped {
+            if let Some(control) = control {
+                control.stop();
+            }
+            return Err(e);
+        }
+        log::event("privileges_dropped", &[("user", &identity.name), ("uid", &identity.uid), ("gid", &identity.gid)]);
+    }
+    // The last shard to run its accept loops tells the service manager.
+    let unready = Arc::new(std::sync::atomic::AtomicUsize::new(shard_count));
     let mut meshes = crate::verify::mesh(shard_count).into_iter();
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
@@ -248,12 +256,16 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
             Placement::Unbound
         };
         let (config, start, stop, held) = (config.clone(), start.clone(), stop.clone(), held.clone());
-        let limits = limits.clone();
+        let (limits, unready) = (limits.clone(), unready.clone());
+        let shard_listeners = listeners.next().expect("listeners bound for every shard");
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             .io_memory(2 << 20)
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(blocking_threads(&config)))
-            .spawn(move || async move { shard_main(index, config, start, stop, mesh, held, limits).await })
+            .spawn(move || async move {
+                let ready = Ready { listeners: shard_listeners, unready, limits };
+                shard_main(index, config, start, stop, mesh, held, ready).await
+            })
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
     }
@@ -279,18 +291,68 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
     }
 }
 
+/// `count` sockets for each of `addresses`, each bound with SO_REUSEPORT
+/// (so the kernel spreads connections over the shards' sockets) but not
+/// yet listening: binding is what needs root for a port below 1024, and a
+/// socket joins its port's group, and gets connections, only when its
+/// shard calls `listen` once its queue is open. The outer vector has one
+/// entry per shard.
+fn bind_listeners(addresses: &[std::net::SocketAddr], count: usize) -> Result<Vec<Vec<BoundSocket>>, String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut shards = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut sockets = Vec::with_capacity(addresses.len());
+        for addr in addresses {
+            let bound = Socket::new(Domain::for_address(*addr), Type::STREAM, Some(Protocol::TCP)).and_then(|socket| {
+                socket.set_reuse_port(true)?;
+                socket.bind(&(*addr).into())?;
+                Ok(socket)
+            });
+            let socket = bound.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            sockets.push(BoundSocket { addr: *addr, socket });
+        }
+        shards.push(sockets);
+    }
+    Ok(shards)
+}
+
+/// A shard's socket for one `server.listen` address, bound by `run`.
+struct BoundSocket {
+    addr: std::net::SocketAddr,
+    socket: socket2::Socket,
+}
+
+impl BoundSocket {
+    /// Starts listening and hands the socket to the shard's executor.
+    fn listen(self) -> std::io::Result<glommio::net::TcpListener> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        self.socket.listen(LISTEN_BACKLOG)?;
+        let fd = std::net::TcpListener::from(self.socket).into_raw_fd();
+        // SAFETY: `fd` is a bound, listening TCP socket whose ownership
+        // moves into glommio's listener here.
+        Ok(unsafe { glommio::net::TcpListener::from_raw_fd(fd) })
+    }
+}
+
+/// The backlog of each listening socket.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// What `run` hands one shard: its sockets, already bound; the count of
+/// shards not yet taking connections; the process's per-client table.
+struct Ready {
+    listeners: Vec<BoundSocket>,
+    unready: Arc<std::sync::atomic::AtomicUsize>,
+    limits: Arc<crate::limits::Limits>,
+}
+
 /// Threads of a shard's pool for blocking work: pipe scanners (each scan
 /// holds a thread while its program runs), pipe and Maildir deliveries,
 /// SQLite lookups. glommio's default of one would run a shard's pipe scans
 /// one at a time, whatever their `max_concurrent`, and make every other
 /// blocking job wait behind a slow scan.
 fn blocking_threads(config: &Config) -> usize {
-    let scans: usize = config
-        .scanners
-        .iter()
-        .filter(|s| s.kind == crate::config::ScannerKind::Pipe)
-        .map(|s| s.max_concurrent)
-        .sum();
+    let scans: usize =
+        config.scanners.iter().filter(|s| s.kind == crate::config::ScannerKind::Pipe).map(|s| s.max_concurrent).sum();
     (BLOCKING_THREADS_BASE + scans).min(BLOCKING_THREADS_MAX)
 }
 
@@ -314,39 +376,20 @@ async fn shard_main(
     stop: Arc<AtomicBool>,
     mesh: crate::verify::MeshEnd,
     held: Arc<crate::scan::replicate::Held>,
-    limits: Arc<crate::limits::Limits>,
+    ready: Ready,
 ) -> Result<(), String> {
-    let Start {
-        dns,
-        tls_server,
-        tls_client,
-    } = start;
+    let Ready { listeners, unready, limits } = ready;
+    let Start { dns, tls_server, tls_client } = start;
     let executor = glommio::executor();
-    let tq_smtp = executor.create_task_queue(
-        Shares::Static(1000),
-        Latency::Matters(Duration::from_millis(5)),
-        "smtp",
-    );
-    let tq_delivery =
-        executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "delivery");
+    let tq_smtp = executor.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(5)), "smtp");
+    let tq_delivery = executor.create_task_queue(Shares::Static(250), Latency::NotImportant, "delivery");
     let spool = config.spool_for_shard(index).to_path_buf();
-    let queue = Queue::open(
-        &spool,
-        index as u16,
-        QueueParams::from_config(&config),
-        Clock::System,
-    )
-    .await
-    .map_err(|e| format!("shard {index}: cannot open spool {}: {e}", spool.display()))?;
-    let deliverer = Rc::new(Deliverer::new(
-        config.clone(),
-        queue.clone(),
-        index,
-        dns,
-        tls_client,
-    )?);
-    let auth = crate::auth::Auth::new(&config, deliverer.clone(), queue.clone())
-        .map_err(|e| format!("shard {index}: {e}"))?;
+    let queue = Queue::open(&spool, index as u16, QueueParams::from_config(&config), Clock::System)
+        .await
+        .map_err(|e| format!("shard {index}: cannot open spool {}: {e}", spool.display()))?;
+    let deliverer = Rc::new(Deliverer::new(config.clone(), queue.clone(), index, dns, tls_client)?);
+    let auth =
+        crate::auth::Auth::new(&config, deliverer.clone(), queue.clone()).map_err(|e| format!("shard {index}: {e}"))?;
     let replicator = crate::scan::replicate::Replicator::new(&config, deliverer.clone());
     let delivery = Rc::new(
         Delivery::new(config.clone(), queue.clone(), deliverer.clone())
@@ -373,15 +416,10 @@ async fn shard_main(
         tq_delivery,
     )
     .map_err(|e| format!("shard {index}: {e}"))?;
-    let verifier = Rc::new(crate::verify::Verifier::new(
-        index,
-        config.clone(),
-        deliverer.clone(),
-        Clock::System,
-        Some(mesh),
-    ));
-    let verifier_task = glommio::spawn_local_into(verifier.clone().serve(), tq_smtp)
-        .map_err(|e| format!("shard {index}: {e}"))?;
+    let verifier =
+        Rc::new(crate::verify::Verifier::new(index, config.clone(), deliverer.clone(), Clock::System, Some(mesh)));
+    let verifier_task =
+        glommio::spawn_local_into(verifier.clone().serve(), tq_smtp).map_err(|e| format!("shard {index}: {e}"))?;
     let recovered = queue.handoff_counts().0;
     // The queue's own tasks: a committer per log next to the sessions it
     // acknowledges; the collector and the retry runners with delivery.
@@ -399,61 +437,42 @@ async fn shard_main(
             .map_err(|e| format!("shard {index}: {e}"))?;
         runner_tasks.push(task);
     }
-    let mut listeners = Vec::new();
-    for addr in &config.server.listen {
-        let listener = glommio::net::TcpListener::bind(addr)
-            .map_err(|e| format!("shard {index}: cannot listen on {addr}: {e}"))?;
-        listeners.push(listener);
+    let mut accepting = Vec::with_capacity(listeners.len());
+    for bound in listeners {
+        let addr = bound.addr;
+        accepting.push(bound.listen().map_err(|e| format!("shard {index}: cannot listen on {addr}: {e}"))?);
     }
-    let shard = Rc::new(Shard::new(
-        index,
-        config,
-        queue,
-        delivery,
-        stages,
-        [tq_smtp, tq_delivery],
-        tls_server,
-        verifier,
-        held,
-    )
-    .with_limits(limits));
-    log::event(
-        "shard_ready",
-        &[("shard", &index), ("recovered", &recovered)],
+    let listeners = accepting;
+    let shard = Rc::new(
+        Shard::new(index, config, queue, delivery, stages, [tq_smtp, tq_delivery], tls_server, verifier, held)
+            .with_limits(limits),
     );
+    log::event("shard_ready", &[("shard", &index), ("recovered", &recovered)]);
     let mut accept_tasks = Vec::new();
     for listener in listeners {
-        let task = glommio::spawn_local_into(
-            crate::ingress::accept_loop(shard.clone(), listener),
-            tq_smtp,
-        )
-        .map_err(|e| format!("shard {index}: {e}"))?;
+        let task = glommio::spawn_local_into(crate::ingress::accept_loop(shard.clone(), listener), tq_smtp)
+            .map_err(|e| format!("shard {index}: {e}"))?;
         accept_tasks.push(task);
+    }
+    if unready.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if let Err(e) = crate::notify::notify("READY=1") {
+            log::event("notify_error", &[("error", &e)]);
+        }
     }
     // Back from a stop or a crash: the peer says which messages it took
     // over meanwhile before delivery sends any of them again.
     if let Some(replicator) = shard.stages.replicator() {
         replicator.greet_peer().await;
     }
-    let delivery_task =
-        glommio::spawn_local_into(shard.delivery.clone().run(shard.clone()), tq_delivery)
-            .map_err(|e| format!("shard {index}: {e}"))?;
-    let sweep_task = glommio::spawn_local_into(
-        shard.delivery.clone().sweep_connections(shard.clone()),
-        tq_delivery,
-    )
-    .map_err(|e| format!("shard {index}: {e}"))?;
+    let delivery_task = glommio::spawn_local_into(shard.delivery.clone().run(shard.clone()), tq_delivery)
+        .map_err(|e| format!("shard {index}: {e}"))?;
+    let sweep_task = glommio::spawn_local_into(shard.delivery.clone().sweep_connections(shard.clone()), tq_delivery)
+        .map_err(|e| format!("shard {index}: {e}"))?;
 
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
     }
-    log::event(
-        "drain",
-        &[
-            ("shard", &index),
-            ("sessions", &shard.sessions_active.get()),
-        ],
-    );
+    log::event("drain", &[("shard", &index), ("sessions", &shard.sessions_active.get())]);
     shard.set_phase(Phase::Draining);
     for task in accept_tasks {
         task.await;
@@ -461,9 +480,7 @@ async fn shard_main(
     let drain_deadline = Instant::now() + shard.config.server.drain_timeout.0;
     if !shard.sessions_gone(drain_deadline).await {
         shard.set_phase(Phase::Closing);
-        shard
-            .sessions_gone(Instant::now() + Duration::from_secs(5))
-            .await;
+        shard.sessions_gone(Instant::now() + Duration::from_secs(5)).await;
     } else {
         shard.set_phase(Phase::Closing);
     }
@@ -473,10 +490,7 @@ async fn shard_main(
     verifier_task.await;
     shard.verifier.log_stats();
     delivery_task.await;
-    shard
-        .delivery
-        .wait_idle(Instant::now() + Duration::from_secs(10))
-        .await;
+    shard.delivery.wait_idle(Instant::now() + Duration::from_secs(10)).await;
     sweep_task.await;
     // The last finished messages are told to the peer before the outbound
     // connections close.
