@@ -148,7 +148,10 @@ impl<S: Storage + 'static> Queue<S> {
             let newest = current.location.log == LogKind::Retry
                 && current.location.segment_sequence == span.segment_sequence
                 && current.location.offset == offset;
-            if !newest || current.in_flight {
+            // A held message waits for its release, whichever runner
+            // passes it (its record stays live: section "Administration"
+            // of docs/queue.md).
+            if !newest || current.in_flight || current.held {
                 continue;
             }
             // Due now, and not already due when the runner before this one

@@ -89,6 +89,7 @@ fn template(id: &str) -> Envelope {
         body: Body::Inline(Default::default()),
         headers_prepended: Vec::new(),
         replica_of: None,
+        held: false,
     }
 }
 

@@ -231,7 +231,9 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
     crate::ingress::filters::install(crate::ingress::filters::Filters::open(&config)?.map(Arc::new));
     let limits = Arc::new(crate::limits::Limits::new(&config));
     // Without its control socket the server still takes mail.
-    let control = match crate::control::start(&config.control_socket_path()) {
+    let (admin_senders, admin_inboxes) = crate::control::admin_channels(shard_count);
+    let mut admin_inboxes = admin_inboxes.into_iter();
+    let control = match crate::control::start(&config.control_socket_path(), admin_senders) {
         Ok(control) => Some(control),
         Err(e) => {
             log::event("control_socket_error", &[("error", &e)]);
@@ -242,6 +244,7 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
         let mesh = meshes.next().expect("one mesh end per shard");
+        let admin = admin_inboxes.next().expect("one queue-command channel per shard");
         let placement = if config.server.pin && !cpus.is_empty() {
             Placement::Fixed(cpus[index % cpus.len()])
         } else {
@@ -253,7 +256,7 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
             .name(&format!("shard-{index}"))
             .io_memory(2 << 20)
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(blocking_threads(&config)))
-            .spawn(move || async move { shard_main(index, config, start, stop, mesh, held, limits).await })
+            .spawn(move || async move { shard_main(index, config, start, stop, mesh, held, limits, admin).await })
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
     }
@@ -315,6 +318,7 @@ async fn shard_main(
     mesh: crate::verify::MeshEnd,
     held: Arc<crate::scan::replicate::Held>,
     limits: Arc<crate::limits::Limits>,
+    admin: futures_channel::mpsc::Receiver<crate::control::AdminRequest>,
 ) -> Result<(), String> {
     let Start {
         dns,
@@ -443,6 +447,10 @@ async fn shard_main(
         tq_delivery,
     )
     .map_err(|e| format!("shard {index}: {e}"))?;
+    // Queue commands from the control socket, served until the shard
+    // closes (the task is dropped there: the control thread outlives it).
+    let admin_task = glommio::spawn_local_into(shard.delivery.clone().serve_admin(admin), tq_delivery)
+        .map_err(|e| format!("shard {index}: {e}"))?;
 
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
@@ -471,6 +479,7 @@ async fn shard_main(
     // end here, and this shard's inbox ends when theirs close too.
     shard.verifier.close();
     verifier_task.await;
+    drop(admin_task);
     shard.verifier.log_stats();
     delivery_task.await;
     shard

@@ -1475,6 +1475,7 @@ mod tests {
             smtputf8: false,
             probe: false,
             replica_of: None,
+            held: false,
         }
     }
 
