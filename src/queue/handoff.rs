@@ -209,10 +209,11 @@ impl<S: Storage + 'static> Queue<S> {
     pub(crate) async fn take_ready(&self) -> Vec<Envelope> {
         let mut out = Vec::new();
         while let Some(ready) = self.handoff.pop() {
-            match ready {
-                Ready::Envelope(env) => out.push(*env),
-                Ready::At(location) => out.extend(self.read_ready(location).await),
-            }
+            let (env, location) = match ready {
+                Ready::Envelope(env) => (Some(*env), None),
+                Ready::At(location) => (self.read_ready(location).await, Some(location)),
+            };
+            out.extend(env.filter(|env| self.take_current(env, location)));
         }
         out
     }

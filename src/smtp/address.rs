@@ -606,7 +606,6 @@ mod tests {
                 body: Some(BodyType::EightBitMime),
                 smtputf8: true,
                 replica_of: None,
-                held: false,
             }
         );
         let p = parse_mail_params("XREPLICA=0006201A2B3C4D01", 1000).unwrap();

@@ -1475,7 +1475,6 @@ mod tests {
             smtputf8: false,
             probe: false,
             replica_of: None,
-            held: false,
         }
     }
 
