@@ -12,6 +12,13 @@
 //! attempts at once, and it takes a message from the queue only when it
 //! has a permit for it, so what delivery holds in memory is bounded by
 //! the permits.
+//!
+//! With `delivery.hold_all` the scheduler takes nothing: messages are
+//! accepted and stay queued. The engine also serves the queue commands
+//! the control socket sends its shard (`serve_admin`): the queue does
+//! hold, release, delete and flush itself (`crate::queue::admin`), the
+//! engine adds bounce (it builds the DSN) and requeue (it owns the
+//! outbound connections).
 
 use std::cell::Cell;
 use std::rc::Rc;
