@@ -20,6 +20,10 @@
 //! gets 1: a ReplacementEnvelope's count is at least 1, and it must
 //! supersede the head-log envelope. Equal counts go to the later record.
 //!
+//! A held message is written again, unchanged, by the oldest runner each
+//! time it passes it (`runner.rs`), so that nothing live stays behind that
+//! runner; release, delete and claim wait for such a record to be durable.
+//!
 //! A message being attempted is not deleted or bounced (the attempt
 //! records its own outcome; the command says to try again). Holding one is
 //! remembered in memory and made durable by the attempt's replacement,
@@ -32,6 +36,11 @@ use super::envelope::Envelope;
 use super::log::Staged;
 use super::storage::Storage;
 use super::{parse_queue_id, Entry, Queue};
+
+/// How long a command waits for a held message's record being written
+/// again by the oldest runner: rounds of `CARRY_WAIT_ROUND`.
+const CARRY_WAIT_ROUNDS: usize = 200;
+const CARRY_WAIT_ROUND: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What an administration command did to one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +97,21 @@ impl<S: Storage + 'static> Queue<S> {
         Ok((qid, entry))
     }
 
+    /// The entry once no runner is writing it again: a held message in
+    /// flight and not being attempted is one the oldest runner is carrying
+    /// forward (see `runner.rs`), which takes one flush. A command must not
+    /// race that record.
+    async fn admin_entry_settled(&self, id: &str) -> Result<(QueueId, Entry), AdminError> {
+        for _ in 0..CARRY_WAIT_ROUNDS {
+            let (qid, entry) = self.admin_entry(id)?;
+            if !(entry.held && entry.in_flight && !entry.attempting) {
+                return Ok((qid, entry));
+            }
+            glommio::timer::sleep(CARRY_WAIT_ROUND).await;
+        }
+        Err(AdminError::Attempting(id.to_string()))
+    }
+
     fn admin_update(&self, qid: &QueueId, update: impl FnOnce(&mut Entry)) {
         if let Some(entry) = self.index.borrow_mut().get_mut(qid) {
             update(entry);
@@ -130,7 +154,7 @@ impl<S: Storage + 'static> Queue<S> {
     /// Releases a held message: due now (the first runner hands it over
     /// after its lag; `flush` hands it over at once).
     pub async fn unhold(&self, id: &str) -> Result<Done, AdminError> {
-        let (qid, entry) = self.admin_entry(id)?;
+        let (qid, entry) = self.admin_entry_settled(id).await?;
         if !entry.held {
             return Ok(Done::NotHeld);
         }
@@ -185,7 +209,7 @@ impl<S: Storage + 'static> Queue<S> {
     /// Deletes a message without a bounce. Returns once the completion
     /// (reason Deleted) is durable; its body file goes with it.
     pub async fn delete(&self, id: &str) -> Result<Done, AdminError> {
-        let (qid, entry) = self.admin_entry(id)?;
+        let (qid, entry) = self.admin_entry_settled(id).await?;
         if entry.attempting {
             return Err(AdminError::Attempting(id.to_string()));
         }
@@ -235,7 +259,7 @@ impl<S: Storage + 'static> Queue<S> {
     /// The caller records the outcome (a completion, or a replacement) or
     /// gives it back with [`Queue::release`].
     pub async fn claim(&self, id: &str) -> Result<Envelope, AdminError> {
-        let (qid, entry) = self.admin_entry(id)?;
+        let (qid, entry) = self.admin_entry_settled(id).await?;
         if entry.attempting {
             return Err(AdminError::Attempting(id.to_string()));
         }

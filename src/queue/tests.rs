@@ -1112,3 +1112,33 @@ fn flush_makes_a_deferred_message_due_at_once() {
         })
     });
 }
+
+#[test]
+fn the_oldest_runner_writes_a_held_message_forward_and_it_stays_held() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("carry");
+            let q = open(&dir, params()).await;
+            start_runners(&q.queue);
+            let mut env = accept(&q.queue, b"carried\r\n").await.unwrap();
+            env.attempt_count = 1;
+            env.next_retry_unix_ms = unix_now_ms() + 100;
+            q.queue.defer(&env).await.unwrap();
+            q.queue.hold(&env.id).await.unwrap();
+            let held_at = q.queue.entry(&env.id).unwrap().location;
+            // Past the longest lag (300 ms): the oldest runner met it.
+            assert!(take_within(&q.queue, Duration::from_millis(800)).await.is_none(), "still held");
+            let entry = q.queue.entry(&env.id).unwrap();
+            assert!(entry.held && !entry.in_flight);
+            assert!(entry.location != held_at, "written again at the write point");
+            assert_eq!(entry.attempt_count, 1, "written unchanged");
+            q.queue.close();
+            drop(q);
+            let q = open(&dir, params()).await;
+            assert!(q.queue.entry(&env.id).unwrap().held, "held after a restart");
+            start_runners(&q.queue);
+            assert_eq!(q.queue.delete(&env.id).await.unwrap(), admin::Done::Deleted);
+            assert_eq!(q.queue.live_count(), 0);
+        })
+    });
+}
