@@ -352,4 +352,49 @@ mod tests {
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).ok();
     }
+
+    /// Two fake shards answering on their channels: a command goes to the
+    /// shard named by the id's last two digits, ALL to both.
+    #[test]
+    fn queue_commands_reach_the_owning_shard() {
+        let dir = std::env::temp_dir().join(format!("ringpost-control-queue-{}", std::process::id()));
+        let path = dir.join("c.sock");
+        let (senders, inboxes) = admin_channels(2);
+        let mut shards = Vec::new();
+        for (index, mut inbox) in inboxes.into_iter().enumerate() {
+            shards.push(std::thread::spawn(move || {
+                futures_lite::future::block_on(async {
+                    use futures_lite::StreamExt;
+                    while let Some(request) = inbox.next().await {
+                        let reply = match (&request.op, &request.target) {
+                            (AdminOp::Hold, AdminTarget::One(id)) if id.ends_with("00") == (index == 0) => {
+                                Ok(format!("{id} held by shard {index}\n"))
+                            }
+                            (AdminOp::Hold, AdminTarget::One(_)) => Err("sent to the wrong shard".to_string()),
+                            (AdminOp::Delete, AdminTarget::One(id)) => Err(format!("no message {id} in the queue")),
+                            (op, AdminTarget::All) => Ok(format!("shard {index}: 1 {}\n", op.name())),
+                            _ => Err("unexpected".to_string()),
+                        };
+                        request.reply.send(reply).unwrap();
+                    }
+                })
+            }));
+        }
+        let control = start(&path, senders).expect("starts");
+        assert_eq!(ask(&path, "QUEUE HOLD 0006201A2B3C4D01").unwrap(), "0006201A2B3C4D01 held by shard 1\n");
+        assert_eq!(ask(&path, "queue hold 0006201a2b3c4d00").unwrap(), "0006201A2B3C4D00 held by shard 0\n");
+        assert_eq!(ask(&path, "QUEUE FLUSH ALL").unwrap(), "shard 0: 1 flush\nshard 1: 1 flush\n");
+        let unknown = ask(&path, "QUEUE DELETE 0006201A2B3C4D01").unwrap_err();
+        assert_eq!(unknown, "no message 0006201A2B3C4D01 in the queue");
+        assert!(ask(&path, "QUEUE HOLD 0006201A2B3C4D07").unwrap_err().contains("no message"), "no shard 7");
+        assert!(ask(&path, "QUEUE HOLD xyz").unwrap_err().contains("not a queue id"));
+        assert!(ask(&path, "QUEUE BOUNCE ALL").unwrap_err().contains("takes one queue id"));
+        assert!(ask(&path, "QUEUE FROB ALL").unwrap_err().starts_with("usage:"));
+        assert!(ask(&path, "QUEUE HOLD").unwrap_err().starts_with("usage:"));
+        control.stop();
+        for shard in shards {
+            shard.join().unwrap();
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
