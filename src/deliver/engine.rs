@@ -48,6 +48,8 @@ const QUEUE_ERROR_RETRY: Duration = Duration::from_secs(10);
 const CONNECTION_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Errors listed in the reply to a queue command on every message.
 const ADMIN_ERRORS_LISTED: usize = 20;
+/// Messages a queue command on every message acts on at once.
+const ADMIN_CONCURRENT: usize = 64;
 
 pub struct Delivery {
     config: Arc<Config>,
@@ -385,13 +387,29 @@ impl Delivery {
     }
 
     /// One command on every live message of the shard: a count per
-    /// outcome, and the errors (at most `ADMIN_ERRORS_LISTED`).
-    async fn admin_all(&self, op: AdminOp) -> String {
+    /// outcome, and the errors (at most `ADMIN_ERRORS_LISTED`). Up to
+    /// `ADMIN_CONCURRENT` messages at a time, so the records of a hold or
+    /// a delete share flushes (group commit) instead of one each.
+    async fn admin_all(self: &Rc<Self>, op: AdminOp) -> String {
         let mut counts: Vec<(String, usize)> = Vec::new();
         let mut errors = Vec::new();
         let mut error_count = 0usize;
-        for id in self.queue.live_ids() {
-            match self.admin_one(op, &id).await {
+        let ids = self.queue.live_ids();
+        let mut results = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ADMIN_CONCURRENT) {
+            let tasks: Vec<_> = chunk
+                .iter()
+                .map(|id| {
+                    let (this, id) = (self.clone(), id.clone());
+                    glommio::spawn_local(async move { this.admin_one(op, &id).await })
+                })
+                .collect();
+            for task in tasks {
+                results.push(task.await);
+            }
+        }
+        for result in results {
+            match result {
                 Ok(text) => match counts.iter_mut().find(|(t, _)| *t == text) {
                     Some((_, n)) => *n += 1,
                     None => counts.push((text, 1)),
