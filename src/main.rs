@@ -37,7 +37,9 @@ enum Command {
     Serve,
     /// Validate the configuration and print it with every default filled in.
     CheckConfig,
-    /// Look at the queue (works on a running or stopped spool; reads only).
+    /// Look at the queue (list, show, stats, dump: on a running or stopped
+    /// spool, reading only), or act on a running server's queue through its
+    /// control socket (flush, hold, release, delete, bounce, requeue).
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -59,6 +61,8 @@ enum Command {
         #[arg(required = true)]
         addresses: Vec<String>,
     },
+    /// The queue's live messages, like sendmail's mailq (`queue list`).
+    Mailq,
     /// Ask the running server (through its control socket) for its counters
     /// by class: totals since start and per second over the last minute.
     Stats,
@@ -127,6 +131,48 @@ enum QueueCommand {
         /// A segment file (`head-….seg`, `retry-….seg`).
         segment: PathBuf,
     },
+    /// Attempt now: make a message (or every message) due at once.
+    Flush(Which),
+    /// Hold a message (or every message): never attempted until released,
+    /// across restarts.
+    Hold(Which),
+    /// Release a held message (or every held message): due now.
+    Release(Which),
+    /// Remove a message (or every message) without a bounce.
+    Delete(Which),
+    /// Fail every pending recipient of a message now, with a bounce (DSN)
+    /// to its sender, as for a message that expired.
+    Bounce {
+        /// The queue id (16 hex digits).
+        id: String,
+    },
+    /// Route a message again from scratch at an attempt made now (after a
+    /// routing change): routing is looked up at every attempt, so this
+    /// flushes it and closes the shard's idle outbound connections.
+    Requeue {
+        /// The queue id (16 hex digits).
+        id: String,
+    },
+}
+
+/// One message by id, or `--all`.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct Which {
+    /// The queue id (16 hex digits, as in the 250 reply and the logs).
+    id: Option<String>,
+    /// Every message in the queue.
+    #[arg(long)]
+    all: bool,
+}
+
+impl Which {
+    fn target(&self) -> String {
+        match &self.id {
+            Some(id) if !self.all => id.clone(),
+            _ => "ALL".to_string(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -191,6 +237,7 @@ fn main() -> ExitCode {
         Command::Sieve { command } => sieve(command),
         Command::Sendmail { args } => sendmail(cli.config, &cli.overrides, &args),
         Command::Stats => printed(ringpost::control::ask(&config.control_socket_path(), "STATS")),
+        Command::Mailq => queue(&config, QueueCommand::List),
     }
 }
 
@@ -571,6 +618,12 @@ fn queue(config: &ringpost::config::Config, command: QueueCommand) -> ExitCode {
         QueueCommand::List => tools::list(config),
         QueueCommand::Stats => tools::stats(config),
         QueueCommand::Dump { segment } => tools::dump(&segment),
+        QueueCommand::Flush(which) => admin(config, "FLUSH", &which.target()),
+        QueueCommand::Hold(which) => admin(config, "HOLD", &which.target()),
+        QueueCommand::Release(which) => admin(config, "RELEASE", &which.target()),
+        QueueCommand::Delete(which) => admin(config, "DELETE", &which.target()),
+        QueueCommand::Bounce { id } => admin(config, "BOUNCE", &id),
+        QueueCommand::Requeue { id } => admin(config, "REQUEUE", &id),
         QueueCommand::Show { id } => match tools::show(config, &id) {
             Ok(Some(text)) => Ok(text),
             Ok(None) => {
@@ -581,6 +634,20 @@ fn queue(config: &ringpost::config::Config, command: QueueCommand) -> ExitCode {
         },
     };
     printed(result)
+}
+
+/// A queue command sent to the running server's control socket. An id that
+/// is not one is refused here, before the server is asked.
+fn admin(config: &ringpost::config::Config, op: &str, target: &str) -> std::io::Result<String> {
+    let is_id = target.len() == 16 && target.bytes().all(|b| b.is_ascii_hexdigit());
+    if target != "ALL" && !is_id {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{target:?} is not a queue id (16 hex digits)"),
+        ));
+    }
+    ringpost::control::ask(&config.control_socket_path(), &format!("QUEUE {op} {target}"))
+        .map_err(std::io::Error::other)
 }
 
 /// A command's text on standard output, or its error on standard error

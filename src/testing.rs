@@ -52,6 +52,7 @@ pub fn envelope(id: &str, to: &[&str], now_ms: u64) -> crate::queue::Envelope {
         body: Body::Inline(Default::default()),
         headers_prepended: Vec::new(),
         replica_of: None,
+        held: false,
     }
 }
 

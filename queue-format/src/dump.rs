@@ -85,6 +85,7 @@ fn envelope(e: &Envelope<'_>, out: &mut String) {
         (EnvelopeFlags::NULL_SENDER, "NULL_SENDER"),
         (EnvelopeFlags::BODY_BINARYMIME, "BODY_BINARYMIME"),
         (EnvelopeFlags::REPLICA, "REPLICA"),
+        (EnvelopeFlags::HELD, "HELD"),
     ] {
         if e.flags.contains(flag) {
             flags.push(name);

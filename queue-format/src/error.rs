@@ -45,6 +45,8 @@ pub enum LimitError {
     RetryBeforeArrival,
     #[error("replacement envelope has no pending recipient")]
     NothingPending,
+    #[error("HELD flag on a first envelope (only a replacement envelope is held)")]
+    HeldFirstEnvelope,
 }
 
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]

@@ -146,8 +146,12 @@ pub enum CompletionReason {
     Done = 1,
     /// The queue lifetime ran out; the pending recipients were bounced.
     Expired = 2,
-    /// An operator removed the message.
+    /// Removed without delivery and without a bounce by ringpost itself
+    /// (a replica whose peer took the message over).
     Removed = 3,
+    /// An operator deleted the message (`ringpost queue delete`): no
+    /// bounce was sent for its pending recipients.
+    Deleted = 4,
 }
 
 impl CompletionReason {
@@ -156,6 +160,7 @@ impl CompletionReason {
             1 => Some(CompletionReason::Done),
             2 => Some(CompletionReason::Expired),
             3 => Some(CompletionReason::Removed),
+            4 => Some(CompletionReason::Deleted),
             _ => None,
         }
     }
@@ -180,8 +185,12 @@ impl EnvelopeFlags {
     /// (`mail_params` holds its `XREPLICA=<origin queue id>`), delivered
     /// only if that peer stops confirming it is alive.
     pub const REPLICA: EnvelopeFlags = EnvelopeFlags(1 << 4);
+    /// Held by an operator (`ringpost queue hold`): never attempted until a
+    /// newer envelope without the bit supersedes this one. Only a
+    /// ReplacementEnvelope carries it.
+    pub const HELD: EnvelopeFlags = EnvelopeFlags(1 << 5);
     /// Every bit the format defines.
-    pub const ALL: EnvelopeFlags = EnvelopeFlags(0b1_1111);
+    pub const ALL: EnvelopeFlags = EnvelopeFlags(0b11_1111);
 
     pub const fn empty() -> EnvelopeFlags {
         EnvelopeFlags(0)
@@ -400,6 +409,8 @@ impl Envelope<'_> {
             return Err(LimitError::AttemptCount {
                 attempt_count: self.attempt_count,
             });
+        } else if self.flags.contains(EnvelopeFlags::HELD) {
+            return Err(LimitError::HeldFirstEnvelope);
         }
         Ok(())
     }

@@ -174,6 +174,10 @@ fn encoder_refuses_broken_invariants() {
         encode_envelope_error(|e| e.attempt_count = 1),
         invariant(LimitError::AttemptCount { attempt_count: 1 })
     );
+    assert_eq!(
+        encode_envelope_error(|e| e.flags = e.flags.union(EnvelopeFlags::HELD)),
+        invariant(LimitError::HeldFirstEnvelope)
+    );
 
     let replacement_error = |change: fn(&mut Envelope<'static>)| {
         let mut envelope = replacement_envelope();
@@ -310,8 +314,12 @@ fn decoder_names_each_fault() {
         DecodeError::ReservedNotZero
     );
     assert_eq!(
+        decode_error(&resealed(envelope.clone(), |b| b[payload + 56] = 0x40)),
+        DecodeError::BadEnvelopeFlags(0x40)
+    );
+    assert_eq!(
         decode_error(&resealed(envelope.clone(), |b| b[payload + 56] = 0x20)),
-        DecodeError::BadEnvelopeFlags(0x20)
+        DecodeError::Invariant(LimitError::HeldFirstEnvelope)
     );
     assert_eq!(
         decode_error(&resealed(envelope.clone(), |b| b[payload + 58] = 3)),
@@ -390,6 +398,15 @@ fn decoder_names_each_fault() {
         decode_error(&resealed(completion_bytes.clone(), |b| b[payload + 26] = 9)),
         DecodeError::BadCompletionReason(9)
     );
+    assert_eq!(
+        decode_error(&resealed(completion_bytes.clone(), |b| b[payload + 26] = 5)),
+        DecodeError::BadCompletionReason(5)
+    );
+    let deleted = resealed(completion_bytes.clone(), |b| b[payload + 26] = 4);
+    match decode(&deleted).unwrap().0.body {
+        RecordBody::Completion(c) => assert_eq!(c.reason, CompletionReason::Deleted),
+        other => panic!("not a completion: {other:?}"),
+    }
     let longer = resealed(completion_bytes, |b| {
         b.push(0);
         b[4..8].copy_from_slice(&33u32.to_le_bytes());

@@ -167,7 +167,8 @@ fn body<'a>(rng: &mut Rng, pool: &'a [u8], padding: bool) -> RecordBody<'a> {
                 CompletionReason::Done,
                 CompletionReason::Expired,
                 CompletionReason::Removed,
-            ][rng.below(3) as usize],
+                CompletionReason::Deleted,
+            ][rng.below(4) as usize],
         }),
         _ => RecordBody::Padding {
             payload_size_bytes: length(rng, 0, PADDING_PAYLOAD_SIZE_BYTES_MAX) as u32,

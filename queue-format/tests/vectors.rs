@@ -153,6 +153,36 @@ fn replacement_envelope_vector() {
     );
 }
 
+/// A replacement envelope written by `ringpost queue hold`: the HELD flag
+/// set, every recipient's state kept.
+#[test]
+fn replacement_envelope_held_vector() {
+    let mut envelope = replacement_envelope();
+    envelope.flags = envelope.flags.union(EnvelopeFlags::HELD);
+    record_vector(
+        "replacement_envelope_held",
+        Record {
+            frame: frame(LogKind::Retry, 2001),
+            body: RecordBody::ReplacementEnvelope(envelope),
+        },
+    );
+}
+
+/// The completion of a message deleted by an operator.
+#[test]
+fn completion_deleted_vector() {
+    let mut completion = completion();
+    completion.reason = CompletionReason::Deleted;
+    completion.attempt_count = 2;
+    record_vector(
+        "completion_deleted",
+        Record {
+            frame: frame(LogKind::Retry, 2002),
+            body: RecordBody::Completion(completion),
+        },
+    );
+}
+
 /// The RecipientResult record of version 1 (the vector checked in with
 /// version 1, unchanged): type 4 is no longer a record type, so its bytes
 /// are refused like any unknown type, and its text form says so.

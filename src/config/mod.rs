@@ -695,6 +695,9 @@ pub struct Delivery {
     /// Early delivery: after the final dot, try the next hop for up to this
     /// many milliseconds before committing the message. Default 0 (off).
     pub early_ms: u32,
+    /// Accept and queue, deliver nothing: delivery takes no message from
+    /// the queue (maintenance, measuring acceptance alone). Default false.
+    pub hold_all: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1067,6 +1070,7 @@ impl Default for Delivery {
             max_transactions_per_connection: 100,
             tls: TlsPolicy::May,
             early_ms: 0,
+            hold_all: false,
         }
     }
 }

@@ -101,6 +101,7 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "max_transactions_per_connection = {}", d.max_transactions_per_connection)?;
     writeln!(out, "tls = {}", quoted(d.tls.as_str()))?;
     writeln!(out, "early_ms = {}", d.early_ms)?;
+    writeln!(out, "hold_all = {}", d.hold_all)?;
 
     writeln!(out, "\n[tls]")?;
     let unset = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());

@@ -182,6 +182,7 @@ pub(super) const DELIVERY_KEYS: &[&str] = &[
     "max_transactions_per_connection",
     "tls",
     "early_ms",
+    "hold_all",
 ];
 /// Longest early delivery: a client waits this long for its reply.
 const EARLY_MS_MAX: u32 = 60_000;
@@ -1293,6 +1294,7 @@ fn read_delivery(section: &Section<'_>, d: Delivery) -> Result<Delivery> {
             ensure(value <= EARLY_MS_MAX, node, key, &format!("at most {EARLY_MS_MAX}"))?;
             Ok(value)
         })?,
+        hold_all: section.read("hold_all", d.hold_all, boolean)?,
     })
 }
 

@@ -12,6 +12,13 @@
 //! attempts at once, and it takes a message from the queue only when it
 //! has a permit for it, so what delivery holds in memory is bounded by
 //! the permits.
+//!
+//! With `delivery.hold_all` the scheduler takes nothing: messages are
+//! accepted and stay queued. The engine also serves the queue commands
+//! the control socket sends its shard (`serve_admin`): the queue does
+//! hold, release, delete and flush itself (`crate::queue::admin`), the
+//! engine adds bounce (it builds the DSN) and requeue (it owns the
+//! outbound connections).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -23,9 +30,11 @@ use queue_format::CompletionReason;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::control::{AdminOp, AdminRequest, AdminTarget};
 use crate::deliver::attempt::{self, Deliverer};
 use crate::deliver::dsn;
 use crate::log;
+use crate::queue::admin::Done;
 use crate::queue::{Body, Envelope, Queue, RcptState};
 use crate::scan::replicate::{self, Held, Hold, Replicator};
 use crate::shard::{Phase, Shard};
@@ -37,6 +46,10 @@ const BOUNCE_HEADERS_BYTES_MAX: usize = 64 * 1024;
 const QUEUE_ERROR_RETRY: Duration = Duration::from_secs(10);
 /// How often idle outbound connections are looked at.
 const CONNECTION_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Errors listed in the reply to a queue command on every message.
+const ADMIN_ERRORS_LISTED: usize = 20;
+/// Messages a queue command on every message acts on at once.
+const ADMIN_CONCURRENT: usize = 64;
 
 pub struct Delivery {
     config: Arc<Config>,
@@ -114,6 +127,18 @@ impl Delivery {
     /// The scheduler: with a permit in hand, takes the next message from
     /// the queue and starts its attempt; until the shard closes.
     pub async fn run(self: Rc<Self>, shard: Rc<Shard>) {
+        if self.config.delivery.hold_all {
+            // Accept, deliver nothing: every message stays queued (the
+            // hand-off keeps what it holds; the rest stays in the log).
+            log::event("hold_all", &[("shard", &self.deliverer.shard_index())]);
+            loop {
+                let listener = shard.phase_listener();
+                if shard.phase() == Phase::Closing {
+                    return;
+                }
+                listener.await;
+            }
+        }
         loop {
             if shard.phase() == Phase::Closing {
                 return;
@@ -325,6 +350,137 @@ impl Delivery {
         }
     }
 
+    /// Serves the queue commands the control socket sends this shard (see
+    /// `crate::control`), one at a time, until every sender is gone.
+    pub async fn serve_admin(self: Rc<Self>, mut inbox: futures_channel::mpsc::Receiver<AdminRequest>) {
+        use futures_lite::StreamExt;
+        while let Some(request) = inbox.next().await {
+            let reply = match &request.target {
+                AdminTarget::One(id) => self.admin_one(request.op, id).await.map(|done| format!("{id} {done}\n")),
+                AdminTarget::All => Ok(self.admin_all(request.op).await),
+            };
+            // The control thread may have stopped waiting: nothing to do.
+            let _ = request.reply.try_send(reply);
+        }
+    }
+
+    async fn admin_one(&self, op: AdminOp, id: &str) -> Result<String, String> {
+        let queue = &self.queue;
+        let done = match op {
+            AdminOp::Flush => queue.flush(id).map(Done::text),
+            AdminOp::Hold => queue.hold(id).await.map(Done::text),
+            AdminOp::Release => queue.unhold(id).await.map(Done::text),
+            AdminOp::Delete => queue.delete(id).await.map(Done::text),
+            AdminOp::Bounce => return self.bounce_now(id).await.map(|()| "bounced".to_string()),
+            AdminOp::Requeue => {
+                // Routing is looked up again at every attempt; what an
+                // attempt may reuse is an idle connection, closed here.
+                let done = queue.flush(id).map_err(|e| e.to_string())?;
+                self.deliverer.connections().close_all().await;
+                return Ok(format!("{}; routed again at its attempt", done.text()));
+            }
+        };
+        if let Ok(text) = done {
+            log::event("queue_admin", &[("op", &op.name()), ("id", &id), ("result", &text)]);
+        }
+        done.map(str::to_string).map_err(|e| e.to_string())
+    }
+
+    /// One command on every live message of the shard: a count per
+    /// outcome, and the errors (at most `ADMIN_ERRORS_LISTED`). Up to
+    /// `ADMIN_CONCURRENT` messages at a time, so the records of a hold or
+    /// a delete share flushes (group commit) instead of one each.
+    async fn admin_all(self: &Rc<Self>, op: AdminOp) -> String {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        let mut errors = Vec::new();
+        let mut error_count = 0usize;
+        let ids = self.queue.live_ids();
+        let mut results = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ADMIN_CONCURRENT) {
+            let tasks: Vec<_> = chunk
+                .iter()
+                .map(|id| {
+                    let (this, id) = (self.clone(), id.clone());
+                    glommio::spawn_local(async move { this.admin_one(op, &id).await })
+                })
+                .collect();
+            for task in tasks {
+                results.push(task.await);
+            }
+        }
+        for result in results {
+            match result {
+                Ok(text) => match counts.iter_mut().find(|(t, _)| *t == text) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((text, 1)),
+                },
+                // Gone meanwhile (delivered, say): nothing to report.
+                Err(e) if e.starts_with("no message") => {}
+                Err(e) => {
+                    error_count += 1;
+                    if errors.len() < ADMIN_ERRORS_LISTED {
+                        errors.push(e);
+                    }
+                }
+            }
+        }
+        let shard = self.deliverer.shard_index();
+        let mut out = String::new();
+        if counts.is_empty() && error_count == 0 {
+            out.push_str(&format!("shard {shard}: no message\n"));
+        }
+        for (text, n) in counts {
+            out.push_str(&format!("shard {shard}: {n} {text}\n"));
+        }
+        if error_count > 0 {
+            out.push_str(&format!("shard {shard}: {error_count} failed\n"));
+        }
+        for e in errors {
+            out.push_str(&format!("shard {shard}: error: {e}\n"));
+        }
+        out
+    }
+
+    /// `queue bounce`: every pending recipient fails now, and one DSN to
+    /// the sender lists every failed recipient, as for a message that
+    /// expired (none for the null sender); the message is then removed.
+    /// If the DSN cannot be queued, the message is left as it was.
+    async fn bounce_now(&self, id: &str) -> Result<(), String> {
+        let mut env = self.queue.claim(id).await.map_err(|e| e.to_string())?;
+        if env.pending_count() == 0 {
+            self.queue.release(id);
+            return Err(format!("message {id} has no pending recipient"));
+        }
+        for r in env.recipients.iter_mut() {
+            if r.state == RcptState::Pending {
+                r.state = RcptState::Failed;
+                r.last_reply = format!("5.0.0 returned to the sender by the postmaster; last: {}", r.last_reply);
+            }
+        }
+        if !env.is_null_sender() {
+            let failed: Vec<usize> =
+                (0..env.recipients.len()).filter(|&i| env.recipients[i].state == RcptState::Failed).collect();
+            if let Err(e) = self.bounce(&env, &failed).await {
+                log::event("bounce_error", &[("id", &env.id), ("error", &e)]);
+                self.queue.release(id);
+                return Err(format!("message {id}: the bounce could not be queued: {e}"));
+            }
+        }
+        if let Err(e) = self.queue.complete(&env, CompletionReason::Done) {
+            // The bounce is queued; the message is met again (and bounced
+            // again) only if this record is never written.
+            log::event("queue_error", &[("id", &env.id), ("error", &e)]);
+            self.queue.release(id);
+            return Err(format!("message {id}: bounced, but its removal could not be recorded: {e}"));
+        }
+        log::event("bounced_by_admin", &[("id", &env.id), ("recipients", &env.recipients.len())]);
+        log::event("removed", &[("id", &env.id)]);
+        if let Some(replicator) = &self.replicator {
+            replicator.note_done(&env.id);
+        }
+        Ok(())
+    }
+
     /// Queues one DSN to the sender listing `failed` recipients.
     async fn bounce(
         &self,
@@ -379,6 +535,7 @@ impl Delivery {
             body: Body::Inline(Default::default()),
             headers_prepended: Vec::new(),
             replica_of: None,
+            held: false,
         };
         let bounce_id = bounce.id.clone();
         writer.commit(&self.queue, bounce).await?;

@@ -694,6 +694,7 @@ mod tests {
             body: Body::Inline(b"abc".to_vec().into()),
             headers_prepended: Vec::new(),
             replica_of: None,
+            held: false,
         };
         assert_eq!(transaction(&env(false, false), &[0]).body, BodyType::SevenBit);
         assert_eq!(transaction(&env(true, false), &[0]).body, BodyType::EightBitMime);

@@ -552,6 +552,7 @@ impl Filters {
             body: crate::queue::Body::Inline(Default::default()),
             headers_prepended: Vec::new(),
             replica_of: None,
+            held: false,
         };
         writer.commit(queue, response).await?;
         log::event(

@@ -659,6 +659,7 @@ async fn finish_message(
         body: Body::Inline(Default::default()),
         headers_prepended: Vec::new(),
         replica_of: txn.params.replica_of.clone(),
+        held: false,
     };
     let replica = env.replica_of.is_some();
     if replica {

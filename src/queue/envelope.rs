@@ -75,6 +75,9 @@ pub struct Envelope {
     /// unless that peer falls silent. None for every other message, and
     /// for a replica once it is taken over.
     pub replica_of: Option<Box<str>>,
+    /// Held by an operator (`ringpost queue hold`): not attempted until
+    /// released. Stored as the HELD flag of a replacement envelope.
+    pub held: bool,
     pub body: Body,
 }
 
@@ -186,6 +189,9 @@ impl Envelope {
         if self.replica_of.is_some() {
             flags = flags.union(EnvelopeFlags::REPLICA);
         }
+        if self.held {
+            flags = flags.union(EnvelopeFlags::HELD);
+        }
         let body = match &self.body {
             Body::Inline(bytes) => BodyRef::Inline(bytes),
             Body::File { size_bytes, checksum } => {
@@ -263,6 +269,7 @@ impl Envelope {
             helo: text(record.client_helo).into(),
             headers_prepended: record.headers_prepended.to_vec(),
             replica_of,
+            held: record.flags.contains(EnvelopeFlags::HELD),
             body,
         })
     }
@@ -380,6 +387,7 @@ mod tests {
             helo: "client.example".into(),
             headers_prepended: b"X-Spam-Status: No, score=0.1\r\nX-Virus-Scanned: clamd\r\n".to_vec(),
             replica_of: None,
+            held: false,
             body,
         }
     }
@@ -407,6 +415,20 @@ mod tests {
         let mut bare = record.clone();
         bare.mail_params = b"";
         assert!(Envelope::from_format(&bare).is_err());
+    }
+
+    #[test]
+    fn held_round_trip() {
+        let mut env = sample(Body::Inline(Arc::from(&b"hello"[..])));
+        env.attempt_count = 1;
+        env.held = true;
+        let texts = AddressTexts::of(&env);
+        let record = env.to_format(&texts);
+        assert!(record.flags.contains(EnvelopeFlags::HELD));
+        assert_eq!(Envelope::from_format(&record).unwrap(), env);
+        env.held = false;
+        let texts = AddressTexts::of(&env);
+        assert!(!env.to_format(&texts).flags.contains(EnvelopeFlags::HELD));
     }
 
     #[test]

@@ -152,7 +152,12 @@ impl<S: Storage + 'static> Queue<S> {
             }
             let Some(location) = self.handoff.front_location() else {
                 match self.handoff.pop() {
-                    Some(Ready::Envelope(env)) => return Some(*env),
+                    Some(Ready::Envelope(env)) => {
+                        if self.take_current(&env, None) {
+                            return Some(*env);
+                        }
+                        continue;
+                    }
                     Some(Ready::At(_)) => unreachable!("a location at the front is read first"),
                     None => {
                         listener.await;
@@ -167,9 +172,36 @@ impl<S: Storage + 'static> Queue<S> {
                 "the hand-off's front moved while it was read: a second taker"
             );
             if let Some(env) = read {
-                return Some(env);
+                if self.take_current(&env, Some(location)) {
+                    return Some(env);
+                }
             }
         }
+    }
+
+    /// Whether a message leaving the hand-off is still to be attempted, and
+    /// if so marks it taken. Skipped: a message deleted or bounced since it
+    /// was handed over, held, already taken (a second copy: flushed while a
+    /// runner handed it over), or whose newest envelope is no longer the
+    /// one handed over (a newer record was written meanwhile).
+    fn take_current(&self, env: &Envelope, location: Option<Location>) -> bool {
+        let mut index = self.index.borrow_mut();
+        let Some(entry) = index.get_mut(&env.queue_id()) else { return false };
+        let current = match location {
+            Some(location) => entry.location == location,
+            None => entry.attempt_count == env.attempt_count,
+        };
+        if !current || entry.held || entry.attempting {
+            return false;
+        }
+        entry.attempting = true;
+        true
+    }
+
+    /// A message made due by an administration command (`queue flush`),
+    /// by location: it may be past the hand-off's bound on envelopes.
+    pub(super) fn hand_flushed(&self, location: Location) {
+        self.handoff.push(Ready::At(location));
     }
 
     /// Everything waiting now, without waiting for more (tests).
@@ -177,10 +209,11 @@ impl<S: Storage + 'static> Queue<S> {
     pub(crate) async fn take_ready(&self) -> Vec<Envelope> {
         let mut out = Vec::new();
         while let Some(ready) = self.handoff.pop() {
-            match ready {
-                Ready::Envelope(env) => out.push(*env),
-                Ready::At(location) => out.extend(self.read_ready(location).await),
-            }
+            let (env, location) = match ready {
+                Ready::Envelope(env) => (Some(*env), None),
+                Ready::At(location) => (self.read_ready(location).await, Some(location)),
+            };
+            out.extend(env.filter(|env| self.take_current(env, location)));
         }
         out
     }

@@ -438,6 +438,7 @@ mod tests {
             body: Body::Inline(Arc::from(&b"abc"[..])),
             headers_prepended: Vec::new(),
             replica_of: None,
+            held: false,
         })
     }
 

@@ -27,6 +27,7 @@
 //! whose records are all dead is deleted (or kept for reuse) whole, oldest
 //! first, by the rules of SPEC section 13.
 
+pub mod admin;
 mod envelope;
 mod handoff;
 pub mod log;
@@ -153,8 +154,15 @@ pub struct Entry {
     pub retry_next_unix_ms: u64,
     pub body_file: bool,
     /// In the hand-off or with delivery (fresh, recovered, or handed over
-    /// by a runner): no runner hands it over again.
+    /// by a runner), or a record about it is being written by an
+    /// administration command: no runner hands it over again.
     pub in_flight: bool,
+    /// Taken by delivery for an attempt (or claimed by `queue bounce` or
+    /// `queue delete`): a copy still waiting in the hand-off is skipped.
+    pub attempting: bool,
+    /// Held by an operator: never attempted until released. Durable once
+    /// the replacement envelope with the HELD flag is (see `admin.rs`).
+    pub held: bool,
 }
 
 /// Records per flush, in power-of-two buckets: bucket i counts flushes of
@@ -399,6 +407,8 @@ impl<S: Storage + 'static> Queue<S> {
                     retry_next_unix_ms: candidate.retry_next_unix_ms,
                     body_file: candidate.body_file,
                     in_flight,
+                    attempting: false,
+                    held: candidate.held,
                 },
             );
             match in_flight {
@@ -587,9 +597,15 @@ impl<S: Storage + 'static> Queue<S> {
 
     /// Records a delivery attempt that left recipients pending: the whole
     /// envelope again, in the retry log, due at `env.next_retry_unix_ms`.
+    /// A message held while its attempt ran stays held: the replacement
+    /// carries the HELD flag.
     pub async fn defer(&self, env: &Envelope) -> Result<(), QueueError> {
         assert!(env.attempt_count >= 1 && env.pending_count() > 0);
-        self.append(LogKind::Retry, Staged::replacement(env.clone())).await?;
+        let mut env = env.clone();
+        if self.entry(&env.id).is_some_and(|entry| entry.held) {
+            env.held = true;
+        }
+        self.append(LogKind::Retry, Staged::replacement(env)).await?;
         Ok(())
     }
 
@@ -669,6 +685,7 @@ impl<S: Storage + 'static> Queue<S> {
     pub fn release(&self, id: &str) {
         if let Some(entry) = self.index.borrow_mut().get_mut(&queue_id_of(id)) {
             entry.in_flight = false;
+            entry.attempting = false;
         }
     }
 
@@ -905,6 +922,8 @@ impl<S: Storage + 'static> Queue<S> {
                         // A fresh envelope is with delivery already; a
                         // replacement waits for its runner.
                         in_flight: matches!(staged, Staged::Envelope(..)),
+                        attempting: false,
+                        held: env.held,
                     };
                     let old = index.insert(qid, entry);
                     self.logs[log_slot(kind)]

@@ -40,6 +40,8 @@ pub struct Candidate {
     pub retry_next_unix_ms: u64,
     pub arrival_unix_ms: u64,
     pub body_file: bool,
+    /// The record carries the HELD flag: an operator held the message.
+    pub held: bool,
     /// The decoded envelope, when the caller asked to keep it (boxed: a
     /// recovery that does not keep them holds a million candidates).
     pub envelope: Option<Box<Envelope>>,
@@ -143,6 +145,7 @@ impl Scan {
                                 retry_next_unix_ms: env.retry_next_unix_ms,
                                 arrival_unix_ms: env.arrival_unix_ms,
                                 body_file: matches!(env.body, queue_format::BodyRef::File { .. }),
+                                held: env.flags.contains(queue_format::EnvelopeFlags::HELD),
                                 envelope: if keep { Envelope::from_format(env).ok().map(Box::new) } else { None },
                             },
                         );
@@ -247,6 +250,7 @@ mod tests {
             body: Body::Inline(Arc::from(&b"abc"[..])),
             headers_prepended: Vec::new(),
             replica_of: None,
+            held: false,
         }
     }
 

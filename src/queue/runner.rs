@@ -22,7 +22,7 @@ use std::time::Duration;
 use queue_format::{LogExpect, LogKind, LogReader, RecordBody};
 
 use super::envelope::Envelope;
-use super::log::{BatchOut, Location};
+use super::log::{BatchOut, Location, Staged};
 use super::storage::{SegmentFile, Storage};
 use super::Queue;
 
@@ -137,6 +137,7 @@ impl<S: Storage + 'static> Queue<S> {
         let lag_before_ms = index.checked_sub(1).map(|i| lags[i].as_millis() as u64);
         let now = self.clock.unix_ms();
         let mut handed = Vec::new();
+        let mut carried = Vec::new();
         for entry in LogReader::new(&bytes, 0, expect) {
             if entry.offset as u64 >= span.size_bytes {
                 break;
@@ -149,6 +150,22 @@ impl<S: Storage + 'static> Queue<S> {
                 && current.location.segment_sequence == span.segment_sequence
                 && current.location.offset == offset;
             if !newest || current.in_flight {
+                continue;
+            }
+            // A held message waits for its release, whichever runner passes
+            // it. The oldest runner writes it again at the write point, as
+            // it is: nothing live stays behind the oldest runner, so the
+            // retry log's bound holds for held messages too.
+            if current.held {
+                if oldest {
+                    match Envelope::from_format(env) {
+                        Ok(env) => {
+                            current.in_flight = true;
+                            carried.push(env);
+                        }
+                        Err(problem) => self.refused(span, offset, &problem),
+                    }
+                }
                 continue;
             }
             // Due now, and not already due when the runner before this one
@@ -164,17 +181,12 @@ impl<S: Storage + 'static> Queue<S> {
                         current.in_flight = true;
                         handed.push(env);
                     }
-                    Err(problem) => crate::log::event(
-                        "queue_record_refused",
-                        &[
-                            ("shard", &self.shard_index),
-                            ("segment", &span.segment_sequence),
-                            ("offset", &offset),
-                            ("problem", &problem),
-                        ],
-                    ),
+                    Err(problem) => self.refused(span, offset, &problem),
                 }
             }
+        }
+        for env in carried {
+            self.carry_held(env).await;
         }
         let mut handed = handed.into_iter();
         for env in handed.by_ref() {
@@ -187,5 +199,31 @@ impl<S: Storage + 'static> Queue<S> {
             }
         }
         true
+    }
+
+    fn refused(&self, span: &Span, offset: u32, problem: &str) {
+        crate::log::event(
+            "queue_record_refused",
+            &[
+                ("shard", &self.shard_index),
+                ("segment", &span.segment_sequence),
+                ("offset", &offset),
+                ("problem", &problem),
+            ],
+        );
+    }
+
+    /// Writes a held message's envelope again, unchanged, at the retry
+    /// log's write point; its old record dies when the new one is durable.
+    /// On failure (or once the queue is closing) the old record stays
+    /// live and the message stays held.
+    async fn carry_held(&self, env: Envelope) {
+        if !self.closed.get() {
+            match self.append(LogKind::Retry, Staged::replacement(env.clone())).await {
+                Ok(_) => return,
+                Err(e) => crate::log::event("queue_error", &[("id", &env.id), ("error", &e)]),
+            }
+        }
+        self.release(&env.id);
     }
 }

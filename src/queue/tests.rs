@@ -89,6 +89,7 @@ fn template(id: &str) -> Envelope {
         body: Body::Inline(Default::default()),
         headers_prepended: Vec::new(),
         replica_of: None,
+        held: false,
     }
 }
 
@@ -944,4 +945,200 @@ fn full_small_file_system_is_452_and_the_queue_works_again_once_space_is_freed()
         })
     });
     drop(fs);
+}
+
+/// Commits a message and leaves it in the hand-off (no delivery takes it).
+async fn accept_untaken<S: Storage + 'static>(queue: &Queue<S>, body: &[u8]) -> String {
+    let mut writer = queue.create().await.unwrap();
+    writer.write(body).await.unwrap();
+    let id = writer.id().to_string();
+    writer.commit(queue, template(&id)).await.unwrap();
+    id
+}
+
+fn start_runners<S: Storage + 'static>(queue: &Rc<Queue<S>>) {
+    for i in 0..queue.params().retry_lags.len() {
+        glommio::spawn_local(queue.clone().run_runner(i)).detach();
+    }
+}
+
+/// What `take` has within `wait`, if anything.
+async fn take_within<S: Storage + 'static>(queue: &Queue<S>, wait: Duration) -> Option<Envelope> {
+    futures_lite::future::or(queue.take(), async {
+        glommio::timer::sleep(wait).await;
+        None
+    })
+    .await
+}
+
+#[test]
+fn a_held_message_is_skipped_by_the_runners_stays_held_across_a_restart_and_comes_back_when_released() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("hold");
+            let q = open(&dir, params()).await;
+            start_runners(&q.queue);
+            let mut env = accept(&q.queue, b"held\r\n").await.unwrap();
+            env.attempt_count = 1;
+            env.next_retry_unix_ms = unix_now_ms() + 100;
+            q.queue.defer(&env).await.unwrap();
+            assert_eq!(q.queue.hold(&env.id).await.unwrap(), admin::Done::Held);
+            assert!(q.queue.entry(&env.id).unwrap().held);
+            assert_eq!(q.queue.hold(&env.id).await.unwrap(), admin::Done::AlreadyHeld);
+            assert!(matches!(q.queue.flush(&env.id), Err(admin::AdminError::Held(_))));
+            // Past both lags: neither runner hands it over.
+            assert!(take_within(&q.queue, Duration::from_millis(700)).await.is_none());
+            q.queue.close();
+            drop(q);
+
+            let q = open(&dir, params()).await;
+            assert!(q.fresh.is_empty());
+            let entry = q.queue.entry(&env.id).expect("still queued");
+            assert!(entry.held && entry.location.log == LogKind::Retry, "recovered held");
+            start_runners(&q.queue);
+            assert!(take_within(&q.queue, Duration::from_millis(700)).await.is_none(), "held after the restart");
+
+            assert_eq!(q.queue.unhold(&env.id).await.unwrap(), admin::Done::Released);
+            let back = take_within(&q.queue, Duration::from_millis(500)).await.expect("due once released");
+            assert_eq!((back.id.as_str(), back.held, back.attempt_count), (env.id.as_str(), false, 1));
+            q.queue.complete(&back, CompletionReason::Done).unwrap();
+            glommio::timer::sleep(Duration::from_millis(300)).await;
+            assert_eq!(q.queue.live_count(), 0);
+            q.queue.close();
+            drop(q);
+            let q = open(&dir, params()).await;
+            assert_eq!(q.queue.live_count(), 0, "released and delivered: gone after a restart");
+        })
+    });
+}
+
+#[test]
+fn holding_a_message_never_attempted_takes_it_out_of_the_hand_off_durably() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("hold-fresh");
+            let q = open(&dir, params()).await;
+            let id = accept_untaken(&q.queue, b"fresh\r\n").await;
+            assert!(q.queue.entry(&id).unwrap().in_flight, "in the hand-off");
+            assert_eq!(q.queue.hold(&id).await.unwrap(), admin::Done::Held);
+            assert!(q.queue.take_ready().await.is_empty(), "the copy in the hand-off is skipped");
+            q.queue.close();
+            drop(q);
+
+            let q = open(&dir, params()).await;
+            assert!(q.fresh.is_empty(), "the held replacement supersedes the head-log envelope");
+            let entry = q.queue.entry(&id).unwrap();
+            assert!(entry.held && !entry.in_flight);
+            assert_eq!(entry.attempt_count, 1, "a replacement's count is at least 1");
+            start_runners(&q.queue);
+            assert_eq!(q.queue.unhold(&id).await.unwrap(), admin::Done::Released);
+            assert_eq!(q.queue.flush(&id).unwrap(), admin::Done::Flushed);
+            let back = take_within(&q.queue, Duration::from_millis(50)).await.expect("flushed: due at once");
+            assert_eq!(back.id, id);
+            assert!(take_within(&q.queue, Duration::from_millis(300)).await.is_none(), "attempted once, not twice");
+        })
+    });
+}
+
+#[test]
+fn a_hold_during_an_attempt_is_carried_by_the_attempts_replacement() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("hold-attempt");
+            let q = open(&dir, params()).await;
+            let mut env = accept(&q.queue, b"attempted\r\n").await.unwrap();
+            assert!(q.queue.entry(&env.id).unwrap().attempting);
+            assert_eq!(q.queue.hold(&env.id).await.unwrap(), admin::Done::HeldAfterAttempt);
+            assert!(matches!(q.queue.delete(&env.id).await, Err(admin::AdminError::Attempting(_))));
+            env.attempt_count = 1;
+            env.next_retry_unix_ms = unix_now_ms();
+            q.queue.defer(&env).await.unwrap();
+            q.queue.close();
+            drop(q);
+            let q = open(&dir, params()).await;
+            assert!(q.queue.entry(&env.id).unwrap().held);
+        })
+    });
+}
+
+#[test]
+fn a_deleted_message_is_gone_with_its_body_file_and_stays_gone_after_a_restart() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("delete");
+            let q = open(&dir, params()).await;
+            start_runners(&q.queue);
+            let mut env = accept(&q.queue, &large_body(5000)).await.unwrap();
+            assert_eq!(files(&dir, "body-").len(), 1);
+            env.attempt_count = 1;
+            env.next_retry_unix_ms = unix_now_ms() + 3_600_000;
+            q.queue.defer(&env).await.unwrap();
+            let fresh_id = accept_untaken(&q.queue, b"in the hand-off\r\n").await;
+            assert_eq!(q.queue.delete(&env.id).await.unwrap(), admin::Done::Deleted);
+            assert_eq!(q.queue.delete(&fresh_id).await.unwrap(), admin::Done::Deleted);
+            assert!(q.queue.entry(&env.id).is_none() && q.queue.entry(&fresh_id).is_none());
+            assert!(q.queue.take_ready().await.is_empty(), "a deleted message in the hand-off is skipped");
+            assert!(matches!(q.queue.delete(&env.id).await, Err(admin::AdminError::Unknown(_))));
+            assert!(matches!(q.queue.flush("not an id").unwrap_err(), admin::AdminError::Unknown(_)));
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            assert!(files(&dir, "body-").is_empty(), "the body file goes with the message");
+            q.queue.close();
+            drop(q);
+            let q = open(&dir, params()).await;
+            assert_eq!(q.queue.live_count(), 0, "deleted: not recovered");
+            assert!(q.fresh.is_empty());
+        })
+    });
+}
+
+#[test]
+fn flush_makes_a_deferred_message_due_at_once() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("flush");
+            let q = open(&dir, params()).await;
+            start_runners(&q.queue);
+            let mut env = accept(&q.queue, b"later\r\n").await.unwrap();
+            assert_eq!(q.queue.flush(&env.id).unwrap(), admin::Done::AlreadyDue, "being attempted");
+            env.attempt_count = 1;
+            env.next_retry_unix_ms = unix_now_ms() + 3_600_000;
+            q.queue.defer(&env).await.unwrap();
+            assert_eq!(q.queue.flush(&env.id).unwrap(), admin::Done::Flushed);
+            let back = take_within(&q.queue, Duration::from_millis(50)).await.expect("due now");
+            assert_eq!(back.id, env.id);
+            assert_eq!(q.queue.live_ids(), vec![env.id.clone()]);
+            // A claim (for a bounce) of a message being attempted is refused.
+            assert!(matches!(q.queue.claim(&env.id).await, Err(admin::AdminError::Attempting(_))));
+        })
+    });
+}
+
+#[test]
+fn the_oldest_runner_writes_a_held_message_forward_and_it_stays_held() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("carry");
+            let q = open(&dir, params()).await;
+            start_runners(&q.queue);
+            let mut env = accept(&q.queue, b"carried\r\n").await.unwrap();
+            env.attempt_count = 1;
+            env.next_retry_unix_ms = unix_now_ms() + 100;
+            q.queue.defer(&env).await.unwrap();
+            q.queue.hold(&env.id).await.unwrap();
+            let held_at = q.queue.entry(&env.id).unwrap().location;
+            // Past the longest lag (300 ms): the oldest runner met it.
+            assert!(take_within(&q.queue, Duration::from_millis(800)).await.is_none(), "still held");
+            let entry = q.queue.entry(&env.id).unwrap();
+            assert!(entry.held && !entry.in_flight);
+            assert!(entry.location != held_at, "written again at the write point");
+            assert_eq!(entry.attempt_count, 1, "written unchanged");
+            q.queue.close();
+            drop(q);
+            let q = open(&dir, params()).await;
+            assert!(q.queue.entry(&env.id).unwrap().held, "held after a restart");
+            start_runners(&q.queue);
+            assert_eq!(q.queue.delete(&env.id).await.unwrap(), admin::Done::Deleted);
+            assert_eq!(q.queue.live_count(), 0);
+        })
+    });
 }

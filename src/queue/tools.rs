@@ -135,8 +135,9 @@ pub fn list(config: &Config) -> std::io::Result<String> {
             };
             let _ = writeln!(
                 out,
-                "{:<16} {:>9} {}  attempts={} next={}  {}",
+                "{:<16}{} {:>9} {}  attempts={} next={}  {}",
                 env.id,
+                if env.held { "!" } else { "" },
                 env.size_bytes,
                 time_text(env.arrival_unix_ms),
                 env.attempt_count,
@@ -188,6 +189,9 @@ pub fn show(config: &Config, id: &str) -> std::io::Result<Option<String>> {
         let _ = writeln!(out, "from: {}", env.sender);
         let _ = writeln!(out, "arrival: {}", time_text(env.arrival_unix_ms));
         let _ = writeln!(out, "attempts: {}", env.attempt_count);
+        if env.held {
+            let _ = writeln!(out, "held: yes (ringpost queue release {})", env.id);
+        }
         let _ = writeln!(out, "next_retry: {}", time_text(env.next_retry_unix_ms));
         let _ = writeln!(out, "size: {}", env.size_bytes);
         let body = match &env.body {

@@ -225,7 +225,9 @@ pub fn run(
         crate::privdrop::prepare_dir(dir, identity).map_err(|e| format!("control socket {e}"))?;
     }
     // Without its control socket the server still takes mail.
-    let control = match crate::control::start(&control_path) {
+    let (admin_senders, admin_inboxes) = crate::control::admin_channels(shard_count);
+    let mut admin_inboxes = admin_inboxes.into_iter();
+    let control = match crate::control::start(&control_path, admin_senders) {
         Ok(control) => Some(control),
         Err(e) => {
             log::event("control_socket_error", &[("error", &e)]);
@@ -250,6 +252,7 @@ pub fn run(
     let mut handles = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
         let mesh = meshes.next().expect("one mesh end per shard");
+        let admin = admin_inboxes.next().expect("one queue-command channel per shard");
         let placement = if config.server.pin && !cpus.is_empty() {
             Placement::Fixed(cpus[index % cpus.len()])
         } else {
@@ -264,7 +267,7 @@ pub fn run(
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(blocking_threads(&config)))
             .spawn(move || async move {
                 let ready = Ready { listeners: shard_listeners, unready, limits };
-                shard_main(index, config, start, stop, mesh, held, ready).await
+                shard_main(index, config, start, stop, mesh, held, ready, admin).await
             })
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
@@ -377,6 +380,7 @@ async fn shard_main(
     mesh: crate::verify::MeshEnd,
     held: Arc<crate::scan::replicate::Held>,
     ready: Ready,
+    admin: futures_channel::mpsc::Receiver<crate::control::AdminRequest>,
 ) -> Result<(), String> {
     let Ready { listeners, unready, limits } = ready;
     let Start { dns, tls_server, tls_client } = start;
@@ -468,6 +472,10 @@ async fn shard_main(
         .map_err(|e| format!("shard {index}: {e}"))?;
     let sweep_task = glommio::spawn_local_into(shard.delivery.clone().sweep_connections(shard.clone()), tq_delivery)
         .map_err(|e| format!("shard {index}: {e}"))?;
+    // Queue commands from the control socket, served until the shard
+    // closes (the task is dropped there: the control thread outlives it).
+    let admin_task = glommio::spawn_local_into(shard.delivery.clone().serve_admin(admin), tq_delivery)
+        .map_err(|e| format!("shard {index}: {e}"))?;
 
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
@@ -488,6 +496,7 @@ async fn shard_main(
     // end here, and this shard's inbox ends when theirs close too.
     shard.verifier.close();
     verifier_task.await;
+    drop(admin_task);
     shard.verifier.log_stats();
     delivery_task.await;
     shard.delivery.wait_idle(Instant::now() + Duration::from_secs(10)).await;
