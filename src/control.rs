@@ -10,7 +10,8 @@
 //! Protocol (one connection, one request): the client sends one request
 //! line, at most [`REQUEST_BYTES_MAX`] bytes, ending in LF; the server
 //! answers a status line, `OK` or `ERR <reason>`, then the reply's body
-//! lines, and closes. Requests: `STATS`, and queue administration,
+//! lines, and closes. Requests: `STATS`, `RELOAD` (as SIGHUP, answered
+//! with the reload's outcome), and queue administration,
 //! `QUEUE <FLUSH|HOLD|RELEASE|DELETE|BOUNCE|REQUEUE> <ID|ALL>` (BOUNCE and
 //! REQUEUE take an id only).
 //!
@@ -215,9 +216,48 @@ pub fn reply_to(
             Ok(body) => format!("OK\n{body}"),
             Err(reason) => format!("ERR {}\n", reason.replace('\n', " ")),
         },
-        Some(other) => format!("ERR unknown request {other:?} (requests: STATS, QUEUE)\n"),
-        None => "ERR empty request (requests: STATS, QUEUE)\n".to_string(),
+        Some("RELOAD") => match reload() {
+            Ok(text) => format!("OK\n{text}\n"),
+            Err(reason) => format!("ERR {}\n", reason.replace('\n', " ")),
+        },
+        Some(other) => format!("ERR unknown request {other:?} (requests: STATS, QUEUE, RELOAD)\n"),
+        None => "ERR empty request (requests: STATS, QUEUE, RELOAD)\n".to_string(),
     }
+}
+
+/// The outcome of the newest reload: its number (0: none yet) and its
+/// result, as the SIGHUP watcher reports it ([`note_reload`]).
+static RELOADED: std::sync::Mutex<(u64, Result<String, String>)> = std::sync::Mutex::new((0, Ok(String::new())));
+/// How long `RELOAD` waits for the watcher.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The SIGHUP watcher says how a reload went (`Ok`: what was reloaded;
+/// `Err`: why the running configuration was kept).
+pub fn note_reload(result: Result<String, String>) {
+    let mut last = RELOADED.lock().unwrap_or_else(|e| e.into_inner());
+    *last = (last.0 + 1, result);
+}
+
+/// `RELOAD`: the same as SIGHUP (the process signals itself, so there is
+/// one reload path), then waits for its outcome.
+fn reload() -> Result<String, String> {
+    let before = RELOADED.lock().unwrap_or_else(|e| e.into_inner()).0;
+    // SAFETY: kill(2) to our own pid with SIGHUP, whose handler only sets
+    // a flag (signal_hook).
+    if unsafe { libc::kill(libc::getpid(), libc::SIGHUP) } != 0 {
+        return Err(format!("cannot signal the server: {}", std::io::Error::last_os_error()));
+    }
+    let deadline = Instant::now() + RELOAD_TIMEOUT;
+    while Instant::now() < deadline {
+        {
+            let last = RELOADED.lock().unwrap_or_else(|e| e.into_inner());
+            if last.0 != before {
+                return last.1.clone();
+            }
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Err("the reload did not finish within 30 s".to_string())
 }
 
 /// `QUEUE <op> <ID|ALL>`: parsed, sent to the owning shard (or to every

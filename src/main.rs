@@ -66,6 +66,10 @@ enum Command {
     /// Ask the running server (through its control socket) for its counters
     /// by class: totals since start and per second over the last minute.
     Stats,
+    /// Reload the running server (as SIGHUP: routers and tables, access
+    /// tables, Sieve filters) and print the outcome; exit status 1 when
+    /// the new configuration was refused and the running one kept.
+    Reload,
     /// Build TEXTFILE.cdb from a text table (written to a temporary file and
     /// renamed into place).
     Makemap {
@@ -182,6 +186,16 @@ fn main() -> ExitCode {
     if let Some((config, overrides, args)) = sendmail_invocation(&argv) {
         return sendmail(config, &overrides, &args);
     }
+    // Called as `mailq` through a link: the queue's list.
+    if argv.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n == "mailq") {
+        return match ringpost::config::load(default_config_file().as_deref(), &[]) {
+            Ok(config) => queue(&config, QueueCommand::List),
+            Err(e) => {
+                eprintln!("ringpost: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cli = Cli::parse();
     // Sieve scripts are checked and tried without any configuration.
     let cli = match cli.command {
@@ -237,6 +251,7 @@ fn main() -> ExitCode {
         Command::Sieve { command } => sieve(command),
         Command::Sendmail { args } => sendmail(cli.config, &cli.overrides, &args),
         Command::Stats => printed(ringpost::control::ask(&config.control_socket_path(), "STATS")),
+        Command::Reload => printed(ringpost::control::ask(&config.control_socket_path(), "RELOAD")),
         Command::Mailq => queue(&config, QueueCommand::List),
     }
 }
@@ -602,10 +617,15 @@ fn watch_reload(hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>, path: Option<Pat
                 ringpost::ingress::filters::install(filters.map(Arc::new));
                 Ok(config.routers.len())
             });
-        match result {
-            Ok(routers) => ringpost::log::event("reload", &[("routers", &routers)]),
-            Err(e) => ringpost::log::event("reload_failed", &[("error", &e), ("kept", &"previous routers")]),
+        match &result {
+            Ok(routers) => ringpost::log::event("reload", &[("routers", routers)]),
+            Err(e) => ringpost::log::event("reload_failed", &[("error", e), ("kept", &"previous routers")]),
         }
+        ringpost::control::note_reload(
+            result
+                .map(|routers| format!("reloaded: {routers} routers, the access tables and the Sieve filters"))
+                .map_err(|e| format!("reload failed, the running configuration is kept: {e}")),
+        );
     }
 }
 

@@ -91,3 +91,24 @@ def test_refusals_and_a_stopped_server_give_sysexits_codes(ringpost):
     done = run_sendmail(rp, ["bob@localhost"], b"Subject: x\n\nbody\n")
     assert done.returncode == 75, (done.returncode, done.stderr)  # EX_TEMPFAIL
     assert b"cannot reach the server" in done.stderr
+
+
+def test_links_named_sendmail_and_mailq(ringpost, tmp_path):
+    rp = ringpost()
+    tables = {}
+    for key, value in rp.settings.items():
+        table, name = key.split(".", 1)
+        # --set takes a bare word as a string; a file does not.
+        bare = not (value[:1] in '"[\'' or value[:1].isdigit() or value in ("true", "false"))
+        tables.setdefault(table, []).append(f'{name} = "{value}"' if bare else f"{name} = {value}")
+    config = tmp_path / "ringpost.toml"
+    config.write_text("".join(f"[{t}]\n" + "\n".join(lines) + "\n" for t, lines in tables.items()))
+    for name in ("sendmail", "mailq"):
+        (tmp_path / name).symlink_to(RINGPOST)
+    env = dict(os.environ, RINGPOST_CONFIG=str(config))
+    done = subprocess.run([str(tmp_path / "sendmail"), "-oi", "frank@localhost"], input=b"Subject: linked\n\nhi\n", env=env,
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: rp.maildir_files("frank"), what="frank's message")
+    done = subprocess.run([str(tmp_path / "mailq")], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
