@@ -78,6 +78,15 @@ pub struct Config {
     /// `[sieve]`: users' Sieve scripts, run at RCPT and at the final dot.
     /// Default: absent (no scripts run).
     pub sieve: Option<Sieve>,
+    pub metrics: Metrics,
+}
+
+/// `[metrics]`: the Prometheus metrics responder (`crate::metrics`,
+/// `docs/metrics.md`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Where `GET /metrics` is served. Default: unset (no responder).
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[policy]`: the front line's checks on clients, HELO, senders and
@@ -926,6 +935,7 @@ impl Default for Config {
             email_auth: None,
             dkim_sign: Vec::new(),
             sieve: None,
+            metrics: Metrics::default(),
         }
     }
 }

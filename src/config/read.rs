@@ -33,7 +33,7 @@ const SEGMENT_SIZE_BYTES_CONFIG_MIN: u64 = queue_format::SEGMENT_SIZE_BYTES_MIN;
 const COMMIT_DELAY_US_MAX: u32 = 100_000;
 
 const ROOT_KEYS: &[&str] =
-    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate", "policy", "dnsbl", "helo_check", "email_auth", "dkim_sign", "sieve"];
+    &["server", "smtp", "domains", "local", "relay", "delivery", "dns", "tls", "queue", "transport", "route", "router", "pool", "verify", "scanner", "replicate", "policy", "dnsbl", "helo_check", "email_auth", "dkim_sign", "sieve", "metrics"];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
     "max_alias_depth",
@@ -386,6 +386,7 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
                 defaults.sieve.unwrap_or_default(),
             )?),
         },
+        metrics: read_metrics(&Section::open(root, "metrics", METRICS_KEYS)?, defaults.metrics)?,
     })
 }
 
@@ -1307,6 +1308,13 @@ fn read_email_auth(section: &Section<'_>, d: super::EmailAuth) -> Result<super::
             Ok(value)
         })?,
     })
+}
+
+pub(super) const METRICS_KEYS: &[&str] = &["listen"];
+
+/// `[metrics]`.
+fn read_metrics(section: &Section<'_>, d: super::Metrics) -> Result<super::Metrics> {
+    Ok(super::Metrics { listen: section.read("listen", d.listen, |node, key| optional(node, key, socket_addr))? })
 }
 
 const SIEVE_KEYS: &[&str] =

@@ -129,6 +129,8 @@ impl Shard {
     }
 
     pub fn session_started(&self) {
+        crate::metrics::SESSIONS.inc();
+        crate::metrics::SESSIONS_OPEN.inc();
         let count = self
             .sessions_active
             .get()
@@ -138,6 +140,7 @@ impl Shard {
     }
 
     pub fn session_ended(&self) {
+        crate::metrics::SESSIONS_OPEN.dec();
         let count = self
             .sessions_active
             .get()
@@ -230,6 +233,11 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
     // A `before` script that does not compile stops the start likewise.
     crate::ingress::filters::install(crate::ingress::filters::Filters::open(&config)?.map(Arc::new));
     let limits = Arc::new(crate::limits::Limits::new(&config));
+    // A metrics address that was asked for and cannot be bound stops the start.
+    let metrics = match config.metrics.listen {
+        Some(addr) => Some(crate::metrics::http::start(addr)?),
+        None => None,
+    };
     // Without its control socket the server still takes mail.
     let control = match crate::control::start(&config.control_socket_path()) {
         Ok(control) => Some(control),
@@ -271,6 +279,9 @@ pub fn run(config: Arc<Config>, stop: Arc<AtomicBool>) -> Result<(), String> {
     }
     if let Some(control) = control {
         control.stop();
+    }
+    if let Some(metrics) = metrics {
+        metrics.stop();
     }
     crate::control::log_totals();
     match first_error {
