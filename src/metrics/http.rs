@@ -30,7 +30,7 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 const LINGER: Duration = Duration::from_millis(200);
 /// Most unread input drained after the response.
 const LINGER_BYTES_MAX: usize = 64 * 1024;
-/// How often the thread looks for a client or the stop flag.
+/// How often the thread looks at the stop flag while no client comes.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What a request head asked for, or why it is refused.
@@ -156,6 +156,17 @@ impl Responder {
     }
 }
 
+/// Waits up to [`POLL_INTERVAL`] for a connection to accept on `listener`.
+fn wait_readable(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    let mut fds = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut fds, 1, POLL_INTERVAL.as_millis() as libc::c_int) };
+    if ready < 0 {
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
 fn serve(listener: TcpListener, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
@@ -164,7 +175,7 @@ fn serve(listener: TcpListener, stop: Arc<AtomicBool>) {
                     log::event("metrics_error", &[("error", &e)]);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL_INTERVAL),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(&listener),
             Err(e) => {
                 log::event("metrics_error", &[("error", &e)]);
                 std::thread::sleep(POLL_INTERVAL);
