@@ -163,3 +163,64 @@ def test_an_address_that_cannot_be_bound_stops_the_start(ringpost):
         port = taken.getsockname()[1]
         with pytest.raises(RuntimeError):
             ringpost({"metrics.listen": f'"127.0.0.1:{port}"'})
+
+
+def test_dns_lookups_and_their_latency_are_counted(ringpost, smtp_sink, unbound):
+    """Mail for a domain found by MX in a private unbound: the lookups go
+    on the wire once (the second message's come from the cache)."""
+    dns = unbound("test", ["mx.test. 300 IN MX 10 host.mx.test.", "host.mx.test. 300 IN A 127.0.0.1"])
+    sink = smtp_sink()
+    port = free_port()
+    rp = ringpost({
+        "metrics.listen": f'"127.0.0.1:{port}"',
+        "dns.servers": f'["127.0.0.1:{dns.port}"]',
+        "delivery.port": str(sink.port),
+        "relay.networks": "[]",
+        "relay.domains": '["mx.test"]',
+        "server.shards": "1",
+    })
+    wait_port(port, proc=rp.proc)
+    before, _ = scrape(port)
+    send(rp, "one@mx.test", "dns-1")
+    sink.wait_message(b"dns-1")
+    send(rp, "two@mx.test", "dns-2")
+    sink.wait_message(b"dns-2")
+
+    def counted():
+        samples, _ = scrape(port)
+        moved = value(samples, "ringpost_delivery_recipients_total", result="delivered") \
+            - value(before, "ringpost_delivery_recipients_total", result="delivered")
+        return samples if moved >= 2 else None
+
+    after = wait_for(counted, what="two deliveries counted")
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("ringpost_dns_lookups_total") >= 4  # MX and A, twice
+    assert delta("ringpost_dns_queries_total", result="answer") >= 2
+    assert delta("ringpost_dns_queries_total", result="error") == 0
+    assert delta("ringpost_dns_cache_hits_total") >= 2
+    assert delta("ringpost_dns_query_seconds_count") == delta("ringpost_dns_queries_total", result="answer")
+    assert delta("ringpost_delivery_attempt_seconds_count") == 2
+
+
+def test_scans_are_counted_by_outcome(ringpost, smtp_sink):
+    """A scanner that cannot be reached, with on_failure = "accept": the
+    message is taken and the scan counted as failed."""
+    sink = smtp_sink()
+    port = free_port()
+    scanner = f'[{{name = "spam", kind = "spamd", address = "127.0.0.1:{free_port()}", on_failure = "accept"}}]'
+    rp = ringpost({
+        "metrics.listen": f'"127.0.0.1:{port}"',
+        "delivery.smarthost": f'"127.0.0.1:{sink.port}"',
+        "relay.domains": '["sink.test"]',
+        "scanner": scanner,
+    })
+    wait_port(port, proc=rp.proc)
+    before, _ = scrape(port)
+    send(rp, "one@sink.test", "scan-1")
+    after, _ = scrape(port)
+    assert value(after, "ringpost_scans_total", result="failed") - value(before, "ringpost_scans_total", result="failed") == 1
+    assert value(after, "ringpost_scans_total", result="reject") == value(before, "ringpost_scans_total", result="reject")
+    sink.wait_message(b"scan-1")
