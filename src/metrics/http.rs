@@ -304,7 +304,8 @@ mod tests {
         let _ = slow.read_to_string(&mut reply);
         assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
         assert!(started.elapsed() >= CLIENT_TIMEOUT - Duration::from_millis(100));
+        // Returns once the thread has ended (the listener closed with it;
+        // its port may be taken by another test at once, so not probed).
         responder.stop();
-        assert!(TcpStream::connect(addr).is_err(), "closed after stop");
     }
 }
