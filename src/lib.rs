@@ -15,6 +15,7 @@ pub mod frontline;
 pub mod ingress;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod notify;
 pub mod pool;
 pub mod privdrop;

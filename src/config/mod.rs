@@ -79,6 +79,15 @@ pub struct Config {
     /// Default: absent (no scripts run).
     pub sieve: Option<Sieve>,
     pub log: Log,
+    pub metrics: Metrics,
+}
+
+/// `[metrics]`: the Prometheus metrics responder (`crate::metrics`,
+/// `docs/metrics.md`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Where `GET /metrics` is served. Default: unset (no responder).
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[log]`: where and how event lines are written (`crate::log`).
@@ -956,6 +965,7 @@ impl Default for Config {
             dkim_sign: Vec::new(),
             sieve: None,
             log: Log::default(),
+            metrics: Metrics::default(),
         }
     }
 }

@@ -309,6 +309,11 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         writeln!(out, "max_redirects = {}", v.max_redirects)?;
         writeln!(out, "cache_entries = {}", v.cache_entries)?;
     }
+    writeln!(out, "\n[metrics]")?;
+    match &c.metrics.listen {
+        Some(addr) => writeln!(out, "listen = {}", quoted(&addr.to_string()))?,
+        None => writeln!(out, "listen = \"\"  # unset: no metrics responder")?,
+    }
     for k in &c.dkim_sign {
         writeln!(out, "\n[[dkim_sign]]")?;
         writeln!(out, "domain = {}", quoted(&k.domain))?;

@@ -57,6 +57,7 @@ const ROOT_KEYS: &[&str] = &[
     "dkim_sign",
     "sieve",
     "log",
+    "metrics",
 ];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
@@ -462,6 +463,7 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
                 defaults.sieve.unwrap_or_default(),
             )?),
         },
+        metrics: read_metrics(&Section::open(root, "metrics", METRICS_KEYS)?, defaults.metrics)?,
     })
 }
 
@@ -1421,7 +1423,7 @@ fn read_email_auth(section: &Section<'_>, d: super::EmailAuth) -> Result<super::
     })
 }
 
-const LOG_KEYS: &[&str] = &["format", "syslog", "syslog_socket"];
+pub(super) const LOG_KEYS: &[&str] = &["format", "syslog", "syslog_socket"];
 
 /// `[log]`.
 fn read_log(section: &Section<'_>, d: super::Log) -> Result<super::Log> {
@@ -1447,6 +1449,13 @@ const SIEVE_KEYS: &[&str] = &[
     "max_redirects",
     "cache_entries",
 ];
+pub(super) const METRICS_KEYS: &[&str] = &["listen"];
+
+/// `[metrics]`.
+fn read_metrics(section: &Section<'_>, d: super::Metrics) -> Result<super::Metrics> {
+    Ok(super::Metrics { listen: section.read("listen", d.listen, |node, key| optional(node, key, socket_addr))? })
+}
+
 /// Longest Sieve script `sieve.max_script_bytes` allows.
 const SIEVE_SCRIPT_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Most redirects `sieve.max_redirects` allows.

@@ -334,7 +334,7 @@ fn server_user_is_a_user_name() {
     assert!(load_with("[server]\nallow_root = \"yes\"\n", &[]).is_err());
 }
 
-fn all_keys() -> [(&'static str, &'static [&'static str]); 12] {
+fn all_keys() -> [(&'static str, &'static [&'static str]); 14] {
     [
         ("server", read::SERVER_KEYS),
         ("smtp", read::SMTP_KEYS),
@@ -348,6 +348,8 @@ fn all_keys() -> [(&'static str, &'static [&'static str]); 12] {
         ("route", read::ROUTE_KEYS),
         ("verify", read::VERIFY_KEYS),
         ("policy", read::POLICY_KEYS),
+        ("metrics", read::METRICS_KEYS),
+        ("log", read::LOG_KEYS),
     ]
 }
 
@@ -828,4 +830,16 @@ user = "filter"
     assert!(error.contains("a scanner needs address"), "{error}");
     let error = error_of("[[scanner]]\nname = \"x\"\nkind = \"clamd\"\naddress = \"127.0.0.1:1\"\nmax_concurrent = 0\n");
     assert!(error.starts_with("config.toml:5:") && error.contains("at least 1"), "{error}");
+}
+
+#[test]
+fn metrics_listen_loads_prints_and_refuses_bad_addresses() {
+    assert_eq!(load_with("", &[]).expect("loads").metrics.listen, None);
+    let config = load_with("[metrics]\nlisten = \"127.0.0.1:9025\"\n", &[]).expect("loads");
+    assert_eq!(config.metrics.listen, Some("127.0.0.1:9025".parse().expect("address")));
+    assert_eq!(load_with(&config.to_toml(), &[]).expect("printed loads"), config);
+    let unset = load_with("[metrics]\nlisten = \"\"\n", &[]).expect("loads");
+    assert_eq!(load_with(&unset.to_toml(), &[]).expect("printed loads"), unset);
+    assert!(error_of("[metrics]\nlisten = \"localhost\"\n").contains("metrics.listen: bad socket address"));
+    assert!(error_of("[metrics]\nport = 1\n").contains("metrics.port"));
 }

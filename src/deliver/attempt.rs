@@ -573,6 +573,7 @@ pub fn record(
             RcptState::Pending => "deferred",
             RcptState::Failed => "failed",
         };
+        crate::metrics::DELIVERY_RECIPIENTS.inc_named(status);
         log::event(
             "delivery",
             &[

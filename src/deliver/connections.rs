@@ -40,6 +40,8 @@ pub struct Session {
     /// Transactions this session has carried.
     pub transaction_count: u32,
     _slot: StaticPermit,
+    /// Counts the connection open in the metrics while it is.
+    _open: crate::metrics::OpenConnection,
 }
 
 struct IdleSession {
@@ -121,6 +123,7 @@ impl Connections {
                     idle.remove(&addr);
                 }
                 self.reused.set(self.reused.get() + 1);
+                crate::metrics::OUTBOUND_REUSED.inc();
                 return Some(entry.session);
             }
             // Too old: dropping it closes the socket.
@@ -147,12 +150,20 @@ impl Connections {
         // that last small write for the peer's delayed ACK (about 40 ms).
         stream.set_nodelay(true).map_err(std::io::Error::from)?;
         self.opened.set(self.opened.get() + 1);
+        crate::metrics::OUTBOUND_OPENED.inc();
         Ok((stream, slot))
     }
 
     /// Wraps a connected stream and its client into a session.
     pub fn session(&self, stream: TcpStream, client: Client, addr: SocketAddr, slot: StaticPermit) -> Session {
-        Session { stream: Stream::Plain(stream), client, addr, transaction_count: 0, _slot: slot }
+        Session {
+            stream: Stream::Plain(stream),
+            client,
+            addr,
+            transaction_count: 0,
+            _slot: slot,
+            _open: crate::metrics::OpenConnection::new(),
+        }
     }
 
     /// Keeps a session whose last transaction ended cleanly for the next

@@ -233,7 +233,12 @@ impl Delivery {
             return;
         }
         env.attempt_count = env.attempt_count.checked_add(1).unwrap_or(u16::MAX);
+        crate::metrics::DELIVERY_ATTEMPTS.inc();
+        crate::metrics::DELIVERY_ACTIVE.inc();
+        let started = Instant::now();
         let results = self.deliverer.deliver_pending(&env).await;
+        crate::metrics::DELIVERY_LATENCY.since(started);
+        crate::metrics::DELIVERY_ACTIVE.dec();
         attempt::record(self.deliverer.shard_index(), &mut env, results, false);
         self.finish(env).await;
     }

@@ -288,6 +288,7 @@ impl Resolver {
     /// CNAMEs in all.
     pub async fn lookup_question(&self, question: &Question) -> Result<Lookup, ResolveError> {
         self.stats.borrow_mut().lookups += 1;
+        crate::metrics::DNS_LOOKUPS.inc();
         let mut current = question.clone();
         let mut hops_total = 0;
         let mut chain_ttl_s = TTL_MAX_S;
@@ -296,9 +297,16 @@ impl Resolver {
             let resolved = match cached {
                 Some(lookup) => {
                     self.stats.borrow_mut().cache_hits += 1;
+                    crate::metrics::DNS_CACHE_HITS.inc();
                     Resolved::Answer(lookup)
                 }
-                None => self.exchange_shared(&current).await?,
+                None => {
+                    let started = Instant::now();
+                    let resolved = self.exchange_shared(&current).await;
+                    crate::metrics::DNS_QUERY_LATENCY.since(started);
+                    crate::metrics::DNS_QUERIES.inc(usize::from(resolved.is_err()));
+                    resolved?
+                }
             };
             match resolved {
                 Resolved::Answer(lookup) if hops_total == 0 => return Ok(lookup),

@@ -279,6 +279,9 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 if !reply.is_positive() && reply.enhanced.is_some_and(|e| e.0 == 5 && e.1 == 1) {
                     crate::stats::count(crate::stats::Class::InvalidRecipient);
                 }
+                if reply.is_positive() {
+                    crate::metrics::RECIPIENTS_ACCEPTED.inc();
+                }
                 if !reply.is_positive() {
                     log::event(
                         "rcpt_refused",
@@ -307,7 +310,7 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                         // Boxed, allocated for the final dot only: its state
                         // (the envelope, the writer's commit) would otherwise
                         // size every idle session's task (2.9 KiB of it).
-                        let finishing = Box::pin(finish_message(shard, &machine, peer, m, sieve.take()));
+                        let finishing = Box::pin(finish_timed(shard, &machine, peer, m, sieve.take()));
                         finishing.await
                     }
                     None => QueueError::Io(std::io::Error::other("no message in progress")).reply(),
@@ -614,6 +617,7 @@ async fn start_message(shard: &Shard, machine: &Server, peer: SocketAddr, tls: O
 }
 
 async fn write_body(m: &mut Incoming, chunk: &[u8]) {
+    crate::metrics::RECEIVED_BYTES.add(chunk.len() as u64);
     let Some(writer) = m.writer.as_mut() else { return };
     if let Err(e) = writer.write(chunk).await {
         log::event("queue_error", &[("id", &m.id), ("error", &e)]);
@@ -622,6 +626,22 @@ async fn write_body(m: &mut Incoming, chunk: &[u8]) {
         }
         m.error = Some(e);
     }
+}
+
+/// [`finish_message`], its time from the final dot to a 250 observed.
+async fn finish_timed(
+    shard: &Shard,
+    machine: &Server,
+    peer: SocketAddr,
+    m: Incoming,
+    sieve: Option<Box<filters::Txn>>,
+) -> Reply {
+    let started = Instant::now();
+    let reply = finish_message(shard, machine, peer, m, sieve).await;
+    if reply.is_positive() {
+        crate::metrics::FINAL_DOT_LATENCY.since(started);
+    }
+    reply
 }
 
 async fn finish_message(

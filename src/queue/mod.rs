@@ -203,6 +203,12 @@ impl CommitStats {
     }
 }
 
+/// Moves the metrics' segment gauges by `sign` segments of `size_bytes`.
+fn metrics_segment(sign: i64, size_bytes: u64) {
+    crate::metrics::QUEUE_SEGMENTS.add(sign);
+    crate::metrics::QUEUE_LOG_BYTES.add(sign.saturating_mul(size_bytes.min(i64::MAX as u64) as i64));
+}
+
 /// The queue of one shard.
 pub struct Queue<S: Storage = DiskStorage> {
     /// Shared with the message writers, which create body files.
@@ -371,6 +377,7 @@ impl<S: Storage + 'static> Queue<S> {
                     sealed_head_sequence: Some(newest_head.unwrap_or(0)),
                 },
             );
+            metrics_segment(1, log.segment_size_bytes);
             log.segment_sequence_next = log.segment_sequence_next.max(seq + 1);
         }
         for (slot, last) in scan.record_sequence_last.iter().enumerate() {
@@ -399,6 +406,7 @@ impl<S: Storage + 'static> Queue<S> {
                 segment.live_add();
             }
             let in_flight = candidate.location.log == LogKind::Head;
+            crate::metrics::queue_entry(1, !in_flight, candidate.body_file);
             index.insert(
                 id,
                 Entry {
@@ -786,6 +794,7 @@ impl<S: Storage + 'static> Queue<S> {
         log.segment_sequence_next = sequence + 1;
         log.rotate_requested = false;
         log.segments.insert(sequence, log::Segment { file: Rc::new(file), name, live: 0, sealed_head_sequence: None });
+        metrics_segment(1, log.segment_size_bytes);
         log.active = Some(log::Active {
             sequence,
             write_offset: queue_format::SEGMENT_HEADER_SIZE_BYTES as u64,
@@ -817,9 +826,14 @@ impl<S: Storage + 'static> Queue<S> {
             return;
         }
         let padded = queue_format::padded_size_bytes(size);
+        let started = std::time::Instant::now();
         let result = self.write_batch(kind, &records, padded, size).await;
         match result {
             Ok((batch_locations, written_bytes)) => {
+                crate::metrics::QUEUE_COMMIT_LATENCY.since(started);
+                crate::metrics::QUEUE_FLUSHES.inc(slot);
+                crate::metrics::QUEUE_FLUSH_RECORDS.observe(records.len() as u64);
+                crate::metrics::QUEUE_WRITTEN_BYTES.add(written_bytes as u64);
                 self.stats[slot].borrow_mut().count(records.len(), written_bytes);
                 self.on_durable(kind, &records, &batch_locations);
                 for ((_, waiter), location) in records.iter().zip(batch_locations) {
@@ -831,6 +845,7 @@ impl<S: Storage + 'static> Queue<S> {
                 // Encoded means its write was issued: it may be on disk.
                 let maybe_on_disk = sequence_next.is_some();
                 self.stats[slot].borrow_mut().failures += 1;
+                crate::metrics::QUEUE_FLUSH_FAILURES.inc(slot);
                 crate::log::event(
                     "queue_flush_failed",
                     &[
@@ -925,6 +940,7 @@ impl<S: Storage + 'static> Queue<S> {
                         attempting: false,
                         held: env.held,
                     };
+                    crate::metrics::queue_entry(1, kind == LogKind::Retry, entry.body_file);
                     let old = index.insert(qid, entry);
                     self.logs[log_slot(kind)]
                         .borrow_mut()
@@ -945,6 +961,7 @@ impl<S: Storage + 'static> Queue<S> {
                 }
             };
             if let Some(old) = old {
+                crate::metrics::queue_entry(-1, old.location.log == LogKind::Retry, old.body_file);
                 let mut log = self.logs[log_slot(old.location.log)].borrow_mut();
                 if let Some(segment) = log.segments.get_mut(&old.location.segment_sequence) {
                     segment.live_remove();
@@ -1029,6 +1046,7 @@ impl<S: Storage + 'static> Queue<S> {
         let Some(segment) = self.logs[slot].borrow_mut().segments.remove(&seq) else {
             return Ok(());
         };
+        metrics_segment(-1, self.logs[slot].borrow().segment_size_bytes);
         let keep = self.logs[slot].borrow().free.len() < FREE_SEGMENTS_MAX;
         if keep {
             let free = format!("free-{}-{seq:016x}.seg", log::kind_name(kind));

@@ -115,6 +115,14 @@ impl Scanners {
         for pool in &self.pools {
             let started = Instant::now();
             let (said, what) = pool.scan(env, &body_path).await;
+            crate::metrics::SCANS.inc(match &said {
+                Outcome::Said(Said::Accept { .. }) => 0,
+                Outcome::Said(Said::Reject { .. }) => 1,
+                Outcome::Said(Said::Tempfail { .. }) => 2,
+                Outcome::Failed(_) => 3,
+                Outcome::Busy => 4,
+                Outcome::Skipped => 5,
+            });
             let decision = match &said {
                 Outcome::Skipped => Decision::Continue,
                 Outcome::Busy => {

@@ -129,11 +129,14 @@ impl Shard {
     }
 
     pub fn session_started(&self) {
+        crate::metrics::SESSIONS.inc();
+        crate::metrics::SESSIONS_OPEN.inc();
         let count = self.sessions_active.get().checked_add(1).expect("session count overflow");
         self.sessions_active.set(count);
     }
 
     pub fn session_ended(&self) {
+        crate::metrics::SESSIONS_OPEN.dec();
         let count = self.sessions_active.get().checked_sub(1).expect("session count below zero");
         self.sessions_active.set(count);
         self.session_event.notify(usize::MAX);
@@ -224,6 +227,11 @@ pub fn run(
     if let (Some(identity), Some(dir)) = (&identity, control_path.parent()) {
         crate::privdrop::prepare_dir(dir, identity).map_err(|e| format!("control socket {e}"))?;
     }
+    // A metrics address that was asked for and cannot be bound stops the start.
+    let metrics = match config.metrics.listen {
+        Some(addr) => Some(crate::metrics::http::start(addr)?),
+        None => None,
+    };
     // Without its control socket the server still takes mail.
     let (admin_senders, admin_inboxes) = crate::control::admin_channels(shard_count);
     let mut admin_inboxes = admin_inboxes.into_iter();
@@ -286,6 +294,9 @@ pub fn run(
     }
     if let Some(control) = control {
         control.stop();
+    }
+    if let Some(metrics) = metrics {
+        metrics.stop();
     }
     crate::control::log_totals();
     match first_error {

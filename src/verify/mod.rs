@@ -274,6 +274,7 @@ impl Verifier {
         let answer = match cached {
             Some(outcome) => {
                 bump(&self.counters.cache_hits);
+                crate::metrics::CALLOUT_CACHE_HITS.inc();
                 Answer { outcome, cached: true, coalesced: false, learned: Vec::new() }
             }
             None => self.ask_owner(&plan, sender.clone()).await,
@@ -285,6 +286,7 @@ impl Verifier {
             }
         }
         let reply = client_reply(&plan, &answer.outcome);
+        crate::metrics::CALLOUTS.inc_named(outcome_name(&answer.outcome));
         log::event(
             "callout",
             &[
