@@ -50,6 +50,7 @@ fn envelope(id: String, i: u64, now_ms: u64) -> Envelope {
         helo: "client.example".into(),
         headers_prepended: Vec::new(),
         replica_of: None,
+        held: false,
         body: Body::Inline(Default::default()),
     }
 }

@@ -289,8 +289,8 @@ impl Delivery {
     /// Records the attempt. While recipients are pending, the message goes
     /// to the retry runners with every recipient's state. Once none is, one
     /// bounce lists every failed recipient (unless the sender is `<>`) and
-    /// the message is removed; if the bounce cannot be queued, the message
-    /// stays (states kept) and the bounce is tried again later. When the
+    /// the message is removed; if the bounce cannot be queued, it is tried
+    /// again every `QUEUE_ERROR_RETRY` before the message is removed. When the
     /// queue cannot take the record, it is tried again every
     /// `QUEUE_ERROR_RETRY` while the queue is open; after that the message
     /// is given back (it is live in the log and met again at the next start).
@@ -308,28 +308,33 @@ impl Delivery {
                 }
             }
         }
-        let mut bounce_failed = false;
         if env.pending_count() == 0 && !env.is_null_sender() {
             let failed: Vec<usize> = (0..env.recipients.len())
                 .filter(|&i| env.recipients[i].state == RcptState::Failed)
                 .collect();
             if !failed.is_empty() {
-                if let Err(e) = self.bounce(&env, &failed).await {
+                // Nothing is pending, so no replacement envelope can hold
+                // the message meanwhile (SPEC section 6.1: a replacement
+                // has a pending recipient): the bounce is tried again
+                // here while the queue is open. Given back when it
+                // closes, the message's newest record is still live in
+                // the log and is attempted again at the next start.
+                while let Err(e) = self.bounce(&env, &failed).await {
                     log::event("bounce_error", &[("id", &env.id), ("error", &e)]);
-                    bounce_failed = true;
+                    if self.queue.is_closed() {
+                        self.queue.release(&env.id);
+                        return;
+                    }
+                    self.clock.sleep(QUEUE_ERROR_RETRY).await;
                 }
             }
         }
         loop {
             let now_ms = self.clock.unix_ms();
-            let recorded = if env.pending_count() == 0 && !bounce_failed {
+            let recorded = if env.pending_count() == 0 {
                 self.queue.complete(&env, reason).map(|()| "removed")
             } else {
-                let delay = if bounce_failed {
-                    QUEUE_ERROR_RETRY
-                } else {
-                    self.queue.retry_delay(env.attempt_count)
-                };
+                let delay = self.queue.retry_delay(env.attempt_count);
                 env.next_retry_unix_ms = now_ms + delay.as_millis() as u64;
                 self.queue.defer(&env).await.map(|()| "deferred")
             };
