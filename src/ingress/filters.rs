@@ -105,6 +105,24 @@ pub struct Txn {
     deferred: Vec<Waiting>,
 }
 
+/// Why a user's script could not be had.
+enum ScriptError {
+    /// It is broken or misplaced (logged; the message is kept).
+    Broken(String),
+    /// Its file or table failed for now (451 at RCPT).
+    Temporary(String),
+}
+
+impl ScriptError {
+    fn of_io(path: &std::path::Path, e: std::io::Error) -> ScriptError {
+        let text = format!("{}: {e}", path.display());
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidData => ScriptError::Broken(text),
+            _ => ScriptError::Temporary(text),
+        }
+    }
+}
+
 /// The scripts of one recipient, evaluated.
 enum Evaluated {
     Refuse(Reply),
@@ -210,10 +228,10 @@ impl Filters {
     }
 
     /// The user's script: `Ok(None)` when there is none.
-    async fn script(&self, user: &LocalUser) -> Result<Option<Script>, String> {
+    async fn script(&self, user: &LocalUser) -> Result<Option<Script>, ScriptError> {
         let key = format!("{}@{}", user.user, user.domain);
         let (stamp, text) = if let Some(template) = &self.config.scripts {
-            let path = script_path(template, user)?;
+            let path = script_path(template, user).map_err(ScriptError::Broken)?;
             let stamp = match std::fs::metadata(&path) {
                 Ok(meta) => Stamp::File {
                     modified_ns: meta
@@ -224,21 +242,26 @@ impl Filters {
                     len: meta.len(),
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(format!("{}: {e}", path.display())),
+                Err(e) => return Err(ScriptError::of_io(&path, e)),
             };
             if let Some(script) = self.cached(&key, stamp) {
                 return Ok(script);
             }
             if stamp_len(stamp) > self.config.max_script_bytes {
-                return Err(format!("{}: larger than sieve.max_script_bytes", path.display()));
+                return Err(ScriptError::Broken(format!("{}: larger than sieve.max_script_bytes", path.display())));
             }
-            let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = std::fs::read(&path).map_err(|e| ScriptError::of_io(&path, e))?;
             (stamp, text)
         } else if let Some(source) = &self.source {
             let text = match source.lookup(&key).await {
                 Ok(Some(text)) => text.into_bytes(),
                 Ok(None) => return Ok(None),
-                Err(e) => return Err(format!("sieve.source: {e:?}")),
+                Err(crate::route::source::LookupError::Temporary(e)) => {
+                    return Err(ScriptError::Temporary(format!("sieve.source: {e}")))
+                }
+                Err(crate::route::source::LookupError::Config(e)) => {
+                    return Err(ScriptError::Broken(format!("sieve.source: {e}")))
+                }
             };
             let stamp = Stamp::Text(hash(&text));
             if let Some(script) = self.cached(&key, stamp) {
@@ -277,9 +300,19 @@ impl Filters {
     async fn evaluate(&self, user: &LocalUser, input: &lang::Input<'_>) -> Evaluated {
         let own = match self.script(user).await {
             Ok(script) => script,
-            Err(e) => {
+            Err(ScriptError::Broken(e)) => {
                 log::event("sieve_error", &[("user", &user.user), ("error", &e), ("action", &"keep")]);
                 None
+            }
+            // The script may refuse what it is not there to refuse: the
+            // client tries again, as when the routers' table is down.
+            Err(ScriptError::Temporary(e)) => {
+                log::event("sieve_error", &[("user", &user.user), ("error", &e), ("action", &"tempfail")]);
+                return Evaluated::Refuse(Reply::new(
+                    451,
+                    Enhanced(4, 3, 0),
+                    "Temporary failure reading the recipient's filter",
+                ));
             }
         };
         let mut all = Actions { list: Vec::new(), implicit_keep: true };
@@ -746,6 +779,41 @@ mod tests {
         assert!(script_path(template, &user("../etc", "example.org")).is_err());
         assert!(script_path(template, &user("bob", "a/b")).is_err());
         assert!(script_path(template, &user(".hidden", "example.org")).is_err());
+    }
+
+    /// A script table that is down for now.
+    struct Down;
+
+    impl LookupSource for Down {
+        fn lookup<'a>(&'a self, _key: &'a str) -> crate::route::source::LookupFuture<'a> {
+            Box::pin(async { Err(crate::route::source::LookupError::Temporary("timed out".into())) })
+        }
+        fn describe(&self) -> String {
+            "down".into()
+        }
+    }
+
+    #[test]
+    fn a_script_table_that_is_down_is_451_at_rcpt() {
+        let sieve = crate::config::Sieve { source: Some("sqlite:/nowhere".into()), ..Default::default() };
+        let filters = Filters {
+            limits: limits(&sieve),
+            config: sieve,
+            separators: vec!["+".into()],
+            hostname: "mx.test".into(),
+            before: None,
+            source: Some(Arc::new(Down)),
+            cache: Mutex::new(HashMap::new()),
+            vacation: None,
+        };
+        let user = LocalUser { user: "bob".into(), domain: "example.org".into() };
+        let rcpt = crate::smtp::address::parse_mailbox("bob@example.org", false).unwrap();
+        let mut txn = None;
+        let ip = "192.0.2.1".parse().unwrap();
+        let refused = futures_lite::future::block_on(filters.at_rcpt(&mut txn, &rcpt, user, "a@b.example", ip));
+        let reply = refused.expect_err("a temporary failure refuses for now");
+        assert_eq!((reply.code, reply.enhanced), (451, Some(Enhanced(4, 3, 0))));
+        assert!(txn.is_none(), "nothing decided");
     }
 
     #[test]
