@@ -155,26 +155,7 @@ impl Filters {
             None => None,
             Some(spec) => {
                 let query = sieve.query.as_deref().unwrap_or_default();
-                let inner: Arc<dyn LookupSource> = match spec.strip_prefix("sqlite:") {
-                    Some(path) => Arc::new(crate::route::sqlite::SqliteSource::open(
-                        path,
-                        query,
-                        config.route.sqlite_max_in_flight,
-                    )?),
-                    None => {
-                        let params = match &sieve.pool {
-                            None => crate::pool::PoolParams::default(),
-                            Some(name) => config
-                                .pools
-                                .iter()
-                                .find(|(n, _)| n == name)
-                                .map(|(_, p)| p.clone())
-                                .ok_or_else(|| format!("sieve.pool: no [pool.{name}] table"))?,
-                        };
-                        crate::pool::open_source(spec, query, &params)?
-                    }
-                };
-                Some(inner)
+                Some(crate::route::drivers::open_source(config, spec, query, sieve.pool.as_deref(), "sieve.pool")?)
             }
         };
         let vacation = match config.vacation_db_path() {

@@ -23,6 +23,32 @@ const INCLUDE_ENTRIES_MAX: usize = 10_000;
 /// too small for 10,000 rules).
 const RULE_SET_BYTES_MAX: usize = 256 << 20;
 
+/// A table kept outside ringpost (`sqlite:PATH`, `postgres:URL`,
+/// `ldap:URL`) with its `query`: SQLite on its blocking threads, the
+/// others behind the bounded pool named by `pool` (`[pool.NAME]`, else
+/// the defaults). `owner` names the key in errors. Uncached.
+pub(crate) fn open_source(
+    config: &Config,
+    spec: &str,
+    query: &str,
+    pool: Option<&str>,
+    owner: &str,
+) -> Result<Arc<dyn LookupSource>, String> {
+    if let Some(path) = spec.strip_prefix("sqlite:") {
+        return Ok(Arc::new(super::sqlite::SqliteSource::open(path, query, config.route.sqlite_max_in_flight)?));
+    }
+    let params = match pool {
+        None => crate::pool::PoolParams::default(),
+        Some(name) => config
+            .pools
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| format!("{owner}: no [pool.{name}] table"))?,
+    };
+    crate::pool::open_source(spec, query, &params)
+}
+
 /// Opens the table and compiles the rules of `router`.
 pub(crate) fn build(config: &Config, router: &Router) -> Result<Built, String> {
     let table = match (&router.file, &router.source) {
@@ -37,23 +63,8 @@ pub(crate) fn build(config: &Config, router: &Router) -> Result<Built, String> {
         }
         (None, Some(spec)) => {
             let query = router.query.as_deref().unwrap_or_default();
-            let inner: Arc<dyn LookupSource> = match spec.strip_prefix("sqlite:") {
-                Some(path) => {
-                    Arc::new(super::sqlite::SqliteSource::open(path, query, config.route.sqlite_max_in_flight)?)
-                }
-                None => {
-                    let params = match &router.pool {
-                        None => crate::pool::PoolParams::default(),
-                        Some(name) => config
-                            .pools
-                            .iter()
-                            .find(|(n, _)| n == name)
-                            .map(|(_, p)| p.clone())
-                            .ok_or_else(|| format!("router {}: no [pool.{name}] table", router.name))?,
-                    };
-                    crate::pool::open_source(spec, query, &params)?
-                }
-            };
+            let owner = format!("router {}", router.name);
+            let inner = open_source(config, spec, query, router.pool.as_deref(), &owner)?;
             let cached = super::sqlite::Cached::new(inner, config.route.cache_ttl.0, config.route.cache_entries);
             Table::Source(Arc::new(cached))
         }
