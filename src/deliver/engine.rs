@@ -35,7 +35,7 @@ use crate::deliver::attempt::{self, Deliverer};
 use crate::deliver::dsn;
 use crate::log;
 use crate::queue::admin::Done;
-use crate::queue::{Body, Envelope, Queue, RcptState};
+use crate::queue::{Envelope, Queue, RcptState};
 use crate::scan::replicate::{self, Held, Hold, Replicator};
 use crate::shard::{Phase, Shard};
 use crate::smtp::address::ReversePath;
@@ -523,30 +523,9 @@ impl Delivery {
         let mut writer = self.queue.create().await?;
         writer.write(&message).await?;
         let now_ms = self.clock.unix_ms();
-        let bounce = Envelope {
-            id: writer.id().to_string(),
-            sender: ReversePath::Null,
-            recipients: vec![crate::queue::Recipient {
-                address: original_sender.clone(),
-                state: RcptState::Pending,
-                last_reply: String::new(),
-                folder: None,
-            }],
-            arrival_unix_ms: now_ms,
-            next_retry_unix_ms: now_ms,
-            attempt_count: 0,
-            size_bytes: writer.size_bytes(),
-            // A report about a UTF-8 address (RFC 6533) carries 8-bit text.
-            body_8bit: message.iter().any(|b| *b >= 0x80),
-            body_binary: false,
-            smtputf8: env.smtputf8,
-            client: "local".into(),
-            helo: "".into(),
-            body: Body::Inline(Default::default()),
-            headers_prepended: Vec::new(),
-            replica_of: None,
-            held: false,
-        };
+        debug_assert_eq!(writer.size_bytes(), message.len() as u64);
+        let bounce =
+            Envelope::from_null_sender(writer.id().to_string(), original_sender.clone(), &message, env.smtputf8, now_ms);
         let bounce_id = bounce.id.clone();
         writer.commit(&self.queue, bounce).await?;
         log::event(

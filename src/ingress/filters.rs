@@ -545,29 +545,8 @@ impl Filters {
         );
         writer.write(&message).await?;
         let now_ms = queue.clock().unix_ms();
-        let response = Envelope {
-            id: unique.clone(),
-            sender: crate::smtp::address::ReversePath::Null,
-            recipients: vec![Recipient {
-                address: to,
-                state: RcptState::Pending,
-                last_reply: String::new(),
-                folder: None,
-            }],
-            arrival_unix_ms: now_ms,
-            next_retry_unix_ms: now_ms,
-            attempt_count: 0,
-            size_bytes: writer.size_bytes(),
-            body_8bit: message.iter().any(|b| *b >= 0x80),
-            body_binary: false,
-            smtputf8: false,
-            client: "local".into(),
-            helo: "".into(),
-            body: crate::queue::Body::Inline(Default::default()),
-            headers_prepended: Vec::new(),
-            replica_of: None,
-            held: false,
-        };
+        debug_assert_eq!(writer.size_bytes(), message.len() as u64);
+        let response = Envelope::from_null_sender(unique.clone(), to, &message, false, now_ms);
         writer.commit(queue, response).await?;
         log::event(
             "vacation_sent",

@@ -82,6 +82,31 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A message ringpost writes itself (a bounce, a vacation response):
+    /// from `<>` to `to`, arriving now, its `content` already written by
+    /// the message writer named `id`.
+    pub fn from_null_sender(id: String, to: Address, content: &[u8], smtputf8: bool, now_ms: u64) -> Envelope {
+        Envelope {
+            id,
+            sender: ReversePath::Null,
+            recipients: vec![Recipient { address: to, state: RcptState::Pending, last_reply: String::new(), folder: None }],
+            arrival_unix_ms: now_ms,
+            next_retry_unix_ms: now_ms,
+            attempt_count: 0,
+            size_bytes: content.len() as u64,
+            // A report about a UTF-8 address (RFC 6533) carries 8-bit text.
+            body_8bit: content.iter().any(|b| *b >= 0x80),
+            body_binary: false,
+            smtputf8,
+            client: "local".into(),
+            helo: "".into(),
+            body: Body::Inline(Default::default()),
+            headers_prepended: Vec::new(),
+            replica_of: None,
+            held: false,
+        }
+    }
+
     pub fn pending_count(&self) -> usize {
         self.recipients.iter().filter(|r| r.state == RcptState::Pending).count()
     }
