@@ -20,6 +20,7 @@ pub mod notify;
 pub mod pool;
 pub mod privdrop;
 pub mod queue;
+pub mod reload;
 pub mod route;
 pub mod scan;
 pub mod shard;

@@ -26,10 +26,22 @@ pub enum Format {
     Json,
 }
 
+/// Which events are written (`log.level`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Every event.
+    Info,
+    /// Only the events that report a problem ([`is_warning`]).
+    Warning,
+}
+
 static FORMAT: AtomicU8 = AtomicU8::new(0);
+static LEVEL: AtomicU8 = AtomicU8::new(0);
 static SYSLOG: OnceLock<UnixDatagram> = OnceLock::new();
 /// syslog priority: facility mail (2) × 8 + severity info (6).
 const SYSLOG_PRIORITY: u32 = 2 * 8 + 6;
+/// syslog priority of an event that reports a problem: severity warning (4).
+const SYSLOG_PRIORITY_WARNING: u32 = 2 * 8 + 4;
 /// Longest datagram sent to syslog (longer lines are cut).
 const SYSLOG_LINE_BYTES_MAX: usize = 8 * 1024;
 
@@ -37,6 +49,20 @@ const SYSLOG_LINE_BYTES_MAX: usize = 8 * 1024;
 pub fn set_format(format: Format) {
     FORMAT.store(if format == Format::Json { 1 } else { 0 }, Ordering::Relaxed);
 }
+
+/// Chooses which later events are written (`log.level`, changed by a reload).
+pub fn set_level(level: Level) {
+    LEVEL.store(if level == Level::Warning { 1 } else { 0 }, Ordering::Relaxed);
+}
+
+/// Whether an event reports a problem, by its name: what `log.level =
+/// "warning"` keeps, and what syslog gets with severity warning.
+pub fn is_warning(event: &str) -> bool {
+    event == "fatal" || WARNING_SUFFIXES.iter().any(|suffix| event.ends_with(suffix))
+}
+
+/// Endings of the names of events that report a problem.
+const WARNING_SUFFIXES: &[&str] = &["_error", "_failed", "_timeout", "_unusable", "_needs_restart"];
 
 /// Sends every later line to the syslog socket at `path` (with facility
 /// mail) instead of stderr.
@@ -49,6 +75,10 @@ pub fn use_syslog(path: &std::path::Path) -> Result<(), String> {
 
 /// Writes one log line: `ts=<unix.millis> event=<event> k=v ...`.
 pub fn event(event: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
+    let warning = is_warning(event);
+    if !warning && LEVEL.load(Ordering::Relaxed) == 1 {
+        return;
+    }
     let mut line = String::with_capacity(128);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let json = FORMAT.load(Ordering::Relaxed) == 1;
@@ -79,7 +109,12 @@ pub fn event(event: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     }
     line.push('\n');
     if let Some(socket) = SYSLOG.get() {
-        let mut datagram = format!("<{SYSLOG_PRIORITY}>ringpost[{}]: ", std::process::id()).into_bytes();
+        let mut datagram = format!(
+            "<{}>ringpost[{}]: ",
+            if warning { SYSLOG_PRIORITY_WARNING } else { SYSLOG_PRIORITY },
+            std::process::id()
+        )
+        .into_bytes();
         let text = line.trim_end().as_bytes();
         datagram.extend_from_slice(&text[..text.len().min(SYSLOG_LINE_BYTES_MAX)]);
         if socket.send(&datagram).is_ok() {
@@ -110,8 +145,7 @@ fn push_json(line: &mut String, text: &str) {
 }
 
 fn push_value(line: &mut String, value: &str) {
-    let plain = !value.is_empty()
-        && value.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\');
+    let plain = !value.is_empty() && value.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\');
     if plain {
         line.push_str(value);
         return;
@@ -134,7 +168,19 @@ fn push_value(line: &mut String, value: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::{push_json, push_value};
+    use super::{is_warning, push_json, push_value};
+
+    #[test]
+    fn problems_are_told_from_other_events_by_name() {
+        for event in
+            ["fatal", "queue_error", "reload_failed", "dnsbl_timeout", "scanner_unusable", "reload_needs_restart"]
+        {
+            assert!(is_warning(event), "{event}");
+        }
+        for event in ["queued", "delivered", "reload", "connect", "error_count"] {
+            assert!(!is_warning(event), "{event}");
+        }
+    }
 
     #[test]
     fn json_strings_are_escaped() {

@@ -2,8 +2,8 @@
 //! prints the effective configuration, `queue` shows what the spool holds,
 //! `route` shows how the routers decide for an address, `makemap` builds a
 //! cdb table, `stats` asks a running server for its counters, `sieve` checks
-//! and tries Sieve scripts. SIGHUP while serving reloads the routers and
-//! their tables. `serve` started as root drops to `server.user` once its
+//! and tries Sieve scripts. SIGHUP while serving reloads every key that can
+//! change without a restart (`ringpost::reload`). `serve` started as root drops to `server.user` once its
 //! listeners are bound (`ringpost::privdrop`).
 
 use std::path::PathBuf;
@@ -66,8 +66,9 @@ enum Command {
     /// Ask the running server (through its control socket) for its counters
     /// by class: totals since start and per second over the last minute.
     Stats,
-    /// Reload the running server (as SIGHUP: routers and tables, access
-    /// tables, Sieve filters) and print the outcome; exit status 1 when
+    /// Reload the running server (as SIGHUP: every key but those
+    /// `check-config` lists as needing a restart) and print the outcome,
+    /// with the changed keys that wait for a restart; exit status 1 when
     /// the new configuration was refused and the running one kept.
     Reload,
     /// Build TEXTFILE.cdb from a text table (written to a temporary file and
@@ -215,7 +216,7 @@ fn main() -> ExitCode {
                 eprintln!("ringpost: {e}");
                 return ExitCode::from(2);
             }
-            print!("{}", config.to_toml());
+            print!("{}{}", config.to_toml(), ringpost::reload::restart_note());
             ExitCode::SUCCESS
         }
         Command::Serve => {
@@ -478,7 +479,7 @@ fn callout_route(config: ringpost::config::Config, _verify: bool, sender: String
         let connections = ringpost::deliver::connections::Connections::new(&config);
         let tls_client = ringpost::tls::client_config();
         let out = ringpost::deliver::outbound::Outbound {
-            config: &config,
+            config: Arc::new(config.clone()),
             resolver: &resolver,
             connections: &connections,
             tls_client: &tls_client,
@@ -594,11 +595,9 @@ fn route(config: ringpost::config::Config, verify: bool, sender: String, address
     }
 }
 
-/// Watches the SIGHUP flag: re-reads the configuration and rebuilds the
-/// routers with their tables, the access tables and the Sieve filters
-/// (`[sieve]`, its `before` script compiled again, the cache of users'
-/// scripts emptied); a broken configuration, table or `before` script
-/// keeps what is in use and is logged with its file:line.
+/// Watches the SIGHUP flag: re-reads the configuration and installs what
+/// a reload changes (`ringpost::reload`); a broken file, table, script or
+/// certificate keeps what is in use and is logged with its file:line.
 fn watch_reload(hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>, path: Option<PathBuf>, overrides: Vec<String>) {
     use std::sync::atomic::Ordering;
     while !stop.load(Ordering::Relaxed) {
@@ -606,25 +605,14 @@ fn watch_reload(hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>, path: Option<Pat
         if !hangup.swap(false, Ordering::Relaxed) {
             continue;
         }
-        let result =
-            ringpost::config::load(path.as_deref(), &overrides).map_err(|e| e.to_string()).and_then(|config| {
-                // The access tables are opened first: a broken one keeps the
-                // routers and the tables in use alike.
-                let access = ringpost::access::Access::open(&config.policy)?;
-                let filters = ringpost::ingress::filters::Filters::open(&config)?;
-                ringpost::route::reload(&config)?;
-                ringpost::access::install(Arc::new(access));
-                ringpost::ingress::filters::install(filters.map(Arc::new));
-                Ok(config.routers.len())
-            });
-        match &result {
-            Ok(routers) => ringpost::log::event("reload", &[("routers", routers)]),
-            Err(e) => ringpost::log::event("reload_failed", &[("error", e), ("kept", &"previous routers")]),
+        let result = ringpost::config::load(path.as_deref(), &overrides)
+            .map_err(|e| e.to_string())
+            .and_then(ringpost::reload::reload);
+        if let Err(e) = &result {
+            ringpost::log::event("reload_failed", &[("error", e), ("kept", &"the running configuration")]);
         }
         ringpost::control::note_reload(
-            result
-                .map(|routers| format!("reloaded: {routers} routers, the access tables and the Sieve filters"))
-                .map_err(|e| format!("reload failed, the running configuration is kept: {e}")),
+            result.map_err(|e| format!("reload failed, the running configuration is kept: {e}")),
         );
     }
 }

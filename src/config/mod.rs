@@ -101,11 +101,19 @@ pub struct Log {
     pub syslog: bool,
     /// The syslog socket. Default `/dev/log` (the journal's, under systemd).
     pub syslog_socket: PathBuf,
+    /// `"info"` (the default: every event) or `"warning"` (only events
+    /// that report a problem: `crate::log::is_warning`). Reloadable.
+    pub level: String,
 }
 
 impl Default for Log {
     fn default() -> Log {
-        Log { format: "kv".to_string(), syslog: false, syslog_socket: PathBuf::from("/dev/log") }
+        Log {
+            format: "kv".to_string(),
+            syslog: false,
+            syslog_socket: PathBuf::from("/dev/log"),
+            level: "info".to_string(),
+        }
     }
 }
 

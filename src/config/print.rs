@@ -293,6 +293,7 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "format = {}", quoted(&c.log.format))?;
     writeln!(out, "syslog = {}", c.log.syslog)?;
     writeln!(out, "syslog_socket = {}", quoted(&c.log.syslog_socket.to_string_lossy()))?;
+    writeln!(out, "level = {}", quoted(&c.log.level))?;
     if let Some(v) = &c.sieve {
         writeln!(out, "\n[sieve]")?;
         let text = |value: &Option<String>| quoted(value.as_deref().unwrap_or(""));

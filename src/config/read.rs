@@ -1423,7 +1423,7 @@ fn read_email_auth(section: &Section<'_>, d: super::EmailAuth) -> Result<super::
     })
 }
 
-pub(super) const LOG_KEYS: &[&str] = &["format", "syslog", "syslog_socket"];
+pub(super) const LOG_KEYS: &[&str] = &["format", "syslog", "syslog_socket", "level"];
 
 /// `[log]`.
 fn read_log(section: &Section<'_>, d: super::Log) -> Result<super::Log> {
@@ -1435,6 +1435,11 @@ fn read_log(section: &Section<'_>, d: super::Log) -> Result<super::Log> {
         })?,
         syslog: section.read("syslog", d.syslog, boolean)?,
         syslog_socket: section.read("syslog_socket", d.syslog_socket, path)?,
+        level: section.read("level", d.level, |node, key| {
+            let text = string(node, key)?;
+            ensure(text == "info" || text == "warning", node, key, "expected \"info\" or \"warning\"")?;
+            Ok(text)
+        })?,
     })
 }
 

@@ -151,7 +151,9 @@ pub fn routed_hop(config: &Config, delivery: &crate::route::Delivery) -> Option<
 
 /// The shard's transports.
 pub struct Deliverer {
-    config: Arc<Config>,
+    /// Replaced by a reload ([`Deliverer::set_config`]); an attempt keeps
+    /// the one it started with.
+    config: std::cell::RefCell<Arc<Config>>,
     queue: Rc<Queue>,
     shard_index: usize,
     resolver: Resolver,
@@ -170,13 +172,23 @@ impl Deliverer {
         let resolver = Resolver::new(dns).map_err(|e| format!("dns: {e}"))?;
         let connections = Connections::new(&config);
         Ok(Deliverer {
-            config,
+            config: std::cell::RefCell::new(config),
             queue,
             shard_index,
             resolver,
             connections,
             tls_client,
         })
+    }
+
+    /// The configuration an attempt that starts now uses.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// A reload's configuration, for the attempts that start from now on.
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.borrow_mut() = config;
     }
 
     pub fn shard_index(&self) -> usize {
@@ -195,7 +207,7 @@ impl Deliverer {
     /// The outbound side (resolver, connections, TLS client), for callouts.
     pub fn outbound(&self) -> Outbound<'_> {
         Outbound {
-            config: &self.config,
+            config: self.config(),
             resolver: &self.resolver,
             connections: &self.connections,
             tls_client: &self.tls_client,
@@ -209,18 +221,19 @@ impl Deliverer {
 
     /// The SMTP settings of a destination no transport rule names.
     pub fn default_policy(&self) -> outbound::Policy {
-        smtp_policy(&self.config, None)
+        smtp_policy(&self.config(), None)
     }
 
     /// Whether every recipient of `env` goes out by SMTP without the
     /// routers (what early delivery may try: Maildir, LMTP and pipe
     /// deliveries are commits of their own).
     pub fn all_by_smtp(&self, env: &Envelope) -> bool {
+        let config = self.config();
         crate::route::current_with_routers().is_none()
             && env
                 .recipients
                 .iter()
-                .all(|r| matches!(self.path_of(&r.address), Path::Smtp { .. }))
+                .all(|r| matches!(self.path_of(&config, &r.address), Path::Smtp { .. }))
     }
 
     /// One delivery attempt for every pending recipient of `env`: each
@@ -236,6 +249,7 @@ impl Deliverer {
                 .map(|i| (i, RcptOutcome::Transient(reply.clone()), "queue".to_string()))
                 .collect();
         }
+        let config = self.config();
         let id = env.id.as_str();
         let mut groups: std::collections::BTreeMap<Path, Vec<usize>> =
             std::collections::BTreeMap::new();
@@ -246,10 +260,10 @@ impl Deliverer {
                 // With [[router]] tables the routers decide, as at RCPT,
                 // except for a domain a [[transport]] rule names (a "*"
                 // rule does not take routing away from the routers).
-                if routing.is_some() && !domains::is_ruled(&self.config, &r.address) {
+                if routing.is_some() && !domains::is_ruled(&config, &r.address) {
                     routed.push(i);
                 } else {
-                    groups.entry(self.path_of(&r.address)).or_default().push(i);
+                    groups.entry(self.path_of(&config, &r.address)).or_default().push(i);
                 }
             }
         }
@@ -258,13 +272,13 @@ impl Deliverer {
             for i in routed {
                 results.push((
                     i,
-                    self.deliver_routed(engine, env, i).await,
+                    self.deliver_routed(&config, engine, env, i).await,
                     "routed".to_string(),
                 ));
             }
         }
         let out = Outbound {
-            config: &self.config,
+            config: config.clone(),
             resolver: &self.resolver,
             connections: &self.connections,
             tls_client: &self.tls_client,
@@ -282,7 +296,7 @@ impl Deliverer {
                     }
                 }
                 Path::Smtp { destination, rule } => {
-                    let policy = smtp_policy(&self.config, rule.map(|r| &self.config.transports[r]));
+                    let policy = smtp_policy(&config, rule.map(|r| &config.transports[r]));
                     for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
                         let delivered =
                             outbound::deliver(&out, destination, policy, &body_path, env, group)
@@ -294,21 +308,21 @@ impl Deliverer {
                     }
                 }
                 Path::Lmtp { rule } => {
-                    let rule = &self.config.transports[*rule];
+                    let rule = &config.transports[*rule];
                     let hop = rule.nexthop.as_deref().unwrap_or_default();
                     let outcomes = match hop.parse::<lmtp::LmtpTarget>() {
                         Ok(target) => {
                             let max = rule
                                 .max_connections
-                                .unwrap_or(self.config.delivery.max_connections_per_destination);
+                                .unwrap_or(config.delivery.max_connections_per_destination);
                             let _turn = self.connections.destination_permit(hop, max).await;
                             let mut outcomes = Vec::with_capacity(indexes.len());
                             for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
                                 outcomes.extend(
                                     lmtp::deliver(
                                         &target,
-                                        self.config.helo_name(),
-                                        self.config.delivery.connect_timeout.0,
+                                        config.helo_name(),
+                                        config.delivery.connect_timeout.0,
                                         &body_path,
                                         env,
                                         group,
@@ -324,7 +338,7 @@ impl Deliverer {
                     results.extend(attempted(indexes, outcomes, &relay));
                 }
                 Path::Pipe { rule } => {
-                    let rule = &self.config.transports[*rule];
+                    let rule = &config.transports[*rule];
                     let outcomes = match pipe::PipeParams::from_rule(
                         &rule.command,
                         rule.user.as_deref(),
@@ -334,7 +348,7 @@ impl Deliverer {
                         Ok(params) => {
                             let max = rule
                                 .max_connections
-                                .unwrap_or(self.config.delivery.max_connections_per_destination);
+                                .unwrap_or(config.delivery.max_connections_per_destination);
                             let _turn = self
                                 .connections
                                 .destination_permit(&rule.command[0], max)
@@ -354,10 +368,10 @@ impl Deliverer {
     /// How a recipient is delivered: the first `[[transport]]` rule for
     /// its domain, else Maildir for a local domain, else SMTP to the
     /// smarthost or the domain's MX hosts.
-    fn path_of(&self, address: &Address) -> Path {
-        match domains::disposition(&self.config, address) {
+    fn path_of(&self, config: &Config, address: &Address) -> Path {
+        match domains::disposition(config, address) {
             Disposition::Rule(index) => {
-                let rule = &self.config.transports[index];
+                let rule = &config.transports[index];
                 match rule.transport {
                     TransportKind::Smtp => Path::Smtp {
                         destination: rule_destination(rule, address),
@@ -368,13 +382,13 @@ impl Deliverer {
                     TransportKind::Maildir => Path::Maildir(
                         rule.maildir
                             .clone()
-                            .unwrap_or_else(|| self.config.local.maildir.clone()),
+                            .unwrap_or_else(|| config.local.maildir.clone()),
                     ),
                 }
             }
-            Disposition::Local => Path::Maildir(self.config.local.maildir.clone()),
+            Disposition::Local => Path::Maildir(config.local.maildir.clone()),
             Disposition::Remote => Path::Smtp {
-                destination: Destination::of(&self.config, address),
+                destination: Destination::of(config, address),
                 rule: None,
             },
         }
@@ -386,6 +400,7 @@ impl Deliverer {
     /// All must succeed for the recipient to count as delivered.
     async fn deliver_routed(
         &self,
+        config: &Arc<Config>,
         engine: &crate::route::Engine,
         env: &Envelope,
         index: usize,
@@ -414,8 +429,13 @@ impl Deliverer {
             }
             Decision::Deliver { deliveries, .. } => deliveries,
         };
-        let out = self.outbound();
-        let policy = smtp_policy(&self.config, None);
+        let out = Outbound {
+            config: config.clone(),
+            resolver: &self.resolver,
+            connections: &self.connections,
+            tls_client: &self.tls_client,
+        };
+        let policy = smtp_policy(config, None);
         let mut replies = Vec::new();
         for delivery in deliveries {
             // The routers' final address is where their rewriting ends: read
@@ -435,7 +455,7 @@ impl Deliverer {
             };
             let outcome = match (delivery.transport.as_str(), &delivery.next_hop) {
                 ("local", _) => {
-                    self.deliver_local(env, index, &self.config.local.maildir, Some(&final_address)).await
+                    self.deliver_local(env, index, &config.local.maildir, Some(&final_address)).await
                 }
                 ("pipe" | "file", _) => RcptOutcome::Permanent(Reply::new(
                     550,
@@ -443,7 +463,7 @@ impl Deliverer {
                     format!("{} deliveries from aliases are not supported; use a [[transport]] pipe rule", delivery.transport),
                 )),
                 (_, hop) => {
-                    let destination = routed_destination(&self.config, hop.as_deref(), &final_address);
+                    let destination = routed_destination(config, hop.as_deref(), &final_address);
                     let mut one = env.clone();
                     one.recipients[index].address = final_address.clone();
                     let body = self.queue.body_path(&env.id);
@@ -496,7 +516,7 @@ impl Deliverer {
         };
         let body_path = self.queue.body_path(&env.id);
         let body = env.body.clone();
-        let hostname = self.config.server.hostname.clone();
+        let hostname = self.config().server.hostname.clone();
         let mut prefix = format!("Return-Path: {}\r\n", env.sender).into_bytes();
         prefix.extend_from_slice(&env.headers_prepended);
         let line_ends = if env.body_binary { maildir::LineEnds::AsStored } else { maildir::LineEnds::Lf };

@@ -52,7 +52,8 @@ const ADMIN_ERRORS_LISTED: usize = 20;
 const ADMIN_CONCURRENT: usize = 64;
 
 pub struct Delivery {
-    config: Arc<Config>,
+    /// Replaced by a reload ([`Delivery::set_config`]).
+    config: std::cell::RefCell<Arc<Config>>,
     queue: Rc<Queue>,
     deliverer: Rc<Deliverer>,
     clock: Clock,
@@ -72,7 +73,7 @@ impl Delivery {
         ));
         let clock = queue.clock().clone();
         Delivery {
-            config,
+            config: std::cell::RefCell::new(config),
             queue,
             deliverer,
             clock,
@@ -94,6 +95,18 @@ impl Delivery {
 
     pub fn deliverer(&self) -> &Rc<Deliverer> {
         &self.deliverer
+    }
+
+    /// A reload's configuration, for delivery and its attempts from now on
+    /// (`delivery.hold_all` and `delivery.max_concurrent_per_shard` are
+    /// read when the shard starts).
+    pub fn set_config(&self, config: Arc<Config>) {
+        self.deliverer.set_config(config.clone());
+        *self.config.borrow_mut() = config;
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
     }
 
     /// Attempts in progress.
@@ -127,7 +140,7 @@ impl Delivery {
     /// The scheduler: with a permit in hand, takes the next message from
     /// the queue and starts its attempt; until the shard closes.
     pub async fn run(self: Rc<Self>, shard: Rc<Shard>) {
-        if self.config.delivery.hold_all {
+        if self.config().delivery.hold_all {
             // Accept, deliver nothing: every message stays queued (the
             // hand-off keeps what it holds; the rest stays in the log).
             log::event("hold_all", &[("shard", &self.deliverer.shard_index())]);
@@ -259,9 +272,9 @@ impl Delivery {
     async fn hold_replica(&self, env: &mut Envelope) -> bool {
         let now_ms = self.clock.unix_ms();
         let heard_ms = self.held.heard_unix_ms();
-        let takeover_after = self.config.replicate.takeover_after.0;
+        let takeover_after = self.config().replicate.takeover_after.0;
         let origin = env.replica_of.clone().unwrap_or_default();
-        match replicate::decide(env, now_ms, heard_ms, takeover_after, self.config.queue.max_age.0) {
+        match replicate::decide(env, now_ms, heard_ms, takeover_after, self.config().queue.max_age.0) {
             Hold::TakeOver => {
                 let silent_s = now_ms.saturating_sub(heard_ms) / 1000;
                 log::event("replica_takeover", &[("id", &env.id), ("origin_id", &origin), ("origin_silent_s", &silent_s)]);
@@ -298,7 +311,7 @@ impl Delivery {
         let now_ms = self.clock.unix_ms();
         let age = Duration::from_millis(now_ms.saturating_sub(env.arrival_unix_ms));
         let mut reason = CompletionReason::Done;
-        if env.pending_count() > 0 && age >= self.config.queue.max_age.0 {
+        if env.pending_count() > 0 && age >= self.config().queue.max_age.0 {
             reason = CompletionReason::Expired;
             for r in env.recipients.iter_mut() {
                 if r.state == RcptState::Pending {
@@ -503,7 +516,7 @@ impl Delivery {
         let headers = self.queue.header_block(env, BOUNCE_HEADERS_BYTES_MAX).await;
         let now = self.clock.system_time();
         let input = dsn::BounceInput {
-            reporting_mta: self.config.server.hostname.clone(),
+            reporting_mta: self.config().server.hostname.clone(),
             queue_id: env.id.clone(),
             original_sender: original_sender.to_string(),
             arrival: std::time::UNIX_EPOCH + Duration::from_millis(env.arrival_unix_ms),

@@ -98,7 +98,8 @@ pub struct Content<'a> {
 
 /// The shard's outbound side: resolver, connections and settings.
 pub struct Outbound<'a> {
-    pub config: &'a Config,
+    /// The configuration the attempt started with.
+    pub config: Arc<Config>,
     pub resolver: &'a Resolver,
     pub connections: &'a Connections,
     pub tls_client: &'a Arc<rustls::ClientConfig>,

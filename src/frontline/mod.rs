@@ -81,16 +81,17 @@ impl Session {
     /// The client said HELO/EHLO `name`: runs the HELO checks and keeps the
     /// refusal for its MAIL commands (a new HELO replaces it).
     pub fn on_helo(&mut self, shard: &Shard, name: &str, peer: SocketAddr, local: SocketAddr) {
-        let policy = &shard.config.policy.front;
+        let config = shard.config();
+        let policy = &config.policy.front;
         let any_builtin = policy.helo_reject_own_name || policy.helo_reject_ip_mismatch || policy.helo_reject_invalid;
-        if shard.config.helo_checks.is_empty() && !any_builtin {
+        if config.helo_checks.is_empty() && !any_builtin {
             return;
         }
         let failure = helo::check(
             policy,
-            &shard.config.helo_checks,
+            &config.helo_checks,
             name,
-            &shard.server_params.hostname,
+            &config.server.hostname,
             peer.ip(),
             local.ip(),
         );
@@ -175,8 +176,9 @@ fn blocked_reply(ip: IpAddr, zone: &str) -> Reply {
 
 /// Whether any connection-time check is configured.
 fn anything_to_do(shard: &Shard, wants_name: bool) -> bool {
-    let policy = &shard.config.policy.front;
-    !shard.config.dnsbls.is_empty()
+    let config = shard.config();
+    let policy = &config.policy.front;
+    !config.dnsbls.is_empty()
         || !policy.greet_pause.0.is_zero()
         || policy.reverse_dns != ReverseDns::Off
         || wants_name
@@ -216,7 +218,7 @@ async fn admit_checked(
     peer: SocketAddr,
     wants_name: bool,
 ) -> Result<Session, &'static str> {
-    let config = &shard.config;
+    let config = shard.config();
     let policy = &config.policy.front;
     let ip = dnsbl::canonical(peer.ip());
     let deliverer = shard.delivery.deliverer().clone();

@@ -70,7 +70,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
-        if shard.sessions_active() >= shard.config.server.max_sessions_per_shard {
+        if shard.sessions_active() >= shard.config().server.max_sessions_per_shard {
             glommio::spawn_local_into(refuse_busy(stream), shard.tq_smtp).map(|t| t.detach()).ok();
             continue;
         }
@@ -146,17 +146,19 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
         (Ok(p), Ok(l)) => (p, l),
         _ => return,
     };
-    let _ = tcp.set_write_timeout(Some(shard.config.smtp.command_timeout.0));
+    let config = shard.config();
+    let _ = tcp.set_write_timeout(Some(config.smtp.command_timeout.0));
     let mut stream = Stream::Plain(tcp);
     let started = Instant::now();
     log::event("connect", &[("shard", &shard.index), ("client", &peer)]);
-    let mut machine = Server::new(shard.server_params.clone(), PeerInfo { addr: peer, local }, started);
-    if shard.config.replicate.accept_from.iter().any(|net| net.contains(peer.ip())) {
+    let mut machine = Server::new(shard.server_params(), PeerInfo { addr: peer, local }, started);
+    if config.replicate.accept_from.iter().any(|net| net.contains(peer.ip())) {
         machine.offer_replicas();
     }
-    if shard.config.policy.front.strict_pipelining {
+    if config.policy.front.strict_pipelining {
         machine.strict_pipelining();
     }
+    drop(config);
     let mut incoming: Option<Incoming> = None;
     // From an accepted MAIL until the envelope is staged: tells the
     // committer a record is coming (queue.commit_delay_us).
@@ -256,7 +258,7 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                             Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")
                         }
                         Front::Continue => policy::check_rcpt(
-                            &shard.config,
+                            &shard.config(),
                             routing.as_deref(),
                             Some(&shard.verifier),
                             peer.ip(),
@@ -268,7 +270,7 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 };
                 // A local recipient's Sieve script decides last (boxed: its
                 // state must not size every idle session).
-                let reply = match reply.is_positive() && !replica && !discard && shard.config.sieve.is_some() {
+                let reply = match reply.is_positive() && !replica && !discard && shard.config().sieve.is_some() {
                     true => {
                         let filtering =
                             Box::pin(sieve_rcpt(shard, routing.as_deref(), &mut sieve, peer, &forward_path, &sender));
@@ -349,7 +351,7 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 machine.decide(shard.held.taken_reply(origin_shard, shard.queue.clock().unix_ms()));
             }
             Event::StartTls => {
-                let Some(config) = shard.tls_server.clone() else {
+                let Some(config) = shard.tls_server() else {
                     debug_assert!(false, "STARTTLS is offered only with a server configuration");
                     break;
                 };
@@ -409,7 +411,8 @@ async fn sieve_rcpt(
     sender: &str,
 ) -> Option<Reply> {
     let filters = filters::current()?;
-    let user = filters.local_user(&shard.config, routing, rcpt, sender).await?;
+    let config = shard.config();
+    let user = filters.local_user(&config, routing, rcpt, sender).await?;
     match filters.at_rcpt(txn, rcpt, user, sender, peer.ip()).await {
         Ok(()) => None,
         Err(reply) => {
@@ -553,7 +556,8 @@ async fn check_sender(
         }
         return reply;
     }
-    let reply = match shard.stages.auth() {
+    let stages = shard.stages();
+    let reply = match stages.auth() {
         Some(auth) => {
             let helo = machine.helo_name().unwrap_or_default();
             auth.check_mail(peer.ip(), helo, sender).await.unwrap_or(reply)
@@ -597,7 +601,7 @@ async fn start_message(shard: &Shard, machine: &Server, peer: SocketAddr, tls: O
         _ => None,
     });
     let header = crate::smtp::received::received_header(
-        &shard.config.server.hostname,
+        &shard.config().server.hostname,
         peer,
         machine.helo_name(),
         machine.protocol(),
@@ -684,13 +688,14 @@ async fn finish_message(
     let replica = env.replica_of.is_some();
     if replica {
         // Held untried until the origin has been silent this long.
-        env.next_retry_unix_ms = now_ms + shard.config.replicate.takeover_after.0.as_millis() as u64;
+        env.next_retry_unix_ms = now_ms + shard.config().replicate.takeover_after.0.as_millis() as u64;
         shard.held.heard(now_ms);
     }
     let sieve = sieve.filter(|_| !replica);
+    let stages = shard.stages();
     // The Sieve scripts and the data-callout stages see the whole message
     // before its commit (a replica passed them at its origin).
-    if !replica && (!shard.stages.is_empty() || sieve.is_some()) {
+    if !replica && (!stages.is_empty() || sieve.is_some()) {
         match writer.body_before_commit().await {
             Ok(body) => {
                 env.body = body;
@@ -719,12 +724,12 @@ async fn finish_message(
             }
         }
     }
-    if !replica && !shard.stages.is_empty() {
+    if !replica && !stages.is_empty() {
         // Boxed, and allocated only when a stage runs: a stage's state
         // (early delivery holds a whole outbound attempt, about 35 KiB) is
         // the largest a session can be in, and an unboxed one would size
         // every idle session's task by it.
-        match Box::pin(shard.stages.at_final_dot(&mut env)).await {
+        match Box::pin(stages.at_final_dot(&mut env)).await {
             Verdict::Continue => {}
             Verdict::Done(reply) => {
                 writer.abort().await;
@@ -774,7 +779,7 @@ async fn finish_message(
         Err(e) => {
             log::event("queue_error", &[("id", &id), ("client", &peer), ("error", &e)]);
             // Its replica, if the peer holds one, is not needed.
-            if let Some(replicator) = shard.stages.replicator() {
+            if let Some(replicator) = stages.replicator() {
                 replicator.note_done(&id);
             }
             e.reply()

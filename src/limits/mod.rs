@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use crate::config::{Cidr, Config};
@@ -108,13 +108,28 @@ struct Part {
 /// The limits of `[policy]` that the table enforces (0 = no limit).
 #[derive(Clone, Debug)]
 struct Params {
-    ipv6_prefix_len: u8,
     max_sessions: u32,
     connections_per_minute: u32,
     messages_per_minute: u32,
     recipients_per_minute: u32,
-    entries_per_part: usize,
     exempt: Vec<Cidr>,
+}
+
+impl Params {
+    fn of(config: &Config) -> Params {
+        let policy = &config.policy;
+        let mut exempt = config.relay.networks.clone();
+        exempt.extend(policy.exempt_networks.iter().cloned());
+        // A replicating peer's sessions are this pair's own traffic.
+        exempt.extend(config.replicate.accept_from.iter().cloned());
+        Params {
+            max_sessions: policy.max_sessions_per_client,
+            connections_per_minute: policy.max_connections_per_minute,
+            messages_per_minute: policy.max_messages_per_minute,
+            recipients_per_minute: policy.max_recipients_per_minute,
+            exempt,
+        }
+    }
 }
 
 /// Why a client was refused.
@@ -154,7 +169,12 @@ impl Refusal {
 
 /// The process-wide per-client table.
 pub struct Limits {
-    params: Params,
+    /// The limits, replaced by a reload ([`Limits::reconfigure`]).
+    params: RwLock<Arc<Params>>,
+    /// How clients are keyed and how many are kept: the table's shape,
+    /// set at start.
+    ipv6_prefix_len: u8,
+    entries_per_part: usize,
     parts: Box<[Mutex<Part>]>,
 }
 
@@ -179,32 +199,33 @@ pub fn now_ms() -> u64 {
 
 impl Limits {
     pub fn new(config: &Config) -> Limits {
-        let policy = &config.policy;
-        let mut exempt = config.relay.networks.clone();
-        exempt.extend(policy.exempt_networks.iter().cloned());
-        // A replicating peer's sessions are this pair's own traffic.
-        exempt.extend(config.replicate.accept_from.iter().cloned());
-        let params = Params {
-            ipv6_prefix_len: policy.ipv6_prefix_len,
-            max_sessions: policy.max_sessions_per_client,
-            connections_per_minute: policy.max_connections_per_minute,
-            messages_per_minute: policy.max_messages_per_minute,
-            recipients_per_minute: policy.max_recipients_per_minute,
-            entries_per_part: policy.client_table_entries.div_ceil(PARTS).max(1),
-            exempt,
-        };
         let parts = (0..PARTS).map(|_| Mutex::new(Part { clients: HashMap::new() })).collect();
-        Limits { params, parts }
+        Limits {
+            params: RwLock::new(Arc::new(Params::of(config))),
+            ipv6_prefix_len: config.policy.ipv6_prefix_len,
+            entries_per_part: config.policy.client_table_entries.div_ceil(PARTS).max(1),
+            parts,
+        }
+    }
+
+    /// A reload's limits and exempt networks, for the clients' next steps
+    /// (`policy.ipv6_prefix_len` and `policy.client_table_entries` keep
+    /// their values from the start).
+    pub fn reconfigure(&self, config: &Config) {
+        *self.params.write().expect("limits lock") = Arc::new(Params::of(config));
+    }
+
+    fn params(&self) -> Arc<Params> {
+        self.params.read().expect("limits lock").clone()
     }
 
     /// Whether any limit is set at all.
-    fn limits_anything(&self) -> bool {
-        let p = &self.params;
+    fn limits_anything(p: &Params) -> bool {
         p.max_sessions > 0 || p.connections_per_minute > 0 || p.messages_per_minute > 0 || p.recipients_per_minute > 0
     }
 
     pub fn is_exempt(&self, ip: IpAddr) -> bool {
-        self.params.exempt.iter().any(|net| net.contains(ip))
+        self.params().exempt.iter().any(|net| net.contains(ip))
     }
 
     fn part(&self, key: u128) -> &Mutex<Part> {
@@ -220,12 +241,11 @@ impl Limits {
     }
 
     /// Runs `f` on the client's entry, created (and room made) if needed.
-    fn with_entry<T>(&self, key: u128, now_ms: u64, f: impl FnOnce(&mut Entry) -> T) -> T {
+    fn with_entry<T>(&self, p: &Params, key: u128, now_ms: u64, f: impl FnOnce(&mut Entry) -> T) -> T {
         let mut part = self.part(key).lock().expect("limits lock");
-        if !part.clients.contains_key(&key) && part.clients.len() >= self.params.entries_per_part {
+        if !part.clients.contains_key(&key) && part.clients.len() >= self.entries_per_part {
             evict(&mut part.clients, now_ms);
         }
-        let p = &self.params;
         let entry = part.clients.entry(key).or_insert_with(|| Entry {
             sessions: 0,
             connections: TokenBucket::full(p.connections_per_minute, now_ms),
@@ -240,12 +260,12 @@ impl Limits {
     /// A new connection from `ip`: the session's guard (None for an exempt
     /// client, or with no limit set), or why it is refused.
     pub fn connect(self: &Arc<Self>, ip: IpAddr, now_ms: u64) -> Result<Option<SessionGuard>, Refusal> {
-        if !self.limits_anything() || self.is_exempt(ip) {
+        let p = self.params();
+        if !Self::limits_anything(&p) || p.exempt.iter().any(|net| net.contains(ip)) {
             return Ok(None);
         }
-        let key = client_key(ip, self.params.ipv6_prefix_len);
-        let p = &self.params;
-        self.with_entry(key, now_ms, |entry| {
+        let key = client_key(ip, self.ipv6_prefix_len);
+        self.with_entry(&p, key, now_ms, |entry| {
             if p.max_sessions > 0 && entry.sessions >= p.max_sessions {
                 return Err(Refusal::Sessions);
             }
@@ -268,29 +288,30 @@ impl Limits {
 
     /// One message (an accepted MAIL) from `ip`: Err when over its rate.
     pub fn take_message(&self, ip: IpAddr, now_ms: u64) -> Result<(), Refusal> {
-        let per_minute = self.params.messages_per_minute;
-        self.take(ip, now_ms, per_minute, Refusal::Messages, |entry| &mut entry.messages)
+        let p = self.params();
+        self.take(&p, ip, now_ms, p.messages_per_minute, Refusal::Messages, |entry| &mut entry.messages)
     }
 
     /// One recipient from `ip`: Err when over its rate.
     pub fn take_recipient(&self, ip: IpAddr, now_ms: u64) -> Result<(), Refusal> {
-        let per_minute = self.params.recipients_per_minute;
-        self.take(ip, now_ms, per_minute, Refusal::Recipients, |entry| &mut entry.recipients)
+        let p = self.params();
+        self.take(&p, ip, now_ms, p.recipients_per_minute, Refusal::Recipients, |entry| &mut entry.recipients)
     }
 
     fn take(
         &self,
+        p: &Params,
         ip: IpAddr,
         now_ms: u64,
         per_minute: u32,
         refusal: Refusal,
         bucket: impl FnOnce(&mut Entry) -> &mut TokenBucket,
     ) -> Result<(), Refusal> {
-        if per_minute == 0 || self.is_exempt(ip) {
+        if per_minute == 0 || p.exempt.iter().any(|net| net.contains(ip)) {
             return Ok(());
         }
-        let key = client_key(ip, self.params.ipv6_prefix_len);
-        match self.with_entry(key, now_ms, |entry| bucket(entry).take(per_minute, now_ms)) {
+        let key = client_key(ip, self.ipv6_prefix_len);
+        match self.with_entry(p, key, now_ms, |entry| bucket(entry).take(per_minute, now_ms)) {
             true => Ok(()),
             false => Err(refusal),
         }
@@ -298,7 +319,7 @@ impl Limits {
 
     /// Open sessions counted for `ip` (tests, diagnostics).
     pub fn sessions_of(&self, ip: IpAddr) -> u32 {
-        let key = client_key(ip, self.params.ipv6_prefix_len);
+        let key = client_key(ip, self.ipv6_prefix_len);
         let part = self.part(key).lock().expect("limits lock");
         part.clients.get(&key).map_or(0, |entry| entry.sessions)
     }
@@ -381,7 +402,8 @@ mod tests {
 
     #[test]
     fn exempt_and_relay_networks_are_not_limited() {
-        let limits = limits("max_sessions_per_client = 1\nmax_messages_per_minute = 1\nexempt_networks = [\"198.51.100.0/24\"]");
+        let limits =
+            limits("max_sessions_per_client = 1\nmax_messages_per_minute = 1\nexempt_networks = [\"198.51.100.0/24\"]");
         let exempt: IpAddr = "198.51.100.5".parse().unwrap();
         let relay: IpAddr = "127.0.0.1".parse().unwrap(); // relay.networks default
         for ip in [exempt, relay] {

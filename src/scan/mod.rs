@@ -81,6 +81,11 @@ impl Stages {
         self.replicator.as_deref()
     }
 
+    /// The replication stage, for the stages a reload builds.
+    pub fn replicator_rc(&self) -> Option<std::rc::Rc<replicate::Replicator>> {
+        self.replicator.clone()
+    }
+
     /// Runs the stages over `env`, whose body (`env.body`) is complete but
     /// not yet committed.
     pub async fn at_final_dot(&self, env: &mut Envelope) -> Verdict {

@@ -18,7 +18,7 @@
 //! every remaining session gets 421 and unacknowledged transactions are
 //! dropped. What was acknowledged is on disk and is delivered after restart.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,24 +43,30 @@ pub enum Phase {
 }
 
 /// Per-shard state, shared by the shard's tasks (never across threads).
+/// The configuration, the SMTP machine's parameters, the TLS server
+/// settings and the final-dot stages are replaced by a reload
+/// (`crate::reload`, [`Shard::apply`]): a session or an attempt takes them
+/// when it starts and keeps what it took.
 pub struct Shard {
     pub index: usize,
-    pub config: Arc<Config>,
-    pub server_params: Arc<ServerParams>,
+    config: RefCell<Arc<Config>>,
+    server_params: RefCell<Arc<ServerParams>>,
     pub queue: Rc<Queue>,
     pub delivery: Rc<Delivery>,
     /// The data-callout stages at the final dot.
-    pub stages: crate::scan::Stages,
+    stages: RefCell<Rc<crate::scan::Stages>>,
     pub tq_smtp: TaskQueueHandle,
     pub tq_delivery: TaskQueueHandle,
     /// The server side of STARTTLS; None when `tls.cert` is unset.
-    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    tls_server: RefCell<Option<Arc<rustls::ServerConfig>>>,
     /// Call-forward recipient verification.
     pub verifier: Rc<crate::verify::Verifier>,
     /// The replicas the node holds for its peer (shared by its shards).
     pub held: Arc<crate::scan::replicate::Held>,
     /// Per-client limits, one table for the process (`crate::limits`).
     pub limits: Arc<crate::limits::Limits>,
+    /// The reload generation the shard runs with (`crate::reload`).
+    generation: Cell<u64>,
     sessions_active: Cell<usize>,
     phase: Cell<Phase>,
     phase_event: event_listener::Event,
@@ -82,22 +88,73 @@ impl Shard {
     ) -> Shard {
         Shard {
             index,
-            server_params: Arc::new(server_params(&config)),
+            server_params: RefCell::new(Arc::new(server_params(&config))),
             limits: Arc::new(crate::limits::Limits::new(&config)),
-            config,
+            config: RefCell::new(config),
             queue,
             delivery,
-            stages,
+            stages: RefCell::new(Rc::new(stages)),
             tq_smtp: task_queues[0],
             tq_delivery: task_queues[1],
-            tls_server,
+            tls_server: RefCell::new(tls_server),
             verifier,
             held,
+            generation: Cell::new(0),
             sessions_active: Cell::new(0),
             phase: Cell::new(Phase::Running),
             phase_event: event_listener::Event::new(),
             session_event: event_listener::Event::new(),
         }
+    }
+
+    /// The configuration new sessions start with.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// The SMTP machine's parameters new sessions start with.
+    pub fn server_params(&self) -> Arc<ServerParams> {
+        self.server_params.borrow().clone()
+    }
+
+    /// The server side of STARTTLS for a session that asks now.
+    pub fn tls_server(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls_server.borrow().clone()
+    }
+
+    /// The final-dot stages for a message that ends now.
+    pub fn stages(&self) -> Rc<crate::scan::Stages> {
+        self.stages.borrow().clone()
+    }
+
+    /// Takes the newest reload's settings if the shard has not yet: the
+    /// configuration, the SMTP parameters, the TLS server settings, the
+    /// stages (scanners, email authentication, early delivery) and the
+    /// delivery side's configuration (transports). The reload checked that
+    /// they build; a stage that fails here anyway keeps the running stages.
+    pub fn apply_reload(&self) {
+        if crate::reload::generation() == self.generation.get() {
+            return;
+        }
+        let Some(live) = crate::reload::current() else { return };
+        if live.generation == self.generation.get() {
+            return;
+        }
+        let config = live.config.clone();
+        match build_stages(&config, &self.queue, self.delivery.deliverer(), self.stages().replicator_rc()) {
+            Ok(stages) => *self.stages.borrow_mut() = Rc::new(stages),
+            Err(e) => log::event("reload_stages_failed", &[("shard", &self.index), ("error", &e)]),
+        }
+        *self.server_params.borrow_mut() = Arc::new(server_params(&config));
+        *self.tls_server.borrow_mut() = live.tls_server.clone();
+        self.delivery.set_config(config.clone());
+        if self.index == 0 {
+            // One table for the process: the first shard sets its limits.
+            self.limits.reconfigure(&config);
+        }
+        *self.config.borrow_mut() = config;
+        self.generation.set(live.generation);
+        crate::reload::applied(&live);
     }
 
     /// The process's per-client table in place of the unshared one `new`
@@ -202,10 +259,8 @@ pub fn run(
     );
     let dns = crate::dns::params_for(&config.dns).map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?;
     dns.validate().map_err(|e| format!("dns: {e}"))?;
-    let tls_server = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key).map_err(|e| format!("tls: {e}"))?),
-        _ => None,
-    };
+    let tls_server = crate::reload::tls_server(&config)?;
+    crate::reload::start(config.clone(), tls_server.clone());
     let start = Start { dns, tls_server, tls_client: crate::tls::client_config() };
     let replicating = config.replicate.peer.is_some() || !config.replicate.accept_from.is_empty();
     if replicating && shard_count > crate::scan::replicate::REPLICATION_SHARDS_MAX {
@@ -375,6 +430,23 @@ const BLOCKING_THREADS_BASE: usize = 4;
 /// Blocking threads per shard at most.
 const BLOCKING_THREADS_MAX: usize = 512;
 
+/// The final-dot stages of `config`: email authentication, the content
+/// scanners, early delivery and replication (which a reload keeps).
+fn build_stages(
+    config: &Config,
+    queue: &Rc<Queue>,
+    deliverer: &Rc<Deliverer>,
+    replicator: Option<Rc<crate::scan::replicate::Replicator>>,
+) -> Result<crate::scan::Stages, String> {
+    let auth = crate::auth::Auth::new(config, deliverer.clone(), queue.clone())?;
+    Ok(crate::scan::Stages::new(
+        Some(crate::scan::scanners::Scanners::new(config, queue.clone())),
+        crate::scan::early::EarlyDelivery::new(deliverer.clone(), config.delivery.early_ms),
+        replicator,
+    )
+    .with_auth(auth.map(Rc::new)))
+}
+
 /// What every shard starts with, read once by `run`.
 #[derive(Clone)]
 struct Start {
@@ -403,19 +475,13 @@ async fn shard_main(
         .await
         .map_err(|e| format!("shard {index}: cannot open spool {}: {e}", spool.display()))?;
     let deliverer = Rc::new(Deliverer::new(config.clone(), queue.clone(), index, dns, tls_client)?);
-    let auth =
-        crate::auth::Auth::new(&config, deliverer.clone(), queue.clone()).map_err(|e| format!("shard {index}: {e}"))?;
     let replicator = crate::scan::replicate::Replicator::new(&config, deliverer.clone());
     let delivery = Rc::new(
         Delivery::new(config.clone(), queue.clone(), deliverer.clone())
             .with_replication(held.clone(), replicator.clone()),
     );
-    let stages = crate::scan::Stages::new(
-        Some(crate::scan::scanners::Scanners::new(&config, queue.clone())),
-        crate::scan::early::EarlyDelivery::new(deliverer.clone(), config.delivery.early_ms),
-        replicator.clone(),
-    )
-    .with_auth(auth.map(Rc::new));
+    let stages =
+        build_stages(&config, &queue, &deliverer, replicator.clone()).map_err(|e| format!("shard {index}: {e}"))?;
     // Replication's own tasks: the notifier telling the peer what finished
     // here, and the completer removing replicas the peer finished.
     let replication_stop = Rc::new(Cell::new(false));
@@ -476,7 +542,7 @@ async fn shard_main(
     }
     // Back from a stop or a crash: the peer says which messages it took
     // over meanwhile before delivery sends any of them again.
-    if let Some(replicator) = shard.stages.replicator() {
+    if let Some(replicator) = shard.stages().replicator() {
         replicator.greet_peer().await;
     }
     let delivery_task = glommio::spawn_local_into(shard.delivery.clone().run(shard.clone()), tq_delivery)
@@ -489,14 +555,15 @@ async fn shard_main(
         .map_err(|e| format!("shard {index}: {e}"))?;
 
     while !stop.load(Ordering::Relaxed) {
-        glommio::timer::sleep(Duration::from_millis(100)).await;
+        glommio::timer::sleep(Duration::from_millis(crate::reload::SHARD_TICK_MS)).await;
+        shard.apply_reload();
     }
     log::event("drain", &[("shard", &index), ("sessions", &shard.sessions_active.get())]);
     shard.set_phase(Phase::Draining);
     for task in accept_tasks {
         task.await;
     }
-    let drain_deadline = Instant::now() + shard.config.server.drain_timeout.0;
+    let drain_deadline = Instant::now() + shard.config().server.drain_timeout.0;
     if !shard.sessions_gone(drain_deadline).await {
         shard.set_phase(Phase::Closing);
         shard.sessions_gone(Instant::now() + Duration::from_secs(5)).await;

@@ -31,7 +31,7 @@ async fn rcpt(t: &testing::TestShard, address: &str) -> Reply {
     let shard = &t.shard;
     let address = stored_address(address).unwrap();
     let client: IpAddr = "192.0.2.1".parse().unwrap();
-    policy::check_rcpt(&shard.config, None, Some(&shard.verifier), client, &address, "s@example.org").await
+    policy::check_rcpt(&shard.config(), None, Some(&shard.verifier), client, &address, "s@example.org").await
 }
 
 /// Answers RCPT for alice@ with 250 and anything else with 550, after
@@ -332,7 +332,7 @@ fn use_sender_asks_with_the_envelope_sender_and_caches_per_sender() {
             let client: IpAddr = "192.0.2.1".parse().unwrap();
             for sender in ["a@example.org", "b@example.org", "a@example.org"] {
                 let reply =
-                    policy::check_rcpt(&shard.config, None, Some(&shard.verifier), client, &address, sender).await;
+                    policy::check_rcpt(&shard.config(), None, Some(&shard.verifier), client, &address, sender).await;
                 assert_eq!(reply.code, 550);
             }
             assert_eq!(peer.commands("MAIL"), vec!["MAIL FROM:<a@example.org>", "MAIL FROM:<b@example.org>"]);
