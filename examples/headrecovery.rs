@@ -26,6 +26,7 @@ fn params() -> QueueParams {
         commit_delay: Duration::ZERO,
         retry_lags: vec![Duration::from_secs(3600)],
         handoff_envelopes_max: 400,
+        body_sync: ringpost::queue::BodySyncMode::Each,
     }
 }
 

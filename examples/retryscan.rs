@@ -26,6 +26,7 @@ fn params() -> QueueParams {
         // Long lags: nothing is handed out while the scan is measured.
         retry_lags: vec![Duration::from_secs(3600)],
         handoff_envelopes_max: 64,
+        body_sync: ringpost::queue::BodySyncMode::Each,
     }
 }
 

@@ -744,6 +744,10 @@ pub struct Queue {
     /// How long the committer waits for more records before a flush, in
     /// microseconds. Default 0 (flush as soon as the previous flush returned).
     pub commit_delay_us: u32,
+    /// How the committer makes a batch's body files durable: `"each"`
+    /// (an fdatasync per file, all in flight together; the default) or
+    /// `"syncfs"` (one syncfs(2) of the spool's file system per batch).
+    pub body_sync: String,
     /// Messages older than this bounce instead of being retried. Default "5d".
     pub max_age: Duration,
 }
@@ -1110,6 +1114,7 @@ impl Default for Queue {
             inline_max_bytes: 65536,
             segment_size_bytes: 64 << 20,
             commit_delay_us: 0,
+            body_sync: "each".to_string(),
             max_age: Duration::from_secs(5 * 24 * 60 * 60),
         }
     }

@@ -142,6 +142,7 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "inline_max_bytes = {}", q.inline_max_bytes)?;
     writeln!(out, "segment_size_bytes = {}", q.segment_size_bytes)?;
     writeln!(out, "commit_delay_us = {}", q.commit_delay_us)?;
+    writeln!(out, "body_sync = {}", quoted(&q.body_sync))?;
     for rule in &c.transports {
         writeln!(out, "\n[[transport]]")?;
         writeln!(out, "domains = {}", string_array(&rule.domains))?;

@@ -214,7 +214,7 @@ const DNS_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most rounds over the name servers.
 const DNS_ATTEMPTS_MAX: u32 = 10;
 pub(super) const QUEUE_KEYS: &[&str] =
-    &["spool", "retry_lags", "max_age", "inline_max_bytes", "segment_size_bytes", "commit_delay_us"];
+    &["spool", "retry_lags", "max_age", "inline_max_bytes", "segment_size_bytes", "commit_delay_us", "body_sync"];
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -1378,6 +1378,11 @@ fn read_queue(section: &Section<'_>, d: Queue) -> Result<Queue> {
             let value: u32 = integer(node, key)?;
             ensure(value <= COMMIT_DELAY_US_MAX, node, key, &format!("at most {COMMIT_DELAY_US_MAX}"))?;
             Ok(value)
+        })?,
+        body_sync: section.read("body_sync", d.body_sync, |node, key| {
+            let text = string(node, key)?;
+            ensure(text == "each" || text == "syncfs", node, key, "expected \"each\" or \"syncfs\"")?;
+            Ok(text)
         })?,
     };
     // A segment must hold its header and one batch with the largest inline

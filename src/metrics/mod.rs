@@ -237,6 +237,9 @@ pub static QUEUE_FLUSHES: Family<2> = Family::new("log", ["head", "retry"]);
 pub static QUEUE_FLUSH_FAILURES: Family<2> = Family::new("log", ["head", "retry"]);
 /// Bytes written by the log flushes.
 pub static QUEUE_WRITTEN_BYTES: Counter = Counter::new();
+/// Body files flushed by the head log's committer, together with the
+/// others of their batch.
+pub static QUEUE_BODY_SYNCS: Counter = Counter::new();
 /// Records in each flush.
 pub static QUEUE_FLUSH_RECORDS: Histogram = Histogram::new(RECORDS_BOUNDS, 1.0);
 /// A flush's write and fdatasync.
@@ -381,6 +384,7 @@ impl Collector for Statics {
         family(e, "ringpost_queue_flushes", "Queue log flushes (write and fdatasync)", &QUEUE_FLUSHES)?;
         family(e, "ringpost_queue_flush_failures", "Queue log flushes that failed", &QUEUE_FLUSH_FAILURES)?;
         counter(e, "ringpost_queue_written_bytes", "Bytes written by queue log flushes", QUEUE_WRITTEN_BYTES.get())?;
+        counter(e, "ringpost_queue_body_syncs", "Body files flushed with their batch", QUEUE_BODY_SYNCS.get())?;
         histogram(e, "ringpost_queue_flush_records", "Records per queue log flush", &QUEUE_FLUSH_RECORDS)?;
         histogram(
             e,

@@ -89,7 +89,12 @@ impl Envelope {
         Envelope {
             id,
             sender: ReversePath::Null,
-            recipients: vec![Recipient { address: to, state: RcptState::Pending, last_reply: String::new(), folder: None }],
+            recipients: vec![Recipient {
+                address: to,
+                state: RcptState::Pending,
+                last_reply: String::new(),
+                folder: None,
+            }],
             arrival_unix_ms: now_ms,
             next_retry_unix_ms: now_ms,
             attempt_count: 0,

@@ -292,6 +292,7 @@ mod tests {
             commit_delay: Duration::ZERO,
             retry_lags: vec![Duration::from_secs(600), Duration::from_secs(3600)],
             handoff_envelopes_max,
+            body_sync: crate::queue::BodySyncMode::Each,
         }
     }
 

@@ -73,9 +73,18 @@ impl Staged {
     }
 }
 
+/// What makes a first envelope's body file durable: its fdatasync, run by
+/// the committer together with those of the other envelopes of the same
+/// batch and before the batch is written (writer rule 4), so that one
+/// journal commit of the file system covers many body files.
+pub type BodySync = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>>>>;
+
 /// How a staged record ended: durable at a location, or refused.
 pub struct Waiter {
     outcome: Cell<Option<Result<Location, QueueError>>>,
+    /// The body file's flush, for the committer to run (first envelopes
+    /// with a body file only).
+    body_sync: std::cell::RefCell<Option<BodySync>>,
     /// The record failed, but after its batch's write was issued: it may be
     /// on disk, and recovery may trust it (SPEC section 11, case 7).
     maybe_on_disk: Cell<bool>,
@@ -86,6 +95,7 @@ impl Waiter {
     pub fn new() -> Rc<Waiter> {
         Rc::new(Waiter {
             outcome: Cell::new(None),
+            body_sync: std::cell::RefCell::new(None),
             maybe_on_disk: Cell::new(false),
             event: event_listener::Event::new(),
         })
@@ -100,6 +110,17 @@ impl Waiter {
     pub fn fail(&self, error: QueueError, maybe_on_disk: bool) {
         self.maybe_on_disk.set(maybe_on_disk);
         self.finish(Err(error));
+    }
+
+    /// The record's body file must be flushed by `sync` before the record
+    /// is written.
+    pub fn set_body_sync(&self, sync: BodySync) {
+        *self.body_sync.borrow_mut() = Some(sync);
+    }
+
+    /// The body flush the committer runs, taken once.
+    pub fn take_body_sync(&self) -> Option<BodySync> {
+        self.body_sync.borrow_mut().take()
     }
 
     pub fn maybe_on_disk(&self) -> bool {

@@ -50,7 +50,7 @@ use queue_format::{Completion, CompletionReason, LogKind, QueueId};
 pub use envelope::{
     body_file_id, id_text, parse_queue_id, queue_id_of, stored_address, Body, Envelope, RcptState, Recipient,
 };
-use log::{Location, LogState, Staged, Waiter, FREE_SEGMENTS_MAX, STAGED_BYTES_MAX};
+use log::{BodySync, Location, LogState, Staged, Waiter, FREE_SEGMENTS_MAX, STAGED_BYTES_MAX};
 pub use runner::Span;
 use storage::{BodyFile, DiskStorage, SegmentFile, Storage};
 
@@ -129,6 +129,18 @@ pub struct QueueParams {
     pub retry_lags: Vec<Duration>,
     /// Whole envelopes waiting in the hand-off to delivery, at most.
     pub handoff_envelopes_max: usize,
+    /// How a batch's body files are made durable (`queue.body_sync`).
+    pub body_sync: BodySyncMode,
+}
+
+/// How the committer makes the body files of one batch durable before the
+/// batch is written (writer rule 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodySyncMode {
+    /// An fdatasync per body file, all in flight together.
+    Each,
+    /// One syncfs(2) of the spool's file system for the whole batch.
+    Syncfs,
 }
 
 impl QueueParams {
@@ -142,6 +154,7 @@ impl QueueParams {
             handoff_envelopes_max: (config.delivery.max_concurrent_per_shard as usize)
                 .saturating_mul(HANDOFF_ENVELOPES_PER_ATTEMPT)
                 .max(1),
+            body_sync: if q.body_sync == "syncfs" { BodySyncMode::Syncfs } else { BodySyncMode::Each },
         }
     }
 }
@@ -590,6 +603,18 @@ impl<S: Storage + 'static> Queue<S> {
     /// [`Queue::append`], saying on failure whether the record may be on
     /// disk all the same (its batch's write was issued).
     async fn append_tracked(&self, kind: LogKind, staged: Staged) -> Result<Location, (QueueError, bool)> {
+        self.append_with_body(kind, staged, None).await
+    }
+
+    /// [`Queue::append_tracked`] for a first envelope whose body file the
+    /// committer flushes (`body_sync`) with the others of its batch, before
+    /// the batch is written.
+    async fn append_with_body(
+        &self,
+        kind: LogKind,
+        staged: Staged,
+        body_sync: Option<BodySync>,
+    ) -> Result<Location, (QueueError, bool)> {
         let slot = log_slot(kind);
         loop {
             let listener = self.space_event.listen();
@@ -599,6 +624,9 @@ impl<S: Storage + 'static> Queue<S> {
             listener.await;
         }
         let waiter = self.logs[slot].borrow_mut().stage(staged).map_err(|error| (error, false))?;
+        if let Some(sync) = body_sync {
+            waiter.set_body_sync(sync);
+        }
         self.staged_events[slot].notify(1);
         waiter.wait().await.map_err(|error| (error, waiter.maybe_on_disk()))
     }
@@ -822,6 +850,7 @@ impl<S: Storage + 'static> Queue<S> {
         let slot = log_slot(kind);
         let (records, size) = self.logs[slot].borrow_mut().take_batch();
         self.space_event.notify(usize::MAX);
+        let (records, size) = self.sync_bodies(records, size).await;
         if records.is_empty() {
             return;
         }
@@ -871,6 +900,52 @@ impl<S: Storage + 'static> Queue<S> {
                 self.logs[slot].borrow_mut().restage_front(completions);
             }
         }
+    }
+
+    /// Flushes the body files of the batch's first envelopes, all at once
+    /// (their fdatasyncs in flight together, so the file system commits
+    /// them in one journal transaction), before any of their envelopes is
+    /// written (writer rule 4). A record whose body did not flush is
+    /// refused (nothing of it was written) and leaves the batch.
+    async fn sync_bodies(&self, records: Vec<(Staged, Rc<Waiter>)>, size: usize) -> (Vec<(Staged, Rc<Waiter>)>, usize) {
+        let syncs: Vec<(usize, BodySync)> =
+            records.iter().enumerate().filter_map(|(i, (_, waiter))| Some((i, waiter.take_body_sync()?))).collect();
+        if syncs.is_empty() {
+            return (records, size);
+        }
+        crate::metrics::QUEUE_BODY_SYNCS.add(syncs.len() as u64);
+        let (indexes, futures): (Vec<usize>, Vec<BodySync>) = syncs.into_iter().unzip();
+        let results = match self.params.body_sync {
+            BodySyncMode::Each => join_all(futures).await,
+            BodySyncMode::Syncfs => {
+                // One flush of the file system covers every body file of
+                // the batch (the files stay open until the batch is done).
+                let synced = self.storage.sync_filesystem().await;
+                drop(futures);
+                indexes
+                    .iter()
+                    .map(|_| synced.as_ref().map(|_| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string())))
+                    .collect()
+            }
+        };
+        let failed: Vec<(usize, std::io::Error)> =
+            indexes.into_iter().zip(results).filter_map(|(i, result)| Some((i, result.err()?))).collect();
+        if failed.is_empty() {
+            return (records, size);
+        }
+        let mut size = size;
+        let mut kept = Vec::with_capacity(records.len() - failed.len());
+        let mut failed = failed.into_iter().peekable();
+        for (i, (staged, waiter)) in records.into_iter().enumerate() {
+            match failed.next_if(|(index, _)| *index == i) {
+                Some((_, error)) => {
+                    size -= queue_format::encoded_size_bytes(&staged.body());
+                    waiter.fail(QueueError::from(error), false);
+                }
+                None => kept.push((staged, waiter)),
+            }
+        }
+        (kept, size)
     }
 
     /// Writes one batch and flushes it. On failure returns the error and,
@@ -1188,11 +1263,30 @@ impl<S: Storage + 'static> MessageWriter<S> {
             return Err(QueueError::Io(std::io::Error::other(format!("message {}: an earlier write failed", self.id))));
         }
         env.size_bytes = self.size_bytes;
-        if let Err(error) = self.finish_body(&mut env).await {
-            self.discard().await;
-            return Err(error);
+        let body = match self.finish_body(&mut env).await {
+            Ok(body) => body,
+            Err(error) => {
+                self.discard().await;
+                return Err(error);
+            }
+        };
+        // The body file is flushed by the committer with the others of its
+        // batch; the session keeps it open until then.
+        let sync = body.clone().map(|file| -> BodySync { Box::pin(async move { file.sync().await }) });
+        let appended = queue.append_with_body(LogKind::Head, Staged::envelope(env.clone()), sync).await;
+        if let Some(file) = body {
+            match Rc::try_unwrap(file) {
+                Ok(file) => {
+                    // Flushed or not, nothing more is written to it: a failed
+                    // close loses nothing.
+                    if let Err(e) = file.close().await {
+                        crate::log::event("queue_error", &[("id", &self.id), ("file", &self.name), ("error", &e)]);
+                    }
+                }
+                Err(_) => debug_assert!(false, "the committer keeps no body file after the batch"),
+            }
         }
-        match queue.append_tracked(LogKind::Head, Staged::envelope(env.clone())).await {
+        match appended {
             Ok(location) => {
                 queue.hand_fresh(env, location);
                 Ok(())
@@ -1206,22 +1300,18 @@ impl<S: Storage + 'static> MessageWriter<S> {
         }
     }
 
-    /// The body, complete: the body file written out, flushed and closed
-    /// (writer rule 4), or the inline bytes.
-    async fn finish_body(&mut self, env: &mut Envelope) -> Result<(), QueueError> {
+    /// The body, complete: the inline bytes, or the body file with every
+    /// byte written out (not yet flushed: the committer flushes it before
+    /// the envelope is written, writer rule 4), returned to be flushed.
+    async fn finish_body(&mut self, env: &mut Envelope) -> Result<Option<Rc<S::Body>>, QueueError> {
         if self.file.is_none() {
             env.body = Body::Inline(std::sync::Arc::from(std::mem::take(&mut self.inline)));
-            return Ok(());
+            return Ok(None);
         }
         self.flush_buffer().await?;
         let file = self.file.take().expect("checked above");
-        if let Err(error) = file.sync().await {
-            let _ = file.close().await;
-            return Err(error.into());
-        }
-        file.close().await?;
         env.body = Body::File { size_bytes: self.size_bytes, checksum: self.checksum };
-        Ok(())
+        Ok(Some(Rc::new(file)))
     }
 
     /// The content so far as a `Body`, for delivery before the commit
@@ -1261,6 +1351,34 @@ impl<S: Storage + 'static> MessageWriter<S> {
             }
         }
     }
+}
+
+/// Runs `futures` together until every one is done: their results in order.
+async fn join_all(futures: Vec<BodySync>) -> Vec<std::io::Result<()>> {
+    use std::task::Poll;
+    let mut running: Vec<Option<BodySync>> = futures.into_iter().map(Some).collect();
+    let mut results: Vec<Option<std::io::Result<()>>> = running.iter().map(|_| None).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, result) in running.iter_mut().zip(results.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(done) => {
+                        *result = Some(done);
+                        *slot = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().map(|result| result.expect("every future finished")).collect()
 }
 
 /// Why a body file cannot be delivered from. Delivery defers the message:

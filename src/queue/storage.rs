@@ -50,6 +50,9 @@ pub trait Storage {
     async fn create_body(&self, name: &str) -> io::Result<Self::Body>;
     /// Opens an existing body file for reading.
     async fn open_body(&self, name: &str) -> io::Result<Self::Body>;
+    /// syncfs(2): every file of the directory's file system durable, body
+    /// files included (`queue.body_sync = "syncfs"`).
+    async fn sync_filesystem(&self) -> io::Result<()>;
 }
 
 /// One body file: written front to back while its message is received,
@@ -243,6 +246,22 @@ impl Storage for DiskStorage {
         let file = OpenOptions::new().read(true).buffered_open(self.dir.join(name)).await.map_err(glommio_err)?;
         Ok(DiskBody { file })
     }
+
+    /// On a blocking thread: syncfs waits for the file system's writeback.
+    async fn sync_filesystem(&self) -> io::Result<()> {
+        let dir = self.dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                use std::os::fd::AsRawFd;
+                let handle = std::fs::File::open(&dir)?;
+                // SAFETY: syncfs(2) on a descriptor this closure owns.
+                if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
+            .await
+    }
 }
 
 impl BodyFile for DiskBody {
@@ -342,6 +361,8 @@ pub struct Faults {
     /// Body-file operations seen: (writes, syncs).
     pub body_writes: Cell<u64>,
     pub body_syncs: Cell<u64>,
+    /// syncfs calls (`queue.body_sync = "syncfs"`).
+    pub filesystem_syncs: Cell<u64>,
 }
 
 /// The real storage with [`Faults`] injected: tests of the committer,
@@ -418,6 +439,15 @@ impl Storage for FaultStorage {
     async fn open_body(&self, name: &str) -> io::Result<FaultBody> {
         let inner = self.inner.open_body(name).await?;
         Ok(FaultBody { inner, faults: self.faults.clone() })
+    }
+
+    /// Fails like a body file's flush when one is asked to.
+    async fn sync_filesystem(&self) -> io::Result<()> {
+        self.faults.filesystem_syncs.set(self.faults.filesystem_syncs.get() + 1);
+        if let Some(errno) = self.faults.body_sync_error.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        self.inner.sync_filesystem().await
     }
 }
 

@@ -46,6 +46,7 @@ fn params() -> QueueParams {
         commit_delay: Duration::ZERO,
         retry_lags: vec![Duration::from_millis(100), Duration::from_millis(300)],
         handoff_envelopes_max: 16,
+        body_sync: crate::queue::BodySyncMode::Each,
     }
 }
 
@@ -514,6 +515,106 @@ fn a_failed_body_flush_acknowledges_nothing() {
             drop(q);
             let q = open(&dir, params()).await;
             assert!(q.fresh.is_empty());
+        })
+    });
+}
+
+/// `count` messages with body files committed by concurrent sessions in one
+/// batch: the committer (with a commit delay) waits for the records the
+/// sessions announced, and the announcements end once all are staged.
+async fn commit_together(q: &Opened, count: usize) -> Vec<Result<String, QueueError>> {
+    assert!(!q.queue.params.commit_delay.is_zero(), "the batch forms under a commit delay");
+    let announced: Vec<RecordExpected> = (0..count).map(|_| q.queue.expect_record()).collect();
+    let staged_before = q.queue.logs[0].borrow().staged.len();
+    let sessions: Vec<_> = (0..count)
+        .map(|_| {
+            let queue = q.queue.clone();
+            glommio::spawn_local(async move {
+                let mut writer = queue.create().await?;
+                writer.write(&large_body(5000)).await?;
+                let env = template(writer.id());
+                let id = env.id.clone();
+                writer.commit(&queue, env).await.map(|()| id)
+            })
+        })
+        .collect();
+    while q.queue.logs[0].borrow().staged.len() < staged_before + count {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    drop(announced);
+    let mut results = Vec::new();
+    for session in sessions {
+        results.push(session.await);
+    }
+    results
+}
+
+#[test]
+fn body_files_of_one_batch_are_flushed_together_and_one_that_fails_leaves_the_others() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("body-group");
+            let q = open(&dir, QueueParams { commit_delay: Duration::from_secs(10), ..params() }).await;
+            const MESSAGES: usize = 8;
+            // The next body flush fails (the first the committer runs).
+            q.faults.body_sync_error.set(Some(libc::EIO));
+            let mut committed = Vec::new();
+            let mut refused = 0;
+            for result in commit_together(&q, MESSAGES).await {
+                match result {
+                    Ok(id) => committed.push(id),
+                    Err(error) => {
+                        assert!(is_451(&error), "{error:?}");
+                        refused += 1;
+                    }
+                }
+            }
+            assert_eq!((committed.len(), refused), (MESSAGES - 1, 1));
+            assert_eq!(q.faults.body_syncs.get(), MESSAGES as u64, "every body flushed by the committer");
+            assert_eq!(q.faults.writes.get(), 1, "one batch for all the messages");
+            committed.sort();
+            let mut bodies = files(&dir, "body-");
+            bodies.sort();
+            let expected: Vec<String> = committed.iter().map(|id| format!("body-{id}")).collect();
+            assert_eq!(bodies, expected, "the refused message's body file is gone");
+            assert_eq!(q.queue.live_count(), MESSAGES - 1);
+            drop(q);
+            let q = open(&dir, params()).await;
+            let mut recovered: Vec<String> = q.fresh.iter().map(|e| e.id.clone()).collect();
+            recovered.sort();
+            assert_eq!(recovered, committed);
+            for env in &q.fresh {
+                q.queue.check_body(env).await.unwrap();
+            }
+        })
+    });
+}
+
+#[test]
+fn with_syncfs_one_file_system_flush_covers_the_batch_and_its_failure_refuses_the_batch() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("body-syncfs");
+            let syncfs = crate::queue::BodySyncMode::Syncfs;
+            let q =
+                open(&dir, QueueParams { body_sync: syncfs, commit_delay: Duration::from_secs(10), ..params() }).await;
+            const MESSAGES: usize = 6;
+            for result in commit_together(&q, MESSAGES).await {
+                result.unwrap();
+            }
+            assert_eq!(q.faults.filesystem_syncs.get(), 1, "one syncfs for the batch");
+            assert_eq!(q.faults.body_syncs.get(), 0, "no fdatasync per body file");
+            assert_eq!(files(&dir, "body-").len(), MESSAGES);
+            // A failed syncfs: no body of the batch is known durable, so no
+            // envelope of it is written and every session hears 451.
+            q.faults.body_sync_error.set(Some(libc::EIO));
+            let writes = q.faults.writes.get();
+            for result in commit_together(&q, MESSAGES).await {
+                assert!(is_451(&result.unwrap_err()));
+            }
+            assert_eq!(q.faults.writes.get(), writes, "writer rule 4");
+            assert_eq!(files(&dir, "body-").len(), MESSAGES, "the refused bodies are removed");
+            assert_eq!(q.queue.live_count(), MESSAGES);
         })
     });
 }
