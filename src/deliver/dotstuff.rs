@@ -75,10 +75,7 @@ impl DotStuffer {
                 }
                 _ => {
                     // Copy the run of ordinary bytes in one go.
-                    let run = tail
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .map_or(rest.len(), |i| i + 1);
+                    let run = memchr::memchr2(b'\r', b'\n', tail).map_or(rest.len(), |i| i + 1);
                     out.extend_from_slice(&rest[..run]);
                     self.line_start = false;
                     rest = &rest[run..];

@@ -1647,16 +1647,9 @@ impl Content {
                     .saturating_sub(self.headers.held_bytes())
                     .max(1);
                 let window = &input[..input.len().min(room)];
-                let mut high = 0u8;
-                let mut run = 0usize;
-                for &c in window {
-                    if c == b'\r' || c == b'\n' || c == 0 {
-                        break;
-                    }
-                    high |= c;
-                    run += 1;
-                }
-                if high >= 0x80 {
+                // The run ends at the next CR, LF or NUL (SIMD search).
+                let run = memchr::memchr3(b'\r', b'\n', 0, window).unwrap_or(window.len());
+                if !self.eight_bit && !window[..run].is_ascii() {
                     self.eight_bit = true;
                 }
                 self.emit_text(out, &window[..run]);
