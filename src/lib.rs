@@ -21,6 +21,7 @@ pub mod pool;
 pub mod privdrop;
 pub mod queue;
 pub mod route;
+pub mod sasl;
 pub mod scan;
 pub mod shard;
 pub mod sendmail;

@@ -1,0 +1,172 @@
+//! What a listener makes of its sessions (`[[listener]]`, or an address of
+//! `server.listen`): the SMTP machine's parameters (STARTTLS offered or
+//! not), implicit TLS before the greeting (RFC 8314), AUTH offered and, on
+//! a submission listener, required before MAIL (RFC 6409 §4.3), who may
+//! relay, and the AUTH checks themselves with their log lines.
+//!
+//! Place in the pipeline: built once per listener by `crate::shard` when it
+//! starts its accept loops; consulted by the session driver
+//! (`crate::ingress`) at the greeting, at AUTH, at MAIL and at RCPT.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::config::{Config, Listener, ListenerRole, ListenerTls};
+use crate::log;
+use crate::shard::Shard;
+use crate::smtp::address::ReversePath;
+use crate::smtp::reply::{Enhanced, Reply};
+use crate::smtp::server::{Credentials, Server, ServerParams};
+use crate::tls::Stream;
+
+/// One listener's settings, shared by its sessions.
+pub struct Listening {
+    pub listener: Listener,
+    /// The machine's parameters for this listener (STARTTLS offered only
+    /// with `tls = "starttls"`).
+    pub params: Arc<ServerParams>,
+}
+
+impl Listening {
+    pub fn new(listener: Listener, base: &ServerParams) -> Listening {
+        let mut params = base.clone();
+        params.starttls = base.starttls && listener.tls == ListenerTls::StartTls;
+        Listening { listener, params: Arc::new(params) }
+    }
+
+    /// An mx listener as `server.listen` makes it, on any address (tests).
+    pub fn mx(shard: &Shard) -> std::rc::Rc<Listening> {
+        let tls = shard.tls_server.is_some();
+        let address = SocketAddr::from(([127, 0, 0, 1], 0));
+        std::rc::Rc::new(Listening::new(Listener::mx(address, tls), &shard.server_params))
+    }
+
+    /// Every listener of `config`, in the order `crate::shard` binds them.
+    pub fn all(config: &Config, base: &ServerParams) -> Vec<Listening> {
+        config.all_listeners().into_iter().map(|l| Listening::new(l, base)).collect()
+    }
+
+    /// Sets up a new session's machine: AUTH offered where the listener
+    /// offers it and `[auth]` is configured.
+    pub fn prepare(&self, machine: &mut Server) {
+        if self.listener.auth && crate::sasl::current().is_some() {
+            machine.offer_auth(self.listener.role == ListenerRole::Submission, false);
+        } else if self.listener.role == ListenerRole::Submission {
+            // Without a back end no one can authenticate, so no one may send.
+            machine.offer_auth(true, false);
+        }
+    }
+
+    /// Implicit TLS: the handshake before anything is written; Err(reason)
+    /// closes the connection.
+    pub async fn start_tls(
+        &self,
+        shard: &Shard,
+        stream: &mut Stream,
+        machine: &mut Server,
+        peer: SocketAddr,
+    ) -> Result<(), &'static str> {
+        if self.listener.tls != ListenerTls::Implicit {
+            return Ok(());
+        }
+        let Some(config) = shard.tls_server.clone() else {
+            return Err("tls_not_configured");
+        };
+        match stream.accept(config).await {
+            Ok(()) => {
+                let tls = stream.describe().unwrap_or_default();
+                log::event("tls", &[("client", &peer), ("tls", &tls), ("implicit", &true)]);
+                machine.tls_from_start();
+                Ok(())
+            }
+            Err(e) => {
+                log::event("tls_failed", &[("client", &peer), ("error", &e)]);
+                Err("tls_failed")
+            }
+        }
+    }
+
+    /// Whether the client may relay: authenticated, or in the listener's
+    /// relay networks (`relay.networks` unless the listener names its own).
+    pub fn relay_allowed(&self, config: &Config, ip: IpAddr, authenticated: Option<&str>) -> bool {
+        if authenticated.is_some() {
+            return true;
+        }
+        match &self.listener.relay_networks {
+            Some(networks) => networks.iter().any(|n| n.contains(ip)),
+            None => config.relay.allows_client(ip),
+        }
+    }
+}
+
+/// The reply to a completed SASL exchange, and whether it was a failure
+/// (counted against the session). Logged as `event=auth` with the user and
+/// the result, never the password.
+pub async fn check_auth(
+    shard: &Shard,
+    peer: SocketAddr,
+    mechanism: &'static str,
+    credentials: Credentials,
+    tls: bool,
+    session_failures: u32,
+) -> (Reply, bool) {
+    let hostname = &shard.config.server.hostname;
+    let outcome = match crate::sasl::current() {
+        None => crate::sasl::Outcome::Temporary,
+        Some(sasl) => {
+            let client = peer.ip().to_string();
+            let request = crate::sasl::Request {
+                client: &client,
+                secured: tls,
+                authzid: &credentials.authzid,
+                user: &credentials.user,
+                password: &credentials.password.0,
+            };
+            sasl.check(&request, peer.ip(), session_failures).await
+        }
+    };
+    // RFC 4616 §2: an authorization identity other than the login would
+    // act for someone else; no back end here grants that.
+    let outcome = match outcome {
+        crate::sasl::Outcome::Valid(login)
+            if !credentials.authzid.is_empty() && !credentials.authzid.eq_ignore_ascii_case(&login) =>
+        {
+            log::event("auth", &[("client", &peer), ("user", &credentials.user), ("result", &"authzid_refused")]);
+            return (Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid"), true);
+        }
+        other => other,
+    };
+    let result = match &outcome {
+        crate::sasl::Outcome::Valid(_) => "ok",
+        crate::sasl::Outcome::Invalid => "invalid",
+        crate::sasl::Outcome::Blocked => "blocked",
+        crate::sasl::Outcome::Temporary => "temporary",
+    };
+    log::event(
+        "auth",
+        &[("client", &peer), ("mechanism", &mechanism), ("user", &credentials.user), ("result", &result)],
+    );
+    let failed = matches!(outcome, crate::sasl::Outcome::Invalid | crate::sasl::Outcome::Blocked);
+    (crate::sasl::reply(&outcome, hostname), failed)
+}
+
+/// 553 5.7.1 for an authenticated client whose MAIL FROM is an address the
+/// sender login map does not give its login (`auth.sender_login_maps`).
+/// The null sender passes.
+pub fn sender_login_refusal(machine: &Server, sender: &ReversePath, peer: SocketAddr) -> Option<Reply> {
+    let login = machine.authenticated()?;
+    let ReversePath::Path(address) = sender else { return None };
+    let sasl = crate::sasl::current()?;
+    let sender_text = address.to_string();
+    match sasl.sender_allowed(login, &sender_text) {
+        Ok(true) => None,
+        Ok(false) => {
+            log::event("sender_login_mismatch", &[("client", &peer), ("user", &login), ("from", &sender_text)]);
+            Some(Reply::new(553, Enhanced(5, 7, 1), format!("Sender address {sender_text} not owned by user {login}")))
+        }
+        Err(e) => {
+            log::event("auth_backend_error", &[("client", &peer), ("error", &e)]);
+            Some(Reply::new(451, Enhanced(4, 3, 0), "Temporary sender login lookup failure"))
+        }
+    }
+}
