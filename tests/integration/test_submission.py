@@ -186,3 +186,21 @@ def test_sender_login_maps_allow_own_addresses_only(ringpost, test_cert, tmp_pat
         s.login("alice", PASSWORDS["alice"])
         assert s.mail("alice@example.org")[0] == 250
     assert "event=sender_login_mismatch" in sub.rp.log_text()
+
+
+def greeting_delay_s(port, use_ssl=False):
+    import socket
+    import time
+    started = time.monotonic()
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock = client_context().wrap_socket(raw) if use_ssl else raw
+    with sock:
+        assert sock.recv(512).startswith(b"220 ")
+    return time.monotonic() - started
+
+
+def test_greet_pause_applies_to_mx_not_to_submission(ringpost, test_cert, tmp_path, smtp_sink):
+    sub = start_submission(ringpost, test_cert, tmp_path, smtp_sink(), extra={"policy.greet_pause": '"2s"'})
+    assert greeting_delay_s(sub.rp.port) >= 1.9, "the mx listener pauses"
+    assert greeting_delay_s(sub.p587) < 1.0, "submission greets at once"
+    assert greeting_delay_s(sub.p465, use_ssl=True) < 1.0
