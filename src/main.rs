@@ -612,7 +612,11 @@ fn watch_reload(hangup: Arc<AtomicBool>, stop: Arc<AtomicBool>, path: Option<Pat
                 // routers and the tables in use alike.
                 let access = ringpost::access::Access::open(&config.policy)?;
                 let filters = ringpost::ingress::filters::Filters::open(&config)?;
+                let sender_logins = ringpost::sasl::SenderLogins::open(&config)?;
                 ringpost::route::reload(&config)?;
+                if let Some(sasl) = ringpost::sasl::current() {
+                    sasl.set_sender_logins(sender_logins);
+                }
                 ringpost::access::install(Arc::new(access));
                 ringpost::ingress::filters::install(filters.map(Arc::new));
                 Ok(config.routers.len())

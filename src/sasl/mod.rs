@@ -92,7 +92,8 @@ pub struct Sasl {
     config: SaslConfig,
     pool: Pool,
     failures: Mutex<HashMap<IpAddr, Failures>>,
-    sender_logins: Option<LoginMap>,
+    /// Replaced on SIGHUP ([`Sasl::set_sender_logins`]).
+    sender_logins: RwLock<Option<Arc<SenderLogins>>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -101,9 +102,22 @@ struct Failures {
     window_start_ms: u64,
 }
 
-enum LoginMap {
+/// The table of `auth.sender_login_maps`.
+pub enum SenderLogins {
     Text(TextTable),
     Cdb(CdbTable),
+}
+
+impl SenderLogins {
+    /// The table `config` names, opened; None without one.
+    pub fn open(config: &crate::config::Config) -> Result<Option<SenderLogins>, String> {
+        let Some(path) = config.sasl.as_ref().and_then(|s| s.sender_login_maps.as_ref()) else { return Ok(None) };
+        let map = match path.extension().is_some_and(|e| e == "cdb") {
+            true => SenderLogins::Cdb(CdbTable::open(path)?),
+            false => SenderLogins::Text(TextTable::open(path)?),
+        };
+        Ok(Some(map))
+    }
 }
 
 impl Sasl {
@@ -136,8 +150,10 @@ impl Sasl {
         };
         let sender_logins = match &config.sender_login_maps {
             None => None,
-            Some(path) if path.extension().is_some_and(|e| e == "cdb") => Some(LoginMap::Cdb(CdbTable::open(path)?)),
-            Some(path) => Some(LoginMap::Text(TextTable::open(path)?)),
+            Some(path) if path.extension().is_some_and(|e| e == "cdb") => {
+                Some(SenderLogins::Cdb(CdbTable::open(path)?))
+            }
+            Some(path) => Some(SenderLogins::Text(TextTable::open(path)?)),
         };
         let params = PoolParams {
             max_connections: config.max_concurrent,
@@ -148,8 +164,13 @@ impl Sasl {
             config: config.clone(),
             pool: Pool::start(description, params, connect),
             failures: Mutex::new(HashMap::new()),
-            sender_logins,
+            sender_logins: RwLock::new(sender_logins.map(Arc::new)),
         })
+    }
+
+    /// The sender login map read again (SIGHUP).
+    pub fn set_sender_logins(&self, logins: Option<SenderLogins>) {
+        *self.sender_logins.write().expect("sender login map lock") = logins.map(Arc::new);
     }
 
     pub fn config(&self) -> &SaslConfig {
@@ -220,16 +241,17 @@ impl Sasl {
     /// separated by commas or white space; the address is looked up, then
     /// `@domain`. An address the map does not list is owned by no one.
     pub fn sender_allowed(&self, login: &str, sender: &str) -> Result<bool, String> {
-        let Some(map) = &self.sender_logins else { return Ok(true) };
+        let map = self.sender_logins.read().expect("sender login map lock").clone();
+        let Some(map) = map else { return Ok(true) };
         let sender = sender.to_lowercase();
         let mut keys = vec![sender.clone()];
         if let Some((_, domain)) = sender.rsplit_once('@') {
             keys.push(format!("@{domain}"));
         }
         for key in keys {
-            let value = match map {
-                LoginMap::Text(t) => t.get(&key).map(str::to_string),
-                LoginMap::Cdb(c) => c.get(&key).map_err(|e| format!("{e:?}"))?,
+            let value = match &*map {
+                SenderLogins::Text(t) => t.get(&key).map(str::to_string),
+                SenderLogins::Cdb(c) => c.get(&key).map_err(|e| format!("{e:?}"))?,
             };
             if let Some(value) = value {
                 return Ok(value.split([',', ' ', '\t']).any(|owner| owner.eq_ignore_ascii_case(login)));

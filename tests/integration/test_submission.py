@@ -8,6 +8,7 @@ relayed to a downstream smtp-sink and its Received field says ESMTPSA."""
 
 import base64
 import os
+import signal
 import smtplib
 import ssl
 import subprocess
@@ -186,6 +187,14 @@ def test_sender_login_maps_allow_own_addresses_only(ringpost, test_cert, tmp_pat
         s.login("alice", PASSWORDS["alice"])
         assert s.mail("alice@example.org")[0] == 250
     assert "event=sender_login_mismatch" in sub.rp.log_text()
+    # SIGHUP reads the map again: now bob owns the address too.
+    maps.write_text("alice@example.org alice bob\n")
+    sub.rp.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "event=reload " in sub.rp.log_text(), what="the reload")
+    with smtplib.SMTP_SSL("127.0.0.1", sub.p465, timeout=30, context=client_context()) as s:
+        s.ehlo("client.test")
+        s.login("bob", PASSWORDS["bob"])
+        assert s.mail("alice@example.org")[0] == 250
 
 
 def greeting_delay_s(port, use_ssl=False):
