@@ -49,8 +49,11 @@ impl Listening {
     /// Sets up a new session's machine: AUTH offered where the listener
     /// offers it and `[auth]` is configured.
     pub fn prepare(&self, machine: &mut Server) {
-        if self.listener.auth && crate::sasl::current().is_some() {
+        if let Some(sasl) = crate::sasl::current().filter(|_| self.listener.auth) {
             machine.offer_auth(self.listener.role == ListenerRole::Submission, false);
+            if sasl.offers_scram() {
+                machine.offer_scram();
+            }
         } else if self.listener.role == ListenerRole::Submission {
             // Without a back end no one can authenticate, so no one may send.
             machine.offer_auth(true, false);
@@ -167,6 +170,82 @@ pub fn sender_login_refusal(machine: &Server, sender: &ReversePath, peer: Socket
         Err(e) => {
             log::event("auth_backend_error", &[("client", &peer), ("error", &e)]);
             Some(Reply::new(451, Enhanced(4, 3, 0), "Temporary sender login lookup failure"))
+        }
+    }
+}
+
+/// A SCRAM-SHA-256 exchange of a session, between its steps.
+pub struct ScramSession {
+    exchange: crate::sasl::scram::Exchange,
+    /// The client's proof was right and the server's final message sent:
+    /// the client's empty answer gets 235.
+    proved: bool,
+}
+
+/// The reply to one SCRAM message, the login to set before a 235, and
+/// whether the message was a failed attempt (counted against the session).
+pub async fn scram_step(
+    shard: &Shard,
+    peer: SocketAddr,
+    state: &mut Option<Box<ScramSession>>,
+    first: bool,
+    data: Vec<u8>,
+    session_failures: u32,
+) -> (Reply, Option<String>, bool) {
+    use crate::sasl::scram::{server_nonce, ClientFirst, Exchange};
+    use base64::Engine as _;
+    let hostname = &shard.config.server.hostname;
+    let malformed = || Reply::new(501, Enhanced(5, 5, 2), "Malformed SCRAM message");
+    let Some(sasl) = crate::sasl::current().filter(|s| s.offers_scram()) else {
+        *state = None;
+        return (crate::sasl::reply(&crate::sasl::Outcome::Temporary, hostname), None, false);
+    };
+    if first {
+        *state = None;
+        let Some(client_first) = ClientFirst::parse(&data) else { return (malformed(), None, false) };
+        if !sasl.client_allowed(peer.ip(), crate::limits::now_ms()) {
+            log::event(
+                "auth",
+                &[
+                    ("client", &peer),
+                    ("mechanism", &"SCRAM-SHA-256"),
+                    ("user", &client_first.user),
+                    ("result", &"blocked"),
+                ],
+            );
+            return (crate::sasl::reply(&crate::sasl::Outcome::Blocked, hostname), None, true);
+        }
+        let Ok(secrets) = sasl.scram_secrets(&client_first.user, peer.ip()).await else {
+            return (crate::sasl::reply(&crate::sasl::Outcome::Temporary, hostname), None, false);
+        };
+        let (exchange, server_first) = Exchange::start(client_first, secrets, &server_nonce());
+        *state = Some(Box::new(ScramSession { exchange, proved: false }));
+        let challenge = base64::engine::general_purpose::STANDARD.encode(server_first);
+        return (Reply { code: 334, enhanced: None, lines: vec![challenge] }, None, false);
+    }
+    let Some(session) = state.take() else { return (malformed(), None, false) };
+    let user = session.exchange.user.clone();
+    if session.proved {
+        if !data.is_empty() {
+            return (malformed(), None, false);
+        }
+        log::event("auth", &[("client", &peer), ("mechanism", &"SCRAM-SHA-256"), ("user", &user), ("result", &"ok")]);
+        return (crate::sasl::reply(&crate::sasl::Outcome::Valid(user.clone()), hostname), Some(user), false);
+    }
+    match session.exchange.finish(&data) {
+        Some(server_final) => {
+            *state = Some(Box::new(ScramSession { proved: true, ..*session }));
+            let challenge = base64::engine::general_purpose::STANDARD.encode(server_final);
+            (Reply { code: 334, enhanced: None, lines: vec![challenge] }, None, false)
+        }
+        None => {
+            let outcome = sasl.failed(peer.ip(), session_failures).await;
+            let result = if outcome == crate::sasl::Outcome::Blocked { "blocked" } else { "invalid" };
+            log::event(
+                "auth",
+                &[("client", &peer), ("mechanism", &"SCRAM-SHA-256"), ("user", &user), ("result", &result)],
+            );
+            (crate::sasl::reply(&outcome, hostname), None, true)
         }
     }
 }

@@ -180,6 +180,8 @@ async fn run_session(shard: &Shard, tcp: TcpStream, listening: &listener::Listen
     }
     // Failed AUTH attempts of this session (crate::sasl).
     let mut auth_failures: u32 = 0;
+    // A SCRAM exchange between its steps (boxed: one pointer when idle).
+    let mut scram: Option<Box<listener::ScramSession>> = None;
     // The front line's checks before the greeting (crate::frontline),
     // where the listener runs them.
     let admitted = match listening.listener.frontline {
@@ -370,6 +372,20 @@ async fn run_session(shard: &Shard, tcp: TcpStream, listening: &listener::Listen
                 }
                 if reply.code == 421 {
                     close_reason = "auth_failures";
+                }
+                machine.decide(reply);
+            }
+            Event::AuthStep { first, data, .. } => {
+                let stepping = Box::pin(listener::scram_step(shard, peer, &mut scram, first, data, auth_failures));
+                let (reply, login, failed) = stepping.await;
+                if failed {
+                    auth_failures = auth_failures.saturating_add(1);
+                }
+                if reply.code == 421 {
+                    close_reason = "auth_failures";
+                }
+                if let Some(login) = login {
+                    machine.set_auth_login(&login);
                 }
                 machine.decide(reply);
             }

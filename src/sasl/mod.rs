@@ -27,6 +27,7 @@
 
 pub mod dovecot;
 pub mod ldap;
+pub mod scram;
 pub mod table;
 
 use std::collections::HashMap;
@@ -44,6 +45,9 @@ use crate::smtp::reply::{Enhanced, Reply};
 pub const FAILURE_CLIENTS_MAX: usize = 100_000;
 /// Longest user name, authorization identity or password accepted.
 pub const CREDENTIAL_BYTES_MAX: usize = 1024;
+
+/// A pool key asking for a user's SCRAM secrets (the user follows).
+pub const SECRETS_KEY_PREFIX: &str = "\u{1}scram\0";
 
 /// A check as the pool carries it: one string, fields joined by NUL
 /// (which none of them can hold: the SASL decoders refuse it).
@@ -225,6 +229,12 @@ impl Sasl {
             }
         };
         debug_assert!(!valid);
+        self.failed(client, session_failures).await
+    }
+
+    /// A failed attempt of `client`: counted, answered after
+    /// `failure_delay`, Blocked at the session's or the client's limit.
+    pub async fn failed(&self, client: IpAddr, session_failures: u32) -> Outcome {
         self.note_failure(client, crate::limits::now_ms());
         glommio::timer::sleep(self.config.failure_delay.0).await;
         if session_failures.saturating_add(1) >= self.config.max_failures
@@ -233,6 +243,25 @@ impl Sasl {
             Outcome::Blocked
         } else {
             Outcome::Invalid
+        }
+    }
+
+    /// Whether SCRAM-SHA-256 can be offered: only the table back end hands
+    /// out the secrets it needs.
+    pub fn offers_scram(&self) -> bool {
+        matches!(self.config.backend, SaslBackend::Table(_))
+    }
+
+    /// The SCRAM secrets of `user` (secrets no password matches for a user
+    /// without a SCRAM entry); Err when the back end failed.
+    pub async fn scram_secrets(&self, user: &str, client: IpAddr) -> Result<scram::Secrets, ()> {
+        match self.pool.lookup(&format!("{SECRETS_KEY_PREFIX}{user}")).await {
+            Ok(Some(entry)) => Ok(scram::Secrets::parse(&entry).unwrap_or_else(|| scram::Secrets::unknown(user))),
+            Ok(None) => Ok(scram::Secrets::unknown(user)),
+            Err(LookupError::Temporary(e) | LookupError::Config(e)) => {
+                crate::log::event("auth_backend_error", &[("client", &client), ("error", &e)]);
+                Err(())
+            }
         }
     }
 

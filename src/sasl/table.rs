@@ -3,7 +3,9 @@
 //! forms that `openssl passwd -6` and `mkpasswd` write (SHA512-crypt,
 //! `$6$`), that `doveadm pw -s SHA512-CRYPT` writes (`{SHA512-CRYPT}$6$`),
 //! or argon2 (`$argon2id$`, `$argon2i$`, `$argon2d$`; `{ARGON2ID}` and
-//! `{ARGON2I}` prefixes as doveadm writes them). Checked by the RustCrypto
+//! `{ARGON2I}` prefixes as doveadm writes them), or SCRAM-SHA-256 secrets
+//! (`{SCRAM-SHA-256}`, `doveadm pw -s SCRAM-SHA-256`), which also serve
+//! the SCRAM-SHA-256 mechanism (`scram.rs`). Checked by the RustCrypto
 //! `sha-crypt` and `argon2` crates, in constant time.
 //!
 //! Place in the pipeline: a `crate::pool::Backend`, run on the pool's
@@ -67,6 +69,11 @@ impl Backend for Table {
     /// name when the password matches its hash, None when it does not or
     /// the user is unknown.
     fn lookup(&mut self, key: &str) -> LookupResult {
+        if let Some(user) = key.strip_prefix(super::SECRETS_KEY_PREFIX) {
+            // SCRAM: the stored entry itself, when it is a SCRAM one.
+            let entry = self.hash_of(user)?;
+            return Ok(entry.filter(|e| e.trim().starts_with(super::scram::SCHEME)).map(|e| e.trim().to_string()));
+        }
         let Some(request) = super::Request::decode(key) else {
             return Err(LookupError::Config("malformed check request".into()));
         };
@@ -90,6 +97,10 @@ const DUMMY_HASH: &str =
 
 /// Whether `password` matches `hash`; `Err` for a hash in no known form.
 pub fn verify(password: &str, hash: &str) -> Result<bool, &'static str> {
+    if hash.starts_with(super::scram::SCHEME) {
+        let secrets = super::scram::Secrets::parse(hash).ok_or("malformed {SCRAM-SHA-256} entry")?;
+        return Ok(secrets.matches_password(password));
+    }
     let hash = strip_scheme(hash)?;
     if hash.starts_with("$6$") {
         return Ok(sha_crypt::sha512_check(password, hash).is_ok());

@@ -213,6 +213,11 @@ pub enum Event {
     /// waits for `decide(reply)`: 235 authenticates the session, 535 and
     /// 454 do not, 421 closes it.
     Auth { mechanism: &'static str, credentials: Credentials },
+    /// A message of a SCRAM exchange (decoded from base64; `first`: the
+    /// client's first message); waits for `decide(reply)`: 334 with the
+    /// next challenge (base64) continues, 235 (after `set_auth_login`)
+    /// authenticates, anything else ends the exchange.
+    AuthStep { mechanism: &'static str, first: bool, data: Vec<u8> },
 }
 
 /// A mail transaction: from an accepted MAIL to the end of its content or
@@ -293,6 +298,7 @@ enum Pending {
     Auth {
         user: String,
     },
+    AuthStep,
 }
 
 /// What `poll`'s loop does after one step.
@@ -486,6 +492,7 @@ impl Server {
             }
             Pending::ReplicaTaken => {}
             Pending::Auth { user } => self.auth_decided(user, &reply),
+            Pending::AuthStep => self.auth_step_decided(&reply),
         }
         if reply.code == 421 {
             self.close_with(reply);

@@ -36,6 +36,8 @@ enum Ev {
     ReplicaTaken(u8),
     /// AUTH: mechanism, authzid, user, password.
     Auth(&'static str, String, String, String),
+    /// A SCRAM message: first, data.
+    AuthStep(bool, Vec<u8>),
 }
 
 type Decider = Box<dyn FnMut(&Event) -> Reply>;
@@ -171,6 +173,17 @@ impl Session {
                     }
                     assert_eq!(self.s.poll(self.now), Event::Pending);
                     let r = (self.decider)(&e);
+                    self.s.decide(r);
+                }
+                e @ Event::AuthStep { .. } => {
+                    if let Event::AuthStep { first, data, .. } = &e {
+                        self.events.push(Ev::AuthStep(*first, data.clone()));
+                    }
+                    assert_eq!(self.s.poll(self.now), Event::Pending);
+                    let r = (self.decider)(&e);
+                    if r.code == 235 {
+                        self.s.set_auth_login("scram-user");
+                    }
                     self.s.decide(r);
                 }
                 Event::StartTls => {
@@ -2508,4 +2521,46 @@ fn implicit_tls_offers_auth_at_once_and_a_handshake_forgets_the_login() {
     mx.s.offer_auth(false, false);
     mx.send("EHLO c\r\nMAIL FROM:<a@example.com>\r\n");
     mx.expect(&["250", "250 2.1.0"]);
+}
+
+#[test]
+fn scram_messages_go_to_the_driver_until_its_235() {
+    let mut t = submission_over_tls();
+    assert!(!t.raw.contains("SCRAM"), "not offered unless asked for");
+    let mut t2 = Session::with(|p| p.starttls = false);
+    t2.s.offer_auth(true, false);
+    t2.s.offer_scram();
+    t2.s.tls_from_start();
+    t2.send("EHLO client.test\r\n");
+    assert!(t2.raw.contains("AUTH PLAIN LOGIN SCRAM-SHA-256"), "{}", t2.raw);
+    t.s.offer_scram();
+    // The driver: a 334 to the first two messages, 235 to the empty third.
+    t.decider = Box::new(|e| match e {
+        Event::AuthStep { data, .. } if data.is_empty() => Reply::new(235, Enhanced(2, 7, 0), "ok"),
+        Event::AuthStep { .. } => Reply { code: 334, enhanced: None, lines: vec!["c2VydmVy".into()] },
+        _ => Reply::new(250, Enhanced(2, 0, 0), "ok"),
+    });
+    t.send(&format!("AUTH SCRAM-SHA-256 {}\r\n", b64("n,,n=u,r=abc")));
+    t.send(&format!("{}\r\n", b64("c=biws,r=abcdef,p=xyz")));
+    t.send("=\r\n");
+    t.expect(&["334", "334", "235 2.7.0"]);
+    assert!(t.raw.contains("334 c2VydmVy\r\n"));
+    assert_eq!(
+        t.events,
+        vec![
+            Ev::AuthStep(true, b"n,,n=u,r=abc".to_vec()),
+            Ev::AuthStep(false, b"c=biws,r=abcdef,p=xyz".to_vec()),
+            Ev::AuthStep(false, Vec::new()),
+        ]
+    );
+    assert_eq!(t.s.authenticated(), Some("scram-user"));
+    // A refusal ends the exchange: the next line is a command again.
+    let mut t = submission_over_tls();
+    t.s.offer_scram();
+    t.decider = Box::new(|_| Reply::new(535, Enhanced(5, 7, 8), "no"));
+    t.send("AUTH SCRAM-SHA-256\r\n");
+    t.send(&format!("{}\r\n", b64("n,,n=u,r=abc")));
+    t.send("NOOP\r\n");
+    t.expect(&["334", "535 5.7.8", "250 2.0.0"]);
+    assert_eq!(t.s.authenticated(), None);
 }

@@ -213,3 +213,34 @@ def test_greet_pause_applies_to_mx_not_to_submission(ringpost, test_cert, tmp_pa
     assert greeting_delay_s(sub.rp.port) >= 1.9, "the mx listener pauses"
     assert greeting_delay_s(sub.p587) < 1.0, "submission greets at once"
     assert greeting_delay_s(sub.p465, use_ssl=True) < 1.0
+
+
+def test_scram_sha_256_with_gnu_sasl_against_a_doveadm_entry(ringpost, test_cert, tmp_path, smtp_sink):
+    """GNU SASL's client (gsasl --smtp) runs SCRAM-SHA-256 over STARTTLS;
+    the table holds what `doveadm pw -s SCRAM-SHA-256` writes; the same
+    entry serves PLAIN."""
+    sub = start_submission(ringpost, test_cert, tmp_path, smtp_sink())
+    scram = subprocess.run(["doveadm", "pw", "-s", "SCRAM-SHA-256", "-p", "heidi-pw"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    table = tmp_path / "passwd"
+    table.write_text(table.read_text() + f"heidi:{scram}\n")
+
+    def gsasl(password):
+        return subprocess.run(["gsasl", "--smtp", f"--connect=127.0.0.1:{sub.p587}", "--starttls",
+                               "--x509-ca-file=", "--no-cb", "-m", "SCRAM-SHA-256", "-a", "heidi",
+                               "-z", "", "-p", password, "--verbose"],
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    ok = gsasl("heidi-pw")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "235" in ok.stdout + ok.stderr
+    bad = gsasl("wrong")
+    assert bad.returncode != 0, bad.stdout + bad.stderr
+    log = sub.rp.log_text()
+    assert "mechanism=SCRAM-SHA-256 user=heidi result=ok" in log
+    assert "mechanism=SCRAM-SHA-256 user=heidi result=invalid" in log
+    with smtplib.SMTP_SSL("127.0.0.1", sub.p465, timeout=30, context=client_context()) as s:
+        s.ehlo("client.test")
+        assert "SCRAM-SHA-256" in s.esmtp_features["auth"]
+        code, _ = s.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0heidi\0heidi-pw").decode())
+        assert code == 235

@@ -52,6 +52,11 @@ enum Step {
     LoginPassword {
         user: String,
     },
+    /// SCRAM-SHA-256: waiting for the client's first message, or for a
+    /// later one (after the driver's 334).
+    Scram {
+        first: bool,
+    },
 }
 
 /// AUTH state of a session whose listener offers it.
@@ -64,6 +69,10 @@ pub(super) struct SaslState {
     /// The login the session authenticated as.
     user: Option<Box<str>>,
     step: Step,
+    /// SCRAM-SHA-256 is offered too (the driver runs its exchange).
+    scram: bool,
+    /// The login a SCRAM exchange is for, set by the driver before its 235.
+    pending_login: Option<Box<str>>,
 }
 
 impl Server {
@@ -71,7 +80,30 @@ impl Server {
     /// `cleartext`); with `required`, MAIL before a successful AUTH gets
     /// 530 5.7.0. Called before the first poll.
     pub fn offer_auth(&mut self, required: bool, cleartext: bool) {
-        self.sasl = Some(Box::new(SaslState { required, cleartext, user: None, step: Step::Idle }));
+        self.sasl = Some(Box::new(SaslState {
+            required,
+            cleartext,
+            user: None,
+            step: Step::Idle,
+            scram: false,
+            pending_login: None,
+        }));
+    }
+
+    /// Offer SCRAM-SHA-256 as well (after [`Server::offer_auth`]): its
+    /// messages come out as `Event::AuthStep` for the driver to answer.
+    pub fn offer_scram(&mut self) {
+        if let Some(sasl) = self.sasl.as_mut() {
+            sasl.scram = true;
+        }
+    }
+
+    /// The login the SCRAM exchange in progress proves, before the driver
+    /// answers its last step with 235.
+    pub fn set_auth_login(&mut self, login: &str) {
+        if let Some(sasl) = self.sasl.as_mut() {
+            sasl.pending_login = Some(login.into());
+        }
     }
 
     /// TLS was active from the start (implicit TLS, RFC 8314): STARTTLS is
@@ -88,7 +120,8 @@ impl Server {
     /// The EHLO keyword, when AUTH is offered now.
     pub(super) fn auth_keyword(&self) -> Option<String> {
         let sasl = self.sasl.as_ref()?;
-        (self.tls_active || sasl.cleartext).then(|| "AUTH PLAIN LOGIN".to_string())
+        let mechanisms = if sasl.scram { "AUTH PLAIN LOGIN SCRAM-SHA-256" } else { "AUTH PLAIN LOGIN" };
+        (self.tls_active || sasl.cleartext).then(|| mechanisms.to_string())
     }
 
     /// RFC 3207 §4.2: after the TLS handshake nothing from before counts.
@@ -120,7 +153,10 @@ impl Server {
                 Step::LoginPassword { user } => user.capacity(),
                 _ => 0,
             };
-            std::mem::size_of::<SaslState>() + s.user.as_ref().map_or(0, |u| u.len()) + step
+            std::mem::size_of::<SaslState>()
+                + s.user.as_ref().map_or(0, |u| u.len())
+                + s.pending_login.as_ref().map_or(0, |u| u.len())
+                + step
         })
     }
 
@@ -168,7 +204,7 @@ impl Server {
         let Some(sasl) = self.sasl.as_ref() else {
             return self.client_error(502, Enhanced(5, 5, 1), "AUTH not available");
         };
-        let (authenticated, cleartext) = (sasl.user.is_some(), sasl.cleartext);
+        let (authenticated, cleartext, scram) = (sasl.user.is_some(), sasl.cleartext, sasl.scram);
         if !self.helo.as_ref().is_some_and(|h| h.esmtp) {
             return self.client_error(503, Enhanced(5, 5, 1), "send EHLO first");
         }
@@ -183,7 +219,8 @@ impl Server {
             return self.client_error(501, Enhanced(5, 5, 4), "syntax: AUTH mechanism [initial-response]");
         };
         let mechanism = mechanism.to_ascii_uppercase();
-        if mechanism != "PLAIN" && mechanism != "LOGIN" {
+        let known = mechanism == "PLAIN" || mechanism == "LOGIN" || (scram && mechanism == "SCRAM-SHA-256");
+        if !known {
             return self.client_error(504, Enhanced(5, 5, 4), "Unrecognized authentication type");
         }
         if !self.tls_active && !cleartext {
@@ -199,7 +236,9 @@ impl Server {
             // RFC 4954 §4's initial response, as some clients send LOGIN's
             // user name.
             ("LOGIN", Some(response)) => self.login_user(response),
-            _ => self.challenge(Step::LoginUser, "VXNlcm5hbWU6"),
+            ("LOGIN", None) => self.challenge(Step::LoginUser, "VXNlcm5hbWU6"),
+            (_, None) => self.challenge(Step::Scram { first: true }, ""),
+            (_, Some(response)) => self.scram_message(response, true),
         }
     }
 
@@ -244,6 +283,7 @@ impl Server {
                 Some(password) => self.credentials("LOGIN", String::new(), user, password),
                 None => self.client_error(501, Enhanced(5, 5, 2), "Invalid base64 data"),
             },
+            Step::Scram { first } => self.scram_message(text, first),
             Step::Idle => debug_assert!(false, "Mode::Auth without a step"),
         }
         Flow::Continue
@@ -292,6 +332,40 @@ impl Server {
             mechanism,
             credentials: Credentials { authzid, user, password: Password(password) },
         });
+    }
+
+    /// A SCRAM message for the driver.
+    fn scram_message(&mut self, response: &str, first: bool) {
+        let data = match response {
+            "=" => Some(Vec::new()),
+            _ => base64::engine::general_purpose::STANDARD.decode(response).ok(),
+        };
+        let Some(data) = data.filter(|d| d.len() <= CREDENTIAL_BYTES_MAX * 2) else {
+            return self.client_error(501, Enhanced(5, 5, 2), "Invalid base64 data");
+        };
+        self.mode = Mode::Command;
+        self.pending = Some(Box::new(Pending::AuthStep));
+        self.push_event(Event::AuthStep { mechanism: "SCRAM-SHA-256", first, data });
+    }
+
+    /// The driver's answer to `Event::AuthStep`: 334 carries the next
+    /// challenge and the exchange goes on; 235 authenticates the session
+    /// as the login set by `set_auth_login`; anything else ends it.
+    pub(super) fn auth_step_decided(&mut self, reply: &Reply) {
+        let Some(sasl) = self.sasl.as_mut() else { return };
+        let login = sasl.pending_login.take();
+        match reply.code {
+            334 => {
+                sasl.pending_login = login;
+                sasl.step = Step::Scram { first: false };
+                self.mode = Mode::Auth;
+            }
+            235 => {
+                debug_assert!(login.is_some(), "set_auth_login() before 235");
+                sasl.user = login;
+            }
+            _ => {}
+        }
     }
 
     /// The driver's answer to `Event::Auth`: 235 authenticates the session.
