@@ -244,3 +244,33 @@ def test_scram_sha_256_with_gnu_sasl_against_a_doveadm_entry(ringpost, test_cert
         assert "SCRAM-SHA-256" in s.esmtp_features["auth"]
         code, _ = s.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0heidi\0heidi-pw").decode())
         assert code == 235
+
+
+def test_failures_are_limited_per_client_address_across_sessions(ringpost, test_cert, tmp_path, smtp_sink):
+    sub = start_submission(ringpost, test_cert, tmp_path, smtp_sink(),
+                           auth={"auth.max_failures_per_client": "2", "auth.failure_window": '"1h"'})
+    wrong = "PLAIN " + base64.b64encode(b"\0alice\0wrong").decode()
+    right = "PLAIN " + base64.b64encode(b"\0alice\0" + PASSWORDS["alice"].encode()).decode()
+    with smtplib.SMTP_SSL("127.0.0.1", sub.p465, timeout=30, context=client_context()) as s:
+        s.ehlo("client.test")
+        assert s.docmd("AUTH", wrong)[0] == 535
+    with smtplib.SMTP_SSL("127.0.0.1", sub.p465, timeout=30, context=client_context()) as s:
+        s.ehlo("client.test")
+        # The address's second failure reaches its limit: 421 and closed.
+        assert s.docmd("AUTH", wrong)[0] == 421
+    with smtplib.SMTP_SSL("127.0.0.1", sub.p465, timeout=30, context=client_context()) as s:
+        s.ehlo("client.test")
+        code, text = s.docmd("AUTH", right)
+        assert (code, text[:5]) == (421, b"4.7.0"), "even the right password, until the window passes"
+
+
+def test_a_cdb_table_built_by_makemap(ringpost, test_cert, tmp_path, smtp_sink):
+    from conftest import RINGPOST
+    text = tmp_path / "users"
+    text.write_text("".join(f"{u}:{h}\n" for u, h in hashes().items()))
+    subprocess.run([str(RINGPOST), "makemap", str(text)], check=True, capture_output=True)
+    sub = start_submission(ringpost, test_cert, tmp_path, smtp_sink(), auth={"auth.table": f'"{text}.cdb"'})
+    with smtplib.SMTP_SSL("127.0.0.1", sub.p465, timeout=30, context=client_context()) as s:
+        s.ehlo("client.test")
+        s.login("carol", PASSWORDS["carol"])
+    assert "user=carol result=ok" in sub.rp.log_text()

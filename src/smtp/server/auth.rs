@@ -128,6 +128,7 @@ impl Server {
     pub(super) fn auth_reset(&mut self) {
         if let Some(sasl) = self.sasl.as_mut() {
             sasl.user = None;
+            sasl.pending_login = None;
             sasl.step = Step::Idle;
         }
     }
