@@ -465,6 +465,24 @@ mod tests {
     }
 
     #[test]
+    fn auth_login_round_trips_in_mail_params() {
+        let mut env = sample(Body::Inline(Arc::from(&b"hello"[..])));
+        env.auth = Some("alice+x=y é".into());
+        let texts = AddressTexts::of(&env);
+        let record = env.to_format(&texts);
+        assert_eq!(record.mail_params, "AUTH=alice+2Bx+3Dy+20+C3+A9".as_bytes());
+        assert_eq!(Envelope::from_format(&record).unwrap(), env);
+        env.replica_of = Some("0006201A2B3C4D02".into());
+        env.auth = Some("b".repeat(2000).into());
+        let texts = AddressTexts::of(&env);
+        let record = env.to_format(&texts);
+        assert!(record.mail_params.len() <= queue_format::ESMTP_PARAMS_SIZE_BYTES_MAX);
+        let back = Envelope::from_format(&record).unwrap();
+        assert_eq!(back.replica_of, env.replica_of);
+        assert!(back.auth.as_deref().is_some_and(|a| a.len() > 900 && a.bytes().all(|b| b == b'b')), "cut to fit");
+    }
+
+    #[test]
     fn replica_round_trip() {
         let mut env = sample(Body::Inline(Arc::from(&b"hello"[..])));
         env.replica_of = Some("0006201A2B3C4D02".into());
