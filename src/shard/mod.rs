@@ -198,7 +198,11 @@ pub fn run(
         glommio::CpuSet::online().map(|set| set.into_iter().map(|l| l.cpu).collect()).unwrap_or_default();
     log::event(
         "start",
-        &[("shards", &shard_count), ("pin", &config.server.pin), ("listen", &format!("{:?}", config.server.listen))],
+        &[
+            ("shards", &shard_count),
+            ("pin", &config.server.pin),
+            ("listen", &format!("{:?}", config.all_listeners().iter().map(|l| l.address).collect::<Vec<_>>())),
+        ],
     );
     let dns = crate::dns::params_for(&config.dns).map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?;
     dns.validate().map_err(|e| format!("dns: {e}"))?;
