@@ -274,3 +274,23 @@ def test_a_cdb_table_built_by_makemap(ringpost, test_cert, tmp_path, smtp_sink):
         s.ehlo("client.test")
         s.login("carol", PASSWORDS["carol"])
     assert "user=carol result=ok" in sub.rp.log_text()
+
+
+def test_an_mx_listener_with_its_own_relay_networks(ringpost, smtp_sink):
+    sink = smtp_sink()
+    port = free_port()
+    rp = ringpost({
+        "relay.networks": "[]",
+        "delivery.smarthost": f'"127.0.0.1:{sink.port}"',
+        "listener": f'[{{address = "127.0.0.1:{port}", relay_networks = ["127.0.0.0/8"]}}]',
+    })
+    wait_port(port, proc=rp.proc)
+    with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as s:
+        s.ehlo("client.test")
+        s.mail("a@client.test")
+        assert s.rcpt("x@remote.test")[0] == 550, "server.listen follows relay.networks"
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.ehlo("client.test")
+        s.sendmail("a@client.test", ["y@remote.test"], "Subject: own relay networks\r\n\r\nHi.\r\n")
+    message = sink.wait_message(b"own relay networks")[0]
+    assert b"with ESMTP id" in message
