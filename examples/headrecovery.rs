@@ -52,6 +52,7 @@ fn envelope(id: String, i: u64, now_ms: u64) -> Envelope {
         headers_prepended: Vec::new(),
         replica_of: None,
         held: false,
+        auth: None,
         body: Body::Inline(Default::default()),
     }
 }

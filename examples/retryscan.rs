@@ -53,6 +53,7 @@ fn envelope(id: String, i: u64) -> Envelope {
         headers_prepended: Vec::new(),
         replica_of: None,
         held: false,
+        auth: None,
         // A small message, inline as most deferred mail is.
         body: Body::Inline(std::sync::Arc::from(&b"Subject: deferred\r\n\r\nA one-line message body.\r\n"[..])),
     }

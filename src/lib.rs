@@ -22,6 +22,7 @@ pub mod privdrop;
 pub mod queue;
 pub mod reload;
 pub mod route;
+pub mod sasl;
 pub mod scan;
 pub mod shard;
 pub mod sendmail;

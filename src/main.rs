@@ -339,10 +339,16 @@ fn sendmail(config: Option<PathBuf>, overrides: &[String], args: &[String]) -> E
         Ok(c) => c,
         Err(e) => return fail(exit::USAGE, &e.to_string()),
     };
-    let Some(listen) = config.server.listen.first() else {
-        return fail(exit::UNAVAILABLE, "server.listen is empty: no server to submit to");
+    // The first mx listener that speaks plain SMTP first (server.listen,
+    // then [[listener]] tables): submission ones would ask for AUTH.
+    let listeners = config.all_listeners();
+    let mx = listeners
+        .iter()
+        .find(|l| l.role == ringpost::config::ListenerRole::Mx && l.tls != ringpost::config::ListenerTls::Implicit);
+    let Some(listen) = mx.map(|l| l.address) else {
+        return fail(exit::UNAVAILABLE, "no mx listener (server.listen, [[listener]]): no server to submit to");
     };
-    let mut server = *listen;
+    let mut server = listen;
     if server.ip().is_unspecified() {
         server.set_ip(match server.ip() {
             std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),

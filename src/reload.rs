@@ -36,6 +36,8 @@ pub const RESTART_KEYS: &[&str] = &[
     "[verify]",
     "[replicate]",
     "[metrics]",
+    "[[listener]]",
+    "[auth] (but sender_login_maps)",
     "delivery.hold_all",
     "delivery.max_concurrent_per_shard",
     "delivery.max_connections_per_shard",
@@ -107,6 +109,8 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         running.verify != new.verify,
         running.replicate != new.replicate,
         running.metrics != new.metrics,
+        running.listeners != new.listeners,
+        sasl_but_logins(running) != sasl_but_logins(new),
         running.delivery.hold_all != new.delivery.hold_all,
         running.delivery.max_concurrent_per_shard != new.delivery.max_concurrent_per_shard,
         running.delivery.max_connections_per_shard != new.delivery.max_connections_per_shard,
@@ -118,8 +122,13 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         running.log.syslog != new.log.syslog,
         running.log.syslog_socket != new.log.syslog_socket,
     ];
-    const _: () = assert!(RESTART_KEYS.len() == 16);
+    const _: () = assert!(RESTART_KEYS.len() == 18);
     RESTART_KEYS.iter().zip(changed).filter(|(_, changed)| *changed).map(|(key, _)| *key).collect()
+}
+
+/// `[auth]` without the key a reload changes.
+fn sasl_but_logins(config: &Config) -> Option<crate::config::Sasl> {
+    config.sasl.clone().map(|sasl| crate::config::Sasl { sender_login_maps: None, ..sasl })
 }
 
 /// `new` with the restart-only keys of `running`: what a reload installs.
@@ -130,6 +139,13 @@ pub fn merged(running: &Config, mut new: Config) -> Config {
     new.verify = running.verify.clone();
     new.replicate = running.replicate.clone();
     new.metrics = running.metrics.clone();
+    new.listeners = running.listeners.clone();
+    // The AUTH back end is built at start; its sender login map is reloaded.
+    let logins = new.sasl.as_ref().and_then(|sasl| sasl.sender_login_maps.clone());
+    new.sasl = running.sasl.clone();
+    if let Some(sasl) = new.sasl.as_mut() {
+        sasl.sender_login_maps = logins;
+    }
     new.delivery.hold_all = running.delivery.hold_all;
     new.delivery.max_concurrent_per_shard = running.delivery.max_concurrent_per_shard;
     new.delivery.max_connections_per_shard = running.delivery.max_connections_per_shard;
@@ -157,6 +173,7 @@ pub fn reload(config: Config) -> Result<String, String> {
     // and the tables in use alike.
     let access = crate::access::Access::open(&config.policy)?;
     let filters = crate::ingress::filters::Filters::open(&config)?;
+    let sender_logins = crate::sasl::SenderLogins::open(&config)?;
     let tls_server = tls_server(&config)?;
     for key in &config.dkim_sign {
         crate::auth::sign::Signer::load(key)?;
@@ -165,6 +182,9 @@ pub fn reload(config: Config) -> Result<String, String> {
     crate::route::install(Arc::new(engine));
     crate::access::install(Arc::new(access));
     crate::ingress::filters::install(filters.map(Arc::new));
+    if let Some(sasl) = crate::sasl::current() {
+        sasl.set_sender_logins(sender_logins);
+    }
     set_log_level(&config);
     let shards = config.shard_count();
     let routers = config.routers.len();

@@ -53,6 +53,7 @@ pub fn envelope(id: &str, to: &[&str], now_ms: u64) -> crate::queue::Envelope {
         headers_prepended: Vec::new(),
         replica_of: None,
         held: false,
+        auth: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //! (`read.rs`). `to_toml` (`print.rs`) prints the effective configuration.
 
 mod email_auth;
+mod submission;
 mod sieve;
 mod error;
 mod print;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use email_auth::{DkimSign, DmarcMode, EmailAuth, SpfMode, DKIM_SIGN_HEADERS_DEFAULT};
 pub use sieve::Sieve;
+pub use submission::{Listener, ListenerRole, ListenerTls, Sasl, SaslBackend};
 pub use error::{ConfigError, Origin};
 pub use read::SHARD_COUNT_MAX;
 pub use types::{check_host_name, check_smarthost, HOST_NAME_BYTES_MAX};
@@ -80,6 +82,12 @@ pub struct Config {
     pub sieve: Option<Sieve>,
     pub log: Log,
     pub metrics: Metrics,
+    /// `[[listener]]` tables, besides the mx listeners of `server.listen`.
+    /// Default: none.
+    pub listeners: Vec<Listener>,
+    /// `[auth]`: SMTP AUTH (RFC 4954) for the listeners that offer it.
+    /// Default: absent (no AUTH).
+    pub sasl: Option<Sasl>,
 }
 
 /// `[metrics]`: the Prometheus metrics responder (`crate::metrics`,
@@ -910,6 +918,14 @@ impl Config {
         &self.queue.spool[shard % self.queue.spool.len()]
     }
 
+    /// Every listener: the addresses of `server.listen` (role mx, STARTTLS
+    /// when `tls.cert` is set), then the `[[listener]]` tables.
+    pub fn all_listeners(&self) -> Vec<Listener> {
+        let tls = self.tls.cert.is_some() && self.tls.key.is_some();
+        let simple = self.server.listen.iter().map(|address| Listener::mx(*address, tls));
+        simple.chain(self.listeners.iter().cloned()).collect()
+    }
+
     /// The name the outbound client sends in EHLO: `delivery.helo_name`, else
     /// `server.hostname`.
     pub fn helo_name(&self) -> &str {
@@ -978,6 +994,8 @@ impl Default for Config {
             sieve: None,
             log: Log::default(),
             metrics: Metrics::default(),
+            listeners: Vec::new(),
+            sasl: None,
         }
     }
 }

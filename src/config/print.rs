@@ -316,6 +316,7 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         Some(addr) => writeln!(out, "listen = {}", quoted(&addr.to_string()))?,
         None => writeln!(out, "listen = \"\"  # unset: no metrics responder")?,
     }
+    write_submission(out, c)?;
     for k in &c.dkim_sign {
         writeln!(out, "\n[[dkim_sign]]")?;
         writeln!(out, "domain = {}", quoted(&k.domain))?;
@@ -378,4 +379,42 @@ fn write_callout(out: &mut String, callout: Option<&super::Callout>) -> fmt::Res
     writeln!(out, "callout_random = {}", callout.random)?;
     writeln!(out, "callout_sender = {}", quoted(&callout.sender.as_config()))?;
     writeln!(out, "callout_defer_ok = {}", callout.defer_ok)
+}
+
+/// `[auth]` and the `[[listener]]` tables, when set.
+fn write_submission(out: &mut String, c: &Config) -> fmt::Result {
+    use super::SaslBackend;
+    if let Some(a) = &c.sasl {
+        writeln!(out, "\n[auth]")?;
+        writeln!(out, "backend = {}", quoted(a.backend.as_str()))?;
+        match &a.backend {
+            SaslBackend::Table(path) => writeln!(out, "table = {}", quoted(&path.to_string_lossy()))?,
+            SaslBackend::Dovecot(path) => writeln!(out, "dovecot_socket = {}", quoted(&path.to_string_lossy()))?,
+            SaslBackend::Ldap { url, bind_dn } => {
+                writeln!(out, "ldap = {}", quoted(url))?;
+                writeln!(out, "ldap_bind_dn = {}", quoted(bind_dn))?;
+            }
+        }
+        writeln!(out, "max_failures = {}", a.max_failures)?;
+        writeln!(out, "max_failures_per_client = {}", a.max_failures_per_client)?;
+        writeln!(out, "failure_window = {}", quoted(&a.failure_window.to_string()))?;
+        writeln!(out, "failure_delay = {}", quoted(&a.failure_delay.to_string()))?;
+        writeln!(out, "max_concurrent = {}", a.max_concurrent)?;
+        writeln!(out, "queue_max = {}", a.queue_max)?;
+        writeln!(out, "timeout = {}", quoted(&a.timeout.to_string()))?;
+        let maps = a.sender_login_maps.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        writeln!(out, "sender_login_maps = {}", quoted(&maps))?;
+    }
+    for l in &c.listeners {
+        writeln!(out, "\n[[listener]]")?;
+        writeln!(out, "address = {}", quoted(&l.address.to_string()))?;
+        writeln!(out, "role = {}", quoted(l.role.as_str()))?;
+        writeln!(out, "tls = {}", quoted(l.tls.as_str()))?;
+        if let Some(networks) = &l.relay_networks {
+            writeln!(out, "relay_networks = {}", string_array(networks))?;
+        }
+        writeln!(out, "frontline = {}", l.frontline)?;
+        writeln!(out, "auth = {}", l.auth)?;
+    }
+    Ok(())
 }

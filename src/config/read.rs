@@ -58,6 +58,8 @@ const ROOT_KEYS: &[&str] = &[
     "sieve",
     "log",
     "metrics",
+    "listener",
+    "auth",
 ];
 pub(super) const ROUTE_KEYS: &[&str] = &[
     "max_rewrites",
@@ -217,6 +219,9 @@ pub(super) const QUEUE_KEYS: &[&str] =
     &["spool", "retry_lags", "max_age", "inline_max_bytes", "segment_size_bytes", "commit_delay_us", "body_sync"];
 
 type Result<T> = std::result::Result<T, ConfigError>;
+
+mod submission;
+use submission::AUTH_KEYS;
 
 /// One table of the configuration (`[server]`, …), possibly absent.
 struct Section<'a> {
@@ -464,7 +469,40 @@ pub fn read_config(root: &Table, defaults: Config) -> Result<Config> {
             )?),
         },
         metrics: read_metrics(&Section::open(root, "metrics", METRICS_KEYS)?, defaults.metrics)?,
+        listeners: defaults.listeners,
+        sasl: defaults.sasl,
     })
+    .and_then(|config| read_submission(root, config))
+}
+
+/// `[auth]` and `[[listener]]`, read last: a listener is checked against
+/// `tls.cert` and `[auth]`. With listeners and no `server.listen` in the
+/// file, `server.listen` is empty.
+fn read_submission(root: &Table, mut config: Config) -> Result<Config> {
+    if let Some(entry) = root.get("auth") {
+        config.sasl = Some(submission::read_auth(&entry.node, &Section::open(root, "auth", AUTH_KEYS)?)?);
+    }
+    let tls_configured = config.tls.cert.is_some() && config.tls.key.is_some();
+    if let Some(entry) = root.get("listener") {
+        config.listeners = submission::read_listeners(&entry.node, tls_configured, config.sasl.is_some())?;
+        let listen_given = Section::open(root, "server", SERVER_KEYS)?.node("listen").is_some();
+        if !listen_given {
+            config.server.listen.clear();
+        }
+    }
+    if let Some(entry) = root.get("server").filter(|_| config.server.listen.is_empty() && config.listeners.is_empty()) {
+        let node = Section::open(root, "server", SERVER_KEYS)?.node("listen").unwrap_or(&entry.node);
+        return Err(invalid(node, "server.listen", "must not be empty"));
+    }
+    let mut addresses: Vec<SocketAddr> = config.server.listen.clone();
+    for listener in &config.listeners {
+        if addresses.contains(&listener.address) {
+            let node = &root.get("listener").expect("listeners were read from it").node;
+            return Err(invalid(node, "listener", format!("{} is also in server.listen", listener.address)));
+        }
+        addresses.push(listener.address);
+    }
+    Ok(config)
 }
 
 /// The elements of an array of tables `[[name]]`, each with its key prefix
@@ -1205,7 +1243,7 @@ fn read_pools(node: &Node) -> Result<Vec<(String, crate::pool::PoolParams)>> {
 fn read_server(section: &Section<'_>, d: Server) -> Result<Server> {
     Ok(Server {
         hostname: section.read("hostname", d.hostname, host_name)?,
-        listen: section.read("listen", d.listen, |node, key| nonempty_array(node, key, socket_addr))?,
+        listen: section.read("listen", d.listen, |node, key| array(node, key, socket_addr))?,
         shards: section.read("shards", d.shards, |node, key| {
             let shards = integer(node, key)?;
             ensure(shards <= SHARD_COUNT_MAX, node, key, &format!("at most {SHARD_COUNT_MAX} shards"))?;

@@ -696,6 +696,7 @@ mod tests {
             headers_prepended: Vec::new(),
             replica_of: None,
             held: false,
+            auth: None,
         };
         assert_eq!(transaction(&env(false, false), &[0]).body, BodyType::SevenBit);
         assert_eq!(transaction(&env(true, false), &[0]).body, BodyType::EightBitMime);

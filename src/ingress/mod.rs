@@ -9,6 +9,7 @@
 //! delivery: the queue hands committed messages on.
 
 pub mod filters;
+pub mod listener;
 pub mod policy;
 #[cfg(test)]
 mod tests;
@@ -46,8 +47,9 @@ thread_local! {
     static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_BYTES].into_boxed_slice());
 }
 
-/// Accepts connections on one listener until the shard starts draining.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// Accepts connections on one listener until the shard starts draining;
+/// its sessions run as `listening` says (role, TLS, relay, front line).
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, listening: Rc<listener::Listening>) {
     loop {
         let accepted = {
             let phase_changed = shard.phase_listener();
@@ -92,10 +94,11 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         };
         shard.session_started();
         let session_shard = shard.clone();
+        let listening = listening.clone();
         let task = glommio::spawn_local_into(
             async move {
                 let _guard = guard;
-                run_session(&session_shard, stream).await;
+                run_session(&session_shard, stream, &listening).await;
                 session_shard.session_ended();
             },
             shard.tq_smtp,
@@ -141,7 +144,7 @@ struct Incoming {
     error: Option<QueueError>,
 }
 
-async fn run_session(shard: &Shard, tcp: TcpStream) {
+async fn run_session(shard: &Shard, tcp: TcpStream, listening: &listener::Listening) {
     let (peer, local) = match (tcp.peer_addr(), tcp.local_addr()) {
         (Ok(p), Ok(l)) => (p, l),
         _ => return,
@@ -151,7 +154,8 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
     let mut stream = Stream::Plain(tcp);
     let started = Instant::now();
     log::event("connect", &[("shard", &shard.index), ("client", &peer)]);
-    let mut machine = Server::new(shard.server_params(), PeerInfo { addr: peer, local }, started);
+    let mut machine = Server::new(listening.params(shard), PeerInfo { addr: peer, local }, started);
+    listening.prepare(&mut machine);
     if config.replicate.accept_from.iter().any(|net| net.contains(peer.ip())) {
         machine.offer_replicas();
     }
@@ -171,8 +175,22 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
     let mut close_reason = "quit";
     // The routers this session decides with; a SIGHUP reaches new sessions.
     let routing = crate::route::current_with_routers();
-    // The front line's checks before the greeting (crate::frontline).
-    let mut front = match crate::frontline::admit(shard, &mut stream, peer).await {
+    // Implicit TLS (RFC 8314): the handshake before the greeting.
+    if let Err(reason) = Box::pin(listening.start_tls(shard, &mut stream, &mut machine, peer)).await {
+        log::event("disconnect", &[("shard", &shard.index), ("client", &peer), ("reason", &reason)]);
+        return;
+    }
+    // Failed AUTH attempts of this session (crate::sasl).
+    let mut auth_failures: u32 = 0;
+    // A SCRAM exchange between its steps (boxed: one pointer when idle).
+    let mut scram: Option<Box<listener::ScramSession>> = None;
+    // The front line's checks before the greeting (crate::frontline),
+    // where the listener runs them.
+    let admitted = match listening.listener.frontline {
+        true => crate::frontline::admit(shard, &mut stream, peer).await,
+        false => Ok(crate::frontline::Session::default()),
+    };
+    let mut front = match admitted {
         Ok(front) => front,
         Err(reason) => {
             // Refused instead of the greeting: the machine closes silently.
@@ -232,7 +250,10 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 let reply = match params.replica_of {
                     Some(_) => Reply::new(250, Enhanced(2, 1, 0), "Ok"),
                     None if front.refuses_mail() => front.mail_refusal(peer),
-                    None => Box::pin(check_sender(shard, routing.as_deref(), &machine, peer, &reverse_path)).await,
+                    None => match listener::sender_login_refusal(&machine, &reverse_path, peer) {
+                        Some(refusal) => refusal,
+                        None => Box::pin(check_sender(shard, routing.as_deref(), &machine, peer, &reverse_path)).await,
+                    },
                 };
                 if reply.is_positive() {
                     expected = Some(shard.queue.expect_record());
@@ -257,11 +278,11 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                             discard = true;
                             Reply::new(250, Enhanced(2, 1, 5), "Recipient ok")
                         }
-                        Front::Continue => policy::check_rcpt(
+                        Front::Continue => policy::check_rcpt_relaying(
                             &shard.config(),
                             routing.as_deref(),
                             Some(&shard.verifier),
-                            peer.ip(),
+                            listening.relay_allowed(&shard.config(), peer.ip(), machine.authenticated()),
                             &forward_path,
                             &sender,
                         )
@@ -343,6 +364,32 @@ async fn run_session(shard: &Shard, tcp: TcpStream) {
                 }
                 let _ = flush(&mut stream, &mut machine).await;
                 break;
+            }
+            Event::Auth { mechanism, credentials } => {
+                let tls = machine.tls_active();
+                let checking = Box::pin(listener::check_auth(shard, peer, mechanism, credentials, tls, auth_failures));
+                let (reply, failed) = checking.await;
+                if failed {
+                    auth_failures = auth_failures.saturating_add(1);
+                }
+                if reply.code == 421 {
+                    close_reason = "auth_failures";
+                }
+                machine.decide(reply);
+            }
+            Event::AuthStep { first, data, .. } => {
+                let stepping = Box::pin(listener::scram_step(shard, peer, &mut scram, first, data, auth_failures));
+                let (reply, login, failed) = stepping.await;
+                if failed {
+                    auth_failures = auth_failures.saturating_add(1);
+                }
+                if reply.code == 421 {
+                    close_reason = "auth_failures";
+                }
+                if let Some(login) = login {
+                    machine.set_auth_login(&login);
+                }
+                machine.decide(reply);
             }
             Event::ReplicaDone { ids } => {
                 shard.held.note_done(&ids, shard.queue.clock().unix_ms());
@@ -684,6 +731,7 @@ async fn finish_message(
         headers_prepended: Vec::new(),
         replica_of: txn.params.replica_of.clone(),
         held: false,
+        auth: machine.authenticated().map(Into::into),
     };
     let replica = env.replica_of.is_some();
     if replica {
@@ -805,7 +853,7 @@ mod session_tests {
     const WAIT_INPUT_FUTURE_BYTES_MAX: usize = 256;
 
     /// The size of the future an async fn of a shard and a socket returns.
-    fn future_bytes<'a, F>(_: fn(&'a Shard, TcpStream) -> F) -> usize {
+    fn future_bytes<'a, F>(_: fn(&'a Shard, TcpStream, &'a listener::Listening) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 

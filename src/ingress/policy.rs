@@ -40,7 +40,21 @@ pub async fn check_rcpt(
     address: &Address,
     sender: &str,
 ) -> Reply {
-    let (reply, plans) = decide_rcpt(config, routing, client_ip, address, sender).await;
+    let relay = config.relay.allows_client(client_ip);
+    check_rcpt_relaying(config, routing, verifier, relay, address, sender).await
+}
+
+/// [`check_rcpt`] for a client that may relay (`relay`: in the listener's
+/// relay networks, or authenticated) or not, whatever `relay.networks` says.
+pub async fn check_rcpt_relaying(
+    config: &Config,
+    routing: Option<&Engine>,
+    verifier: Option<&Rc<Verifier>>,
+    relay: bool,
+    address: &Address,
+    sender: &str,
+) -> Reply {
+    let (reply, plans) = decide_rcpt_relaying(config, routing, relay, address, sender).await;
     let Some(verifier) = verifier.filter(|_| reply.is_positive() && !plans.is_empty()) else {
         return reply;
     };
@@ -62,15 +76,26 @@ pub async fn decide_rcpt(
     address: &Address,
     sender: &str,
 ) -> (Reply, Vec<Plan>) {
+    decide_rcpt_relaying(config, routing, config.relay.allows_client(client_ip), address, sender).await
+}
+
+/// [`decide_rcpt`] for a client that may relay or not.
+async fn decide_rcpt_relaying(
+    config: &Config,
+    routing: Option<&Engine>,
+    relay: bool,
+    address: &Address,
+    sender: &str,
+) -> (Reply, Vec<Plan>) {
     let Some(engine) = routing.filter(|engine| !engine.is_empty()) else {
-        let reply = check_rcpt_by_domain(config, client_ip, address);
+        let reply = check_rcpt_by_domain(config, relay, address);
         let plans = match domains::disposition(config, address) {
             Disposition::Rule(index) if reply.is_positive() => rule_plan(config, index, address).into_iter().collect(),
             _ => Vec::new(),
         };
         return (reply, plans);
     };
-    if !domains::is_accepted_domain(engine.config(), address) && !config.relay.allows_client(client_ip) {
+    if !domains::is_accepted_domain(engine.config(), address) && !relay {
         crate::stats::count(crate::stats::Class::RelayAttempt);
         return (Reply::new(550, Enhanced(5, 7, 1), "Relay access denied"), Vec::new());
     }
@@ -128,7 +153,7 @@ pub async fn check_mail(routing: Option<&Engine>, sender: &ReversePath) -> Reply
 }
 
 /// The decision without routers: by `domains.local` and `[relay]`.
-fn check_rcpt_by_domain(config: &Config, client_ip: IpAddr, address: &Address) -> Reply {
+fn check_rcpt_by_domain(config: &Config, relay: bool, address: &Address) -> Reply {
     if domains::is_local(config, address) {
         if crate::deliver::maildir::expand_template(&config.local.maildir, &address.local_part).is_err() {
             return Reply::new(550, Enhanced(5, 1, 3), "Bad recipient mailbox name");
@@ -137,7 +162,7 @@ fn check_rcpt_by_domain(config: &Config, client_ip: IpAddr, address: &Address) -
     }
     // A domain named by a transport rule is ours to deliver, as are
     // relay.domains (a "*" rule only says how relayed mail goes).
-    if !config.relay.allows_client(client_ip) && !domains::is_accepted_domain(config, address) {
+    if !relay && !domains::is_accepted_domain(config, address) {
         crate::stats::count(crate::stats::Class::RelayAttempt);
         return Reply::new(550, Enhanced(5, 7, 1), "Relay access denied");
     }

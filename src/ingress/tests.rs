@@ -10,7 +10,7 @@ const START_MS: u64 = 1_800_000_000_000;
 async fn listen(shard: &Rc<crate::shard::Shard>) -> u16 {
     let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    glommio::spawn_local(super::accept_loop(shard.clone(), listener)).detach();
+    glommio::spawn_local(super::accept_loop(shard.clone(), listener, super::listener::Listening::mx(shard))).detach();
     port
 }
 

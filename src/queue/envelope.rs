@@ -78,6 +78,11 @@ pub struct Envelope {
     /// Held by an operator (`ringpost queue hold`): not attempted until
     /// released. Stored as the HELD flag of a replacement envelope.
     pub held: bool,
+    /// The login of the SMTP AUTH session that submitted the message
+    /// (`crate::sasl`); None for mail from an unauthenticated client.
+    /// Stored as `AUTH=<xtext>` in `mail_params` (RFC 4954 §5's
+    /// parameter, with the identity the session proved).
+    pub auth: Option<Box<str>>,
     pub body: Body,
 }
 
@@ -109,6 +114,7 @@ impl Envelope {
             headers_prepended: Vec::new(),
             replica_of: None,
             held: false,
+            auth: None,
         }
     }
 
@@ -300,6 +306,7 @@ impl Envelope {
             headers_prepended: record.headers_prepended.to_vec(),
             replica_of,
             held: record.flags.contains(EnvelopeFlags::HELD),
+            auth: auth_param(record.mail_params),
             body,
         })
     }
@@ -310,7 +317,8 @@ impl Envelope {
 pub struct AddressTexts {
     sender: String,
     recipients: Vec<String>,
-    /// The record's `mail_params`: `XREPLICA=<id>` for a replica, else empty.
+    /// The record's `mail_params`: `XREPLICA=<id>` for a replica,
+    /// `AUTH=<xtext>` for an authenticated submission, else empty.
     mail_params: String,
     /// Each recipient's `params`: `XFOLDER=<xtext>` for a filed copy, else empty.
     recipient_params: Vec<String>,
@@ -355,6 +363,37 @@ fn xtext_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The `mail_params` of `env`: `XREPLICA=<id>`, `AUTH=<xtext>`, space
+/// separated; the login is cut to what fits the field.
+fn mail_params_text(env: &Envelope) -> String {
+    let mut params = Vec::new();
+    if let Some(id) = &env.replica_of {
+        params.push(format!("XREPLICA={id}"));
+    }
+    if let Some(login) = &env.auth {
+        let mut encoded = xtext_encode(login);
+        let room = queue_format::ESMTP_PARAMS_SIZE_BYTES_MAX - "AUTH= XREPLICA=0123456789ABCDEF".len();
+        if encoded.len() > room {
+            let mut cut = room;
+            // Never inside a +HH escape.
+            while cut > 0 && encoded.as_bytes()[cut.saturating_sub(2)..cut].contains(&b'+') {
+                cut -= 1;
+            }
+            encoded.truncate(cut);
+        }
+        params.push(format!("AUTH={encoded}"));
+    }
+    params.join(" ")
+}
+
+/// The login in `mail_params` (`AUTH=<xtext>`).
+fn auth_param(mail_params: &[u8]) -> Option<Box<str>> {
+    let text = std::str::from_utf8(mail_params).ok()?;
+    let value = text.split(' ').find_map(|param| param.strip_prefix("AUTH="))?;
+    let decoded = xtext_decode(value)?;
+    (!decoded.is_empty()).then(|| decoded.into())
+}
+
 /// The origin's queue id in a replica's `mail_params` (`XREPLICA=<id>`).
 fn replica_param(mail_params: &[u8]) -> Option<Box<str>> {
     let text = std::str::from_utf8(mail_params).ok()?;
@@ -371,10 +410,7 @@ impl AddressTexts {
                 ReversePath::Path(a) => a.to_string(),
             },
             recipients: env.recipients.iter().map(|r| r.address.to_string()).collect(),
-            mail_params: match &env.replica_of {
-                Some(id) => format!("XREPLICA={id}"),
-                None => String::new(),
-            },
+            mail_params: mail_params_text(env),
             recipient_params: env
                 .recipients
                 .iter()
@@ -418,6 +454,7 @@ mod tests {
             headers_prepended: b"X-Spam-Status: No, score=0.1\r\nX-Virus-Scanned: clamd\r\n".to_vec(),
             replica_of: None,
             held: false,
+            auth: None,
             body,
         }
     }
@@ -430,6 +467,24 @@ mod tests {
             let back = Envelope::from_format(&env.to_format(&texts)).unwrap();
             assert_eq!(back, env);
         }
+    }
+
+    #[test]
+    fn auth_login_round_trips_in_mail_params() {
+        let mut env = sample(Body::Inline(Arc::from(&b"hello"[..])));
+        env.auth = Some("alice+x=y é".into());
+        let texts = AddressTexts::of(&env);
+        let record = env.to_format(&texts);
+        assert_eq!(record.mail_params, "AUTH=alice+2Bx+3Dy+20+C3+A9".as_bytes());
+        assert_eq!(Envelope::from_format(&record).unwrap(), env);
+        env.replica_of = Some("0006201A2B3C4D02".into());
+        env.auth = Some("b".repeat(2000).into());
+        let texts = AddressTexts::of(&env);
+        let record = env.to_format(&texts);
+        assert!(record.mail_params.len() <= queue_format::ESMTP_PARAMS_SIZE_BYTES_MAX);
+        let back = Envelope::from_format(&record).unwrap();
+        assert_eq!(back.replica_of, env.replica_of);
+        assert!(back.auth.as_deref().is_some_and(|a| a.len() > 900 && a.bytes().all(|b| b == b'b')), "cut to fit");
     }
 
     #[test]

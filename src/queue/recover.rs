@@ -251,6 +251,7 @@ mod tests {
             headers_prepended: Vec::new(),
             replica_of: None,
             held: false,
+            auth: None,
         }
     }
 

@@ -91,6 +91,7 @@ fn template(id: &str) -> Envelope {
         headers_prepended: Vec::new(),
         replica_of: None,
         held: false,
+        auth: None,
     }
 }
 

@@ -359,7 +359,7 @@ mod tests {
     async fn listen(shard: &std::rc::Rc<crate::shard::Shard>) -> u16 {
         let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        glommio::spawn_local(crate::ingress::accept_loop(shard.clone(), listener)).detach();
+        glommio::spawn_local(crate::ingress::accept_loop(shard.clone(), listener, crate::ingress::listener::Listening::mx(shard))).detach();
         port
     }
 

@@ -255,7 +255,11 @@ pub fn run(
         glommio::CpuSet::online().map(|set| set.into_iter().map(|l| l.cpu).collect()).unwrap_or_default();
     log::event(
         "start",
-        &[("shards", &shard_count), ("pin", &config.server.pin), ("listen", &format!("{:?}", config.server.listen))],
+        &[
+            ("shards", &shard_count),
+            ("pin", &config.server.pin),
+            ("listen", &format!("{:?}", config.all_listeners().iter().map(|l| l.address).collect::<Vec<_>>())),
+        ],
     );
     let dns = crate::dns::params_for(&config.dns).map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?;
     dns.validate().map_err(|e| format!("dns: {e}"))?;
@@ -277,7 +281,14 @@ pub fn run(
     let limits = Arc::new(crate::limits::Limits::new(&config));
     // Every shard's sockets, bound here while the process may still bind
     // ports below 1024; each shard takes its own and listens on it.
-    let mut listeners = bind_listeners(&config.server.listen, shard_count)?.into_iter();
+    let addresses: Vec<std::net::SocketAddr> = config.all_listeners().iter().map(|l| l.address).collect();
+    let mut listeners = bind_listeners(&addresses, shard_count)?.into_iter();
+    // The AUTH back end's workers, shared by every shard (crate::sasl).
+    let sasl = match &config.sasl {
+        Some(sasl) => Some(Arc::new(crate::sasl::Sasl::open(sasl)?)),
+        None => None,
+    };
+    crate::sasl::install(sasl);
     let control_path = config.control_socket_path();
     if let (Some(identity), Some(dir)) = (&identity, control_path.parent()) {
         crate::privdrop::prepare_dir(dir, identity).map_err(|e| format!("control socket {e}"))?;
@@ -530,8 +541,11 @@ async fn shard_main(
     );
     log::event("shard_ready", &[("shard", &index), ("recovered", &recovered)]);
     let mut accept_tasks = Vec::new();
-    for listener in listeners {
-        let task = glommio::spawn_local_into(crate::ingress::accept_loop(shard.clone(), listener), tq_smtp)
+    let roles = crate::ingress::listener::Listening::all(&shard.config(), shard.server_params());
+    assert_eq!(roles.len(), listeners.len(), "one socket for each listener");
+    for (listener, role) in listeners.into_iter().zip(roles) {
+        let role = Rc::new(role);
+        let task = glommio::spawn_local_into(crate::ingress::accept_loop(shard.clone(), listener, role), tq_smtp)
             .map_err(|e| format!("shard {index}: {e}"))?;
         accept_tasks.push(task);
     }

@@ -68,6 +68,9 @@ pub use super::address::{Address, BodyType, MailParams, RcptParams, ReversePath}
 use super::address::{AddressError, ParamError};
 use super::reply::{Enhanced, Reply};
 
+mod auth;
+pub use auth::{Credentials, Password};
+
 /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
 pub const COMMAND_LINE_BYTES_MAX: usize = 512;
 /// Largest `Body` chunk handed to the driver (a chunk may exceed it by
@@ -206,6 +209,15 @@ pub enum Event {
     /// of that shard's messages were taken over here since it last asked;
     /// waits for `decide(reply)`, the reply listing them.
     ReplicaTaken { shard: u8 },
+    /// A SASL exchange (AUTH, after [`Server::offer_auth`]) is complete;
+    /// waits for `decide(reply)`: 235 authenticates the session, 535 and
+    /// 454 do not, 421 closes it.
+    Auth { mechanism: &'static str, credentials: Credentials },
+    /// A message of a SCRAM exchange (decoded from base64; `first`: the
+    /// client's first message); waits for `decide(reply)`: 334 with the
+    /// next challenge (base64) continues, 235 (after `set_auth_login`)
+    /// authenticates, anything else ends the exchange.
+    AuthStep { mechanism: &'static str, first: bool, data: Vec<u8> },
 }
 
 /// A mail transaction: from an accepted MAIL to the end of its content or
@@ -266,6 +278,8 @@ enum Mode {
     ContentDone,
     /// STARTTLS answered 220; waiting for the driver's handshake.
     Handshake,
+    /// Reading a line of a SASL exchange (after a 334 challenge).
+    Auth,
     Closed,
 }
 
@@ -281,6 +295,10 @@ enum Pending {
     },
     DataEnd,
     ReplicaTaken,
+    Auth {
+        user: String,
+    },
+    AuthStep,
 }
 
 /// What `poll`'s loop does after one step.
@@ -318,6 +336,8 @@ pub struct Server {
     replicas: bool,
     /// Whether pipelining that was not offered is refused, and was.
     pipelining: Pipelining,
+    /// AUTH, on listeners that offer it (boxed: one pointer for the rest).
+    sasl: Option<Box<auth::SaslState>>,
 }
 
 /// `Server::strict_pipelining`, in one byte (every idle session pays for
@@ -360,6 +380,7 @@ impl Server {
             tls_active: false,
             replicas: false,
             pipelining: Pipelining::Lenient,
+            sasl: None,
         };
         let text = format!("{} {}", s.params.hostname, s.params.greeting);
         s.send(&Reply {
@@ -431,6 +452,7 @@ impl Server {
                 Mode::Bdat { .. } => self.step_bdat(),
                 Mode::ContentDone => self.step_content_done(),
                 Mode::Handshake => return Event::StartTls,
+                Mode::Auth => self.step_auth(),
             };
             if let Flow::NeedInput = flow {
                 self.compact();
@@ -469,6 +491,8 @@ impl Server {
                 self.txn = None;
             }
             Pending::ReplicaTaken => {}
+            Pending::Auth { user } => self.auth_decided(user, &reply),
+            Pending::AuthStep => self.auth_step_decided(&reply),
         }
         if reply.code == 421 {
             self.close_with(reply);
@@ -546,6 +570,7 @@ impl Server {
         self.deadline = deadline_after(now, self.params.command_timeout);
         self.rearm = false;
         self.block_bytes = 0;
+        self.auth_reset();
     }
 
     /// Whether TLS is active.
@@ -604,7 +629,7 @@ impl Server {
         if self.pending.is_some() {
             total += size_of::<Pending>();
         }
-        total
+        total + self.auth_heap_bytes()
     }
 
     /// The Received "with" value: "SMTP" after HELO, "ESMTP" after EHLO,
@@ -612,7 +637,7 @@ impl Server {
     pub fn protocol(&self) -> &'static str {
         let utf8 = self.txn.as_ref().is_some_and(|t| t.params.smtputf8);
         let esmtp = self.helo.as_ref().is_some_and(|h| h.esmtp);
-        protocol_name(esmtp, utf8, self.tls_active)
+        self.with_auth(protocol_name(esmtp, utf8, self.tls_active))
     }
 
     // ---- output and bookkeeping ----
@@ -721,7 +746,7 @@ impl Server {
             Some(h) => (h.name.clone(), h.esmtp),
             None => (String::new(), false),
         };
-        let protocol = protocol_name(esmtp, params.smtputf8, self.tls_active);
+        let protocol = self.with_auth(protocol_name(esmtp, params.smtputf8, self.tls_active));
         Transaction {
             reverse_path,
             params,
@@ -866,6 +891,7 @@ impl Server {
             "RSET" => self.cmd_rset(args),
             "NOOP" => self.reply(250, Enhanced(2, 0, 0), "OK"),
             "STARTTLS" => self.cmd_starttls(args),
+            "AUTH" if self.sasl.is_some() => self.cmd_auth(args),
             "XREPLDONE" if self.replicas => self.cmd_repldone(args),
             "XREPLTAKEN" if self.replicas => self.cmd_repltaken(args),
             "QUIT" => {
@@ -923,6 +949,9 @@ impl Server {
             let mut lines = lines;
             if self.params.starttls && !self.tls_active {
                 lines.push("STARTTLS".to_string());
+            }
+            if let Some(auth) = self.auth_keyword() {
+                lines.push(auth);
             }
             if self.replicas {
                 lines.push("XREPLICA".to_string());
@@ -999,6 +1028,9 @@ impl Server {
         if self.txn.is_some() {
             return self.client_error(503, Enhanced(5, 5, 1), "nested MAIL command");
         }
+        if self.auth_required_refusal() {
+            return;
+        }
         let Some(path_and_params) = strip_prefix_ignore_case(args, "FROM:") else {
             return self.client_error(501, Enhanced(5, 5, 4), "syntax: MAIL FROM:<address>");
         };
@@ -1017,7 +1049,11 @@ impl Server {
         if !param_text.is_empty() && !esmtp {
             return self.client_error(555, Enhanced(5, 5, 4), "MAIL parameters need EHLO");
         }
-        let params = match parse_mail_params(param_text, self.params.max_message_bytes) {
+        let param_text = match self.without_auth_param(param_text) {
+            Ok(text) => text,
+            Err(e) => return self.param_error(e),
+        };
+        let params = match parse_mail_params(&param_text, self.params.max_message_bytes) {
             Ok(p) => p,
             Err(e) => return self.param_error(e),
         };

@@ -34,6 +34,10 @@ enum Ev {
     StartTls,
     ReplicaDone(Vec<String>),
     ReplicaTaken(u8),
+    /// AUTH: mechanism, authzid, user, password.
+    Auth(&'static str, String, String, String),
+    /// A SCRAM message: first, data.
+    AuthStep(bool, Vec<u8>),
 }
 
 type Decider = Box<dyn FnMut(&Event) -> Reply>;
@@ -161,6 +165,26 @@ impl Session {
                     assert_eq!(self.s.poll(self.now), Event::Pending);
                     let lines = vec!["0006201A2B3C4D01".to_string(), "1 taken over".to_string()];
                     self.s.decide(Reply { code: 250, enhanced: Some(Enhanced(2, 0, 0)), lines });
+                }
+                e @ Event::Auth { .. } => {
+                    if let Event::Auth { mechanism, credentials } = &e {
+                        let c = credentials.clone();
+                        self.events.push(Ev::Auth(mechanism, c.authzid, c.user, c.password.0));
+                    }
+                    assert_eq!(self.s.poll(self.now), Event::Pending);
+                    let r = (self.decider)(&e);
+                    self.s.decide(r);
+                }
+                e @ Event::AuthStep { .. } => {
+                    if let Event::AuthStep { first, data, .. } = &e {
+                        self.events.push(Ev::AuthStep(*first, data.clone()));
+                    }
+                    assert_eq!(self.s.poll(self.now), Event::Pending);
+                    let r = (self.decider)(&e);
+                    if r.code == 235 {
+                        self.s.set_auth_login("scram-user");
+                    }
+                    self.s.decide(r);
                 }
                 Event::StartTls => {
                     // The driver's handshake, always successful here.
@@ -2354,4 +2378,189 @@ fn strict_pipelining_refuses_what_was_not_offered() {
     let mut lenient = Session::new();
     lenient.send("HELO client.test\r\nMAIL FROM:<a@example.com>\r\n");
     lenient.expect(&["250", "250 2.1.0"]);
+}
+
+// ---- AUTH (RFC 4954) ----
+
+/// The password "secret" is right for "alice"; anything else gets 535.
+fn auth_decider() -> Decider {
+    Box::new(|e| match e {
+        Event::Auth { credentials, .. } if credentials.user == "alice" && credentials.password.0 == "secret" => {
+            Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
+        }
+        Event::Auth { .. } => Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid"),
+        other => default_decider()(other),
+    })
+}
+
+/// A submission session (AUTH required), after STARTTLS and a second EHLO.
+fn submission_over_tls() -> Session {
+    let mut t = Session::with(|p| p.starttls = true);
+    t.s.offer_auth(true, false);
+    t.decider = auth_decider();
+    t.send("EHLO client.test\r\n");
+    assert!(!t.raw.contains("AUTH"), "no AUTH offered before TLS: {}", t.raw);
+    t.send("STARTTLS\r\n");
+    t.send("EHLO client.test\r\n");
+    t.expect(&["250", "220 2.0.0", "250"]);
+    assert!(t.raw.contains("250-AUTH PLAIN LOGIN\r\n") || t.raw.contains("250 AUTH PLAIN LOGIN\r\n"), "{}", t.raw);
+    t.events.clear();
+    t
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[test]
+fn auth_before_tls_is_538_and_mail_before_auth_is_530() {
+    let mut t = Session::with(|p| p.starttls = true);
+    t.s.offer_auth(true, false);
+    t.send("EHLO client.test\r\n");
+    t.expect(&["250"]);
+    t.send(&format!("AUTH PLAIN {}\r\n", b64("\0alice\0secret")));
+    t.expect(&["538 5.7.11"]);
+    t.send("MAIL FROM:<a@example.com>\r\n");
+    t.expect(&["530 5.7.0"]);
+    assert!(t.events.iter().all(|e| !matches!(e, Ev::Auth(..) | Ev::Mail(_))), "{:?}", t.events);
+}
+
+#[test]
+fn auth_plain_with_initial_response_authenticates_and_marks_the_protocol() {
+    let mut t = submission_over_tls();
+    t.send(&format!("AUTH PLAIN {}\r\n", b64("\0alice\0secret")));
+    t.expect(&["235 2.7.0"]);
+    t.expect_events(&[Ev::Auth("PLAIN", String::new(), "alice".into(), "secret".into())]);
+    assert_eq!(t.s.authenticated(), Some("alice"));
+    t.send("AUTH PLAIN =\r\n");
+    t.expect(&["503 5.5.1"]);
+    t.send("MAIL FROM:<alice@example.com> AUTH=<>\r\nRCPT TO:<b@example.com>\r\n");
+    t.expect(&["250 2.1.0", "250 2.1.5"]);
+    assert_eq!(t.s.transaction().map(|x| x.protocol), Some("ESMTPSA"));
+    assert_eq!(t.s.protocol(), "ESMTPSA");
+}
+
+#[test]
+fn auth_plain_and_login_by_challenge_and_failures() {
+    let mut t = submission_over_tls();
+    t.send("AUTH PLAIN\r\n");
+    assert!(t.raw.ends_with("334 \r\n"), "{}", t.raw);
+    t.send(&format!("{}\r\n", b64("\0alice\0wrong")));
+    t.expect(&["334", "535 5.7.8"]);
+    assert_eq!(t.s.authenticated(), None);
+    t.send("AUTH LOGIN\r\n");
+    t.send(&format!("{}\r\n", b64("alice")));
+    t.send(&format!("{}\r\n", b64("secret")));
+    t.expect(&["334", "334", "235 2.7.0"]);
+    assert!(t.raw.contains("334 VXNlcm5hbWU6\r\n") && t.raw.contains("334 UGFzc3dvcmQ6\r\n"));
+    assert_eq!(t.events.last(), Some(&Ev::Auth("LOGIN", String::new(), "alice".into(), "secret".into())));
+    assert_eq!(t.s.authenticated(), Some("alice"));
+}
+
+#[test]
+fn auth_exchange_errors_cancel_and_421_closes() {
+    let mut t = submission_over_tls();
+    t.send("AUTH CRAM-MD5\r\n");
+    t.expect(&["504 5.5.4"]);
+    t.send("AUTH LOGIN\r\n*\r\n");
+    t.expect(&["334", "501 5.0.0"]);
+    t.send("AUTH PLAIN !!!notbase64\r\n");
+    t.expect(&["501 5.5.2"]);
+    t.send(&format!("AUTH PLAIN {}\r\n", b64("no-nul-at-all")));
+    t.expect(&["501 5.5.2"]);
+    // Back to commands: the machine is not stuck in the exchange.
+    t.send("NOOP\r\n");
+    t.expect(&["250 2.0.0"]);
+    t.decider = Box::new(|_| Reply::new(421, Enhanced(4, 7, 0), "too many failures"));
+    t.send(&format!("AUTH PLAIN {}\r\n", b64("\0alice\0x")));
+    t.expect(&["421 4.7.0"]);
+    assert!(t.closed);
+}
+
+#[test]
+fn auth_line_too_long_and_password_not_in_debug_output() {
+    let mut t = submission_over_tls();
+    t.send("AUTH PLAIN\r\n");
+    t.send(&"A".repeat(5000));
+    t.send("\r\nNOOP\r\n");
+    t.expect(&["334", "500 5.5.6", "250 2.0.0"]);
+    let c = Credentials { authzid: String::new(), user: "u".into(), password: Password("hunter2".into()) };
+    assert!(!format!("{c:?}").contains("hunter2"));
+}
+
+#[test]
+fn mail_auth_parameter_is_checked_and_refused_without_auth_offered() {
+    let mut t = submission_over_tls();
+    t.send(&format!("AUTH PLAIN {}\r\n", b64("\0alice\0secret")));
+    t.expect(&["235 2.7.0"]);
+    t.send("MAIL FROM:<a@example.com> AUTH=a+2Bb@example.com SIZE=10\r\n");
+    t.expect(&["250 2.1.0"]);
+    t.send("RSET\r\nMAIL FROM:<a@example.com> AUTH=bad+zz\r\n");
+    t.expect(&["250 2.0.0", "501 5.5.4"]);
+    // A listener without AUTH knows no such parameter.
+    let mut plain = Session::ehlo();
+    plain.send("MAIL FROM:<a@example.com> AUTH=<>\r\n");
+    plain.expect(&["555 5.5.4"]);
+    plain.send("AUTH PLAIN =\r\n");
+    plain.expect(&["500 5.5.1"]);
+}
+
+#[test]
+fn implicit_tls_offers_auth_at_once_and_a_handshake_forgets_the_login() {
+    let mut t = Session::with(|p| p.starttls = false);
+    t.s.offer_auth(true, false);
+    t.s.tls_from_start();
+    t.decider = auth_decider();
+    t.send("EHLO client.test\r\n");
+    assert!(t.raw.contains("AUTH PLAIN LOGIN") && !t.raw.contains("STARTTLS"), "{}", t.raw);
+    t.send(&format!("AUTH PLAIN {}\r\n", b64("\0alice\0secret")));
+    t.expect(&["250", "235 2.7.0"]);
+    // An mx listener that offers AUTH does not require it.
+    let mut mx = Session::with(|p| p.starttls = true);
+    mx.s.offer_auth(false, false);
+    mx.send("EHLO c\r\nMAIL FROM:<a@example.com>\r\n");
+    mx.expect(&["250", "250 2.1.0"]);
+}
+
+#[test]
+fn scram_messages_go_to_the_driver_until_its_235() {
+    let mut t = submission_over_tls();
+    assert!(!t.raw.contains("SCRAM"), "not offered unless asked for");
+    let mut t2 = Session::with(|p| p.starttls = false);
+    t2.s.offer_auth(true, false);
+    t2.s.offer_scram();
+    t2.s.tls_from_start();
+    t2.send("EHLO client.test\r\n");
+    assert!(t2.raw.contains("AUTH PLAIN LOGIN SCRAM-SHA-256"), "{}", t2.raw);
+    t.s.offer_scram();
+    // The driver: a 334 to the first two messages, 235 to the empty third.
+    t.decider = Box::new(|e| match e {
+        Event::AuthStep { data, .. } if data.is_empty() => Reply::new(235, Enhanced(2, 7, 0), "ok"),
+        Event::AuthStep { .. } => Reply { code: 334, enhanced: None, lines: vec!["c2VydmVy".into()] },
+        _ => Reply::new(250, Enhanced(2, 0, 0), "ok"),
+    });
+    t.send(&format!("AUTH SCRAM-SHA-256 {}\r\n", b64("n,,n=u,r=abc")));
+    t.send(&format!("{}\r\n", b64("c=biws,r=abcdef,p=xyz")));
+    t.send("=\r\n");
+    t.expect(&["334", "334", "235 2.7.0"]);
+    assert!(t.raw.contains("334 c2VydmVy\r\n"));
+    assert_eq!(
+        t.events,
+        vec![
+            Ev::AuthStep(true, b"n,,n=u,r=abc".to_vec()),
+            Ev::AuthStep(false, b"c=biws,r=abcdef,p=xyz".to_vec()),
+            Ev::AuthStep(false, Vec::new()),
+        ]
+    );
+    assert_eq!(t.s.authenticated(), Some("scram-user"));
+    // A refusal ends the exchange: the next line is a command again.
+    let mut t = submission_over_tls();
+    t.s.offer_scram();
+    t.decider = Box::new(|_| Reply::new(535, Enhanced(5, 7, 8), "no"));
+    t.send("AUTH SCRAM-SHA-256\r\n");
+    t.send(&format!("{}\r\n", b64("n,,n=u,r=abc")));
+    t.send("NOOP\r\n");
+    t.expect(&["334", "535 5.7.8", "250 2.0.0"]);
+    assert_eq!(t.s.authenticated(), None);
 }

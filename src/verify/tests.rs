@@ -288,7 +288,7 @@ fn a_session_gets_the_callouts_answer_at_rcpt_and_the_known_user_is_queued() {
             let t = shard_for("verify-session", port, "", "").await;
             let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let listen_port = listener.local_addr().unwrap().port();
-            glommio::spawn_local(crate::ingress::accept_loop(t.shard.clone(), listener)).detach();
+            glommio::spawn_local(crate::ingress::accept_loop(t.shard.clone(), listener, crate::ingress::listener::Listening::mx(&t.shard))).detach();
             let replies = testing::client(move || {
                 let mut c = RawClient::connect(listen_port);
                 let mut replies = vec![c.reply()];
