@@ -738,6 +738,9 @@ pub struct Queue {
     pub commit_delay_us: u32,
     /// Messages older than this bounce instead of being retried. Default "5d".
     pub max_age: Duration,
+    /// A message still pending this long after its arrival gets one delay
+    /// warning (`action: delayed` DSN) to its sender. Default "4h"; "0s": none.
+    pub delay_warning_after: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1103,6 +1106,7 @@ impl Default for Queue {
             segment_size_bytes: 64 << 20,
             commit_delay_us: 0,
             max_age: Duration::from_secs(5 * 24 * 60 * 60),
+            delay_warning_after: Duration::from_secs(4 * 60 * 60),
         }
     }
 }

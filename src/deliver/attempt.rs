@@ -32,9 +32,35 @@ use crate::smtp::reply::{Enhanced, Reply};
 /// (Postfix's smtp_destination_recipient_limit is 50).
 pub const RECIPIENTS_PER_TRANSACTION_MAX: usize = 100;
 
-/// One recipient's outcome: its index in the envelope, the outcome, and
-/// where it went (for the log).
-pub type Attempted = (usize, RcptOutcome, String);
+/// One recipient's outcome: its index in the envelope, the outcome, where
+/// it went (for the log), and what a success means for its reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempted {
+    pub index: usize,
+    pub outcome: RcptOutcome,
+    pub relay: String,
+    pub reached: Reached,
+}
+
+/// Where a delivered recipient's message now is, which decides its success
+/// report (RFC 3461 §5.2.2, RFC 3464 §2.3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reached {
+    /// Its mailbox (Maildir, LMTP store, pipe): `Action: delivered`.
+    Mailbox,
+    /// A next hop that does not offer DSN: `Action: relayed`, and no
+    /// report will come from further on.
+    Relayed,
+    /// A next hop that offers DSN and got the DSN parameters: any success
+    /// report is its job, none comes from here.
+    RelayedWithDsn,
+}
+
+impl Attempted {
+    fn new(index: usize, outcome: RcptOutcome, relay: String, reached: Reached) -> Attempted {
+        Attempted { index, outcome, relay, reached }
+    }
+}
 
 /// How a group of a message's recipients is delivered.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,9 +86,10 @@ fn attempted<'a>(
     indexes: &'a [usize],
     outcomes: Vec<RcptOutcome>,
     relay: &'a str,
+    reached: Reached,
 ) -> impl Iterator<Item = Attempted> + 'a {
     debug_assert_eq!(indexes.len(), outcomes.len(), "one outcome per recipient");
-    indexes.iter().copied().zip(outcomes).map(move |(i, o)| (i, o, relay.to_string()))
+    indexes.iter().copied().zip(outcomes).map(move |(i, o)| Attempted::new(i, o, relay.to_string(), reached))
 }
 
 /// The same temporary failure for `count` recipients.
@@ -233,7 +260,7 @@ impl Deliverer {
             let reply = Reply::new(451, Enhanced(4, 3, 0), format!("queued content is damaged: {}", damaged.problem));
             return (0..env.recipients.len())
                 .filter(|&i| env.recipients[i].state == RcptState::Pending)
-                .map(|i| (i, RcptOutcome::Transient(reply.clone()), "queue".to_string()))
+                .map(|i| Attempted::new(i, RcptOutcome::Transient(reply.clone()), "queue".to_string(), Reached::Mailbox))
                 .collect();
         }
         let id = env.id.as_str();
@@ -256,11 +283,8 @@ impl Deliverer {
         let mut results: Vec<Attempted> = Vec::new();
         if let Some(engine) = &routing {
             for i in routed {
-                results.push((
-                    i,
-                    self.deliver_routed(engine, env, i).await,
-                    "routed".to_string(),
-                ));
+                let (outcome, reached) = self.deliver_routed(engine, env, i).await;
+                results.push(Attempted::new(i, outcome, "routed".to_string(), reached));
             }
         }
         let out = Outbound {
@@ -274,11 +298,8 @@ impl Deliverer {
             match path {
                 Path::Maildir(template) => {
                     for &i in indexes {
-                        results.push((
-                            i,
-                            self.deliver_local(env, i, template, None).await,
-                            "local".to_string(),
-                        ));
+                        let outcome = self.deliver_local(env, i, template, None).await;
+                        results.push(Attempted::new(i, outcome, "local".to_string(), Reached::Mailbox));
                     }
                 }
                 Path::Smtp { destination, rule } => {
@@ -290,7 +311,8 @@ impl Deliverer {
                         let tls = if delivered.tls { " tls=yes" } else { "" };
                         let relay =
                             format!("{} conn_use={}{tls}", delivered.relay, delivered.conn_use);
-                        results.extend(attempted(group, delivered.outcomes, &relay));
+                        let reached = if delivered.dsn { Reached::RelayedWithDsn } else { Reached::Relayed };
+                        results.extend(attempted(group, delivered.outcomes, &relay, reached));
                     }
                 }
                 Path::Lmtp { rule } => {
@@ -321,7 +343,7 @@ impl Deliverer {
                         Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
                     };
                     let relay = format!("lmtp:{hop}");
-                    results.extend(attempted(indexes, outcomes, &relay));
+                    results.extend(attempted(indexes, outcomes, &relay, Reached::Mailbox));
                 }
                 Path::Pipe { rule } => {
                     let rule = &self.config.transports[*rule];
@@ -344,7 +366,7 @@ impl Deliverer {
                         Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
                     };
                     let relay = format!("pipe:{}", rule.command[0]);
-                    results.extend(attempted(indexes, outcomes, &relay));
+                    results.extend(attempted(indexes, outcomes, &relay, Reached::Mailbox));
                 }
             }
         }
@@ -383,12 +405,25 @@ impl Deliverer {
     /// Delivers recipient `index` where the routers send it: each local
     /// final address to its Maildir, each SMTP delivery to its next hop
     /// (or the smarthost, or the MX hosts of the final address's domain).
-    /// All must succeed for the recipient to count as delivered.
+    /// All must succeed for the recipient to count as delivered; it is
+    /// reported as relayed if any SMTP hop did not offer DSN.
     async fn deliver_routed(
         &self,
         engine: &crate::route::Engine,
         env: &Envelope,
         index: usize,
+    ) -> (RcptOutcome, Reached) {
+        let mut reached = Reached::Mailbox;
+        let outcome = self.deliver_routed_to(engine, env, index, &mut reached).await;
+        (outcome, reached)
+    }
+
+    async fn deliver_routed_to(
+        &self,
+        engine: &crate::route::Engine,
+        env: &Envelope,
+        index: usize,
+        reached: &mut Reached,
     ) -> RcptOutcome {
         use crate::route::{Decision, Mode};
         let sender = match &env.sender {
@@ -448,6 +483,10 @@ impl Deliverer {
                     one.recipients[index].address = final_address.clone();
                     let body = self.queue.body_path(&env.id);
                     let delivered = outbound::deliver(&out, &destination, policy, &body, &one, &[index]).await;
+                    *reached = match (*reached, delivered.dsn) {
+                        (Reached::Relayed, _) | (_, false) => Reached::Relayed,
+                        (_, true) => Reached::RelayedWithDsn,
+                    };
                     delivered.outcomes.into_iter().next().unwrap_or_else(|| {
                         RcptOutcome::Transient(Reply::new(451, Enhanced(4, 3, 0), "no outcome from outbound delivery"))
                     })
@@ -549,7 +588,7 @@ pub fn record(
     early: bool,
 ) -> usize {
     let mut delivered = 0;
-    for (i, outcome, relay) in results {
+    for Attempted { index: i, outcome, relay, .. } in results {
         if early && !matches!(outcome, RcptOutcome::Delivered(_)) {
             continue;
         }

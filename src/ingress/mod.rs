@@ -664,7 +664,14 @@ async fn finish_message(
         recipients: txn
             .recipients
             .iter()
-            .map(|a| Recipient { address: a.clone(), state: RcptState::Pending, last_reply: String::new(), folder: None })
+            .zip(&txn.recipient_dsn)
+            .map(|(a, dsn)| Recipient {
+                address: a.clone(),
+                state: RcptState::Pending,
+                last_reply: String::new(),
+                folder: None,
+                dsn: dsn.clone(),
+            })
             .collect(),
         arrival_unix_ms: now_ms,
         next_retry_unix_ms: now_ms,
@@ -680,6 +687,8 @@ async fn finish_message(
         headers_prepended: Vec::new(),
         replica_of: txn.params.replica_of.clone(),
         held: false,
+        dsn: txn.params.dsn.clone(),
+        delay_warned: false,
     };
     let replica = env.replica_of.is_some();
     if replica {

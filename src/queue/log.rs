@@ -425,6 +425,7 @@ mod tests {
                 state: RcptState::Pending,
                 last_reply: String::new(),
                 folder: None,
+                dsn: Default::default(),
             }],
             arrival_unix_ms: 1_000,
             next_retry_unix_ms: 1_000,
@@ -439,6 +440,8 @@ mod tests {
             headers_prepended: Vec::new(),
             replica_of: None,
             held: false,
+            dsn: Default::default(),
+            delay_warned: false,
         })
     }
 

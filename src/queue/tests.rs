@@ -76,6 +76,7 @@ fn template(id: &str) -> Envelope {
             state: RcptState::Pending,
             last_reply: String::new(),
             folder: None,
+                dsn: Default::default(),
         }],
         arrival_unix_ms: unix_now_ms(),
         next_retry_unix_ms: unix_now_ms(),
@@ -90,6 +91,8 @@ fn template(id: &str) -> Envelope {
         headers_prepended: Vec::new(),
         replica_of: None,
         held: false,
+            dsn: Default::default(),
+            delay_warned: false,
     }
 }
 
