@@ -1107,6 +1107,9 @@ impl Server {
                 "syntax: junk after the recipient address",
             );
         };
+        if !param_text.is_empty() && !self.helo.as_ref().is_some_and(|h| h.esmtp) {
+            return self.client_error(555, Enhanced(5, 5, 4), "RCPT parameters need EHLO");
+        }
         let params = match parse_rcpt_params(param_text) {
             Ok(p) => p,
             Err(e) => return self.param_error(e),

@@ -772,6 +772,8 @@ fn dsn_parameters_need_ehlo() {
     let mut t = Session::new();
     t.send("HELO client.test\r\nMAIL FROM:<a@example.com> RET=HDRS\r\n");
     t.expect(&["250", "555 5.5.4"]);
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com> NOTIFY=NEVER\r\nRCPT TO:<b@example.com>\r\n");
+    t.expect(&["250 2.1.0", "555 5.5.4", "250 2.1.5"]);
 }
 
 // ---- MAIL parameters ----
