@@ -306,8 +306,10 @@ impl Delivery {
     }
 
     /// Records the attempt. While recipients are pending, the message goes
-    /// to the retry runners with every recipient's state. Once none is, one
-    /// bounce lists every failed recipient (unless the sender is `<>`) and
+    /// to the retry runners with every recipient's state (after its delay
+    /// warning, once it is old enough). Once none is, one bounce lists
+    /// every failed recipient whose NOTIFY asks for it (unless the sender
+    /// is `<>`) and
     /// the message is removed; if the bounce cannot be queued, it is tried
     /// again every `QUEUE_ERROR_RETRY` before the message is removed. When the
     /// queue cannot take the record, it is tried again every
