@@ -38,6 +38,7 @@ pub fn envelope(id: &str, to: &[&str], now_ms: u64) -> crate::queue::Envelope {
                 state: RcptState::Pending,
                 last_reply: String::new(),
                 folder: None,
+                dsn: Default::default(),
             })
             .collect(),
         arrival_unix_ms: now_ms,
@@ -54,6 +55,8 @@ pub fn envelope(id: &str, to: &[&str], now_ms: u64) -> crate::queue::Envelope {
         replica_of: None,
         held: false,
         auth: None,
+            dsn: Default::default(),
+            delay_warned: false,
     }
 }
 

@@ -86,6 +86,7 @@ fn envelope(e: &Envelope<'_>, out: &mut String) {
         (EnvelopeFlags::BODY_BINARYMIME, "BODY_BINARYMIME"),
         (EnvelopeFlags::REPLICA, "REPLICA"),
         (EnvelopeFlags::HELD, "HELD"),
+        (EnvelopeFlags::DELAY_WARNED, "DELAY_WARNED"),
     ] {
         if e.flags.contains(flag) {
             flags.push(name);

@@ -189,8 +189,13 @@ impl EnvelopeFlags {
     /// newer envelope without the bit supersedes this one. Only a
     /// ReplacementEnvelope carries it.
     pub const HELD: EnvelopeFlags = EnvelopeFlags(1 << 5);
+    /// The sender has been sent the message's delay warning (an RFC 3464
+    /// report with `Action: delayed`, `queue.delay_warning_after`): none
+    /// is sent again. Set in the first ReplacementEnvelope written after
+    /// the warning was queued and kept in every later one.
+    pub const DELAY_WARNED: EnvelopeFlags = EnvelopeFlags(1 << 6);
     /// Every bit the format defines.
-    pub const ALL: EnvelopeFlags = EnvelopeFlags(0b11_1111);
+    pub const ALL: EnvelopeFlags = EnvelopeFlags(0b111_1111);
 
     pub const fn empty() -> EnvelopeFlags {
         EnvelopeFlags(0)
@@ -235,7 +240,7 @@ pub struct Recipient<'a> {
     pub state: RecipientState,
     /// The RCPT TO address without angle brackets, 1..=512 bytes.
     pub address: &'a [u8],
-    /// Raw ESMTP RCPT parameters (NOTIFY=, ORCPT=), possibly empty.
+    /// Raw ESMTP RCPT parameters (NOTIFY=, ORCPT=, XFOLDER=), possibly empty.
     pub params: &'a [u8],
     /// The last reply for this recipient (empty if none yet).
     pub reply: &'a [u8],

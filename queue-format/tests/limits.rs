@@ -314,8 +314,8 @@ fn decoder_names_each_fault() {
         DecodeError::ReservedNotZero
     );
     assert_eq!(
-        decode_error(&resealed(envelope.clone(), |b| b[payload + 56] = 0x40)),
-        DecodeError::BadEnvelopeFlags(0x40)
+        decode_error(&resealed(envelope.clone(), |b| b[payload + 56] = 0x80)),
+        DecodeError::BadEnvelopeFlags(0x80)
     );
     assert_eq!(
         decode_error(&resealed(envelope.clone(), |b| b[payload + 56] = 0x20)),

@@ -168,6 +168,24 @@ fn replacement_envelope_held_vector() {
     );
 }
 
+/// A replacement envelope written after the delay warning was queued: the
+/// DELAY_WARNED flag set, and the DSN parameters (RFC 3461) of MAIL and of
+/// each RCPT in the raw parameter fields, in their wire form.
+#[test]
+fn replacement_envelope_delay_warned_vector() {
+    let mut envelope = replacement_envelope();
+    envelope.flags = envelope.flags.union(EnvelopeFlags::DELAY_WARNED);
+    envelope.mail_params = b"RET=HDRS ENVID=QQ314159";
+    envelope.recipients[1].params = b"NOTIFY=FAILURE,DELAY ORCPT=rfc822;carol+2Blists@example.net";
+    record_vector(
+        "replacement_envelope_delay_warned",
+        Record {
+            frame: frame(LogKind::Retry, 2003),
+            body: RecordBody::ReplacementEnvelope(envelope),
+        },
+    );
+}
+
 /// The completion of a message deleted by an operator.
 #[test]
 fn completion_deleted_vector() {

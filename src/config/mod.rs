@@ -758,6 +758,9 @@ pub struct Queue {
     pub body_sync: String,
     /// Messages older than this bounce instead of being retried. Default "5d".
     pub max_age: Duration,
+    /// A message still pending this long after its arrival gets one delay
+    /// warning (`action: delayed` DSN) to its sender. Default "4h"; "0s": none.
+    pub delay_warning_after: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1134,6 +1137,7 @@ impl Default for Queue {
             commit_delay_us: 0,
             body_sync: "each".to_string(),
             max_age: Duration::from_secs(5 * 24 * 60 * 60),
+            delay_warning_after: Duration::from_secs(4 * 60 * 60),
         }
     }
 }

@@ -139,6 +139,7 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     let lags: Vec<String> = q.retry_lags.iter().map(|lag| lag.to_string()).collect();
     writeln!(out, "retry_lags = {}", string_array(&lags))?;
     writeln!(out, "max_age = {}", quoted(&q.max_age.to_string()))?;
+    writeln!(out, "delay_warning_after = {}", quoted(&q.delay_warning_after.to_string()))?;
     writeln!(out, "inline_max_bytes = {}", q.inline_max_bytes)?;
     writeln!(out, "segment_size_bytes = {}", q.segment_size_bytes)?;
     writeln!(out, "commit_delay_us = {}", q.commit_delay_us)?;

@@ -216,7 +216,7 @@ const DNS_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most rounds over the name servers.
 const DNS_ATTEMPTS_MAX: u32 = 10;
 pub(super) const QUEUE_KEYS: &[&str] =
-    &["spool", "retry_lags", "max_age", "inline_max_bytes", "segment_size_bytes", "commit_delay_us", "body_sync"];
+    &["spool", "retry_lags", "max_age", "inline_max_bytes", "segment_size_bytes", "commit_delay_us", "body_sync", "delay_warning_after"];
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -1395,6 +1395,7 @@ fn read_queue(section: &Section<'_>, d: Queue) -> Result<Queue> {
             Ok(lags)
         })?,
         max_age: section.read("max_age", d.max_age, duration_nonzero)?,
+        delay_warning_after: section.read("delay_warning_after", d.delay_warning_after, duration)?,
         inline_max_bytes: section.read("inline_max_bytes", d.inline_max_bytes, |node, key| {
             let value: u32 = integer(node, key)?;
             let max = queue_format::INLINE_BODY_SIZE_BYTES_MAX as u32;

@@ -32,9 +32,35 @@ use crate::smtp::reply::{Enhanced, Reply};
 /// (Postfix's smtp_destination_recipient_limit is 50).
 pub const RECIPIENTS_PER_TRANSACTION_MAX: usize = 100;
 
-/// One recipient's outcome: its index in the envelope, the outcome, and
-/// where it went (for the log).
-pub type Attempted = (usize, RcptOutcome, String);
+/// One recipient's outcome: its index in the envelope, the outcome, where
+/// it went (for the log), and what a success means for its reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempted {
+    pub index: usize,
+    pub outcome: RcptOutcome,
+    pub relay: String,
+    pub reached: Reached,
+}
+
+/// Where a delivered recipient's message now is, which decides its success
+/// report (RFC 3461 §5.2.2, RFC 3464 §2.3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reached {
+    /// Its mailbox (Maildir, LMTP store, pipe): `Action: delivered`.
+    Mailbox,
+    /// A next hop that does not offer DSN: `Action: relayed`, and no
+    /// report will come from further on.
+    Relayed,
+    /// A next hop that offers DSN and got the DSN parameters: any success
+    /// report is its job, none comes from here.
+    RelayedWithDsn,
+}
+
+impl Attempted {
+    fn new(index: usize, outcome: RcptOutcome, relay: String, reached: Reached) -> Attempted {
+        Attempted { index, outcome, relay, reached }
+    }
+}
 
 /// How a group of a message's recipients is delivered.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,23 +86,16 @@ fn attempted<'a>(
     indexes: &'a [usize],
     outcomes: Vec<RcptOutcome>,
     relay: &'a str,
+    reached: Reached,
 ) -> impl Iterator<Item = Attempted> + 'a {
     debug_assert_eq!(indexes.len(), outcomes.len(), "one outcome per recipient");
-    indexes.iter().copied().zip(outcomes).map(move |(i, o)| (i, o, relay.to_string()))
+    indexes.iter().copied().zip(outcomes).map(move |(i, o)| Attempted::new(i, o, relay.to_string(), reached))
 }
 
 /// The same temporary failure for `count` recipients.
-fn transient_all(
-    count: usize,
-    class: u8,
-    subject: u16,
-    detail: u16,
-    text: &str,
-) -> Vec<RcptOutcome> {
+fn transient_all(count: usize, class: u8, subject: u16, detail: u16, text: &str) -> Vec<RcptOutcome> {
     let reply = Reply::new(451, Enhanced(class, subject, detail), text);
-    (0..count)
-        .map(|_| RcptOutcome::Transient(reply.clone()))
-        .collect()
+    (0..count).map(|_| RcptOutcome::Transient(reply.clone())).collect()
 }
 
 /// Where one recipient's SMTP or LMTP goes, chosen as delivery chooses
@@ -171,14 +190,7 @@ impl Deliverer {
     ) -> Result<Deliverer, String> {
         let resolver = Resolver::new(dns).map_err(|e| format!("dns: {e}"))?;
         let connections = Connections::new(&config);
-        Ok(Deliverer {
-            config: std::cell::RefCell::new(config),
-            queue,
-            shard_index,
-            resolver,
-            connections,
-            tls_client,
-        })
+        Ok(Deliverer { config: std::cell::RefCell::new(config), queue, shard_index, resolver, connections, tls_client })
     }
 
     /// The configuration an attempt that starts now uses.
@@ -230,10 +242,7 @@ impl Deliverer {
     pub fn all_by_smtp(&self, env: &Envelope) -> bool {
         let config = self.config();
         crate::route::current_with_routers().is_none()
-            && env
-                .recipients
-                .iter()
-                .all(|r| matches!(self.path_of(&config, &r.address), Path::Smtp { .. }))
+            && env.recipients.iter().all(|r| matches!(self.path_of(&config, &r.address), Path::Smtp { .. }))
     }
 
     /// One delivery attempt for every pending recipient of `env`: each
@@ -246,13 +255,14 @@ impl Deliverer {
             let reply = Reply::new(451, Enhanced(4, 3, 0), format!("queued content is damaged: {}", damaged.problem));
             return (0..env.recipients.len())
                 .filter(|&i| env.recipients[i].state == RcptState::Pending)
-                .map(|i| (i, RcptOutcome::Transient(reply.clone()), "queue".to_string()))
+                .map(|i| {
+                    Attempted::new(i, RcptOutcome::Transient(reply.clone()), "queue".to_string(), Reached::Mailbox)
+                })
                 .collect();
         }
         let config = self.config();
         let id = env.id.as_str();
-        let mut groups: std::collections::BTreeMap<Path, Vec<usize>> =
-            std::collections::BTreeMap::new();
+        let mut groups: std::collections::BTreeMap<Path, Vec<usize>> = std::collections::BTreeMap::new();
         let routing = crate::route::current_with_routers();
         let mut routed = Vec::new();
         for (i, r) in env.recipients.iter().enumerate() {
@@ -270,11 +280,8 @@ impl Deliverer {
         let mut results: Vec<Attempted> = Vec::new();
         if let Some(engine) = &routing {
             for i in routed {
-                results.push((
-                    i,
-                    self.deliver_routed(&config, engine, env, i).await,
-                    "routed".to_string(),
-                ));
+                let (outcome, reached) = self.deliver_routed(&config, engine, env, i).await;
+                results.push(Attempted::new(i, outcome, "routed".to_string(), reached));
             }
         }
         let out = Outbound {
@@ -288,23 +295,18 @@ impl Deliverer {
             match path {
                 Path::Maildir(template) => {
                     for &i in indexes {
-                        results.push((
-                            i,
-                            self.deliver_local(env, i, template, None).await,
-                            "local".to_string(),
-                        ));
+                        let outcome = self.deliver_local(env, i, template, None).await;
+                        results.push(Attempted::new(i, outcome, "local".to_string(), Reached::Mailbox));
                     }
                 }
                 Path::Smtp { destination, rule } => {
                     let policy = smtp_policy(&config, rule.map(|r| &config.transports[r]));
                     for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
-                        let delivered =
-                            outbound::deliver(&out, destination, policy, &body_path, env, group)
-                                .await;
+                        let delivered = outbound::deliver(&out, destination, policy, &body_path, env, group).await;
                         let tls = if delivered.tls { " tls=yes" } else { "" };
-                        let relay =
-                            format!("{} conn_use={}{tls}", delivered.relay, delivered.conn_use);
-                        results.extend(attempted(group, delivered.outcomes, &relay));
+                        let relay = format!("{} conn_use={}{tls}", delivered.relay, delivered.conn_use);
+                        let reached = if delivered.dsn { Reached::RelayedWithDsn } else { Reached::Relayed };
+                        results.extend(attempted(group, delivered.outcomes, &relay, reached));
                     }
                 }
                 Path::Lmtp { rule } => {
@@ -312,9 +314,7 @@ impl Deliverer {
                     let hop = rule.nexthop.as_deref().unwrap_or_default();
                     let outcomes = match hop.parse::<lmtp::LmtpTarget>() {
                         Ok(target) => {
-                            let max = rule
-                                .max_connections
-                                .unwrap_or(config.delivery.max_connections_per_destination);
+                            let max = rule.max_connections.unwrap_or(config.delivery.max_connections_per_destination);
                             let _turn = self.connections.destination_permit(hop, max).await;
                             let mut outcomes = Vec::with_capacity(indexes.len());
                             for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
@@ -335,7 +335,7 @@ impl Deliverer {
                         Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
                     };
                     let relay = format!("lmtp:{hop}");
-                    results.extend(attempted(indexes, outcomes, &relay));
+                    results.extend(attempted(indexes, outcomes, &relay, Reached::Mailbox));
                 }
                 Path::Pipe { rule } => {
                     let rule = &config.transports[*rule];
@@ -346,19 +346,14 @@ impl Deliverer {
                         rule.timeout.0,
                     ) {
                         Ok(params) => {
-                            let max = rule
-                                .max_connections
-                                .unwrap_or(config.delivery.max_connections_per_destination);
-                            let _turn = self
-                                .connections
-                                .destination_permit(&rule.command[0], max)
-                                .await;
+                            let max = rule.max_connections.unwrap_or(config.delivery.max_connections_per_destination);
+                            let _turn = self.connections.destination_permit(&rule.command[0], max).await;
                             pipe::deliver(&params, &body_path, env, indexes).await
                         }
                         Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
                     };
                     let relay = format!("pipe:{}", rule.command[0]);
-                    results.extend(attempted(indexes, outcomes, &relay));
+                    results.extend(attempted(indexes, outcomes, &relay, Reached::Mailbox));
                 }
             }
         }
@@ -373,59 +368,57 @@ impl Deliverer {
             Disposition::Rule(index) => {
                 let rule = &config.transports[index];
                 match rule.transport {
-                    TransportKind::Smtp => Path::Smtp {
-                        destination: rule_destination(rule, address),
-                        rule: Some(index),
-                    },
+                    TransportKind::Smtp => {
+                        Path::Smtp { destination: rule_destination(rule, address), rule: Some(index) }
+                    }
                     TransportKind::Lmtp => Path::Lmtp { rule: index },
                     TransportKind::Pipe => Path::Pipe { rule: index },
-                    TransportKind::Maildir => Path::Maildir(
-                        rule.maildir
-                            .clone()
-                            .unwrap_or_else(|| config.local.maildir.clone()),
-                    ),
+                    TransportKind::Maildir => {
+                        Path::Maildir(rule.maildir.clone().unwrap_or_else(|| config.local.maildir.clone()))
+                    }
                 }
             }
             Disposition::Local => Path::Maildir(config.local.maildir.clone()),
-            Disposition::Remote => Path::Smtp {
-                destination: Destination::of(config, address),
-                rule: None,
-            },
+            Disposition::Remote => Path::Smtp { destination: Destination::of(config, address), rule: None },
         }
     }
 
     /// Delivers recipient `index` where the routers send it: each local
     /// final address to its Maildir, each SMTP delivery to its next hop
     /// (or the smarthost, or the MX hosts of the final address's domain).
-    /// All must succeed for the recipient to count as delivered.
+    /// All must succeed for the recipient to count as delivered; it is
+    /// reported as relayed if any SMTP hop did not offer DSN.
     async fn deliver_routed(
         &self,
         config: &Arc<Config>,
         engine: &crate::route::Engine,
         env: &Envelope,
         index: usize,
+    ) -> (RcptOutcome, Reached) {
+        let mut reached = Reached::Mailbox;
+        let outcome = self.deliver_routed_to(config, engine, env, index, &mut reached).await;
+        (outcome, reached)
+    }
+
+    async fn deliver_routed_to(
+        &self,
+        config: &Arc<Config>,
+        engine: &crate::route::Engine,
+        env: &Envelope,
+        index: usize,
+        reached: &mut Reached,
     ) -> RcptOutcome {
         use crate::route::{Decision, Mode};
         let sender = match &env.sender {
             ReversePath::Null => String::new(),
             ReversePath::Path(a) => a.to_string(),
         };
-        let routed = engine
-            .route(
-                &env.recipients[index].address.to_string(),
-                &sender,
-                Mode::Deliver,
-            )
-            .await;
+        let routed = engine.route(&env.recipients[index].address.to_string(), &sender, Mode::Deliver).await;
         let deliveries = match routed.decision {
             Decision::Reject(reply) => return RcptOutcome::Permanent(reply),
             Decision::Defer(reply) => return RcptOutcome::Transient(reply),
             Decision::Discard => {
-                return RcptOutcome::Delivered(Reply::new(
-                    250,
-                    Enhanced(2, 0, 0),
-                    "discarded by routing",
-                ))
+                return RcptOutcome::Delivered(Reply::new(250, Enhanced(2, 0, 0), "discarded by routing"))
             }
             Decision::Deliver { deliveries, .. } => deliveries,
         };
@@ -454,13 +447,14 @@ impl Deliverer {
                 }
             };
             let outcome = match (delivery.transport.as_str(), &delivery.next_hop) {
-                ("local", _) => {
-                    self.deliver_local(env, index, &config.local.maildir, Some(&final_address)).await
-                }
+                ("local", _) => self.deliver_local(env, index, &config.local.maildir, Some(&final_address)).await,
                 ("pipe" | "file", _) => RcptOutcome::Permanent(Reply::new(
                     550,
                     Enhanced(5, 3, 5),
-                    format!("{} deliveries from aliases are not supported; use a [[transport]] pipe rule", delivery.transport),
+                    format!(
+                        "{} deliveries from aliases are not supported; use a [[transport]] pipe rule",
+                        delivery.transport
+                    ),
                 )),
                 (_, hop) => {
                     let destination = routed_destination(config, hop.as_deref(), &final_address);
@@ -468,6 +462,10 @@ impl Deliverer {
                     one.recipients[index].address = final_address.clone();
                     let body = self.queue.body_path(&env.id);
                     let delivered = outbound::deliver(&out, &destination, policy, &body, &one, &[index]).await;
+                    *reached = match (*reached, delivered.dsn) {
+                        (Reached::Relayed, _) | (_, false) => Reached::Relayed,
+                        (_, true) => Reached::RelayedWithDsn,
+                    };
                     delivered.outcomes.into_iter().next().unwrap_or_else(|| {
                         RcptOutcome::Transient(Reply::new(451, Enhanced(4, 3, 0), "no outcome from outbound delivery"))
                     })
@@ -478,9 +476,7 @@ impl Deliverer {
                 other => return other,
             }
         }
-        let reply = replies
-            .pop()
-            .unwrap_or_else(|| Reply::new(250, Enhanced(2, 0, 0), "delivered"));
+        let reply = replies.pop().unwrap_or_else(|| Reply::new(250, Enhanced(2, 0, 0), "delivered"));
         RcptOutcome::Delivered(reply)
     }
 
@@ -494,13 +490,7 @@ impl Deliverer {
         let address = routed.unwrap_or(&env.recipients[index].address);
         let path = match maildir::expand_template(template, &address.local_part) {
             Ok(p) => p,
-            Err(_) => {
-                return RcptOutcome::Permanent(Reply::new(
-                    550,
-                    Enhanced(5, 1, 3),
-                    "Bad mailbox name",
-                ))
-            }
+            Err(_) => return RcptOutcome::Permanent(Reply::new(550, Enhanced(5, 1, 3), "Bad mailbox name")),
         };
         // A copy a Sieve `fileinto` chose goes into that Maildir++ folder.
         let folder = match env.recipients[index].folder.as_deref().map(maildir::folder_dir) {
@@ -526,9 +516,7 @@ impl Deliverer {
                     maildir::create_folder(&path)?;
                 }
                 match body {
-                    Body::Inline(bytes) => {
-                        maildir::deliver(&path, &hostname, &prefix, &mut &bytes[..], line_ends)
-                    }
+                    Body::Inline(bytes) => maildir::deliver(&path, &hostname, &prefix, &mut &bytes[..], line_ends),
                     Body::File { .. } => {
                         let mut file = std::fs::File::open(&body_path)?;
                         maildir::deliver(&path, &hostname, &prefix, &mut file, line_ends)
@@ -537,24 +525,13 @@ impl Deliverer {
             })
             .await;
         match result {
-            Ok(file) => RcptOutcome::Delivered(Reply::new(
-                250,
-                Enhanced(2, 0, 0),
-                format!("delivered to {}", file.display()),
-            )),
-            Err(e)
-                if e.raw_os_error() == Some(libc::ENOSPC)
-                    || e.raw_os_error() == Some(libc::EDQUOT) =>
-            {
-                RcptOutcome::Transient(Reply::new(
-                    452,
-                    Enhanced(4, 2, 2),
-                    format!("mailbox full: {e}"),
-                ))
+            Ok(file) => {
+                RcptOutcome::Delivered(Reply::new(250, Enhanced(2, 0, 0), format!("delivered to {}", file.display())))
             }
-            Err(e) => {
-                RcptOutcome::Transient(Reply::new(451, Enhanced(4, 3, 0), format!("maildir: {e}")))
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) => {
+                RcptOutcome::Transient(Reply::new(452, Enhanced(4, 2, 2), format!("mailbox full: {e}")))
             }
+            Err(e) => RcptOutcome::Transient(Reply::new(451, Enhanced(4, 3, 0), format!("maildir: {e}"))),
         }
     }
 }
@@ -562,14 +539,9 @@ impl Deliverer {
 /// Applies outcomes to `env` and logs them. Early: only deliveries
 /// count (a refusal is left pending, for the normal attempt to meet
 /// again and report). Returns the number delivered.
-pub fn record(
-    shard_index: usize,
-    env: &mut Envelope,
-    results: Vec<Attempted>,
-    early: bool,
-) -> usize {
+pub fn record(shard_index: usize, env: &mut Envelope, results: Vec<Attempted>, early: bool) -> usize {
     let mut delivered = 0;
-    for (i, outcome, relay) in results {
+    for Attempted { index: i, outcome, relay, .. } in results {
         if early && !matches!(outcome, RcptOutcome::Delivered(_)) {
             continue;
         }

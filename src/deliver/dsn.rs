@@ -1,11 +1,17 @@
-//! Delivery status notifications (bounces and delay warnings): builds the
-//! RFC 3464 `multipart/report` message that tells a sender which recipients
-//! failed and why, with the original header block attached (RFC 6522).
+//! Delivery status notifications (bounces, delay warnings and success
+//! reports): builds the RFC 3464 `multipart/report` message that tells a
+//! sender what became of which recipients and why, with the original
+//! header block attached (RFC 6522), or the whole message for a failure
+//! when MAIL FROM asked for it with `RET=FULL` (RFC 3461 §4.3). The
+//! sender's `ENVID` and each recipient's `ORCPT` come back as
+//! Original-Envelope-Id and Original-Recipient (RFC 3464 §2.2.1, §2.3.1).
 //!
 //! Place in the pipeline: the delivery engine calls `build_bounce` after an
-//! attempt left recipients failed for good (or delayed too long), queues
-//! the result as a new message from the null sender `<>`, and delivers it
-//! like any other. Pure: no I/O, time passed in.
+//! attempt left recipients failed for good, delivered (when their `NOTIFY`
+//! asked for SUCCESS), or pending too long; it queues the result as a new
+//! message from the null sender `<>` and delivers it like any other. Which
+//! recipients are reported is the engine's choice (their `NOTIFY`); this
+//! module only writes the report. Pure: no I/O, time passed in.
 //!
 //! When an address or the original headers are not ASCII (an SMTPUTF8
 //! message) the report uses the RFC 6533 types (`utf-8` address type,
@@ -13,7 +19,9 @@
 //! is then 8-bit and must travel with SMTPUTF8.
 //!
 //! Bounds: the attached headers are cut at `HEADERS_BYTES_MAX` (at a line
-//! end), every text field at `FIELD_BYTES_MAX`.
+//! end), every text field at `FIELD_BYTES_MAX`; a whole message is
+//! attached only up to `FULL_MESSAGE_BYTES_MAX` (a larger one gets its
+//! headers only, and the text says so).
 
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,12 +33,19 @@ pub const HEADERS_BYTES_MAX: usize = 64 * 1024;
 /// Longest diagnostic or address written into a report field; RFC 5322
 /// lines stay under 998 bytes.
 pub const FIELD_BYTES_MAX: usize = 900;
+/// Largest original message attached whole to a failure report (RET=FULL).
+pub const FULL_MESSAGE_BYTES_MAX: usize = 512 * 1024;
 
 /// The Action field of one recipient (RFC 3464 §2.3.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Failed,
     Delayed,
+    /// Delivered here, into the mailbox (Maildir, LMTP, pipe).
+    Delivered,
+    /// Handed to a next hop that does not offer DSN: no further report
+    /// will come (RFC 3461 §5.2.2).
+    Relayed,
 }
 
 impl Action {
@@ -38,7 +53,31 @@ impl Action {
         match self {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
         }
+    }
+
+    fn is_success(self) -> bool {
+        matches!(self, Action::Delivered | Action::Relayed)
+    }
+}
+
+/// What kind of report a list of recipients makes: its subject and text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Failure,
+    Delay,
+    Success,
+}
+
+fn kind_of(recipients: &[FailedRecipient]) -> Kind {
+    if recipients.iter().all(|r| r.action == Action::Delayed) {
+        Kind::Delay
+    } else if recipients.iter().all(|r| r.action.is_success()) {
+        Kind::Success
+    } else {
+        Kind::Failure
     }
 }
 
@@ -54,6 +93,9 @@ pub struct FailedRecipient {
     pub diagnostic_code: Option<String>,
     /// The host that gave the diagnostic, if a remote one did.
     pub remote_mta: Option<String>,
+    /// ORCPT of its RCPT TO: the address type and the address, decoded
+    /// (Original-Recipient).
+    pub original_recipient: Option<(String, String)>,
 }
 
 impl FailedRecipient {
@@ -80,6 +122,7 @@ impl FailedRecipient {
             status,
             diagnostic_code,
             remote_mta: None,
+            original_recipient: None,
         }
     }
 }
@@ -97,6 +140,15 @@ pub struct BounceInput {
     pub recipients: Vec<FailedRecipient>,
     /// The original header block, up to (not including) the empty line.
     pub original_headers: Vec<u8>,
+    /// ENVID of MAIL FROM, decoded (Original-Envelope-Id).
+    pub envelope_id: Option<String>,
+    /// The whole original message (RET=FULL), attached instead of the
+    /// header block to a failure report; None: headers only.
+    pub original_message: Option<Vec<u8>>,
+    /// RET=FULL was asked for but the message was larger than
+    /// `FULL_MESSAGE_BYTES_MAX` (or binary): the text says why only the
+    /// headers came back.
+    pub full_refused: bool,
 }
 
 /// The complete report message, CRLF line endings.
@@ -109,15 +161,20 @@ pub fn build_bounce(b: &BounceInput) -> Vec<u8> {
         !b.recipients.is_empty(),
         "a report names at least one recipient"
     );
-    let headers = header_block(&b.original_headers);
+    let kind = kind_of(&b.recipients);
+    // The whole message only in a failure report (RFC 3461 §4.3).
+    let full = b.original_message.as_deref().filter(|m| kind == Kind::Failure && m.len() <= FULL_MESSAGE_BYTES_MAX);
+    let headers = match full {
+        Some(message) => message_block(message),
+        None => header_block(&b.original_headers),
+    };
     let global = !b.original_sender.is_ascii()
         || b.recipients.iter().any(|r| !r.address.is_ascii())
         || !headers.is_ascii();
     let boundary = boundary_for(b, &headers);
-    let delayed_only = b.recipients.iter().all(|r| r.action == Action::Delayed);
 
     let mut m = String::with_capacity(4096);
-    push_top_headers(&mut m, b, &boundary, delayed_only);
+    push_top_headers(&mut m, b, &boundary, kind);
     m.push_str("This is a MIME-encapsulated message.\r\n\r\n");
 
     let _ = write!(m, "--{boundary}\r\n");
@@ -126,7 +183,7 @@ pub fn build_bounce(b: &BounceInput) -> Vec<u8> {
         m,
         "Content-Description: Notification\r\nContent-Type: text/plain; charset={charset}\r\n\r\n"
     );
-    push_explanation(&mut m, b, delayed_only);
+    push_explanation(&mut m, b, kind, full.is_some());
 
     let _ = write!(m, "\r\n--{boundary}\r\n");
     let status_type = if global {
@@ -141,27 +198,29 @@ pub fn build_bounce(b: &BounceInput) -> Vec<u8> {
     push_status(&mut m, b);
 
     let _ = write!(m, "\r\n--{boundary}\r\n");
-    let headers_type = if global {
-        "message/global-headers"
-    } else {
-        "text/rfc822-headers"
+    let (headers_type, description) = match (full.is_some(), global) {
+        (true, false) => ("message/rfc822", "Undelivered message"),
+        (true, true) => ("message/global", "Undelivered message"),
+        (false, false) => ("text/rfc822-headers", "Message headers"),
+        (false, true) => ("message/global-headers", "Message headers"),
     };
-    let _ = write!(
-        m,
-        "Content-Description: Undelivered message headers\r\nContent-Type: {headers_type}\r\n\r\n"
-    );
+    let _ = write!(m, "Content-Description: {description}\r\nContent-Type: {headers_type}\r\n");
+    if full.is_some() && headers.iter().any(|&c| c >= 0x80) {
+        m.push_str("Content-Transfer-Encoding: 8bit\r\n");
+    }
+    m.push_str("\r\n");
     let mut out = m.into_bytes();
     out.extend_from_slice(&headers);
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
 }
 
-fn push_top_headers(m: &mut String, b: &BounceInput, boundary: &str, delayed_only: bool) {
+fn push_top_headers(m: &mut String, b: &BounceInput, boundary: &str, kind: Kind) {
     let host = field(&b.reporting_mta);
-    let subject = if delayed_only {
-        "Delayed Mail (still being retried)"
-    } else {
-        "Undelivered Mail Returned to Sender"
+    let subject = match kind {
+        Kind::Delay => "Delayed Mail (still being retried)",
+        Kind::Success => "Successful Mail Delivery Report",
+        Kind::Failure => "Undelivered Mail Returned to Sender",
     };
     let now_s = unix_seconds(b.now);
     let _ = write!(m, "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n");
@@ -179,15 +238,30 @@ fn push_top_headers(m: &mut String, b: &BounceInput, boundary: &str, delayed_onl
     m.push_str("\r\n");
 }
 
-fn push_explanation(m: &mut String, b: &BounceInput, delayed_only: bool) {
+fn push_explanation(m: &mut String, b: &BounceInput, kind: Kind, full: bool) {
     let host = field(&b.reporting_mta);
     let _ = write!(m, "This is the mail system at host {host}.\r\n\r\n");
-    if delayed_only {
-        m.push_str("Your message could not yet be delivered to the recipients below.\r\n");
-        m.push_str("Delivery will be attempted again; you do not need to resend it.\r\n\r\n");
-    } else {
-        m.push_str("Your message could not be delivered to one or more recipients.\r\n");
-        m.push_str("It is attached below (headers only).\r\n\r\n");
+    match kind {
+        Kind::Delay => {
+            m.push_str("Your message could not yet be delivered to the recipients below.\r\n");
+            m.push_str("Delivery will be attempted again; you do not need to resend it.\r\n\r\n");
+        }
+        Kind::Success => {
+            m.push_str("Your message was delivered to the recipients below, or handed on to\r\n");
+            m.push_str("a system that sends no further notice (\"relayed\").\r\n\r\n");
+        }
+        Kind::Failure if full => {
+            m.push_str("Your message could not be delivered to one or more recipients.\r\n");
+            m.push_str("It is attached below.\r\n\r\n");
+        }
+        Kind::Failure if b.full_refused || b.original_message.is_some() => {
+            m.push_str("Your message could not be delivered to one or more recipients.\r\n");
+            m.push_str("It was too large to return whole; its headers are attached below.\r\n\r\n");
+        }
+        Kind::Failure => {
+            m.push_str("Your message could not be delivered to one or more recipients.\r\n");
+            m.push_str("It is attached below (headers only).\r\n\r\n");
+        }
     }
     for r in &b.recipients {
         let _ = write!(m, "<{}>: ", field(&r.address));
@@ -204,6 +278,9 @@ fn push_explanation(m: &mut String, b: &BounceInput, delayed_only: bool) {
 }
 
 fn push_status(m: &mut String, b: &BounceInput) {
+    if let Some(envid) = &b.envelope_id {
+        let _ = write!(m, "Original-Envelope-Id: {}\r\n", field(envid));
+    }
     let _ = write!(m, "Reporting-MTA: dns; {}\r\n", field(&b.reporting_mta));
     let _ = write!(m, "X-Ringpost-Queue-ID: {}\r\n", token(&b.queue_id));
     let _ = write!(m, "Arrival-Date: {}\r\n", rfc5322_date(b.arrival));
@@ -214,6 +291,9 @@ fn push_status(m: &mut String, b: &BounceInput) {
         } else {
             "utf-8"
         };
+        if let Some((kind, address)) = &r.original_recipient {
+            let _ = write!(m, "Original-Recipient: {}; {}\r\n", token(kind), field(address));
+        }
         let _ = write!(
             m,
             "Final-Recipient: {address_type}; {}\r\n",
@@ -254,6 +334,17 @@ fn header_block(original: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(block.len() + 2);
     let mut cr_last = false;
     super::dotstuff::lf_to_crlf(block, &mut cr_last, &mut out);
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A whole message to attach: bare LF made CRLF, ending in CRLF.
+fn message_block(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 2);
+    let mut cr_last = false;
+    super::dotstuff::lf_to_crlf(message, &mut cr_last, &mut out);
     if !out.is_empty() && !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
@@ -369,10 +460,83 @@ mod tests {
                     status: Enhanced(5, 2, 2),
                     diagnostic_code: Some("smtp; 552 5.2.2 mailbox full".into()),
                     remote_mta: Some("mx.example.net".into()),
+                    original_recipient: None,
                 },
             ],
             original_headers: b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nbody text\r\n".to_vec(),
+            envelope_id: None,
+            original_message: None,
+            full_refused: false,
         }
+    }
+
+    const ORIGINAL: &[u8] = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nbody text\r\n";
+
+    #[test]
+    fn envelope_id_and_original_recipient() {
+        let mut b = input();
+        b.envelope_id = Some("QQ314159".into());
+        b.recipients[0].original_recipient = Some(("rfc822".into(), "Bob+lists@example.net".into()));
+        let message = String::from_utf8(build_bounce(&b)).unwrap();
+        let status = message.split("Content-Type: message/delivery-status\r\n\r\n").nth(1).unwrap();
+        assert!(status.starts_with("Original-Envelope-Id: QQ314159\r\nReporting-MTA: dns; mx1.example.org\r\n"));
+        assert!(status.contains(
+            "\r\n\r\nOriginal-Recipient: rfc822; Bob+lists@example.net\r\nFinal-Recipient: rfc822; bob@example.net\r\n"
+        ));
+        // The second recipient had no ORCPT: no such field in its group.
+        assert_eq!(message.matches("Original-Recipient:").count(), 1);
+        let plain = String::from_utf8(build_bounce(&input())).unwrap();
+        assert!(!plain.contains("Original-Envelope-Id"));
+    }
+
+    #[test]
+    fn success_reports() {
+        let mut b = input();
+        b.recipients[0] = FailedRecipient::from_reply_text("bob@example.net", "250 2.0.0 Ok: queued as 4XyZ1");
+        b.recipients[0].action = Action::Relayed;
+        b.recipients[1].action = Action::Delivered;
+        b.recipients[1].status = Enhanced(2, 0, 0);
+        b.recipients[1].diagnostic_code = None;
+        b.original_message = Some(ORIGINAL.to_vec());
+        let message = String::from_utf8(build_bounce(&b)).unwrap();
+        assert!(message.contains("Subject: Successful Mail Delivery Report\r\n"));
+        assert!(message.contains("Action: relayed\r\nStatus: 2.0.0\r\n"));
+        assert!(message.contains("Action: delivered\r\nStatus: 2.0.0\r\n"));
+        // RET=FULL is for failures: a success report carries headers only.
+        assert!(message.contains("Content-Type: text/rfc822-headers\r\n"));
+        assert!(!message.contains("body text"));
+    }
+
+    #[test]
+    fn ret_full_attaches_the_message() {
+        let mut b = input();
+        b.original_message = Some(ORIGINAL.to_vec());
+        let message = String::from_utf8(build_bounce(&b)).unwrap();
+        assert!(message.contains("Content-Type: message/rfc822\r\n\r\nFrom: alice@example.org\r\n"));
+        assert!(message.contains("\r\n\r\nbody text\r\n\r\n--"));
+        assert!(!message.contains("text/rfc822-headers"));
+        assert!(message.contains("It is attached below.\r\n"));
+        // Too large: headers only, and the text says why.
+        let mut big = ORIGINAL.to_vec();
+        big.extend(std::iter::repeat_n(b'x', FULL_MESSAGE_BYTES_MAX));
+        b.original_message = Some(big);
+        let message = String::from_utf8(build_bounce(&b)).unwrap();
+        assert!(message.contains("Content-Type: text/rfc822-headers\r\n"));
+        assert!(message.contains("too large to return whole"));
+        assert!(!message.contains("xxxx"));
+    }
+
+    #[test]
+    fn ret_full_boundary_avoids_the_body() {
+        let mut b = input();
+        let plain = String::from_utf8(build_bounce(&b)).unwrap();
+        let boundary = plain.split("boundary=\"").nth(1).and_then(|s| s.split('"').next()).unwrap().to_string();
+        let mut original = ORIGINAL.to_vec();
+        original.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        b.original_message = Some(original);
+        let message = String::from_utf8(build_bounce(&b)).unwrap();
+        let chosen = message.split("boundary=\"").nth(1).and_then(|s| s.split('"').next()).unwrap();
+        assert_ne!(chosen, boundary);
     }
 
     /// Splits a message into (headers, body) at the first empty line.

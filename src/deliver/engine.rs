@@ -2,9 +2,17 @@
 //! over (fresh, recovered, or due again), attempts each with a permit
 //! (through the shard's [`Deliverer`]), records per-recipient results in
 //! the queue — a replacement envelope for the retry runners while
-//! recipients are pending, a completion once none is — and sends one
-//! bounce per message, once no recipient is pending any more, listing
-//! every recipient that failed permanently (never to `<>`).
+//! recipients are pending, a completion once none is — and sends the
+//! message's delivery status notifications (RFC 3464, never to `<>`), each
+//! only to recipients whose `NOTIFY` (RFC 3461) asks for it: one bounce
+//! once no recipient is pending any more, listing every recipient that
+//! failed permanently (NOTIFY without FAILURE, or NEVER: none); a success
+//! report after an attempt for recipients delivered with NOTIFY=SUCCESS
+//! (`delivered` into a mailbox, `relayed` to a next hop without DSN; a
+//! next hop offering DSN got the parameters and reports itself); and one
+//! delay warning per message once it has been pending
+//! `queue.delay_warning_after`, recorded in its envelope (DELAY_WARNED) so
+//! that it is sent once, also across restarts.
 //!
 //! Place in the pipeline: after the queue, and only after it: messages
 //! come from [`Queue::take`], never from ingress. Runs in the shard's
@@ -31,7 +39,7 @@ use queue_format::CompletionReason;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::{AdminOp, AdminRequest, AdminTarget};
-use crate::deliver::attempt::{self, Deliverer};
+use crate::deliver::attempt::{self, Attempted, Deliverer, Reached};
 use crate::deliver::dsn;
 use crate::log;
 use crate::queue::admin::Done;
@@ -39,6 +47,8 @@ use crate::queue::{Envelope, Queue, RcptState};
 use crate::scan::replicate::{self, Held, Hold, Replicator};
 use crate::shard::{Phase, Shard};
 use crate::smtp::address::ReversePath;
+use crate::smtp::client::RcptOutcome;
+use crate::smtp::dsn::{Notify, Ret};
 
 /// Original header bytes attached to a bounce at most.
 const BOUNCE_HEADERS_BYTES_MAX: usize = 64 * 1024;
@@ -252,7 +262,16 @@ impl Delivery {
         let results = self.deliverer.deliver_pending(&env).await;
         crate::metrics::DELIVERY_LATENCY.since(started);
         crate::metrics::DELIVERY_ACTIVE.dec();
+        let successes = success_reports(&env, &results);
         attempt::record(self.deliverer.shard_index(), &mut env, results, false);
+        if !successes.is_empty() {
+            // A success report lost to a queue error is not tried again:
+            // the delivery it tells of is done either way.
+            let recipients = successes.iter().map(|&(i, action)| report_line(&env, i, action)).collect();
+            if let Err(e) = self.report(&env, recipients, "success").await {
+                log::event("dsn_error", &[("id", &env.id), ("kind", &"success"), ("error", &e)]);
+            }
+        }
         self.finish(env).await;
     }
 
@@ -300,8 +319,10 @@ impl Delivery {
     }
 
     /// Records the attempt. While recipients are pending, the message goes
-    /// to the retry runners with every recipient's state. Once none is, one
-    /// bounce lists every failed recipient (unless the sender is `<>`) and
+    /// to the retry runners with every recipient's state (after its delay
+    /// warning, once it is old enough). Once none is, one bounce lists
+    /// every failed recipient whose NOTIFY asks for it (unless the sender
+    /// is `<>`) and
     /// the message is removed; if the bounce cannot be queued, it is tried
     /// again every `QUEUE_ERROR_RETRY` before the message is removed. When the
     /// queue cannot take the record, it is tried again every
@@ -321,10 +342,11 @@ impl Delivery {
                 }
             }
         }
+        if env.pending_count() > 0 {
+            self.warn_delay(&mut env, age).await;
+        }
         if env.pending_count() == 0 && !env.is_null_sender() {
-            let failed: Vec<usize> = (0..env.recipients.len())
-                .filter(|&i| env.recipients[i].state == RcptState::Failed)
-                .collect();
+            let failed = failure_reported(&env);
             if !failed.is_empty() {
                 // Nothing is pending, so no replacement envelope can hold
                 // the message meanwhile (SPEC section 6.1: a replacement
@@ -480,9 +502,8 @@ impl Delivery {
                 r.last_reply = format!("5.0.0 returned to the sender by the postmaster; last: {}", r.last_reply);
             }
         }
-        if !env.is_null_sender() {
-            let failed: Vec<usize> =
-                (0..env.recipients.len()).filter(|&i| env.recipients[i].state == RcptState::Failed).collect();
+        let failed = failure_reported(&env);
+        if !env.is_null_sender() && !failed.is_empty() {
             if let Err(e) = self.bounce(&env, &failed).await {
                 log::event("bounce_error", &[("id", &env.id), ("error", &e)]);
                 self.queue.release(id);
@@ -505,15 +526,54 @@ impl Delivery {
     }
 
     /// Queues one DSN to the sender listing `failed` recipients.
-    async fn bounce(
+    async fn bounce(&self, env: &Envelope, failed: &[usize]) -> Result<(), crate::queue::QueueError> {
+        let recipients = failed.iter().map(|&i| report_line(env, i, dsn::Action::Failed)).collect();
+        self.report(env, recipients, "failure").await
+    }
+
+    /// The delay warning, once per message: when it has been pending
+    /// `queue.delay_warning_after` (not "0s") and not warned before, a DSN
+    /// with `Action: delayed` for each pending recipient whose NOTIFY asks
+    /// for delays. Once it is queued the envelope says so (DELAY_WARNED,
+    /// written with the replacement that follows); if it cannot be
+    /// queued, the next attempt tries again.
+    async fn warn_delay(&self, env: &mut Envelope, age: Duration) {
+        let after = self.config().queue.delay_warning_after.0;
+        if env.delay_warned || after.is_zero() || age < after || env.is_null_sender() {
+            return;
+        }
+        let delayed: Vec<usize> = (0..env.recipients.len())
+            .filter(|&i| env.recipients[i].state == RcptState::Pending && env.recipients[i].dsn.wants(Notify::DELAY))
+            .collect();
+        if delayed.is_empty() {
+            return;
+        }
+        let recipients = delayed.iter().map(|&i| report_line(env, i, dsn::Action::Delayed)).collect();
+        match self.report(env, recipients, "delay").await {
+            Ok(()) => env.delay_warned = true,
+            Err(e) => log::event("dsn_error", &[("id", &env.id), ("kind", &"delay"), ("error", &e)]),
+        }
+    }
+
+    /// Queues one report to the sender about `recipients` (`kind` names it
+    /// in the log), with the original headers, or the whole message for a
+    /// failure when MAIL FROM said RET=FULL.
+    async fn report(
         &self,
         env: &Envelope,
-        failed: &[usize],
+        recipients: Vec<dsn::FailedRecipient>,
+        kind: &str,
     ) -> Result<(), crate::queue::QueueError> {
         let ReversePath::Path(original_sender) = &env.sender else {
-            unreachable!("no bounce is made for the null sender");
+            unreachable!("no report is made for the null sender");
         };
+        debug_assert!(!recipients.is_empty());
         let headers = self.queue.header_block(env, BOUNCE_HEADERS_BYTES_MAX).await;
+        let full_wanted = kind == "failure" && env.dsn.ret == Some(Ret::Full);
+        let original_message = match full_wanted && !env.body_binary {
+            true => self.queue.content_within(env, dsn::FULL_MESSAGE_BYTES_MAX).await,
+            false => None,
+        };
         let now = self.clock.system_time();
         let input = dsn::BounceInput {
             reporting_mta: self.config().server.hostname.clone(),
@@ -521,16 +581,11 @@ impl Delivery {
             original_sender: original_sender.to_string(),
             arrival: std::time::UNIX_EPOCH + Duration::from_millis(env.arrival_unix_ms),
             now,
-            recipients: failed
-                .iter()
-                .map(|&i| {
-                    dsn::FailedRecipient::from_reply_text(
-                        &env.recipients[i].address.to_string(),
-                        &env.recipients[i].last_reply,
-                    )
-                })
-                .collect(),
+            recipients,
             original_headers: headers,
+            envelope_id: env.dsn.envid_text(),
+            full_refused: full_wanted && original_message.is_none(),
+            original_message,
         };
         let message = dsn::build_bounce(&input);
         let mut writer = self.queue.create().await?;
@@ -547,8 +602,57 @@ impl Delivery {
                 ("id", &bounce_id),
                 ("original", &env.id),
                 ("to", &env.sender),
+                ("kind", &kind),
             ],
         );
         Ok(())
     }
 }
+
+/// The failed recipients a failure report lists: those whose NOTIFY asks
+/// for failures (all, without NOTIFY; none with NEVER).
+fn failure_reported(env: &Envelope) -> Vec<usize> {
+    (0..env.recipients.len())
+        .filter(|&i| env.recipients[i].state == RcptState::Failed && env.recipients[i].dsn.wants(Notify::FAILURE))
+        .collect()
+}
+
+/// The recipients of this attempt a success report lists, with their
+/// action: delivered with NOTIFY=SUCCESS into a mailbox (`delivered`) or
+/// to a next hop without DSN (`relayed`). A next hop with DSN reports
+/// itself; the null sender gets no report.
+fn success_reports(env: &Envelope, results: &[Attempted]) -> Vec<(usize, dsn::Action)> {
+    if env.is_null_sender() {
+        return Vec::new();
+    }
+    results
+        .iter()
+        .filter(|a| matches!(a.outcome, RcptOutcome::Delivered(_)))
+        .filter(|a| env.recipients[a.index].dsn.wants(Notify::SUCCESS))
+        .filter_map(|a| match a.reached {
+            Reached::Mailbox => Some((a.index, dsn::Action::Delivered)),
+            Reached::Relayed => Some((a.index, dsn::Action::Relayed)),
+            Reached::RelayedWithDsn => None,
+        })
+        .collect()
+}
+
+/// One recipient's lines in a report: its last reply (a local delivery's
+/// reply names a file and is left out), the action, its ORCPT.
+fn report_line(env: &Envelope, index: usize, action: dsn::Action) -> dsn::FailedRecipient {
+    let r = &env.recipients[index];
+    let mut line = dsn::FailedRecipient::from_reply_text(&r.address.to_string(), &r.last_reply);
+    line.action = action;
+    match action {
+        dsn::Action::Delivered => {
+            line.status = crate::smtp::reply::Enhanced(2, 0, 0);
+            line.diagnostic_code = None;
+        }
+        dsn::Action::Delayed if line.status.0 != 4 => line.status = crate::smtp::reply::Enhanced(4, 0, 0),
+        dsn::Action::Relayed if line.status.0 != 2 => line.status = crate::smtp::reply::Enhanced(2, 0, 0),
+        _ => {}
+    }
+    line.original_recipient = r.dsn.orcpt_text();
+    line
+}
+

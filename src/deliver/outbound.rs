@@ -86,6 +86,9 @@ pub struct Delivered {
     pub transcript: Vec<String>,
     /// The host that gave the outcomes accepted MAIL FROM.
     pub mail_accepted: bool,
+    /// That host offered DSN (RFC 3461): the NOTIFY, ORCPT, RET and ENVID
+    /// of the message went with it, and further reports are its job.
+    pub dsn: bool,
 }
 
 /// A message's content, for the transactions that send one (a call-forward
@@ -180,6 +183,7 @@ async fn attempt(
         host,
         transcript: Vec::new(),
         mail_accepted: false,
+        dsn: false,
     };
     let key = destination.key().to_string();
     let targets = match targets(out, destination).await {
@@ -208,6 +212,7 @@ async fn attempt(
             host: target.name.clone(),
             transcript: outcome.transcript.clone(),
             mail_accepted: outcome.mail_accepted,
+            dsn: outcome.extensions.dsn,
         };
         // The next host may do better when this one would not talk to us
         // at all, or refused the transaction for now (RFC 5321 §5.1).
@@ -245,6 +250,8 @@ pub fn transaction(env: &Envelope, indexes: &[usize]) -> Transaction {
         smtputf8: env.smtputf8,
         probe: false,
         replica_of: None,
+        mail_dsn: env.dsn.clone(),
+        rcpt_dsn: indexes.iter().map(|&i| env.recipients[i].dsn.clone()).collect(),
     }
 }
 
@@ -681,6 +688,7 @@ mod tests {
                     state: RcptState::Pending,
                     last_reply: String::new(),
                     folder: None,
+                dsn: Default::default(),
                 })
                 .collect(),
             arrival_unix_ms: 0,
@@ -697,6 +705,8 @@ mod tests {
             replica_of: None,
             held: false,
             auth: None,
+            dsn: Default::default(),
+            delay_warned: false,
         };
         assert_eq!(transaction(&env(false, false), &[0]).body, BodyType::SevenBit);
         assert_eq!(transaction(&env(true, false), &[0]).body, BodyType::EightBitMime);

@@ -267,3 +267,88 @@ fn added_header_lines_go_above_the_stored_content_on_every_transport() {
         })
     });
 }
+
+/// The files in `user`'s Maildir, read.
+fn mails(dir: &std::path::Path, user: &str) -> Vec<String> {
+    let new = dir.join(format!("mail/{user}/Maildir/new"));
+    let Ok(entries) = std::fs::read_dir(&new) else {
+        return Vec::new();
+    };
+    entries.map(|e| String::from_utf8(std::fs::read(e.unwrap().path()).unwrap()).unwrap()).collect()
+}
+
+#[test]
+fn one_delay_warning_once_the_message_is_pending_delay_warning_after() {
+    testing::run(|| {
+        Box::pin(async {
+            let peer = Peer::start(Arc::new(|verb: &str, _: usize| match verb {
+                "RCPT" => "451 4.2.0 try later\r\n".to_string(),
+                _ => "250 2.0.0 ok\r\n".to_string(),
+            }));
+            let dir = testing::tempdir("deliver-delay");
+            let extra = format!(
+                "[delivery]\nsmarthost = \"127.0.0.1:{}\"\n[domains]\nlocal = [\"example.org\"]\n",
+                peer.port
+            );
+            let config = testing::config_with(&dir, &extra, &["queue.delay_warning_after=30m"]);
+            let t = testing::shard(config, START_MS).await;
+            start_delivery(&t);
+            let id = accept(&t, &["far@example.net"], b"Subject: slow\r\n\r\nx\r\n").await;
+            wait_deferred(&t, &id).await;
+            // 10 minutes old at the second attempt: no warning yet.
+            t.manual.advance(Duration::from_secs(10 * 60));
+            wait_for("the second attempt", || peer.commands("RCPT").len() == 2).await;
+            testing::settle(100).await;
+            assert!(mails(&dir, "sender").is_empty(), "no warning before 30 minutes");
+            // 70 minutes old at the third: one warning.
+            t.manual.advance(Duration::from_secs(60 * 60));
+            wait_for("the third attempt", || peer.commands("RCPT").len() == 3).await;
+            let warning = only_mail(&dir, "sender", "the delay warning").await;
+            let warning = String::from_utf8(warning).unwrap();
+            assert!(warning.contains("Subject: Delayed Mail (still being retried)\n"), "{warning}");
+            assert!(warning.contains("Action: delayed\nStatus: 4.2.0\n"), "{warning}");
+            let queue = t.shard.queue.clone();
+            wait_for("the replacement after the third attempt", || {
+                queue.entry(&id).is_some_and(|e| e.attempt_count == 3 && !e.in_flight)
+            })
+            .await;
+            // The fourth attempt: the envelope says the warning went.
+            t.manual.advance(Duration::from_secs(60 * 60));
+            wait_for("the fourth attempt", || peer.commands("RCPT").len() == 4).await;
+            testing::settle(200).await;
+            assert_eq!(mails(&dir, "sender").len(), 1, "one warning per message");
+        })
+    });
+}
+
+#[test]
+fn notify_success_to_a_next_hop_without_dsn_is_reported_relayed_and_never_passes_the_parameters() {
+    testing::run(|| {
+        Box::pin(async {
+            let peer = Peer::start(Arc::new(|_: &str, _: usize| "250 2.0.0 ok\r\n".to_string()));
+            let dir = testing::tempdir("deliver-relayed");
+            let extra = format!(
+                "[delivery]\nsmarthost = \"127.0.0.1:{}\"\n[domains]\nlocal = [\"example.org\"]\n",
+                peer.port
+            );
+            let t = testing::shard(testing::config(&dir, &extra), START_MS).await;
+            start_delivery(&t);
+            let queue = &t.shard.queue;
+            let mut writer = queue.create().await.unwrap();
+            writer.write(b"Subject: tell me\r\n\r\nx\r\n").await.unwrap();
+            let id = writer.id().to_string();
+            let mut env = testing::envelope(&id, &["far@example.net", "quiet@example.net"], queue.clock().unix_ms());
+            env.recipients[0].dsn = crate::smtp::dsn::RcptDsn {
+                notify: Some(crate::smtp::dsn::Notify::SUCCESS),
+                orcpt: Some("rfc822;far+2Bx@example.net".into()),
+            };
+            writer.commit(queue, env).await.unwrap();
+            let report = String::from_utf8(only_mail(&dir, "sender", "the success report").await).unwrap();
+            assert!(report.contains("Subject: Successful Mail Delivery Report\n"), "{report}");
+            assert!(report.contains("Original-Recipient: rfc822; far+x@example.net\n"), "{report}");
+            assert!(report.contains("Final-Recipient: rfc822; far@example.net\nAction: relayed\n"), "{report}");
+            assert!(!report.contains("quiet@example.net\nAction"), "{report}");
+            assert!(peer.commands("RCPT").iter().all(|c| !c.contains("NOTIFY")), "{:?}", peer.commands("RCPT"));
+        })
+    });
+}

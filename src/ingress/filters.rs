@@ -431,6 +431,7 @@ impl Filters {
                                         state: RcptState::Pending,
                                         last_reply: String::new(),
                                         folder: None,
+                                        dsn: recipient.dsn.clone(),
                                     },
                                 );
                             }

@@ -715,7 +715,14 @@ async fn finish_message(
         recipients: txn
             .recipients
             .iter()
-            .map(|a| Recipient { address: a.clone(), state: RcptState::Pending, last_reply: String::new(), folder: None })
+            .zip(&txn.recipient_dsn)
+            .map(|(a, dsn)| Recipient {
+                address: a.clone(),
+                state: RcptState::Pending,
+                last_reply: String::new(),
+                folder: None,
+                dsn: dsn.clone(),
+            })
             .collect(),
         arrival_unix_ms: now_ms,
         next_retry_unix_ms: now_ms,
@@ -732,6 +739,8 @@ async fn finish_message(
         replica_of: txn.params.replica_of.clone(),
         held: false,
         auth: machine.authenticated().map(Into::into),
+        dsn: txn.params.dsn.clone(),
+        delay_warned: false,
     };
     let replica = env.replica_of.is_some();
     if replica {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use queue_format::{BodyRef, EnvelopeFlags, QueueId, RecipientState};
 
 use crate::smtp::address::{Address, ReversePath};
+use crate::smtp::dsn::{self, MailDsn, RcptDsn};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RcptState {
@@ -32,6 +33,9 @@ pub struct Recipient {
     /// delivery into the Maildir++ folder `.NAME/`); `None`: the inbox.
     /// Stored as the record's recipient parameter `XFOLDER=<xtext>`.
     pub folder: Option<Box<str>>,
+    /// NOTIFY= and ORCPT= of its RCPT TO (RFC 3461), stored in the
+    /// record's recipient parameters in their wire form.
+    pub dsn: RcptDsn,
 }
 
 /// Where the content of a message is.
@@ -83,6 +87,12 @@ pub struct Envelope {
     /// Stored as `AUTH=<xtext>` in `mail_params` (RFC 4954 §5's
     /// parameter, with the identity the session proved).
     pub auth: Option<Box<str>>,
+    /// RET= and ENVID= of MAIL FROM (RFC 3461), stored in the record's
+    /// `mail_params` in their wire form.
+    pub dsn: MailDsn,
+    /// The delay warning has been queued for the sender: none again.
+    /// Stored as the DELAY_WARNED flag of a replacement envelope.
+    pub delay_warned: bool,
     pub body: Body,
 }
 
@@ -99,6 +109,8 @@ impl Envelope {
                 state: RcptState::Pending,
                 last_reply: String::new(),
                 folder: None,
+                // RFC 3461 §6.2: a report about a report is never wanted.
+                dsn: RcptDsn { notify: Some(dsn::Notify::NEVER), orcpt: None },
             }],
             arrival_unix_ms: now_ms,
             next_retry_unix_ms: now_ms,
@@ -115,6 +127,8 @@ impl Envelope {
             replica_of: None,
             held: false,
             auth: None,
+            dsn: MailDsn::default(),
+            delay_warned: false,
         }
     }
 
@@ -228,6 +242,9 @@ impl Envelope {
         if self.held {
             flags = flags.union(EnvelopeFlags::HELD);
         }
+        if self.delay_warned {
+            flags = flags.union(EnvelopeFlags::DELAY_WARNED);
+        }
         let body = match &self.body {
             Body::Inline(bytes) => BodyRef::Inline(bytes),
             Body::File { size_bytes, checksum } => {
@@ -280,6 +297,7 @@ impl Envelope {
                 state: state_from_format(r.state),
                 last_reply: text(r.reply),
                 folder: folder_param(r.params),
+                dsn: dsn::stored_rcpt(&text(r.params)),
             });
         }
         let replica_of = match record.flags.contains(EnvelopeFlags::REPLICA) {
@@ -307,6 +325,8 @@ impl Envelope {
             replica_of,
             held: record.flags.contains(EnvelopeFlags::HELD),
             auth: auth_param(record.mail_params),
+            dsn: dsn::stored_mail(&text(record.mail_params)),
+            delay_warned: record.flags.contains(EnvelopeFlags::DELAY_WARNED),
             body,
         })
     }
@@ -318,9 +338,11 @@ pub struct AddressTexts {
     sender: String,
     recipients: Vec<String>,
     /// The record's `mail_params`: `XREPLICA=<id>` for a replica,
-    /// `AUTH=<xtext>` for an authenticated submission, else empty.
+    /// `AUTH=<xtext>` for an authenticated submission, and the DSN
+    /// parameters (`RET=`, `ENVID=`) if any.
     mail_params: String,
-    /// Each recipient's `params`: `XFOLDER=<xtext>` for a filed copy, else empty.
+    /// Each recipient's `params`: `XFOLDER=<xtext>` for a filed copy, and
+    /// the DSN parameters (`NOTIFY=`, `ORCPT=`) if any.
     recipient_params: Vec<String>,
 }
 
@@ -370,9 +392,18 @@ fn mail_params_text(env: &Envelope) -> String {
     if let Some(id) = &env.replica_of {
         params.push(format!("XREPLICA={id}"));
     }
+    let dsn = env.dsn.wire();
+    let dsn = dsn.trim_start();
+    if !dsn.is_empty() {
+        params.push(dsn.to_string());
+    }
     if let Some(login) = &env.auth {
         let mut encoded = xtext_encode(login);
-        let room = queue_format::ESMTP_PARAMS_SIZE_BYTES_MAX - "AUTH= XREPLICA=0123456789ABCDEF".len();
+        // What is left beside the replica's id and the DSN parameters
+        // (ENVID is at most 100 bytes): the login is cut to fit.
+        let room = queue_format::ESMTP_PARAMS_SIZE_BYTES_MAX
+            - "AUTH= XREPLICA=0123456789ABCDEF".len()
+            - if dsn.is_empty() { 0 } else { dsn.len() + 1 };
         if encoded.len() > room {
             let mut cut = room;
             // Never inside a +HH escape.
@@ -402,6 +433,21 @@ fn replica_param(mail_params: &[u8]) -> Option<Box<str>> {
     Some(id.into())
 }
 
+/// A recipient's stored parameters: XFOLDER, then NOTIFY and ORCPT. The
+/// server bounds ORCPT and a folder name is short, so they fit the field;
+/// if they did not, ORCPT (only ever copied into a report) is left out
+/// rather than make the record one the format refuses.
+fn recipient_params(r: &Recipient) -> String {
+    let mut params = r.folder.as_deref().map(|f| format!("XFOLDER={}", xtext_encode(f))).unwrap_or_default();
+    let mut with_dsn = params.clone();
+    with_dsn.push_str(&r.dsn.wire());
+    if with_dsn.len() <= queue_format::ESMTP_PARAMS_SIZE_BYTES_MAX {
+        return with_dsn.trim_start().to_string();
+    }
+    params.push_str(&RcptDsn { notify: r.dsn.notify, orcpt: None }.wire());
+    params.trim_start().to_string()
+}
+
 impl AddressTexts {
     pub fn of(env: &Envelope) -> AddressTexts {
         AddressTexts {
@@ -411,11 +457,7 @@ impl AddressTexts {
             },
             recipients: env.recipients.iter().map(|r| r.address.to_string()).collect(),
             mail_params: mail_params_text(env),
-            recipient_params: env
-                .recipients
-                .iter()
-                .map(|r| r.folder.as_deref().map(|f| format!("XFOLDER={}", xtext_encode(f))).unwrap_or_default())
-                .collect(),
+            recipient_params: env.recipients.iter().map(recipient_params).collect(),
         }
     }
 }
@@ -434,12 +476,14 @@ mod tests {
                     state: RcptState::Pending,
                     last_reply: String::new(),
                     folder: None,
+                    dsn: RcptDsn { notify: Some(dsn::Notify::SUCCESS), orcpt: Some("rfc822;b+2Bx@example.net".into()) },
                 },
                 Recipient {
                     address: stored_address("c@example.net").unwrap(),
                     state: RcptState::Delivered,
                     last_reply: "250 2.0.0 ok".into(),
                     folder: Some("Lists/rust é".into()),
+                    dsn: RcptDsn::default(),
                 },
             ],
             arrival_unix_ms: 1_767_225_600_000,
@@ -455,6 +499,8 @@ mod tests {
             replica_of: None,
             held: false,
             auth: None,
+            dsn: MailDsn { ret: Some(dsn::Ret::Hdrs), envid: Some("QQ314159".into()) },
+            delay_warned: false,
             body,
         }
     }
@@ -475,7 +521,8 @@ mod tests {
         env.auth = Some("alice+x=y é".into());
         let texts = AddressTexts::of(&env);
         let record = env.to_format(&texts);
-        assert_eq!(record.mail_params, "AUTH=alice+2Bx+3Dy+20+C3+A9".as_bytes());
+        // The sample carries DSN parameters too; the login follows them.
+        assert_eq!(record.mail_params, "RET=HDRS ENVID=QQ314159 AUTH=alice+2Bx+3Dy+20+C3+A9".as_bytes());
         assert_eq!(Envelope::from_format(&record).unwrap(), env);
         env.replica_of = Some("0006201A2B3C4D02".into());
         env.auth = Some("b".repeat(2000).into());
@@ -484,13 +531,15 @@ mod tests {
         assert!(record.mail_params.len() <= queue_format::ESMTP_PARAMS_SIZE_BYTES_MAX);
         let back = Envelope::from_format(&record).unwrap();
         assert_eq!(back.replica_of, env.replica_of);
-        assert!(back.auth.as_deref().is_some_and(|a| a.len() > 900 && a.bytes().all(|b| b == b'b')), "cut to fit");
+        assert!(back.auth.as_deref().is_some_and(|a| a.len() > 850 && a.bytes().all(|b| b == b'b')), "cut to fit");
+        assert_eq!(back.dsn, env.dsn, "the DSN parameters are kept whole");
     }
 
     #[test]
     fn replica_round_trip() {
         let mut env = sample(Body::Inline(Arc::from(&b"hello"[..])));
         env.replica_of = Some("0006201A2B3C4D02".into());
+        env.dsn = MailDsn::default();
         let texts = AddressTexts::of(&env);
         let record = env.to_format(&texts);
         assert!(record.flags.contains(EnvelopeFlags::REPLICA));
@@ -514,6 +563,37 @@ mod tests {
         env.held = false;
         let texts = AddressTexts::of(&env);
         assert!(!env.to_format(&texts).flags.contains(EnvelopeFlags::HELD));
+    }
+
+    #[test]
+    fn dsn_parameters_and_delay_warning_round_trip() {
+        let mut env = sample(Body::Inline(Arc::from(&b"hello"[..])));
+        env.replica_of = Some("0006201A2B3C4D02".into());
+        env.delay_warned = true;
+        env.recipients[1].dsn.notify = Some(dsn::Notify::NEVER);
+        let texts = AddressTexts::of(&env);
+        let record = env.to_format(&texts);
+        assert!(record.flags.contains(EnvelopeFlags::DELAY_WARNED));
+        assert_eq!(record.mail_params, b"XREPLICA=0006201A2B3C4D02 RET=HDRS ENVID=QQ314159");
+        assert_eq!(record.recipients[0].params, b"NOTIFY=SUCCESS ORCPT=rfc822;b+2Bx@example.net");
+        assert_eq!(record.recipients[1].params, b"XFOLDER=Lists/rust+20+C3+A9 NOTIFY=NEVER");
+        assert_eq!(Envelope::from_format(&record).unwrap(), env);
+        env.delay_warned = false;
+        let texts = AddressTexts::of(&env);
+        assert!(!env.to_format(&texts).flags.contains(EnvelopeFlags::DELAY_WARNED));
+    }
+
+    #[test]
+    fn recipient_params_stay_within_the_field() {
+        let mut env = sample(Body::Inline(Arc::from(&b"hello"[..])));
+        env.recipients[0].folder = Some("f".repeat(700).into());
+        env.recipients[0].dsn.orcpt = Some(format!("rfc822;{}", "o".repeat(490)).into());
+        let texts = AddressTexts::of(&env);
+        let record = env.to_format(&texts);
+        assert!(record.recipients[0].params.len() <= queue_format::ESMTP_PARAMS_SIZE_BYTES_MAX);
+        let back = Envelope::from_format(&record).unwrap();
+        assert_eq!(back.recipients[0].dsn.notify, Some(dsn::Notify::SUCCESS));
+        assert_eq!(back.recipients[0].dsn.orcpt, None);
     }
 
     #[test]

@@ -446,6 +446,7 @@ mod tests {
                 state: RcptState::Pending,
                 last_reply: String::new(),
                 folder: None,
+                dsn: Default::default(),
             }],
             arrival_unix_ms: 1_000,
             next_retry_unix_ms: 1_000,
@@ -461,6 +462,8 @@ mod tests {
             replica_of: None,
             held: false,
             auth: None,
+            dsn: Default::default(),
+            delay_warned: false,
         })
     }
 

@@ -564,6 +564,31 @@ impl<S: Storage + 'static> Queue<S> {
             .await
     }
 
+    /// The whole stored content of a message, for a failure report that
+    /// returns it (RET=FULL): None when it is longer than `max_bytes` or
+    /// cannot be read (the report then carries the headers only).
+    pub async fn content_within(&self, env: &Envelope, max_bytes: usize) -> Option<Vec<u8>> {
+        if env.size_bytes > max_bytes as u64 {
+            return None;
+        }
+        let path = self.body_path(&env.id);
+        let body = env.body.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                use std::io::Read;
+                match body {
+                    Body::Inline(bytes) => Some(bytes.to_vec()),
+                    Body::File { .. } => {
+                        let mut buf = Vec::new();
+                        let f = std::fs::File::open(&path).ok()?;
+                        f.take(max_bytes as u64 + 1).read_to_end(&mut buf).ok()?;
+                        (buf.len() <= max_bytes).then_some(buf)
+                    }
+                }
+            })
+            .await
+    }
+
     /// The wait before a message's next attempt after attempt `attempt_count`:
     /// the lag of the runner that will hand it back.
     pub fn retry_delay(&self, attempt_count: u16) -> Duration {

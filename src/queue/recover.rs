@@ -237,6 +237,7 @@ mod tests {
                 state: RcptState::Pending,
                 last_reply: String::new(),
                 folder: None,
+                dsn: Default::default(),
             }],
             arrival_unix_ms: 1_000,
             next_retry_unix_ms: 2_000,
@@ -252,6 +253,8 @@ mod tests {
             replica_of: None,
             held: false,
             auth: None,
+            dsn: Default::default(),
+            delay_warned: false,
         }
     }
 

@@ -77,6 +77,7 @@ fn template(id: &str) -> Envelope {
             state: RcptState::Pending,
             last_reply: String::new(),
             folder: None,
+                dsn: Default::default(),
         }],
         arrival_unix_ms: unix_now_ms(),
         next_retry_unix_ms: unix_now_ms(),
@@ -92,6 +93,8 @@ fn template(id: &str) -> Envelope {
         replica_of: None,
         held: false,
         auth: None,
+            dsn: Default::default(),
+            delay_warned: false,
     }
 }
 
@@ -1164,6 +1167,39 @@ fn a_hold_during_an_attempt_is_carried_by_the_attempts_replacement() {
             drop(q);
             let q = open(&dir, params()).await;
             assert!(q.queue.entry(&env.id).unwrap().held);
+        })
+    });
+}
+
+#[test]
+fn the_delay_warning_and_the_dsn_parameters_survive_a_hold_a_release_and_a_restart() {
+    use crate::smtp::dsn::{MailDsn, Notify, RcptDsn, Ret};
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("delay-warned");
+            let q = open(&dir, params()).await;
+            start_runners(&q.queue);
+            let mut env = accept(&q.queue, b"warned\r\n").await.unwrap();
+            env.attempt_count = 1;
+            env.next_retry_unix_ms = unix_now_ms() + 100;
+            env.delay_warned = true;
+            env.dsn = MailDsn { ret: Some(Ret::Full), envid: Some("ID+2B1".into()) };
+            env.recipients[0].dsn = RcptDsn { notify: Some(Notify::DELAY), orcpt: Some("rfc822;o@x".into()) };
+            q.queue.defer(&env).await.unwrap();
+            // Hold and release each write the envelope again.
+            assert_eq!(q.queue.hold(&env.id).await.unwrap(), admin::Done::Held);
+            q.queue.close();
+            drop(q);
+
+            let q = open(&dir, params()).await;
+            start_runners(&q.queue);
+            assert_eq!(q.queue.unhold(&env.id).await.unwrap(), admin::Done::Released);
+            let back = take_within(&q.queue, Duration::from_millis(500)).await.expect("due once released");
+            assert_eq!(back.id, env.id);
+            assert!(back.delay_warned, "the warning is not sent again");
+            assert_eq!(back.dsn, env.dsn);
+            assert_eq!(back.recipients[0].dsn, env.recipients[0].dsn);
+            q.queue.complete(&back, CompletionReason::Done).unwrap();
         })
     });
 }

@@ -192,6 +192,12 @@ pub fn show(config: &Config, id: &str) -> std::io::Result<Option<String>> {
         if env.held {
             let _ = writeln!(out, "held: yes (ringpost queue release {})", env.id);
         }
+        if env.delay_warned {
+            let _ = writeln!(out, "delay_warning: sent");
+        }
+        if !env.dsn.is_empty() {
+            let _ = writeln!(out, "dsn:{}", env.dsn.wire());
+        }
         let _ = writeln!(out, "next_retry: {}", time_text(env.next_retry_unix_ms));
         let _ = writeln!(out, "size: {}", env.size_bytes);
         let body = match &env.body {
@@ -204,6 +210,9 @@ pub fn show(config: &Config, id: &str) -> std::io::Result<Option<String>> {
         let _ = writeln!(out, "client: {} helo={}", env.client, env.helo);
         for (i, r) in env.recipients.iter().enumerate() {
             let _ = writeln!(out, "rcpt[{i}]: {} {} {}", r.address, state_text(r.state), r.last_reply);
+            if !r.dsn.is_empty() {
+                let _ = writeln!(out, "rcpt[{i}] dsn:{}", r.dsn.wire());
+            }
         }
         return Ok(Some(out));
     }

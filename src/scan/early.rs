@@ -37,7 +37,10 @@ impl EarlyDelivery {
     }
 
     pub async fn run(&self, env: &mut Envelope) -> Verdict {
-        if !self.deliverer.all_by_smtp(env) {
+        // A recipient that asked for a success report (NOTIFY=SUCCESS) is
+        // left to the delivery engine, which sends the report.
+        let success_wanted = env.recipients.iter().any(|r| r.dsn.wants(crate::smtp::dsn::Notify::SUCCESS));
+        if success_wanted || !self.deliverer.all_by_smtp(env) {
             return Verdict::Continue;
         }
         let offered = self.deliverer.deliver_pending(env);

@@ -378,6 +378,8 @@ pub struct MailParams {
     /// client queued under this id (ringpost's replication, between peers
     /// only; the server refuses it from anyone else).
     pub replica_of: Option<Box<str>>,
+    /// RET= and ENVID= (RFC 3461).
+    pub dsn: super::dsn::MailDsn,
 }
 
 impl MailParams {
@@ -390,10 +392,12 @@ impl MailParams {
     }
 }
 
-/// ESMTP parameters of RCPT TO. None are supported yet (DSN's NOTIFY and
-/// ORCPT would go here).
+/// ESMTP parameters of RCPT TO: those of the DSN extension.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RcptParams {}
+pub struct RcptParams {
+    /// NOTIFY= and ORCPT= (RFC 3461).
+    pub dsn: super::dsn::RcptDsn,
+}
 
 /// Why a parameter list was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -468,6 +472,7 @@ pub fn parse_mail_params(s: &str, size_bytes_max: u64) -> Result<MailParams, Par
             ("SIZE" | "BODY" | "XREPLICA", None) | ("SMTPUTF8", Some(_)) => {
                 return Err(ParamError::Syntax("bad parameter value"));
             }
+            _ if super::dsn::mail_param(&key, value, &mut p.dsn)? => {}
             _ => return Err(ParamError::Unsupported(key)),
         }
     }
@@ -481,12 +486,16 @@ pub fn parse_queue_id_param(text: &str) -> Option<&str> {
     hex.then_some(text)
 }
 
-/// Parses RCPT TO parameters; none are implemented, so any is refused.
+/// Parses RCPT TO parameters: NOTIFY and ORCPT (RFC 3461); any other is
+/// refused.
 pub fn parse_rcpt_params(s: &str) -> Result<RcptParams, ParamError> {
-    match split_params(s)?.into_iter().next() {
-        None => Ok(RcptParams {}),
-        Some((key, _)) => Err(ParamError::Unsupported(key)),
+    let mut p = RcptParams::default();
+    for (key, value) in split_params(s)? {
+        if !super::dsn::rcpt_param(&key, value, &mut p.dsn)? {
+            return Err(ParamError::Unsupported(key));
+        }
     }
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -606,8 +615,12 @@ mod tests {
                 body: Some(BodyType::EightBitMime),
                 smtputf8: true,
                 replica_of: None,
+                dsn: Default::default(),
             }
         );
+        let p = parse_mail_params("RET=HDRS ENVID=x+2By SIZE=1", 1000).unwrap();
+        assert_eq!(p.dsn.wire(), " RET=HDRS ENVID=x+2By");
+        assert!(matches!(parse_mail_params("RET=NONE", 1000), Err(ParamError::Syntax(_))));
         let p = parse_mail_params("XREPLICA=0006201A2B3C4D01", 1000).unwrap();
         assert_eq!(p.replica_of.as_deref(), Some("0006201A2B3C4D01"));
         assert!(parse_mail_params("XREPLICA=0006201a2b3c4d01", 1000).is_err());
@@ -637,10 +650,11 @@ mod tests {
             Err(ParamError::Syntax(_))
         ));
         assert!(matches!(
-            parse_rcpt_params("NOTIFY=NEVER"),
+            parse_rcpt_params("XNOTIFY=NEVER"),
             Err(ParamError::Unsupported(_))
         ));
-        assert_eq!(parse_rcpt_params(""), Ok(RcptParams {}));
+        assert!(parse_rcpt_params("NOTIFY=NEVER").is_ok());
+        assert_eq!(parse_rcpt_params(""), Ok(RcptParams::default()));
     }
 
     #[test]

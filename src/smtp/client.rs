@@ -1,5 +1,5 @@
 //! The outbound SMTP client state machine (RFC 5321 with SIZE, PIPELINING,
-//! 8BITMIME, SMTPUTF8, CHUNKING, BINARYMIME and enhanced status codes),
+//! 8BITMIME, SMTPUTF8, CHUNKING, BINARYMIME, DSN and enhanced status codes),
 //! sans-IO: one transaction (one sender, its recipients, one message) over
 //! one connection. The driver feeds the bytes the server sent and the
 //! current time, writes what `take_output()` returns, and streams the
@@ -15,6 +15,12 @@
 //! RCPT; with PIPELINING up to `BDAT_IN_FLIGHT_MAX` chunks wait for their
 //! replies at once, without it (and in LMTP, whose final chunk gets one
 //! reply per recipient) each chunk waits for the reply to the one before.
+//!
+//! DSN (RFC 3461): the transaction's RET, ENVID, NOTIFY and ORCPT go on
+//! MAIL and RCPT only to a server that offers DSN, and never in LMTP
+//! (where ringpost itself reports the final delivery); `Outcome::extensions`
+//! tells the driver whether they went, and so whether a success report is
+//! still ringpost's to send (RFC 3461 §5.2.2).
 //!
 //! Place in the pipeline: `src/deliver/` opens the connection, runs one
 //! `Client` per attempt and turns the `Outcome` (one result per recipient,
@@ -39,6 +45,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 pub use super::address::BodyType;
+use super::dsn::{MailDsn, RcptDsn};
 use super::reply::{Enhanced, Reply};
 
 /// Longest reply line the machine accepts, CRLF included.
@@ -155,6 +162,11 @@ pub struct Transaction {
     /// `XREPLICA=<this queue id>`, and a server that does not offer
     /// XREPLICA is refused without asking.
     pub replica_of: Option<String>,
+    /// RET and ENVID (RFC 3461), sent with MAIL to a server offering DSN.
+    pub mail_dsn: MailDsn,
+    /// NOTIFY and ORCPT of each recipient, in the order of `recipients`
+    /// (or empty: none), sent with RCPT to a server offering DSN.
+    pub rcpt_dsn: Vec<RcptDsn>,
 }
 
 impl Transaction {
@@ -169,6 +181,8 @@ impl Transaction {
             smtputf8: false,
             probe: true,
             replica_of: None,
+            mail_dsn: MailDsn::default(),
+            rcpt_dsn: Vec::new(),
         }
     }
 
@@ -196,6 +210,9 @@ pub struct Extensions {
     pub binary_mime: bool,
     /// XREPLICA: a ringpost peer that stores replicas from this client.
     pub replica: bool,
+    /// DSN (RFC 3461): the server takes NOTIFY, ORCPT, RET and ENVID and
+    /// reports on the message itself from here on.
+    pub dsn: bool,
 }
 
 impl Extensions {
@@ -216,6 +233,7 @@ impl Extensions {
                 "CHUNKING" => ext.chunking = true,
                 "BINARYMIME" => ext.binary_mime = true,
                 "XREPLICA" => ext.replica = true,
+                "DSN" => ext.dsn = true,
                 _ => {}
             }
         }
@@ -1146,12 +1164,25 @@ impl Client {
             command.push_str(" XREPLICA=");
             command.push_str(id);
         }
+        if self.sends_dsn() {
+            command.push_str(&self.txn.mail_dsn.wire());
+        }
         command.push_str("\r\n");
         command
     }
 
+    /// The DSN parameters go to this server: it offers DSN, and it is no
+    /// LMTP store (the final delivery, which ringpost reports itself).
+    fn sends_dsn(&self) -> bool {
+        self.extensions.dsn && !self.params.lmtp && !self.txn.probe
+    }
+
     fn push_rcpt(&mut self, index: usize) {
-        let command = format!("RCPT TO:<{}>\r\n", self.txn.recipients[index]);
+        let dsn = match self.txn.rcpt_dsn.get(index) {
+            Some(dsn) if self.sends_dsn() => dsn.wire(),
+            _ => String::new(),
+        };
+        let command = format!("RCPT TO:<{}>{dsn}\r\n", self.txn.recipients[index]);
         self.output.extend_from_slice(command.as_bytes());
         self.awaiting.push_back(Await::Rcpt(index));
     }
@@ -1475,6 +1506,8 @@ mod tests {
             smtputf8: false,
             probe: false,
             replica_of: None,
+            mail_dsn: MailDsn::default(),
+            rcpt_dsn: Vec::new(),
         }
     }
 
@@ -2493,6 +2526,58 @@ mod tests {
         let o = done(f.say("500 5.5.1 what\r\n"));
         assert_eq!(codes(&o), vec![('P', 500)]);
         assert!(!f.sent().contains("HELO"));
+    }
+
+    // ---- DSN parameters passed on (RFC 3461) ----
+
+    fn dsn_txn() -> Transaction {
+        use crate::smtp::dsn::{Notify, Ret};
+        Transaction {
+            mail_dsn: MailDsn { ret: Some(Ret::Hdrs), envid: Some("QQ314159".into()) },
+            rcpt_dsn: vec![
+                RcptDsn { notify: Some(Notify::SUCCESS), orcpt: Some("rfc822;a+2B1@x.net".into()) },
+                RcptDsn::default(),
+            ],
+            ..txn(&["a@x.net", "b@x.net"])
+        }
+    }
+
+    #[test]
+    fn dsn_parameters_go_to_a_server_that_offers_dsn() {
+        let mut f = Fake::new(dsn_txn());
+        let sent = f.open("250-mx.example.net\r\n250-PIPELINING\r\n250 DSN\r\n");
+        assert_eq!(
+            sent,
+            "MAIL FROM:<alice@example.org> RET=HDRS ENVID=QQ314159\r\n\
+             RCPT TO:<a@x.net> NOTIFY=SUCCESS ORCPT=rfc822;a+2B1@x.net\r\n\
+             RCPT TO:<b@x.net>\r\nDATA\r\n"
+        );
+        f.say("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+        f.client.body_sent();
+        let o = done(f.say("250 2.0.0 queued\r\n"));
+        assert!(o.extensions.dsn);
+    }
+
+    #[test]
+    fn dsn_parameters_are_left_out_without_dsn() {
+        let mut f = Fake::new(dsn_txn());
+        let sent = f.open("250-mx.example.net\r\n250 PIPELINING\r\n");
+        assert_eq!(sent, "MAIL FROM:<alice@example.org>\r\nRCPT TO:<a@x.net>\r\nRCPT TO:<b@x.net>\r\nDATA\r\n");
+        f.say("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+        f.client.body_sent();
+        let o = done(f.say("250 2.0.0 queued\r\n"));
+        assert!(!o.extensions.dsn);
+    }
+
+    #[test]
+    fn dsn_parameters_never_go_to_lmtp() {
+        let mut f = Fake::with_params(lmtp_params(), dsn_txn());
+        f.client.poll(f.now);
+        f.say("220 store LMTP\r\n");
+        assert!(f.sent().starts_with("LHLO"));
+        f.say("250-store\r\n250-PIPELINING\r\n250 DSN\r\n");
+        let sent = f.sent();
+        assert!(!sent.contains("NOTIFY") && !sent.contains("RET=") && !sent.contains("ENVID"), "{sent}");
     }
 
     // ---- BINARYMIME in BDAT chunks (RFC 3030) ----

@@ -4,6 +4,7 @@
 
 pub mod reply;
 pub mod address;
+pub mod dsn;
 pub mod received;
 pub mod server;
 pub mod client;

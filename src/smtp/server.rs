@@ -1,5 +1,5 @@
 //! The SMTP server state machine (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
-//! ENHANCEDSTATUSCODES, SMTPUTF8, CHUNKING and BINARYMIME), sans-IO: the
+//! ENHANCEDSTATUSCODES, SMTPUTF8, CHUNKING, BINARYMIME and DSN), sans-IO: the
 //! driver feeds received bytes and the current time, and takes back replies
 //! to write and events to act on. No sockets, no timers, no async here.
 //!
@@ -11,7 +11,8 @@
 //! length, bare CR/LF, NUL, error count and timeouts.
 //!
 //! Bounds: the input buffer holds at most one incomplete command line
-//! (< `COMMAND_LINE_BYTES_MAX`) plus one read of the driver, and never more
+//! (< `COMMAND_LINE_BYTES_MAX`, or `PARAMETER_LINE_BYTES_MAX` for MAIL and
+//! RCPT) plus one read of the driver, and never more
 //! than `INPUT_BYTES_MAX`; content leaves in `Body` chunks of at most
 //! `BODY_CHUNK_BYTES_MAX` (+ `BODY_CHUNK_SLACK_BYTES`); at most
 //! `EVENT_QUEUE_MAX` events wait. An idle session (between transactions,
@@ -65,6 +66,7 @@ use super::address::{
     parse_forward_path, parse_mail_params, parse_rcpt_params, parse_reverse_path,
 };
 pub use super::address::{Address, BodyType, MailParams, RcptParams, ReversePath};
+pub use super::dsn::{MailDsn, RcptDsn};
 use super::address::{AddressError, ParamError};
 use super::reply::{Enhanced, Reply};
 
@@ -73,6 +75,9 @@ pub use auth::{Credentials, Password};
 
 /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
 pub const COMMAND_LINE_BYTES_MAX: usize = 512;
+/// Longest MAIL or RCPT line: the DSN parameters may add 112 octets to
+/// MAIL and 522 to RCPT (RFC 3461 §5); both get the larger.
+pub const PARAMETER_LINE_BYTES_MAX: usize = COMMAND_LINE_BYTES_MAX + 522;
 /// Largest `Body` chunk handed to the driver (a chunk may exceed it by
 /// `BODY_CHUNK_SLACK_BYTES`).
 pub const BODY_CHUNK_BYTES_MAX: usize = 64 * 1024;
@@ -228,6 +233,9 @@ pub struct Transaction {
     pub params: MailParams,
     /// The recipients accepted so far, in order.
     pub recipients: Vec<Address>,
+    /// The DSN parameters (NOTIFY, ORCPT) of each accepted recipient, in
+    /// the same order.
+    pub recipient_dsn: Vec<RcptDsn>,
     pub helo_name: String,
     /// The Received "with" value (RFC 3848, RFC 6531).
     pub protocol: &'static str,
@@ -292,6 +300,7 @@ enum Pending {
     },
     Rcpt {
         forward_path: Address,
+        dsn: RcptDsn,
     },
     DataEnd,
     ReplicaTaken,
@@ -480,9 +489,10 @@ impl Server {
                     self.txn = Some(Box::new(self.new_transaction(reverse_path, params)));
                 }
             }
-            Pending::Rcpt { forward_path } => {
+            Pending::Rcpt { forward_path, dsn } => {
                 if let (true, Some(t)) = (reply.is_positive(), self.txn.as_mut()) {
                     t.recipients.push(forward_path);
+                    t.recipient_dsn.push(dsn);
                 }
             }
             Pending::DataEnd => {
@@ -751,6 +761,7 @@ impl Server {
             reverse_path,
             params,
             recipients: Vec::new(),
+            recipient_dsn: Vec::new(),
             helo_name,
             protocol,
             chunking: false,
@@ -775,8 +786,9 @@ impl Server {
 
     fn step_command(&mut self) -> Flow {
         let avail = &self.input[self.input_pos..];
+        let line_bytes_max = line_bytes_max(avail);
         let Some(lf) = avail.iter().position(|&b| b == b'\n') else {
-            if avail.len() >= COMMAND_LINE_BYTES_MAX {
+            if avail.len() >= line_bytes_max {
                 self.input_pos = self.input.len();
                 self.mode = Mode::SkipLine;
                 self.line_too_long();
@@ -787,7 +799,7 @@ impl Server {
         let line = avail[..lf].to_vec();
         self.input_pos += line_bytes;
         self.rearm = true;
-        if line_bytes > COMMAND_LINE_BYTES_MAX {
+        if line_bytes > line_bytes_max {
             self.line_too_long();
             return Flow::Continue;
         }
@@ -945,6 +957,8 @@ impl Server {
                 "SMTPUTF8".to_string(),
                 "CHUNKING".to_string(),
                 "BINARYMIME".to_string(),
+                // RFC 3461: NOTIFY, ORCPT, RET and ENVID (`super::dsn`).
+                "DSN".to_string(),
             ];
             let mut lines = lines;
             if self.params.starttls && !self.tls_active {
@@ -1129,6 +1143,9 @@ impl Server {
                 "syntax: junk after the recipient address",
             );
         };
+        if !param_text.is_empty() && !self.helo.as_ref().is_some_and(|h| h.esmtp) {
+            return self.client_error(555, Enhanced(5, 5, 4), "RCPT parameters need EHLO");
+        }
         let params = match parse_rcpt_params(param_text) {
             Ok(p) => p,
             Err(e) => return self.param_error(e),
@@ -1142,6 +1159,7 @@ impl Server {
         }
         self.pending = Some(Box::new(Pending::Rcpt {
             forward_path: forward_path.clone(),
+            dsn: params.dsn.clone(),
         }));
         self.push_event(Event::Rcpt {
             forward_path,
@@ -2021,6 +2039,17 @@ impl HeaderFilter {
 mod tests;
 
 /// The Received "with" keyword (RFC 3848, RFC 6531 §3.7.3).
+/// The longest line allowed for the command `line` starts with: MAIL and
+/// RCPT may carry DSN parameters (RFC 3461 §5), others get RFC 5321's.
+fn line_bytes_max(line: &[u8]) -> usize {
+    let verb = line.get(..5).unwrap_or_default();
+    if verb.eq_ignore_ascii_case(b"MAIL ") || verb.eq_ignore_ascii_case(b"RCPT ") {
+        PARAMETER_LINE_BYTES_MAX
+    } else {
+        COMMAND_LINE_BYTES_MAX
+    }
+}
+
 fn protocol_name(esmtp: bool, utf8: bool, tls: bool) -> &'static str {
     match (esmtp, utf8, tls) {
         (false, _, false) => "SMTP",

@@ -284,7 +284,8 @@ fn ehlo_lists_keywords() {
             "250-ENHANCEDSTATUSCODES",
             "250-SMTPUTF8",
             "250-CHUNKING",
-            "250 BINARYMIME"
+            "250-BINARYMIME",
+            "250 DSN"
         ]
     );
     t.expect_events(&[Ev::Helo("client.test".into(), true)]);
@@ -687,8 +688,116 @@ fn domain_length_limit() {
 #[test]
 fn rcpt_parameters_refused() {
     let mut t = Session::ehlo();
-    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com> NOTIFY=NEVER\r\nRCPT TO:<b@example.com> =x\r\n");
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com> XNOTIFY=NEVER\r\nRCPT TO:<b@example.com> =x\r\n");
     t.expect(&["250 2.1.0", "555 5.5.4", "501 5.5.4"]);
+}
+
+// ---- DSN (RFC 3461) ----
+
+#[test]
+fn dsn_is_offered() {
+    let t = Session::ehlo();
+    assert!(t.raw.contains("250-DSN\r\n") || t.raw.contains("250 DSN\r\n"), "{}", t.raw);
+}
+
+#[test]
+fn dsn_parameters_are_kept_per_recipient() {
+    let mut t = Session::ehlo();
+    t.send(
+        "MAIL FROM:<a@example.com> RET=HDRS ENVID=QQ314159\r\n\
+         RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+2Bx@example.com\r\n\
+         RCPT TO:<c@example.com> notify=never\r\n\
+         RCPT TO:<d@example.com>\r\n",
+    );
+    t.expect(&["250 2.1.0", "250 2.1.5", "250 2.1.5", "250 2.1.5"]);
+    let txn = t.s.transaction().unwrap();
+    assert_eq!(txn.params.dsn.ret, Some(crate::smtp::dsn::Ret::Hdrs));
+    assert_eq!(txn.params.dsn.envid.as_deref(), Some("QQ314159"));
+    assert_eq!(txn.recipient_dsn.len(), 3);
+    assert_eq!(txn.recipient_dsn[0].wire(), " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+2Bx@example.com");
+    assert_eq!(txn.recipient_dsn[1].wire(), " NOTIFY=NEVER");
+    assert!(txn.recipient_dsn[2].is_empty());
+}
+
+#[test]
+fn dsn_refused_recipient_keeps_the_lists_in_step() {
+    let mut t = Session::ehlo();
+    t.send(
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<unknown@example.com> NOTIFY=NEVER\r\n\
+         RCPT TO:<b@example.com> NOTIFY=DELAY\r\n",
+    );
+    t.expect(&["250 2.1.0", "550 5.1.1", "250 2.1.5"]);
+    let txn = t.s.transaction().unwrap();
+    assert_eq!(txn.recipients.len(), 1);
+    assert_eq!(txn.recipient_dsn[0].wire(), " NOTIFY=DELAY");
+}
+
+#[test]
+fn dsn_notify_syntax_errors() {
+    let mut t = Session::ehlo_with(|p| p.max_errors = 100);
+    t.send("MAIL FROM:<a@example.com>\r\n");
+    t.expect(&["250 2.1.0"]);
+    for bad in [
+        "NOTIFY=NEVER,SUCCESS",
+        "NOTIFY=SUCCESS,NEVER",
+        "NOTIFY=SUCCESS,SUCCESS",
+        "NOTIFY=ALWAYS",
+        "NOTIFY=SUCCESS,",
+        "NOTIFY",
+        "NOTIFY=",
+        "NOTIFY=DELAY NOTIFY=FAILURE",
+    ] {
+        t.send(&format!("RCPT TO:<b@example.com> {bad}\r\n"));
+        t.expect(&["501 5.5.4"]);
+    }
+    assert!(t.s.transaction().unwrap().recipients.is_empty());
+}
+
+#[test]
+fn dsn_orcpt_syntax_errors() {
+    let mut t = Session::ehlo_with(|p| p.max_errors = 100);
+    t.send("MAIL FROM:<a@example.com>\r\n");
+    t.expect(&["250 2.1.0"]);
+    let long = format!("ORCPT=rfc822;{}", "x".repeat(500));
+    for bad in [
+        "ORCPT=b@example.com",
+        "ORCPT=;b@example.com",
+        "ORCPT=rfc822;",
+        "ORCPT=rfc822;b+4@example.com",
+        "ORCPT=rfc822;b+zz@example.com",
+        "ORCPT",
+        long.as_str(),
+    ] {
+        t.send(&format!("RCPT TO:<b@example.com> {bad}\r\n"));
+        t.expect(&["501 5.5.4"]);
+    }
+    // ORCPT with '=' in the address must be xtext ("+3D").
+    t.send("RCPT TO:<b@example.com> ORCPT=rfc822;b=c@example.com\r\n");
+    t.expect(&["501 5.5.4"]);
+    t.send("RCPT TO:<b@example.com> ORCPT=rfc822;b+3Dc@example.com\r\n");
+    t.expect(&["250 2.1.5"]);
+}
+
+#[test]
+fn dsn_ret_and_envid_syntax_errors() {
+    let mut t = Session::ehlo_with(|p| p.max_errors = 100);
+    let long = format!("ENVID={}", "x".repeat(101));
+    for bad in ["RET=BODY", "RET", "RET=", "RET=FULL RET=HDRS", "ENVID", "ENVID=a+4", "ENVID=a+g1", long.as_str()] {
+        t.send(&format!("MAIL FROM:<a@example.com> {bad}\r\n"));
+        t.expect(&["501 5.5.4"]);
+        assert!(!t.s.in_transaction(), "{bad}");
+    }
+    t.send(&format!("MAIL FROM:<a@example.com> RET=full ENVID={}\r\n", "x".repeat(100)));
+    t.expect(&["250 2.1.0"]);
+}
+
+#[test]
+fn dsn_parameters_need_ehlo() {
+    let mut t = Session::new();
+    t.send("HELO client.test\r\nMAIL FROM:<a@example.com> RET=HDRS\r\n");
+    t.expect(&["250", "555 5.5.4"]);
+    t.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com> NOTIFY=NEVER\r\nRCPT TO:<b@example.com>\r\n");
+    t.expect(&["250 2.1.0", "555 5.5.4", "250 2.1.5"]);
 }
 
 // ---- MAIL parameters ----
@@ -1625,6 +1734,21 @@ fn command_line_at_limit() {
 }
 
 #[test]
+fn dsn_lines_may_be_longer() {
+    let mut t = Session::ehlo();
+    let orcpt = format!("rfc822;{}", "o".repeat(493));
+    let line = format!("RCPT TO:<{}@example.com> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT={orcpt}\r\n", "r".repeat(64));
+    assert!(line.len() > COMMAND_LINE_BYTES_MAX && line.len() <= PARAMETER_LINE_BYTES_MAX);
+    t.send("MAIL FROM:<a@example.com>\r\n");
+    t.send(&line);
+    t.expect(&["250 2.1.0", "250 2.1.5"]);
+    t.send(&format!("RCPT TO:<b@example.com> ORCPT=rfc822;{}\r\n", "o".repeat(PARAMETER_LINE_BYTES_MAX)));
+    t.expect(&["500 5.5.2"]);
+    t.send(&format!("NOOP {}\r\n", "n".repeat(COMMAND_LINE_BYTES_MAX)));
+    t.expect(&["500 5.5.2"]);
+}
+
+#[test]
 fn command_line_too_long_in_one_piece() {
     let mut t = Session::ehlo();
     t.send(&format!("NOOP {}\r\nNOOP\r\n", "n".repeat(512 - 6)));
@@ -2152,7 +2276,7 @@ fn random_input_never_panics_and_stays_bounded() {
                 }
             }
             t.send_bytes(&chunk);
-            assert!(t.s.input.len() < COMMAND_LINE_BYTES_MAX, "seed {seed}");
+            assert!(t.s.input.len() < PARAMETER_LINE_BYTES_MAX, "seed {seed}");
             if t.closed {
                 break;
             }
