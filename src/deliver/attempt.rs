@@ -98,9 +98,12 @@ impl Hop {
 }
 
 /// The SMTP settings of a transport rule (or the defaults without one).
-fn smtp_policy(config: &Config, rule: Option<&crate::config::TransportRule>) -> outbound::Policy {
+fn smtp_policy(config: &Config, rule: Option<usize>) -> outbound::Policy {
+    let index = rule;
+    let rule = rule.map(|index| &config.transports[index]);
     outbound::Policy {
         tls: rule.and_then(|r| r.tls).unwrap_or(config.delivery.tls),
+        rule: index,
         max_connections: rule
             .and_then(|r| r.max_connections)
             .unwrap_or(config.delivery.max_connections_per_destination),
@@ -131,7 +134,7 @@ pub fn rule_hop(config: &Config, index: usize, address: &Address) -> Option<Hop>
     let rule = &config.transports[index];
     match rule.transport {
         TransportKind::Smtp => {
-            Some(Hop::Smtp { destination: rule_destination(rule, address), policy: smtp_policy(config, Some(rule)) })
+            Some(Hop::Smtp { destination: rule_destination(rule, address), policy: smtp_policy(config, Some(index)) })
         }
         TransportKind::Lmtp => rule.nexthop.as_deref()?.parse().ok().map(Hop::Lmtp),
         TransportKind::Pipe | TransportKind::Maildir => None,
@@ -169,6 +172,9 @@ impl Deliverer {
     ) -> Result<Deliverer, String> {
         let resolver = Resolver::new(dns).map_err(|e| format!("dns: {e}"))?;
         let connections = Connections::new(&config);
+        if let Some(problem) = connections.security().problem(&config) {
+            return Err(problem);
+        }
         Ok(Deliverer {
             config,
             queue,
@@ -282,7 +288,7 @@ impl Deliverer {
                     }
                 }
                 Path::Smtp { destination, rule } => {
-                    let policy = smtp_policy(&self.config, rule.map(|r| &self.config.transports[r]));
+                    let policy = smtp_policy(&self.config, *rule);
                     for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
                         let delivered =
                             outbound::deliver(&out, destination, policy, &body_path, env, group)

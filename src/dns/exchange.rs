@@ -83,6 +83,9 @@ pub struct Exchange {
     transmission_count: usize,
     /// Datagrams ignored as not matching.
     pub ignored_count: u64,
+    /// The answer that ended the exchange had the AD bit set, to a secure
+    /// question (`Question::secure`); false for any other.
+    pub authentic: bool,
 }
 
 impl Exchange {
@@ -101,6 +104,7 @@ impl Exchange {
             failure_last: None,
             transmission_count: 0,
             ignored_count: 0,
+            authentic: false,
         }
     }
 
@@ -181,6 +185,7 @@ impl Exchange {
             Ok(interpretation) => interpretation,
             Err(error) => return self.done(Err(error)),
         };
+        self.authentic = self.question.secure && message.authentic_data();
         match interpretation {
             Interpretation::Answer(lookup) => self.done(Ok(Resolved::Answer(lookup))),
             Interpretation::Chase { target, hops, ttl_s } => self.done(Ok(Resolved::Chase { target, hops, ttl_s })),

@@ -333,6 +333,91 @@ impl Resolver {
         }
     }
 
+    /// The records of `kind` for `domain` asked with the AD bit, and whether
+    /// the answer is authenticated data (RFC 4035 §3.2.3): what DANE
+    /// decides by. Not shared with other lookups in flight; a CNAME chain
+    /// the server leaves unfinished is followed, authentic only if every
+    /// part is. Whether the server's AD bit is believed at all is the
+    /// caller's decision (`dns.dnssec_trusted`).
+    pub async fn lookup_secure(&self, domain: &str, kind: RecordKind) -> Result<(Lookup, bool), ResolveError> {
+        let question = Question::secure(domain, kind)?;
+        self.stats.borrow_mut().lookups += 1;
+        crate::metrics::DNS_LOOKUPS.inc();
+        let mut current = question.clone();
+        let mut hops_total = 0;
+        let mut chain_ttl_s = TTL_MAX_S;
+        let mut chain_authentic = true;
+        loop {
+            let cached = self.cache.borrow_mut().get_authentic(&current, Instant::now());
+            let (resolved, authentic) = match cached {
+                Some((lookup, authentic)) => {
+                    self.stats.borrow_mut().cache_hits += 1;
+                    crate::metrics::DNS_CACHE_HITS.inc();
+                    (Resolved::Answer(lookup), authentic)
+                }
+                None => {
+                    let started = Instant::now();
+                    let resolved = self.exchange_authentic(&current).await;
+                    crate::metrics::DNS_QUERY_LATENCY.since(started);
+                    crate::metrics::DNS_QUERIES.inc(usize::from(resolved.is_err()));
+                    resolved?
+                }
+            };
+            chain_authentic &= authentic;
+            match resolved {
+                Resolved::Answer(lookup) if hops_total == 0 => return Ok((lookup, chain_authentic)),
+                Resolved::Answer(lookup) => {
+                    let lookup = lookup.clone().with_ttl_s(min(chain_ttl_s, lookup.ttl_s()));
+                    self.cache.borrow_mut().insert_authentic(
+                        question.clone(),
+                        lookup.clone(),
+                        chain_authentic,
+                        Instant::now(),
+                    );
+                    return Ok((lookup, chain_authentic));
+                }
+                Resolved::Chase { target, hops, ttl_s } => {
+                    hops_total += hops;
+                    if hops_total > CNAME_CHAIN_LENGTH_MAX {
+                        return Err(ResolveError::CnameChainTooLong {
+                            name: question.name_text(),
+                            limit: CNAME_CHAIN_LENGTH_MAX,
+                        });
+                    }
+                    chain_ttl_s = min(chain_ttl_s, ttl_s);
+                    current = target;
+                }
+            }
+        }
+    }
+
+    /// One secure question on the wire, with the cache filled from its
+    /// answer and whether it was authenticated data.
+    async fn exchange_authentic(&self, question: &Question) -> Result<(Resolved, bool), ResolveError> {
+        debug_assert!(question.secure);
+        let _in_flight = self.enter()?;
+        let mut exchange = Exchange::new(question.clone(), &self.params, &mut self.random.borrow_mut());
+        let mut step = exchange.start(&mut self.random.borrow_mut(), Instant::now());
+        loop {
+            step = match step {
+                Step::Done(result) => {
+                    let authentic = exchange.authentic;
+                    if let Ok(Resolved::Answer(lookup)) = &result {
+                        self.cache.borrow_mut().insert_authentic(
+                            question.clone(),
+                            lookup.clone(),
+                            authentic,
+                            Instant::now(),
+                        );
+                    }
+                    return result.map(|resolved| (resolved, authentic));
+                }
+                Step::Send(t) if t.transport == Transport::Udp => self.send_udp(&mut exchange, t).await,
+                Step::Send(t) => self.send_tcp(&mut exchange, t).await,
+            };
+        }
+    }
+
     /// The answer of the exchange for `question` already in flight, or of a
     /// new one that later lookups of the same question share.
     async fn exchange_shared(&self, question: &Question) -> Result<Resolved, ResolveError> {
