@@ -293,7 +293,11 @@ impl Deliverer {
                         let delivered =
                             outbound::deliver(&out, destination, policy, &body_path, env, group)
                                 .await;
-                        let tls = if delivered.tls { " tls=yes" } else { "" };
+                        let tls = if delivered.tls {
+                            format!(" tls=yes tls_level={}", delivered.tls_level)
+                        } else {
+                            String::new()
+                        };
                         let relay =
                             format!("{} conn_use={}{tls}", delivered.relay, delivered.conn_use);
                         results.extend(attempted(group, delivered.outcomes, &relay));

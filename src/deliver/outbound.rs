@@ -84,6 +84,9 @@ pub struct Delivered {
     pub conn_use: u32,
     /// The transaction ran over TLS.
     pub tls: bool,
+    /// The TLS level the host was connected at (`security::Level::as_str`),
+    /// "" when no host was reached.
+    pub tls_level: &'static str,
     /// The name of the host that gave the outcomes (the MX or smarthost
     /// name as configured or found, an IP address when given as one), or
     /// the destination when no host was reached.
@@ -187,6 +190,7 @@ async fn attempt(
         relay,
         conn_use: 0,
         tls: false,
+        tls_level: "",
         host,
         transcript: Vec::new(),
         mail_accepted: false,
@@ -235,6 +239,7 @@ async fn attempt(
             relay,
             conn_use,
             tls: outcome.tls,
+            tls_level: target.level.as_ref().map(Level::as_str).unwrap_or(""),
             host: target.name.clone(),
             transcript: outcome.transcript.clone(),
             mail_accepted: outcome.mail_accepted,
