@@ -18,7 +18,7 @@
 //! first), `POLICY_BYTES_MAX` of body, `HEAD_BYTES_MAX` of response head,
 //! `MX_PATTERN_COUNT_MAX` patterns, `FETCH_TIMEOUT` for the whole fetch.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -145,6 +145,25 @@ pub fn txt_id(records: &[Vec<u8>]) -> Option<String> {
     found
 }
 
+/// What to do for a domain, from its cached policy's id and the id its
+/// TXT record has now.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// The cached policy, if any, is in force: the TXT record is gone (or
+    /// broken), or names the cached version.
+    UseCached,
+    /// Fetch the policy: none cached, or the TXT record names a new id.
+    Fetch(String),
+}
+
+fn next_step(cached_id: Option<&str>, txt_id: Option<String>) -> Step {
+    match txt_id {
+        None => Step::UseCached,
+        Some(id) if cached_id == Some(id.as_str()) => Step::UseCached,
+        Some(id) => Step::Fetch(id),
+    }
+}
+
 struct Cached {
     id: String,
     policy: StsPolicy,
@@ -155,13 +174,11 @@ struct Cached {
 pub struct MtaSts {
     tls: Result<Arc<rustls::ClientConfig>, String>,
     cache: RefCell<HashMap<String, Cached>>,
-    /// Policies fetched (not answered from the cache), for logs and tests.
-    pub fetch_count: Cell<u64>,
 }
 
 impl MtaSts {
     pub fn new(tls: Result<Arc<rustls::ClientConfig>, String>) -> MtaSts {
-        MtaSts { tls, cache: RefCell::new(HashMap::new()), fetch_count: Cell::new(0) }
+        MtaSts { tls, cache: RefCell::new(HashMap::new()) }
     }
 
     pub fn problem(&self) -> Option<String> {
@@ -186,15 +203,10 @@ impl MtaSts {
             }
             _ => None,
         };
-        let Some(id) = id else {
-            return cached.map(|(_, policy)| policy);
+        let id = match next_step(cached.as_ref().map(|(id, _)| id.as_str()), id) {
+            Step::UseCached => return cached.map(|(_, policy)| policy),
+            Step::Fetch(id) => id,
         };
-        if let Some((cached_id, policy)) = &cached {
-            if *cached_id == id {
-                return Some(policy.clone());
-            }
-        }
-        self.fetch_count.set(self.fetch_count.get() + 1);
         match self.fetch(resolver, &domain).await {
             Ok(policy) => {
                 crate::log::event(
@@ -366,6 +378,32 @@ mod tests {
         assert_eq!(txt_id(&[b"v=STSv1; id=a".to_vec(), b"v=STSv1; id=b".to_vec()]), None, "two records");
         assert_eq!(txt_id(&[b"v=STSv1; id=no-dashes".to_vec()]), None);
         assert_eq!(txt_id(&[b"v=STSv1;".to_vec()]), None);
+    }
+
+    #[test]
+    fn a_new_txt_id_fetches_the_policy_again_and_a_missing_record_keeps_the_cached_one() {
+        assert_eq!(next_step(None, Some("a1".to_string())), Step::Fetch("a1".to_string()));
+        assert_eq!(next_step(Some("a1"), Some("a1".to_string())), Step::UseCached);
+        assert_eq!(next_step(Some("a1"), Some("b2".to_string())), Step::Fetch("b2".to_string()));
+        assert_eq!(next_step(Some("a1"), None), Step::UseCached, "RFC 8461 §5.1: keep the cached policy");
+        assert_eq!(next_step(None, None), Step::UseCached);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_keeps_the_newest_policies() {
+        let sts = MtaSts::new(Err("unused".to_string()));
+        let policy = |age| StsPolicy { mode: StsMode::Enforce, mx: vec!["mx.example".to_string()], max_age_s: age };
+        let now = Instant::now();
+        for i in 0..CACHE_ENTRIES_MAX + 10 {
+            sts.store(&format!("d{i}.example"), "1".to_string(), policy(1000 + i as u64), now);
+        }
+        assert_eq!(sts.cache.borrow().len(), CACHE_ENTRIES_MAX);
+        // The entries closest to expiry went first.
+        assert!(sts.cached("d0.example", now).is_none());
+        assert!(sts.cached(&format!("d{}.example", CACHE_ENTRIES_MAX + 9), now).is_some());
+        // An expired entry is gone when asked for.
+        let later = now + Duration::from_secs(1000 + CACHE_ENTRIES_MAX as u64 + 20);
+        assert!(sts.cached(&format!("d{}.example", CACHE_ENTRIES_MAX + 9), later).is_none());
     }
 
     #[test]

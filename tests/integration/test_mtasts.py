@@ -7,13 +7,18 @@ verified TLS, the policy fetched once and then cached; a non-matching MX
 → deferred 4.7.5; `testing` → delivered, the mismatch logged."""
 
 import http.server
+import shutil
 import smtplib
 import ssl
+import subprocess
+import tempfile
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
-from conftest import Unbound, free_port, wait_for
+from conftest import Unbound, free_port, unbound_binary, wait_for
 
 HTTPS_ADDR = "127.0.0.45"
 
@@ -21,6 +26,7 @@ POLICIES = {
     "mta-sts.sts.test": "version: STSv1\r\nmode: enforce\r\nmx: *.sts.test\r\nmax_age: 86400\r\n",
     "mta-sts.other.test": "version: STSv1\r\nmode: enforce\r\nmx: mx9.other.test\r\nmax_age: 86400\r\n",
     "mta-sts.testing.test": "version: STSv1\r\nmode: testing\r\nmx: mx9.testing.test\r\nmax_age: 86400\r\n",
+    "mta-sts.rotate.test": "version: STSv1\r\nmode: enforce\r\nmx: mx1.rotate.test\r\nmax_age: 86400\r\n",
 }
 
 ZONE = [
@@ -30,8 +36,12 @@ ZONE = [
     "mx1.other.test. 300 IN A 127.0.0.1",
     "testing.test. 300 IN MX 10 mx1.testing.test.",
     "mx1.testing.test. 300 IN A 127.0.0.1",
+    "rotate.test. 300 IN MX 10 mx1.rotate.test.",
+    "mx1.rotate.test. 300 IN A 127.0.0.1",
 ] + [f"{host}. 300 IN A {HTTPS_ADDR}" for host in POLICIES] + [
-    f'_mta-sts.{host.removeprefix("mta-sts.")}. 300 IN TXT "v=STSv1; id=20261201"' for host in POLICIES
+    # rotate.test's TXT record lives 1 s: the test changes its id.
+    f'_mta-sts.{host.removeprefix("mta-sts.")}. {1 if "rotate" in host else 300} IN TXT "v=STSv1; id=20261201"'
+    for host in POLICIES
 ]
 
 
@@ -86,11 +96,30 @@ def policy_server(test_ca):
 
 @pytest.fixture
 def sts_dns(tmp_path):
-    """unbound with ZONE; the TXT texts are in double quotes, so each record
-    is in single ones."""
+    """unbound with ZONE (the TXT texts are in double quotes, so each record
+    is in single ones), restarted on the same port with unbound-control on
+    a unix socket, so that a test can change a record
+    (`server.control(...)`)."""
     server = Unbound(tmp_path / "unbound", "test", ZONE, quote="'")
+    control_dir = Path(tempfile.mkdtemp(prefix="rp-ubctl-"))
+    conf = tmp_path / "unbound" / "unbound.conf"
+    text = conf.read_text().replace(
+        "remote-control:\n    control-enable: no\n",
+        f"remote-control:\n    control-enable: yes\n    control-interface: {control_dir}/ctl\n"
+        "    control-use-cert: no\n")
+    server.stop()
+    conf.write_text(text)
+    server.log = open(tmp_path / "unbound" / "unbound.log", "ab")
+    server.proc = subprocess.Popen([str(unbound_binary()), "-d", "-c", str(conf)], stdout=server.log,
+                                   stderr=server.log)
+    assert server._answers("test"), "unbound restarted with its control socket"
+
+    def control(*args):
+        subprocess.run(["unbound-control", "-c", str(conf), *args], check=True, capture_output=True)
+    server.control = control
     yield server
     server.stop()
+    shutil.rmtree(control_dir, ignore_errors=True)
 
 
 def send(rp, recipient, subject):
@@ -109,8 +138,9 @@ def world(ringpost, dns, postfix, smtp_sink, policy_server, settings=()):
     sink = smtp_sink()
     port = free_port()
     # The MX certificate comes from the same CA as the policy host's.
-    cert, key = policy_server.ca.issue(["mx1.sts.test", "mx1.other.test", "mx1.testing.test"])
-    postfix("127.0.0.1", port, sink.port, ["sts.test", "other.test", "testing.test"], tls=(cert, key))
+    cert, key = policy_server.ca.issue(["mx1.sts.test", "mx1.other.test", "mx1.testing.test", "mx1.rotate.test"])
+    postfix("127.0.0.1", port, sink.port, ["sts.test", "other.test", "testing.test", "rotate.test"],
+            tls=(cert, key))
     rp = ringpost({"dns.servers": f'["127.0.0.1:{dns.port}"]', "delivery.port": str(port),
                    "delivery.mta_sts": "true", "delivery.tls_ca_file": f'"{policy_server.ca.cert}"',
                    **dict(settings)})
@@ -158,3 +188,25 @@ def test_without_a_trusted_policy_certificate_there_is_no_policy(ringpost, sts_d
     send(rp, "a@other.test", "no policy")
     sink.wait_message(b"Subject: no policy")
     assert "event=mta_sts_fetch_failed" in rp.log_text()
+
+
+def test_a_new_txt_id_fetches_the_policy_again(ringpost, sts_dns, postfix, smtp_sink, policy_server):
+    """The policy changes (its MX pattern no longer names the MX host) and
+    the TXT record gets a new id: the next delivery fetches the new
+    policy, which defers it."""
+    sink, rp = world(ringpost, sts_dns, postfix, smtp_sink, policy_server, {"server.shards": "1"})
+    send(rp, "a@rotate.test", "old policy")
+    sink.wait_message(b"Subject: old policy")
+    POLICIES["mta-sts.rotate.test"] = "version: STSv1\r\nmode: enforce\r\nmx: mx9.rotate.test\r\nmax_age: 86400\r\n"
+    try:
+        sts_dns.control("local_data_remove", "_mta-sts.rotate.test.")
+        sts_dns.control("local_data", '_mta-sts.rotate.test. 1 IN TXT "v=STSv1; id=20261202"')
+        time.sleep(1.5)  # the old TXT answer's TTL
+        send(rp, "b@rotate.test", "new policy")
+        line = delivery_lines(rp, "b@rotate.test")[0]
+    finally:
+        POLICIES["mta-sts.rotate.test"] = \
+            "version: STSv1\r\nmode: enforce\r\nmx: mx1.rotate.test\r\nmax_age: 86400\r\n"
+    assert "status=deferred" in line and "4.7.5" in line and "MTA-STS" in line, line
+    fetched = [r for r in policy_server.requests if r[0] == "mta-sts.rotate.test"]
+    assert len(fetched) == 2, policy_server.requests
