@@ -352,7 +352,8 @@ async fn transact(
 ) -> std::io::Result<(Outcome, u32)> {
     let level = match &target.level {
         Ok(level) => level,
-        Err(_) => unreachable!("attempt() skips a target that must not be used"),
+        // attempt() skips a target that must not be used.
+        Err(reply) => return Err(std::io::Error::other(reply.summary())),
     };
     // An authenticated level reuses only sessions authenticated for the
     // same name; the others any session to the address.

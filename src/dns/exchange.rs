@@ -289,6 +289,27 @@ mod tests {
     }
 
     #[test]
+    fn a_secure_question_asks_for_the_ad_bit_and_reports_it() {
+        for (secure, ad_in_answer, authentic) in
+            [(true, true, true), (true, false, false), (false, true, false), (false, false, false)]
+        {
+            let mut random = Random::from_seed(7);
+            let question = Question::new("mx.example", RecordKind::A).unwrap();
+            let question = if secure { question.into_secure() } else { question };
+            let mut exchange = Exchange::new(question, &params(&[S1], 1), &mut random);
+            let now = Instant::now();
+            let t = send(exchange.start(&mut random, now));
+            assert_eq!(Message::from_vec(&t.query).unwrap().authentic_data(), secure);
+            let mut response = response_to(&t.query, ResponseCode::NoError);
+            response.add_answer(a("mx.example.", 60, [192, 0, 2, 25]));
+            response.set_authentic_data(ad_in_answer);
+            let step = exchange.on_udp_response(t.server, &response.to_vec().unwrap(), &mut random, now);
+            assert_eq!(step, Some(expected_a()));
+            assert_eq!(exchange.authentic, authentic, "secure {secure}, AD {ad_in_answer}");
+        }
+    }
+
+    #[test]
     fn answer_over_udp() {
         let (mut exchange, mut random, t, now) = start(&[S1, S2], 2);
         assert_eq!((t.server, t.transport), (S1.parse().unwrap(), Transport::Udp));

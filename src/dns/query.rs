@@ -63,7 +63,12 @@ impl Question {
 
     /// As `new`, asking for the AD bit (DANE's lookups).
     pub fn secure(domain: &str, kind: RecordKind) -> Result<Question, ResolveError> {
-        Ok(Question { secure: true, ..Question::new(domain, kind)? })
+        Ok(Question::new(domain, kind)?.into_secure())
+    }
+
+    /// The same question asking for the AD bit.
+    pub fn into_secure(self) -> Question {
+        Question { secure: true, ..self }
     }
 
     pub(crate) fn from_name(name: Name, kind: RecordKind) -> Question {

@@ -385,7 +385,8 @@ impl Resolver {
                         });
                     }
                     chain_ttl_s = min(chain_ttl_s, ttl_s);
-                    current = target;
+                    // The chase's question is built plain: ask it securely.
+                    current = target.into_secure();
                 }
             }
         }

@@ -190,19 +190,21 @@ pub fn client_config() -> Arc<ClientConfig> {
 }
 
 /// Trusted roots from a PEM file (`SYSTEM_ROOTS_PATH` when `path` is
-/// `None`): every certificate in it, at least one.
+/// `None`): every certificate in it that can serve as a trust anchor (a
+/// system bundle may hold one that cannot), at least one.
 pub fn load_roots(path: Option<&Path>) -> Result<Arc<RootCertStore>, String> {
     let path = path.unwrap_or(Path::new(SYSTEM_ROOTS_PATH));
-    let mut roots = RootCertStore::empty();
+    let mut certs = Vec::new();
     for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))? {
-        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-        if roots.len() == ROOT_COUNT_MAX {
+        if certs.len() == ROOT_COUNT_MAX {
             return Err(format!("{}: more than {ROOT_COUNT_MAX} certificates", path.display()));
         }
-        roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        certs.push(cert.map_err(|e| format!("{}: {e}", path.display()))?);
     }
-    if roots.is_empty() {
-        return Err(format!("{}: no certificate in the file", path.display()));
+    let mut roots = RootCertStore::empty();
+    let (added, _unusable) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("{}: no usable certificate in the file", path.display()));
     }
     Ok(Arc::new(roots))
 }
@@ -278,6 +280,19 @@ impl ServerCertVerifier for Unverified {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roots_load_from_the_system_bundle_and_refuse_an_empty_file() {
+        if Path::new(SYSTEM_ROOTS_PATH).exists() {
+            let roots = load_roots(None).expect("the system's roots load");
+            assert!(roots.len() > 10, "{} roots", roots.len());
+        }
+        let empty = std::env::temp_dir().join(format!("ringpost-empty-roots-{}.pem", std::process::id()));
+        std::fs::write(&empty, b"no certificates here\n").unwrap();
+        assert!(load_roots(Some(&empty)).unwrap_err().contains("no usable certificate"));
+        let _ = std::fs::remove_file(&empty);
+        assert!(load_roots(Some(Path::new("/nonexistent/roots.pem"))).is_err());
+    }
 
     /// Upgrading adds little to the future of a session that can upgrade:
     /// the handshake's state is boxed.
