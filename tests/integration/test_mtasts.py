@@ -210,3 +210,20 @@ def test_a_new_txt_id_fetches_the_policy_again(ringpost, sts_dns, postfix, smtp_
     assert "status=deferred" in line and "4.7.5" in line and "MTA-STS" in line, line
     fetched = [r for r in policy_server.requests if r[0] == "mta-sts.rotate.test"]
     assert len(fetched) == 2, policy_server.requests
+
+
+def test_enforce_needs_a_verified_certificate_even_where_the_configured_level_is_may(
+        ringpost, sts_dns, postfix, smtp_sink, policy_server, test_ca):
+    """The policy is fetched (its host's CA is mta_sts_ca_file) and names
+    the MX host, but the MX certificate does not chain to tls_ca_file: with
+    delivery.tls = "may" the message is still deferred with 4.7.5, never
+    sent unverified or in plaintext."""
+    other = test_ca("Some Other CA")
+    sink, rp = world(ringpost, sts_dns, postfix, smtp_sink, policy_server,
+                     {"delivery.tls": '"may"', "delivery.tls_ca_file": f'"{other.cert}"',
+                      "delivery.mta_sts_ca_file": f'"{policy_server.ca.cert}"'})
+    send(rp, "a@sts.test", "unverified mx")
+    line = delivery_lines(rp, "a@sts.test")[0]
+    assert "status=deferred" in line and "4.7.5" in line and "UnknownIssuer" in line, line
+    assert "event=mta_sts_policy" in rp.log_text()
+    assert sink.messages() == []
