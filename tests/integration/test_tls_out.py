@@ -88,7 +88,7 @@ def test_encrypt_still_delivers_where_verify_defers(ringpost, unbound, postfix, 
     assert "status=deferred" in line and "4.7.5" in line, line
 
 
-def test_an_unreadable_ca_file_stops_the_start(ringpost, tmp_path):
+def test_an_unreadable_ca_file_stops_the_start_and_check_config(tmp_path):
     import subprocess
     from conftest import RINGPOST
     missing = tmp_path / "no-such-ca.pem"
@@ -98,3 +98,7 @@ def test_an_unreadable_ca_file_stops_the_start(ringpost, tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     assert "tls_ca_file" in r.stderr and "no-such-ca.pem" in r.stderr, r.stderr
+    check = subprocess.run([str(RINGPOST), "--set", 'delivery.tls="verify"', "--set",
+                            f'delivery.tls_ca_file="{missing}"', "check-config"],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 2 and "no-such-ca.pem" in check.stderr, check.stderr
