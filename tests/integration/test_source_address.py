@@ -66,3 +66,39 @@ def test_a_source_address_that_cannot_be_bound_defers_and_is_logged(ringpost, po
                     what="the deferral")[0]
     assert "status=deferred" in line and "bind 192.0.2.1" in line, line
     assert sink.messages() == []
+
+
+def test_each_family_gets_its_own_source_address(ringpost, smtp_sink, monkeypatch):
+    """source_address with an IPv4 and an IPv6 address: a connection to an
+    IPv4 next hop is made from the IPv4 one (127.0.0.3, not the kernel's
+    127.0.0.1), one to an IPv6 next hop (a private Postfix on [::1]) from
+    the IPv6 one: the IPv4 address would not connect there at all. (::1 is
+    the only IPv6 address here, so the kernel would choose it too.)"""
+    import conftest
+    from conftest import Postfix
+    # Postfix's master.cf wants "[::1]:port"; a socket connects to "::1".
+    wait_port = conftest.wait_port
+    monkeypatch.setattr(conftest, "wait_port",
+                        lambda port, host="127.0.0.1", **kw: wait_port(port, host.strip("[]"), **kw))
+    sink = smtp_sink()
+    port4, port6 = free_port(), free_port()
+    v4 = Postfix("127.0.0.1", port4, sink.port, ["four.test"])
+    try:
+        v6 = Postfix("[::1]", port6, sink.port, ["six.test"], main=["inet_protocols = all"])
+    except Exception:
+        v4.stop()
+        raise
+    try:
+        rules = ("[" + rule(domains=["four.test"], transport="smtp", nexthop=f"127.0.0.1:{port4}") + ", "
+                 + rule(domains=["six.test"], transport="smtp", nexthop=f"[::1]:{port6}") + "]")
+        rp = ringpost({"delivery.source_address": '["127.0.0.3", "::1"]', "delivery.helo_name": '"out.test"',
+                       "transport": rules})
+        send(rp, ["x@four.test"], "over four")
+        send(rp, ["y@six.test"], "over six")
+        four = received_from(sink.wait_message(b"Subject: over four")[0])
+        six = received_from(sink.wait_message(b"Subject: over six")[0])
+        assert b"[127.0.0.3])" in four, four
+        assert b"[IPv6:::1])" in six or b"[::1])" in six, six
+    finally:
+        v4.stop()
+        v6.stop()
