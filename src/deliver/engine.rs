@@ -78,9 +78,7 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn new(config: Arc<Config>, queue: Rc<Queue>, deliverer: Rc<Deliverer>) -> Delivery {
-        let permits = Rc::new(Semaphore::new(
-            config.delivery.max_concurrent_per_shard as u64,
-        ));
+        let permits = Rc::new(Semaphore::new(config.delivery.max_concurrent_per_shard as u64));
         let clock = queue.clock().clone();
         Delivery {
             config: std::cell::RefCell::new(config),
@@ -188,11 +186,7 @@ impl Delivery {
                 Some(Some(env)) => env,
             };
             let this = self.clone();
-            let count = this
-                .attempts_active
-                .get()
-                .checked_add(1)
-                .expect("attempt count overflow");
+            let count = this.attempts_active.get().checked_add(1).expect("attempt count overflow");
             this.attempts_active.set(count);
             // The attempt's future (about 11 KiB: every transport's state)
             // is boxed once here; spawned inline it would be copied four
@@ -202,11 +196,7 @@ impl Delivery {
                 async move {
                     attempt.await;
                     drop(permit);
-                    let count = this
-                        .attempts_active
-                        .get()
-                        .checked_sub(1)
-                        .expect("attempt count below zero");
+                    let count = this.attempts_active.get().checked_sub(1).expect("attempt count below zero");
                     this.attempts_active.set(count);
                     this.idle.notify(usize::MAX);
                 },
@@ -218,11 +208,7 @@ impl Delivery {
                 }
                 Err(e) => {
                     log::event("spawn_error", &[("error", &e)]);
-                    let count = self
-                        .attempts_active
-                        .get()
-                        .checked_sub(1)
-                        .expect("attempt count below zero");
+                    let count = self.attempts_active.get().checked_sub(1).expect("attempt count below zero");
                     self.attempts_active.set(count);
                 }
             }
@@ -305,7 +291,10 @@ impl Delivery {
         match replicate::decide(env, now_ms, heard_ms, takeover_after, self.config().queue.max_age.0) {
             Hold::TakeOver => {
                 let silent_s = now_ms.saturating_sub(heard_ms) / 1000;
-                log::event("replica_takeover", &[("id", &env.id), ("origin_id", &origin), ("origin_silent_s", &silent_s)]);
+                log::event(
+                    "replica_takeover",
+                    &[("id", &env.id), ("origin_id", &origin), ("origin_silent_s", &silent_s)],
+                );
                 self.held.took_over(&origin);
                 env.replica_of = None;
                 false
@@ -346,8 +335,7 @@ impl Delivery {
             for r in env.recipients.iter_mut() {
                 if r.state == RcptState::Pending {
                     r.state = RcptState::Failed;
-                    r.last_reply =
-                        format!("4.4.7 message expired in queue; last: {}", r.last_reply);
+                    r.last_reply = format!("4.4.7 message expired in queue; last: {}", r.last_reply);
                 }
             }
         }
@@ -601,19 +589,16 @@ impl Delivery {
         writer.write(&message).await?;
         let now_ms = self.clock.unix_ms();
         debug_assert_eq!(writer.size_bytes(), message.len() as u64);
-        let bounce =
-            Envelope::from_null_sender(writer.id().to_string(), original_sender.clone(), &message, env.smtputf8, now_ms);
+        let bounce = Envelope::from_null_sender(
+            writer.id().to_string(),
+            original_sender.clone(),
+            &message,
+            env.smtputf8,
+            now_ms,
+        );
         let bounce_id = bounce.id.clone();
         writer.commit(&self.queue, bounce).await?;
-        log::event(
-            "bounce",
-            &[
-                ("id", &bounce_id),
-                ("original", &env.id),
-                ("to", &env.sender),
-                ("kind", &kind),
-            ],
-        );
+        log::event("bounce", &[("id", &bounce_id), ("original", &env.id), ("to", &env.sender), ("kind", &kind)]);
         Ok(())
     }
 }
@@ -664,7 +649,6 @@ fn report_line(env: &Envelope, index: usize, action: dsn::Action) -> dsn::Failed
     line.original_recipient = r.dsn.orcpt_text();
     line
 }
-
 
 #[cfg(test)]
 mod future_sizes {
