@@ -39,6 +39,7 @@ fn envelope(id: String, i: u64, now_ms: u64) -> Envelope {
             state: RcptState::Pending,
             last_reply: String::new(),
             folder: None,
+            dsn: Default::default(),
         }],
         arrival_unix_ms: now_ms,
         next_retry_unix_ms: now_ms,
@@ -53,6 +54,8 @@ fn envelope(id: String, i: u64, now_ms: u64) -> Envelope {
         replica_of: None,
         held: false,
         auth: None,
+        dsn: Default::default(),
+        delay_warned: false,
         body: Body::Inline(Default::default()),
     }
 }

@@ -40,6 +40,7 @@ fn envelope(id: String, i: u64) -> Envelope {
             state: RcptState::Pending,
             last_reply: "451 4.7.1 greylisted, try again later".to_string(),
             folder: None,
+            dsn: Default::default(),
         }],
         arrival_unix_ms: now_ms,
         next_retry_unix_ms: now_ms + 3_600_000,
@@ -54,6 +55,8 @@ fn envelope(id: String, i: u64) -> Envelope {
         replica_of: None,
         held: false,
         auth: None,
+        dsn: Default::default(),
+        delay_warned: false,
         // A small message, inline as most deferred mail is.
         body: Body::Inline(std::sync::Arc::from(&b"Subject: deferred\r\n\r\nA one-line message body.\r\n"[..])),
     }
