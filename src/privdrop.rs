@@ -153,9 +153,11 @@ fn pipe_ids(user: Option<&str>, group: Option<&str>, target: &Identity) -> Resul
     Ok((uid, gid))
 }
 
-/// The configured pipes: what each is called in errors, its kind, command,
-/// user and group.
-fn configured_pipes(config: &Config) -> Vec<(String, Kind, &[String], Option<&str>, Option<&str>)> {
+/// A configured pipe: what it is called in errors, its kind, command, user
+/// and group.
+type ConfiguredPipe<'a> = (String, Kind, &'a [String], Option<&'a str>, Option<&'a str>);
+
+fn configured_pipes(config: &Config) -> Vec<ConfiguredPipe<'_>> {
     let mut pipes = Vec::new();
     for (index, rule) in config.transports.iter().enumerate() {
         if rule.transport == TransportKind::Pipe {
