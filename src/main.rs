@@ -221,6 +221,10 @@ fn main() -> ExitCode {
                 eprintln!("ringpost: {e}");
                 return ExitCode::from(2);
             }
+            if let Some(e) = ringpost::deliver::security::Security::new(&config).problem(&config) {
+                eprintln!("ringpost: {e}");
+                return ExitCode::from(2);
+            }
             print!("{}{}", config.to_toml(), ringpost::reload::restart_note());
             ExitCode::SUCCESS
         }

@@ -43,6 +43,10 @@ pub const RESTART_KEYS: &[&str] = &[
     "delivery.max_connections_per_shard",
     "delivery.connection_reuse_time",
     "delivery.max_transactions_per_connection",
+    "delivery.tls_ca_file",
+    "delivery.mta_sts",
+    "delivery.mta_sts_ca_file",
+    "delivery.dane",
     "policy.ipv6_prefix_len",
     "policy.client_table_entries",
     "log.format",
@@ -116,13 +120,17 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         running.delivery.max_connections_per_shard != new.delivery.max_connections_per_shard,
         running.delivery.connection_reuse_time != new.delivery.connection_reuse_time,
         running.delivery.max_transactions_per_connection != new.delivery.max_transactions_per_connection,
+        running.delivery.tls_ca_file != new.delivery.tls_ca_file,
+        running.delivery.mta_sts != new.delivery.mta_sts,
+        running.delivery.mta_sts_ca_file != new.delivery.mta_sts_ca_file,
+        running.delivery.dane != new.delivery.dane,
         running.policy.ipv6_prefix_len != new.policy.ipv6_prefix_len,
         running.policy.client_table_entries != new.policy.client_table_entries,
         running.log.format != new.log.format,
         running.log.syslog != new.log.syslog,
         running.log.syslog_socket != new.log.syslog_socket,
     ];
-    const _: () = assert!(RESTART_KEYS.len() == 18);
+    const _: () = assert!(RESTART_KEYS.len() == 22);
     RESTART_KEYS.iter().zip(changed).filter(|(_, changed)| *changed).map(|(key, _)| *key).collect()
 }
 
@@ -151,6 +159,10 @@ pub fn merged(running: &Config, mut new: Config) -> Config {
     new.delivery.max_connections_per_shard = running.delivery.max_connections_per_shard;
     new.delivery.connection_reuse_time = running.delivery.connection_reuse_time;
     new.delivery.max_transactions_per_connection = running.delivery.max_transactions_per_connection;
+    new.delivery.tls_ca_file = running.delivery.tls_ca_file.clone();
+    new.delivery.mta_sts = running.delivery.mta_sts;
+    new.delivery.mta_sts_ca_file = running.delivery.mta_sts_ca_file.clone();
+    new.delivery.dane = running.delivery.dane;
     new.policy.ipv6_prefix_len = running.policy.ipv6_prefix_len;
     new.policy.client_table_entries = running.policy.client_table_entries;
     new.log.format = running.log.format.clone();

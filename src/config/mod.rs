@@ -513,6 +513,10 @@ pub struct TransportRule {
     pub nexthop: Option<String>,
     /// smtp: overrides `delivery.tls`.
     pub tls: Option<TlsPolicy>,
+    /// smtp: overrides `delivery.source_address` (at most one per family).
+    pub source_address: Option<Vec<IpAddr>>,
+    /// smtp: overrides `delivery.helo_name` for this rule's connections.
+    pub helo_name: Option<String>,
     /// smtp and lmtp: overrides `delivery.max_connections_per_destination`.
     pub max_connections: Option<usize>,
     /// pipe: the program and its arguments (no shell).
@@ -573,6 +577,10 @@ pub enum TlsPolicy {
     /// STARTTLS required: a server that does not offer it, or a failed
     /// handshake, defers the message (4.7.4 / 4.7.5).
     Encrypt,
+    /// As `Encrypt`, and the certificate must chain to a trusted root
+    /// (`delivery.tls_ca_file`, else the system's) and name the host
+    /// connected to; otherwise the message is deferred (4.7.5).
+    Verify,
 }
 
 impl TlsPolicy {
@@ -581,6 +589,7 @@ impl TlsPolicy {
             TlsPolicy::None => "none",
             TlsPolicy::May => "may",
             TlsPolicy::Encrypt => "encrypt",
+            TlsPolicy::Verify => "verify",
         }
     }
 }
@@ -593,7 +602,8 @@ impl std::str::FromStr for TlsPolicy {
             "none" => Ok(TlsPolicy::None),
             "may" => Ok(TlsPolicy::May),
             "encrypt" => Ok(TlsPolicy::Encrypt),
-            _ => Err(format!("must be \"none\", \"may\" or \"encrypt\", not {text:?}")),
+            "verify" => Ok(TlsPolicy::Verify),
+            _ => Err(format!("must be \"none\", \"may\", \"encrypt\" or \"verify\", not {text:?}")),
         }
     }
 }
@@ -723,6 +733,20 @@ pub struct Delivery {
     /// Accept and queue, deliver nothing: delivery takes no message from
     /// the queue (maintenance, measuring acceptance alone). Default false.
     pub hold_all: bool,
+    /// Local addresses outbound connections are made from, at most one per
+    /// family (IPv4, IPv6). Default: empty (the kernel chooses).
+    pub source_address: Vec<IpAddr>,
+    /// PEM roots for `tls = "verify"` and MTA-STS. Default: unset, the
+    /// system's (`/etc/ssl/certs/ca-certificates.crt`).
+    pub tls_ca_file: Option<PathBuf>,
+    /// MTA-STS (RFC 8461) for MX deliveries. Default false.
+    pub mta_sts: bool,
+    /// PEM roots for the HTTPS fetch of MTA-STS policies. Default: unset,
+    /// `tls_ca_file`'s roots.
+    pub mta_sts_ca_file: Option<PathBuf>,
+    /// DANE (RFC 7672) for MX deliveries, with a trusted validating
+    /// resolver (`dns.dnssec_trusted`). Default false.
+    pub dane: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -734,6 +758,9 @@ pub struct Dns {
     pub timeout: Option<Duration>,
     /// Rounds over the servers. Default: resolv.conf's `attempts`, else 2.
     pub attempts: Option<u32>,
+    /// Whether the servers' AD bit (RFC 4035 §3.2.3) is believed. Default:
+    /// unset, believed only when every server is a loopback address.
+    pub dnssec_trusted: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1114,13 +1141,18 @@ impl Default for Delivery {
             tls: TlsPolicy::May,
             early_ms: 0,
             hold_all: false,
+            source_address: Vec::new(),
+            tls_ca_file: None,
+            mta_sts: false,
+            mta_sts_ca_file: None,
+            dane: false,
         }
     }
 }
 
 impl Default for Dns {
     fn default() -> Dns {
-        Dns { servers: Vec::new(), timeout: None, attempts: None }
+        Dns { servers: Vec::new(), timeout: None, attempts: None, dnssec_trusted: None }
     }
 }
 

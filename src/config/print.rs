@@ -102,6 +102,18 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "tls = {}", quoted(d.tls.as_str()))?;
     writeln!(out, "early_ms = {}", d.early_ms)?;
     writeln!(out, "hold_all = {}", d.hold_all)?;
+    let sources: Vec<String> = d.source_address.iter().map(|a| a.to_string()).collect();
+    writeln!(out, "source_address = {}", string_array(&sources))?;
+    match &d.tls_ca_file {
+        Some(p) => writeln!(out, "tls_ca_file = {}", quoted(&p.to_string_lossy()))?,
+        None => writeln!(out, "tls_ca_file = \"\"  # unset: the system's roots")?,
+    }
+    writeln!(out, "mta_sts = {}", d.mta_sts)?;
+    match &d.mta_sts_ca_file {
+        Some(p) => writeln!(out, "mta_sts_ca_file = {}", quoted(&p.to_string_lossy()))?,
+        None => writeln!(out, "mta_sts_ca_file = \"\"  # unset: tls_ca_file's roots")?,
+    }
+    writeln!(out, "dane = {}", d.dane)?;
 
     writeln!(out, "\n[tls]")?;
     let unset = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
@@ -131,6 +143,10 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         Some(attempts) => writeln!(out, "attempts = {attempts}")?,
         None => writeln!(out, "attempts = \"\"  # unset: resolv.conf's, else 2")?,
     }
+    match n.dnssec_trusted {
+        Some(trusted) => writeln!(out, "dnssec_trusted = {trusted}")?,
+        None => writeln!(out, "dnssec_trusted = \"\"  # unset: trusted when every server is loopback")?,
+    }
 
     let q = &c.queue;
     let spool: Vec<String> = q.spool.iter().map(|path| path.to_string_lossy().into_owned()).collect();
@@ -153,6 +169,13 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
         }
         if let Some(tls) = rule.tls {
             writeln!(out, "tls = {}", quoted(tls.as_str()))?;
+        }
+        if let Some(sources) = &rule.source_address {
+            let sources: Vec<String> = sources.iter().map(|a| a.to_string()).collect();
+            writeln!(out, "source_address = {}", string_array(&sources))?;
+        }
+        if let Some(name) = &rule.helo_name {
+            writeln!(out, "helo_name = {}", quoted(name))?;
         }
         if let Some(max) = rule.max_connections {
             writeln!(out, "max_connections = {max}")?;

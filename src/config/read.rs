@@ -186,6 +186,11 @@ pub(super) const DELIVERY_KEYS: &[&str] = &[
     "tls",
     "early_ms",
     "hold_all",
+    "source_address",
+    "tls_ca_file",
+    "mta_sts",
+    "mta_sts_ca_file",
+    "dane",
 ];
 /// Longest early delivery: a client waits this long for its reply.
 const EARLY_MS_MAX: u32 = 60_000;
@@ -195,6 +200,8 @@ pub(super) const TRANSPORT_KEYS: &[&str] = &[
     "transport",
     "nexthop",
     "tls",
+    "source_address",
+    "helo_name",
     "max_connections",
     "command",
     "user",
@@ -208,7 +215,7 @@ pub(super) const TRANSPORT_KEYS: &[&str] = &[
 ];
 /// Most `[[transport]]` rules.
 const TRANSPORT_RULES_MAX: usize = 10_000;
-pub(super) const DNS_KEYS: &[&str] = &["servers", "timeout", "attempts"];
+pub(super) const DNS_KEYS: &[&str] = &["servers", "timeout", "attempts", "dnssec_trusted"];
 /// Most name servers `dns.servers` may list.
 const DNS_SERVER_COUNT_MAX: usize = crate::dns::SERVER_COUNT_MAX;
 /// Longest DNS query timeout.
@@ -983,6 +990,24 @@ fn read_transports(node: &Node) -> Result<Vec<TransportRule>> {
                 Some(TlsPolicy::from_str(&string(node, &key)?).map_err(|reason| invalid(node, &key, reason))?)
             }
         };
+        let source_address = match get("source_address") {
+            None => None,
+            Some((node, key)) => Some(source_addresses(node, &key)?),
+        };
+        let helo_name = match get("helo_name") {
+            None => None,
+            Some((node, key)) => Some(host_name(node, &key)?),
+        };
+        for (given, key) in [(source_address.is_some(), "source_address"), (helo_name.is_some(), "helo_name")] {
+            if given && transport != TransportKind::Smtp {
+                let (node, key) = get(key).expect("the key was read");
+                return Err(invalid(
+                    node,
+                    &key,
+                    format!("only an smtp transport takes {}", key.rsplit('.').next().unwrap_or("")),
+                ));
+            }
+        }
         let max_connections = match get("max_connections") {
             None => None,
             Some((node, key)) => Some(positive(node, &key)?),
@@ -1020,6 +1045,8 @@ fn read_transports(node: &Node) -> Result<Vec<TransportRule>> {
             transport,
             nexthop,
             tls,
+            source_address,
+            helo_name,
             max_connections,
             command,
             user,
@@ -1335,7 +1362,23 @@ fn read_delivery(section: &Section<'_>, d: Delivery) -> Result<Delivery> {
             Ok(value)
         })?,
         hold_all: section.read("hold_all", d.hold_all, boolean)?,
+        source_address: section.read("source_address", d.source_address, source_addresses)?,
+        tls_ca_file: section.read("tls_ca_file", d.tls_ca_file, |node, key| optional(node, key, path))?,
+        mta_sts: section.read("mta_sts", d.mta_sts, boolean)?,
+        mta_sts_ca_file: section.read("mta_sts_ca_file", d.mta_sts_ca_file, |node, key| optional(node, key, path))?,
+        dane: section.read("dane", d.dane, boolean)?,
     })
+}
+
+/// Local addresses to connect from: IP addresses, at most one per family.
+fn source_addresses(node: &Node, key: &str) -> Result<Vec<std::net::IpAddr>> {
+    let addrs = array(node, key, |node, key| {
+        let text = string(node, key)?;
+        text.parse::<std::net::IpAddr>().map_err(|_| invalid(node, key, format!("{text:?} is not an IP address")))
+    })?;
+    let v4 = addrs.iter().filter(|a| a.is_ipv4()).count();
+    ensure(v4 <= 1 && addrs.len() - v4 <= 1, node, key, "at most one IPv4 and one IPv6 address")?;
+    Ok(addrs)
 }
 
 fn read_tls(section: &Section<'_>, d: Tls) -> Result<Tls> {
@@ -1381,6 +1424,7 @@ fn read_dns(section: &Section<'_>, d: Dns) -> Result<Dns> {
                 Ok(attempts)
             })
         })?,
+        dnssec_trusted: section.read("dnssec_trusted", d.dnssec_trusted, |node, key| optional(node, key, boolean))?,
     })
 }
 

@@ -843,3 +843,36 @@ fn metrics_listen_loads_prints_and_refuses_bad_addresses() {
     assert!(error_of("[metrics]\nlisten = \"localhost\"\n").contains("metrics.listen: bad socket address"));
     assert!(error_of("[metrics]\nport = 1\n").contains("metrics.port"));
 }
+
+#[test]
+fn outbound_source_address_tls_verify_dane_and_mta_sts_load_print_and_refuse_bad_values() {
+    let config = load_with(
+        "[delivery]\nsource_address = [\"192.0.2.7\", \"2001:db8::7\"]\ntls = \"verify\"\ntls_ca_file = \"/etc/ca.pem\"\n\
+         mta_sts = true\ndane = true\n\n[dns]\ndnssec_trusted = true\n\n[[transport]]\ndomains = [\"b.test\"]\n\
+         transport = \"smtp\"\nsource_address = [\"192.0.2.8\"]\nhelo_name = \"out-b.example\"\ntls = \"verify\"\n",
+        &[],
+    )
+    .expect("loads");
+    let d = &config.delivery;
+    assert_eq!(d.source_address.len(), 2);
+    assert_eq!(d.tls, TlsPolicy::Verify);
+    assert_eq!(d.tls_ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+    assert!(d.mta_sts && d.dane && d.mta_sts_ca_file.is_none());
+    assert_eq!(config.dns.dnssec_trusted, Some(true));
+    let rule = &config.transports[0];
+    assert_eq!(rule.source_address.as_deref(), Some(&["192.0.2.8".parse().unwrap()][..]));
+    assert_eq!(rule.helo_name.as_deref(), Some("out-b.example"));
+    assert_eq!(load_with(&config.to_toml(), &[]).expect("printed loads"), config);
+    let error = load_with("[delivery]\nsource_address = [\"192.0.2.7\", \"192.0.2.8\"]\n", &[]).expect_err("two IPv4");
+    assert!(error.to_string().contains("at most one IPv4 and one IPv6 address"), "{error}");
+    let error = load_with("[delivery]\nsource_address = [\"host.example\"]\n", &[]).expect_err("a name");
+    assert!(error.to_string().contains("is not an IP address"), "{error}");
+    let error = load_with(
+        "[[transport]]\ndomains = [\"b.test\"]\ntransport = \"lmtp\"\nnexthop = \"unix:/run/lmtp\"\nhelo_name = \"x.example\"\n",
+        &[],
+    )
+    .expect_err("not smtp");
+    assert!(error.to_string().contains("only an smtp transport takes helo_name"), "{error}");
+    let error = load_with("[delivery]\ntls = \"dane\"\n", &[]).expect_err("not a level");
+    assert!(error.to_string().contains("\"verify\""), "{error}");
+}

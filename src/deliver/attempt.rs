@@ -117,9 +117,12 @@ impl Hop {
 }
 
 /// The SMTP settings of a transport rule (or the defaults without one).
-fn smtp_policy(config: &Config, rule: Option<&crate::config::TransportRule>) -> outbound::Policy {
+fn smtp_policy(config: &Config, rule: Option<usize>) -> outbound::Policy {
+    let index = rule;
+    let rule = rule.map(|index| &config.transports[index]);
     outbound::Policy {
         tls: rule.and_then(|r| r.tls).unwrap_or(config.delivery.tls),
+        rule: index,
         max_connections: rule
             .and_then(|r| r.max_connections)
             .unwrap_or(config.delivery.max_connections_per_destination),
@@ -150,7 +153,7 @@ pub fn rule_hop(config: &Config, index: usize, address: &Address) -> Option<Hop>
     let rule = &config.transports[index];
     match rule.transport {
         TransportKind::Smtp => {
-            Some(Hop::Smtp { destination: rule_destination(rule, address), policy: smtp_policy(config, Some(rule)) })
+            Some(Hop::Smtp { destination: rule_destination(rule, address), policy: smtp_policy(config, Some(index)) })
         }
         TransportKind::Lmtp => rule.nexthop.as_deref()?.parse().ok().map(Hop::Lmtp),
         TransportKind::Pipe | TransportKind::Maildir => None,
@@ -190,6 +193,9 @@ impl Deliverer {
     ) -> Result<Deliverer, String> {
         let resolver = Resolver::new(dns).map_err(|e| format!("dns: {e}"))?;
         let connections = Connections::new(&config);
+        if let Some(problem) = connections.security().problem(&config) {
+            return Err(problem);
+        }
         Ok(Deliverer { config: std::cell::RefCell::new(config), queue, shard_index, resolver, connections, tls_client })
     }
 
@@ -300,10 +306,14 @@ impl Deliverer {
                     }
                 }
                 Path::Smtp { destination, rule } => {
-                    let policy = smtp_policy(&config, rule.map(|r| &config.transports[r]));
+                    let policy = smtp_policy(&config, *rule);
                     for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
                         let delivered = outbound::deliver(&out, destination, policy, &body_path, env, group).await;
-                        let tls = if delivered.tls { " tls=yes" } else { "" };
+                        let tls = if delivered.tls {
+                            format!(" tls=yes tls_level={}", delivered.tls_level)
+                        } else {
+                            String::new()
+                        };
                         let relay = format!("{} conn_use={}{tls}", delivered.relay, delivered.conn_use);
                         let reached = if delivered.dsn { Reached::RelayedWithDsn } else { Reached::Relayed };
                         results.extend(attempted(group, delivered.outcomes, &relay, reached));

@@ -11,10 +11,15 @@
 //! included: when none is left, the oldest idle connection is closed),
 //! `delivery.connection_reuse_time` (idle sessions older than that are
 //! closed by `sweep`) and `delivery.max_transactions_per_connection`.
+//!
+//! Connections are made from `delivery.source_address` (or a rule's) when
+//! one of the destination's family is set; the shard's authenticated-TLS
+//! settings (`security::Security`) live here too, beside the sessions
+//! they secure.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +28,7 @@ use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::config::Config;
+use crate::deliver::security::Security;
 use crate::smtp::client::Client;
 use crate::tls::Stream;
 
@@ -39,6 +45,8 @@ pub struct Session {
     pub addr: SocketAddr,
     /// Transactions this session has carried.
     pub transaction_count: u32,
+    /// The server was authenticated (`verify` or DANE) for this name.
+    pub authenticated_as: Option<String>,
     _slot: StaticPermit,
     /// Counts the connection open in the metrics while it is.
     _open: crate::metrics::OpenConnection,
@@ -66,6 +74,7 @@ pub struct Connections {
     destinations: RefCell<HashMap<String, Rc<Semaphore>>>,
     opened: Cell<u64>,
     reused: Cell<u64>,
+    security: Security,
 }
 
 impl Connections {
@@ -80,7 +89,13 @@ impl Connections {
             destinations: RefCell::new(HashMap::new()),
             opened: Cell::new(0),
             reused: Cell::new(0),
+            security: Security::new(config),
         }
+    }
+
+    /// The shard's settings for authenticated TLS.
+    pub fn security(&self) -> &Security {
+        &self.security
     }
 
     pub fn stats(&self) -> ConnectionStats {
@@ -135,6 +150,16 @@ impl Connections {
     /// Opens a connection to `addr` within `timeout`, waiting for a free
     /// slot (closing the oldest idle session when none is free).
     pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<(TcpStream, StaticPermit)> {
+        self.connect_from(addr, None, timeout).await
+    }
+
+    /// As `connect`, from local address `source` when given.
+    pub async fn connect_from(
+        &self,
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        timeout: Duration,
+    ) -> std::io::Result<(TcpStream, StaticPermit)> {
         if self.slots.available() == 0 {
             self.close_oldest_idle().await;
         }
@@ -144,7 +169,10 @@ impl Connections {
             .acquire_static_permit(1)
             .await
             .map_err(|e| std::io::Error::other(format!("connection slots closed: {e}")))?;
-        let stream = TcpStream::connect_timeout(addr, timeout).await.map_err(std::io::Error::from)?;
+        let stream = match source {
+            None => TcpStream::connect_timeout(addr, timeout).await.map_err(std::io::Error::from)?,
+            Some(source) => connect_bound(addr, source, timeout).await?,
+        };
         // Commands, content and the final dot go out in several writes and
         // the reply is awaited after the last: Nagle's algorithm would hold
         // that last small write for the peer's delayed ACK (about 40 ms).
@@ -161,6 +189,7 @@ impl Connections {
             client,
             addr,
             transaction_count: 0,
+            authenticated_as: None,
             _slot: slot,
             _open: crate::metrics::OpenConnection::new(),
         }
@@ -232,6 +261,31 @@ impl Connections {
             close(entry.session).await;
         }
     }
+}
+
+/// A connection to `addr` from `source` (any port). glommio connects only
+/// unbound sockets, so the socket is bound and connected on the blocking
+/// pool (socket2's connect with a timeout) and handed to the executor.
+async fn connect_bound(addr: SocketAddr, source: IpAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if source.is_ipv4() != addr.is_ipv4() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "source and destination families differ"));
+    }
+    let socket = glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<Socket> {
+            let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+            let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+            socket
+                .bind(&SocketAddr::new(source, 0).into())
+                .map_err(|e| std::io::Error::new(e.kind(), format!("bind {source}: {e}")))?;
+            socket.connect_timeout(&addr.into(), timeout)?;
+            Ok(socket)
+        })
+        .await?;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: the descriptor is a connected TCP socket this function owns;
+    // `into_raw_fd` gives up that ownership to the stream.
+    Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
 }
 
 /// Says QUIT (without waiting for the 221) and closes the socket.

@@ -6,6 +6,8 @@ pub mod connections;
 pub mod dsn;
 pub mod lmtp;
 pub mod maildir;
+pub mod mtasts;
+pub mod security;
 pub mod pipe;
 pub mod dotstuff;
 pub mod engine;

@@ -12,6 +12,11 @@
 //! Returns one outcome per recipient; connection failures, timeouts and
 //! temporary DNS failures are transient, a null MX or a domain that does
 //! not exist is permanent.
+//!
+//! Each host is connected to at the TLS level `security::levels` chooses
+//! (DANE, MTA-STS, or the configured level), from the configured source
+//! address, with the configured EHLO name (a transport rule's when the
+//! delivery goes by one).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -24,14 +29,15 @@ use glommio::io::BufferedFile;
 use crate::config::{Config, TlsPolicy};
 use crate::deliver::connections::{self, Connections, Session};
 use crate::deliver::dotstuff::DotStuffer;
+use crate::deliver::security::{self, Level};
 use crate::dns::{RecordKind, Resolver};
 use crate::queue::{Body, Envelope};
 use crate::smtp::address::{Address, ReversePath};
 use crate::smtp::client::{
     BodyType, Client, ClientEvent, ClientParams, Outcome, RcptOutcome, StartTls, Transaction, BDAT_CHUNK_BYTES_MAX,
 };
-use crate::tls::Stream;
 use crate::smtp::reply::{Enhanced, Reply};
+use crate::tls::Stream;
 
 /// Body bytes read from the queue file at a time.
 const BODY_READ_BYTES: usize = 64 * 1024;
@@ -78,6 +84,9 @@ pub struct Delivered {
     pub conn_use: u32,
     /// The transaction ran over TLS.
     pub tls: bool,
+    /// The TLS level the host was connected at (`security::Level::as_str`),
+    /// "" when no host was reached.
+    pub tls_level: &'static str,
     /// The name of the host that gave the outcomes (the MX or smarthost
     /// name as configured or found, an IP address when given as one), or
     /// the destination when no host was reached.
@@ -112,15 +121,20 @@ pub struct Outbound<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub tls: TlsPolicy,
+    /// The `[[transport]]` rule the delivery goes by (its source address
+    /// and EHLO name), if any.
+    pub rule: Option<usize>,
     pub max_connections: usize,
     /// Keep the conversation in `Delivered::transcript` (new connections only).
     pub transcript: bool,
 }
 
-/// A host to try: its name (for logs) and address.
+/// A host to try: its name (for logs, SNI and certificate checks),
+/// address and TLS level (or why it must not be used now).
 struct Target {
     name: String,
     addr: SocketAddr,
+    level: security::HostLevel,
 }
 
 /// Delivers `env` to the recipients at `indexes`, all of `destination`.
@@ -154,13 +168,19 @@ pub async fn probe(
 
 /// One transaction `txn` with `content` to `destination`, as delivery
 /// sends it (a replica for the replication peer, `crate::scan::replicate`).
-pub async fn send(out: &Outbound<'_>, destination: &Destination, policy: Policy, content: Content<'_>, txn: &Transaction) -> Delivered {
+pub async fn send(
+    out: &Outbound<'_>,
+    destination: &Destination,
+    policy: Policy,
+    content: Content<'_>,
+    txn: &Transaction,
+) -> Delivered {
     attempt(out, destination, policy, txn, Some(content)).await
 }
 
 /// The addresses of a destination, in the order delivery tries them.
 pub async fn addresses(out: &Outbound<'_>, destination: &Destination) -> Result<Vec<SocketAddr>, Reply> {
-    Ok(targets(out, destination).await?.into_iter().map(|target| target.addr).collect())
+    Ok(targets(out, destination, TlsPolicy::None).await?.into_iter().map(|target| target.addr).collect())
 }
 
 /// One transaction of `txn` to `destination`: its hosts in order, the next
@@ -175,27 +195,54 @@ async fn attempt(
     let count = txn.recipients.len();
     let all = |reply: Reply, relay: String, host: String| Delivered {
         outcomes: (0..count)
-            .map(|_| if reply.is_permanent() { RcptOutcome::Permanent(reply.clone()) } else { RcptOutcome::Transient(reply.clone()) })
+            .map(|_| {
+                if reply.is_permanent() {
+                    RcptOutcome::Permanent(reply.clone())
+                } else {
+                    RcptOutcome::Transient(reply.clone())
+                }
+            })
             .collect(),
         relay,
         conn_use: 0,
         tls: false,
+        tls_level: "",
         host,
         transcript: Vec::new(),
         mail_accepted: false,
         dsn: false,
     };
     let key = destination.key().to_string();
-    let targets = match targets(out, destination).await {
+    let mut targets = match targets(out, destination, policy.tls).await {
         Ok(targets) => targets,
         Err(reply) => return all(reply, key.clone(), key),
     };
+    targets.truncate(ADDRESS_TRIES_MAX);
+    if let Destination::Domain(domain) = destination {
+        let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+        let id = content.map(|c| c.env.id.as_str()).unwrap_or("");
+        let levels = security::levels(out.connections.security(), out.resolver, domain, &names, policy.tls, id).await;
+        for (target, level) in targets.iter_mut().zip(levels) {
+            target.level = level;
+        }
+    }
+    for target in targets.iter_mut() {
+        if matches!(target.level, Ok(Level::Verify)) {
+            if let Err(reply) = out.connections.security().verify_config() {
+                target.level = Err(reply);
+            }
+        }
+    }
     let Some(_turn) = out.connections.destination_permit(destination.key(), policy.max_connections).await else {
         return all(Reply::new(451, Enhanced(4, 3, 0), "delivery is shutting down"), key.clone(), key);
     };
     let mut last: Option<Delivered> = None;
     for target in targets.iter().take(ADDRESS_TRIES_MAX) {
         let relay = format!("{}[{}]:{}", target.name, target.addr.ip(), target.addr.port());
+        if let Err(reply) = &target.level {
+            last = Some(all(reply.clone(), relay, target.name.clone()));
+            continue;
+        }
         let (outcome, conn_use) = match transact(out, target, policy, txn, content).await {
             Ok(done) => done,
             Err(e) => {
@@ -209,6 +256,7 @@ async fn attempt(
             relay,
             conn_use,
             tls: outcome.tls,
+            tls_level: target.level.as_ref().map(Level::as_str).unwrap_or(""),
             host: target.name.clone(),
             transcript: outcome.transcript.clone(),
             mail_accepted: outcome.mail_accepted,
@@ -258,13 +306,14 @@ pub fn transaction(env: &Envelope, indexes: &[usize]) -> Transaction {
 /// The addresses to try, best first: the smarthost's, or the MX hosts'
 /// (IPv4 before IPv6 for each host: loopback-only and IPv4-only relays
 /// are common, and an IPv6 failure costs a connect timeout).
-async fn targets(out: &Outbound<'_>, destination: &Destination) -> Result<Vec<Target>, Reply> {
+async fn targets(out: &Outbound<'_>, destination: &Destination, tls: TlsPolicy) -> Result<Vec<Target>, Reply> {
+    let level = || Ok(Level::of(tls));
     match destination {
         Destination::Smarthost(hostport) => {
             let (host, port) = split_host_port(hostport)
                 .ok_or_else(|| Reply::new(451, Enhanced(4, 3, 5), format!("bad smarthost {hostport:?}")))?;
             if let Ok(ip) = host.parse::<IpAddr>() {
-                return Ok(vec![Target { name: host.to_string(), addr: SocketAddr::new(ip, port) }]);
+                return Ok(vec![Target { name: host.to_string(), addr: SocketAddr::new(ip, port), level: level() }]);
             }
             let a = out.resolver.lookup(host, RecordKind::A).await;
             let aaaa = out.resolver.lookup(host, RecordKind::Aaaa).await;
@@ -284,7 +333,10 @@ async fn targets(out: &Outbound<'_>, destination: &Destination) -> Result<Vec<Ta
                 let why = if errors.is_empty() { "no address".to_string() } else { errors.join("; ") };
                 return Err(Reply::new(451, Enhanced(4, 4, 3), format!("smarthost {host}: {why}")));
             }
-            Ok(addrs.into_iter().map(|ip| Target { name: host.to_string(), addr: SocketAddr::new(ip, port) }).collect())
+            Ok(addrs
+                .into_iter()
+                .map(|ip| Target { name: host.to_string(), addr: SocketAddr::new(ip, port), level: level() })
+                .collect())
         }
         Destination::Domain(domain) => {
             let route = crate::dns::route(out.resolver, domain).await.map_err(|e| e.reply())?;
@@ -292,7 +344,7 @@ async fn targets(out: &Outbound<'_>, destination: &Destination) -> Result<Vec<Ta
             let mut targets = Vec::new();
             for host in route.hosts {
                 for ip in host.ipv4.iter().copied().map(IpAddr::V4).chain(host.ipv6.iter().copied().map(IpAddr::V6)) {
-                    targets.push(Target { name: host.name.clone(), addr: SocketAddr::new(ip, port) });
+                    targets.push(Target { name: host.name.clone(), addr: SocketAddr::new(ip, port), level: level() });
                 }
             }
             Ok(targets)
@@ -318,7 +370,21 @@ async fn transact(
     txn: &Transaction,
     content: Option<Content<'_>>,
 ) -> std::io::Result<(Outcome, u32)> {
+    let level = match &target.level {
+        Ok(level) => level,
+        // attempt() skips a target that must not be used.
+        Err(reply) => return Err(std::io::Error::other(reply.summary())),
+    };
+    // An authenticated level reuses only sessions authenticated for the
+    // same name; the others any session to the address.
     let reuse = if policy.transcript { None } else { out.connections.take_idle(target.addr) };
+    let reuse = match reuse {
+        Some(session) if level.authenticates() && session.authenticated_as.as_deref() != Some(&target.name) => {
+            connections::close(session).await;
+            None
+        }
+        other => other,
+    };
     if let Some(mut session) = reuse {
         session.client.next_transaction(txn.clone(), Instant::now());
         let outcome = run(&mut session, content, out.tls_client, &target.name).await;
@@ -329,18 +395,35 @@ async fn transact(
         }
         connections::close(session).await;
     }
-    let starttls = match policy.tls {
-        TlsPolicy::None => StartTls::Never,
-        TlsPolicy::May => StartTls::IfOffered,
-        TlsPolicy::Encrypt => StartTls::Required,
+    let (starttls, tls_client) = match level {
+        Level::None => (StartTls::Never, out.tls_client.clone()),
+        Level::May => (StartTls::IfOffered, out.tls_client.clone()),
+        Level::Encrypt => (StartTls::Required, out.tls_client.clone()),
+        Level::Verify => match out.connections.security().verify_config() {
+            Ok(config) => (StartTls::Required, config.clone()),
+            // attempt() refuses such a target before it gets here.
+            Err(reply) => return Err(std::io::Error::other(reply.summary())),
+        },
+        Level::Dane(records) => (StartTls::Required, crate::tls::dane_config(records.clone())),
     };
-    let (outcome, conn_use) = transact_new(out, target, txn, content, starttls, policy.transcript).await?;
-    if outcome.tls_failed && policy.tls == TlsPolicy::May {
+    let new = NewSession { starttls, tls_client: &tls_client, transcript: policy.transcript, rule: policy.rule };
+    let (outcome, conn_use) = transact_new(out, target, txn, content, &new).await?;
+    if outcome.tls_failed && *level == Level::May {
         // Opportunistic: a server whose TLS is broken still gets its mail,
         // in plaintext, on a new connection.
-        return transact_new(out, target, txn, content, StartTls::Never, policy.transcript).await;
+        let plain = NewSession { starttls: StartTls::Never, ..new };
+        return transact_new(out, target, txn, content, &plain).await;
     }
     Ok((outcome, conn_use))
+}
+
+/// How a new connection is set up.
+#[derive(Clone, Copy)]
+struct NewSession<'a> {
+    starttls: StartTls,
+    tls_client: &'a Arc<rustls::ClientConfig>,
+    transcript: bool,
+    rule: Option<usize>,
 }
 
 /// One transaction on a new connection.
@@ -349,17 +432,24 @@ async fn transact_new(
     target: &Target,
     txn: &Transaction,
     content: Option<Content<'_>>,
-    starttls: StartTls,
-    transcript: bool,
+    new: &NewSession<'_>,
 ) -> std::io::Result<(Outcome, u32)> {
-    let (stream, slot) = out.connections.connect(target.addr, out.config.delivery.connect_timeout.0).await?;
-    let mut params = ClientParams::new(out.config.helo_name().to_string());
+    let rule = new.rule.map(|index| &out.config.transports[index]);
+    let sources = rule.and_then(|r| r.source_address.as_deref()).unwrap_or(&out.config.delivery.source_address);
+    let source = security::source_for(sources, target.addr.ip());
+    let (stream, slot) =
+        out.connections.connect_from(target.addr, source, out.config.delivery.connect_timeout.0).await?;
+    let helo_name = rule.and_then(|r| r.helo_name.as_deref()).unwrap_or(out.config.helo_name());
+    let mut params = ClientParams::new(helo_name.to_string());
     params.keep_open = out.connections.reuse_enabled();
-    params.starttls = starttls;
-    params.transcript = transcript;
+    params.starttls = new.starttls;
+    params.transcript = new.transcript;
     let client = Client::new(params, txn.clone(), Instant::now());
     let mut session = out.connections.session(stream, client, target.addr, slot);
-    let outcome = run(&mut session, content, out.tls_client, &target.name).await;
+    let outcome = run(&mut session, content, new.tls_client, &target.name).await;
+    if outcome.tls && new.starttls == StartTls::Required && !Arc::ptr_eq(new.tls_client, out.tls_client) {
+        session.authenticated_as = Some(target.name.clone());
+    }
     let conn_use = session.transaction_count;
     finish_session(out.connections, session, &outcome).await;
     Ok((outcome, conn_use))
@@ -408,7 +498,7 @@ pub async fn drive(
     host: &str,
 ) -> Outcome {
     let block_timeout = client.data_block_timeout();
-    let mut buf = vec![0u8; READ_BYTES];
+    let mut buf = ReadBuffer::take();
     let mut chunks = ChunkReader::default();
     let outcome = loop {
         match client.poll(Instant::now()) {
@@ -419,14 +509,14 @@ pub async fn drive(
                     continue;
                 }
                 let wait = client.deadline().saturating_duration_since(Instant::now());
-                let read = async { Some(stream.read(&mut buf).await) };
+                let read = async { Some(stream.read(&mut buf.0).await) };
                 let timer = async {
                     glommio::timer::sleep(wait).await;
                     None
                 };
                 match futures_lite::future::or(read, timer).await {
                     Some(Ok(0)) | Some(Err(_)) => client.on_connection_lost(),
-                    Some(Ok(n)) => client.feed(&buf[..n]),
+                    Some(Ok(n)) => client.feed(&buf.0[..n]),
                     None => client.on_timeout(Instant::now()),
                 }
             }
@@ -518,6 +608,39 @@ async fn send_body(
     write_within(stream, &wire, block_timeout).await
 }
 
+/// A read buffer of an outbound session, taken from the shard's spares and
+/// given back when the transaction ends: none is allocated and zeroed per
+/// message (measured with callgrind: the 16 KiB zeroing was 7% of a
+/// relayed message's instructions).
+struct ReadBuffer(Vec<u8>);
+
+thread_local! {
+    static READ_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Spare read buffers a shard keeps (more transactions at once allocate).
+const READ_BUFFERS_KEPT_MAX: usize = 64;
+
+impl ReadBuffer {
+    fn take() -> ReadBuffer {
+        let spare = READ_BUFFERS.with(|spares| spares.borrow_mut().pop());
+        ReadBuffer(spare.unwrap_or_else(|| vec![0u8; READ_BYTES]))
+    }
+}
+
+impl Drop for ReadBuffer {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.0);
+        debug_assert_eq!(buffer.len(), READ_BYTES);
+        READ_BUFFERS.with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.len() < READ_BUFFERS_KEPT_MAX {
+                spares.push(buffer);
+            }
+        });
+    }
+}
+
 /// Writes pending commands, then the next block of binary content framed
 /// by the client as a BDAT chunk, each within the data-block timeout.
 async fn send_chunk(
@@ -606,9 +729,7 @@ async fn write_within(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> s
     if bytes.is_empty() {
         return Ok(());
     }
-    glommio::timer::timeout(timeout, async { Ok(stream.write_all(bytes).await) })
-        .await
-        .map_err(std::io::Error::from)?
+    glommio::timer::timeout(timeout, async { Ok(stream.write_all(bytes).await) }).await.map_err(std::io::Error::from)?
 }
 
 #[cfg(test)]
@@ -688,7 +809,7 @@ mod tests {
                     state: RcptState::Pending,
                     last_reply: String::new(),
                     folder: None,
-                dsn: Default::default(),
+                    dsn: Default::default(),
                 })
                 .collect(),
             arrival_unix_ms: 0,

@@ -19,6 +19,9 @@ use super::{Lookup, TTL_MAX_S};
 #[derive(Debug)]
 struct Entry {
     lookup: Lookup,
+    /// The answer came with the AD bit set (only asked for by secure
+    /// questions, `Question::secure`).
+    authentic: bool,
     expires_at: Instant,
     /// Tie-breaker in `by_expiry` for entries expiring at the same instant.
     sequence: u64,
@@ -67,6 +70,11 @@ impl Cache {
     /// The answer for `question` if it is still valid at `now`, its TTL
     /// lowered to the seconds left (rounded up, so never 0).
     pub fn get(&mut self, question: &Question, now: Instant) -> Option<Lookup> {
+        self.get_authentic(question, now).map(|(lookup, _)| lookup)
+    }
+
+    /// As `get`, with whether the answer was authenticated data.
+    pub fn get_authentic(&mut self, question: &Question, now: Instant) -> Option<(Lookup, bool)> {
         let Some(entry) = self.entries.get(question) else {
             self.stats.misses += 1;
             return None;
@@ -80,12 +88,18 @@ impl Cache {
         let left_s = left.as_secs() + u64::from(left.subsec_nanos() > 0);
         debug_assert!(left_s >= 1 && left_s <= u64::from(entry.lookup.ttl_s()));
         self.stats.hits += 1;
-        Some(entry.lookup.clone().with_ttl_s(left_s as u32))
+        Some((entry.lookup.clone().with_ttl_s(left_s as u32), entry.authentic))
     }
 
     /// Stores `lookup` for its TTL from `now`, replacing any older answer.
     /// A TTL of 0 stores nothing (and drops the older answer).
     pub fn insert(&mut self, question: Question, lookup: Lookup, now: Instant) {
+        self.insert_authentic(question, lookup, false, now)
+    }
+
+    /// As `insert`, saying whether the answer was authenticated data.
+    pub fn insert_authentic(&mut self, question: Question, lookup: Lookup, authentic: bool, now: Instant) {
+        debug_assert!(question.secure || !authentic, "only secure questions ask for the AD bit");
         assert!(lookup.ttl_s() <= TTL_MAX_S, "TTLs are capped before they reach the cache");
         self.remove(&question);
         if lookup.ttl_s() == 0 {
@@ -98,7 +112,7 @@ impl Cache {
         let sequence = self.sequence_next;
         self.sequence_next += 1;
         self.by_expiry.insert((expires_at, sequence), question.clone());
-        self.entries.insert(question, Entry { lookup, expires_at, sequence });
+        self.entries.insert(question, Entry { lookup, authentic, expires_at, sequence });
         self.stats.inserts += 1;
         assert!(self.entries.len() <= self.entries_max);
         debug_assert_eq!(self.entries.len(), self.by_expiry.len());

@@ -83,6 +83,9 @@ pub struct Exchange {
     transmission_count: usize,
     /// Datagrams ignored as not matching.
     pub ignored_count: u64,
+    /// The answer that ended the exchange had the AD bit set, to a secure
+    /// question (`Question::secure`); false for any other.
+    pub authentic: bool,
 }
 
 impl Exchange {
@@ -101,6 +104,7 @@ impl Exchange {
             failure_last: None,
             transmission_count: 0,
             ignored_count: 0,
+            authentic: false,
         }
     }
 
@@ -181,6 +185,7 @@ impl Exchange {
             Ok(interpretation) => interpretation,
             Err(error) => return self.done(Err(error)),
         };
+        self.authentic = self.question.secure && message.authentic_data();
         match interpretation {
             Interpretation::Answer(lookup) => self.done(Ok(Resolved::Answer(lookup))),
             Interpretation::Chase { target, hops, ttl_s } => self.done(Ok(Resolved::Chase { target, hops, ttl_s })),
@@ -281,6 +286,27 @@ mod tests {
         let now = Instant::now();
         let t = send(exchange.start(&mut random, now));
         (exchange, random, t, now)
+    }
+
+    #[test]
+    fn a_secure_question_asks_for_the_ad_bit_and_reports_it() {
+        for (secure, ad_in_answer, authentic) in
+            [(true, true, true), (true, false, false), (false, true, false), (false, false, false)]
+        {
+            let mut random = Random::from_seed(7);
+            let question = Question::new("mx.example", RecordKind::A).unwrap();
+            let question = if secure { question.into_secure() } else { question };
+            let mut exchange = Exchange::new(question, &params(&[S1], 1), &mut random);
+            let now = Instant::now();
+            let t = send(exchange.start(&mut random, now));
+            assert_eq!(Message::from_vec(&t.query).unwrap().authentic_data(), secure);
+            let mut response = response_to(&t.query, ResponseCode::NoError);
+            response.add_answer(a("mx.example.", 60, [192, 0, 2, 25]));
+            response.set_authentic_data(ad_in_answer);
+            let step = exchange.on_udp_response(t.server, &response.to_vec().unwrap(), &mut random, now);
+            assert_eq!(step, Some(expected_a()));
+            assert_eq!(exchange.authentic, authentic, "secure {secure}, AD {ad_in_answer}");
+        }
     }
 
     #[test]

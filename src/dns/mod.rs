@@ -65,6 +65,8 @@ pub enum RecordKind {
     Ptr,
     /// TXT (RFC 1035 §3.3.14), for SPF, DKIM keys and DMARC policies.
     Txt,
+    /// TLSA (RFC 6698), for DANE.
+    Tlsa,
 }
 
 /// An MX record (RFC 1035 §3.3.9).
@@ -93,6 +95,8 @@ pub enum RecordData {
     /// One TXT record, its character-strings concatenated (RFC 7208 §3.3,
     /// RFC 6376 §3.6.2.2); at most `query::TXT_RECORD_BYTES_MAX` bytes.
     Txt(Vec<u8>),
+    /// A TLSA record (data at most `tls::dane::TLSA_DATA_BYTES_MAX` bytes).
+    Tlsa(crate::tls::dane::Tlsa),
 }
 
 /// A definitive answer to one question, with the seconds it stays valid
@@ -132,7 +136,7 @@ impl Lookup {
                 match record {
                     RecordData::A(a) => ipv4.push(*a),
                     RecordData::Aaaa(aaaa) => ipv6.push(*aaaa),
-                    RecordData::Mx(_) | RecordData::Ptr(_) | RecordData::Txt(_) => {}
+                    RecordData::Mx(_) | RecordData::Ptr(_) | RecordData::Txt(_) | RecordData::Tlsa(_) => {}
                 }
             }
         }

@@ -42,6 +42,10 @@ pub const TXT_RECORD_BYTES_MAX: usize = 8192;
 pub struct Question {
     name: Name,
     pub kind: RecordKind,
+    /// Asked with the AD bit set (RFC 6840 §5.7), so that a validating
+    /// resolver says whether the answer is authenticated data. A secure
+    /// question is a cache key of its own.
+    pub secure: bool,
 }
 
 impl Question {
@@ -57,10 +61,20 @@ impl Question {
         Ok(Question::from_name(name, kind))
     }
 
+    /// As `new`, asking for the AD bit (DANE's lookups).
+    pub fn secure(domain: &str, kind: RecordKind) -> Result<Question, ResolveError> {
+        Ok(Question::new(domain, kind)?.into_secure())
+    }
+
+    /// The same question asking for the AD bit.
+    pub fn into_secure(self) -> Question {
+        Question { secure: true, ..self }
+    }
+
     pub(crate) fn from_name(name: Name, kind: RecordKind) -> Question {
         let mut name = name.to_lowercase();
         name.set_fqdn(true);
-        Question { name, kind }
+        Question { name, kind, secure: false }
     }
 
     /// The name in text form, lower-case, without the final dot.
@@ -70,7 +84,7 @@ impl Question {
 
     /// The same name with another record type.
     pub fn with_kind(&self, kind: RecordKind) -> Question {
-        Question { name: self.name.clone(), kind }
+        Question { name: self.name.clone(), kind, secure: self.secure }
     }
 }
 
@@ -94,6 +108,7 @@ impl RecordKind {
             RecordKind::Mx => RecordType::MX,
             RecordKind::Ptr => RecordType::PTR,
             RecordKind::Txt => RecordType::TXT,
+            RecordKind::Tlsa => RecordType::TLSA,
         }
     }
 }
@@ -107,6 +122,7 @@ pub fn encode_query(id: u16, question: &Question, edns: bool) -> Vec<u8> {
         .set_message_type(MessageType::Query)
         .set_op_code(OpCode::Query)
         .set_recursion_desired(true)
+        .set_authentic_data(question.secure)
         .add_query(Query::query(question.name.clone(), question.kind.record_type()));
     if edns {
         let mut opt = Edns::new();
@@ -269,6 +285,17 @@ fn record_data(record: &Record) -> Option<RecordData> {
                 return None;
             }
             Some(RecordData::Txt(txt.txt_data().concat()))
+        }
+        RData::TLSA(tlsa) => {
+            if tlsa.cert_data().len() > crate::tls::dane::TLSA_DATA_BYTES_MAX {
+                return None;
+            }
+            Some(RecordData::Tlsa(crate::tls::dane::Tlsa {
+                usage: u8::from(tlsa.cert_usage()),
+                selector: u8::from(tlsa.selector()),
+                matching: u8::from(tlsa.matching()),
+                data: tlsa.cert_data().to_vec(),
+            }))
         }
         _ => None,
     }

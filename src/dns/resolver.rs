@@ -229,7 +229,8 @@ pub struct Resolver {
 /// The result of an exchange, for the lookups that wait on it.
 #[derive(Default)]
 struct SharedExchange {
-    result: RefCell<Option<Result<Resolved, ResolveError>>>,
+    /// The answer and whether it was authenticated data.
+    result: RefCell<Option<Result<(Resolved, bool), ResolveError>>>,
     done: event_listener::Event,
 }
 
@@ -287,18 +288,26 @@ impl Resolver {
     /// unfinished are followed with new questions, `CNAME_CHAIN_LENGTH_MAX`
     /// CNAMEs in all.
     pub async fn lookup_question(&self, question: &Question) -> Result<Lookup, ResolveError> {
+        Ok(self.resolve(question).await?.0)
+    }
+
+    /// The answer to `question` and whether it is authenticated data (only
+    /// ever for a secure question), from the cache or the servers, CNAME
+    /// chains followed.
+    async fn resolve(&self, question: &Question) -> Result<(Lookup, bool), ResolveError> {
         self.stats.borrow_mut().lookups += 1;
         crate::metrics::DNS_LOOKUPS.inc();
         let mut current = question.clone();
         let mut hops_total = 0;
         let mut chain_ttl_s = TTL_MAX_S;
+        let mut chain_authentic = true;
         loop {
-            let cached = self.cache.borrow_mut().get(&current, Instant::now());
-            let resolved = match cached {
-                Some(lookup) => {
+            let cached = self.cache.borrow_mut().get_authentic(&current, Instant::now());
+            let (resolved, authentic) = match cached {
+                Some((lookup, authentic)) => {
                     self.stats.borrow_mut().cache_hits += 1;
                     crate::metrics::DNS_CACHE_HITS.inc();
-                    Resolved::Answer(lookup)
+                    (Resolved::Answer(lookup), authentic)
                 }
                 None => {
                     let started = Instant::now();
@@ -308,14 +317,20 @@ impl Resolver {
                     resolved?
                 }
             };
+            chain_authentic &= authentic;
             match resolved {
-                Resolved::Answer(lookup) if hops_total == 0 => return Ok(lookup),
+                Resolved::Answer(lookup) if hops_total == 0 => return Ok((lookup, authentic)),
                 Resolved::Answer(lookup) => {
                     // The chain's answer is also the original question's.
                     let ttl_s = min(chain_ttl_s, lookup.ttl_s());
                     let lookup = lookup.with_ttl_s(ttl_s);
-                    self.cache.borrow_mut().insert(question.clone(), lookup.clone(), Instant::now());
-                    return Ok(lookup);
+                    self.cache.borrow_mut().insert_authentic(
+                        question.clone(),
+                        lookup.clone(),
+                        chain_authentic,
+                        Instant::now(),
+                    );
+                    return Ok((lookup, chain_authentic));
                 }
                 Resolved::Chase { target, hops, ttl_s } => {
                     assert!(hops > 0, "a chase follows at least one CNAME");
@@ -327,15 +342,27 @@ impl Resolver {
                         });
                     }
                     chain_ttl_s = min(chain_ttl_s, ttl_s);
-                    current = target;
+                    // A chase's question is built plain: a secure chain
+                    // asks each of its parts securely.
+                    current = if question.secure { target.into_secure() } else { target };
                 }
             }
         }
     }
 
+    /// The records of `kind` for `domain` asked with the AD bit, and whether
+    /// the answer is authenticated data (RFC 4035 §3.2.3): what DANE
+    /// decides by. A CNAME chain the server leaves unfinished is followed,
+    /// authentic only if every part is. Whether the server's AD bit is
+    /// believed at all is the caller's decision (`dns.dnssec_trusted`).
+    pub async fn lookup_secure(&self, domain: &str, kind: RecordKind) -> Result<(Lookup, bool), ResolveError> {
+        let question = Question::secure(domain, kind)?;
+        self.resolve(&question).await
+    }
+
     /// The answer of the exchange for `question` already in flight, or of a
     /// new one that later lookups of the same question share.
-    async fn exchange_shared(&self, question: &Question) -> Result<Resolved, ResolveError> {
+    async fn exchange_shared(&self, question: &Question) -> Result<(Resolved, bool), ResolveError> {
         let existing = self.shared.borrow().get(question).cloned();
         if let Some(shared) = existing {
             self.stats.borrow_mut().lookups_coalesced += 1;
@@ -355,18 +382,25 @@ impl Resolver {
         result
     }
 
-    /// One question on the wire, with the cache filled from its answer.
-    async fn exchange(&self, question: &Question) -> Result<Resolved, ResolveError> {
+    /// One question on the wire, with the cache filled from its answer;
+    /// with whether the answer was authenticated data.
+    async fn exchange(&self, question: &Question) -> Result<(Resolved, bool), ResolveError> {
         let _in_flight = self.enter()?;
         let mut exchange = Exchange::new(question.clone(), &self.params, &mut self.random.borrow_mut());
         let mut step = exchange.start(&mut self.random.borrow_mut(), Instant::now());
         loop {
             step = match step {
                 Step::Done(result) => {
+                    let authentic = exchange.authentic;
                     if let Ok(Resolved::Answer(lookup)) = &result {
-                        self.cache.borrow_mut().insert(question.clone(), lookup.clone(), Instant::now());
+                        self.cache.borrow_mut().insert_authentic(
+                            question.clone(),
+                            lookup.clone(),
+                            authentic,
+                            Instant::now(),
+                        );
                     }
-                    return result;
+                    return result.map(|resolved| (resolved, authentic));
                 }
                 Step::Send(t) if t.transport == Transport::Udp => self.send_udp(&mut exchange, t).await,
                 Step::Send(t) => self.send_tcp(&mut exchange, t).await,

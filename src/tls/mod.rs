@@ -12,8 +12,10 @@
 //! Outbound TLS is opportunistic (`delivery.tls = "may"`) or mandatory
 //! (`"encrypt"`), as Postfix's security levels of the same names: the
 //! connection is encrypted, the server's certificate is not verified (an
-//! MX host name from DNS without DNSSEC proves nothing; RFC 7672 and
-//! MTA-STS are the ways to authenticate, not implemented).
+//! MX host name from DNS without DNSSEC proves nothing). It authenticates
+//! the server with `"verify"` and MTA-STS (`verifying_config`: WebPKI
+//! roots and the host name) and with DANE (`dane`: TLSA records);
+//! `crate::deliver::security` chooses which (docs/tls.md).
 
 use std::io;
 use std::path::Path;
@@ -26,7 +28,14 @@ use glommio::net::TcpStream;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+pub mod dane;
+
+/// The system's roots, as Debian's ca-certificates writes them.
+pub const SYSTEM_ROOTS_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Most roots read from one file.
+pub const ROOT_COUNT_MAX: usize = 4096;
 
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -180,6 +189,53 @@ pub fn client_config() -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// Trusted roots from a PEM file (`SYSTEM_ROOTS_PATH` when `path` is
+/// `None`): every certificate in it that can serve as a trust anchor (a
+/// system bundle may hold one that cannot), at least one.
+pub fn load_roots(path: Option<&Path>) -> Result<Arc<RootCertStore>, String> {
+    let path = path.unwrap_or(Path::new(SYSTEM_ROOTS_PATH));
+    let mut certs = Vec::new();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))? {
+        if certs.len() == ROOT_COUNT_MAX {
+            return Err(format!("{}: more than {ROOT_COUNT_MAX} certificates", path.display()));
+        }
+        certs.push(cert.map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    let mut roots = RootCertStore::empty();
+    let (added, _unusable) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("{}: no usable certificate in the file", path.display()));
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The outbound configuration that authenticates: the certificate chains
+/// to one of `roots`, is valid now and names the host (the name given to
+/// `Stream::connect`).
+pub fn verifying_config(roots: Arc<RootCertStore>) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// The outbound configuration of one DANE connection: the certificate
+/// chain must match one of `records` (usable, at least one).
+pub fn dane_config(records: Vec<dane::Tlsa>) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(dane::DaneVerifier::new(records, provider.clone()));
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
 /// Accepts the server's certificate whatever it is (opportunistic TLS).
 #[derive(Debug)]
 struct Unverified {
@@ -224,6 +280,19 @@ impl ServerCertVerifier for Unverified {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roots_load_from_the_system_bundle_and_refuse_an_empty_file() {
+        if Path::new(SYSTEM_ROOTS_PATH).exists() {
+            let roots = load_roots(None).expect("the system's roots load");
+            assert!(roots.len() > 10, "{} roots", roots.len());
+        }
+        let empty = std::env::temp_dir().join(format!("ringpost-empty-roots-{}.pem", std::process::id()));
+        std::fs::write(&empty, b"no certificates here\n").unwrap();
+        assert!(load_roots(Some(&empty)).unwrap_err().contains("no usable certificate"));
+        let _ = std::fs::remove_file(&empty);
+        assert!(load_roots(Some(Path::new("/nonexistent/roots.pem"))).is_err());
+    }
 
     /// Upgrading adds little to the future of a session that can upgrade:
     /// the handshake's state is boxed.

@@ -794,3 +794,148 @@ def rspamd():
     server = Rspamd()
     yield server
     server.stop()
+
+
+# --- Outbound TLS: a test certificate authority, signed DNS zones --------
+
+class TestCA:
+    """A certificate authority made with openssl for one test: `issue(names)`
+    gives a server certificate (PEM chain: leaf, then the CA) and its key
+    for those DNS names. Files are world-readable (Postfix's smtpd reads
+    them)."""
+
+    def __init__(self, directory: Path, name="Ringpost Test CA"):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.cert, self.key = self.dir / "ca.pem", self.dir / "ca.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
+                        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                        "-keyout", str(self.key), "-out", str(self.cert)], check=True, capture_output=True)
+        self.count = 0
+
+    def issue(self, names):
+        self.count += 1
+        base = self.dir / f"leaf{self.count}"
+        key, csr, leaf, chain = (base.with_suffix(s) for s in (".key", ".csr", ".leaf.pem", ".pem"))
+        ext = base.with_suffix(".ext")
+        ext.write_text("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                       "subjectAltName=" + ",".join(f"DNS:{n}" for n in names) + "\n")
+        subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={names[0]}",
+                        "-keyout", str(key), "-out", str(csr)], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey", str(self.key),
+                        "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(leaf)],
+                       check=True, capture_output=True)
+        chain.write_bytes(leaf.read_bytes() + self.cert.read_bytes())
+        for f in (key, leaf, chain):
+            os.chmod(f, 0o644)
+        return chain, key
+
+
+@pytest.fixture
+def test_ca():
+    """Factory: test_ca(name) makes a TestCA; removed after the test."""
+    made = []
+
+    def make(name="Ringpost Test CA"):
+        ca = TestCA(Path(tempfile.mkdtemp(prefix="ringpost-ca-")), name)
+        made.append(ca)
+        return ca
+
+    yield make
+    for ca in made:
+        shutil.rmtree(ca.dir, ignore_errors=True)
+
+
+class SignedUnbound:
+    """A private validating unbound on 127.0.0.1 and a free port that is
+    authoritative for zone files it is given (`auth-zone`), each signed with
+    ldns-signzone when asked, and trusts the signed ones' keys
+    (`trust-anchor-file`): answers from a signed zone carry the AD bit,
+    answers from an unsigned one do not. `zones` maps a zone name to
+    (records, signed). `tamper` maps a zone name to (old, new): text of the
+    signed zone file replaced after signing, so that its signatures no
+    longer match (unbound then answers SERVFAIL for that RRset)."""
+
+    def __init__(self, workdir: Path, zones, tamper=None):
+        binary = unbound_binary()
+        if binary is None:
+            missing_tool("unbound is not installed (tests/run installs it)")
+        if shutil.which("ldns-signzone") is None:
+            missing_tool("ldns-signzone is not installed (tests/run installs ldnsutils)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        auth, anchors = [], []
+        for zone, (records, signed) in zones.items():
+            text = (f"$ORIGIN {zone}.\n$TTL 300\n@ IN SOA ns.{zone}. admin.{zone}. 1 3600 600 86400 60\n"
+                    f"@ IN NS ns.{zone}.\nns IN A 127.0.0.1\n" + "".join(f"{r}\n" for r in records))
+            path = workdir / f"{zone}.zone"
+            path.write_text(text)
+            if signed:
+                key = subprocess.run(["ldns-keygen", "-a", "ECDSAP256SHA256", "-k", zone], cwd=workdir,
+                                     check=True, capture_output=True, text=True).stdout.strip()
+                subprocess.run(["ldns-signzone", str(path), key], cwd=workdir, check=True,
+                               capture_output=True)
+                path = workdir / f"{zone}.zone.signed"
+                anchors.append(workdir / f"{key}.ds")
+                if tamper and zone in tamper:
+                    old, new = tamper[zone]
+                    signed_text = path.read_text()
+                    assert old in signed_text, f"{old!r} not in the signed {zone}"
+                    path.write_text(signed_text.replace(old, new))
+            auth.append(f'auth-zone:\n    name: "{zone}."\n    zonefile: "{path}"\n    for-upstream: yes\n'
+                        "    for-downstream: no\n    fallback-enabled: no\n")
+        trust = "".join(f'    trust-anchor-file: "{a}"\n' for a in anchors)
+        # unbound answers names under test., invalid. etc. itself (RFC 6761
+        # defaults) unless told not to.
+        trust += "".join(f'    local-zone: "{tld}." nodefault\n' for tld in {z.rsplit(".", 1)[-1] for z in zones})
+        for _ in range(5):
+            self.port = free_port()
+            conf = workdir / "unbound.conf"
+            conf.write_text(f"""server:
+    interface: 127.0.0.1@{self.port}
+    port: {self.port}
+    do-daemonize: no
+    use-syslog: no
+    logfile: ""
+    chroot: ""
+    username: ""
+    directory: "{workdir}"
+    pidfile: ""
+    do-ip6: no
+    num-threads: 1
+    module-config: "validator iterator"
+    access-control: 127.0.0.0/8 allow
+    val-log-level: 2
+{trust}
+remote-control:
+    control-enable: no
+{''.join(auth)}""")
+            self.log = open(workdir / "unbound.log", "ab")
+            self.proc = subprocess.Popen([str(binary), "-d", "-c", str(conf)], stdout=self.log, stderr=self.log)
+            if Unbound._answers(self, next(iter(zones))):
+                return
+            self.stop()
+        raise RuntimeError(f"unbound did not start; see {workdir}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def signed_unbound(tmp_path):
+    """Factory: signed_unbound({zone: (records, signed)}) starts a
+    SignedUnbound; all are stopped after the test."""
+    servers = []
+
+    def start(zones, tamper=None):
+        server = SignedUnbound(tmp_path / f"signed-unbound{len(servers)}", zones, tamper)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
