@@ -18,6 +18,7 @@ pub mod log;
 pub mod metrics;
 pub mod notify;
 pub mod pool;
+pub mod pipehelper;
 pub mod privdrop;
 pub mod queue;
 pub mod reload;

@@ -184,6 +184,11 @@ fn main() -> ExitCode {
     // sendmail(1)'s options are not clap's: `ringpost [-c F] [--set K=V]
     // sendmail ...`, or the binary called as `sendmail` through a link.
     let argv: Vec<String> = std::env::args().collect();
+    // The privileged pipe helper, started by `serve` as root before the
+    // drop (crate::pipehelper); not a command for people, not in --help.
+    if argv.len() == 2 && argv[1] == "pipe-helper" {
+        return ringpost::pipehelper::main();
+    }
     if let Some((config, overrides, args)) = sendmail_invocation(&argv) {
         return sendmail(config, &overrides, &args);
     }

@@ -17,15 +17,22 @@
 //! embedded default configuration (no `-c`), meant for trying ringpost out,
 //! runs as whoever starts it.
 //!
-//! After the drop nothing can switch users: pipe transports and pipe
-//! scanners run as `server.user`, and one configured with another user or
-//! group is a configuration error at start ([`check_pipes`]).
+//! After the drop the server itself cannot switch users. Pipe transports
+//! and pipe scanners without a `user`/`group` of their own run as
+//! `server.user`; for those configured with other ids, [`start_pipe_helper`]
+//! starts, still as root and before the drop, the pipe helper
+//! (`crate::pipehelper`): the only process left as root, with CAP_SETUID,
+//! CAP_SETGID and CAP_KILL only, allowed to start nothing but the (argv,
+//! uid, gid) entries of [`helper_entries`], to report their exit and to
+//! kill their process groups. Nothing else runs as root after the drop;
+//! without such pipes no helper is started.
 
 use std::ffi::{CStr, CString};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::config::{Config, ScannerKind, TransportKind};
+use crate::pipehelper::{Entry, Kind};
 
 /// The largest buffer offered to `getpwnam_r`.
 const PASSWD_BUFFER_MAX: usize = 1 << 20;
@@ -146,31 +153,81 @@ fn pipe_ids(user: Option<&str>, group: Option<&str>, target: &Identity) -> Resul
     Ok((uid, gid))
 }
 
-/// Refuses pipe transports and pipe scanners whose `user` or `group` is
-/// not `target`'s: after the drop no process can switch to another id.
-pub fn check_pipes(config: &Config, target: &Identity) -> Result<(), String> {
-    let mut pipes: Vec<(String, Option<&str>, Option<&str>)> = Vec::new();
+/// A configured pipe: what it is called in errors, its kind, command, user
+/// and group.
+type ConfiguredPipe<'a> = (String, Kind, &'a [String], Option<&'a str>, Option<&'a str>);
+
+fn configured_pipes(config: &Config) -> Vec<ConfiguredPipe<'_>> {
+    let mut pipes = Vec::new();
     for (index, rule) in config.transports.iter().enumerate() {
         if rule.transport == TransportKind::Pipe {
             let what = format!("[[transport]] #{} (pipe {:?})", index + 1, rule.command.first().map_or("", |c| c));
-            pipes.push((what, rule.user.as_deref(), rule.group.as_deref()));
+            pipes.push((what, Kind::Transport, &rule.command[..], rule.user.as_deref(), rule.group.as_deref()));
         }
     }
     for scanner in &config.scanners {
         if scanner.kind == ScannerKind::Pipe {
-            pipes.push((format!("[[scanner]] {:?}", scanner.name), scanner.user.as_deref(), scanner.group.as_deref()));
+            let what = format!("[[scanner]] {:?}", scanner.name);
+            pipes.push((what, Kind::Scanner, &scanner.command[..], scanner.user.as_deref(), scanner.group.as_deref()));
         }
     }
-    for (what, user, group) in pipes {
+    pipes
+}
+
+/// Checks that every pipe transport's and pipe scanner's `user` and
+/// `group` resolve; those not `target`'s run through the pipe helper
+/// ([`helper_entries`]).
+pub fn check_pipes(config: &Config, target: &Identity) -> Result<(), String> {
+    helper_entries(config, target).map(|_| ())
+}
+
+/// The pipe helper's allowed list: one entry per configured pipe whose
+/// uid or gid is not `target`'s (argv as configured, the ids, and the
+/// groups `setgroups` gives the child: the user's, by its name, or only
+/// the gid when the user is a bare number). Empty: no helper is needed.
+pub fn helper_entries(config: &Config, target: &Identity) -> Result<Vec<Entry>, String> {
+    let mut entries: Vec<Entry> = Vec::new();
+    for (what, kind, command, user, group) in configured_pipes(config) {
         let (uid, gid) = pipe_ids(user, group, target).map_err(|e| format!("{what}: {e}"))?;
-        if (uid, gid) != (target.uid, target.gid) {
-            return Err(format!(
-                "{what}: runs as uid {uid} gid {gid}, but ringpost runs as server.user {:?} (uid {} gid {}) \
-                 and cannot switch to another user or group: set user = {:?} or leave user and group unset",
-                target.name, target.uid, target.gid, target.name
-            ));
+        if (uid, gid) == (target.uid, target.gid) || command.is_empty() {
+            continue;
+        }
+        let groups = match user.map(lookup) {
+            Some(Ok(identity)) if identity.uid == uid => {
+                let name = CString::new(identity.name).map_err(|_| format!("{what}: user contains a NUL"))?;
+                group_list(&name, gid).map_err(|e| format!("{what}: {e}"))?
+            }
+            Some(_) => vec![gid],
+            None => {
+                let mut groups = target.groups.clone();
+                groups.push(gid);
+                groups.sort_unstable();
+                groups.dedup();
+                groups
+            }
+        };
+        let entry = Entry { kind, argv: command.to_vec(), uid, gid, groups };
+        if !entries.contains(&entry) {
+            entries.push(entry);
         }
     }
+    Ok(entries)
+}
+
+/// Starts the pipe helper (`crate::pipehelper`) with the allowed list of
+/// `config` when some pipe needs ids other than `target`'s; root only,
+/// before [`become_user`].
+pub fn start_pipe_helper(config: &Config, target: &Identity) -> Result<(), String> {
+    let entries = helper_entries(config, target)?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let count = entries.len();
+    crate::pipehelper::start(entries)?;
+    crate::log::event(
+        "pipe_helper_started",
+        &[("pid", &crate::pipehelper::helper_pid().unwrap_or(0)), ("entries", &count)],
+    );
     Ok(())
 }
 
@@ -372,22 +429,34 @@ mod tests {
     }
 
     #[test]
-    fn pipes_must_run_as_the_server_user() {
+    fn pipes_with_other_ids_go_to_the_helper_list() {
         let target = lookup("root").expect("root");
         let load = |text: &str| crate::config::load_str(Path::new("t.toml"), text, &[]).expect("loads");
         let unset = load("[[transport]]\ndomains = [\"t.example\"]\ntransport = \"pipe\"\ncommand = [\"/bin/cat\"]\n");
-        assert_eq!(check_pipes(&unset, &target), Ok(()));
+        assert_eq!(helper_entries(&unset, &target), Ok(vec![]));
         let same = load(
             "[[transport]]\ndomains = [\"t.example\"]\ntransport = \"pipe\"\ncommand = [\"/bin/cat\"]\nuser = \"root\"\n",
         );
-        assert_eq!(check_pipes(&same, &target), Ok(()));
+        assert_eq!(helper_entries(&same, &target), Ok(vec![]));
         let other = load(
-            "[[transport]]\ndomains = [\"t.example\"]\ntransport = \"pipe\"\ncommand = [\"/bin/cat\"]\nuser = \"nobody\"\n",
+            "[[transport]]\ndomains = [\"t.example\"]\ntransport = \"pipe\"\ncommand = [\"/bin/cat\", \"{user}\"]\n\
+             user = \"nobody\"\n",
         );
-        let refused = check_pipes(&other, &target).unwrap_err();
-        assert!(refused.contains("[[transport]] #1") && refused.contains("cannot switch"), "{refused}");
+        let nobody = lookup("nobody").expect("nobody");
+        let entries = helper_entries(&other, &target).expect("resolves");
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].kind, entries[0].uid, entries[0].gid), (Kind::Transport, nobody.uid, nobody.gid));
+        assert_eq!(entries[0].argv, vec!["/bin/cat".to_string(), "{user}".to_string()]);
+        assert_eq!(entries[0].groups, nobody.groups);
+        assert_eq!(check_pipes(&other, &target), Ok(()));
         let group = load("[[scanner]]\nname = \"p\"\nkind = \"pipe\"\ncommand = [\"/bin/cat\"]\ngroup = \"nogroup\"\n");
-        assert!(check_pipes(&group, &target).unwrap_err().contains("[[scanner]] \"p\""));
+        let entries = helper_entries(&group, &target).expect("resolves");
+        assert_eq!((entries[0].kind, entries[0].uid), (Kind::Scanner, 0));
+        assert!(entries[0].groups.contains(&entries[0].gid) && entries[0].groups.contains(&0));
+        let unknown = load(
+            "[[scanner]]\nname = \"p\"\nkind = \"pipe\"\ncommand = [\"/bin/cat\"]\nuser = \"no-such-user-here\"\n",
+        );
+        assert!(check_pipes(&unknown, &target).unwrap_err().contains("[[scanner]] \"p\""));
     }
 
     #[test]

@@ -339,6 +339,9 @@ pub fn run_program(
     timeout: Duration,
     feed: impl FnOnce(&mut ChildStdin) -> std::io::Result<()> + Send + 'static,
 ) -> std::io::Result<Ran> {
+    if crate::pipehelper::wanted(uid, gid) {
+        return run_through_helper(argv, vars, uid, gid, timeout, feed);
+    }
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
@@ -378,6 +381,31 @@ pub fn run_program(
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
     Ok(Ran { status, stdout, stderr })
+}
+
+/// `run_program` for ids other than the process's own after the drop to
+/// `server.user`: the privileged helper (`crate::pipehelper`) starts the
+/// program, in a process group of its own, and kills that group at the
+/// time limit when asked.
+fn run_through_helper(
+    argv: &[String],
+    vars: &[(&str, String)],
+    uid: u32,
+    gid: u32,
+    timeout: Duration,
+    feed: impl FnOnce(&mut ChildStdin) -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<Ran> {
+    let deadline = Instant::now() + timeout;
+    let crate::pipehelper::Spawned { mut stdin, mut stdout, mut stderr, waiter, .. } =
+        crate::pipehelper::spawn(argv, vars, uid, gid)?;
+    let writer = std::thread::spawn(move || feed(&mut stdin));
+    let out_reader = std::thread::spawn(move || read_bounded(&mut stdout));
+    let err_reader = std::thread::spawn(move || read_bounded(&mut stderr));
+    let status = waiter.wait(deadline);
+    let _ = writer.join();
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(Ran { status: status?, stdout, stderr })
 }
 
 /// Reads a pipe to its end, keeping the first `OUTPUT_BYTES_MAX` bytes.

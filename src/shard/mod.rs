@@ -310,8 +310,9 @@ pub fn run(
     };
     if let Some(identity) = &identity {
         let socket = control.as_ref().map(|_| control_path.as_path());
-        let dropped =
-            crate::privdrop::hand_over(&config, socket, identity).and_then(|()| crate::privdrop::become_user(identity));
+        let dropped = crate::privdrop::start_pipe_helper(&config, identity)
+            .and_then(|()| crate::privdrop::hand_over(&config, socket, identity))
+            .and_then(|()| crate::privdrop::become_user(identity));
         if let Err(e) = dropped {
             if let Some(control) = control {
                 control.stop();
