@@ -1264,9 +1264,10 @@ impl<S: Storage + 'static> MessageWriter<S> {
 
     async fn flush_buffer(&mut self) -> Result<(), QueueError> {
         let file = self.file.as_ref().expect("a body file is open");
-        // The next write's buffer at its full size at once: grown from empty
-        // it would be copied at every doubling.
-        let bytes = std::mem::replace(&mut self.inline, Vec::with_capacity(2 * BODY_WRITE_BYTES));
+        // The buffer grows again from empty: one allocated at its full size
+        // for every session in DATA was measured to raise the resident
+        // memory of 200 dribbling clients by half (test_scan_dribble.py).
+        let bytes = std::mem::take(&mut self.inline);
         let len = bytes.len() as u64;
         write_all_at(file, bytes, self.file_offset_bytes).await?;
         self.file_offset_bytes += len;
