@@ -11,7 +11,7 @@ use std::sync::Arc;
 use queue_format::{BodyRef, EnvelopeFlags, QueueId, RecipientState};
 
 use crate::smtp::address::{Address, ReversePath};
-use crate::smtp::dsn::{self, MailDsn, RcptDsn};
+use crate::smtp::dsn::{self, xtext_decode, xtext_encode, MailDsn, RcptDsn};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RcptState {
@@ -353,36 +353,6 @@ fn folder_param(params: &[u8]) -> Option<Box<str>> {
     let value = text.split(' ').find_map(|param| param.strip_prefix("XFOLDER="))?;
     let decoded = xtext_decode(value)?;
     (!decoded.is_empty()).then(|| decoded.into())
-}
-
-/// RFC 3461 §4 xtext: `+` and octets outside `!`..`~` and `=` as `+HH`.
-fn xtext_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for &b in text.as_bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
-    out
-}
-
-fn xtext_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'+' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The `mail_params` of `env`: `XREPLICA=<id>`, `AUTH=<xtext>`, space
