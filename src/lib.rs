@@ -35,6 +35,28 @@ pub mod verify;
 #[cfg(test)]
 pub(crate) mod testing;
 
+/// Entry points for the fuzz targets in `fuzz/` that no other caller needs;
+/// not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::smtp::client::{ReplyError, ReplyReader};
+    use crate::smtp::reply::Reply;
+
+    /// The SMTP client's reply reader on server bytes cut into `feeds`:
+    /// every reply completed, up to and including the first error.
+    pub fn read_replies(feeds: &[&[u8]]) -> Vec<Result<Reply, ReplyError>> {
+        let mut reader = ReplyReader::default();
+        let mut replies = Vec::new();
+        for feed in feeds {
+            reader.feed(feed, &mut replies);
+            if replies.last().is_some_and(Result::is_err) {
+                break;
+            }
+        }
+        replies
+    }
+}
+
 pub use config::load;
 
 /// Raises the open-file limit to its hard maximum: every session holds a

@@ -356,7 +356,7 @@ impl fmt::Display for ReplyError {
 /// Splits server bytes into replies. Holds one incomplete line and one
 /// incomplete reply at most.
 #[derive(Debug, Default)]
-struct ReplyReader {
+pub(crate) struct ReplyReader {
     line: Vec<u8>,
     code: Option<u16>,
     enhanced: Option<Enhanced>,
@@ -366,7 +366,7 @@ struct ReplyReader {
 impl ReplyReader {
     /// Consumes `input` and returns every reply completed by it. After an
     /// error the reader's state is meaningless; the caller stops using it.
-    fn feed(&mut self, input: &[u8], out: &mut Vec<Result<Reply, ReplyError>>) {
+    pub(crate) fn feed(&mut self, input: &[u8], out: &mut Vec<Result<Reply, ReplyError>>) {
         let mut rest = input;
         while !rest.is_empty() {
             let (chunk, complete) = match rest.iter().position(|&b| b == b'\n') {
