@@ -1060,9 +1060,16 @@ impl Client {
     fn on_rset(&mut self, now: Instant, reply: Reply) {
         match reply.code {
             200..=299 => self.start_mail(now),
-            // The session is no good for this transaction; a fresh one may be.
+            // The session is no good for this transaction; a fresh one may
+            // be. The outcome is transient whatever the class of the reply
+            // to RSET, so a 5xx one is carried as the text of a 4.5.0.
             _ => {
                 self.stale = true;
+                let reply = if reply.is_transient() {
+                    reply
+                } else {
+                    Reply::new(451, Enhanced(4, 5, 0), format!("RSET refused: {}", reply.summary()))
+                };
                 self.resolve_unresolved(&RcptOutcome::Transient(reply));
                 self.quit();
             }
@@ -2317,6 +2324,35 @@ mod tests {
         f.say("250 ok\r\n250 ok\r\n354 go\r\n");
         let second = finish_body(&mut f, "250 ok\r\n");
         assert_eq!(codes(&second), vec![('D', 250)]);
+    }
+
+    /// Found by the smtp_reply fuzz target: a 550 to the RSET before a
+    /// reused transaction came out as a transient result carrying a 5xx
+    /// reply.
+    #[test]
+    fn rset_refused_with_5xx_gives_transient_results_of_class_4() {
+        let mut f = Fake::with_params(keep_open(), txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        let first =
+            done(f.say("250 2.1.0 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n"));
+        assert!(first.reusable);
+        f.client.next_transaction(txn(&["b@x.net"]), f.now);
+        f.client.poll(f.now);
+        assert_eq!(f.sent(), "RSET\r\n");
+        let o = done(f.say("550 5.2.0 refused\r\n"));
+        assert!(o.stale && !o.reusable);
+        assert_eq!(codes(&o), vec![('T', 451)]);
+        assert_eq!(enhanced_of(&o, 0), Some(Enhanced(4, 5, 0)));
+        assert_eq!(o.recipients[0].reply().lines, vec!["RSET refused: 550 5.2.0 refused".to_string()]);
+        // A 4xx reply to RSET is kept as it is.
+        let mut f = Fake::with_params(keep_open(), txn(&["a@x.net"]));
+        f.open(EHLO_PIPE);
+        done(f.say("250 2.1.0 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n"));
+        f.client.next_transaction(txn(&["b@x.net"]), f.now);
+        f.client.poll(f.now);
+        f.sent();
+        let o = done(f.say("454 4.3.0 busy\r\n"));
+        assert_eq!(codes(&o), vec![('T', 454)]);
     }
 
     #[test]
