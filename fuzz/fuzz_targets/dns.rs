@@ -143,7 +143,8 @@ fn check_cache(question: &Question, lookup: &Lookup, authentic: bool, now: Insta
     let other = Question::new("other.example", question.kind).expect("a valid name");
     cache.insert(other.clone(), Lookup::NoData { ttl_s: 60 }, now);
     cache.insert_authentic(question.clone(), lookup.clone(), authentic && question.secure, now);
-    cache.insert(question.with_kind(RecordKind::Txt), Lookup::NxDomain { ttl_s: 30 }, now);
+    let third = Question::new("third.example", RecordKind::Txt).expect("a valid name");
+    cache.insert(third, Lookup::NxDomain { ttl_s: 30 }, now);
     assert!(cache.len() <= CACHE_ENTRIES_MAX);
     let later = now + Duration::from_millis(1500);
     if let Some(cached) = cache.get(question, later) {
