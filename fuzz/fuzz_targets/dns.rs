@@ -37,8 +37,7 @@ use ringpost::dns::mx::{assemble, plan, HOST_COUNT_MAX};
 use ringpost::dns::query::{check_response, interpret, message_id, Interpretation, Question, RECORD_COUNT_MAX};
 use ringpost::dns::random::Random;
 use ringpost::dns::{
-    Lookup, RecordData, RecordKind, ResolveError, ResolverParams, CNAME_CHAIN_LENGTH_MAX, NEGATIVE_TTL_MAX_S,
-    TTL_MAX_S,
+    Lookup, RecordData, RecordKind, ResolveError, ResolverParams, CNAME_CHAIN_LENGTH_MAX, NEGATIVE_TTL_MAX_S, TTL_MAX_S,
 };
 
 const DOMAIN: &str = "example.com";

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use ringpost::smtp::client::{
-    parse_enhanced, parse_reply_line, BodyType, Client, ClientEvent, ClientParams, RcptOutcome, StartTls,
-    Transaction, ADDRESS_BYTES_MAX, BDAT_CHUNK_BYTES_MAX, REPLY_LINE_BYTES_MAX, REPLY_LINE_COUNT_MAX,
+    parse_enhanced, parse_reply_line, BodyType, Client, ClientEvent, ClientParams, RcptOutcome, StartTls, Transaction,
+    ADDRESS_BYTES_MAX, BDAT_CHUNK_BYTES_MAX, REPLY_LINE_BYTES_MAX, REPLY_LINE_COUNT_MAX,
 };
 use ringpost::smtp::dsn::{MailDsn, RcptDsn};
 use ringpost::smtp::reply::Reply;
@@ -115,8 +115,7 @@ fn transaction(flags: u8, index: usize) -> Transaction {
         1 => BodyType::EightBitMime,
         _ => BodyType::BinaryMime,
     };
-    let recipients =
-        vec![format!("a{index}@example.org"), BAD_RECIPIENT.to_string(), format!("b{index}@example.net")];
+    let recipients = vec![format!("a{index}@example.org"), BAD_RECIPIENT.to_string(), format!("b{index}@example.net")];
     Transaction {
         reverse_path: if index == 1 { String::new() } else { "sender@example.com".to_string() },
         rcpt_dsn: vec![RcptDsn::default(); recipients.len()],
