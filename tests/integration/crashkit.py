@@ -63,12 +63,13 @@ class Sink:
         self.err = open(workdir / f"{name}.err", "w")
         self.proc = subprocess.Popen(
             [str(BIN_DIR / "ringpost-sink"), "--listen", f"127.0.0.1:{port}", "--log-ids", str(self.log.path),
-             "--report-interval", "0s", "--hostname", f"{name}.test", *policy],
+             "--report-interval", "0s", "--hostname", f"{name}.test", "--json", *policy],
             stdout=self.out, stderr=self.err)
         self.port = wait_for_listening(self.proc, self.out)
         wait_port(self.port, proc=self.proc)
 
     def stop(self):
+        """Stops the sink: its final totals (a dict), None if it printed none."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -76,8 +77,19 @@ class Sink:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.out.closed:
+            return None
+        self.out.seek(0)
+        totals = None
+        for line in self.out.read().splitlines():
+            if line.startswith("{"):
+                try:
+                    totals = json.loads(line)
+                except ValueError:
+                    pass
         self.out.close()
         self.err.close()
+        return totals
 
 
 def wait_for_listening(sink, out, timeout_s=15):
