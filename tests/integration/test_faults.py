@@ -175,7 +175,7 @@ class Clients:
 
 def run_blast(port, run_id, log_path, duration_s, connections, sizes):
     args = [str(BIN_DIR / "ringpost-blast"), f"127.0.0.1:{port}", "--duration", f"{duration_s}s",
-            "--connections", str(connections), "--size", sizes, "--rcpts", "2",
+            "--connections", str(connections), "--size", sizes, "--recipients", "2",
             "--run-id", run_id, "--log-accepted", str(log_path), "--to", "user{n}@example.net",
             "--to-count", "50", "--timeout", "20s", "--json"]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
