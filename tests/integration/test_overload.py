@@ -43,7 +43,7 @@ def tools(monkeypatch):
         pytest.fail(f"missing {', '.join(missing)} (cargo build --release --workspace --bins)")
     monkeypatch.setattr(conftest, "RINGPOST", BIN_DIR / "ringpost")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 2 * LORIS_SESSIONS + 4096
+    want = LORIS_SESSIONS + 2048
     if hard < want:
         pytest.skip(f"the file-descriptor limit {hard} is below {want}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
