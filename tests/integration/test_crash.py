@@ -30,7 +30,6 @@ Environment:
                          target/release)
 """
 
-import bisect
 import collections
 import json
 import os
@@ -42,14 +41,13 @@ import smtplib
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 import conftest
-from conftest import ROOT, wait_port
+from conftest import wait_port
+from crashkit import BIN_DIR, SinkLog, blast_problem, wait_for_listening
 
-BIN_DIR = Path(os.environ.get("RINGPOST_BIN_DIR") or ROOT / "target" / "release")
 ROUNDS = int(os.environ.get("RINGPOST_CRASH_ROUNDS") or 20)
 SEED_ENV = os.environ.get("RINGPOST_CRASH_SEED")
 
@@ -74,31 +72,6 @@ REDELIVERED_PER_KILL_MAX = 2 * SHARDS * DELIVERIES_PER_SHARD
 ROUTINE = re.compile(
     r"event=(connect|disconnect|helo|queued|removed|commit_stats|shard_ready)\b"
     r"|event=delivery .*status=delivered")
-
-
-class SinkLog:
-    """The ids ringpost-sink appended to its --log-ids file, one per line,
-    with marks at the ends of ringpost's lifetimes ("epochs")."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.marks = []
-
-    def ids(self):
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        # The sink writes each line in one O_APPEND write; a line still
-        # being written has no newline yet.
-        return data[:data.rfind(b"\n") + 1].decode().split()
-
-    def mark(self):
-        """Ends the current epoch: what the sink logged so far belongs to it."""
-        self.marks.append(len(self.ids()))
-
-    def epoch_of(self, line_index):
-        return bisect.bisect_right(self.marks, line_index)
 
 
 def probe(port, prefix, accepted, first, stop):
@@ -404,32 +377,6 @@ def test_acknowledged_mail_survives_kill_9(ringpost, tmp_path, monkeypatch):
                 sink.wait()
         sink_out.close()
         sink_err.close()
-
-
-def wait_for_listening(sink, out, timeout_s=15):
-    """The port from the sink's `listening ADDR` line."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        out.seek(0)
-        m = re.search(r"listening \S+:(\d+)", out.read())
-        if m:
-            return int(m.group(1))
-        if sink.poll() is not None:
-            raise RuntimeError(f"ringpost-sink exited with {sink.returncode}")
-        time.sleep(0.02)
-    raise TimeoutError("ringpost-sink did not print its address")
-
-
-def blast_problem(rc, out, err):
-    """None if blast ended well (its accepted log is then complete: it is
-    flushed at the end of the run), else what went wrong."""
-    if rc != 0:
-        return f"exit code {rc}; stderr={err[-1000:]!r}"
-    try:
-        json.loads(out)
-    except ValueError:
-        return f"no JSON report; stdout={out[-500:]!r} stderr={err[-1000:]!r}"
-    return None
 
 
 def wait_queue_drained(rp, sink_log, fail, timeout_s=30):
