@@ -182,7 +182,8 @@ fn push_json(line: &mut String, text: &str) {
 }
 
 fn push_value(line: &mut String, value: &str) {
-    let plain = !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
+    let plain =
+        !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
     if plain {
         line.push_str(value);
         return;

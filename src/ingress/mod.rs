@@ -809,7 +809,10 @@ async fn finish_message(
     }
     let id = env.id.clone();
     // The log's recipient list, in one string (the envelope goes to the queue).
-    let to_bytes = env.recipients.iter().map(|r| r.address.local_part.len() + r.address.domain.as_ref().map_or(0, |d| d.len()) + 2);
+    let to_bytes = env
+        .recipients
+        .iter()
+        .map(|r| r.address.local_part.len() + r.address.domain.as_ref().map_or(0, |d| d.len()) + 2);
     let mut to = String::with_capacity(to_bytes.sum());
     for r in &env.recipients {
         if !to.is_empty() {
