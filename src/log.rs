@@ -79,29 +79,66 @@ pub fn event(event: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
     if !warning && LEVEL.load(Ordering::Relaxed) == 1 {
         return;
     }
-    let mut line = String::with_capacity(128);
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => {
+            let (line, value) = &mut *buffers;
+            write_event(line, value, event, warning, fields);
+            // A rare long line does not keep its memory.
+            if line.capacity() > LINE_BYTES_KEPT_MAX {
+                *line = String::with_capacity(LINE_BYTES_INITIAL);
+            }
+            if value.capacity() > LINE_BYTES_KEPT_MAX {
+                *value = String::new();
+            }
+        }
+        // A value's Display that logs (none does) gets buffers of its own.
+        Err(_) => write_event(&mut String::new(), &mut String::new(), event, warning, fields),
+    });
+}
+
+thread_local! {
+    /// The line being built and one value's text, reused by every line a
+    /// thread writes: formatting allocates nothing once they have grown.
+    static BUFFERS: std::cell::RefCell<(String, String)> =
+        std::cell::RefCell::new((String::with_capacity(LINE_BYTES_INITIAL), String::new()));
+}
+
+/// Capacity of a thread's line buffer at first.
+const LINE_BYTES_INITIAL: usize = 512;
+/// A line buffer grown beyond this by a long line is given back.
+const LINE_BYTES_KEPT_MAX: usize = 16 * 1024;
+
+/// Formats one line into `line` (cleared first; `value` is scratch) and
+/// writes it.
+fn write_event(
+    line: &mut String,
+    value: &mut String,
+    event: &str,
+    warning: bool,
+    fields: &[(&str, &dyn std::fmt::Display)],
+) {
+    line.clear();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let json = FORMAT.load(Ordering::Relaxed) == 1;
     if json {
         let _ = write!(line, "{{\"ts\":\"{}.{:03}\",\"event\":", now.as_secs(), now.subsec_millis());
-        push_json(&mut line, event);
+        push_json(line, event);
     } else {
         let _ = write!(line, "ts={}.{:03} event={}", now.as_secs(), now.subsec_millis(), event);
     }
-    let mut value = String::new();
     for (key, val) in fields {
         value.clear();
         let _ = write!(value, "{}", val);
         if json {
             line.push(',');
-            push_json(&mut line, key);
+            push_json(line, key);
             line.push(':');
-            push_json(&mut line, &value);
+            push_json(line, value);
         } else {
             line.push(' ');
             line.push_str(key);
             line.push('=');
-            push_value(&mut line, &value);
+            push_value(line, value);
         }
     }
     if json {
@@ -145,7 +182,8 @@ fn push_json(line: &mut String, text: &str) {
 }
 
 fn push_value(line: &mut String, value: &str) {
-    let plain = !value.is_empty() && value.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\');
+    let plain =
+        !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
     if plain {
         line.push_str(value);
         return;

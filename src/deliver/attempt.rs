@@ -13,6 +13,7 @@
 //! Its choice of next hop is also what a call-forward callout connects to
 //! (`rule_hop`, `routed_hop`, used by `crate::verify` through ingress).
 
+use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -81,15 +82,20 @@ enum Path {
 }
 
 /// Pairs the recipient indexes of one delivery with its outcomes, in order,
-/// each with where it went.
-fn attempted<'a>(
-    indexes: &'a [usize],
+/// each with where it went (the last recipient takes `relay` itself).
+fn attempted(
+    indexes: &[usize],
     outcomes: Vec<RcptOutcome>,
-    relay: &'a str,
+    relay: String,
     reached: Reached,
-) -> impl Iterator<Item = Attempted> + 'a {
+) -> impl Iterator<Item = Attempted> + '_ {
     debug_assert_eq!(indexes.len(), outcomes.len(), "one outcome per recipient");
-    indexes.iter().copied().zip(outcomes).map(move |(i, o)| Attempted::new(i, o, relay.to_string(), reached))
+    let count = indexes.len();
+    let mut relay = Some(relay);
+    indexes.iter().copied().zip(outcomes).enumerate().map(move |(n, (i, o))| {
+        let relay = if n + 1 == count { relay.take() } else { relay.clone() };
+        Attempted::new(i, o, relay.unwrap_or_default(), reached)
+    })
 }
 
 /// The same temporary failure for `count` recipients.
@@ -309,14 +315,13 @@ impl Deliverer {
                     let policy = smtp_policy(&config, *rule);
                     for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
                         let delivered = outbound::deliver(&out, destination, policy, &body_path, env, group).await;
-                        let tls = if delivered.tls {
-                            format!(" tls=yes tls_level={}", delivered.tls_level)
-                        } else {
-                            String::new()
-                        };
-                        let relay = format!("{} conn_use={}{tls}", delivered.relay, delivered.conn_use);
+                        let mut relay = delivered.relay;
+                        let _ = write!(relay, " conn_use={}", delivered.conn_use);
+                        if delivered.tls {
+                            let _ = write!(relay, " tls=yes tls_level={}", delivered.tls_level);
+                        }
                         let reached = if delivered.dsn { Reached::RelayedWithDsn } else { Reached::Relayed };
-                        results.extend(attempted(group, delivered.outcomes, &relay, reached));
+                        results.extend(attempted(group, delivered.outcomes, relay, reached));
                     }
                 }
                 Path::Lmtp { rule } => {
@@ -345,7 +350,7 @@ impl Deliverer {
                         Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
                     };
                     let relay = format!("lmtp:{hop}");
-                    results.extend(attempted(indexes, outcomes, &relay, Reached::Mailbox));
+                    results.extend(attempted(indexes, outcomes, relay, Reached::Mailbox));
                 }
                 Path::Pipe { rule } => {
                     let rule = &config.transports[*rule];
@@ -363,7 +368,7 @@ impl Deliverer {
                         Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
                     };
                     let relay = format!("pipe:{}", rule.command[0]);
-                    results.extend(attempted(indexes, outcomes, &relay, Reached::Mailbox));
+                    results.extend(attempted(indexes, outcomes, relay, Reached::Mailbox));
                 }
             }
         }

@@ -118,10 +118,15 @@ impl Connections {
                 // A held permit keeps a reference to its semaphore.
                 destinations.retain(|_, s| Rc::strong_count(s) > 1);
             }
-            destinations
-                .entry(destination.to_string())
-                .or_insert_with(|| Rc::new(Semaphore::new(max.max(1) as u64)))
-                .clone()
+            // Looked up by the borrowed name first: a known destination
+            // costs no allocation.
+            match destinations.get(destination) {
+                Some(semaphore) => semaphore.clone(),
+                None => destinations
+                    .entry(destination.to_string())
+                    .or_insert_with(|| Rc::new(Semaphore::new(max.max(1) as u64)))
+                    .clone(),
+            }
         };
         semaphore.acquire_static_permit(1).await.ok()
     }

@@ -18,6 +18,7 @@
 //! address, with the configured EHLO name (a transport rule's when the
 //! delivery goes by one).
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -212,10 +213,10 @@ async fn attempt(
         mail_accepted: false,
         dsn: false,
     };
-    let key = destination.key().to_string();
+    let key = || destination.key().to_string();
     let mut targets = match targets(out, destination, policy.tls).await {
         Ok(targets) => targets,
-        Err(reply) => return all(reply, key.clone(), key),
+        Err(reply) => return all(reply, key(), key()),
     };
     targets.truncate(ADDRESS_TRIES_MAX);
     if let Destination::Domain(domain) = destination {
@@ -234,11 +235,13 @@ async fn attempt(
         }
     }
     let Some(_turn) = out.connections.destination_permit(destination.key(), policy.max_connections).await else {
-        return all(Reply::new(451, Enhanced(4, 3, 0), "delivery is shutting down"), key.clone(), key);
+        return all(Reply::new(451, Enhanced(4, 3, 0), "delivery is shutting down"), key(), key());
     };
     let mut last: Option<Delivered> = None;
     for target in targets.iter().take(ADDRESS_TRIES_MAX) {
-        let relay = format!("{}[{}]:{}", target.name, target.addr.ip(), target.addr.port());
+        // Room for what the log adds to it (connection use, TLS level).
+        let mut relay = String::with_capacity(target.name.len() + 96);
+        let _ = write!(relay, "{}[{}]:{}", target.name, target.addr.ip(), target.addr.port());
         if let Err(reply) = &target.level {
             last = Some(all(reply.clone(), relay, target.name.clone()));
             continue;
@@ -251,29 +254,29 @@ async fn attempt(
                 continue;
             }
         };
-        let delivered = Delivered {
-            outcomes: outcome.recipients.clone(),
-            relay,
-            conn_use,
-            tls: outcome.tls,
-            tls_level: target.level.as_ref().map(Level::as_str).unwrap_or(""),
-            host: target.name.clone(),
-            transcript: outcome.transcript.clone(),
-            mail_accepted: outcome.mail_accepted,
-            dsn: outcome.extensions.dsn,
-        };
         // The next host may do better when this one would not talk to us
         // at all, or refused the transaction for now (RFC 5321 §5.1).
         let session_failed = !outcome.session_established;
         let refused_for_now =
             !outcome.mail_accepted && outcome.recipients.iter().all(|r| matches!(r, RcptOutcome::Transient(_)));
+        let delivered = Delivered {
+            outcomes: outcome.recipients,
+            relay,
+            conn_use,
+            tls: outcome.tls,
+            tls_level: target.level.as_ref().map(Level::as_str).unwrap_or(""),
+            host: target.name.clone(),
+            transcript: outcome.transcript,
+            mail_accepted: outcome.mail_accepted,
+            dsn: outcome.extensions.dsn,
+        };
         if session_failed || refused_for_now {
             last = Some(delivered);
             continue;
         }
         return delivered;
     }
-    last.unwrap_or_else(|| all(Reply::new(451, Enhanced(4, 4, 4), "no address to try"), key.clone(), key))
+    last.unwrap_or_else(|| all(Reply::new(451, Enhanced(4, 4, 4), "no address to try"), key(), key()))
 }
 
 /// The client's transaction for the recipients of `env` at `indexes`.
@@ -508,6 +511,7 @@ pub async fn drive(
                     client.on_connection_lost();
                     continue;
                 }
+                client.give_back_output(out);
                 let wait = client.deadline().saturating_duration_since(Instant::now());
                 let read = async { Some(stream.read(&mut buf.0).await) };
                 let timer = async {
@@ -558,9 +562,11 @@ pub async fn drive(
 }
 
 /// Writes pending commands, then the dot-stuffed content (the envelope's
-/// added header lines first) and its terminator. Each block must be
-/// written within the client's data-block timeout (RFC 5321 §4.5.3.2.5),
-/// which every written block restarts.
+/// added header lines first) and its terminator, gathered into blocks of
+/// about `BODY_READ_BYTES`: a small message goes out in one write, its
+/// terminator with it. Each block must be written within the client's
+/// data-block timeout (RFC 5321 §4.5.3.2.5), which every written block
+/// restarts.
 async fn send_body(
     stream: &mut Stream,
     pending: &[u8],
@@ -569,21 +575,19 @@ async fn send_body(
     client: &mut Client,
     block_timeout: Duration,
 ) -> std::io::Result<()> {
-    write_within(stream, pending, block_timeout).await?;
     let mut stuffer = DotStuffer::new();
-    let mut wire = Vec::with_capacity(BODY_READ_BYTES + BODY_READ_BYTES / 8);
-    if !env.headers_prepended.is_empty() {
-        stuffer.encode(&env.headers_prepended, &mut wire);
-        write_within(stream, &wire, block_timeout).await?;
-        wire.clear();
-    }
+    let mut wire = WireBuffer::take();
+    wire.0.extend_from_slice(pending);
+    stuffer.encode(&env.headers_prepended, &mut wire.0);
     match &env.body {
         Body::Inline(bytes) => {
             for chunk in bytes.chunks(BODY_READ_BYTES) {
-                wire.clear();
-                stuffer.encode(chunk, &mut wire);
-                write_within(stream, &wire, block_timeout).await?;
-                client.body_progress(Instant::now());
+                stuffer.encode(chunk, &mut wire.0);
+                if wire.0.len() >= BODY_READ_BYTES {
+                    write_within(stream, &wire.0, block_timeout).await?;
+                    wire.0.clear();
+                    client.body_progress(Instant::now());
+                }
             }
         }
         Body::File { .. } => {
@@ -595,17 +599,56 @@ async fn send_body(
                     break;
                 }
                 offset_bytes += chunk.len() as u64;
-                wire.clear();
-                stuffer.encode(&chunk, &mut wire);
-                write_within(stream, &wire, block_timeout).await?;
-                client.body_progress(Instant::now());
+                stuffer.encode(&chunk, &mut wire.0);
+                if wire.0.len() >= BODY_READ_BYTES {
+                    write_within(stream, &wire.0, block_timeout).await?;
+                    wire.0.clear();
+                    client.body_progress(Instant::now());
+                }
             }
             let _ = file.close().await;
         }
     }
-    wire.clear();
-    stuffer.finish(&mut wire);
-    write_within(stream, &wire, block_timeout).await
+    stuffer.finish(&mut wire.0);
+    write_within(stream, &wire.0, block_timeout).await
+}
+
+/// The buffer a body is dot-stuffed into on its way to the socket, taken
+/// from the shard's spares like [`ReadBuffer`]: no 72 KiB allocation per
+/// message.
+struct WireBuffer(Vec<u8>);
+
+/// A wire buffer's capacity at first: a block and its stuffing, for most
+/// content (it grows for content of many short lines starting with dots).
+const WIRE_BYTES: usize = BODY_READ_BYTES + BODY_READ_BYTES / 8;
+/// A spare grown beyond this is not kept.
+const WIRE_BYTES_KEPT_MAX: usize = 4 * BODY_READ_BYTES;
+
+thread_local! {
+    static WIRE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Spare wire buffers a shard keeps (more bodies sent at once allocate).
+const WIRE_BUFFERS_KEPT_MAX: usize = 16;
+
+impl WireBuffer {
+    fn take() -> WireBuffer {
+        let spare = WIRE_BUFFERS.with(|spares| spares.borrow_mut().pop());
+        WireBuffer(spare.unwrap_or_else(|| Vec::with_capacity(WIRE_BYTES)))
+    }
+}
+
+impl Drop for WireBuffer {
+    fn drop(&mut self) {
+        let mut buffer = std::mem::take(&mut self.0);
+        buffer.clear();
+        WIRE_BUFFERS.with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.len() < WIRE_BUFFERS_KEPT_MAX && buffer.capacity() <= WIRE_BYTES_KEPT_MAX {
+                spares.push(buffer);
+            }
+        });
+    }
 }
 
 /// A read buffer of an outbound session, taken from the shard's spares and

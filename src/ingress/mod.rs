@@ -16,6 +16,7 @@ mod tests;
 pub mod vacation;
 
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -710,7 +711,7 @@ async fn finish_message(
     };
     let now_ms = shard.queue.clock().unix_ms();
     let mut env = Envelope {
-        id: m.id.clone(),
+        id: m.id,
         sender: txn.reverse_path.clone(),
         recipients: txn
             .recipients
@@ -807,12 +808,23 @@ async fn finish_message(
         }
     }
     let id = env.id.clone();
-    let to: Vec<String> = env.recipients.iter().map(|r| r.address.to_string()).collect();
+    // The log's recipient list, in one string (the envelope goes to the queue).
+    let to_bytes = env
+        .recipients
+        .iter()
+        .map(|r| r.address.local_part.len() + r.address.domain.as_ref().map_or(0, |d| d.len()) + 2);
+    let mut to = String::with_capacity(to_bytes.sum());
+    for r in &env.recipients {
+        if !to.is_empty() {
+            to.push(',');
+        }
+        let _ = write!(to, "{}", r.address);
+    }
     let from = env.sender.to_string();
     let size_bytes = writer.size_bytes();
     match writer.commit(&shard.queue, env).await {
         Ok(()) if replica => {
-            log::event("replica_stored", &[("id", &id), ("client", &peer), ("from", &from), ("to", &to.join(","))]);
+            log::event("replica_stored", &[("id", &id), ("client", &peer), ("from", &from), ("to", &to)]);
             Reply::new(250, Enhanced(2, 0, 0), format!("Ok: replica held as {id}"))
         }
         Ok(()) => {
@@ -827,7 +839,7 @@ async fn finish_message(
                     ("id", &id),
                     ("client", &peer),
                     ("from", &from),
-                    ("to", &to.join(",")),
+                    ("to", &to),
                     ("size", &size_bytes),
                 ],
             );

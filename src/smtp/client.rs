@@ -42,6 +42,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use super::address::BodyType;
@@ -58,6 +59,8 @@ pub const REPLY_LINE_COUNT_MAX: usize = 100;
 pub const ADDRESS_BYTES_MAX: usize = 1000;
 /// Largest BDAT chunk the machine frames.
 pub const BDAT_CHUNK_BYTES_MAX: usize = 64 * 1024;
+/// Most output buffer capacity a session keeps between writes.
+const OUTPUT_BYTES_KEPT_MAX: usize = 4096;
 /// Most lines an outcome's transcript keeps.
 pub const TRANSCRIPT_LINES_MAX: usize = 200;
 /// Most BDAT chunks sent and not yet answered, with PIPELINING: the
@@ -276,10 +279,12 @@ impl RcptOutcome {
 pub struct Outcome {
     /// One per recipient of the transaction, in order.
     pub recipients: Vec<RcptOutcome>,
-    /// The text of the 220 greeting, lines joined with a space.
-    pub server_greeting: Option<String>,
-    /// The EHLO reply lines after the first, keyword upper-cased.
-    pub ehlo_keywords: Vec<String>,
+    /// The text of the 220 greeting, lines joined with a space (shared
+    /// with the client: every transaction of a session has the same).
+    pub server_greeting: Option<Arc<str>>,
+    /// The EHLO reply lines after the first, keyword upper-cased (shared
+    /// likewise).
+    pub ehlo_keywords: Arc<[String]>,
     pub extensions: Extensions,
     /// The reply to the final dot, if the content was sent.
     pub final_reply: Option<Reply>,
@@ -381,8 +386,12 @@ impl ReplyReader {
             }
             self.line.extend_from_slice(chunk);
             if complete {
+                // The line's buffer is kept for the next line.
                 let line = std::mem::take(&mut self.line);
-                match self.take_line(&line) {
+                let taken = self.take_line(&line);
+                self.line = line;
+                self.line.clear();
+                match taken {
                     Ok(Some(reply)) => out.push(Ok(reply)),
                     Ok(None) => {}
                     Err(e) => {
@@ -544,6 +553,9 @@ pub struct Client {
     reader: ReplyReader,
     /// Replies parsed but not yet acted on; never more than `awaiting`.
     replies: VecDeque<Result<Reply, ReplyError>>,
+    /// Scratch for the replies one `feed()` completes (kept empty, for its
+    /// capacity).
+    parsed: Vec<Result<Reply, ReplyError>>,
     /// Commands sent whose replies have not been acted on, in order.
     awaiting: VecDeque<Await>,
     /// The command whose reply is being acted on.
@@ -560,8 +572,8 @@ pub struct Client {
     results: Vec<Option<RcptOutcome>>,
     /// Next recipient to send RCPT for when not pipelining.
     rcpt_next_index: usize,
-    greeting: Option<String>,
-    ehlo_keywords: Vec<String>,
+    greeting: Option<Arc<str>>,
+    ehlo_keywords: Arc<[String]>,
     extensions: Extensions,
     final_reply: Option<Reply>,
     outcome: Option<Outcome>,
@@ -600,6 +612,7 @@ impl Client {
             phase: Phase::Talking,
             reader: ReplyReader::default(),
             replies: VecDeque::new(),
+            parsed: Vec::new(),
             awaiting: VecDeque::from([Await::Greeting]),
             answering: None,
             output: Vec::new(),
@@ -612,7 +625,7 @@ impl Client {
             results,
             rcpt_next_index: 0,
             greeting: None,
-            ehlo_keywords: Vec::new(),
+            ehlo_keywords: Arc::from([]),
             extensions: Extensions::default(),
             final_reply: None,
             outcome: None,
@@ -639,7 +652,7 @@ impl Client {
         self.tls_active = true;
         self.phase = Phase::Talking;
         self.extensions = Extensions::default();
-        self.ehlo_keywords.clear();
+        self.ehlo_keywords = Arc::from([]);
         self.send(
             now,
             format!("EHLO {}\r\n", self.params.helo_name),
@@ -711,21 +724,22 @@ impl Client {
         if self.phase == Phase::Done || self.replies.back().is_some_and(|r| r.is_err()) {
             return;
         }
-        let mut parsed = Vec::new();
+        let mut parsed = std::mem::take(&mut self.parsed);
         self.reader.feed(input, &mut parsed);
         // While the body is written, an early reply answers the coming dot.
         let allowed = self.awaiting.len() + usize::from(self.phase == Phase::Body);
-        for reply in parsed {
+        for reply in parsed.drain(..) {
             let failed = reply.is_err();
             if self.replies.len() >= allowed {
                 self.replies.push_back(Err(ReplyError::Unexpected));
-                return;
+                break;
             }
             self.replies.push_back(reply);
             if failed {
-                return;
+                break;
             }
         }
+        self.parsed = parsed;
     }
 
     /// Acts on the replies fed so far and on the time; says what to do next.
@@ -755,7 +769,9 @@ impl Client {
             Phase::Chunks => ClientEvent::NeedInput,
             Phase::Tls => ClientEvent::StartTls,
             Phase::Done => {
-                ClientEvent::Done(self.outcome.clone().unwrap_or_else(|| self.build_outcome()))
+                // Handed over, not copied: a later poll builds an equal
+                // one again, as nothing changes once the attempt is done.
+                ClientEvent::Done(self.outcome.take().unwrap_or_else(|| self.build_outcome()))
             }
         }
     }
@@ -770,6 +786,16 @@ impl Client {
             }
         }
         output
+    }
+
+    /// Gives back a buffer `take_output()` returned, once written: the
+    /// next commands are written into it instead of a new one (a session
+    /// keeps at most `OUTPUT_BYTES_KEPT_MAX` of it).
+    pub fn give_back_output(&mut self, mut written: Vec<u8>) {
+        if self.output.is_empty() && written.capacity() <= OUTPUT_BYTES_KEPT_MAX {
+            written.clear();
+            self.output = written;
+        }
     }
 
     fn note(&mut self, line: String) {
@@ -970,7 +996,7 @@ impl Client {
     }
 
     fn on_greeting(&mut self, now: Instant, reply: Reply) {
-        self.greeting = Some(reply.lines.join(" "));
+        self.greeting = Some(reply.lines.join(" ").into());
         match reply.code {
             220 => {
                 let verb = if self.params.lmtp { "LHLO" } else { "EHLO" };
@@ -1088,8 +1114,9 @@ impl Client {
             self.end_transaction(false);
             return;
         }
-        self.output
-            .extend_from_slice(self.mail_command().as_bytes());
+        let mut output = std::mem::take(&mut self.output);
+        self.write_mail_command(&mut output);
+        self.output = output;
         self.awaiting.push_back(Await::Mail);
         self.pipelined = self.extensions.pipelining && self.params.pipelining_enabled;
         if self.pipelined {
@@ -1154,28 +1181,31 @@ impl Client {
         None
     }
 
-    fn mail_command(&self) -> String {
-        let mut command = format!("MAIL FROM:<{}>", self.txn.reverse_path);
+    /// Appends the MAIL command line to `command` (written in place: no
+    /// string of its own).
+    fn write_mail_command(&self, command: &mut Vec<u8>) {
+        command.extend_from_slice(b"MAIL FROM:<");
+        command.extend_from_slice(self.txn.reverse_path.as_bytes());
+        command.push(b'>');
         if self.extensions.size_advertised && !self.txn.probe {
-            command.push_str(&format!(" SIZE={}", self.txn.size_bytes));
+            let _ = std::io::Write::write_fmt(command, format_args!(" SIZE={}", self.txn.size_bytes));
         }
         match self.txn.body {
             BodyType::SevenBit => {}
-            BodyType::EightBitMime => command.push_str(" BODY=8BITMIME"),
-            BodyType::BinaryMime => command.push_str(" BODY=BINARYMIME"),
+            BodyType::EightBitMime => command.extend_from_slice(b" BODY=8BITMIME"),
+            BodyType::BinaryMime => command.extend_from_slice(b" BODY=BINARYMIME"),
         }
         if self.txn.needs_smtputf8() {
-            command.push_str(" SMTPUTF8");
+            command.extend_from_slice(b" SMTPUTF8");
         }
         if let Some(id) = &self.txn.replica_of {
-            command.push_str(" XREPLICA=");
-            command.push_str(id);
+            command.extend_from_slice(b" XREPLICA=");
+            command.extend_from_slice(id.as_bytes());
         }
         if self.sends_dsn() {
-            command.push_str(&self.txn.mail_dsn.wire());
+            command.extend_from_slice(self.txn.mail_dsn.wire().as_bytes());
         }
-        command.push_str("\r\n");
-        command
+        command.extend_from_slice(b"\r\n");
     }
 
     /// The DSN parameters go to this server: it offers DSN, and it is no
@@ -1189,8 +1219,11 @@ impl Client {
             Some(dsn) if self.sends_dsn() => dsn.wire(),
             _ => String::new(),
         };
-        let command = format!("RCPT TO:<{}>{dsn}\r\n", self.txn.recipients[index]);
-        self.output.extend_from_slice(command.as_bytes());
+        self.output.extend_from_slice(b"RCPT TO:<");
+        self.output.extend_from_slice(self.txn.recipients[index].as_bytes());
+        self.output.push(b'>');
+        self.output.extend_from_slice(dsn.as_bytes());
+        self.output.extend_from_slice(b"\r\n");
         self.awaiting.push_back(Await::Rcpt(index));
     }
 
@@ -1617,7 +1650,7 @@ mod tests {
         assert_eq!(o.final_reply.as_ref().map(|r| r.code), Some(250));
         assert_eq!(o.server_greeting.as_deref(), Some("mx.example.net ESMTP"));
         assert_eq!(
-            o.ehlo_keywords,
+            o.ehlo_keywords.to_vec(),
             vec!["SIZE 1000000".to_string(), "8BITMIME".to_string()]
         );
         assert!(!o.extensions.pipelining);

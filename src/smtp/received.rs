@@ -31,79 +31,81 @@ pub fn received_header(
     tls: Option<&str>,
     now: SystemTime,
 ) -> String {
+    // Written in place: no string per part.
     let mut h = String::with_capacity(256);
-    let helo = helo
-        .map(sanitize)
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_string());
-    let _ = write!(
-        h,
-        "Received: from {} ({})\r\n",
-        helo,
-        address_literal(peer.ip())
-    );
-    if let Some(tls) = tls {
-        let tls: String = tls
-            .chars()
-            .take(HELO_BYTES_MAX)
-            .map(|c| {
-                if c.is_control() || "()".contains(c) {
-                    '?'
-                } else {
-                    c
-                }
-            })
-            .collect();
-        let _ = write!(h, "\t(using {tls})\r\n");
+    h.push_str("Received: from ");
+    match helo.filter(|s| !s.is_empty()) {
+        Some(helo) => push_sanitized(&mut h, helo),
+        None => h.push_str("unknown"),
     }
-    let _ = write!(
-        h,
-        "\tby {} (ringpost) with {} id {}",
-        sanitize(hostname),
-        sanitize(protocol),
-        sanitize(queue_id)
-    );
+    h.push_str(" (");
+    push_address_literal(&mut h, peer.ip());
+    h.push_str(")\r\n");
+    if let Some(tls) = tls {
+        h.push_str("\t(using ");
+        for c in tls.chars().take(HELO_BYTES_MAX) {
+            h.push(if c.is_control() || "()".contains(c) { '?' } else { c });
+        }
+        h.push_str(")\r\n");
+    }
+    h.push_str("\tby ");
+    push_sanitized(&mut h, hostname);
+    h.push_str(" (ringpost) with ");
+    push_sanitized(&mut h, protocol);
+    h.push_str(" id ");
+    push_sanitized(&mut h, queue_id);
     match single_recipient {
         Some(rcpt) => {
-            let _ = write!(h, "\r\n\tfor <{}>; ", sanitize(rcpt));
+            h.push_str("\r\n\tfor <");
+            push_sanitized(&mut h, rcpt);
+            h.push_str(">; ");
         }
         None => h.push_str(";\r\n\t"),
     }
-    h.push_str(&rfc5322_date(now));
+    write_rfc5322_date(&mut h, now);
     h.push_str("\r\n");
     h
 }
 
 /// `[192.0.2.1]` or `[IPv6:2001:db8::1]` (RFC 5321 §4.1.3); an IPv4-mapped
 /// IPv6 peer is shown as IPv4.
-fn address_literal(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("[{}]", v4),
+fn push_address_literal(h: &mut String, ip: IpAddr) {
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(h, "[{}]", v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => format!("[{}]", v4),
-            None => format!("[IPv6:{}]", v6),
+            Some(v4) => write!(h, "[{}]", v4),
+            None => write!(h, "[IPv6:{}]", v6),
         },
-    }
+    };
 }
 
 /// Keeps a client-supplied token from changing the header's structure:
 /// controls, white space and the characters that delimit comments, paths
-/// and the date become `?`; the result is at most `HELO_BYTES_MAX` bytes.
-fn sanitize(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(HELO_BYTES_MAX));
+/// and the date become `?`; what is appended to `out` is at most
+/// `HELO_BYTES_MAX` bytes.
+fn push_sanitized(out: &mut String, s: &str) {
+    let mut written_bytes = 0;
     for c in s.chars() {
-        if out.len() + c.len_utf8() > HELO_BYTES_MAX {
+        if written_bytes + c.len_utf8() > HELO_BYTES_MAX {
             break;
         }
         let bad = c.is_control() || c.is_whitespace() || "()<>;\\\"".contains(c);
-        out.push(if bad { '?' } else { c });
+        let c = if bad { '?' } else { c };
+        written_bytes += c.len_utf8();
+        out.push(c);
     }
-    out
 }
 
 /// RFC 5322 §3.3 date-time in UTC: `Sat, 28 Nov 2026 11:24:30 +0000`.
 /// Times before 1970 are shown as the epoch.
 pub fn rfc5322_date(t: SystemTime) -> String {
+    let mut date = String::with_capacity(32);
+    write_rfc5322_date(&mut date, t);
+    date
+}
+
+/// [`rfc5322_date`], appended to `out`.
+fn write_rfc5322_date(out: &mut String, t: SystemTime) {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -115,7 +117,8 @@ pub fn rfc5322_date(t: SystemTime) -> String {
     let days = secs / 86_400;
     let second_of_day = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
-    format!(
+    let _ = write!(
+        out,
         "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
         DAYS[(days % 7) as usize],
         day,
@@ -124,7 +127,7 @@ pub fn rfc5322_date(t: SystemTime) -> String {
         second_of_day / 3600,
         second_of_day / 60 % 60,
         second_of_day % 60
-    )
+    );
 }
 
 /// Proleptic Gregorian (year, month 1..=12, day 1..=31) of a day count

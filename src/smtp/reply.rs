@@ -38,25 +38,25 @@ impl Reply {
         self.code >= 500
     }
 
-    /// Appends the wire form (every line with code, enhanced code, CRLF).
+    /// Appends the wire form (every line with code, enhanced code, CRLF),
+    /// straight into `out`: no string per line.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let n = self.lines.len();
-        let mut s = String::new();
         for (i, line) in self.lines.iter().enumerate() {
-            let sep = if i + 1 == n { ' ' } else { '-' };
-            s.clear();
-            match self.enhanced {
-                Some(e) => write!(s, "{}{}{} {}\r\n", self.code, sep, e, line),
-                None => write!(s, "{}{}{}\r\n", self.code, sep, line),
+            out.extend_from_slice(itoa_code(self.code).as_slice());
+            out.push(if i + 1 == n { b' ' } else { b'-' });
+            if let Some(e) = self.enhanced {
+                let _ = std::io::Write::write_fmt(out, format_args!("{e} "));
             }
-            .expect("writing to a String cannot fail");
-            out.extend_from_slice(s.as_bytes());
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
     }
 
     /// One-line text form for logs and DSNs: `550 5.1.1 text`.
     pub fn summary(&self) -> String {
-        let mut s = String::new();
+        let text_bytes: usize = self.lines.iter().map(|l| l.len() + 1).sum();
+        let mut s = String::with_capacity(12 + text_bytes);
         let _ = write!(s, "{}", self.code);
         if let Some(e) = self.enhanced {
             let _ = write!(s, " {}", e);
@@ -67,4 +67,11 @@ impl Reply {
         }
         s
     }
+}
+
+/// The three digits of a reply code (100..=999; others are clamped, as no
+/// reply carries one).
+fn itoa_code(code: u16) -> [u8; 3] {
+    let code = code.clamp(100, 999);
+    [b'0' + (code / 100) as u8, b'0' + (code / 10 % 10) as u8, b'0' + (code % 10) as u8]
 }

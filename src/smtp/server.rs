@@ -78,6 +78,8 @@ pub const COMMAND_LINE_BYTES_MAX: usize = 512;
 /// Longest MAIL or RCPT line: the DSN parameters may add 112 octets to
 /// MAIL and 522 to RCPT (RFC 3461 §5); both get the larger.
 pub const PARAMETER_LINE_BYTES_MAX: usize = COMMAND_LINE_BYTES_MAX + 522;
+// A command line is copied onto the stack in a buffer of the larger size.
+const _: () = assert!(COMMAND_LINE_BYTES_MAX <= PARAMETER_LINE_BYTES_MAX);
 /// Largest `Body` chunk handed to the driver (a chunk may exceed it by
 /// `BODY_CHUNK_SLACK_BYTES`).
 pub const BODY_CHUNK_BYTES_MAX: usize = 64 * 1024;
@@ -796,26 +798,33 @@ impl Server {
             return Flow::NeedInput;
         };
         let line_bytes = lf + 1;
-        let line = avail[..lf].to_vec();
-        self.input_pos += line_bytes;
-        self.rearm = true;
         if line_bytes > line_bytes_max {
+            self.input_pos += line_bytes;
+            self.rearm = true;
             self.line_too_long();
             return Flow::Continue;
         }
+        // Copied out of the input, which the command may change, onto the
+        // stack: a line that fits here is no longer than the longest
+        // allowed, and a command costs no allocation for its line.
+        let mut copy = [0u8; PARAMETER_LINE_BYTES_MAX];
+        copy[..lf].copy_from_slice(&avail[..lf]);
+        let line = &copy[..lf];
+        self.input_pos += line_bytes;
+        self.rearm = true;
         let line = match line.strip_suffix(b"\r") {
             Some(line) => line,
-            None if self.params.bare_lf == BareLfPolicy::Normalize => &line[..],
+            None if self.params.bare_lf == BareLfPolicy::Normalize => line,
             None => {
-                self.bare_lf_command(&line);
+                self.bare_lf_command(line);
                 return Flow::Continue;
             }
         };
         match std::str::from_utf8(line) {
             Ok(text) if !text.chars().any(|c| c.is_control()) => {
-                let text = text.trim_end_matches(' ').to_string();
+                let text = text.trim_end_matches(' ');
                 let unanswered_input = self.input_pos < self.input.len();
-                if self.pipelining == Pipelining::Strict && unanswered_input && self.improper_pipelining(&text) {
+                if self.pipelining == Pipelining::Strict && unanswered_input && self.improper_pipelining(text) {
                     self.pipelining = Pipelining::Violated;
                     self.close_with(Reply::new(
                         554,
@@ -824,7 +833,7 @@ impl Server {
                     ));
                     return Flow::Continue;
                 }
-                self.command(&text);
+                self.command(text);
             }
             _ => self.client_error(
                 500,
@@ -893,7 +902,17 @@ impl Server {
             Some((v, a)) => (v, a),
             None => (line, ""),
         };
-        match verb.to_ascii_uppercase().as_str() {
+        // Upper-cased on the stack: no verb known here is longer than 10.
+        let mut upper = [0u8; 10];
+        let verb = match upper.get_mut(..verb.len()) {
+            Some(bytes) => {
+                bytes.copy_from_slice(verb.as_bytes());
+                bytes.make_ascii_uppercase();
+                std::str::from_utf8(bytes).unwrap_or("")
+            }
+            None => "",
+        };
+        match verb {
             "EHLO" => self.cmd_helo(args, true),
             "HELO" => self.cmd_helo(args, false),
             "MAIL" => self.cmd_mail(args),
