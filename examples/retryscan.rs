@@ -5,7 +5,13 @@
 //! Driven by `perf/retryscan`, which drops the page cache between the two
 //! steps and measures the disk's own sequential read rate beside it.
 //!
-//! Usage: retryscan fill SPOOL COUNT | retryscan scan SPOOL
+//! `fill ... due` writes envelopes whose next attempt is already due (for
+//! `perf/backlog`, whose runners hand them all to delivery at once);
+//! without it they are due in an hour. `scan` prints the envelopes found,
+//! the seconds the open took and the resident memory (KiB) before and
+//! after it, and at its peak.
+//!
+//! Usage: retryscan fill SPOOL COUNT [due] | retryscan scan SPOOL
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -30,7 +36,7 @@ fn params() -> QueueParams {
     }
 }
 
-fn envelope(id: String, i: u64) -> Envelope {
+fn envelope(id: String, i: u64, due: bool) -> Envelope {
     let now_ms = ringpost::clock::system_unix_ms();
     Envelope {
         id,
@@ -43,7 +49,7 @@ fn envelope(id: String, i: u64) -> Envelope {
             dsn: Default::default(),
         }],
         arrival_unix_ms: now_ms,
-        next_retry_unix_ms: now_ms + 3_600_000,
+        next_retry_unix_ms: if due { now_ms } else { now_ms + 3_600_000 },
         attempt_count: 1,
         size_bytes: 0,
         body_8bit: false,
@@ -65,7 +71,7 @@ fn envelope(id: String, i: u64) -> Envelope {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
-        eprintln!("usage: retryscan fill SPOOL COUNT | retryscan scan SPOOL");
+        eprintln!("usage: retryscan fill SPOOL COUNT [due] | retryscan scan SPOOL");
         std::process::exit(2)
     };
     let (mode, spool) = match args.as_slice() {
@@ -77,8 +83,10 @@ fn main() {
         "scan" => 0,
         _ => usage(),
     };
+    let due = args.get(4).map(String::as_str) == Some("due");
     let handle = glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
+            let rss_before_kib = status_kib("VmRSS:");
             let started = Instant::now();
             let queue = Queue::open(&spool, 0, params(), Clock::System).await.expect("spool opens");
             let opened = started.elapsed();
@@ -90,10 +98,14 @@ fn main() {
                     .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
                     .sum();
                 println!(
-                    "{{\"envelopes\": {}, \"seconds\": {:.3}, \"segment_bytes\": {}}}",
+                    "{{\"envelopes\": {}, \"seconds\": {:.3}, \"segment_bytes\": {}, \"rss_before_kib\": {}, \
+                     \"rss_after_kib\": {}, \"rss_peak_kib\": {}}}",
                     queue.live_count(),
                     opened.as_secs_f64(),
-                    bytes
+                    bytes,
+                    rss_before_kib,
+                    status_kib("VmRSS:"),
+                    status_kib("VmHWM:")
                 );
                 return;
             }
@@ -107,7 +119,7 @@ fn main() {
                 let queue = queue.clone();
                 tasks.push(glommio::spawn_local(async move {
                     for i in t * per_task..((t + 1) * per_task).min(count) {
-                        let env = envelope(queue.next_id(), i);
+                        let env = envelope(queue.next_id(), i, due);
                         queue.defer(&env).await.expect("deferral recorded");
                     }
                 }));
@@ -123,4 +135,15 @@ fn main() {
         })
         .expect("executor");
     handle.join().expect("ran");
+}
+
+/// A field of /proc/self/status, in KiB.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
 }

@@ -11,7 +11,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::checksum::crc32c;
-use crate::error::{DecodeError, EncodeError, Field};
+use crate::error::{DecodeError, EncodeError, Field, LimitError};
 use crate::layout::*;
 use crate::record::*;
 use crate::wire::*;
@@ -197,6 +197,30 @@ impl Put<'_> {
 /// Decodes the record at the start of `bytes`. Returns it and the number of
 /// bytes it occupies; bytes after it are not looked at. Never panics.
 pub fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
+    decode_at_depth(bytes, Depth::Full)
+}
+
+/// [`decode`] without collecting an envelope's recipients: the record is
+/// checked exactly as [`decode`] checks it (checksum, every length, every
+/// recipient's fields and limits, the pending recipient of a replacement),
+/// and is trusted or refused exactly when [`decode`] would trust or refuse
+/// it, but an Envelope or ReplacementEnvelope comes back with an empty
+/// `recipients` (nothing allocated for them). For a scan that needs only
+/// an envelope's fixed fields, as recovery's index does. Where a record
+/// breaks several rules, the error named may be another of them than the
+/// one [`decode`] names.
+pub fn decode_summary(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
+    decode_at_depth(bytes, Depth::Summary)
+}
+
+/// How much of an envelope's variable part a decode builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Depth {
+    Full,
+    Summary,
+}
+
+pub(crate) fn decode_at_depth(bytes: &[u8], depth: Depth) -> Result<(Record<'_>, usize), DecodeError> {
     let Ok((header, _)) = RecordHeaderRaw::read_from_prefix(bytes) else {
         if bytes.iter().all(|&b| b == 0) && !bytes.is_empty() {
             return Err(DecodeError::Zeroed);
@@ -232,14 +256,20 @@ pub fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
     let payload = &record_bytes[RECORD_HEADER_SIZE_BYTES..];
     let body = match record_type {
         RecordType::Padding => decode_padding(payload)?,
-        RecordType::Envelope => RecordBody::Envelope(decode_envelope(payload)?),
+        RecordType::Envelope => RecordBody::Envelope(decode_envelope(payload, depth, false)?),
         RecordType::ReplacementEnvelope => {
-            RecordBody::ReplacementEnvelope(decode_envelope(payload)?)
+            RecordBody::ReplacementEnvelope(decode_envelope(payload, depth, true)?)
         }
         RecordType::Completion => RecordBody::Completion(decode_completion(payload)?),
     };
-    body.check()?;
-    assert_eq!(encoded_size_bytes(&body), size);
+    match (depth, &body) {
+        (Depth::Summary, RecordBody::Envelope(e)) => e.check_summary(false)?,
+        (Depth::Summary, RecordBody::ReplacementEnvelope(e)) => e.check_summary(true)?,
+        _ => {
+            body.check()?;
+            assert_eq!(encoded_size_bytes(&body), size);
+        }
+    }
     Ok((Record { frame, body }, size))
 }
 
@@ -294,7 +324,14 @@ fn decode_completion(payload: &[u8]) -> Result<Completion, DecodeError> {
     })
 }
 
-fn decode_envelope(payload: &[u8]) -> Result<Envelope<'_>, DecodeError> {
+/// Decodes an envelope payload. `Depth::Summary` checks each recipient as
+/// it is read (the checks `Envelope::check` makes of the list) instead of
+/// collecting them: `replacement` says whether one must be pending.
+fn decode_envelope(
+    payload: &[u8],
+    depth: Depth,
+    replacement: bool,
+) -> Result<Envelope<'_>, DecodeError> {
     let mut take = Take { bytes: payload };
     let raw: EnvelopeFixedRaw = take.fixed()?;
     if raw.reserved_59 != 0 || raw.reserved_70.get() != 0 || raw.reserved_76.get() != 0 {
@@ -336,9 +373,28 @@ fn decode_envelope(payload: &[u8]) -> Result<Envelope<'_>, DecodeError> {
         Field::HeadersPrepended,
         HEADERS_PREPENDED_SIZE_BYTES_MAX,
     )?;
-    let mut recipients = Vec::with_capacity(recipient_count);
-    for _ in 0..recipient_count {
-        recipients.push(take_recipient(&mut take)?);
+    let mut recipients = Vec::new();
+    match depth {
+        Depth::Full => {
+            recipients.reserve_exact(recipient_count);
+            for _ in 0..recipient_count {
+                recipients.push(take_recipient(&mut take)?);
+            }
+        }
+        Depth::Summary => {
+            if recipient_count == 0 {
+                return Err(LimitError::RecipientsEmpty.into());
+            }
+            let mut pending = false;
+            for _ in 0..recipient_count {
+                let recipient = take_recipient(&mut take)?;
+                recipient.check()?;
+                pending |= recipient.state == RecipientState::Pending;
+            }
+            if replacement && !pending {
+                return Err(LimitError::NothingPending.into());
+            }
+        }
     }
     let inline_size = raw.body_inline_size_bytes.get() as usize;
     let inline = take.field(inline_size, Field::InlineBody, INLINE_BODY_SIZE_BYTES_MAX)?;

@@ -61,7 +61,7 @@ pub mod segment;
 mod wire;
 
 pub use batch::{padded_size_bytes, Batch, BatchBuilder, PushError};
-pub use codec::{decode, encode, encode_into, encoded_size_bytes};
+pub use codec::{decode, decode_summary, encode, encode_into, encoded_size_bytes};
 pub use error::{DecodeError, EncodeError, Field, LimitError};
 pub use layout::*;
 pub use reader::{LogEntry, LogExpect, LogReader, LogStop, StopReason};

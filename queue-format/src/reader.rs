@@ -7,7 +7,7 @@
 //! The first record that fails any of these ends the readable log; nothing
 //! after it is looked at (SPEC.md, "Recovery").
 
-use crate::codec::decode;
+use crate::codec::{decode_at_depth, Depth};
 use crate::error::DecodeError;
 use crate::layout::*;
 use crate::record::{LogKind, Record, RecordBody};
@@ -74,6 +74,7 @@ pub struct LogReader<'a> {
     offset: usize,
     expect: LogExpect,
     stop: Option<LogStop>,
+    depth: Depth,
 }
 
 impl<'a> LogReader<'a> {
@@ -110,7 +111,16 @@ impl<'a> LogReader<'a> {
             offset,
             expect,
             stop: None,
+            depth: Depth::Full,
         }
+    }
+
+    /// Yields envelopes as [`crate::decode_summary`] decodes them: every
+    /// record trusted or refused as before, but an envelope's `recipients`
+    /// left empty. For scans that need only the fixed fields.
+    pub fn summaries(mut self) -> LogReader<'a> {
+        self.depth = Depth::Summary;
+        self
     }
 
     /// Where and why reading ended; None while records remain to be read.
@@ -148,7 +158,7 @@ impl<'a> Iterator for LogReader<'a> {
         if remaining.is_empty() {
             return self.halt(StopReason::EndOfBytes);
         }
-        let (record, size_bytes) = match decode(remaining) {
+        let (record, size_bytes) = match decode_at_depth(remaining, self.depth) {
             Ok(decoded) => decoded,
             Err(DecodeError::Zeroed) => return self.halt(StopReason::Zeroed),
             Err(error) => return self.halt(StopReason::Corrupt(error)),

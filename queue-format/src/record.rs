@@ -350,6 +350,38 @@ fn limit(field: Field, size: usize, max: usize) -> Result<(), LimitError> {
 
 impl Envelope<'_> {
     fn check(&self, replacement: bool) -> Result<(), LimitError> {
+        self.check_fixed(replacement)?;
+        limit(
+            Field::Recipients,
+            self.recipients.len(),
+            RECIPIENT_COUNT_MAX,
+        )?;
+        if self.recipients.is_empty() {
+            return Err(LimitError::RecipientsEmpty);
+        }
+        for recipient in &self.recipients {
+            recipient.check()?;
+        }
+        if replacement
+            && !self
+                .recipients
+                .iter()
+                .any(|r| r.state == RecipientState::Pending)
+        {
+            return Err(LimitError::NothingPending);
+        }
+        Ok(())
+    }
+
+    /// The checks of a summary decode (`codec::decode_summary`), whose
+    /// recipients were checked one by one as they were read and not kept.
+    pub(crate) fn check_summary(&self, replacement: bool) -> Result<(), LimitError> {
+        debug_assert!(self.recipients.is_empty(), "a summary keeps no recipients");
+        self.check_fixed(replacement)
+    }
+
+    /// Every check but those of the recipient list.
+    fn check_fixed(&self, replacement: bool) -> Result<(), LimitError> {
         self.queue_id.check()?;
         limit(Field::Sender, self.sender.len(), ADDRESS_SIZE_BYTES_MAX)?;
         limit(
@@ -372,19 +404,8 @@ impl Envelope<'_> {
             self.headers_prepended.len(),
             HEADERS_PREPENDED_SIZE_BYTES_MAX,
         )?;
-        limit(
-            Field::Recipients,
-            self.recipients.len(),
-            RECIPIENT_COUNT_MAX,
-        )?;
-        if self.recipients.is_empty() {
-            return Err(LimitError::RecipientsEmpty);
-        }
         if self.flags.contains(EnvelopeFlags::NULL_SENDER) != self.sender.is_empty() {
             return Err(LimitError::NullSenderMismatch);
-        }
-        for recipient in &self.recipients {
-            recipient.check()?;
         }
         match self.body {
             BodyRef::Inline(bytes) => {
@@ -403,13 +424,6 @@ impl Envelope<'_> {
             if self.retry_next_unix_ms < self.arrival_unix_ms {
                 return Err(LimitError::RetryBeforeArrival);
             }
-            if !self
-                .recipients
-                .iter()
-                .any(|r| r.state == RecipientState::Pending)
-            {
-                return Err(LimitError::NothingPending);
-            }
         } else if self.attempt_count != 0 {
             return Err(LimitError::AttemptCount {
                 attempt_count: self.attempt_count,
@@ -422,7 +436,7 @@ impl Envelope<'_> {
 }
 
 impl Recipient<'_> {
-    fn check(&self) -> Result<(), LimitError> {
+    pub(crate) fn check(&self) -> Result<(), LimitError> {
         if self.address.is_empty() {
             return Err(LimitError::RecipientAddressEmpty);
         }

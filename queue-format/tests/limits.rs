@@ -249,7 +249,13 @@ fn resealed(mut bytes: Vec<u8>, change: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 fn decoder_names_each_fault() {
     let envelope = envelope_bytes();
     let payload = RECORD_HEADER_SIZE_BYTES;
-    let decode_error = |bytes: &[u8]| decode(bytes).unwrap_err();
+    // Each record here breaks one rule: the summary decoder (which checks
+    // recipients as it reads them) names the same fault.
+    let decode_error = |bytes: &[u8]| {
+        let error = decode(bytes).unwrap_err();
+        assert_eq!(decode_summary(bytes).unwrap_err(), error);
+        error
+    };
 
     assert_eq!(
         decode_error(&[]),

@@ -189,12 +189,33 @@ fn frame(rng: &mut Rng) -> RecordFrame {
 }
 
 /// If the decoder accepts `bytes`, they must be exactly what encoding the
-/// decoded value produces.
+/// decoded value produces; and the summary decoder accepts exactly what the
+/// full one accepts.
 fn assert_canonical(bytes: &[u8]) {
-    if let Ok((record, consumed)) = decode(bytes) {
+    let full = decode(bytes);
+    assert_summary_agrees(bytes, &full);
+    if let Ok((record, consumed)) = full {
         let mut again = Vec::new();
         assert_eq!(encode(&record, &mut again), Ok(consumed));
         assert!(again == bytes[..consumed], "accepted bytes are canonical");
+    }
+}
+
+/// `decode_summary` trusts a record exactly when `decode` does, and gives
+/// the same record but for an envelope's recipients, which it leaves out.
+fn assert_summary_agrees(bytes: &[u8], full: &Result<(Record<'_>, usize), DecodeError>) {
+    let summary = decode_summary(bytes);
+    match (full, &summary) {
+        (Ok((record, size)), Ok((short, short_size))) => {
+            assert_eq!(size, short_size);
+            let mut expected = record.clone();
+            if let RecordBody::Envelope(e) | RecordBody::ReplacementEnvelope(e) = &mut expected.body {
+                e.recipients.clear();
+            }
+            assert_eq!(&expected, short);
+        }
+        (Err(_), Err(_)) => {}
+        _ => panic!("decode and decode_summary disagree: {full:?} vs {summary:?}"),
     }
 }
 
@@ -240,6 +261,7 @@ fn valid_records_round_trip() {
         let (decoded, consumed) = decode(&bytes).unwrap();
         assert_eq!(consumed, size);
         assert_eq!(decoded, record);
+        assert_summary_agrees(&bytes, &Ok((decoded, consumed)));
         // Trailing bytes after a record are not its business.
         bytes.extend([0xAB; 7]);
         assert_eq!(decode(&bytes).unwrap().1, size);

@@ -40,7 +40,7 @@ pub mod tools;
 mod tests;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -234,7 +234,7 @@ pub struct Queue<S: Storage = DiskStorage> {
     staged_events: [event_listener::Event; 2],
     /// Wakes stagers waiting for room.
     space_event: event_listener::Event,
-    index: RefCell<HashMap<QueueId, Entry>>,
+    index: RefCell<recover::IdMap<Entry>>,
     /// Retry-log batches in write order, for the runners.
     spans: RefCell<VecDeque<Span>>,
     /// Absolute number of `spans[0]`.
@@ -311,7 +311,7 @@ impl<S: Storage + 'static> Queue<S> {
             storage: Rc::new(storage),
             staged_events: [event_listener::Event::new(), event_listener::Event::new()],
             space_event: event_listener::Event::new(),
-            index: RefCell::new(HashMap::new()),
+            index: RefCell::new(recover::IdMap::default()),
             spans: RefCell::new(VecDeque::new()),
             spans_base: Cell::new(0),
             spans_event: event_listener::Event::new(),
@@ -359,14 +359,37 @@ impl<S: Storage + 'static> Queue<S> {
         segments.sort_by_key(|(kind, seq, _)| (log_slot(*kind), *seq));
         let mut scan = recover::Scan::default();
         let mut files = Vec::new();
-        for (kind, seq, name) in &segments {
+        let mut sizes = Vec::new();
+        for (_, _, name) in &segments {
             let file = self.storage.open(name).await?;
             let size = file.size_bytes().await?;
             self.check_segment_size(name, size)?;
-            let bytes = file.read_at(0, size as usize).await?;
-            scan.add_segment(*kind, *seq, name, &bytes, false);
             files.push(Rc::new(file));
+            sizes.push(size as usize);
         }
+        // The next segment's read is started (polled once: on the disk
+        // storage a read runs on a helper thread) before this one is
+        // scanned, so the disk and the scan overlap; two segments are in
+        // memory at most.
+        let start = |i: usize| files.get(i).map(|file: &Rc<S::File>| Box::pin(file.read_at(0, sizes[i])));
+        let mut pending = start(0);
+        let mut ready: Option<std::io::Result<Vec<u8>>> = None;
+        for (i, (kind, seq, name)) in segments.iter().enumerate() {
+            let bytes = match ready.take() {
+                Some(done) => done?,
+                None => pending.take().expect("invariant: one read started per segment").await?,
+            };
+            pending = start(i + 1);
+            if let Some(read) = pending.as_mut() {
+                if let Some(done) = futures_lite::future::poll_once(read).await {
+                    // Finished at once (a storage that reads in place).
+                    ready = Some(done);
+                    pending = None;
+                }
+            }
+            scan.add_segment(*kind, *seq, name, &bytes, false);
+        }
+        drop(pending);
         self.check_segment_versions(&scan)?;
         for segment in scan.damaged() {
             crate::log::event(
@@ -410,9 +433,10 @@ impl<S: Storage + 'static> Queue<S> {
         }
         // Index, live counts, fresh envelopes for delivery, spans for runners.
         let mut fresh = Vec::new();
-        let mut retry_live: Vec<(u64, Location, u64)> = Vec::new();
+        let mut retry_live: Vec<(u64, Location, u64)> = Vec::with_capacity(scan.live.len());
         let now = self.clock.unix_ms();
         let mut index = self.index.borrow_mut();
+        index.reserve(scan.live.len());
         for (id, candidate) in scan.live.drain() {
             let slot = log_slot(candidate.location.log);
             if let Some(segment) = self.logs[slot].borrow_mut().segments.get_mut(&candidate.location.segment_sequence) {
@@ -442,7 +466,8 @@ impl<S: Storage + 'static> Queue<S> {
             }
         }
         drop(index);
-        retry_live.sort_by_key(|(written, location, _)| (*written, location.segment_sequence, location.offset));
+        retry_live
+            .sort_unstable_by_key(|(written, location, _)| (*written, location.segment_sequence, location.offset));
         let mut spans = self.spans.borrow_mut();
         for (written, location, sequence) in retry_live {
             spans.push_back(Span::recovered(location, sequence, written));

@@ -77,7 +77,7 @@ fn template(id: &str) -> Envelope {
             state: RcptState::Pending,
             last_reply: String::new(),
             folder: None,
-                dsn: Default::default(),
+            dsn: Default::default(),
         }],
         arrival_unix_ms: unix_now_ms(),
         next_retry_unix_ms: unix_now_ms(),
@@ -93,8 +93,8 @@ fn template(id: &str) -> Envelope {
         replica_of: None,
         held: false,
         auth: None,
-            dsn: Default::default(),
-            delay_warned: false,
+        dsn: Default::default(),
+        delay_warned: false,
     }
 }
 
