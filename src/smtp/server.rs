@@ -793,7 +793,10 @@ impl Server {
             if avail.len() >= line_bytes_max {
                 self.input_pos = self.input.len();
                 self.mode = Mode::SkipLine;
+                // Continue, not NeedInput: the error may have been one too
+                // many and closed the session.
                 self.line_too_long();
+                return Flow::Continue;
             }
             return Flow::NeedInput;
         };

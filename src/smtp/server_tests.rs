@@ -1797,6 +1797,19 @@ fn too_many_errors_closes() {
     assert!(t.closed);
 }
 
+/// Found by the smtp_server fuzz target: an unterminated line too long
+/// that is one error too many answered 421 but asked for more input, so a
+/// driver waited for the client until its timeout instead of closing.
+#[test]
+fn unterminated_long_line_that_is_one_error_too_many_closes_at_once() {
+    let mut t = Session::ehlo();
+    t.send("BAD1\r\nBAD2\r\nBAD3\r\nBAD4\r\nBAD5\r\n");
+    t.expect(&["500 5.5.1", "500 5.5.1", "500 5.5.1", "500 5.5.1", "500 5.5.1"]);
+    t.send(&"x".repeat(600));
+    t.expect(&["421 4.7.0"]);
+    assert!(t.closed);
+}
+
 #[test]
 fn error_count_includes_sequence_and_syntax_errors() {
     let mut t = Session::with(|p| p.max_errors = 2);
