@@ -12,6 +12,14 @@
 //! `delivery.connection_reuse_time` (idle sessions older than that are
 //! closed by `sweep`) and `delivery.max_transactions_per_connection`.
 //!
+//! A destination none of whose hosts accepted a connection is remembered
+//! as down for [`DEAD_DESTINATION_TIME`] (10 s): its next deliveries are deferred
+//! at once with the reply of the failed attempt instead of each trying the
+//! same dead hosts again (as Postfix's queue manager marks a destination
+//! dead), so a backlog for a host that is down costs a log record per
+//! message, not a connection attempt. A delivery that reaches the
+//! destination again forgets it.
+//!
 //! Connections are made from `delivery.source_address` (or a rule's) when
 //! one of the destination's family is set; the shard's authenticated-TLS
 //! settings (`security::Security`) live here too, beside the sessions
@@ -37,6 +45,12 @@ use crate::tls::Stream;
 const DESTINATION_ENTRIES_MAX: usize = 4096;
 /// How long closing a session may take (writing QUIT).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a destination none of whose hosts accepted a connection is
+/// deferred without trying it.
+pub const DEAD_DESTINATION_TIME: Duration = Duration::from_secs(10);
+/// Destinations remembered as down at once; past it, a new one is not
+/// remembered (its deliveries try it as before).
+const DEAD_DESTINATION_ENTRIES_MAX: usize = 4096;
 
 /// An open SMTP session to one host.
 pub struct Session {
@@ -72,6 +86,8 @@ pub struct Connections {
     idle: RefCell<HashMap<SocketAddr, Vec<IdleSession>>>,
     idle_count: Cell<usize>,
     destinations: RefCell<HashMap<String, Rc<Semaphore>>>,
+    /// Destinations down: until when, and the reply their deliveries get.
+    dead: RefCell<HashMap<String, (Instant, crate::smtp::reply::Reply)>>,
     opened: Cell<u64>,
     reused: Cell<u64>,
     security: Security,
@@ -87,6 +103,7 @@ impl Connections {
             idle: RefCell::new(HashMap::new()),
             idle_count: Cell::new(0),
             destinations: RefCell::new(HashMap::new()),
+            dead: RefCell::new(HashMap::new()),
             opened: Cell::new(0),
             reused: Cell::new(0),
             security: Security::new(config),
@@ -129,6 +146,51 @@ impl Connections {
             }
         };
         semaphore.acquire_static_permit(1).await.ok()
+    }
+
+    /// The reply for a delivery to `destination` while it is remembered as
+    /// down, or None (then it is tried).
+    pub fn dead_reply(&self, destination: &str, now: Instant) -> Option<crate::smtp::reply::Reply> {
+        let mut dead = self.dead.borrow_mut();
+        let (until, reply) = dead.get(destination)?;
+        if now < *until {
+            return Some(reply.clone());
+        }
+        dead.remove(destination);
+        None
+    }
+
+    /// No host of `destination` accepted a connection: remembered as down
+    /// until `now` + [`DEAD_DESTINATION_TIME`], its deliveries answered
+    /// with `reply` (temporary: a failed connection never fails mail).
+    pub fn mark_dead(&self, destination: &str, now: Instant, reply: &crate::smtp::reply::Reply) {
+        debug_assert!(!reply.is_permanent(), "a destination down defers, never fails");
+        let mut dead = self.dead.borrow_mut();
+        if dead.len() >= DEAD_DESTINATION_ENTRIES_MAX && !dead.contains_key(destination) {
+            dead.retain(|_, (until, _)| now < *until);
+            if dead.len() >= DEAD_DESTINATION_ENTRIES_MAX {
+                return;
+            }
+        }
+        let text = format!(
+            "{} (destination down, not tried again for {} s)",
+            reply.lines.join(" "),
+            DEAD_DESTINATION_TIME.as_secs()
+        );
+        let reply = crate::smtp::reply::Reply::new(
+            reply.code,
+            reply.enhanced.unwrap_or(crate::smtp::reply::Enhanced(4, 4, 1)),
+            text,
+        );
+        dead.insert(destination.to_string(), (now + DEAD_DESTINATION_TIME, reply));
+    }
+
+    /// A delivery reached `destination`: it is not down.
+    pub fn mark_alive(&self, destination: &str) {
+        let mut dead = self.dead.borrow_mut();
+        if !dead.is_empty() {
+            dead.remove(destination);
+        }
     }
 
     /// An idle session to `addr`, if one is open and fresh enough.
@@ -301,4 +363,53 @@ pub async fn close(mut session: Session) {
         Ok(())
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::reply::{Enhanced, Reply};
+
+    fn connections() -> Connections {
+        let dir = crate::testing::tempdir("connections-dead");
+        Connections::new(&crate::testing::config(&dir, ""))
+    }
+
+    #[test]
+    fn a_destination_down_is_remembered_for_a_while_and_forgotten_when_reached() {
+        let c = connections();
+        let now = Instant::now();
+        assert!(c.dead_reply("mx.example", now).is_none());
+        let refused = Reply::new(451, Enhanced(4, 4, 1), "connect to mx.example[192.0.2.1]:25: Connection refused");
+        c.mark_dead("mx.example", now, &refused);
+        let reply = c.dead_reply("mx.example", now + Duration::from_secs(1)).expect("remembered");
+        assert_eq!((reply.code, reply.enhanced), (451, Some(Enhanced(4, 4, 1))));
+        assert!(reply.lines.join(" ").contains("Connection refused (destination down"), "{reply:?}");
+        assert!(c.dead_reply("other.example", now).is_none(), "only that destination");
+        // Past the window it is tried again.
+        assert!(c.dead_reply("mx.example", now + DEAD_DESTINATION_TIME).is_none());
+        assert!(c.dead.borrow().is_empty(), "an expired entry is dropped when looked up");
+        // Reached again: forgotten at once.
+        c.mark_dead("mx.example", now, &refused);
+        c.mark_alive("mx.example");
+        assert!(c.dead_reply("mx.example", now).is_none());
+    }
+
+    #[test]
+    fn the_memory_of_destinations_down_is_bounded() {
+        let c = connections();
+        let now = Instant::now();
+        let refused = Reply::new(451, Enhanced(4, 4, 1), "connect: Connection refused");
+        for i in 0..DEAD_DESTINATION_ENTRIES_MAX + 10 {
+            c.mark_dead(&format!("d{i}.example"), now, &refused);
+        }
+        assert_eq!(c.dead.borrow().len(), DEAD_DESTINATION_ENTRIES_MAX);
+        assert!(c.dead_reply("d0.example", now).is_some());
+        assert!(c.dead_reply(&format!("d{}.example", DEAD_DESTINATION_ENTRIES_MAX + 5), now).is_none(), "not kept");
+        // Once the old entries expire, a new one finds room.
+        let later = now + DEAD_DESTINATION_TIME;
+        c.mark_dead("new.example", later, &refused);
+        assert!(c.dead_reply("new.example", later).is_some());
+        assert_eq!(c.dead.borrow().len(), 1);
+    }
 }

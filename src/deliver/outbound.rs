@@ -148,7 +148,16 @@ pub async fn deliver(
     indexes: &[usize],
 ) -> Delivered {
     let txn = transaction(env, indexes);
-    attempt(out, destination, policy, &txn, Some(Content { body_path, env })).await
+    attempt(out, destination, policy, &txn, Some(Content { body_path, env }), Memory::Deliveries).await
+}
+
+/// Whether an attempt remembers a destination that cannot be reached (and
+/// is deferred at once while it is remembered). Deliveries do; callouts and
+/// replicas, which answer a client waiting now, try every time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Memory {
+    Deliveries,
+    None,
 }
 
 /// A call-forward probe of `destination`: `MAIL FROM:<sender>` and `RCPT
@@ -164,7 +173,7 @@ pub async fn probe(
 ) -> Delivered {
     debug_assert!(!recipients.is_empty());
     let txn = Transaction::probe(sender, recipients);
-    attempt(out, destination, policy, &txn, None).await
+    attempt(out, destination, policy, &txn, None, Memory::None).await
 }
 
 /// One transaction `txn` with `content` to `destination`, as delivery
@@ -176,7 +185,7 @@ pub async fn send(
     content: Content<'_>,
     txn: &Transaction,
 ) -> Delivered {
-    attempt(out, destination, policy, txn, Some(content)).await
+    attempt(out, destination, policy, txn, Some(content), Memory::None).await
 }
 
 /// The addresses of a destination, in the order delivery tries them.
@@ -192,6 +201,7 @@ async fn attempt(
     policy: Policy,
     txn: &Transaction,
     content: Option<Content<'_>>,
+    memory: Memory,
 ) -> Delivered {
     let count = txn.recipients.len();
     let all = |reply: Reply, relay: String, host: String| Delivered {
@@ -214,6 +224,11 @@ async fn attempt(
         dsn: false,
     };
     let key = || destination.key().to_string();
+    if memory == Memory::Deliveries {
+        if let Some(reply) = out.connections.dead_reply(destination.key(), Instant::now()) {
+            return all(reply, key(), key());
+        }
+    }
     let mut targets = match targets(out, destination, policy.tls).await {
         Ok(targets) => targets,
         Err(reply) => return all(reply, key(), key()),
@@ -238,6 +253,10 @@ async fn attempt(
         return all(Reply::new(451, Enhanced(4, 3, 0), "delivery is shutting down"), key(), key());
     };
     let mut last: Option<Delivered> = None;
+    // Whether some host accepted a connection, and the reply of the last
+    // that did not.
+    let mut reached = false;
+    let mut unreachable: Option<Reply> = None;
     for target in targets.iter().take(ADDRESS_TRIES_MAX) {
         // Room for what the log adds to it (connection use, TLS level).
         let mut relay = String::with_capacity(target.name.len() + 96);
@@ -250,10 +269,12 @@ async fn attempt(
             Ok(done) => done,
             Err(e) => {
                 let reply = Reply::new(451, Enhanced(4, 4, 1), format!("connect to {relay}: {e}"));
+                unreachable = Some(reply.clone());
                 last = Some(all(reply, relay, target.name.clone()));
                 continue;
             }
         };
+        reached = true;
         // The next host may do better when this one would not talk to us
         // at all, or refused the transaction for now (RFC 5321 §5.1).
         let session_failed = !outcome.session_established;
@@ -274,7 +295,15 @@ async fn attempt(
             last = Some(delivered);
             continue;
         }
+        if memory == Memory::Deliveries {
+            out.connections.mark_alive(destination.key());
+        }
         return delivered;
+    }
+    match (memory, reached, &unreachable) {
+        (Memory::Deliveries, false, Some(reply)) => out.connections.mark_dead(destination.key(), Instant::now(), reply),
+        (Memory::Deliveries, true, _) => out.connections.mark_alive(destination.key()),
+        _ => {}
     }
     last.unwrap_or_else(|| all(Reply::new(451, Enhanced(4, 4, 4), "no address to try"), key(), key()))
 }
