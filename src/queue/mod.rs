@@ -37,6 +37,10 @@ pub mod storage;
 pub mod tools;
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+pub mod simstorage;
+#[cfg(test)]
 mod tests;
 
 use std::cell::{Cell, RefCell};
@@ -786,7 +790,7 @@ impl<S: Storage + 'static> Queue<S> {
             if urgent == 0 && !self.closed.get() {
                 // Only completions: let an acknowledgement's flush carry them.
                 futures_lite::future::or(listener, async {
-                    glommio::timer::sleep(COMPLETION_FLUSH_DELAY).await;
+                    self.clock.sleep_short(COMPLETION_FLUSH_DELAY).await;
                 })
                 .await;
                 if self.logs[slot].borrow().staged_urgent == 0 {
