@@ -244,11 +244,6 @@ pub struct DiskState {
     /// fdatasync reports success and flushes nothing: a broken disk, for
     /// tests that show a lost acknowledgement is caught.
     pub sync_lies: bool,
-    /// A file's successful fdatasync also makes its own name durable, as
-    /// on ext4 and xfs, whose journal commits a new file's directory entry
-    /// with its inode. Off (the default): strictly POSIX, a name is durable
-    /// only after a sync_dir.
-    pub names_durable_with_file: bool,
     /// Counters, for assertions and traces.
     pub writes: u64,
     pub syncs: u64,
@@ -275,7 +270,6 @@ impl DiskState {
             capacity_bytes,
             sync_error_next: false,
             sync_lies: false,
-            names_durable_with_file: false,
             writes: 0,
             syncs: 0,
             sync_failures: 0,
@@ -345,13 +339,6 @@ impl DiskState {
             Op::Sync { inode } => {
                 if let Some((_, data)) = self.files.get_mut(inode) {
                     data.flush();
-                }
-                if self.names_durable_with_file {
-                    for (name, named) in &self.names {
-                        if named == inode {
-                            self.durable_names.insert(name.clone(), *named);
-                        }
-                    }
                 }
             }
             Op::SyncFailed { inode, seed } => self.sync_failed(*inode, *seed),
