@@ -7,8 +7,8 @@ use super::world::{run_seed, run_seed_on, SeedReport};
 
 /// Seeds `cargo test` runs.
 const SEEDS_DEFAULT: u64 = 200;
-/// Messages per seed.
-const MESSAGES_DEFAULT: usize = 1000;
+/// Messages per seed under `cargo test` (`tests/sim-long` runs 2000).
+const MESSAGES_DEFAULT: usize = 400;
 
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
