@@ -43,6 +43,9 @@ fn seeds_keep_every_invariant() {
         let r = run_or_report(seed, messages);
         assert_eq!(r.seed, seed);
         total.ticks += r.ticks;
+        if r.bound_exceeded_ticks > 0 {
+            eprintln!("simulation: seed {seed}: a log above its bound at {} ticks", r.bound_exceeded_ticks);
+        }
         if seeds.len() == 1 {
             eprintln!("{r:?}");
         }
