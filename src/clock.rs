@@ -27,6 +27,19 @@ impl Clock {
         let manual = Rc::new(ManualClock {
             unix_ms: Cell::new(unix_ms),
             advanced: event_listener::Event::new(),
+            simulated: false,
+        });
+        (Clock::Manual(manual.clone()), manual)
+    }
+
+    /// A manual clock that also times the queue's short internal waits
+    /// ([`Clock::sleep_short`]), so that a run on it (the deterministic
+    /// simulation, `crate::sim`) never depends on the machine's speed.
+    pub fn simulated(unix_ms: u64) -> (Clock, Rc<ManualClock>) {
+        let manual = Rc::new(ManualClock {
+            unix_ms: Cell::new(unix_ms),
+            advanced: event_listener::Event::new(),
+            simulated: true,
         });
         (Clock::Manual(manual.clone()), manual)
     }
@@ -75,10 +88,26 @@ impl Clock {
     }
 }
 
+impl Clock {
+    /// Waits a short internal delay (a completion waiting for a flush to
+    /// ride): glommio's timer, as a socket timeout, except under a
+    /// simulated clock, where it is the clock's own time.
+    pub async fn sleep_short(&self, wait: Duration) {
+        match self {
+            Clock::Manual(m) if m.simulated => self.sleep(wait).await,
+            _ => {
+                glommio::timer::sleep(wait).await;
+            }
+        }
+    }
+}
+
 /// The moving part of a manual clock.
 pub struct ManualClock {
     unix_ms: Cell<u64>,
     advanced: event_listener::Event,
+    /// Short internal waits follow this clock too ([`Clock::simulated`]).
+    simulated: bool,
 }
 
 impl ManualClock {

@@ -33,6 +33,8 @@ pub mod stats;
 pub mod tls;
 pub mod verify;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 pub(crate) mod testing;
 
 /// Entry points for the fuzz targets in `fuzz/` that no other caller needs;

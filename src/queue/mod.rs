@@ -37,6 +37,10 @@ pub mod storage;
 pub mod tools;
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+pub mod simstorage;
+#[cfg(test)]
 mod tests;
 
 use std::cell::{Cell, RefCell};
@@ -811,7 +815,7 @@ impl<S: Storage + 'static> Queue<S> {
             if urgent == 0 && !self.closed.get() {
                 // Only completions: let an acknowledgement's flush carry them.
                 futures_lite::future::or(listener, async {
-                    glommio::timer::sleep(COMPLETION_FLUSH_DELAY).await;
+                    self.clock.sleep_short(COMPLETION_FLUSH_DELAY).await;
                 })
                 .await;
                 if self.logs[slot].borrow().staged_urgent == 0 {
@@ -966,7 +970,19 @@ impl<S: Storage + 'static> Queue<S> {
         crate::metrics::QUEUE_BODY_SYNCS.add(syncs.len() as u64);
         let (indexes, futures): (Vec<usize>, Vec<BodySync>) = syncs.into_iter().unzip();
         let results = match self.params.body_sync {
-            BodySyncMode::Each => join_all(futures).await,
+            BodySyncMode::Each => {
+                // A new file's name is durable only once its directory is
+                // flushed (fsync(2)): one flush of the directory, in flight
+                // with the files' (so it rides the same journal commit),
+                // makes the batch's body file names as durable as their bytes.
+                let (mut results, dir) = futures_lite::future::zip(join_all(futures), self.storage.sync_dir()).await;
+                if let Err(e) = dir {
+                    for result in results.iter_mut().filter(|result| result.is_ok()) {
+                        *result = Err(std::io::Error::new(e.kind(), e.to_string()));
+                    }
+                }
+                results
+            }
             BodySyncMode::Syncfs => {
                 // One flush of the file system covers every body file of
                 // the batch (the files stay open until the batch is done).
