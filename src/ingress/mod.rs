@@ -28,7 +28,7 @@ use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::log;
-use crate::queue::{Body, Envelope, MessageWriter, QueueError, RcptState, Recipient};
+use crate::queue::{Body, Envelope, MessageWriter, QueueError, Recipient};
 use crate::scan::{replicate as replica, Verdict};
 use crate::shard::{Phase, Shard};
 use crate::smtp::reply::{Enhanced, Reply};
@@ -713,18 +713,7 @@ async fn finish_message(
     let mut env = Envelope {
         id: m.id,
         sender: txn.reverse_path.clone(),
-        recipients: txn
-            .recipients
-            .iter()
-            .zip(&txn.recipient_dsn)
-            .map(|(a, dsn)| Recipient {
-                address: a.clone(),
-                state: RcptState::Pending,
-                last_reply: String::new(),
-                folder: None,
-                dsn: dsn.clone(),
-            })
-            .collect(),
+        recipients: Recipient::pending_of(txn),
         arrival_unix_ms: now_ms,
         next_retry_unix_ms: now_ms,
         attempt_count: 0,

@@ -38,6 +38,24 @@ pub struct Recipient {
     pub dsn: RcptDsn,
 }
 
+impl Recipient {
+    /// The recipients a transaction accepted, each pending with its DSN
+    /// parameters, in RCPT order: the recipients of a new envelope.
+    pub fn pending_of(txn: &crate::smtp::server::Transaction) -> Vec<Recipient> {
+        txn.recipients
+            .iter()
+            .zip(&txn.recipient_dsn)
+            .map(|(address, dsn)| Recipient {
+                address: address.clone(),
+                state: RcptState::Pending,
+                last_reply: String::new(),
+                folder: None,
+                dsn: dsn.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Where the content of a message is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {

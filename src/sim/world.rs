@@ -407,18 +407,7 @@ async fn finish_message(
     let env = Envelope {
         id: writer.id().to_string(),
         sender: txn.reverse_path.clone(),
-        recipients: txn
-            .recipients
-            .iter()
-            .zip(&txn.recipient_dsn)
-            .map(|(a, dsn)| Recipient {
-                address: a.clone(),
-                state: RcptState::Pending,
-                last_reply: String::new(),
-                folder: None,
-                dsn: dsn.clone(),
-            })
-            .collect(),
+        recipients: Recipient::pending_of(txn),
         arrival_unix_ms: now_ms,
         next_retry_unix_ms: now_ms,
         attempt_count: 0,
@@ -804,10 +793,7 @@ fn arrived(world: &World, content: &[u8]) {
             let failed_before_a_crash = model.bounce_commit_failed.get(&id).is_some_and(|&life| life < epoch);
             let arrivals = model.bounce_arrivals.entry(id).or_default();
             if let Some(&last) = arrivals.last() {
-                assert!(
-                    epoch > last || failed_before_a_crash,
-                    "bounce {id} delivered twice in one life of the shard"
-                );
+                assert!(epoch > last || failed_before_a_crash, "bounce {id} delivered twice in one life of the shard");
                 model.bounce_duplicates += 1;
             } else {
                 for i in failed {
