@@ -44,7 +44,7 @@ pub mod simstorage;
 mod tests;
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -761,6 +761,24 @@ impl<S: Storage + 'static> Queue<S> {
         self.index.borrow().len()
     }
 
+    /// Per log (head, retry): the oldest segment an index entry points
+    /// into, and whether every segment's live count equals the index
+    /// entries pointing into it. For the simulation's check of SPEC
+    /// section 13's bound; walks the whole index.
+    pub fn live_segments(&self) -> [(Option<u64>, bool); 2] {
+        let mut counts: [BTreeMap<u64, u32>; 2] = Default::default();
+        for entry in self.index.borrow().values() {
+            *counts[log_slot(entry.location.log)].entry(entry.location.segment_sequence).or_default() += 1;
+        }
+        std::array::from_fn(|slot| {
+            let log = self.logs[slot].borrow();
+            let agree =
+                log.segments.iter().all(|(seq, segment)| counts[slot].get(seq).copied().unwrap_or(0) == segment.live)
+                    && counts[slot].keys().all(|seq| log.segments.contains_key(seq));
+            (counts[slot].keys().next().copied(), agree)
+        })
+    }
+
     /// Segment files of each log (head, retry).
     pub fn segment_counts(&self) -> (usize, usize) {
         (self.logs[0].borrow().segments.len(), self.logs[1].borrow().segments.len())
@@ -849,7 +867,8 @@ impl<S: Storage + 'static> Queue<S> {
 
     /// Opens the next segment of a log: a freed file renamed, or a new one
     /// allocated at full size; the directory is flushed before any record
-    /// goes in, so the name is durable with the first batch.
+    /// goes in, so the name is durable with the first batch. The collector
+    /// is woken: the segment it seals may be dead.
     async fn open_segment(&self, kind: LogKind) -> std::io::Result<()> {
         let slot = log_slot(kind);
         let (sequence, free, size) = {
@@ -883,6 +902,11 @@ impl<S: Storage + 'static> Queue<S> {
             header_pending: true,
             record_sequence_first: log.record_sequence_next,
         });
+        // The segment sealed here may be dead already (its records died
+        // while it took more, or the collector asked for this rotation to
+        // free a retry segment): the collector looks now, not at the next
+        // durable batch, which a quiet shard may not have for a long time.
+        self.gc_event.notify(1);
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! `RINGPOST_SIM_SEED` replays one), the determinism check, and a check
 //! that the invariants catch a broken shard.
 
-use super::world::{run_seed, run_seed_on, SeedReport};
+use super::world::{run_seed, run_seed_on, Broken, SeedReport};
 
 /// Seeds `cargo test` runs (about 45 s in the test-checked profile; seeds
 /// 1-1000 all pass, docs/simulation.md).
@@ -44,8 +44,8 @@ fn seeds_keep_every_invariant() {
         let r = run_or_report(seed, messages);
         assert_eq!(r.seed, seed);
         total.ticks += r.ticks;
-        if r.bound_exceeded_ticks > 0 {
-            eprintln!("simulation: seed {seed}: a log above its bound at {} ticks", r.bound_exceeded_ticks);
+        for slot in 0..2 {
+            total.segments_max[slot] = total.segments_max[slot].max(r.segments_max[slot]);
         }
         if seeds.len() == 1 {
             eprintln!("{r:?}");
@@ -66,7 +66,8 @@ fn seeds_keep_every_invariant() {
     eprintln!(
         "simulation: {} seeds from {} in {:.1} s: {} messages, {} acknowledged, {} refused (4xx), {} dropped by their \
          clients, {} deliveries, {} recipients bounced, {} attempts, {} crashes, {} failed flushes, {} duplicates after \
-         a crash, {} unacknowledged delivered, {:.1} simulated hours in {} ticks",
+         a crash, {} unacknowledged delivered, {:.1} simulated hours in {} ticks, at most {} head and {} retry \
+         segments",
         seeds.len(),
         seeds[0],
         started.elapsed().as_secs_f64(),
@@ -82,7 +83,9 @@ fn seeds_keep_every_invariant() {
         total.duplicates_after_crash,
         total.delivered_unacknowledged,
         total.sim_ms as f64 / 3_600_000.0,
-        total.ticks
+        total.ticks,
+        total.segments_max[0],
+        total.segments_max[1]
     );
     if seeds.len() >= 50 {
         assert!(
@@ -108,9 +111,22 @@ fn a_seed_run_twice_gives_the_same_trace() {
 fn a_disk_that_loses_acknowledged_writes_is_caught() {
     let mut caught = 0;
     for seed in 1..=5 {
-        if std::panic::catch_unwind(|| run_seed_on(seed, 300, true)).is_err() {
+        if std::panic::catch_unwind(|| run_seed_on(seed, 300, Broken::LyingDisk)).is_err() {
             caught += 1;
         }
     }
     assert!(caught > 0, "no seed noticed a disk that never flushes");
+}
+
+/// A shard whose collector never runs keeps every dead segment: the check
+/// of SPEC section 13's bound must say so.
+#[test]
+fn a_queue_that_keeps_dead_segments_is_caught() {
+    let mut caught = 0;
+    for seed in 1..=3 {
+        if std::panic::catch_unwind(|| run_seed_on(seed, 300, Broken::NoCollector)).is_err() {
+            caught += 1;
+        }
+    }
+    assert_eq!(caught, 3, "a seed did not notice a queue without its collector");
 }
