@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-RINGPOST = ROOT / "target" / "release" / "ringpost"
+# The binaries under test: RINGPOST_BIN_DIR (tests/run sets the test-checked
+# profile's, target/test-checked: optimised, with debug assertions and
+# overflow checks), by default the release build's.
+BIN_DIR = Path(os.environ.get("RINGPOST_BIN_DIR") or ROOT / "target" / "release").resolve()
+# The cargo profile that built them (target/debug is the dev profile's).
+PROFILE = {"debug": "dev"}.get(BIN_DIR.name, BIN_DIR.name)
+RINGPOST = BIN_DIR / "ringpost"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
 

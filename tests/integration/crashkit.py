@@ -14,9 +14,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import conftest
 from conftest import ROOT, wait_port
 
-BIN_DIR = Path(os.environ.get("RINGPOST_BIN_DIR") or ROOT / "target" / "release")
+BIN_DIR = conftest.BIN_DIR
 TOOLS = ("ringpost", "ringpost-blast", "ringpost-sink")
 
 

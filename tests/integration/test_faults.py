@@ -105,7 +105,7 @@ def sinks(tmp_path):
 @pytest.fixture(autouse=True)
 def tools(monkeypatch):
     if missing := missing_binaries():
-        pytest.fail(f"missing {', '.join(missing)} (cargo build --release --workspace --bins)")
+        pytest.fail(f"missing {', '.join(missing)} (cargo build --profile {conftest.PROFILE} --workspace --bins)")
     monkeypatch.setattr(conftest, "RINGPOST", BIN_DIR / "ringpost")
 
 

@@ -40,7 +40,7 @@ overload = load_overload()
 @pytest.fixture(autouse=True)
 def tools(monkeypatch):
     if missing := missing_binaries():
-        pytest.fail(f"missing {', '.join(missing)} (cargo build --release --workspace --bins)")
+        pytest.fail(f"missing {', '.join(missing)} (cargo build --profile {conftest.PROFILE} --workspace --bins)")
     monkeypatch.setattr(conftest, "RINGPOST", BIN_DIR / "ringpost")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = LORIS_SESSIONS + 2048

@@ -1,4 +1,5 @@
-"""The Debian package: `cargo deb --no-build` from the release build,
+"""The Debian package: `cargo deb --no-build` from the build under test
+(conftest.BIN_DIR: the release build, or the profile tests/run builds),
 installed with dpkg on this machine, started as its systemd unit starts it
 (under systemd when PID 1 is systemd, else by running the unit's ExecStart
 directly), a message accepted and delivered, then purged without a trace.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import conftest
 from conftest import ROOT, RINGPOST, free_port, missing_tool, wait_for, wait_port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="installing a package needs root")
@@ -75,10 +77,11 @@ def deb(tmp_path):
     if subprocess.run(["cargo", "deb", "--version"], capture_output=True).returncode != 0:
         missing_tool("cargo-deb is not installed (cargo install cargo-deb --locked)")
     if not RINGPOST.is_file():
-        pytest.fail(f"{RINGPOST} is missing: build with cargo build --release first")
+        pytest.fail(f"{RINGPOST} is missing: build with cargo build --profile {conftest.PROFILE} first")
     out = tmp_path / "deb"
     out.mkdir()
-    built = subprocess.run(["cargo", "deb", "--no-build", "--strip", "--fast", "--output", str(out)], cwd=ROOT,
+    built = subprocess.run(["cargo", "deb", "--no-build", "--profile", conftest.PROFILE, "--strip", "--fast",
+                            "--output", str(out)], cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr
     debs = sorted(out.glob("ringpost_*.deb"))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import conftest
 from conftest import RINGPOST
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +39,7 @@ def require_tools():
     if not os.access(SIEVE_TEST, os.X_OK):
         pytest.fail(f"{SIEVE_TEST} is missing: install the Debian package dovecot-sieve (tests/run does)")
     if not RINGPOST.exists():
-        pytest.fail(f"{RINGPOST} is missing: cargo build --release --bin ringpost")
+        pytest.fail(f"{RINGPOST} is missing: cargo build --profile {conftest.PROFILE} --bin ringpost")
 
 
 class Pigeonhole:
