@@ -25,6 +25,9 @@ from crashkit import BIN_DIR, Sink, missing_binaries
 
 LORIS_SESSIONS = 1500
 
+# Latencies with and without the load are compared: nothing else may run.
+pytestmark = pytest.mark.timing
+
 
 def load_overload():
     loader = importlib.machinery.SourceFileLoader("perf_overload", str(ROOT / "perf" / "overload"))
