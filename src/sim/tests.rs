@@ -109,24 +109,18 @@ fn a_seed_run_twice_gives_the_same_trace() {
 /// first crash: the checks must say so.
 #[test]
 fn a_disk_that_loses_acknowledged_writes_is_caught() {
-    let mut caught = 0;
-    for seed in 1..=5 {
-        if std::panic::catch_unwind(|| run_seed_on(seed, 300, Broken::LyingDisk)).is_err() {
-            caught += 1;
-        }
-    }
-    assert!(caught > 0, "no seed noticed a disk that never flushes");
+    assert!(seeds_failing(1..=5, Broken::LyingDisk) > 0, "no seed noticed a disk that never flushes");
+}
+
+/// How many of `seeds` (300 messages each) fail their checks on a shard
+/// broken as `broken`.
+fn seeds_failing(seeds: std::ops::RangeInclusive<u64>, broken: Broken) -> usize {
+    seeds.filter(|&seed| std::panic::catch_unwind(|| run_seed_on(seed, 300, broken)).is_err()).count()
 }
 
 /// A shard whose collector never runs keeps every dead segment: the check
 /// of SPEC section 13's bound must say so.
 #[test]
 fn a_queue_that_keeps_dead_segments_is_caught() {
-    let mut caught = 0;
-    for seed in 1..=3 {
-        if std::panic::catch_unwind(|| run_seed_on(seed, 300, Broken::NoCollector)).is_err() {
-            caught += 1;
-        }
-    }
-    assert_eq!(caught, 3, "a seed did not notice a queue without its collector");
+    assert_eq!(seeds_failing(1..=3, Broken::NoCollector), 3, "a seed did not notice a queue without its collector");
 }

@@ -910,16 +910,18 @@ impl Bound {
 
     /// The sequences of each log's segment files on disk, oldest first.
     fn on_disk(world: &World) -> [Vec<u64>; 2] {
-        let names = world.disk.state.borrow().names();
-        [("head-", LogKind::Head), ("retry-", LogKind::Retry)].map(|(prefix, _)| {
-            let mut seqs: Vec<u64> = names
-                .iter()
-                .filter_map(|name| name.strip_prefix(prefix)?.strip_suffix(".seg"))
-                .map(|hex| u64::from_str_radix(hex, 16).expect("a segment file's name is its sequence in hex"))
-                .collect();
-            seqs.sort_unstable();
-            seqs
-        })
+        let mut seqs: [Vec<u64>; 2] = Default::default();
+        for name in world.disk.state.borrow().names() {
+            match crate::queue::log::parse_segment_name(&name) {
+                Some((LogKind::Head, seq)) => seqs[0].push(seq),
+                Some((LogKind::Retry, seq)) => seqs[1].push(seq),
+                None => {}
+            }
+        }
+        for log in &mut seqs {
+            log.sort_unstable();
+        }
+        seqs
     }
 
     /// After recovery: the order of the two logs' older writes is unknown,
