@@ -73,7 +73,15 @@ def send(rp, recipient, subject):
 
 def test_scrapes_follow_sessions_queue_and_delivery(ringpost, smtp_sink):
     rp, sink, port = start(ringpost, smtp_sink)
-    before, types = scrape(port)
+
+    # The fixture's readiness probe is an SMTP session of its own; a shard
+    # may accept it after the first scrape, so the baseline waits for it.
+    def settled():
+        samples, types = scrape(port)
+        done = value(samples, "ringpost_sessions_total") >= 1 and value(samples, "ringpost_sessions_open") == 0
+        return (samples, types) if done else None
+
+    before, types = wait_for(settled, what="the readiness probe's session counted and closed")
     assert types["ringpost_sessions"] == "counter"
     assert types["ringpost_sessions_open"] == "gauge"
     assert types["ringpost_messages"] == "counter"
