@@ -84,7 +84,9 @@ fn main() {
         _ => usage(),
     };
     let due = args.get(4).map(String::as_str) == Some("due");
+    // Helper threads as a shard has them (the scan decodes segments there).
     let handle = glommio::LocalExecutorBuilder::default()
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(4))
         .spawn(move || async move {
             let rss_before_kib = status_kib("VmRSS:");
             let started = Instant::now();

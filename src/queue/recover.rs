@@ -72,115 +72,174 @@ pub fn log_index(kind: LogKind) -> usize {
     }
 }
 
+/// One segment read on its own: its records in order, not yet set against
+/// the segments before it. Made by [`scan_segment`] from the bytes alone,
+/// so that it can run beside the executor (a helper thread, while the next
+/// segment is read); [`Scan::add_scanned`] then merges segments in order.
+pub struct SegmentScan {
+    pub segment: ScannedSegment,
+    /// First record sequence number the header names, for the check
+    /// against the previous segment of the same log.
+    record_sequence_first: Option<u64>,
+    /// The last trusted record's sequence number, all types.
+    record_sequence_last: Option<u64>,
+    items: Vec<ScanItem>,
+}
+
+/// One envelope or completion record of a segment, as the index needs it.
+enum ScanItem {
+    Envelope(QueueId, Candidate),
+    Completion(QueueId),
+}
+
+/// Records a segment's list has room for before it first grows.
+const SCAN_ITEMS_INITIAL: usize = 4096;
+
+impl SegmentScan {
+    /// An empty scan of one segment, allocated by the caller's thread:
+    /// [`scan_segment`] may run on a helper thread, and the list it fills
+    /// grows (realloc) in the arena it was allocated in, so that the
+    /// helper threads' allocator arenas keep nothing once recovery ends.
+    pub fn new(kind: LogKind, sequence: u64, name: &str) -> SegmentScan {
+        SegmentScan {
+            segment: ScannedSegment {
+                kind,
+                sequence,
+                name: name.to_string(),
+                header: None,
+                header_error: None,
+                stop: None,
+                records: 0,
+                problem: None,
+            },
+            record_sequence_first: None,
+            record_sequence_last: None,
+            items: Vec::with_capacity(SCAN_ITEMS_INITIAL),
+        }
+    }
+}
+
+/// Reads one segment's records into `out` (from [`SegmentScan::new`]):
+/// every record checked whole (CRC, frame, envelope), the ones the index
+/// needs kept. `keep` says whether to keep the decoded envelopes.
+pub fn scan_segment(mut out: SegmentScan, bytes: &[u8], keep: bool) -> SegmentScan {
+    let (kind, sequence) = (out.segment.kind, out.segment.sequence);
+    let mut scanned = out.segment.clone();
+    let (header, reader) = match LogReader::open_segment(bytes) {
+        Ok(pair) => pair,
+        Err(e) => {
+            scanned.header_error = Some(e);
+            scanned.problem = Some(format!("segment header refused: {e}"));
+            out.segment = scanned;
+            return out;
+        }
+    };
+    scanned.header = Some(header);
+    if header.log_kind != kind || header.segment_sequence != sequence {
+        scanned.problem = Some(format!(
+            "header says log {:?} segment {} but the file name says {:?} {}; not read",
+            header.log_kind, header.segment_sequence, kind, sequence
+        ));
+        out.segment = scanned;
+        return out;
+    }
+    out.record_sequence_first = Some(header.record_sequence_first);
+    // Without `keep`, the index needs only an envelope's fixed fields:
+    // every record is still checked whole, but its recipients are not
+    // collected.
+    let mut reader = if keep { reader } else { reader.summaries() };
+    for entry in reader.by_ref() {
+        scanned.records += 1;
+        out.record_sequence_last = Some(entry.record.frame.record_sequence);
+        let location = Location {
+            log: kind,
+            segment_sequence: sequence,
+            offset: entry.offset as u32,
+            size_bytes: entry.size_bytes as u32,
+        };
+        match &entry.record.body {
+            RecordBody::Envelope(env) | RecordBody::ReplacementEnvelope(env) => out.items.push(ScanItem::Envelope(
+                env.queue_id,
+                Candidate {
+                    location,
+                    record_sequence: entry.record.frame.record_sequence,
+                    attempt_count: env.attempt_count,
+                    retry_next_unix_ms: env.retry_next_unix_ms,
+                    arrival_unix_ms: env.arrival_unix_ms,
+                    body_file: matches!(env.body, queue_format::BodyRef::File { .. }),
+                    held: env.flags.contains(queue_format::EnvelopeFlags::HELD),
+                    envelope: if keep { Envelope::from_format(env).ok().map(Box::new) } else { None },
+                },
+            )),
+            RecordBody::Completion(c) => out.items.push(ScanItem::Completion(c.queue_id)),
+            RecordBody::Padding { .. } => {}
+        }
+    }
+    let stop = reader.stop();
+    scanned.stop = stop;
+    if let Some(stop) = stop {
+        if !stop.reason.is_clean() {
+            scanned.problem =
+                Some(format!("log ends at offset {}: {}", stop.offset, queue_format::dump::stop_reason(&stop.reason)));
+        }
+    }
+    out.segment = scanned;
+    out
+}
+
 impl Scan {
     /// Reads one segment. Segments go in order: every head segment by
     /// sequence, then every retry segment by sequence. `keep` says whether
     /// to keep the decoded envelopes of this log.
     pub fn add_segment(&mut self, kind: LogKind, sequence: u64, name: &str, bytes: &[u8], keep: bool) {
-        let (header, reader) = match LogReader::open_segment(bytes) {
-            Ok(pair) => pair,
-            Err(e) => {
-                self.segments.push(ScannedSegment {
-                    kind,
-                    sequence,
-                    name: name.to_string(),
-                    header: None,
-                    header_error: Some(e),
-                    stop: None,
-                    records: 0,
-                    problem: Some(format!("segment header refused: {e}")),
-                });
-                return;
-            }
-        };
-        let mut scanned = ScannedSegment {
-            kind,
-            sequence,
-            name: name.to_string(),
-            header: Some(header),
-            header_error: None,
-            stop: None,
-            records: 0,
-            problem: None,
-        };
-        if header.log_kind != kind || header.segment_sequence != sequence {
-            scanned.problem = Some(format!(
-                "header says log {:?} segment {} but the file name says {:?} {}; not read",
-                header.log_kind, header.segment_sequence, kind, sequence
-            ));
-            self.segments.push(scanned);
-            return;
-        }
-        let last = &mut self.record_sequence_last[log_index(kind)];
-        if let Some(last) = *last {
-            if header.record_sequence_first <= last {
-                scanned.problem = Some(format!(
-                    "first record sequence {} is not past the previous segment's last {}; not read",
-                    header.record_sequence_first, last
+        self.add_scanned(scan_segment(SegmentScan::new(kind, sequence, name), bytes, keep));
+    }
+
+    /// Merges one segment read by [`scan_segment`], in the order of
+    /// [`Scan::add_segment`].
+    pub fn add_scanned(&mut self, scan: SegmentScan) {
+        let SegmentScan { mut segment, record_sequence_first, record_sequence_last, items } = scan;
+        let slot = log_index(segment.kind);
+        if let (Some(first), Some(last)) = (record_sequence_first, self.record_sequence_last[slot]) {
+            if first <= last {
+                segment.problem = Some(format!(
+                    "first record sequence {first} is not past the previous segment's last {last}; not read"
                 ));
-                self.segments.push(scanned);
+                segment.stop = None;
+                segment.records = 0;
+                self.segments.push(segment);
                 return;
             }
         }
-        // Without `keep`, the index needs only an envelope's fixed fields:
-        // every record is still checked whole, but its recipients are not
-        // collected.
-        let mut reader = if keep { reader } else { reader.summaries() };
-        for entry in reader.by_ref() {
-            scanned.records += 1;
-            self.records += 1;
-            self.record_sequence_last[log_index(kind)] = Some(entry.record.frame.record_sequence);
-            let location = Location {
-                log: kind,
-                segment_sequence: sequence,
-                offset: entry.offset as u32,
-                size_bytes: entry.size_bytes as u32,
-            };
-            match &entry.record.body {
-                RecordBody::Envelope(env) | RecordBody::ReplacementEnvelope(env) => {
-                    if self.completed.contains(&env.queue_id) {
+        self.records += segment.records;
+        if record_sequence_last.is_some() {
+            self.record_sequence_last[slot] = record_sequence_last;
+        }
+        for item in items {
+            match item {
+                ScanItem::Envelope(id, candidate) => {
+                    if self.completed.contains(&id) {
                         continue;
                     }
-                    let newer = match self.live.get(&env.queue_id) {
-                        None => true,
+                    match self.live.entry(id) {
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(candidate);
+                        }
                         // Equal generations: the later record of the log wins.
-                        Some(old) => env.attempt_count >= old.attempt_count,
-                    };
-                    if newer {
-                        self.live.insert(
-                            env.queue_id,
-                            Candidate {
-                                location,
-                                record_sequence: entry.record.frame.record_sequence,
-                                attempt_count: env.attempt_count,
-                                retry_next_unix_ms: env.retry_next_unix_ms,
-                                arrival_unix_ms: env.arrival_unix_ms,
-                                body_file: matches!(env.body, queue_format::BodyRef::File { .. }),
-                                held: env.flags.contains(queue_format::EnvelopeFlags::HELD),
-                                envelope: if keep { Envelope::from_format(env).ok().map(Box::new) } else { None },
-                            },
-                        );
+                        std::collections::hash_map::Entry::Occupied(mut slot) => {
+                            if candidate.attempt_count >= slot.get().attempt_count {
+                                slot.insert(candidate);
+                            }
+                        }
                     }
                 }
-                RecordBody::Completion(c) => {
-                    self.live.remove(&c.queue_id);
-                    self.completed.insert(c.queue_id);
+                ScanItem::Completion(id) => {
+                    self.live.remove(&id);
+                    self.completed.insert(id);
                 }
-                RecordBody::Padding { .. } => {}
             }
         }
-        let stop = reader.stop();
-        scanned.stop = stop;
-        if let Some(stop) = stop {
-            if !stop.reason.is_clean() {
-                scanned.problem = Some(format!(
-                    "log ends at offset {}: {}",
-                    stop.offset,
-                    queue_format::dump::stop_reason(&stop.reason)
-                ));
-            }
-        }
-        self.segments.push(scanned);
+        self.segments.push(segment);
     }
 
     /// The first segment whose header is whole but of a version this build
