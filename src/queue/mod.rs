@@ -500,9 +500,11 @@ impl<S: Storage + 'static> Queue<S> {
         let fresh: Vec<Location> = fresh.into_iter().map(|(_, location)| location).collect();
         let records = scan.records;
         drop(scan);
-        // The segments' records were decoded on helper threads, into their
-        // allocator arenas, and freed here: without a trim the process keeps
-        // those pages (about 50 bytes per recovered message).
+        // The scan's tables and what the helper threads allocated while
+        // decoding are freed by now: the trim gives those pages back to the
+        // system at once instead of leaving them with the allocator's
+        // arenas (the decoded lists themselves are allocated by the
+        // executor: `recover::SegmentScan::new`).
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim(3) only returns free memory to the system.
         unsafe {
