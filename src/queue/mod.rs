@@ -383,16 +383,15 @@ impl<S: Storage + 'static> Queue<S> {
         // already done, in order. Every segment is decoded alone; only the
         // merge sees them together.
         let start = |i: usize| {
-            let (kind, seq, name) = segments.get(i)?;
+            let (kind, seq, name) = &segments[i];
             let out = recover::SegmentScan::new(*kind, *seq, name);
-            let read = files[i].read_with(sizes[i], move |bytes| recover::scan_segment(out, bytes, false));
-            Some(Box::pin(read))
+            Box::pin(files[i].read_with(sizes[i], move |bytes| recover::scan_segment(out, bytes, false)))
         };
         let mut pending = std::collections::VecDeque::new();
         let mut started = 0;
         for _ in 0..segments.len() {
             while started < segments.len() && pending.len() < RECOVERY_SEGMENTS_IN_FLIGHT {
-                let mut read = start(started).expect("invariant: a segment below the count");
+                let mut read = start(started);
                 started += 1;
                 let done = futures_lite::future::poll_once(&mut read).await;
                 pending.push_back((read, done));

@@ -124,13 +124,12 @@ impl SegmentScan {
 /// needs kept. `keep` says whether to keep the decoded envelopes.
 pub fn scan_segment(mut out: SegmentScan, bytes: &[u8], keep: bool) -> SegmentScan {
     let (kind, sequence) = (out.segment.kind, out.segment.sequence);
-    let mut scanned = out.segment.clone();
+    let scanned = &mut out.segment;
     let (header, reader) = match LogReader::open_segment(bytes) {
         Ok(pair) => pair,
         Err(e) => {
             scanned.header_error = Some(e);
             scanned.problem = Some(format!("segment header refused: {e}"));
-            out.segment = scanned;
             return out;
         }
     };
@@ -140,7 +139,6 @@ pub fn scan_segment(mut out: SegmentScan, bytes: &[u8], keep: bool) -> SegmentSc
             "header says log {:?} segment {} but the file name says {:?} {}; not read",
             header.log_kind, header.segment_sequence, kind, sequence
         ));
-        out.segment = scanned;
         return out;
     }
     out.record_sequence_first = Some(header.record_sequence_first);
@@ -183,7 +181,6 @@ pub fn scan_segment(mut out: SegmentScan, bytes: &[u8], keep: bool) -> SegmentSc
                 Some(format!("log ends at offset {}: {}", stop.offset, queue_format::dump::stop_reason(&stop.reason)));
         }
     }
-    out.segment = scanned;
     out
 }
 

@@ -102,8 +102,9 @@ const DIRECT_READ_ALIGN_BYTES: usize = 4096;
 /// Reads `path`'s first `len` bytes with O_DIRECT (the device writes into
 /// the buffer: no page-cache copy, and a scan does not evict the page
 /// cache), or through the page cache where the file system refuses direct
-/// I/O (tmpfs). Runs on a helper thread.
-fn read_direct(path: &Path, len: usize, work: impl FnOnce(&[u8])) -> io::Result<()> {
+/// I/O (tmpfs), and returns what `work` makes of them. Runs on a helper
+/// thread.
+fn read_direct<R>(path: &Path, len: usize, work: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let direct = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path);
     let (file, align) = match direct {
@@ -128,8 +129,7 @@ fn read_direct(path: &Path, len: usize, work: impl FnOnce(&[u8])) -> io::Result<
             break;
         }
     }
-    work(&bytes[..done.min(len)]);
-    Ok(())
+    Ok(work(&bytes[..done.min(len)]))
 }
 
 /// Deepest chain of wrapped errors [`errno_of`] looks through.
@@ -381,13 +381,7 @@ impl SegmentFile for DiskFile {
         R: Send + 'static,
     {
         let path = self.path.clone();
-        glommio::executor()
-            .spawn_blocking(move || {
-                let mut out = None;
-                read_direct(&path, len, |bytes| out = Some(work(bytes)))?;
-                Ok(out.expect("invariant: read_direct calls its work once when it returns Ok"))
-            })
-            .await
+        glommio::executor().spawn_blocking(move || read_direct(&path, len, work)).await
     }
 }
 
