@@ -28,6 +28,33 @@ pub const STAGED_BYTES_MAX: usize = 32 << 20;
 /// Freed segment files kept per log for reuse (written once already, so
 /// flushes inside them are the cheapest).
 pub const FREE_SEGMENTS_MAX: usize = 2;
+/// How far past a batch's end the committer zeroes a segment's blocks
+/// that were never written (unwritten extents after fallocate): one
+/// extent conversion, carried by one flush, per this many bytes of log
+/// instead of one per batch.
+pub const INITIALIZE_AHEAD_BYTES: u64 = 4 << 20;
+
+/// The range to zero after a batch ending at `batch_end` (block-aligned)
+/// in a segment of `size_bytes` whose first `initialized_bytes` are known
+/// to be written: None while the batch stays inside them, else from the
+/// batch's end (or the initialized part's, if further) to
+/// [`INITIALIZE_AHEAD_BYTES`] past the batch, within the segment.
+pub fn initialize_range(initialized_bytes: u64, batch_end: u64, size_bytes: u64) -> Option<(u64, usize)> {
+    assert!(batch_end.is_multiple_of(BLOCK_SIZE_BYTES as u64) && batch_end <= size_bytes);
+    if batch_end + INITIALIZE_AHEAD_BYTES / 2 <= initialized_bytes || initialized_bytes >= size_bytes {
+        return None;
+    }
+    let from = initialized_bytes.max(batch_end);
+    let to = (batch_end + INITIALIZE_AHEAD_BYTES).min(size_bytes);
+    (to > from).then(|| (from, (to - from) as usize))
+}
+
+/// A freed segment file and how much of it is known to be written.
+#[derive(Clone, Debug)]
+pub struct FreeSegment {
+    pub name: String,
+    pub initialized_bytes: u64,
+}
 
 /// Where a record is: its log, segment and byte range in the segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +175,10 @@ pub struct Segment<F> {
     /// taking records; it is kept until that head segment is gone
     /// (SPEC section 13). None while it is the active segment.
     pub sealed_head_sequence: Option<u64>,
+    /// The first bytes of the file known to be written (records or the
+    /// zeros of [`initialize_range`]); past them blocks may be unwritten
+    /// extents.
+    pub initialized_bytes: u64,
 }
 
 impl<F> Segment<F> {
@@ -192,8 +223,8 @@ pub struct LogState<F> {
     pub staged_urgent: usize,
     /// Start the next batch in a new segment (set by garbage collection).
     pub rotate_requested: bool,
-    /// Names of freed segment files ready for reuse.
-    pub free: Vec<String>,
+    /// Freed segment files ready for reuse.
+    pub free: Vec<FreeSegment>,
 }
 
 /// A batch ready to write: its bytes, where they go, and where each
@@ -531,7 +562,37 @@ mod tests {
     }
 
     fn segment() -> Segment<()> {
-        Segment { file: Rc::new(()), name: "head-0000000000000001.seg".into(), live: 0, sealed_head_sequence: None }
+        Segment {
+            file: Rc::new(()),
+            name: "head-0000000000000001.seg".into(),
+            live: 0,
+            sealed_head_sequence: None,
+            initialized_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn zeros_run_ahead_of_the_batches_and_stop_at_the_segment_end() {
+        const MIB: u64 = 1 << 20;
+        let size = 64 * MIB;
+        // A new segment: the first batch zeroes the 4 MiB after itself.
+        assert_eq!(initialize_range(0, 8192, size), Some((8192, 4 << 20)));
+        // Batches inside the first half of what is zeroed need nothing.
+        let initialized = 8192 + 4 * MIB;
+        assert_eq!(initialize_range(initialized, 64 * 1024, size), None);
+        assert_eq!(initialize_range(initialized, 8192 + 2 * MIB, size), None);
+        // Past the half, the next stretch is zeroed from where the last one ended.
+        let end = 8192 + 2 * MIB + 4096;
+        assert_eq!(
+            initialize_range(initialized, end, size),
+            Some((initialized, (end + 4 * MIB - initialized) as usize))
+        );
+        // A batch that overtook the zeros (larger than half of them) starts them again at its end.
+        assert_eq!(initialize_range(MIB, 8 * MIB, size), Some((8 * MIB, 4 << 20)));
+        // Never past the segment, and nothing once all of it is written.
+        assert_eq!(initialize_range(62 * MIB, 63 * MIB, size), Some((63 * MIB, MIB as usize)));
+        assert_eq!(initialize_range(size, size, size), None);
+        assert_eq!(initialize_range(63 * MIB, size, size), None);
     }
 
     #[test]

@@ -361,7 +361,7 @@ impl<S: Storage + 'static> Queue<S> {
                 segments.push((kind, seq, name));
             } else if name.starts_with("free-") && name.ends_with(".seg") {
                 let kind = if name.starts_with("free-head") { LogKind::Head } else { LogKind::Retry };
-                self.logs[log_slot(kind)].borrow_mut().free.push(name);
+                self.logs[log_slot(kind)].borrow_mut().free.push(log::FreeSegment { name, initialized_bytes: 0 });
             } else if let Some(id) = name.strip_prefix("body-") {
                 bodies.push(id.to_string());
             }
@@ -425,6 +425,8 @@ impl<S: Storage + 'static> Queue<S> {
                     name: name.clone(),
                     live: 0,
                     sealed_head_sequence: Some(newest_head.unwrap_or(0)),
+                    // Not known; only a reuse of the file would need it.
+                    initialized_bytes: 0,
                 },
             );
             metrics_segment(1, log.segment_size_bytes);
@@ -901,22 +903,24 @@ impl<S: Storage + 'static> Queue<S> {
         let mut file = None;
         if let Some(free) = free {
             self.logs[slot].borrow_mut().free.pop();
-            self.storage.rename(&free, &name).await?;
+            self.storage.rename(&free.name, &name).await?;
             let reused = self.storage.open(&name).await?;
             if reused.size_bytes().await? == size {
-                file = Some(reused);
+                file = Some((reused, free.initialized_bytes));
             }
         }
-        let file = match file {
+        let (file, initialized_bytes) = match file {
             Some(file) => file,
-            None => self.storage.create(&name, size).await?,
+            None => (self.storage.create(&name, size).await?, 0),
         };
         self.storage.sync_dir().await?;
         self.seal_active(kind);
         let mut log = self.logs[slot].borrow_mut();
         log.segment_sequence_next = sequence + 1;
         log.rotate_requested = false;
-        log.segments.insert(sequence, log::Segment { file: Rc::new(file), name, live: 0, sealed_head_sequence: None });
+        let segment =
+            log::Segment { file: Rc::new(file), name, live: 0, sealed_head_sequence: None, initialized_bytes };
+        log.segments.insert(sequence, segment);
         metrics_segment(1, log.segment_size_bytes);
         log.active = Some(log::Active {
             sequence,
@@ -1074,11 +1078,13 @@ impl<S: Storage + 'static> Queue<S> {
         if needs_segment {
             self.open_segment(kind).await.map_err(|e| (QueueError::from(e), None))?;
         }
-        let (batch, file) = {
+        let (batch, file, initialize) = {
             let log = self.logs[slot].borrow();
             let batch = log.encode_batch(records, size, self.clock.unix_ms());
-            let file = log.segments[&batch.segment_sequence].file.clone();
-            (batch, file)
+            let segment = &log.segments[&batch.segment_sequence];
+            let end = batch.write_offset + batch.bytes.len() as u64;
+            let initialize = log::initialize_range(segment.initialized_bytes, end, log.segment_size_bytes);
+            (batch, segment.file.clone(), initialize)
         };
         let sequence_next = Some(batch.record_sequence_next);
         let written =
@@ -1089,6 +1095,15 @@ impl<S: Storage + 'static> Queue<S> {
                 format!("short write: {written} of {} bytes", batch.bytes.len()),
             );
             return Err((QueueError::NoSpace(e), sequence_next));
+        }
+        // Zeros ahead of the records, flushed with them: the next batches
+        // land in written blocks (SPEC section 12). Past every record, so
+        // whatever of them reaches the disk changes nothing a reader sees.
+        if let Some((offset, len)) = initialize {
+            file.initialize(offset, len).await.map_err(|e| (QueueError::from(e), sequence_next))?;
+            if let Some(segment) = self.logs[slot].borrow_mut().segments.get_mut(&batch.segment_sequence) {
+                segment.initialized_bytes = segment.initialized_bytes.max(offset + len as u64);
+            }
         }
         file.sync().await.map_err(|e| (QueueError::from(e), sequence_next))?;
         let locations = batch
@@ -1238,7 +1253,8 @@ impl<S: Storage + 'static> Queue<S> {
         if keep {
             let free = format!("free-{}-{seq:016x}.seg", log::kind_name(kind));
             self.storage.rename(&segment.name, &free).await?;
-            self.logs[slot].borrow_mut().free.push(free);
+            let initialized_bytes = segment.initialized_bytes;
+            self.logs[slot].borrow_mut().free.push(log::FreeSegment { name: free, initialized_bytes });
         } else {
             self.storage.remove(&segment.name).await?;
         }

@@ -12,7 +12,10 @@
 //! [`DiskStorage`] is the real one: glommio files on io_uring (DMA files for
 //! segments, buffered files for bodies). A segment is created at its full
 //! size with fallocate so that an fdatasync inside it flushes data, not
-//! file-size metadata, and the directory is flushed after every create,
+//! file-size metadata, and zeroed a few MiB ahead of its records
+//! ([`SegmentFile::initialize`]) so that the blocks a batch lands in are no
+//! longer unwritten extents, whose conversion each flush would carry; the
+//! directory is flushed after every create,
 //! rename and remove so the name is as durable as the bytes.
 //!
 //! Errors keep their errno: glommio's own conversion of its file errors to
@@ -81,6 +84,16 @@ pub trait SegmentFile {
     /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     async fn size_bytes(&self) -> io::Result<u64>;
+    /// Writes zeros over `[offset, offset + len)`, a block-aligned range
+    /// past every record of the segment, so that the file system holds
+    /// those blocks as written: a later batch there is flushed by an
+    /// fdatasync of data alone, with no extent conversion (a metadata write
+    /// and, on a journalling file system, a journal commit) riding along.
+    /// Storage without that distinction has nothing to do.
+    async fn initialize(&self, offset: u64, len: usize) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// Reads the file's first `len` bytes (fewer at its end) and returns
     /// what `work` makes of them. On the disk storage the read and `work`
     /// run together on a helper thread, and the bytes never reach the
@@ -200,6 +213,28 @@ fn glommio_err(e: GlommioError<()>) -> io::Error {
     io_error(e)
 }
 
+/// After a flush returned success: fails with EROFS if the file's file
+/// system has turned read-only. ext4 remounted read-only after an error
+/// (`errors=remount-ro`, Debian's default) answers fdatasync with success
+/// and flushes nothing, while a write into blocks already written (the
+/// segments' zeroed-ahead blocks) may still go through: without this
+/// check a batch could be acknowledged that is on no stable storage.
+fn still_writable(fd: std::os::fd::RawFd, what: &str) -> io::Result<()> {
+    // SAFETY: fstatvfs(2) fills the zeroed struct it is given; fd is open.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatvfs(fd, &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if stat.f_flag & libc::ST_RDONLY != 0 {
+        let source = io::Error::from_raw_os_error(libc::EROFS);
+        return Err(io::Error::new(
+            source.kind(),
+            format!("flushing {what}: the file system turned read-only, so the flush wrote nothing ({source})"),
+        ));
+    }
+    Ok(())
+}
+
 /// Segment files on a real disk through glommio's DMA (O_DIRECT) files.
 pub struct DiskStorage {
     dir: PathBuf,
@@ -264,7 +299,9 @@ impl Storage for DiskStorage {
     }
 
     async fn sync_dir(&self) -> io::Result<()> {
-        self.handle.sync().await.map_err(glommio_err)
+        use std::os::fd::AsRawFd;
+        self.handle.sync().await.map_err(glommio_err)?;
+        still_writable(self.handle.as_raw_fd(), "the spool directory")
     }
 
     fn list(&self) -> io::Result<Vec<String>> {
@@ -307,7 +344,7 @@ impl Storage for DiskStorage {
                 if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                Ok(())
+                still_writable(handle.as_raw_fd(), "the spool's file system")
             })
             .await
     }
@@ -319,7 +356,9 @@ impl BodyFile for DiskBody {
     }
 
     async fn sync(&self) -> io::Result<()> {
-        self.file.fdatasync().await.map_err(glommio_err)
+        use std::os::fd::AsRawFd;
+        self.file.fdatasync().await.map_err(glommio_err)?;
+        still_writable(self.file.as_raw_fd(), "a body file")
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -344,7 +383,20 @@ impl SegmentFile for DiskFile {
     }
 
     async fn sync(&self) -> io::Result<()> {
-        self.file.fdatasync().await.map_err(glommio_err)
+        use std::os::fd::AsRawFd;
+        self.file.fdatasync().await.map_err(glommio_err)?;
+        still_writable(self.file.as_raw_fd(), "a segment")
+    }
+
+    async fn initialize(&self, offset: u64, len: usize) -> io::Result<()> {
+        assert!(offset.is_multiple_of(4096) && len.is_multiple_of(4096), "initialize: {len} bytes at {offset}");
+        let mut buffer = self.file.alloc_dma_buffer(len);
+        buffer.as_bytes_mut().fill(0);
+        let written = self.file.write_at(buffer, offset).await.map_err(glommio_err)?;
+        if written != len {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, format!("initialize: {written} of {len} bytes")));
+        }
+        Ok(())
     }
 
     /// Reads go through the page cache on a helper thread: they are the
@@ -421,6 +473,8 @@ pub struct Faults {
     pub body_syncs: Cell<u64>,
     /// syncfs calls (`queue.body_sync = "syncfs"`).
     pub filesystem_syncs: Cell<u64>,
+    /// Segment ranges zeroed ahead of the records, (offset, length), in order.
+    pub initialized: RefCell<Vec<(u64, usize)>>,
 }
 
 /// The real storage with [`Faults`] injected: tests of the committer,
@@ -588,6 +642,11 @@ impl SegmentFile for FaultFile {
             return Err(io::Error::from_raw_os_error(errno));
         }
         self.inner.sync().await
+    }
+
+    async fn initialize(&self, offset: u64, len: usize) -> io::Result<()> {
+        self.faults.initialized.borrow_mut().push((offset, len));
+        self.inner.initialize(offset, len).await
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {

@@ -1285,3 +1285,73 @@ fn the_oldest_runner_writes_a_held_message_forward_and_it_stays_held() {
         })
     });
 }
+
+/// The extents of a file as FIEMAP reports them: (offset, length,
+/// unwritten), or None where the file system does not report extents.
+fn extents(path: &std::path::Path) -> Option<Vec<(u64, u64, bool)>> {
+    use std::os::fd::AsRawFd;
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_FLAG_SYNC: u64 = 1;
+    const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+    const EXTENTS_MAX: usize = 64;
+    // struct fiemap: fm_start, fm_length, fm_flags | fm_mapped_extents << 32,
+    // fm_extent_count | fm_reserved << 32; then 56-byte struct fiemap_extent each.
+    let mut buffer = vec![0u64; 4 + 7 * EXTENTS_MAX];
+    buffer[1] = u64::MAX;
+    buffer[2] = FIEMAP_FLAG_SYNC;
+    buffer[3] = EXTENTS_MAX as u64;
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: the buffer is a struct fiemap with room for the extents its fm_extent_count says.
+    if unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, buffer.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    let mapped = (buffer[2] >> 32) as usize;
+    Some(
+        (0..mapped.min(EXTENTS_MAX))
+            .map(|i| {
+                let e = &buffer[4 + 7 * i..4 + 7 * (i + 1)];
+                (e[0], e[2], (e[5] as u32) & FIEMAP_EXTENT_UNWRITTEN != 0)
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn batches_land_in_blocks_zeroed_ahead_of_them() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("initialize");
+            let mut p = params();
+            p.segment_size_bytes = 16 << 20;
+            let q = open(&dir, p).await;
+            accept(&q.queue, b"one\r\n").await.unwrap();
+            // The first batch (header block and one record block) zeroed
+            // the 4 MiB after itself, before its flush.
+            assert_eq!(*q.faults.initialized.borrow(), vec![(8192, 4 << 20)]);
+            for _ in 0..20 {
+                accept(&q.queue, b"more\r\n").await.unwrap();
+            }
+            assert_eq!(q.faults.initialized.borrow().len(), 1, "batches inside the zeroed blocks zero nothing");
+            let name = files(&dir, "head-").remove(0);
+            let path = dir.join(&name);
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(bytes.len(), 16 << 20);
+            let records_end = 4096 * 22;
+            assert!(bytes[records_end..(4 << 20) + 8192].iter().all(|&b| b == 0));
+            // Where the file system reports extents, none of the zeroed
+            // part is unwritten any more, and the rest still is.
+            if let Some(extents) = extents(&path) {
+                let unwritten_at = |offset: u64| {
+                    extents.iter().any(|&(at, len, unwritten)| unwritten && at <= offset && offset < at + len)
+                };
+                assert!(!unwritten_at(0) && !unwritten_at(4096 * 22) && !unwritten_at((4 << 20) + 4096), "{extents:?}");
+                assert!(unwritten_at(8 << 20), "past the zeroed part the segment is as fallocate left it: {extents:?}");
+            }
+            drop(q);
+            let mut p = params();
+            p.segment_size_bytes = 16 << 20;
+            let q = open(&dir, p).await;
+            assert_eq!(q.fresh.len(), 21, "every message is read back");
+        })
+    });
+}

@@ -6,21 +6,23 @@ failing under them.
   send; clients get 452 4.3.1, nothing acknowledged is lost, and when space
   returns the same process takes mail again and delivers everything it
   acknowledged, each message exactly once.
-- Dead: the loop device loses its backing store (the image is truncated to
-  nothing and the loop's capacity re-read: every later read and write of the
-  device fails with EIO in the block layer, as from a disk that died). The
-  kernel here has no device-mapper driver (`dmsetup version`: "/dev/mapper/
-  control: open failed: No such device"), so this stands in for a dm `error`
-  table; docs/reliability.md has the details. Clients get 4xx (451 4.3.0),
-  never a 250 for a message sent after the disk died, and the log names the
-  error.
+- Dead: ext4's own shutdown (every later operation fails with EIO), then
+  the loop device loses its backing store. The kernel here has no
+  device-mapper driver, and a loop device that lost its store still takes
+  data writes, so the shutdown stands in for a dm `error` table;
+  docs/reliability.md has the details. Clients get 4xx (451 4.3.0), never a
+  250 for a message sent after the disk died, and the log names the error.
+- Read-only: the file system turns read-only under load (an ext4 error
+  with errors=remount-ro); the same replies.
 """
 
 import collections
+import fcntl
 import json
 import os
 import shutil
 import smtplib
+import struct
 import subprocess
 import tempfile
 import threading
@@ -33,11 +35,15 @@ import conftest
 from conftest import free_port, missing_tool, wait_for
 from crashkit import BIN_DIR, Sink, blast_problem, missing_binaries
 
+# _IOR('X', 125, __u32) and its "do not flush the journal" flag (linux/ext4.h).
+EXT4_IOC_SHUTDOWN = 0x8004587D
+EXT4_GOING_FLAGS_NOLOGFLUSH = 2
+
 
 class LoopFs:
     """An ext4 file system on a loop device of its own, mounted."""
 
-    def __init__(self, size_mib):
+    def __init__(self, size_mib, options=None):
         if os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("mkfs.ext4"):
             missing_tool("the fault tests need root, losetup and mkfs.ext4 (e2fsprogs)")
         self.work = Path(tempfile.mkdtemp(prefix="ringpost-faults-"))
@@ -47,7 +53,7 @@ class LoopFs:
         self.device = subprocess.run(["losetup", "--find", "--show", str(self.image)], check=True,
                                      capture_output=True, text=True).stdout.strip()
         subprocess.run(["mkfs.ext4", "-q", "-F", self.device], check=True)
-        subprocess.run(["mount", self.device, str(self.mount)], check=True)
+        subprocess.run(["mount", *(["-o", options] if options else []), self.device, str(self.mount)], check=True)
         self.filler = self.mount / "filler"
 
     def free_bytes(self):
@@ -64,9 +70,29 @@ class LoopFs:
         self.filler.unlink()
 
     def kill_device(self):
-        """From now on every I/O to the device fails with EIO."""
+        """From now on every operation on the file system fails with EIO.
+
+        ext4's own shutdown (EXT4_IOC_SHUTDOWN, NOLOGFLUSH: what xfstests'
+        `godown` does) comes first: a loop device whose image was truncated
+        and whose capacity was re-read to 0 still takes data writes (the
+        block layer skips its end-of-device check for a size of 0; they land
+        in the image, which grows again), so an O_DIRECT write into blocks
+        already written, and the flush after it, succeed on it; only reads
+        and the file system's metadata writes fail. Then the device loses
+        its store as well, so nothing later reaches the image."""
+        fd = os.open(self.mount, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
+        finally:
+            os.close(fd)
         os.truncate(self.image, 0)
         subprocess.run(["losetup", "--set-capacity", self.device], check=True)
+
+    def turn_read_only(self):
+        """An error reported to ext4 (its sysfs `trigger_fs_error`): mounted
+        with errors=remount-ro, the file system turns read-only at once."""
+        name = os.path.basename(os.path.realpath(self.device))
+        Path(f"/sys/fs/ext4/{name}/trigger_fs_error").write_text("ringpost test: turn read-only\n")
 
     def close(self):
         subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
@@ -78,8 +104,8 @@ class LoopFs:
 def loop_fs():
     made = []
 
-    def make(size_mib):
-        fs = LoopFs(size_mib)
+    def make(size_mib, **kwargs):
+        fs = LoopFs(size_mib, **kwargs)
         made.append(fs)
         return fs
 
@@ -257,8 +283,9 @@ def test_a_full_disk_under_load_answers_452_and_loses_nothing(ringpost, loop_fs,
           f"{sum(1 for r in clients.replies if r[1] == 452)}; delivered {len(delivered)}, lost 0")
 
 
-def test_a_dead_disk_answers_451_and_never_250(ringpost, loop_fs, sinks, tmp_path):
-    fs = loop_fs(96)
+def refused_after(ringpost, fs, sinks, kill, what):
+    """Clients send while `kill` breaks the spool's file system; returns
+    ringpost's log after checking that nothing sent after it got a 250."""
     sink = sinks("hop")
     rp = ringpost({
         "queue.spool": f'["{fs.mount / "spool"}"]',
@@ -266,8 +293,8 @@ def test_a_dead_disk_answers_451_and_never_250(ringpost, loop_fs, sinks, tmp_pat
         "delivery.smarthost": f'"127.0.0.1:{sink.port}"',
     })
     clients = Clients(rp.port, "dead", 6, [1024, 100 * 1024, 1024])
-    wait_for(lambda: len(clients.accepted()) >= 30, what="acceptances before the disk dies")
-    fs.kill_device()
+    wait_for(lambda: len(clients.accepted()) >= 30, what=f"acceptances before {what}")
+    kill()
     died_at = time.monotonic()
     time.sleep(4)
     clients.stop()
@@ -283,14 +310,29 @@ def test_a_dead_disk_answers_451_and_never_250(ringpost, loop_fs, sinks, tmp_pat
     for replies in by_thread.values():
         after = [r for r in replies if r[3] > died_at]
         lies += [r for r in after[1:] if r[1] == 250]
-    assert not lies, f"250 for messages sent after the disk died: {lies[:5]}"
+    assert not lies, f"250 for messages sent after {what}: {lies[:5]}"
     refusals = [r for r in late if 400 <= r[1] < 500]
-    assert refusals, f"no 4xx after the disk died: {late[-10:]}"
+    assert refusals, f"no 4xx after {what}: {late[-10:]}"
     assert any(r[1] == 451 and "4.3.0" in r[2] for r in refusals), refusals[:5]
     bad = [r for r in late if not (r[1] == 250 or 400 <= r[1] < 500 or r[1] == -1)]
-    assert not bad, f"replies other than 4xx after the disk died: {bad[:5]}"
-    log = rp.log_text()
-    assert "Input/output error" in log or "os error 5" in log, log[-3000:]
-    print(f"\ndead disk: {len(clients.accepted())} acknowledged, {len(late)} replies after the death: "
+    assert not bad, f"replies other than 4xx after {what}: {bad[:5]}"
+    print(f"\n{what}: {len(clients.accepted())} acknowledged, {len(late)} replies after it: "
           f"{collections.Counter(r[1] for r in late)}; ringpost "
           + ("still running" if rp.proc.poll() is None else f"exited with {rp.proc.returncode}"))
+    return rp.log_text()
+
+
+def test_a_dead_disk_answers_451_and_never_250(ringpost, loop_fs, sinks):
+    fs = loop_fs(96)
+    log = refused_after(ringpost, fs, sinks, fs.kill_device, "the disk died")
+    assert "Input/output error" in log or "os error 5" in log, log[-3000:]
+
+
+def test_a_file_system_turned_read_only_answers_451_and_never_250(ringpost, loop_fs, sinks):
+    # ext4 turned read-only by an error answers fdatasync with success and
+    # flushes nothing, while writes into blocks already written (segments
+    # are zeroed ahead of their records) can still go through: ringpost
+    # must see that the flush counted for nothing.
+    fs = loop_fs(96, options="errors=remount-ro")
+    log = refused_after(ringpost, fs, sinks, fs.turn_read_only, "the file system turned read-only")
+    assert "Read-only file system" in log or "os error 30" in log, log[-3000:]
