@@ -108,6 +108,10 @@ pub trait SegmentFile {
     }
 }
 
+/// Largest write of zeros ahead of a segment's records (and so the memory
+/// one costs).
+const INITIALIZE_WRITE_BYTES: usize = 256 << 10;
+
 /// Alignment of a direct read's offset, length and buffer: the largest
 /// logical block size a spool's device is expected to have.
 const DIRECT_READ_ALIGN_BYTES: usize = 4096;
@@ -388,13 +392,23 @@ impl SegmentFile for DiskFile {
         still_writable(self.file.as_raw_fd(), "a segment")
     }
 
+    /// In writes of [`INITIALIZE_WRITE_BYTES`], one after another, so the
+    /// zeros never cost more memory than one of them.
     async fn initialize(&self, offset: u64, len: usize) -> io::Result<()> {
         assert!(offset.is_multiple_of(4096) && len.is_multiple_of(4096), "initialize: {len} bytes at {offset}");
-        let mut buffer = self.file.alloc_dma_buffer(len);
-        buffer.as_bytes_mut().fill(0);
-        let written = self.file.write_at(buffer, offset).await.map_err(glommio_err)?;
-        if written != len {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, format!("initialize: {written} of {len} bytes")));
+        let mut done = 0;
+        while done < len {
+            let chunk = INITIALIZE_WRITE_BYTES.min(len - done);
+            let mut buffer = self.file.alloc_dma_buffer(chunk);
+            buffer.as_bytes_mut().fill(0);
+            let written = self.file.write_at(buffer, offset + done as u64).await.map_err(glommio_err)?;
+            if written != chunk {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("initialize: {written} of {chunk} bytes at {}", offset + done as u64),
+                ));
+            }
+            done += chunk;
         }
         Ok(())
     }
