@@ -713,8 +713,10 @@ impl Drop for ReadBuffer {
     }
 }
 
-/// Writes pending commands, then the next block of binary content framed
-/// by the client as a BDAT chunk, each within the data-block timeout.
+/// Writes the next block of content as stored, framed by the client as a
+/// BDAT chunk, together with the commands before it (MAIL and RCPT, when
+/// small text content goes with them) in one write, within the data-block
+/// timeout.
 async fn send_chunk(
     stream: &mut Stream,
     client: &mut Client,
@@ -723,16 +725,28 @@ async fn send_chunk(
     body_path: &Path,
     block_timeout: Duration,
 ) -> std::io::Result<()> {
-    write_within(stream, &client.take_output(), block_timeout).await?;
     let (block, last) = if !chunks.headers_sent && !env.headers_prepended.is_empty() {
-        // The added header lines go first, as a chunk of their own.
         chunks.headers_sent = true;
-        (env.headers_prepended.clone(), false)
+        match &env.body {
+            // The added header lines and a small stored message: one chunk.
+            Body::Inline(bytes) if env.headers_prepended.len() + bytes.len() <= BDAT_CHUNK_BYTES_MAX => {
+                let mut block = Vec::with_capacity(env.headers_prepended.len() + bytes.len());
+                block.extend_from_slice(&env.headers_prepended);
+                block.extend_from_slice(bytes);
+                chunks.offset_bytes = bytes.len() as u64;
+                (block, true)
+            }
+            // Else they go first, as a chunk of their own.
+            _ => (env.headers_prepended.clone(), false),
+        }
     } else {
         chunks.next(&env.body, body_path).await?
     };
     client.bdat_chunk(Instant::now(), &block, last);
-    write_within(stream, &client.take_output(), block_timeout).await
+    let out = client.take_output();
+    write_within(stream, &out, block_timeout).await?;
+    client.give_back_output(out);
+    Ok(())
 }
 
 /// Reads stored content for BDAT in blocks of at most

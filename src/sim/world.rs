@@ -693,7 +693,12 @@ async fn transact(
         mail_dsn: Default::default(),
         rcpt_dsn: Vec::new(),
     };
-    let mut client = client::Client::new(ClientParams::new("sim.test"), txn, world.now());
+    // Half the attempts send small content in BDAT with MAIL and RCPT (the
+    // hop offers CHUNKING), half after DATA.
+    let mut params = ClientParams::new("sim.test");
+    params.chunking_enabled = world.chance(500_000);
+    let mut client = client::Client::new(params, txn, world.now());
+    let mut chunk_offset = 0usize;
     let hop_params = Arc::new(server_params("hop.test"));
     let mut hop = Server::new(hop_params, peer(), world.now());
     let drop_at = world.chance(behaviour.hop_drop_ppm).then(|| world.below(40) as usize);
@@ -744,7 +749,15 @@ async fn transact(
             client.on_connection_lost();
         }
         match client.poll(world.now()) {
-            ClientEvent::NeedInput | ClientEvent::SendChunk | ClientEvent::StartTls => {}
+            ClientEvent::NeedInput | ClientEvent::StartTls => {}
+            ClientEvent::SendChunk => {
+                let end = (chunk_offset + client::BDAT_CHUNK_BYTES_MAX).min(content.len());
+                client.bdat_chunk(world.now(), &content[chunk_offset..end], end == content.len());
+                chunk_offset = end;
+                let wire = client.take_output();
+                split_feed(world, &wire, |b| hop.feed(b));
+                continue;
+            }
             ClientEvent::SendBody => {
                 let mut wire = client.take_output();
                 let mut stuffer = DotStuffer::new();
