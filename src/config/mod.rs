@@ -733,6 +733,10 @@ pub struct Delivery {
     /// Accept and queue, deliver nothing: delivery takes no message from
     /// the queue (maintenance, measuring acceptance alone). Default false.
     pub hold_all: bool,
+    /// Small text content goes in BDAT with MAIL and RCPT to next hops that
+    /// offer CHUNKING and PIPELINING (RFC 3030), instead of after DATA.
+    /// Default true.
+    pub chunking: bool,
     /// Local addresses outbound connections are made from, at most one per
     /// family (IPv4, IPv6). Default: empty (the kernel chooses).
     pub source_address: Vec<IpAddr>,
@@ -1141,6 +1145,7 @@ impl Default for Delivery {
             tls: TlsPolicy::May,
             early_ms: 0,
             hold_all: false,
+            chunking: true,
             source_address: Vec::new(),
             tls_ca_file: None,
             mta_sts: false,

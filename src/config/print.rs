@@ -102,6 +102,7 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "tls = {}", quoted(d.tls.as_str()))?;
     writeln!(out, "early_ms = {}", d.early_ms)?;
     writeln!(out, "hold_all = {}", d.hold_all)?;
+    writeln!(out, "chunking = {}", d.chunking)?;
     let sources: Vec<String> = d.source_address.iter().map(|a| a.to_string()).collect();
     writeln!(out, "source_address = {}", string_array(&sources))?;
     match &d.tls_ca_file {

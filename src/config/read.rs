@@ -186,6 +186,7 @@ pub(super) const DELIVERY_KEYS: &[&str] = &[
     "tls",
     "early_ms",
     "hold_all",
+    "chunking",
     "source_address",
     "tls_ca_file",
     "mta_sts",
@@ -1362,6 +1363,7 @@ fn read_delivery(section: &Section<'_>, d: Delivery) -> Result<Delivery> {
             Ok(value)
         })?,
         hold_all: section.read("hold_all", d.hold_all, boolean)?,
+        chunking: section.read("chunking", d.chunking, boolean)?,
         source_address: section.read("source_address", d.source_address, source_addresses)?,
         tls_ca_file: section.read("tls_ca_file", d.tls_ca_file, |node, key| optional(node, key, path))?,
         mta_sts: section.read("mta_sts", d.mta_sts, boolean)?,

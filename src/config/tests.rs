@@ -68,6 +68,7 @@ fn defaults_match_the_documented_values() {
     assert_eq!(c.delivery.helo_name, None);
     assert_eq!(c.delivery.max_concurrent_per_shard, 100);
     assert_eq!(c.delivery.connect_timeout.to_string(), "30s");
+    assert!(c.delivery.chunking);
     assert_eq!(c.queue.spool, vec![PathBuf::from("./var/spool")]);
     let lags: Vec<String> = c.queue.retry_lags.iter().map(|lag| lag.to_string()).collect();
     assert_eq!(lags, ["5m", "30m", "1h", "2h", "4h"]);
@@ -126,6 +127,7 @@ smarthost = "[2001:db8::1]:2525"
 helo_name = "out.example.org"
 max_concurrent_per_shard = 20
 connect_timeout = "5s"
+chunking = false
 
 [queue]
 spool = ["/var/spool/a", "/var/spool/b"]
@@ -145,6 +147,7 @@ commit_delay_us = 2000
     assert_eq!(c.relay.networks[2], Cidr { addr: ip("192.0.2.7"), prefix_len: 32 });
     assert_eq!(c.delivery.smarthost.as_deref(), Some("[2001:db8::1]:2525"));
     assert_eq!(c.helo_name(), "out.example.org");
+    assert!(!c.delivery.chunking);
     assert_eq!(c.queue.max_age.0, std::time::Duration::from_secs(3 * 86_400));
     assert_eq!(c.spool_for_shard(3), Path::new("/var/spool/b"));
 }

@@ -474,6 +474,7 @@ async fn transact_new(
     let helo_name = rule.and_then(|r| r.helo_name.as_deref()).unwrap_or(out.config.helo_name());
     let mut params = ClientParams::new(helo_name.to_string());
     params.keep_open = out.connections.reuse_enabled();
+    params.chunking_enabled = out.config.delivery.chunking;
     params.starttls = new.starttls;
     params.transcript = new.transcript;
     let client = Client::new(params, txn.clone(), Instant::now());
