@@ -122,7 +122,7 @@ const DIRECT_READ_ALIGN_BYTES: usize = 4096;
 /// I/O (tmpfs), and returns what `work` makes of them. Runs on a helper
 /// thread.
 fn read_direct<R>(path: &Path, len: usize, work: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let direct = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path);
     let (file, align) = match direct {
         Ok(file) => (file, DIRECT_READ_ALIGN_BYTES),
@@ -134,19 +134,27 @@ fn read_direct<R>(path: &Path, len: usize, work: impl FnOnce(&[u8]) -> R) -> io:
     let start = buffer.as_ptr().align_offset(align);
     assert!(start < align, "a byte buffer can be aligned within `align` bytes");
     let bytes = &mut buffer[start..start + len_aligned];
+    let done = read_fully(&file, &mut bytes[..], 0, len, align)?;
+    Ok(work(&bytes[..done.min(len)]))
+}
+
+/// Reads from `offset` into `bytes` until `len` bytes are in or the file
+/// ends; returns how many were read. With `align` > 1 (a direct read) a
+/// read that ends off an aligned length is the end of the file.
+fn read_fully(file: &std::fs::File, bytes: &mut [u8], offset: u64, len: usize, align: usize) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
     let mut done = 0;
     while done < len {
-        let n = file.read_at(&mut bytes[done..], done as u64)?;
+        let n = file.read_at(&mut bytes[done..], offset + done as u64)?;
         if n == 0 {
             break;
         }
         done += n;
         if align > 1 && n % align != 0 {
-            // A direct read ends short only at the end of the file.
             break;
         }
     }
-    Ok(work(&bytes[..done.min(len)]))
+    Ok(done)
 }
 
 /// Deepest chain of wrapped errors [`errno_of`] looks through.
@@ -420,17 +428,9 @@ impl SegmentFile for DiskFile {
         let path = self.path.clone();
         glommio::executor()
             .spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
                 let file = std::fs::File::open(&path)?;
                 let mut bytes = vec![0u8; len];
-                let mut done = 0;
-                while done < len {
-                    let n = file.read_at(&mut bytes[done..], offset + done as u64)?;
-                    if n == 0 {
-                        break;
-                    }
-                    done += n;
-                }
+                let done = read_fully(&file, &mut bytes, offset, len, 1)?;
                 bytes.truncate(done);
                 Ok(bytes)
             })
