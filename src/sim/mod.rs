@@ -47,6 +47,11 @@
 //! never delivered; every delivered message is one whose commit began, with
 //! the content its client sent; recovery never fails; the segments on disk
 //! stay within SPEC section 13's bound; no panic; the queue drains.
+//!
+//! A second scenario, `world::run_outage`, runs the same world without
+//! faults but with one next hop down for an hour of simulated time under
+//! steady load, beside the same seed with every hop up: acceptance, the
+//! index's size and the retry log's disk are compared (docs/simulation.md).
 
 mod world;
 

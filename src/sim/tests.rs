@@ -3,7 +3,7 @@
 //! `RINGPOST_SIM_SEED` replays one), the determinism check, and a check
 //! that the invariants catch a broken shard.
 
-use super::world::{run_seed, run_seed_on, Broken, SeedReport};
+use super::world::{run_outage, run_seed, run_seed_on, Broken, SeedReport, SEGMENT_SIZE_BYTES};
 
 /// Seeds `cargo test` runs (about 45 s in the test-checked profile; seeds
 /// 1-1000 all pass, docs/simulation.md).
@@ -123,4 +123,67 @@ fn seeds_failing(seeds: std::ops::RangeInclusive<u64>, broken: Broken) -> usize 
 #[test]
 fn a_queue_that_keeps_dead_segments_is_caught() {
     assert_eq!(seeds_failing(1..=3, Broken::NoCollector), 3, "a seed did not notice a queue without its collector");
+}
+
+/// A next hop down for an hour of simulated time: acceptance is what it is
+/// with every hop up (same seed, same clients), the queue's memory is the
+/// backlog's index entries and nothing more, the retry log's disk follows
+/// the backlog and not the attempts, and the backlog leaves once the hop
+/// is back (each recipient exactly once: `run_outage` checks).
+#[test]
+fn a_next_hop_down_for_an_hour_leaves_acceptance_and_memory_alone() {
+    let seed = env_u64("RINGPOST_SIM_SEED").unwrap_or(11);
+    let up = run_outage(seed, false);
+    let down = run_outage(seed, true);
+    for r in [&up, &down] {
+        eprintln!(
+            "outage (seed {}, hop 0 {}): {} acknowledged, {} refused, backlog {} (live {} at the return, {} at most), \
+             commit p50/p99/max {}/{}/{} ticks, {} retry records of {} bytes on average, at most {} retry segments, \
+             {} attempts, {} deliveries, drained in {:.1} simulated s",
+            r.seed,
+            if r.hop_down { "down" } else { "up" },
+            r.acknowledged,
+            r.refused,
+            r.backlog,
+            r.live_at_return,
+            r.live_max,
+            r.commit_ticks_p50,
+            r.commit_ticks_p99,
+            r.commit_ticks_max,
+            r.retry_records,
+            r.retry_record_bytes_mean,
+            r.retry_segments_max,
+            r.attempts,
+            r.deliveries,
+            r.drain_ms as f64 / 1000.0
+        );
+    }
+    assert_eq!((up.refused, down.refused), (0, 0), "a commit failed");
+    assert!(down.backlog > 1000 && down.live_at_return == down.backlog, "the hop was not down: {down:?}");
+    assert!(up.live_max < 100, "with every hop up the queue stays near empty: {up:?}");
+    assert!(
+        down.acknowledged as f64 >= 0.95 * up.acknowledged as f64,
+        "acceptance fell: {} acknowledged with the hop down, {} up",
+        down.acknowledged,
+        up.acknowledged
+    );
+    assert!(
+        down.commit_ticks_p99 <= 2 * up.commit_ticks_p99.max(1),
+        "commits slowed: p99 {} ticks with the hop down, {} up",
+        down.commit_ticks_p99,
+        up.commit_ticks_p99
+    );
+    // Memory: one index entry per message still queued, a few in flight.
+    assert!(down.live_max <= down.backlog + 64, "more live than the backlog: {down:?}");
+    // Disk: the retry log holds about one record per deferred message per
+    // longest lag, not one per attempt (each is tried about a dozen times).
+    let retry_bytes = down.retry_segments_max as u64 * SEGMENT_SIZE_BYTES;
+    let backlog_bytes = down.backlog as u64 * down.retry_record_bytes_mean;
+    assert!(
+        retry_bytes <= 3 * backlog_bytes + 4 * SEGMENT_SIZE_BYTES,
+        "the retry log grew with the attempts: {retry_bytes} bytes on disk for {backlog_bytes} of backlog: {down:?}"
+    );
+    assert!(down.retry_records >= 4 * down.backlog as u64, "the backlog was hardly retried: {down:?}");
+    // Back: the longest retry lag (300 s) and the attempts themselves.
+    assert!(down.drain_ms <= 15 * 60 * 1000, "the backlog left slowly: {down:?}");
 }

@@ -25,7 +25,7 @@ const HOPS: u64 = 4;
 /// Concurrent client sessions and delivery attempts.
 const CLIENTS: usize = 6;
 const PERMITS: usize = 4;
-const SEGMENT_SIZE_BYTES: u64 = 64 * 1024;
+pub const SEGMENT_SIZE_BYTES: u64 = 64 * 1024;
 const INLINE_MAX_BYTES: usize = 2048;
 /// Octets one feed gives a machine at most (one socket read).
 const FEED_BYTES_MAX: usize = 4096;
@@ -119,6 +119,8 @@ struct Model {
     /// failed): after a crash recovery finds it beside the copy committed
     /// again, and both arrive in one life (SPEC section 11, case 7).
     bounce_commit_failed: HashMap<u64, u32>,
+    /// Driver ticks from the final dot to the 250, per acknowledged message.
+    commit_ticks: Vec<u64>,
 }
 
 /// How the next hops and the clients behave in this seed, in millionths.
@@ -185,6 +187,16 @@ struct World {
     /// Bounces made so far (their ids).
     bounces: Cell<u64>,
     broken: Broken,
+    /// The outage scenario: hop `.0` refuses every connection until unix
+    /// ms `.1`.
+    outage: Option<(u64, u64)>,
+    /// Clients start no message at or after this unix ms.
+    accept_until_ms: u64,
+    /// A client's pause between two messages is below this, in ms.
+    client_pause_ms: u64,
+    /// Ticks of the driver so far (the outage scenario's commit latency:
+    /// a commit takes no simulated time, only turns of the executor).
+    tick: Cell<u64>,
 }
 
 impl World {
@@ -302,7 +314,7 @@ async fn client_loop(world: Rc<World>, queue: Rc<Queue<SimStorage>>) {
     while world.accepting.get() {
         let number = {
             let model = world.model.borrow();
-            if model.messages.len() >= world.messages_target {
+            if model.messages.len() >= world.messages_target || world.manual.unix_ms() >= world.accept_until_ms {
                 world.accepting.set(false);
                 return;
             }
@@ -325,7 +337,7 @@ async fn client_loop(world: Rc<World>, queue: Rc<Queue<SimStorage>>) {
             world.model.borrow_mut().messages[number].state = MsgState::Dropped;
         }
         world.note(&[1, number as u64, state as u64]);
-        world.pause(world.below(50)).await;
+        world.pause(world.below(world.client_pause_ms)).await;
     }
 }
 
@@ -415,6 +427,7 @@ async fn finish_message(
         return Reply::new(451, Enhanced(4, 3, 0), "transaction lost");
     };
     let now_ms = queue.clock().unix_ms();
+    let tick = world.tick.get();
     let env = Envelope {
         id: writer.id().to_string(),
         sender: txn.reverse_path.clone(),
@@ -445,7 +458,9 @@ async fn finish_message(
     }
     match writer.commit(queue, env).await {
         Ok(()) => {
-            world.model.borrow_mut().messages[number].state = MsgState::Acknowledged;
+            let mut model = world.model.borrow_mut();
+            model.messages[number].state = MsgState::Acknowledged;
+            model.commit_ticks.push(world.tick.get() - tick);
             ok()
         }
         Err(e) => {
@@ -676,7 +691,10 @@ async fn transact(
 ) -> (Vec<RcptOutcome>, Vec<usize>) {
     let count = recipients.len();
     let behaviour = world.behaviour.borrow().clone();
-    if world.chance(behaviour.hop_refuse_ppm) {
+    let hop_down = world.outage.is_some_and(|(hop, until_ms)| {
+        world.manual.unix_ms() < until_ms && recipients[0].ends_with(&format!("@hop{hop}.test"))
+    });
+    if hop_down || world.chance(behaviour.hop_refuse_ppm) {
         world.pause(world.below(100)).await;
         let reply = Reply::new(451, Enhanced(4, 4, 1), "connection refused");
         return ((0..count).map(|_| RcptOutcome::Transient(reply.clone())).collect(), Vec::new());
@@ -1043,6 +1061,10 @@ async fn simulate(seed: u64, messages_target: usize, broken: Broken) -> SeedRepo
         server_params: Arc::new(server_params("mx.sim.test")),
         bounces: Cell::new(0),
         broken,
+        outage: None,
+        accept_until_ms: u64::MAX,
+        client_pause_ms: 50,
+        tick: Cell::new(0),
     });
     let clients = Rc::new(Cell::new(0usize));
     let mut bound = Bound::new();
@@ -1091,6 +1113,168 @@ async fn simulate(seed: u64, messages_target: usize, broken: Broken) -> SeedRepo
     let mut report = check(&world, seed, ticks, state.crashes, state.sync_failures);
     report.segments_max = bound.segments_max;
     report
+}
+
+/// What the outage scenario found (see [`run_outage`]).
+#[derive(Clone, Debug, Default)]
+pub struct OutageReport {
+    pub seed: u64,
+    pub hop_down: bool,
+    pub acknowledged: usize,
+    /// Commits that failed (a 4xx to the client).
+    pub refused: usize,
+    /// Acknowledged messages with a recipient at the down hop.
+    pub backlog: usize,
+    /// Driver ticks from the final dot to the 250 (a commit takes no
+    /// simulated time: the clock moves between ticks).
+    pub commit_ticks_p50: u64,
+    pub commit_ticks_p99: u64,
+    pub commit_ticks_max: u64,
+    /// Most index entries (live messages) at once, and when the hop came back.
+    pub live_max: usize,
+    pub live_at_return: usize,
+    /// Most retry segments on disk at once.
+    pub retry_segments_max: usize,
+    /// Retry records written, and their mean size.
+    pub retry_records: u64,
+    pub retry_record_bytes_mean: u64,
+    pub attempts: usize,
+    pub deliveries: usize,
+    /// Simulated ms from the hop's return until the queue was empty.
+    pub drain_ms: u64,
+}
+
+/// The length of the outage scenario's accepting phase.
+pub const OUTAGE_MS: u64 = 3600 * 1000;
+/// Ticks between two checks of the bound in the outage scenario (the
+/// check walks the index).
+const OUTAGE_CHECK_TICKS: u64 = 16;
+/// Most turns of the executor a write or flush takes in the outage scenario.
+const OUTAGE_LATENCY_YIELDS_MAX: u32 = 24;
+
+/// A next hop down for an hour of simulated time (issue: delivery
+/// backlog): hop 0 refuses every connection for `OUTAGE_MS` while the
+/// clients send at a steady rate (if `hop_down`; otherwise every hop is up,
+/// the comparison), then comes back; no other fault, no crash. The queue's
+/// bound is checked as in [`run_seed`], the backlog must drain once the hop
+/// is back, and every acknowledged recipient is delivered exactly once.
+pub fn run_outage(seed: u64, hop_down: bool) -> OutageReport {
+    glommio::LocalExecutorBuilder::default()
+        .preempt_timer(Duration::from_secs(3600))
+        .spawn(move || async move { simulate_outage(seed, hop_down).await })
+        .expect("the simulation's executor starts")
+        .join()
+        .expect("the simulation's executor ends")
+}
+
+async fn simulate_outage(seed: u64, hop_down: bool) -> OutageReport {
+    let mut rng = Rng::new(seed);
+    let disk = SimDisk::new(rng.next_u64(), 1 << 30);
+    // No fault, but each write and flush takes a few turns of the
+    // executor, so that a commit takes ticks and a slower one shows.
+    disk.state.borrow_mut().rates.latency_yields_max = OUTAGE_LATENCY_YIELDS_MAX;
+    let (clock, manual) = Clock::simulated(START_UNIX_MS);
+    // The clients stop a minute before the hop comes back, so that the
+    // backlog is whole when it does.
+    let return_ms = START_UNIX_MS + OUTAGE_MS;
+    let accept_until_ms = return_ms - 60_000;
+    let world = Rc::new(World {
+        rng: RefCell::new(rng),
+        disk,
+        clock,
+        manual,
+        origin: Instant::now(),
+        epoch: Cell::new(0),
+        behaviour: RefCell::new(Behaviour::calm()),
+        model: RefCell::new(Model::default()),
+        messages_target: usize::MAX,
+        accepting: Cell::new(true),
+        trace: Cell::new(0xcbf2_9ce4_8422_2325),
+        server_params: Arc::new(server_params("mx.sim.test")),
+        bounces: Cell::new(0),
+        broken: Broken::Nothing,
+        outage: hop_down.then_some((0, return_ms)),
+        accept_until_ms,
+        client_pause_ms: 6000,
+        tick: Cell::new(0),
+    });
+    let clients = Rc::new(Cell::new(0usize));
+    let mut bound = Bound::new();
+    let shard = start(&world, &clients).await;
+    let mut ticks = 0u64;
+    let mut live_max = 0usize;
+    while world.accepting.get() || clients.get() > 0 || world.manual.unix_ms() < return_ms {
+        ticks += 1;
+        world.tick.set(ticks);
+        assert!(ticks < TICKS_MAX, "the accepting phase did not end");
+        for _ in 0..TICK_YIELDS {
+            futures_lite::future::yield_now().await;
+        }
+        world.manual.advance(Duration::from_millis(1 + world.below(20)));
+        live_max = live_max.max(shard.queue.live_count());
+        if ticks % OUTAGE_CHECK_TICKS == 0 {
+            bound.check(&world, &shard.queue);
+        }
+    }
+    let live_at_return = shard.queue.live_count();
+    let drain_start_ms = world.manual.unix_ms();
+    loop {
+        ticks += 1;
+        world.tick.set(ticks);
+        for _ in 0..TICK_YIELDS {
+            futures_lite::future::yield_now().await;
+        }
+        bound.check(&world, &shard.queue);
+        if shard.queue.live_count() == 0 && shard.queue.handoff_counts().0 == 0 {
+            break;
+        }
+        assert!(
+            world.manual.unix_ms() - drain_start_ms < DRAIN_MS_MAX,
+            "the backlog did not drain: {} live",
+            shard.queue.live_count()
+        );
+        world.manual.advance(Duration::from_millis(1 + world.below(20)));
+    }
+    let drain_ms = world.manual.unix_ms() - drain_start_ms;
+    let retry = shard.queue.stats(LogKind::Retry);
+    shard.queue.close();
+    for task in shard.tasks {
+        task.await;
+    }
+    let state = world.disk.state.borrow();
+    assert_eq!(state.alignment_violations, 0, "a segment write broke O_DIRECT's alignment");
+    let seed_report = check(&world, seed, ticks, state.crashes, state.sync_failures);
+    assert_eq!(seed_report.duplicates_after_crash, 0, "no crash, no duplicate");
+    let model = world.model.borrow();
+    let backlog = model
+        .messages
+        .iter()
+        .filter(|m| m.state == MsgState::Acknowledged && m.recipients.iter().any(|r| r.ends_with("@hop0.test")))
+        .count();
+    let mut commit_ticks = model.commit_ticks.clone();
+    commit_ticks.sort_unstable();
+    let at = |share: f64| {
+        let last = commit_ticks.len().saturating_sub(1);
+        commit_ticks.get(((commit_ticks.len() as f64 * share) as usize).min(last)).copied().unwrap_or(0)
+    };
+    OutageReport {
+        seed,
+        hop_down,
+        acknowledged: seed_report.acknowledged,
+        refused: seed_report.refused,
+        backlog,
+        commit_ticks_p50: at(0.5),
+        commit_ticks_p99: at(0.99),
+        commit_ticks_max: commit_ticks.last().copied().unwrap_or(0),
+        live_max,
+        live_at_return,
+        retry_segments_max: bound.segments_max[1],
+        retry_records: retry.records,
+        retry_record_bytes_mean: retry.bytes / retry.records.max(1),
+        attempts: model.attempts,
+        deliveries: model.deliveries,
+        drain_ms,
+    }
 }
 
 /// The end-of-seed checks (see `mod.rs`).
