@@ -290,6 +290,14 @@ pub fn queue_entry(sign: i64, deferred: bool, body_file: bool) {
     }
 }
 
+/// [`queue_entry`] for many entries at once (recovery): `messages` of
+/// which `deferred` deferred and `body_files` with a body file.
+pub fn queue_entries(messages: i64, deferred: i64, body_files: i64) {
+    QUEUE_MESSAGES.add(messages);
+    QUEUE_DEFERRED.add(deferred);
+    QUEUE_BODY_FILES.add(body_files);
+}
+
 /// Held by an outbound connection while it is open.
 pub struct OpenConnection(());
 

@@ -184,9 +184,14 @@ pub struct Segment<F> {
 impl<F> Segment<F> {
     /// The index points at one more record of this segment.
     pub fn live_add(&mut self) {
+        self.live_add_count(1);
+    }
+
+    /// The index points at `count` more records of this segment.
+    pub fn live_add_count(&mut self, count: u32) {
         self.live = self
             .live
-            .checked_add(1)
+            .checked_add(count)
             .unwrap_or_else(|| panic!("invariant: segment {} has more live records than a segment holds", self.name));
     }
 

@@ -78,6 +78,15 @@ const HANDOFF_ENVELOPES_PER_ATTEMPT: usize = 4;
 /// hold two segments' bytes in memory at most.
 const RECOVERY_SEGMENTS_IN_FLIGHT: usize = 2;
 
+/// Bytes a small envelope record takes in a segment (one recipient, no
+/// body: about 335 with its frame): recovery sizes the index for the
+/// segments' bytes divided by this.
+const RECOVERY_RECORD_BYTES_ESTIMATE: usize = 320;
+
+/// Index capacity recovery keeps whatever the spool held: more than four
+/// times the live entries (and above this) is given back after the scan.
+const INDEX_CAPACITY_KEPT: usize = 4096;
+
 /// Why a message could not be made durable. Nothing was acknowledged.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -186,6 +195,31 @@ pub struct Entry {
     /// Held by an operator: never attempted until released. Durable once
     /// the replacement envelope with the HELD flag is (see `admin.rs`).
     pub held: bool,
+}
+
+/// Recovery fills the index straight from the scan: a message found in
+/// the head log is fresh (with delivery at once), one in the retry log
+/// waits for its runner.
+impl recover::Live for Entry {
+    fn of(candidate: recover::Candidate) -> Entry {
+        Entry {
+            location: candidate.location,
+            attempt_count: candidate.attempt_count,
+            retry_next_unix_ms: candidate.retry_next_unix_ms,
+            body_file: candidate.body_file,
+            in_flight: candidate.location.log == LogKind::Head,
+            attempting: false,
+            held: candidate.held,
+        }
+    }
+
+    fn attempt_count(&self) -> u16 {
+        self.attempt_count
+    }
+
+    fn location(&self) -> Location {
+        self.location
+    }
 }
 
 /// Records per flush, in power-of-two buckets: bucket i counts flushes of
@@ -367,7 +401,9 @@ impl<S: Storage + 'static> Queue<S> {
             }
         }
         segments.sort_by_key(|(kind, seq, _)| (log_slot(*kind), *seq));
-        let mut scan = recover::Scan::default();
+        // The scan fills the index's own entries; the retry log's records
+        // are listed in log order for the runners' spans.
+        let mut scan = recover::Scan::<Entry>::keeping_retry_order();
         let mut files = Vec::new();
         let mut sizes = Vec::new();
         for (_, _, name) in &segments {
@@ -377,6 +413,12 @@ impl<S: Storage + 'static> Queue<S> {
             files.push(Rc::new(file));
             sizes.push(size as usize);
         }
+        // The index is filled by the scan: sized once for the records the
+        // segments can hold at the size a one-recipient envelope takes,
+        // rather than grown (and rehashed) step by step. Far more room than
+        // the spool needed is given back after the scan.
+        let segment_bytes: usize = sizes.iter().sum();
+        scan.live.reserve(segment_bytes / RECOVERY_RECORD_BYTES_ESTIMATE);
         // Segments are read and decoded RECOVERY_SEGMENTS_IN_FLIGHT at a
         // time, each on a helper thread (on the disk storage: started by
         // polling its future once), while the executor merges the segments
@@ -449,41 +491,42 @@ impl<S: Storage + 'static> Queue<S> {
         }
         // Index, live counts, fresh envelopes for delivery, spans for runners.
         let mut fresh = Vec::new();
-        let mut retry_live: Vec<(u64, Location, u64)> = Vec::with_capacity(scan.live.len());
-        let now = self.clock.unix_ms();
         let mut index = self.index.borrow_mut();
-        index.reserve(scan.live.len());
-        for (id, candidate) in scan.live.drain() {
-            let slot = log_slot(candidate.location.log);
-            if let Some(segment) = self.logs[slot].borrow_mut().segments.get_mut(&candidate.location.segment_sequence) {
-                segment.live_add();
-            }
-            let in_flight = candidate.location.log == LogKind::Head;
-            crate::metrics::queue_entry(1, !in_flight, candidate.body_file);
-            index.insert(
-                id,
-                Entry {
-                    location: candidate.location,
-                    attempt_count: candidate.attempt_count,
-                    retry_next_unix_ms: candidate.retry_next_unix_ms,
-                    body_file: candidate.body_file,
-                    in_flight,
-                    attempting: false,
-                    held: candidate.held,
-                },
-            );
-            match in_flight {
-                true => fresh.push((id, candidate.location)),
-                false => retry_live.push((
-                    self.recovered_written_ms(candidate.retry_next_unix_ms, now),
-                    candidate.location,
-                    candidate.record_sequence,
-                )),
+        assert!(index.is_empty(), "invariant: recovery runs once, on an empty index");
+        *index = std::mem::take(&mut scan.live);
+        if index.capacity() > 4 * index.len().max(INDEX_CAPACITY_KEPT) {
+            index.shrink_to_fit();
+        }
+        // Counted here and added once: a million entries would otherwise
+        // take a million borrows of the logs and of the metrics.
+        let mut live_per_segment: recover::SegmentMap<u32> = Default::default();
+        let (mut deferred, mut body_files) = (0i64, 0i64);
+        for (id, entry) in index.iter() {
+            *live_per_segment.entry((log_slot(entry.location.log), entry.location.segment_sequence)).or_default() += 1;
+            deferred += i64::from(!entry.in_flight);
+            body_files += i64::from(entry.body_file);
+            if entry.in_flight {
+                fresh.push((*id, entry.location));
             }
         }
+        for ((slot, sequence), live) in live_per_segment {
+            if let Some(segment) = self.logs[slot].borrow_mut().segments.get_mut(&sequence) {
+                segment.live_add_count(live);
+            }
+        }
+        crate::metrics::queue_entries(index.len() as i64, deferred, body_files);
+        // A span for each retry record that is still its message's newest,
+        // in log order; then in the order the runners pass them (written
+        // time), a stable sort that keeps log order among equal times and
+        // finds the runs the log order already has.
         drop(index);
-        retry_live
-            .sort_unstable_by_key(|(written, location, _)| (*written, location.segment_sequence, location.offset));
+        let now = self.clock.unix_ms();
+        let mut retry_live: Vec<(u64, Location, u64)> = scan
+            .retry_live()
+            .into_iter()
+            .map(|r| (self.recovered_written_ms(r.retry_next_unix_ms, now), r.location, r.record_sequence))
+            .collect();
+        retry_live.sort_by_key(|(written, _, _)| *written);
         let mut spans = self.spans.borrow_mut();
         for (written, location, sequence) in retry_live {
             spans.push_back(Span::recovered(location, sequence, written));
@@ -548,7 +591,7 @@ impl<S: Storage + 'static> Queue<S> {
     /// A whole segment header of a version this build does not read is a
     /// spool from another version, not a torn write: the shard does not
     /// start, and the segment is left as it is (SPEC section 9).
-    fn check_segment_versions(&self, scan: &recover::Scan) -> std::io::Result<()> {
+    fn check_segment_versions(&self, scan: &recover::Scan<Entry>) -> std::io::Result<()> {
         let Some((name, version)) = scan.unsupported_version() else {
             return Ok(());
         };

@@ -53,16 +53,72 @@ pub struct Candidate {
 /// same spool gives the same iteration order on every run.
 pub type IdMap<V> = HashMap<QueueId, V, foldhash::fast::FixedState>;
 pub type IdSet = HashSet<QueueId, foldhash::fast::FixedState>;
+/// A map keyed by (log slot, segment sequence).
+pub type SegmentMap<V> = HashMap<(usize, u64), V, foldhash::fast::FixedState>;
 
-#[derive(Default)]
-pub struct Scan {
-    pub live: IdMap<Candidate>,
+/// What the scan keeps of a message's newest envelope record so far: the
+/// whole [`Candidate`] (the `ringpost queue` tools), or the queue's own
+/// index entry, so that recovery fills the index itself and builds no
+/// second table.
+pub trait Live {
+    fn of(candidate: Candidate) -> Self;
+    /// The generation that decides which record is newest (SPEC section 11).
+    fn attempt_count(&self) -> u16;
+    fn location(&self) -> Location;
+}
+
+impl Live for Candidate {
+    fn of(candidate: Candidate) -> Candidate {
+        candidate
+    }
+
+    fn attempt_count(&self) -> u16 {
+        self.attempt_count
+    }
+
+    fn location(&self) -> Location {
+        self.location
+    }
+}
+
+/// A retry-log envelope record in log order, for the runners' spans.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryRecord {
+    pub location: Location,
+    pub record_sequence: u64,
+    pub retry_next_unix_ms: u64,
+}
+
+pub struct Scan<V = Candidate> {
+    pub live: IdMap<V>,
     pub completed: IdSet,
     pub segments: Vec<ScannedSegment>,
     /// Per log (head, retry): the last trusted record sequence number.
     pub record_sequence_last: [Option<u64>; 2],
     /// Records read, all types.
     pub records: u64,
+    /// Every retry-log envelope record merged, in log order, when asked
+    /// for ([`Scan::keeping_retry_order`]); [`Scan::retry_live`] keeps the
+    /// ones still newest.
+    pub retry_order: Option<Vec<RetryRecord>>,
+    /// Retry-log records of `retry_order` that a newer record or a
+    /// completion killed: (segment, offset). Few: a spool's retry log
+    /// holds about one record per message.
+    retry_dead: HashSet<(u64, u32), foldhash::fast::FixedState>,
+}
+
+impl<V> Default for Scan<V> {
+    fn default() -> Scan<V> {
+        Scan {
+            live: IdMap::default(),
+            completed: IdSet::default(),
+            segments: Vec::new(),
+            record_sequence_last: [None; 2],
+            records: 0,
+            retry_order: None,
+            retry_dead: HashSet::default(),
+        }
+    }
 }
 
 pub fn log_index(kind: LogKind) -> usize {
@@ -184,7 +240,12 @@ pub fn scan_segment(mut out: SegmentScan, bytes: &[u8], keep: bool) -> SegmentSc
     out
 }
 
-impl Scan {
+impl<V: Live> Scan<V> {
+    /// A scan that also lists the retry log's envelope records in log order.
+    pub fn keeping_retry_order() -> Scan<V> {
+        Scan { retry_order: Some(Vec::new()), ..Scan::default() }
+    }
+
     /// Reads one segment. Segments go in order: every head segment by
     /// sequence, then every retry segment by sequence. `keep` says whether
     /// to keep the decoded envelopes of this log.
@@ -218,25 +279,56 @@ impl Scan {
                     if self.completed.contains(&id) {
                         continue;
                     }
-                    match self.live.entry(id) {
+                    let location = candidate.location;
+                    if let Some(order) = self.retry_order.as_mut().filter(|_| slot == 1) {
+                        order.push(RetryRecord {
+                            location,
+                            record_sequence: candidate.record_sequence,
+                            retry_next_unix_ms: candidate.retry_next_unix_ms,
+                        });
+                    }
+                    let dead = match self.live.entry(id) {
                         std::collections::hash_map::Entry::Vacant(slot) => {
-                            slot.insert(candidate);
+                            slot.insert(V::of(candidate));
+                            None
                         }
                         // Equal generations: the later record of the log wins.
                         std::collections::hash_map::Entry::Occupied(mut slot) => {
-                            if candidate.attempt_count >= slot.get().attempt_count {
-                                slot.insert(candidate);
+                            if candidate.attempt_count >= slot.get().attempt_count() {
+                                Some(slot.insert(V::of(candidate)).location())
+                            } else {
+                                Some(location)
                             }
                         }
-                    }
+                    };
+                    self.note_dead(dead);
                 }
                 ScanItem::Completion(id) => {
-                    self.live.remove(&id);
+                    let dead = self.live.remove(&id).map(|old| old.location());
+                    self.note_dead(dead);
                     self.completed.insert(id);
                 }
             }
         }
         self.segments.push(segment);
+    }
+
+    /// A record no longer its message's newest: forgotten by `retry_live`.
+    fn note_dead(&mut self, dead: Option<Location>) {
+        if let Some(dead) = dead.filter(|d| d.log == LogKind::Retry && self.retry_order.is_some()) {
+            self.retry_dead.insert((dead.segment_sequence, dead.offset));
+        }
+    }
+
+    /// The retry-log records still their message's newest, in log order
+    /// (with [`Scan::keeping_retry_order`]; empty without).
+    pub fn retry_live(&mut self) -> Vec<RetryRecord> {
+        let mut order = self.retry_order.take().unwrap_or_default();
+        if !self.retry_dead.is_empty() {
+            let dead = std::mem::take(&mut self.retry_dead);
+            order.retain(|r| !dead.contains(&(r.location.segment_sequence, r.location.offset)));
+        }
+        order
     }
 
     /// The first segment whose header is whole but of a version this build
@@ -377,7 +469,7 @@ mod tests {
             1,
             vec![vec![Staged::replacement(env(A, 1)), Staged::replacement(env(B, 1))], vec![completion(B)]],
         );
-        let mut scan = Scan::default();
+        let mut scan = Scan::<Candidate>::default();
         scan.add_segment(LogKind::Head, 1, "head", &head, true);
         scan.add_segment(LogKind::Retry, 1, "retry", &retry, true);
         assert_eq!(scan.live.len(), 2, "A (replaced) and C (fresh) live; B completed");
@@ -388,6 +480,51 @@ mod tests {
         assert_eq!(**c.envelope.as_ref().unwrap(), env(C, 0));
         assert_eq!(scan.record_sequence_last, [Some(5), Some(5)], "3 records and 2 paddings per log");
         assert_eq!(scan.damaged().count(), 0);
+    }
+
+    /// The runners' spans after recovery: every retry record still its
+    /// message's newest, in log order; a record replaced by a newer one
+    /// (in either order of generations) or killed by a completion is not
+    /// among them.
+    #[test]
+    fn retry_live_keeps_the_newest_retry_records_in_log_order() {
+        const D: &str = "000000000000DD00";
+        let (head, _) = segment(LogKind::Head, 1, 1, vec![vec![Staged::envelope(env(D, 0))], vec![completion(C)]]);
+        let (retry_1, next) = segment(
+            LogKind::Retry,
+            1,
+            1,
+            vec![
+                vec![Staged::replacement(env(A, 1)), Staged::replacement(env(B, 2))],
+                vec![Staged::replacement(env(C, 1))],
+            ],
+        );
+        // B again with an older generation (it stays dead on arrival), A
+        // again with a newer one, D's first retry record, then D completed.
+        let (retry_2, _) = segment(
+            LogKind::Retry,
+            2,
+            next,
+            vec![
+                vec![Staged::replacement(env(B, 1)), Staged::replacement(env(A, 2))],
+                vec![Staged::replacement(env(D, 1))],
+                vec![completion(D)],
+            ],
+        );
+        let scan_of = |keep: bool| {
+            let mut scan = if keep { Scan::<Candidate>::keeping_retry_order() } else { Scan::<Candidate>::default() };
+            scan.add_segment(LogKind::Head, 1, "head", &head, false);
+            scan.add_segment(LogKind::Retry, 1, "retry-1", &retry_1, false);
+            scan.add_segment(LogKind::Retry, 2, "retry-2", &retry_2, false);
+            scan
+        };
+        let mut scan = scan_of(true);
+        let live: Vec<Location> = scan.retry_live().iter().map(|r| r.location).collect();
+        let newest = |id: &str| scan.live[&crate::queue::envelope::queue_id_of(id)].location;
+        assert_eq!(live, vec![newest(B), newest(A)], "B (generation 2) then A (generation 2), in log order");
+        assert_eq!((newest(B).segment_sequence, newest(A).segment_sequence), (1, 2));
+        assert_eq!(scan.live.len(), 2, "C and D completed");
+        assert!(scan_of(false).retry_live().is_empty(), "no order kept unless asked");
     }
 
     #[test]
@@ -404,7 +541,7 @@ mod tests {
         );
         // Tear the second batch (block 2): one byte flipped inside B's record.
         head[2 * 4096 + 100] ^= 0xFF;
-        let mut scan = Scan::default();
+        let mut scan = Scan::<Candidate>::default();
         scan.add_segment(LogKind::Head, 1, "head", &head, false);
         let live: Vec<_> = scan.live.keys().copied().collect();
         assert_eq!(live, vec![crate::queue::envelope::queue_id_of(A)], "C follows the tear and is not trusted");
@@ -418,17 +555,17 @@ mod tests {
         let (head, _) = segment(LogKind::Head, 1, 1, vec![vec![Staged::envelope(env(A, 0))]]);
         // Cut in the middle of the first batch: nothing trusted, nothing panics.
         for cut in [0, 100, 4096, 4096 + 30, 4096 + 120] {
-            let mut scan = Scan::default();
+            let mut scan = Scan::<Candidate>::default();
             scan.add_segment(LogKind::Head, 1, "head", &head[..cut], false);
             assert!(scan.live.is_empty(), "cut at {cut}");
         }
         // Cut in the padding after it: the envelope is whole, and trusted.
-        let mut scan = Scan::default();
+        let mut scan = Scan::<Candidate>::default();
         scan.add_segment(LogKind::Head, 1, "head", &head[..8191], false);
         assert_eq!(scan.live.len(), 1);
         let mut bad = head.clone();
         bad[20] ^= 1;
-        let mut scan = Scan::default();
+        let mut scan = Scan::<Candidate>::default();
         scan.add_segment(LogKind::Head, 1, "head", &bad, false);
         assert!(scan.live.is_empty());
         assert!(scan.segments[0].header.is_none());
@@ -438,11 +575,11 @@ mod tests {
     fn misnamed_segment_and_sequence_going_backwards_are_not_read() {
         let (one, _) = segment(LogKind::Head, 1, 1, vec![vec![Staged::envelope(env(A, 0))]]);
         let (two, _) = segment(LogKind::Head, 2, 1, vec![vec![Staged::envelope(env(B, 0))]]);
-        let mut scan = Scan::default();
+        let mut scan = Scan::<Candidate>::default();
         scan.add_segment(LogKind::Head, 1, "one", &one, false);
         scan.add_segment(LogKind::Head, 2, "two", &two, false);
         assert_eq!(scan.live.len(), 1, "segment 2 restarts numbering: refused");
-        let mut scan = Scan::default();
+        let mut scan = Scan::<Candidate>::default();
         scan.add_segment(LogKind::Head, 7, "one", &one, false);
         assert!(scan.live.is_empty());
         assert!(scan.segments[0].problem.as_ref().unwrap().contains("file name"));
