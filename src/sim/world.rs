@@ -1145,15 +1145,15 @@ pub struct OutageReport {
 }
 
 /// The length of the outage scenario's accepting phase.
-pub const OUTAGE_MS: u64 = 3600 * 1000;
+const OUTAGE_MS: u64 = 3600 * 1000;
 /// Ticks between two checks of the bound in the outage scenario (the
 /// check walks the index).
 const OUTAGE_CHECK_TICKS: u64 = 16;
 /// Most turns of the executor a write or flush takes in the outage scenario.
 const OUTAGE_LATENCY_YIELDS_MAX: u32 = 24;
 
-/// A next hop down for an hour of simulated time (issue: delivery
-/// backlog): hop 0 refuses every connection for `OUTAGE_MS` while the
+/// A next hop down for an hour of simulated time (a delivery backlog
+/// under load): hop 0 refuses every connection for `OUTAGE_MS` while the
 /// clients send at a steady rate (if `hop_down`; otherwise every hop is up,
 /// the comparison), then comes back; no other fault, no crash. The queue's
 /// bound is checked as in [`run_seed`], the backlog must drain once the hop
