@@ -1087,23 +1087,7 @@ async fn simulate(seed: u64, messages_target: usize, broken: Broken) -> SeedRepo
     // The drain: nothing fails any more; everything queued must leave.
     *world.behaviour.borrow_mut() = Behaviour::calm();
     world.disk.state.borrow_mut().rates = Default::default();
-    let drain_start_ms = world.manual.unix_ms();
-    loop {
-        ticks += 1;
-        for _ in 0..TICK_YIELDS {
-            futures_lite::future::yield_now().await;
-        }
-        bound.check(&world, &shard.queue);
-        if shard.queue.live_count() == 0 && shard.queue.handoff_counts().0 == 0 {
-            break;
-        }
-        assert!(
-            world.manual.unix_ms() - drain_start_ms < DRAIN_MS_MAX,
-            "the queue did not drain: {} live",
-            shard.queue.live_count()
-        );
-        world.manual.advance(Duration::from_millis(500));
-    }
+    drain(&world, &shard.queue, &mut bound, &mut ticks, || Duration::from_millis(500)).await;
     shard.queue.close();
     for task in shard.tasks {
         task.await;
@@ -1113,6 +1097,36 @@ async fn simulate(seed: u64, messages_target: usize, broken: Broken) -> SeedRepo
     let mut report = check(&world, seed, ticks, state.crashes, state.sync_failures);
     report.segments_max = bound.segments_max;
     report
+}
+
+/// Runs ticks until the queue is empty (live entries and hand-off), the
+/// bound checked at each, the clock moved by `step` between them; fails
+/// after `DRAIN_MS_MAX` of simulated time. Returns the simulated ms it took.
+async fn drain(
+    world: &World,
+    queue: &Queue<SimStorage>,
+    bound: &mut Bound,
+    ticks: &mut u64,
+    step: impl Fn() -> Duration,
+) -> u64 {
+    let drain_start_ms = world.manual.unix_ms();
+    loop {
+        *ticks += 1;
+        world.tick.set(*ticks);
+        for _ in 0..TICK_YIELDS {
+            futures_lite::future::yield_now().await;
+        }
+        bound.check(world, queue);
+        if queue.live_count() == 0 && queue.handoff_counts().0 == 0 {
+            return world.manual.unix_ms() - drain_start_ms;
+        }
+        assert!(
+            world.manual.unix_ms() - drain_start_ms < DRAIN_MS_MAX,
+            "the queue did not drain: {} live",
+            queue.live_count()
+        );
+        world.manual.advance(step());
+    }
 }
 
 /// What the outage scenario found (see [`run_outage`]).
@@ -1217,25 +1231,8 @@ async fn simulate_outage(seed: u64, hop_down: bool) -> OutageReport {
         }
     }
     let live_at_return = shard.queue.live_count();
-    let drain_start_ms = world.manual.unix_ms();
-    loop {
-        ticks += 1;
-        world.tick.set(ticks);
-        for _ in 0..TICK_YIELDS {
-            futures_lite::future::yield_now().await;
-        }
-        bound.check(&world, &shard.queue);
-        if shard.queue.live_count() == 0 && shard.queue.handoff_counts().0 == 0 {
-            break;
-        }
-        assert!(
-            world.manual.unix_ms() - drain_start_ms < DRAIN_MS_MAX,
-            "the backlog did not drain: {} live",
-            shard.queue.live_count()
-        );
-        world.manual.advance(Duration::from_millis(1 + world.below(20)));
-    }
-    let drain_ms = world.manual.unix_ms() - drain_start_ms;
+    let drain_ms =
+        drain(&world, &shard.queue, &mut bound, &mut ticks, || Duration::from_millis(1 + world.below(20))).await;
     let retry = shard.queue.stats(LogKind::Retry);
     shard.queue.close();
     for task in shard.tasks {
