@@ -33,6 +33,7 @@ fn params() -> QueueParams {
         retry_lags: vec![Duration::from_secs(3600)],
         handoff_envelopes_max: 64,
         body_sync: ringpost::queue::BodySyncMode::Each,
+        body_store: ringpost::queue::BodyStore::Log,
     }
 }
 

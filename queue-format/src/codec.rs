@@ -19,6 +19,7 @@ use crate::wire::*;
 /// Body kind byte of an envelope.
 const BODY_KIND_INLINE: u8 = 1;
 const BODY_KIND_FILE: u8 = 2;
+const BODY_KIND_LOG: u8 = 3;
 
 /// Size in bytes of the whole encoded record (header and payload). Only
 /// meaningful for a body that passes [`RecordBody::check`].
@@ -43,6 +44,7 @@ fn envelope_size_bytes(e: &Envelope<'_>) -> usize {
     let inline = match e.body {
         BodyRef::Inline(bytes) => bytes.len(),
         BodyRef::File { .. } => 0,
+        BodyRef::Log { extents, .. } => extents.len(),
     };
     ENVELOPE_FIXED_SIZE_BYTES
         + e.sender.len()
@@ -56,6 +58,9 @@ fn envelope_size_bytes(e: &Envelope<'_>) -> usize {
 
 /// Appends the encoded record to `out`; returns its size in bytes.
 pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
+    if record.frame.log_kind == LogKind::Body {
+        return Err(EncodeError::BodyLogRecord);
+    }
     record.body.check()?;
     let start = out.len();
     let size = encoded_size_bytes(&record.body);
@@ -67,6 +72,9 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> Result<usize, EncodeErr
 
 /// Writes the encoded record at the start of `out`; returns its size in bytes.
 pub fn encode_into(record: &Record<'_>, out: &mut [u8]) -> Result<usize, EncodeError> {
+    if record.frame.log_kind == LogKind::Body {
+        return Err(EncodeError::BodyLogRecord);
+    }
     record.body.check()?;
     let size = encoded_size_bytes(&record.body);
     // Checked values are bounded (layout.rs proves the envelope maximum).
@@ -131,6 +139,11 @@ fn put_envelope(put: &mut Put<'_>, e: &Envelope<'_>) {
             size_bytes,
             checksum,
         } => (BODY_KIND_FILE, file_id, size_bytes, checksum, &[][..]),
+        BodyRef::Log {
+            extents,
+            size_bytes,
+            checksum,
+        } => (BODY_KIND_LOG, 0, size_bytes, checksum, extents),
     };
     put.fixed(&EnvelopeFixedRaw {
         queue_id: e.queue_id.0,
@@ -280,8 +293,10 @@ fn decode_frame(header: &RecordHeaderRaw) -> Result<RecordFrame, DecodeError> {
     if header.reserved_19 != 0 || header.reserved_22.get() != 0 {
         return Err(DecodeError::ReservedNotZero);
     }
-    let log_kind =
-        LogKind::from_u8(header.log_kind).ok_or(DecodeError::BadLogKind(header.log_kind))?;
+    // Body segments hold no records: log kind 3 frames none.
+    let log_kind = LogKind::from_u8(header.log_kind)
+        .filter(|&kind| kind != LogKind::Body)
+        .ok_or(DecodeError::BadLogKind(header.log_kind))?;
     Ok(RecordFrame {
         record_sequence: header.record_sequence.get(),
         log_kind,
@@ -397,7 +412,17 @@ fn decode_envelope(
         }
     }
     let inline_size = raw.body_inline_size_bytes.get() as usize;
-    let inline = take.field(inline_size, Field::InlineBody, INLINE_BODY_SIZE_BYTES_MAX)?;
+    let inline = if raw.body_kind == BODY_KIND_LOG {
+        // The extent table stands in the inline body's place.
+        body_extent_count(inline_size)?;
+        take.field(
+            inline_size,
+            Field::BodyExtents,
+            BODY_EXTENTS_MAX * BODY_EXTENT_SIZE_BYTES,
+        )?
+    } else {
+        take.field(inline_size, Field::InlineBody, INLINE_BODY_SIZE_BYTES_MAX)?
+    };
     take.finish()?;
     let body = decode_body_ref(&raw, inline)?;
     Ok(Envelope {
@@ -468,6 +493,17 @@ fn decode_body_ref<'a>(
             }
             Ok(BodyRef::File {
                 file_id: raw.body_file_id.get(),
+                size_bytes,
+                checksum,
+            })
+        }
+        BODY_KIND_LOG => {
+            if raw.body_file_id.get() != 0 {
+                return Err(DecodeError::BodyMismatch);
+            }
+            // The table's rules are the value's, checked with the envelope.
+            Ok(BodyRef::Log {
+                extents: inline,
                 size_bytes,
                 checksum,
             })

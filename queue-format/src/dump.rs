@@ -20,6 +20,7 @@ fn log_kind(kind: LogKind) -> &'static str {
     match kind {
         LogKind::Head => "head",
         LogKind::Retry => "retry",
+        LogKind::Body => "body",
     }
 }
 
@@ -127,6 +128,24 @@ fn envelope(e: &Envelope<'_>, out: &mut String) {
         } => {
             let _ = writeln!(out, "  body: file file_id={file_id:#018x} size_bytes={size_bytes} crc32c={checksum:#010x}");
         }
+        BodyRef::Log {
+            extents,
+            size_bytes,
+            checksum,
+        } => {
+            let count = extents.len() / BODY_EXTENT_SIZE_BYTES;
+            let _ = writeln!(
+                out,
+                "  body: log size_bytes={size_bytes} crc32c={checksum:#010x} extents={count}"
+            );
+            for (index, extent) in body_extents(extents).enumerate() {
+                let _ = writeln!(
+                    out,
+                    "  extent[{index}]: segment_sequence={} offset_bytes={} size_bytes={}",
+                    extent.segment_sequence, extent.offset_bytes, extent.size_bytes
+                );
+            }
+        }
     }
 }
 
@@ -156,6 +175,7 @@ pub fn stop_reason(reason: &StopReason) -> String {
             format!("wrong log: {} shard {shard_index}", log_kind(kind))
         }
         StopReason::MisplacedPadding => "padding not ending on a block boundary".to_string(),
+        StopReason::BodySegment => "body segment: body bytes, no records".to_string(),
     }
 }
 

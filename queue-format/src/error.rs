@@ -18,6 +18,8 @@ pub enum Field {
     RecipientParams,
     Reply,
     InlineBody,
+    /// The extent table of a body in the body log, counted in extents.
+    BodyExtents,
     Padding,
 }
 
@@ -47,6 +49,29 @@ pub enum LimitError {
     NothingPending,
     #[error("HELD flag on a first envelope (only a replacement envelope is held)")]
     HeldFirstEnvelope,
+    #[error("body in the body log on a replacement envelope (its body is copied to a body file)")]
+    BodyLogReplacement,
+    #[error("body extent table of {size_bytes} bytes is not a whole number of 16-byte extents")]
+    BodyExtentsTableSize { size_bytes: usize },
+    #[error("body extent table is empty")]
+    BodyExtentsEmpty,
+    #[error("body extent {index} names segment sequence 0")]
+    BodyExtentSegmentZero { index: usize },
+    #[error("body extent {index} starts at offset {offset_bytes}, inside the segment header")]
+    BodyExtentInHeader { index: usize, offset_bytes: u32 },
+    #[error("body extent {index} is empty")]
+    BodyExtentSizeZero { index: usize },
+    #[error("body extent {index} ends past 4 GiB, the largest segment")]
+    BodyExtentPastSegmentEnd { index: usize },
+    #[error("body extent {index} is in an earlier segment than the extent before it")]
+    BodyExtentSegmentBackwards { index: usize },
+    #[error("body extent {index} starts before the end of the extent before it in its segment")]
+    BodyExtentOverlap { index: usize },
+    #[error("body extents hold {extents_size_bytes} bytes, the body is {body_size_bytes}")]
+    BodyExtentsSizeMismatch {
+        extents_size_bytes: u64,
+        body_size_bytes: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
@@ -55,6 +80,9 @@ pub enum EncodeError {
     Limit(#[from] LimitError),
     #[error("buffer holds {available} bytes, record needs {needed}")]
     BufferTooSmall { needed: usize, available: usize },
+    /// A body segment (log kind 3) holds body bytes, never records.
+    #[error("a record framed for the body log (body segments hold no records)")]
+    BodyLogRecord,
 }
 
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
@@ -97,7 +125,9 @@ pub enum DecodeError {
     FieldOverrun { field: Option<Field> },
     #[error("{count} bytes left over after the payload's last field")]
     TrailingBytes { count: usize },
-    #[error("inline body size or checksum disagrees with the envelope")]
+    /// Body kind 1: the inline size or checksum disagrees with the fixed
+    /// part; body kind 2: inline bytes present; body kind 3: a body file id.
+    #[error("body fields disagree with the body kind")]
     BodyMismatch,
     #[error("invariant broken: {0}")]
     Invariant(LimitError),

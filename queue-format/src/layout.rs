@@ -3,11 +3,15 @@
 //! one and the other together, and bump [`FORMAT_VERSION`] if bytes change.
 
 /// Version written in every segment header. See "Version history" in SPEC.md.
-pub const FORMAT_VERSION: u16 = 2;
-/// Oldest version a reader accepts. Version 1 segments are read as version
-/// 2: the only byte the versions differ in is record type 4, which no
-/// version 1 writer wrote (SPEC.md section 15).
+pub const FORMAT_VERSION: u16 = 3;
+/// Oldest version a reader accepts. Version 1 and 2 segments are read as
+/// version 3: every byte their writers made keeps its meaning (version 1
+/// differs only in record type 4, which no version 1 writer wrote; version
+/// 3 only adds the body log) (SPEC.md section 15).
 pub const FORMAT_VERSION_READ_MIN: u16 = 1;
+/// First version with the body log: body segments (log kind 3) and body
+/// kind 3. A segment header of an earlier version never names log kind 3.
+pub const FORMAT_VERSION_BODY_LOG: u16 = 3;
 
 /// A queue id: 16 ASCII upper-case hex digits.
 pub const QUEUE_ID_SIZE_BYTES: usize = 16;
@@ -117,6 +121,7 @@ const _: () = assert!(PADDING_PAYLOAD_SIZE_BYTES_MAX <= RECORD_PAYLOAD_SIZE_BYTE
 const _: () = assert!(ENVELOPE_PAYLOAD_SIZE_BYTES_MAX <= RECORD_PAYLOAD_SIZE_BYTES_MAX);
 const _: () = assert!(INLINE_BODY_SIZE_BYTES_DEFAULT <= INLINE_BODY_SIZE_BYTES_MAX);
 const _: () = assert!(FORMAT_VERSION_READ_MIN >= 1 && FORMAT_VERSION_READ_MIN <= FORMAT_VERSION);
+const _: () = assert!(FORMAT_VERSION_BODY_LOG <= FORMAT_VERSION);
 // Lengths stored as u16 fit u16; the recipient count fits u16.
 const _: () = assert!(ADDRESS_SIZE_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(HEADERS_PREPENDED_SIZE_BYTES_MAX <= u16::MAX as usize);

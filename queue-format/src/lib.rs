@@ -12,9 +12,11 @@
 //! The parts:
 //! - [`layout`]: block size, header sizes, every limit, as constants with
 //!   compile-time checks of the facts the format relies on.
-//! - [`segment`]: the 4 KiB segment header at offset 0 of every segment file.
+//! - [`segment`]: the 4 KiB segment header at offset 0 of every segment file
+//!   (of the head and retry logs, and of the body log's body segments).
 //! - [`record`]: the typed records (envelope, replacement envelope,
-//!   completion, padding) and their invariants.
+//!   completion, padding) and their invariants, and the extent table of a
+//!   body in the body log.
 //! - [`codec`]: `encode_*` and [`decode`]: one record to bytes and back.
 //! - [`reader`]: [`LogReader`], which walks a segment and stops at the first
 //!   untrusted byte (the torn tail), saying where and why.
@@ -66,7 +68,8 @@ pub use error::{DecodeError, EncodeError, Field, LimitError};
 pub use layout::*;
 pub use reader::{LogEntry, LogExpect, LogReader, LogStop, StopReason};
 pub use record::{
-    BodyRef, Completion, CompletionReason, Envelope, EnvelopeFlags, LogKind, QueueId, Recipient,
-    RecipientState, Record, RecordBody, RecordFrame, RecordType,
+    body_extents, encode_body_extents, BodyExtent, BodyRef, Completion, CompletionReason, Envelope,
+    EnvelopeFlags, LogKind, QueueId, Recipient, RecipientState, Record, RecordBody, RecordFrame,
+    RecordType, BODY_EXTENTS_MAX, BODY_EXTENT_SIZE_BYTES,
 };
 pub use segment::{SegmentHeader, SegmentHeaderError};

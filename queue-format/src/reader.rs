@@ -6,6 +6,9 @@
 //! record sequence number, and, if it is Padding, ends on a block boundary.
 //! The first record that fails any of these ends the readable log; nothing
 //! after it is looked at (SPEC.md, "Recovery").
+//!
+//! A body segment (log kind 3) holds body bytes and no records: a reader of
+//! one reads none and stops at once with [`StopReason::BodySegment`].
 
 use crate::codec::{decode_at_depth, Depth};
 use crate::error::DecodeError;
@@ -48,13 +51,20 @@ pub enum StopReason {
     WrongLog { log_kind: LogKind, shard_index: u16 },
     /// A Padding record that does not end on a block boundary.
     MisplacedPadding,
+    /// The segment is a body segment (log kind 3): what follows its header
+    /// is body bytes, not records, and none is read.
+    BodySegment,
 }
 
 impl StopReason {
-    /// True for the ends a healthy log has (full segment, unwritten space);
-    /// false for a torn tail or corruption.
+    /// True for the ends a healthy log has (full segment, unwritten space,
+    /// a body segment's records, which are none); false for a torn tail or
+    /// corruption.
     pub fn is_clean(&self) -> bool {
-        matches!(self, StopReason::EndOfBytes | StopReason::Zeroed)
+        matches!(
+            self,
+            StopReason::EndOfBytes | StopReason::Zeroed | StopReason::BodySegment
+        )
     }
 }
 
@@ -79,7 +89,9 @@ pub struct LogReader<'a> {
 
 impl<'a> LogReader<'a> {
     /// Checks the segment header and reads from the first record on. Bytes
-    /// past the header's `segment_size_bytes` are ignored.
+    /// past the header's `segment_size_bytes` are ignored. A body segment's
+    /// reader reads no record: it stops at offset 4096 with
+    /// [`StopReason::BodySegment`].
     pub fn open_segment(
         segment: &'a [u8],
     ) -> Result<(SegmentHeader, LogReader<'a>), SegmentHeaderError> {
@@ -100,7 +112,8 @@ impl<'a> LogReader<'a> {
 
     /// Reads `segment` (which starts at the segment's first byte) from
     /// `offset` on, a record boundary the caller knows (for example the end
-    /// of the last batch it wrote or read).
+    /// of the last batch it wrote or read). Expecting the body log, it
+    /// reads nothing and stops at `offset` with [`StopReason::BodySegment`].
     pub fn new(segment: &'a [u8], offset: usize, expect: LogExpect) -> LogReader<'a> {
         assert!(
             offset <= segment.len(),
@@ -153,6 +166,9 @@ impl<'a> Iterator for LogReader<'a> {
     fn next(&mut self) -> Option<LogEntry<'a>> {
         if self.stop.is_some() {
             return None;
+        }
+        if self.expect.log_kind == LogKind::Body {
+            return self.halt(StopReason::BodySegment);
         }
         let remaining = self.segment.get(self.offset..).unwrap_or(&[]);
         if remaining.is_empty() {

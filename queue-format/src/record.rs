@@ -7,7 +7,7 @@
 //! |------|---------------------|---------|
 //! | 0    | (none)              | never written: a zero type byte at a record start is unwritten space, the end of the log |
 //! | 1    | Padding             | zero payload; closes a batch on a 4 KiB boundary; carries no meaning |
-//! | 2    | Envelope            | a message as accepted: sender, recipients, body (inline or body file). First record of every message |
+//! | 2    | Envelope            | a message as accepted: sender, recipients, body (inline, body file or body log). First record of every message |
 //! | 3    | ReplacementEnvelope | the whole envelope again with updated recipient states and the next retry time; supersedes every earlier envelope of the message |
 //! | 4    | (retired)           | RecipientResult in version 1, never written; refused as an unknown type since version 2 |
 //! | 5    | Completion          | the message is done; every record of its queue id, earlier or in the other log, is dead |
@@ -15,10 +15,15 @@
 //! Decoded records borrow from the bytes they were read from: a start-up
 //! scan of a whole log copies no bodies.
 
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, IntoBytes};
+
 use crate::error::{Field, LimitError};
 use crate::layout::*;
+use crate::wire::BodyExtentRaw;
 
-/// Which of a shard's two logs a segment or record belongs to.
+/// Which of a shard's logs a segment belongs to. Records belong to the head
+/// and retry logs only; the body log's segments hold body bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum LogKind {
@@ -28,6 +33,10 @@ pub enum LogKind {
     /// Replacement envelopes, and the completions of messages whose newest
     /// envelope is a replacement.
     Retry = 2,
+    /// Body segments: the bodies of head-log Envelopes, appended as they
+    /// arrive (body kind 3). No records: a record framed with this kind is
+    /// refused.
+    Body = 3,
 }
 
 impl LogKind {
@@ -35,6 +44,7 @@ impl LogKind {
         match value {
             1 => Some(LogKind::Head),
             2 => Some(LogKind::Retry),
+            3 => Some(LogKind::Body),
             _ => None,
         }
     }
@@ -232,6 +242,123 @@ pub enum BodyRef<'a> {
         size_bytes: u64,
         checksum: u32,
     },
+    /// The body is in the shard's body log, in the pieces its extent table
+    /// lists, in body order; it is `size_bytes` long and `checksum` is the
+    /// CRC32C of the pieces' bytes, one after the other. Envelopes only.
+    Log {
+        /// `extents`: the raw extent table, BODY_EXTENT_SIZE_BYTES per extent.
+        extents: &'a [u8],
+        size_bytes: u64,
+        checksum: u32,
+    },
+}
+
+/// One piece of a body in the body log: `size_bytes` bytes at `offset_bytes`
+/// from the start of the body segment numbered `segment_sequence`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyExtent {
+    /// The body segment's sequence number, at least 1.
+    pub segment_sequence: u64,
+    /// From the start of the segment file: at least 4096, past the header.
+    pub offset_bytes: u32,
+    /// At least 1; `offset_bytes + size_bytes` is at most 2^32.
+    pub size_bytes: u32,
+}
+
+/// Size of one entry of a body extent table.
+pub const BODY_EXTENT_SIZE_BYTES: usize = 16;
+/// Most extents one body has: the table fits the inline body's place.
+pub const BODY_EXTENTS_MAX: usize = 65536;
+
+const _: () = assert!(core::mem::size_of::<BodyExtentRaw>() == BODY_EXTENT_SIZE_BYTES);
+const _: () = assert!(BODY_EXTENTS_MAX * BODY_EXTENT_SIZE_BYTES <= INLINE_BODY_SIZE_BYTES_MAX);
+
+/// The extents of a table (one the decoder accepted, or one made by
+/// encode_body_extents). Bytes after the last whole entry are ignored.
+pub fn body_extents(table: &[u8]) -> impl Iterator<Item = BodyExtent> + '_ {
+    table
+        .chunks_exact(BODY_EXTENT_SIZE_BYTES)
+        .filter_map(|entry| BodyExtentRaw::read_from_bytes(entry).ok())
+        .map(|raw| BodyExtent {
+            segment_sequence: raw.segment_sequence.get(),
+            offset_bytes: raw.offset_bytes.get(),
+            size_bytes: raw.size_bytes.get(),
+        })
+}
+
+/// Appends the table form of `extents` to `out`.
+pub fn encode_body_extents(extents: &[BodyExtent], out: &mut Vec<u8>) {
+    out.reserve(extents.len() * BODY_EXTENT_SIZE_BYTES);
+    for extent in extents {
+        let raw = BodyExtentRaw {
+            segment_sequence: U64::new(extent.segment_sequence),
+            offset_bytes: U32::new(extent.offset_bytes),
+            size_bytes: U32::new(extent.size_bytes),
+        };
+        out.extend_from_slice(raw.as_bytes());
+    }
+}
+
+/// The number of extents in a table of `size_bytes` bytes, if that is a
+/// valid table size: a whole number of entries, 1..=BODY_EXTENTS_MAX.
+pub(crate) fn body_extent_count(size_bytes: usize) -> Result<usize, LimitError> {
+    if !size_bytes.is_multiple_of(BODY_EXTENT_SIZE_BYTES) {
+        return Err(LimitError::BodyExtentsTableSize { size_bytes });
+    }
+    let count = size_bytes / BODY_EXTENT_SIZE_BYTES;
+    if count == 0 {
+        return Err(LimitError::BodyExtentsEmpty);
+    }
+    limit(Field::BodyExtents, count, BODY_EXTENTS_MAX)?;
+    Ok(count)
+}
+
+/// Every rule of a body's extent table (SPEC.md section 6.1): its size,
+/// each extent in bounds, body order (segments never go back, extents of
+/// one segment never overlap), and sizes adding up to the body's.
+fn check_body_extents(table: &[u8], body_size_bytes: u64) -> Result<(), LimitError> {
+    body_extent_count(table.len())?;
+    let mut total: u64 = 0;
+    let mut previous: Option<BodyExtent> = None;
+    for (index, extent) in body_extents(table).enumerate() {
+        if extent.segment_sequence == 0 {
+            return Err(LimitError::BodyExtentSegmentZero { index });
+        }
+        if (extent.offset_bytes as usize) < SEGMENT_HEADER_SIZE_BYTES {
+            return Err(LimitError::BodyExtentInHeader {
+                index,
+                offset_bytes: extent.offset_bytes,
+            });
+        }
+        if extent.size_bytes == 0 {
+            return Err(LimitError::BodyExtentSizeZero { index });
+        }
+        let end = extent.offset_bytes as u64 + extent.size_bytes as u64;
+        if end > SEGMENT_SIZE_BYTES_MAX {
+            return Err(LimitError::BodyExtentPastSegmentEnd { index });
+        }
+        if let Some(previous) = previous {
+            if extent.segment_sequence < previous.segment_sequence {
+                return Err(LimitError::BodyExtentSegmentBackwards { index });
+            }
+            let previous_end = previous.offset_bytes as u64 + previous.size_bytes as u64;
+            if extent.segment_sequence == previous.segment_sequence
+                && (extent.offset_bytes as u64) < previous_end
+            {
+                return Err(LimitError::BodyExtentOverlap { index });
+            }
+        }
+        // At most 2^16 extents of less than 2^32 bytes: no overflow.
+        total += extent.size_bytes as u64;
+        previous = Some(extent);
+    }
+    if total != body_size_bytes {
+        return Err(LimitError::BodyExtentsSizeMismatch {
+            extents_size_bytes: total,
+            body_size_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// One recipient inside an envelope.
@@ -415,6 +542,16 @@ impl Envelope<'_> {
                 if file_id == 0 {
                     return Err(LimitError::BodyFileIdZero);
                 }
+            }
+            BodyRef::Log {
+                extents,
+                size_bytes,
+                ..
+            } => {
+                if replacement {
+                    return Err(LimitError::BodyLogReplacement);
+                }
+                check_body_extents(extents, size_bytes)?;
             }
         }
         if replacement {

@@ -1,7 +1,8 @@
 //! The segment header: the first 4 KiB block of every segment file. It names
 //! the log the segment belongs to and the record sequence number its first
 //! record carries, so a reader can chain segments and tell a stale or
-//! misplaced segment from the live one.
+//! misplaced segment from the live one. A body segment (log kind 3) has the
+//! same header, with no first record: its `record_sequence_first` is 0.
 
 use thiserror::Error;
 use zerocopy::little_endian::{U16, U32, U64};
@@ -23,7 +24,8 @@ pub struct SegmentHeader {
     /// Position of this segment in its log; a new or recycled segment gets
     /// one more than the newest segment of the log.
     pub segment_sequence: u64,
-    /// Record sequence number of the first record in this segment.
+    /// Record sequence number of the first record in this segment; 0 in a
+    /// body segment, which holds no records.
     pub record_sequence_first: u64,
     pub created_unix_ms: u64,
     /// Size of the segment file, header included; a multiple of 4 KiB.
@@ -52,6 +54,8 @@ pub enum SegmentHeaderError {
     BadSegmentSize(u64),
     #[error("reserved bytes are not zero")]
     ReservedNotZero,
+    #[error("body segment states record sequence {0}, not 0 (it holds no records)")]
+    BodySegmentRecordSequence(u64),
 }
 
 impl SegmentHeader {
@@ -60,10 +64,16 @@ impl SegmentHeader {
         if !(FORMAT_VERSION_READ_MIN..=FORMAT_VERSION).contains(&self.format_version) {
             return Err(SegmentHeaderError::UnsupportedVersion(self.format_version));
         }
+        check_log_kind(self.log_kind, self.format_version)?;
         let size = self.segment_size_bytes;
         let aligned = size.is_multiple_of(BLOCK_SIZE_BYTES as u64);
         if !(SEGMENT_SIZE_BYTES_MIN..=SEGMENT_SIZE_BYTES_MAX).contains(&size) || !aligned {
             return Err(SegmentHeaderError::BadSegmentSize(size));
+        }
+        if self.log_kind == LogKind::Body && self.record_sequence_first != 0 {
+            return Err(SegmentHeaderError::BodySegmentRecordSequence(
+                self.record_sequence_first,
+            ));
         }
         Ok(())
     }
@@ -124,6 +134,7 @@ impl SegmentHeader {
         }
         let log_kind =
             LogKind::from_u8(raw.log_kind).ok_or(SegmentHeaderError::BadLogKind(raw.log_kind))?;
+        check_log_kind(log_kind, format_version)?;
         if raw.block_size_bytes.get() != BLOCK_SIZE_BYTES as u32 {
             return Err(SegmentHeaderError::BadBlockSize(raw.block_size_bytes.get()));
         }
@@ -144,4 +155,13 @@ impl SegmentHeader {
         header.check()?;
         Ok(header)
     }
+}
+
+/// Log kind 3 (body segments) exists from version 3 on: no earlier writer
+/// made one.
+fn check_log_kind(log_kind: LogKind, format_version: u16) -> Result<(), SegmentHeaderError> {
+    if log_kind == LogKind::Body && format_version < FORMAT_VERSION_BODY_LOG {
+        return Err(SegmentHeaderError::BadLogKind(log_kind as u8));
+    }
+    Ok(())
 }

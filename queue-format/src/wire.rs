@@ -136,3 +136,16 @@ const _: () = assert!(size_of::<CompletionRaw>() == COMPLETION_SIZE_BYTES);
 const _: () = assert!(offset_of!(CompletionRaw, completion_unix_ms) == 16);
 const _: () = assert!(offset_of!(CompletionRaw, attempt_count) == 24);
 const _: () = assert!(offset_of!(CompletionRaw, completion_reason) == 26);
+
+/// One entry of a body extent table (body kind 3).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy)]
+#[repr(C)]
+pub(crate) struct BodyExtentRaw {
+    pub segment_sequence: U64,
+    pub offset_bytes: U32,
+    pub size_bytes: U32,
+}
+
+const _: () = assert!(size_of::<BodyExtentRaw>() == 16);
+const _: () = assert!(offset_of!(BodyExtentRaw, offset_bytes) == 8);
+const _: () = assert!(offset_of!(BodyExtentRaw, size_bytes) == 12);

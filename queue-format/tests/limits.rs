@@ -328,8 +328,8 @@ fn decoder_names_each_fault() {
         DecodeError::Invariant(LimitError::HeldFirstEnvelope)
     );
     assert_eq!(
-        decode_error(&resealed(envelope.clone(), |b| b[payload + 58] = 3)),
-        DecodeError::BadBodyKind(3)
+        decode_error(&resealed(envelope.clone(), |b| b[payload + 58] = 4)),
+        DecodeError::BadBodyKind(4)
     );
     assert_eq!(
         decode_error(&resealed(envelope.clone(), |b| b[payload + 48] ^= 1)),
@@ -485,8 +485,12 @@ fn segment_header_faults() {
         Err(SegmentHeaderError::BadChecksum { .. })
     ));
     assert_eq!(
-        header_resealed(|b| b[8] = 3),
-        Err(SegmentHeaderError::UnsupportedVersion(3))
+        header_resealed(|b| b[8] = 4),
+        Err(SegmentHeaderError::UnsupportedVersion(4))
+    );
+    assert_eq!(
+        header_resealed(|b| b[8] = 2).map(|h| h.format_version),
+        Ok(2)
     );
     assert_eq!(
         header_resealed(|b| b[8] = 0),
@@ -499,6 +503,43 @@ fn segment_header_faults() {
     assert_eq!(
         header_resealed(|b| b[10] = 0),
         Err(SegmentHeaderError::BadLogKind(0))
+    );
+    assert_eq!(
+        header_resealed(|b| b[10] = 4),
+        Err(SegmentHeaderError::BadLogKind(4))
+    );
+    // A body segment has no first record, and exists from version 3 on.
+    assert_eq!(
+        header_resealed(|b| b[10] = 3),
+        Err(SegmentHeaderError::BodySegmentRecordSequence(77))
+    );
+    assert_eq!(
+        header_resealed(|b| {
+            b[10] = 3;
+            b[24..32].fill(0);
+        })
+        .map(|h| (h.log_kind, h.record_sequence_first)),
+        Ok((LogKind::Body, 0))
+    );
+    assert_eq!(
+        header_resealed(|b| {
+            b[8] = 2;
+            b[10] = 3;
+            b[24..32].fill(0);
+        }),
+        Err(SegmentHeaderError::BadLogKind(3))
+    );
+    let mut body = segment_header(LogKind::Body, 1, 0);
+    body.format_version = 2;
+    assert_eq!(
+        body.encode(&mut [0u8; 4096]),
+        Err(SegmentHeaderError::BadLogKind(3))
+    );
+    body.format_version = FORMAT_VERSION;
+    body.record_sequence_first = 1;
+    assert_eq!(
+        body.encode(&mut [0u8; 4096]),
+        Err(SegmentHeaderError::BodySegmentRecordSequence(1))
     );
     assert_eq!(
         header_resealed(|b| b[49] = 0x20),
@@ -717,6 +758,335 @@ fn open_segment_reads_no_further_than_the_stated_size() {
         Some(LogStop {
             offset: SEGMENT_SIZE_BYTES_MIN as usize,
             reason: StopReason::EndOfBytes
+        })
+    );
+}
+
+fn log_body(extents: &[BodyExtent]) -> (Vec<u8>, u64) {
+    let mut table = Vec::new();
+    encode_body_extents(extents, &mut table);
+    let size_bytes = extents.iter().map(|e| e.size_bytes as u64).sum();
+    (table, size_bytes)
+}
+
+fn extent(segment_sequence: u64, offset_bytes: u32, size_bytes: u32) -> BodyExtent {
+    BodyExtent {
+        segment_sequence,
+        offset_bytes,
+        size_bytes,
+    }
+}
+
+/// Encodes an Envelope whose body is `table` in the body log.
+fn encode_body_log(table: &[u8], size_bytes: u64) -> Result<Vec<u8>, EncodeError> {
+    let mut envelope = envelope_body_log();
+    envelope.body = BodyRef::Log {
+        extents: table,
+        size_bytes,
+        checksum: 0x0123_4567,
+    };
+    let mut bytes = Vec::new();
+    encode(&head(1, RecordBody::Envelope(envelope)), &mut bytes)?;
+    Ok(bytes)
+}
+
+#[test]
+fn body_log_tables_round_trip() {
+    let cases: Vec<Vec<BodyExtent>> = vec![
+        vec![extent(1, 4096, 1)],
+        BODY_LOG_EXTENTS.to_vec(),
+        // Touching extents of one segment, then a jump of several segments.
+        vec![
+            extent(3, 4096, 100),
+            extent(3, 4196, 100),
+            extent(9, 8192, 7),
+        ],
+        // The last byte of the largest segment.
+        vec![extent(u64::MAX, u32::MAX, 1)],
+        vec![extent(2, 4096, u32::MAX - 4095)],
+        // The most extents a body has.
+        (0..BODY_EXTENTS_MAX as u64)
+            .map(|i| extent(1 + i / 1000, 4096 + (i % 1000) as u32 * 65536, 65536))
+            .collect(),
+    ];
+    for extents in cases {
+        let (table, size_bytes) = log_body(&extents);
+        assert_eq!(table.len(), extents.len() * BODY_EXTENT_SIZE_BYTES);
+        assert_eq!(body_extents(&table).collect::<Vec<_>>(), extents);
+        let bytes = encode_body_log(&table, size_bytes).unwrap();
+        let (record, size) = decode(&bytes).unwrap();
+        assert_eq!(size, bytes.len());
+        assert_eq!(decode_summary(&bytes).unwrap().1, size);
+        let RecordBody::Envelope(envelope) = record.body else {
+            panic!("not an envelope");
+        };
+        assert_eq!(
+            envelope.body,
+            BodyRef::Log {
+                extents: &table,
+                size_bytes,
+                checksum: 0x0123_4567,
+            }
+        );
+        // The table stands in the inline body's place.
+        let payload = RECORD_HEADER_SIZE_BYTES;
+        assert_eq!(bytes[payload + 58], 3);
+        assert_eq!(&bytes[payload + 32..payload + 40], &[0; 8]);
+        assert_eq!(
+            &bytes[payload + 72..payload + 76],
+            &(table.len() as u32).to_le_bytes()
+        );
+        assert_eq!(&bytes[bytes.len() - table.len()..], &table[..]);
+    }
+}
+
+/// Each broken rule of an extent table, refused by the encoder and, in the
+/// bytes of a valid record changed to break it, by the decoder.
+#[test]
+fn body_log_tables_refused_both_ways() {
+    let invariant = |error| DecodeError::Invariant(error);
+    let cases: Vec<(Vec<BodyExtent>, LimitError)> = vec![
+        (vec![], LimitError::BodyExtentsEmpty),
+        (
+            vec![extent(0, 4096, 10)],
+            LimitError::BodyExtentSegmentZero { index: 0 },
+        ),
+        (
+            vec![extent(1, 4096, 10), extent(1, 4106, 0)],
+            LimitError::BodyExtentSizeZero { index: 1 },
+        ),
+        (
+            vec![extent(1, 4095, 10)],
+            LimitError::BodyExtentInHeader {
+                index: 0,
+                offset_bytes: 4095,
+            },
+        ),
+        (
+            vec![extent(1, 0, 10)],
+            LimitError::BodyExtentInHeader {
+                index: 0,
+                offset_bytes: 0,
+            },
+        ),
+        (
+            vec![extent(1, u32::MAX, 2)],
+            LimitError::BodyExtentPastSegmentEnd { index: 0 },
+        ),
+        (
+            vec![
+                extent(2, 4096, 10),
+                extent(3, 4096, 10),
+                extent(2, 8192, 10),
+            ],
+            LimitError::BodyExtentSegmentBackwards { index: 2 },
+        ),
+        (
+            vec![extent(2, 4096, 10), extent(2, 4105, 10)],
+            LimitError::BodyExtentOverlap { index: 1 },
+        ),
+        // An extent before the previous one in the same segment.
+        (
+            vec![extent(2, 8192, 10), extent(2, 4096, 10)],
+            LimitError::BodyExtentOverlap { index: 1 },
+        ),
+    ];
+    for (extents, error) in cases {
+        let (table, size_bytes) = log_body(&extents);
+        assert_eq!(
+            encode_body_log(&table, size_bytes),
+            Err(EncodeError::Limit(error)),
+            "{extents:?}"
+        );
+        // The same table written into a record by hand is refused too.
+        let (good, good_size) = log_body(&[extent(1, 4096, 1)]);
+        let bytes = encode_body_log(&good, good_size).unwrap();
+        let bytes = with_table(bytes, &table, size_bytes);
+        assert_eq!(decode(&bytes).unwrap_err(), invariant(error), "{extents:?}");
+        assert!(decode_summary(&bytes).is_err());
+    }
+
+    // Sizes that do not add up to the body's.
+    let (table, size_bytes) = log_body(&BODY_LOG_EXTENTS);
+    for wrong in [size_bytes - 1, size_bytes + 1, 0, u64::MAX] {
+        let error = LimitError::BodyExtentsSizeMismatch {
+            extents_size_bytes: size_bytes,
+            body_size_bytes: wrong,
+        };
+        assert_eq!(
+            encode_body_log(&table, wrong),
+            Err(EncodeError::Limit(error))
+        );
+        let bytes = with_table(encode_body_log(&table, size_bytes).unwrap(), &table, wrong);
+        assert_eq!(decode(&bytes).unwrap_err(), invariant(error));
+    }
+
+    // A table that is not a whole number of extents.
+    for cut in [1, 8, 15] {
+        let short = &table[..table.len() - cut];
+        let error = LimitError::BodyExtentsTableSize {
+            size_bytes: short.len(),
+        };
+        assert_eq!(
+            encode_body_log(short, size_bytes),
+            Err(EncodeError::Limit(error))
+        );
+        let bytes = with_table(
+            encode_body_log(&table, size_bytes).unwrap(),
+            short,
+            size_bytes,
+        );
+        assert_eq!(decode(&bytes).unwrap_err(), invariant(error));
+        assert_eq!(decode_summary(&bytes).unwrap_err(), invariant(error));
+    }
+
+    // More extents than a body has.
+    let many: Vec<BodyExtent> = (0..BODY_EXTENTS_MAX as u64 + 1)
+        .map(|i| extent(1 + i, 4096, 1))
+        .collect();
+    let (table, size_bytes) = log_body(&many);
+    let too_many = LimitError::FieldTooLong {
+        field: Field::BodyExtents,
+        size: BODY_EXTENTS_MAX + 1,
+        max: BODY_EXTENTS_MAX,
+    };
+    assert_eq!(
+        encode_body_log(&table, size_bytes),
+        Err(EncodeError::Limit(too_many))
+    );
+    let (one, one_size) = log_body(&many[..1]);
+    let bytes = with_table(encode_body_log(&one, one_size).unwrap(), &table, size_bytes);
+    assert_eq!(
+        decode(&bytes).unwrap_err(),
+        DecodeError::FieldTooLong {
+            field: Field::BodyExtents,
+            size: BODY_EXTENTS_MAX + 1,
+            max: BODY_EXTENTS_MAX,
+        }
+    );
+
+    // A body file id beside a table.
+    let (table, size_bytes) = log_body(&BODY_LOG_EXTENTS);
+    let bytes = encode_body_log(&table, size_bytes).unwrap();
+    let payload = RECORD_HEADER_SIZE_BYTES;
+    assert_eq!(
+        decode(&resealed(bytes.clone(), |b| b[payload + 32] = 1)).unwrap_err(),
+        DecodeError::BodyMismatch
+    );
+    // A table cut short of its stated size overruns the payload.
+    let overrun = resealed(bytes.clone(), |b| {
+        let inline = (table.len() as u32 + 16).to_le_bytes();
+        b[payload + 72..payload + 76].copy_from_slice(&inline);
+    });
+    assert_eq!(
+        decode(&overrun).unwrap_err(),
+        DecodeError::FieldOverrun {
+            field: Some(Field::BodyExtents)
+        }
+    );
+}
+
+/// Replaces the extent table at the end of an encoded body-log envelope
+/// with `table` and its body size with `size_bytes`, fixing every length
+/// and the checksum.
+fn with_table(mut bytes: Vec<u8>, table: &[u8], size_bytes: u64) -> Vec<u8> {
+    let payload = RECORD_HEADER_SIZE_BYTES;
+    let old = u32::from_le_bytes(bytes[payload + 72..payload + 76].try_into().unwrap()) as usize;
+    bytes.truncate(bytes.len() - old);
+    bytes.extend_from_slice(table);
+    let payload_size = (bytes.len() - payload) as u32;
+    resealed(bytes, |b| {
+        b[4..8].copy_from_slice(&payload_size.to_le_bytes());
+        b[payload + 40..payload + 48].copy_from_slice(&size_bytes.to_le_bytes());
+        b[payload + 72..payload + 76].copy_from_slice(&(table.len() as u32).to_le_bytes());
+    })
+}
+
+/// A replacement's body is never in the body log: refused both ways.
+#[test]
+fn body_log_in_a_replacement_envelope_is_refused() {
+    let mut envelope = envelope_body_log();
+    envelope.attempt_count = 1;
+    let replacement = Record {
+        frame: frame(LogKind::Retry, 1),
+        body: RecordBody::ReplacementEnvelope(envelope),
+    };
+    assert_eq!(
+        encode(&replacement, &mut Vec::new()),
+        Err(EncodeError::Limit(LimitError::BodyLogReplacement))
+    );
+    // The valid Envelope made a ReplacementEnvelope by hand.
+    let mut bytes = Vec::new();
+    encode(
+        &head(1, RecordBody::Envelope(envelope_body_log())),
+        &mut bytes,
+    )
+    .unwrap();
+    let payload = RECORD_HEADER_SIZE_BYTES;
+    let bytes = resealed(bytes, |b| {
+        b[16] = RecordType::ReplacementEnvelope as u8;
+        b[18] = LogKind::Retry as u8;
+        b[payload + 52..payload + 54].copy_from_slice(&1u16.to_le_bytes());
+    });
+    let error = DecodeError::Invariant(LimitError::BodyLogReplacement);
+    assert_eq!(decode(&bytes).unwrap_err(), error);
+    assert_eq!(decode_summary(&bytes).unwrap_err(), error);
+    // The same bytes with an inline body decode: the body kind is the fault.
+    let mut inline = envelope_inline();
+    inline.attempt_count = 1;
+    let mut bytes = Vec::new();
+    let record = Record {
+        frame: frame(LogKind::Retry, 1),
+        body: RecordBody::ReplacementEnvelope(inline),
+    };
+    encode(&record, &mut bytes).unwrap();
+    assert_eq!(decode(&bytes).unwrap().0, record);
+}
+
+/// Body segments hold no records: none is framed for them, none is read
+/// from them.
+#[test]
+fn no_records_in_the_body_log() {
+    let record = Record {
+        frame: frame(LogKind::Body, 1),
+        body: RecordBody::Completion(completion()),
+    };
+    assert_eq!(
+        encode(&record, &mut Vec::new()),
+        Err(EncodeError::BodyLogRecord)
+    );
+    assert_eq!(
+        encode_into(&record, &mut [0u8; 100]),
+        Err(EncodeError::BodyLogRecord)
+    );
+    let mut builder = BatchBuilder::new(vec![0u8; 4096], LogKind::Body, SHARD_INDEX, 1);
+    assert_eq!(
+        builder.push(&RecordBody::Completion(completion())),
+        Err(PushError::Encode(EncodeError::BodyLogRecord))
+    );
+    assert_eq!(builder.finish().size_bytes, 0);
+
+    // A record header saying log kind 3 is refused.
+    let mut bytes = Vec::new();
+    encode(&head(1, RecordBody::Completion(completion())), &mut bytes).unwrap();
+    let bytes = resealed(bytes, |b| b[18] = 3);
+    assert_eq!(decode(&bytes).unwrap_err(), DecodeError::BadLogKind(3));
+
+    // A reader expecting the body log reads nothing, whatever the bytes.
+    let mut bytes = Vec::new();
+    encode(&head(1, RecordBody::Completion(completion())), &mut bytes).unwrap();
+    let expect = LogExpect {
+        log_kind: LogKind::Body,
+        shard_index: SHARD_INDEX,
+        record_sequence_next: 1,
+    };
+    let mut reader = LogReader::new(&bytes, 0, expect);
+    assert!(reader.next().is_none());
+    assert_eq!(
+        reader.stop(),
+        Some(LogStop {
+            offset: 0,
+            reason: StopReason::BodySegment
         })
     );
 }

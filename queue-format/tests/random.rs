@@ -126,14 +126,14 @@ fn envelope<'a>(rng: &mut Rng, pool: &'a [u8], replacement: bool) -> Envelope<'a
     } else {
         (0, rng.next_u64())
     };
-    let body = if rng.chance(2) {
-        BodyRef::Inline(slice(rng, pool, 0, INLINE_BODY_SIZE_BYTES_MAX))
-    } else {
-        BodyRef::File {
+    let body = match rng.below(if replacement { 2 } else { 3 }) {
+        0 => BodyRef::Inline(slice(rng, pool, 0, INLINE_BODY_SIZE_BYTES_MAX)),
+        1 => BodyRef::File {
             file_id: rng.next_u64() | 1,
             size_bytes: rng.next_u64(),
             checksum: rng.next_u64() as u32,
-        }
+        },
+        _ => body_log(rng),
     };
     Envelope {
         queue_id: queue_id(rng),
@@ -152,6 +152,53 @@ fn envelope<'a>(rng: &mut Rng, pool: &'a [u8], replacement: bool) -> Envelope<'a
         headers_prepended: slice(rng, pool, 0, HEADERS_PREPENDED_SIZE_BYTES_MAX),
         recipients,
         body,
+    }
+}
+
+/// A valid extent table of BODY_EXTENTS_MAX extents in body order: any run
+/// of whole entries of it is a valid table too.
+static EXTENT_TABLE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let mut rng = Rng::new(seed());
+    let mut extents = Vec::with_capacity(BODY_EXTENTS_MAX);
+    let (mut segment_sequence, mut offset_bytes) = (1 + rng.below(1 << 40), 4096u64);
+    while extents.len() < BODY_EXTENTS_MAX {
+        if rng.chance(4) {
+            segment_sequence += 1 + rng.below(3);
+            offset_bytes = 4096 + rng.below(1 << 20);
+        }
+        // Mostly the writer's 64 KiB pieces, sometimes short, sometimes huge.
+        let size_bytes = match rng.below(8) {
+            0 => 1 + rng.below(65536),
+            1 => 1 + rng.below(1 << 31),
+            _ => 65536,
+        };
+        if offset_bytes + size_bytes > SEGMENT_SIZE_BYTES_MAX {
+            segment_sequence += 1;
+            offset_bytes = 4096;
+            continue;
+        }
+        extents.push(BodyExtent {
+            segment_sequence,
+            offset_bytes: offset_bytes as u32,
+            size_bytes: size_bytes as u32,
+        });
+        // The gaps hold other sessions' pieces.
+        offset_bytes += size_bytes + if rng.chance(2) { 0 } else { rng.below(1 << 18) };
+    }
+    let mut table = Vec::new();
+    encode_body_extents(&extents, &mut table);
+    table
+});
+
+fn body_log(rng: &mut Rng) -> BodyRef<'static> {
+    let count = length(rng, 1, BODY_EXTENTS_MAX);
+    let first = rng.below((BODY_EXTENTS_MAX - count) as u64 + 1) as usize;
+    let extents =
+        &EXTENT_TABLE[first * BODY_EXTENT_SIZE_BYTES..(first + count) * BODY_EXTENT_SIZE_BYTES];
+    BodyRef::Log {
+        extents,
+        size_bytes: body_extents(extents).map(|e| e.size_bytes as u64).sum(),
+        checksum: rng.next_u64() as u32,
     }
 }
 
@@ -331,7 +378,8 @@ fn batches_read_back_and_torn_logs_keep_their_prefix() {
         let shard_index = rng.next_u64() as u16;
         let sequence_first = rng.below(1 << 48);
         let header = SegmentHeader {
-            format_version: FORMAT_VERSION_READ_MIN + rng.below(2) as u16,
+            format_version: FORMAT_VERSION_READ_MIN
+                + rng.below((FORMAT_VERSION - FORMAT_VERSION_READ_MIN + 1) as u64) as u16,
             log_kind,
             shard_index,
             segment_sequence: rng.next_u64(),

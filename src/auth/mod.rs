@@ -28,7 +28,6 @@ pub mod lookups;
 pub mod sign;
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::rc::Rc;
 
 use mail_auth::dmarc::Policy;
@@ -40,7 +39,7 @@ use mail_auth::{
 
 use crate::config::{Config, DmarcMode, EmailAuth, SpfMode};
 use crate::log;
-use crate::queue::{Envelope, Queue};
+use crate::queue::{Envelope, Queue, StoredBody};
 use crate::scan::content::Message;
 use crate::smtp::address::ReversePath;
 use crate::smtp::reply::{Enhanced, Reply};
@@ -133,11 +132,11 @@ impl Auth {
     /// The stage at the final dot: verification (with `[email_auth]`) and
     /// signing (with a key for the From: domain).
     pub async fn at_final_dot(&self, env: &mut Envelope) -> Decision {
-        let body_path = self.queue.body_path(&env.id);
+        let stored = self.queue.stored_body(env);
         let max_bytes = self.verify.as_ref().map_or(SIGN_SIZE_BYTES_MAX_DEFAULT, |c| c.max_size_bytes);
         // Held until the stage ends: the content read below lives as long.
         let _held = self.held.acquire_permit(1).await;
-        let content = if env.size_bytes <= max_bytes { read_content(env, &body_path, max_bytes).await } else { None };
+        let content = if env.size_bytes <= max_bytes { read_content(env, &stored, max_bytes).await } else { None };
         let parsed = content.as_deref().and_then(AuthenticatedMessage::parse);
         let mut decision = Decision::Continue;
         if let Some(config) = &self.verify {
@@ -409,8 +408,8 @@ fn append_header(env: &mut Envelope, header: &str) {
 }
 
 /// The stored content, if it is at most `max_bytes` long.
-async fn read_content(env: &Envelope, body_path: &Path, max_bytes: u64) -> Option<Vec<u8>> {
-    let message = Message { env, body_path };
+async fn read_content(env: &Envelope, stored: &StoredBody, max_bytes: u64) -> Option<Vec<u8>> {
+    let message = Message { env, stored };
     let mut chunks = message.chunks();
     let mut content = Vec::with_capacity(usize::try_from(env.size_bytes.min(max_bytes)).unwrap_or(0));
     let mut result = Some(());

@@ -787,6 +787,11 @@ pub struct Queue {
     /// (an fdatasync per file, all in flight together; the default) or
     /// `"syncfs"` (one syncfs(2) of the spool's file system per batch).
     pub body_sync: String,
+    /// Where a fresh message's body above `inline_max_bytes` goes: `"log"`
+    /// (appended to the shard's body log, flushed once per batch; the
+    /// default) or `"files"` (a body file per message, flushed as
+    /// `body_sync` says).
+    pub body_store: String,
     /// Messages older than this bounce instead of being retried. Default "5d".
     pub max_age: Duration,
     /// A message still pending this long after its arrival gets one delay
@@ -1173,6 +1178,7 @@ impl Default for Queue {
             segment_size_bytes: 64 << 20,
             commit_delay_us: 0,
             body_sync: "each".to_string(),
+            body_store: "log".to_string(),
             max_age: Duration::from_secs(5 * 24 * 60 * 60),
             delay_warning_after: Duration::from_secs(4 * 60 * 60),
         }

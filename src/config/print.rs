@@ -161,6 +161,7 @@ fn write_all(out: &mut String, c: &Config) -> fmt::Result {
     writeln!(out, "segment_size_bytes = {}", q.segment_size_bytes)?;
     writeln!(out, "commit_delay_us = {}", q.commit_delay_us)?;
     writeln!(out, "body_sync = {}", quoted(&q.body_sync))?;
+    writeln!(out, "body_store = {}", quoted(&q.body_store))?;
     for rule in &c.transports {
         writeln!(out, "\n[[transport]]")?;
         writeln!(out, "domains = {}", string_array(&rule.domains))?;

@@ -224,7 +224,7 @@ const DNS_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most rounds over the name servers.
 const DNS_ATTEMPTS_MAX: u32 = 10;
 pub(super) const QUEUE_KEYS: &[&str] =
-    &["spool", "retry_lags", "max_age", "inline_max_bytes", "segment_size_bytes", "commit_delay_us", "body_sync", "delay_warning_after"];
+    &["spool", "retry_lags", "max_age", "inline_max_bytes", "segment_size_bytes", "commit_delay_us", "body_sync", "body_store", "delay_warning_after"];
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -1467,6 +1467,11 @@ fn read_queue(section: &Section<'_>, d: Queue) -> Result<Queue> {
         body_sync: section.read("body_sync", d.body_sync, |node, key| {
             let text = string(node, key)?;
             ensure(text == "each" || text == "syncfs", node, key, "expected \"each\" or \"syncfs\"")?;
+            Ok(text)
+        })?,
+        body_store: section.read("body_store", d.body_store, |node, key| {
+            let text = string(node, key)?;
+            ensure(text == "log" || text == "files", node, key, "expected \"log\" or \"files\"")?;
             Ok(text)
         })?,
     };

@@ -23,7 +23,7 @@ use crate::deliver::outbound::{self, Destination, Outbound};
 use crate::deliver::{lmtp, maildir, pipe};
 use crate::dns::{Resolver, ResolverParams};
 use crate::log;
-use crate::queue::{stored_address, Body, Envelope, Queue, RcptState};
+use crate::queue::{stored_address, Body, Envelope, Queue, RcptState, StoredBody};
 use crate::route::domains::{self, Disposition};
 use crate::smtp::address::{Address, ReversePath};
 use crate::smtp::client::RcptOutcome;
@@ -238,9 +238,9 @@ impl Deliverer {
         }
     }
 
-    /// Where the body file of message `id` is (if it has one).
-    pub fn body_path(&self, id: &str) -> std::path::PathBuf {
-        self.queue.body_path(id)
+    /// Where a message's content is stored.
+    pub fn stored_body(&self, env: &Envelope) -> StoredBody {
+        self.queue.stored_body(env)
     }
 
     /// The SMTP settings of a destination no transport rule names.
@@ -273,7 +273,6 @@ impl Deliverer {
                 .collect();
         }
         let config = self.config();
-        let id = env.id.as_str();
         let mut groups: std::collections::BTreeMap<Path, Vec<usize>> = std::collections::BTreeMap::new();
         let routing = crate::route::current_with_routers();
         let mut routed = Vec::new();
@@ -302,7 +301,7 @@ impl Deliverer {
             connections: &self.connections,
             tls_client: &self.tls_client,
         };
-        let body_path = self.queue.body_path(id);
+        let stored = self.queue.stored_body(env);
         for (path, indexes) in &groups {
             match path {
                 Path::Maildir(template) => {
@@ -314,7 +313,7 @@ impl Deliverer {
                 Path::Smtp { destination, rule } => {
                     let policy = smtp_policy(&config, *rule);
                     for group in indexes.chunks(RECIPIENTS_PER_TRANSACTION_MAX) {
-                        let delivered = outbound::deliver(&out, destination, policy, &body_path, env, group).await;
+                        let delivered = outbound::deliver(&out, destination, policy, &stored, env, group).await;
                         let mut relay = delivered.relay;
                         let _ = write!(relay, " conn_use={}", delivered.conn_use);
                         if delivered.tls {
@@ -338,7 +337,7 @@ impl Deliverer {
                                         &target,
                                         config.helo_name(),
                                         config.delivery.connect_timeout.0,
-                                        &body_path,
+                                        &stored,
                                         env,
                                         group,
                                     )
@@ -363,7 +362,7 @@ impl Deliverer {
                         Ok(params) => {
                             let max = rule.max_connections.unwrap_or(config.delivery.max_connections_per_destination);
                             let _turn = self.connections.destination_permit(&rule.command[0], max).await;
-                            pipe::deliver(&params, &body_path, env, indexes).await
+                            pipe::deliver(&params, &stored, env, indexes).await
                         }
                         Err(e) => transient_all(indexes.len(), 4, 3, 5, &e),
                     };
@@ -475,7 +474,7 @@ impl Deliverer {
                     let destination = routed_destination(config, hop.as_deref(), &final_address);
                     let mut one = env.clone();
                     one.recipients[index].address = final_address.clone();
-                    let body = self.queue.body_path(&env.id);
+                    let body = self.queue.stored_body(env);
                     let delivered = outbound::deliver(&out, &destination, policy, &body, &one, &[index]).await;
                     *reached = match (*reached, delivered.dsn) {
                         (Reached::Relayed, _) | (_, false) => Reached::Relayed,
@@ -519,7 +518,7 @@ impl Deliverer {
             Some(dir) => path.join(dir),
             None => path,
         };
-        let body_path = self.queue.body_path(&env.id);
+        let stored = self.queue.stored_body(env);
         let body = env.body.clone();
         let hostname = self.config().server.hostname.clone();
         let mut prefix = format!("Return-Path: {}\r\n", env.sender).into_bytes();
@@ -532,8 +531,8 @@ impl Deliverer {
                 }
                 match body {
                     Body::Inline(bytes) => maildir::deliver(&path, &hostname, &prefix, &mut &bytes[..], line_ends),
-                    Body::File { .. } => {
-                        let mut file = std::fs::File::open(&body_path)?;
+                    Body::File { .. } | Body::Log { .. } => {
+                        let mut file = stored.sync_reader();
                         maildir::deliver(&path, &hostname, &prefix, &mut file, line_ends)
                     }
                 }

@@ -8,7 +8,7 @@
 //! delivery (a store is local; connection reuse buys little); at most the
 //! rule's `max_connections` at once per shard.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use glommio::net::{TcpStream, UnixStream};
 
 use crate::deliver::outbound::{drive, transaction, Content};
-use crate::queue::Envelope;
+use crate::queue::{Envelope, StoredBody};
 use crate::smtp::client::{Client, ClientParams, RcptOutcome, Transaction};
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::tls::Stream;
@@ -58,13 +58,13 @@ pub async fn deliver(
     target: &LmtpTarget,
     helo_name: &str,
     connect_timeout: Duration,
-    body_path: &Path,
+    stored: &StoredBody,
     env: &Envelope,
     indexes: &[usize],
 ) -> Vec<RcptOutcome> {
     let txn = transaction(env, indexes);
     let params = ClientParams { lmtp: true, ..ClientParams::new(helo_name.to_string()) };
-    converse(target, params, connect_timeout, txn, Some(Content { body_path, env })).await.0
+    converse(target, params, connect_timeout, txn, Some(Content { stored, env })).await.0
 }
 
 /// A call-forward probe of the store: LHLO, `MAIL FROM:<sender>`, `RCPT

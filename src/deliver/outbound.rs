@@ -20,19 +20,17 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::io::BufferedFile;
 
 use crate::config::{Config, TlsPolicy};
 use crate::deliver::connections::{self, Connections, Session};
 use crate::deliver::dotstuff::DotStuffer;
 use crate::deliver::security::{self, Level};
 use crate::dns::{RecordKind, Resolver};
-use crate::queue::{Body, Envelope};
+use crate::queue::{Body, BodyReader, Envelope, StoredBody};
 use crate::smtp::address::{Address, ReversePath};
 use crate::smtp::client::{
     BodyType, Client, ClientEvent, ClientParams, Outcome, RcptOutcome, StartTls, Transaction, BDAT_CHUNK_BYTES_MAX,
@@ -105,7 +103,7 @@ pub struct Delivered {
 /// probe has none).
 #[derive(Clone, Copy)]
 pub struct Content<'a> {
-    pub body_path: &'a Path,
+    pub stored: &'a StoredBody,
     pub env: &'a Envelope,
 }
 
@@ -143,12 +141,12 @@ pub async fn deliver(
     out: &Outbound<'_>,
     destination: &Destination,
     policy: Policy,
-    body_path: &Path,
+    stored: &StoredBody,
     env: &Envelope,
     indexes: &[usize],
 ) -> Delivered {
     let txn = transaction(env, indexes);
-    attempt(out, destination, policy, &txn, Some(Content { body_path, env }), Memory::Deliveries).await
+    attempt(out, destination, policy, &txn, Some(Content { stored, env }), Memory::Deliveries).await
 }
 
 /// Whether an attempt remembers a destination that cannot be reached (and
@@ -556,23 +554,23 @@ pub async fn drive(
             }
             ClientEvent::SendBody => {
                 let out = client.take_output();
-                let Some(Content { body_path, env }) = content else {
+                let Some(Content { stored, env }) = content else {
                     debug_assert!(false, "a transaction without content never asks for it");
                     client.on_connection_lost();
                     continue;
                 };
-                match send_body(stream, &out, env, body_path, client, block_timeout).await {
+                match send_body(stream, &out, env, stored, client, block_timeout).await {
                     Ok(()) => client.body_sent(),
                     Err(_) => client.on_connection_lost(),
                 }
             }
             ClientEvent::SendChunk => {
-                let Some(Content { body_path, env }) = content else {
+                let Some(Content { stored, env }) = content else {
                     debug_assert!(false, "a transaction without content never asks for it");
                     client.on_connection_lost();
                     continue;
                 };
-                if send_chunk(stream, client, &mut chunks, env, body_path, block_timeout).await.is_err() {
+                if send_chunk(stream, client, &mut chunks, env, stored, block_timeout).await.is_err() {
                     client.on_connection_lost();
                 }
             }
@@ -601,7 +599,7 @@ async fn send_body(
     stream: &mut Stream,
     pending: &[u8],
     env: &Envelope,
-    body_path: &Path,
+    stored: &StoredBody,
     client: &mut Client,
     block_timeout: Duration,
 ) -> std::io::Result<()> {
@@ -620,23 +618,25 @@ async fn send_body(
                 }
             }
         }
-        Body::File { .. } => {
-            let file = BufferedFile::open(body_path).await.map_err(std::io::Error::from)?;
-            let mut offset_bytes = 0u64;
-            loop {
-                let chunk = file.read_at(offset_bytes, BODY_READ_BYTES).await.map_err(std::io::Error::from)?;
-                if chunk.is_empty() {
-                    break;
-                }
-                offset_bytes += chunk.len() as u64;
-                stuffer.encode(&chunk, &mut wire.0);
-                if wire.0.len() >= BODY_READ_BYTES {
-                    write_within(stream, &wire.0, block_timeout).await?;
-                    wire.0.clear();
-                    client.body_progress(Instant::now());
+        Body::File { .. } | Body::Log { .. } => {
+            let mut reader = stored.reader();
+            let sent: std::io::Result<()> = async {
+                loop {
+                    let chunk = reader.read(BODY_READ_BYTES).await?;
+                    if chunk.is_empty() {
+                        return Ok(());
+                    }
+                    stuffer.encode(&chunk, &mut wire.0);
+                    if wire.0.len() >= BODY_READ_BYTES {
+                        write_within(stream, &wire.0, block_timeout).await?;
+                        wire.0.clear();
+                        client.body_progress(Instant::now());
+                    }
                 }
             }
-            let _ = file.close().await;
+            .await;
+            reader.close().await;
+            sent?;
         }
     }
     stuffer.finish(&mut wire.0);
@@ -723,7 +723,7 @@ async fn send_chunk(
     client: &mut Client,
     chunks: &mut ChunkReader,
     env: &Envelope,
-    body_path: &Path,
+    stored: &StoredBody,
     block_timeout: Duration,
 ) -> std::io::Result<()> {
     let (block, last) = if !chunks.headers_sent && !env.headers_prepended.is_empty() {
@@ -741,7 +741,7 @@ async fn send_chunk(
             _ => (env.headers_prepended.clone(), false),
         }
     } else {
-        chunks.next(&env.body, body_path).await?
+        chunks.next(&env.body, stored).await?
     };
     client.bdat_chunk(Instant::now(), &block, last);
     let out = client.take_output();
@@ -757,8 +757,8 @@ async fn send_chunk(
 struct ChunkReader {
     /// The envelope's added header lines have been sent.
     headers_sent: bool,
-    file: Option<BufferedFile>,
-    /// Where the next read starts.
+    reader: Option<BodyReader>,
+    /// Where the next read of inline content starts.
     offset_bytes: u64,
     ahead: Option<Vec<u8>>,
 }
@@ -766,7 +766,7 @@ struct ChunkReader {
 impl ChunkReader {
     /// The next block and whether it is the last (an empty content is one
     /// empty last block).
-    async fn next(&mut self, body: &Body, body_path: &Path) -> std::io::Result<(Vec<u8>, bool)> {
+    async fn next(&mut self, body: &Body, stored: &StoredBody) -> std::io::Result<(Vec<u8>, bool)> {
         match body {
             Body::Inline(bytes) => {
                 let start = usize::try_from(self.offset_bytes).unwrap_or(usize::MAX).min(bytes.len());
@@ -774,15 +774,15 @@ impl ChunkReader {
                 self.offset_bytes = end as u64;
                 Ok((bytes[start..end].to_vec(), end == bytes.len()))
             }
-            Body::File { .. } => {
+            Body::File { .. } | Body::Log { .. } => {
                 let current = match self.ahead.take() {
                     Some(block) => block,
-                    None => self.read(body_path).await?,
+                    None => self.read(stored).await?,
                 };
                 if current.is_empty() {
                     return Ok((current, true));
                 }
-                let next = self.read(body_path).await?;
+                let next = self.read(stored).await?;
                 let last = next.is_empty();
                 if !last {
                     self.ahead = Some(next);
@@ -792,22 +792,13 @@ impl ChunkReader {
         }
     }
 
-    async fn read(&mut self, body_path: &Path) -> std::io::Result<Vec<u8>> {
-        let file = match &self.file {
-            Some(file) => file,
-            None => self.file.insert(BufferedFile::open(body_path).await.map_err(std::io::Error::from)?),
-        };
-        let block = file.read_at(self.offset_bytes, BDAT_CHUNK_BYTES_MAX).await.map_err(std::io::Error::from)?;
-        self.offset_bytes = self
-            .offset_bytes
-            .checked_add(block.len() as u64)
-            .ok_or_else(|| std::io::Error::other("body file offset overflow"))?;
-        Ok(block.to_vec())
+    async fn read(&mut self, stored: &StoredBody) -> std::io::Result<Vec<u8>> {
+        self.reader.get_or_insert_with(|| stored.reader()).read(BDAT_CHUNK_BYTES_MAX).await
     }
 
     async fn close(self) {
-        if let Some(file) = self.file {
-            let _ = file.close().await;
+        if let Some(reader) = self.reader {
+            reader.close().await;
         }
     }
 }
@@ -834,7 +825,7 @@ mod tests {
     }
 
     /// Every block the reader gives for `body`, with its `last` flag.
-    async fn blocks(body: &Body, path: &Path) -> Vec<(Vec<u8>, bool)> {
+    async fn blocks(body: &Body, path: &StoredBody) -> Vec<(Vec<u8>, bool)> {
         let mut reader = ChunkReader::default();
         let mut out = Vec::new();
         loop {
@@ -871,7 +862,7 @@ mod tests {
                     let file = Body::File { size_bytes: len as u64, checksum: 0 };
                     let inline = Body::Inline(bytes.clone().into());
                     for body in [&inline, &file] {
-                        let got = blocks(body, &path).await;
+                        let got = blocks(body, &StoredBody::file(&path, len as u64)).await;
                         let joined: Vec<u8> = got.iter().flat_map(|(b, _)| b.clone()).collect();
                         assert_eq!(joined, bytes, "{len} octets");
                         assert!(got[..got.len() - 1].iter().all(|(b, last)| !last && b.len() == BDAT_CHUNK_BYTES_MAX));

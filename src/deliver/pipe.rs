@@ -25,11 +25,10 @@
 
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::queue::{Body, Envelope};
+use crate::queue::{Body, Envelope, StoredBody};
 use crate::smtp::client::RcptOutcome;
 use crate::smtp::reply::{Enhanced, Reply};
 
@@ -148,7 +147,7 @@ fn text_suffix(text: &str) -> String {
 }
 
 /// Delivers `env` to the recipients at `indexes` through the program.
-pub async fn deliver(params: &PipeParams, body_path: &Path, env: &Envelope, indexes: &[usize]) -> Vec<RcptOutcome> {
+pub async fn deliver(params: &PipeParams, stored: &StoredBody, env: &Envelope, indexes: &[usize]) -> Vec<RcptOutcome> {
     let per_recipient = params
         .argv
         .iter()
@@ -172,7 +171,7 @@ pub async fn deliver(params: &PipeParams, body_path: &Path, env: &Envelope, inde
             recipients,
             per_recipient,
             body: env.body.clone(),
-            body_path: body_path.to_path_buf(),
+            stored: stored.clone(),
         };
         let outcome = glommio::executor().spawn_blocking(move || job.run()).await;
         outcomes.extend(group.iter().map(|_| outcome.clone()));
@@ -194,7 +193,7 @@ struct Job {
     headers_prepended: Vec<u8>,
     per_recipient: bool,
     body: Body,
-    body_path: PathBuf,
+    stored: StoredBody,
 }
 
 impl Job {
@@ -233,8 +232,8 @@ impl Job {
         }
         let added = String::from_utf8_lossy(&self.headers_prepended);
         header.push_str(&if self.binary { added.into_owned() } else { added.replace("\r\n", "\n") });
-        let (body, body_path, line_ends) = (self.body.clone(), self.body_path.clone(), binary_of(self.binary));
-        let feed = move |stdin: &mut ChildStdin| write_message(stdin, header.as_bytes(), &body, &body_path, line_ends);
+        let (body, stored, line_ends) = (self.body.clone(), self.stored.clone(), binary_of(self.binary));
+        let feed = move |stdin: &mut ChildStdin| write_message(stdin, header.as_bytes(), &body, &stored, line_ends);
         let Ran { status, stdout: out, stderr: err } =
             run_program(&argv, &vars, self.params.uid, self.params.gid, self.params.timeout, feed)?;
         let text = first_line(if out.trim().is_empty() { &err } else { &out });
@@ -273,27 +272,27 @@ pub enum LineEnds {
     AsStored,
 }
 
-/// Writes `prefix` and then the stored content (inline, or the body file
-/// at `body_path`) to `out`.
+/// Writes `prefix` and then the stored content (inline, or the body file's
+/// or the body log's bytes at `stored`) to `out`.
 pub fn write_message(
     out: &mut impl Write,
     prefix: &[u8],
     body: &Body,
-    body_path: &Path,
+    stored: &StoredBody,
     line_ends: LineEnds,
 ) -> std::io::Result<()> {
     out.write_all(prefix)?;
     if line_ends == LineEnds::AsStored {
         match body {
             Body::Inline(bytes) => out.write_all(bytes)?,
-            Body::File { .. } => copy_file(body_path, out)?,
+            Body::File { .. } | Body::Log { .. } => copy_stored(stored, out)?,
         }
         return out.flush();
     }
     let mut lf = LfWriter { inner: out, pending_cr: false, buffer: Vec::with_capacity(BODY_CHUNK_BYTES) };
     match body {
         Body::Inline(bytes) => lf.write_all(bytes)?,
-        Body::File { .. } => copy_file(body_path, &mut lf)?,
+        Body::File { .. } | Body::Log { .. } => copy_stored(stored, &mut lf)?,
     }
     lf.finish()
 }
@@ -301,10 +300,11 @@ pub fn write_message(
 /// Bytes of a body file read, and of converted content written, at once.
 const BODY_CHUNK_BYTES: usize = 64 * 1024;
 
-/// The body file to `out` in `BODY_CHUNK_BYTES` reads through one buffer.
-fn copy_file(path: &Path, out: &mut impl Write) -> std::io::Result<()> {
+/// The stored content to `out` in `BODY_CHUNK_BYTES` reads through one
+/// buffer.
+fn copy_stored(stored: &StoredBody, out: &mut impl Write) -> std::io::Result<()> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
+    let mut file = stored.sync_reader();
     let mut buffer = vec![0u8; BODY_CHUNK_BYTES];
     loop {
         match file.read(&mut buffer) {

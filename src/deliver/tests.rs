@@ -200,10 +200,23 @@ fn a_permanent_refusal_bounces_once_to_the_sender() {
 
 #[test]
 fn a_damaged_body_file_is_deferred_never_delivered() {
-    testing::run(|| {
-        Box::pin(async {
+    a_damaged_stored_body_is_deferred_never_delivered("files");
+}
+
+#[test]
+fn a_damaged_body_in_the_body_log_is_deferred_never_delivered() {
+    a_damaged_stored_body_is_deferred_never_delivered("log");
+}
+
+fn a_damaged_stored_body_is_deferred_never_delivered(store: &'static str) {
+    testing::run(move || {
+        Box::pin(async move {
             let ok = Arc::new(|_: &str, _: usize| "250 2.0.0 ok\r\n".to_string());
-            let (t, peer, _dir) = shard_with_peer("deliver-damaged", ok).await;
+            let peer = Peer::start(ok);
+            let dir = testing::tempdir("deliver-damaged");
+            let extra = format!("[delivery]\nsmarthost = \"127.0.0.1:{}\"\n", peer.port);
+            let set = format!("queue.body_store=\"{store}\"");
+            let t = testing::shard(testing::config_with(&dir, &extra, &[&set]), START_MS).await;
             let mut body = b"Subject: large\r\n\r\n".to_vec();
             while body.len() < 200_000 {
                 body.extend_from_slice(
@@ -211,10 +224,23 @@ fn a_damaged_body_file_is_deferred_never_delivered() {
                 );
             }
             let id = accept(&t, &["far@example.net"], &body).await;
-            // One byte changed on disk after the commit.
-            let path = t.shard.queue.body_path(&id);
+            // One byte changed on disk after the commit: in the body file, or
+            // in the body log segment that holds this one body after its
+            // 4 KiB header.
+            let (path, at) = match store {
+                "files" => (t.shard.queue.body_path(&id), 100_000),
+                _ => {
+                    let mut segments: Vec<_> = std::fs::read_dir(t.shard.queue.body_path(&id).parent().unwrap())
+                        .unwrap()
+                        .map(|e| e.unwrap().path())
+                        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("bodylog-"))
+                        .collect();
+                    assert_eq!(segments.len(), 1, "{segments:?}");
+                    (segments.remove(0), 4096 + 100_000)
+                }
+            };
             let mut stored = std::fs::read(&path).unwrap();
-            stored[100_000] ^= 0x20;
+            stored[at] ^= 0x20;
             std::fs::write(&path, stored).unwrap();
             start_delivery(&t);
             wait_deferred(&t, &id).await;

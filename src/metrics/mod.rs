@@ -229,6 +229,10 @@ pub static QUEUE_DEFERRED: Gauge = Gauge::new();
 pub static QUEUE_BODY_FILES: Gauge = Gauge::new();
 /// Segment files of the logs.
 pub static QUEUE_SEGMENTS: Gauge = Gauge::new();
+/// Segment files of the body logs.
+pub static QUEUE_BODY_LOG_SEGMENTS: Gauge = Gauge::new();
+/// Body bytes appended to the body logs.
+pub static QUEUE_BODY_LOG_BYTES: Counter = Counter::new();
 /// Bytes of the logs' segment files (allocated at full size).
 pub static QUEUE_LOG_BYTES: Gauge = Gauge::new();
 /// Log flushes (one write and one fdatasync), by log.
@@ -389,6 +393,13 @@ impl Collector for Statics {
         gauge(e, "ringpost_queue_body_files", "Live messages with a body file", QUEUE_BODY_FILES.get())?;
         gauge(e, "ringpost_queue_segments", "Segment files of the queue logs", QUEUE_SEGMENTS.get())?;
         gauge(e, "ringpost_queue_log_bytes", "Bytes of the queue logs' segment files", QUEUE_LOG_BYTES.get())?;
+        gauge(e, "ringpost_queue_body_log_segments", "Segment files of the body logs", QUEUE_BODY_LOG_SEGMENTS.get())?;
+        counter(
+            e,
+            "ringpost_queue_body_log_bytes",
+            "Body bytes appended to the body logs",
+            QUEUE_BODY_LOG_BYTES.get(),
+        )?;
         family(e, "ringpost_queue_flushes", "Queue log flushes (write and fdatasync)", &QUEUE_FLUSHES)?;
         family(e, "ringpost_queue_flush_failures", "Queue log flushes that failed", &QUEUE_FLUSH_FAILURES)?;
         counter(e, "ringpost_queue_written_bytes", "Bytes written by queue log flushes", QUEUE_WRITTEN_BYTES.get())?;

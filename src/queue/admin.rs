@@ -200,10 +200,7 @@ impl<S: Storage + 'static> Queue<S> {
         if !held {
             env.next_retry_unix_ms = self.clock.unix_ms();
         }
-        self.append(LogKind::Retry, Staged::replacement(env))
-            .await
-            .map(|_| ())
-            .map_err(|error| AdminError::Queue { id: id.to_string(), error })
+        self.append_replacement(env).await.map(|_| ()).map_err(|error| AdminError::Queue { id: id.to_string(), error })
     }
 
     /// Deletes a message without a bounce. Returns once the completion

@@ -55,6 +55,7 @@ fn params() -> QueueParams {
         retry_lags: vec![Duration::from_secs(60), Duration::from_secs(600)],
         handoff_envelopes_max: 64,
         body_sync: BodySyncMode::Each,
+        body_store: crate::queue::BodyStore::Log,
     }
 }
 
@@ -328,7 +329,7 @@ async fn check_point(
         assert_eq!(env.size_bytes, body.len() as u64, "{context}: {id} size");
         match &env.body {
             Body::Inline(bytes) => assert_eq!(&bytes[..], &body[..], "{context}: {id} inline body"),
-            Body::File { checksum, .. } => {
+            Body::File { checksum, .. } | Body::Log { checksum, .. } => {
                 assert_eq!(*checksum, queue_format::checksum::crc32c_append(0, body), "{context}: {id} checksum");
                 if let Err(e) = queue.check_body(env).await {
                     panic!("{context}: {id} recovered with a damaged body: {e}");

@@ -63,6 +63,23 @@ pub enum Body {
     Inline(Arc<[u8]>),
     /// In the body file named by the queue id (`body-<id>`).
     File { size_bytes: u64, checksum: u32 },
+    /// In the shard's body log: the extents' table as the record holds it
+    /// (`queue_format::body_extents` reads it). Only a fresh envelope in
+    /// the head log has one: a replacement's body is a body file.
+    Log { size_bytes: u64, checksum: u32, extents: Arc<[u8]> },
+}
+
+impl Body {
+    /// The body log segments the body's extents are in, first and last
+    /// (they are a range: a body is appended in order).
+    pub fn log_segments(&self) -> Option<(u64, u64)> {
+        let Body::Log { extents, .. } = self else {
+            return None;
+        };
+        let mut all = queue_format::body_extents(extents).map(|extent| extent.segment_sequence);
+        let first = all.next()?;
+        Some((first, all.last().unwrap_or(first)))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -268,6 +285,9 @@ impl Envelope {
             Body::File { size_bytes, checksum } => {
                 BodyRef::File { file_id: body_file_id(&self.id), size_bytes: *size_bytes, checksum: *checksum }
             }
+            Body::Log { size_bytes, checksum, extents } => {
+                BodyRef::Log { extents, size_bytes: *size_bytes, checksum: *checksum }
+            }
         };
         queue_format::Envelope {
             queue_id: self.queue_id(),
@@ -325,6 +345,9 @@ impl Envelope {
         let (body, size_bytes) = match record.body {
             BodyRef::Inline(bytes) => (Body::Inline(Arc::from(bytes)), bytes.len() as u64),
             BodyRef::File { size_bytes, checksum, .. } => (Body::File { size_bytes, checksum }, size_bytes),
+            BodyRef::Log { extents, size_bytes, checksum } => {
+                (Body::Log { size_bytes, checksum, extents: Arc::from(extents) }, size_bytes)
+            }
         };
         Ok(Envelope {
             id: id_text(&record.queue_id),

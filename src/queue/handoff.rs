@@ -293,6 +293,7 @@ mod tests {
             retry_lags: vec![Duration::from_secs(600), Duration::from_secs(3600)],
             handoff_envelopes_max,
             body_sync: crate::queue::BodySyncMode::Each,
+            body_store: crate::queue::BodyStore::Log,
         }
     }
 

@@ -253,6 +253,7 @@ pub fn kind_name(kind: LogKind) -> &'static str {
     match kind {
         LogKind::Head => "head",
         LogKind::Retry => "retry",
+        LogKind::Body => "bodylog",
     }
 }
 
@@ -263,6 +264,7 @@ pub fn parse_segment_name(name: &str) -> Option<(LogKind, u64)> {
     let kind = match kind {
         "head" => LogKind::Head,
         "retry" => LogKind::Retry,
+        "bodylog" => LogKind::Body,
         _ => return None,
     };
     if seq.len() != 16 {

@@ -28,6 +28,7 @@
 //! first, by the rules of SPEC section 13.
 
 pub mod admin;
+mod bodylog;
 mod envelope;
 mod handoff;
 pub mod log;
@@ -51,6 +52,7 @@ use std::time::Duration;
 
 use queue_format::{Completion, CompletionReason, LogKind, QueueId};
 
+pub use bodylog::{BodyReader, StoredBody, SyncBodyReader};
 pub use envelope::{
     body_file_id, id_text, parse_queue_id, queue_id_of, stored_address, Body, Envelope, RcptState, Recipient,
 };
@@ -150,6 +152,20 @@ pub struct QueueParams {
     pub handoff_envelopes_max: usize,
     /// How a batch's body files are made durable (`queue.body_sync`).
     pub body_sync: BodySyncMode,
+    /// Where the bodies of fresh messages larger than `inline_max_bytes`
+    /// go (`queue.body_store`).
+    pub body_store: BodyStore,
+}
+
+/// Where a fresh message's body larger than `queue.inline_max_bytes` is
+/// kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyStore {
+    /// Appended to the shard's body log, many bodies to a file, flushed
+    /// once per batch (`bodylog.rs`).
+    Log,
+    /// A body file of its own (`body-<id>`).
+    Files,
 }
 
 /// How the committer makes the body files of one batch durable before the
@@ -174,6 +190,7 @@ impl QueueParams {
                 .saturating_mul(HANDOFF_ENVELOPES_PER_ATTEMPT)
                 .max(1),
             body_sync: if q.body_sync == "syncfs" { BodySyncMode::Syncfs } else { BodySyncMode::Each },
+            body_store: if q.body_store == "files" { BodyStore::Files } else { BodyStore::Log },
         }
     }
 }
@@ -286,7 +303,18 @@ pub struct Queue<S: Storage = DiskStorage> {
     spans_event: event_listener::Event,
     /// Runners' positions (absolute span numbers).
     runner_cursors: RefCell<Vec<u64>>,
-    gc_event: event_listener::Event,
+    /// Wakes the collector; shared with the body log.
+    gc_event: Rc<event_listener::Event>,
+    /// The bodies of fresh messages that are not inline (with
+    /// `BodyStore::Log`).
+    body_log: Rc<bodylog::BodyLog<S>>,
+    /// The live messages whose newest envelope names the body log: the
+    /// first and last segment of its extents (the body log's live counts).
+    body_refs: RefCell<recover::IdMap<(u64, u64)>>,
+    /// Messages whose body was copied to a body file, flushed, for a
+    /// replacement whose batch failed after its write was issued: the copy
+    /// is kept, and used again, never rewritten.
+    bodies_copied: RefCell<recover::IdSet>,
     /// Body files of completed messages, removed by the collector.
     bodies_dead: RefCell<Vec<String>>,
     stats: [RefCell<CommitStats>; 2],
@@ -317,7 +345,7 @@ fn log_slot(kind: LogKind) -> usize {
     recover::log_index(kind)
 }
 
-fn body_name(id: &str) -> String {
+pub(crate) fn body_name(id: &str) -> String {
     format!("body-{id}")
 }
 
@@ -343,7 +371,19 @@ impl<S: Storage + 'static> Queue<S> {
         clock: Clock,
     ) -> std::io::Result<Rc<Queue<S>>> {
         assert!(!params.retry_lags.is_empty());
+        let storage = Rc::new(storage);
+        let gc_event = Rc::new(event_listener::Event::new());
+        let body_log = Rc::new(bodylog::BodyLog::new(
+            storage.clone(),
+            shard_index,
+            params.segment_size_bytes,
+            clock.clone(),
+            gc_event.clone(),
+        ));
         let queue = Queue {
+            body_log,
+            body_refs: RefCell::new(recover::IdMap::default()),
+            bodies_copied: RefCell::new(recover::IdSet::default()),
             handoff: handoff::Handoff::new(params.handoff_envelopes_max),
             clock,
             shard_index,
@@ -352,7 +392,7 @@ impl<S: Storage + 'static> Queue<S> {
                 RefCell::new(LogState::new(LogKind::Retry, shard_index, params.segment_size_bytes)),
             ],
             params,
-            storage: Rc::new(storage),
+            storage,
             staged_events: [event_listener::Event::new(), event_listener::Event::new()],
             space_event: event_listener::Event::new(),
             index: RefCell::new(recover::IdMap::default()),
@@ -360,7 +400,7 @@ impl<S: Storage + 'static> Queue<S> {
             spans_base: Cell::new(0),
             spans_event: event_listener::Event::new(),
             runner_cursors: RefCell::new(Vec::new()),
-            gc_event: event_listener::Event::new(),
+            gc_event,
             bodies_dead: RefCell::new(Vec::new()),
             stats: [RefCell::new(CommitStats::default()), RefCell::new(CommitStats::default())],
             last_id: Cell::new(0),
@@ -390,9 +430,14 @@ impl<S: Storage + 'static> Queue<S> {
         let names = self.storage.list()?;
         let mut segments: Vec<(LogKind, u64, String)> = Vec::new();
         let mut bodies = Vec::new();
+        let mut body_segments = Vec::new();
         for name in names {
             if let Some((kind, seq)) = log::parse_segment_name(&name) {
-                segments.push((kind, seq, name));
+                if kind == LogKind::Body {
+                    body_segments.push(seq);
+                } else {
+                    segments.push((kind, seq, name));
+                }
             } else if name.starts_with("free-") && name.ends_with(".seg") {
                 let kind = if name.starts_with("free-head") { LogKind::Head } else { LogKind::Retry };
                 self.logs[log_slot(kind)].borrow_mut().free.push(log::FreeSegment { name, initialized_bytes: 0 });
@@ -532,6 +577,19 @@ impl<S: Storage + 'static> Queue<S> {
             spans.push_back(Span::recovered(location, sequence, written));
         }
         drop(spans);
+        // Body log segments no live envelope names hold nothing anyone needs
+        // (SPEC section 11).
+        body_segments.sort_unstable();
+        let mut live_per_body_segment = BTreeMap::new();
+        let body_refs = std::mem::take(&mut scan.body_log);
+        for &(first, last) in body_refs.values() {
+            let from = body_segments.partition_point(|&seq| seq < first);
+            for &body in body_segments[from..].iter().take_while(|&&seq| seq <= last) {
+                *live_per_body_segment.entry(body).or_insert(0) += 1;
+            }
+        }
+        self.body_log.recover(body_segments, &live_per_body_segment).await?;
+        *self.body_refs.borrow_mut() = body_refs;
         // Body files no live envelope names are orphans (SPEC section 11, case 8).
         let live_ids: std::collections::HashSet<String> =
             self.index.borrow().iter().filter(|(_, e)| e.body_file).map(|(id, _)| id_text(id)).collect();
@@ -633,12 +691,17 @@ impl<S: Storage + 'static> Queue<S> {
         self.storage.path().join(body_name(id))
     }
 
+    /// Where a message's content is stored, for readers outside the queue.
+    pub fn stored_body(&self, env: &Envelope) -> StoredBody {
+        StoredBody::of(self.storage.path(), &env.id, &env.body)
+    }
+
     /// The message's header block (up to and with the CRLF before the
     /// empty line; all of the first `max_bytes` when no empty line comes
     /// within them), read on the shard's blocking pool. For bounces (the
     /// returned headers) and the Sieve tests of the final dot.
     pub async fn header_block(&self, env: &Envelope, max_bytes: usize) -> Vec<u8> {
-        let path = self.body_path(&env.id);
+        let stored = self.stored_body(env);
         let body = env.body.clone();
         glommio::executor()
             .spawn_blocking(move || {
@@ -646,10 +709,8 @@ impl<S: Storage + 'static> Queue<S> {
                 let mut buf = Vec::new();
                 match body {
                     Body::Inline(bytes) => buf.extend_from_slice(&bytes[..bytes.len().min(max_bytes)]),
-                    Body::File { .. } => {
-                        if let Ok(f) = std::fs::File::open(&path) {
-                            let _ = f.take(max_bytes as u64).read_to_end(&mut buf);
-                        }
+                    Body::File { .. } | Body::Log { .. } => {
+                        let _ = stored.sync_reader().take(max_bytes as u64).read_to_end(&mut buf);
                     }
                 }
                 if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -667,17 +728,16 @@ impl<S: Storage + 'static> Queue<S> {
         if env.size_bytes > max_bytes as u64 {
             return None;
         }
-        let path = self.body_path(&env.id);
+        let stored = self.stored_body(env);
         let body = env.body.clone();
         glommio::executor()
             .spawn_blocking(move || {
                 use std::io::Read;
                 match body {
                     Body::Inline(bytes) => Some(bytes.to_vec()),
-                    Body::File { .. } => {
+                    Body::File { .. } | Body::Log { .. } => {
                         let mut buf = Vec::new();
-                        let f = std::fs::File::open(&path).ok()?;
-                        f.take(max_bytes as u64 + 1).read_to_end(&mut buf).ok()?;
+                        stored.sync_reader().take(max_bytes as u64 + 1).read_to_end(&mut buf).ok()?;
                         (buf.len() <= max_bytes).then_some(buf)
                     }
                 }
@@ -703,7 +763,12 @@ impl<S: Storage + 'static> Queue<S> {
     /// of a message larger than `queue.inline_max_bytes`.
     pub async fn create(&self) -> Result<MessageWriter<S>, QueueError> {
         let id = self.next_id();
-        Ok(MessageWriter::new(self.storage.clone(), id, self.params.inline_max_bytes))
+        Ok(self.writer(id))
+    }
+
+    fn writer(&self, id: String) -> MessageWriter<S> {
+        let body_log = (self.params.body_store == BodyStore::Log).then(|| self.body_log.clone());
+        MessageWriter::new(self.storage.clone(), body_log, id, self.params.inline_max_bytes)
     }
 
     /// Starts a message under a given id: a replica, which keeps the id
@@ -713,7 +778,7 @@ impl<S: Storage + 'static> Queue<S> {
         if self.entry(id).is_some() {
             return None;
         }
-        Some(MessageWriter::new(self.storage.clone(), id.to_string(), self.params.inline_max_bytes))
+        Some(self.writer(id.to_string()))
     }
 
     /// Stages a record in its log and waits until it is durable.
@@ -762,8 +827,83 @@ impl<S: Storage + 'static> Queue<S> {
         if self.entry(&env.id).is_some_and(|entry| entry.held) {
             env.held = true;
         }
-        self.append(LogKind::Retry, Staged::replacement(env)).await?;
+        self.append_replacement(env).await?;
         Ok(())
+    }
+
+    /// Stages a replacement envelope in the retry log and waits until it is
+    /// durable. A body in the body log is copied to a body file first, flushed
+    /// with the batch: the retry log never names the body log (SPEC section
+    /// 13), so that a body segment lives no longer than its head segments.
+    async fn append_replacement(&self, mut env: Envelope) -> Result<Location, QueueError> {
+        let Body::Log { size_bytes, checksum, .. } = env.body else {
+            return self.append(LogKind::Retry, Staged::replacement(env)).await;
+        };
+        if self.entry(&env.id).is_some_and(|entry| entry.body_file)
+            || self.bodies_copied.borrow().contains(&env.queue_id())
+        {
+            // Copied already, whole and flushed: a durable replacement names
+            // the body file, or one whose batch failed may. It is never
+            // written again (a copy truncates first).
+            env.body = Body::File { size_bytes, checksum };
+            return self.append(LogKind::Retry, Staged::replacement(env)).await;
+        }
+        let name = body_name(&env.id);
+        let file = match self.body_to_file(&env, &name).await {
+            Ok(file) => Rc::new(file),
+            Err(error) => {
+                let _ = self.storage.remove(&name).await;
+                return Err(error);
+            }
+        };
+        env.body = Body::File { size_bytes, checksum };
+        let sync = file.clone();
+        let sync: BodySync = Box::pin(async move { sync.sync().await });
+        let qid = env.queue_id();
+        let appended = self.append_with_body(LogKind::Retry, Staged::replacement(env), Some(sync)).await;
+        if let Ok(file) = Rc::try_unwrap(file) {
+            let _ = file.close().await;
+        }
+        match appended {
+            Ok(location) => Ok(location),
+            Err((error, maybe_on_disk)) => {
+                if maybe_on_disk {
+                    self.bodies_copied.borrow_mut().insert(qid);
+                } else {
+                    let _ = self.storage.remove(&name).await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Copies a body from the body log into body file `name`, written out
+    /// (not flushed). The bytes are copied as they are: a damaged body is
+    /// caught by the check before delivery, as it would have been.
+    async fn body_to_file(&self, env: &Envelope, name: &str) -> Result<S::Body, QueueError> {
+        let file = self.storage.create_body(name).await?;
+        let mut reader = StorageReader::new(self.storage.clone(), &env.id, &env.body);
+        let mut offset = 0u64;
+        let copied: Result<(), QueueError> = async {
+            loop {
+                let bytes = reader.read(BODY_CHECK_CHUNK_BYTES).await?;
+                if bytes.is_empty() {
+                    return Ok(());
+                }
+                let len = bytes.len() as u64;
+                write_all_at(&file, bytes, offset).await?;
+                offset += len;
+            }
+        }
+        .await;
+        reader.close().await;
+        match copied {
+            Ok(()) => Ok(file),
+            Err(error) => {
+                let _ = file.close().await;
+                Err(error)
+            }
+        }
     }
 
     /// Records that a message is finished. The completion rides the next
@@ -1061,8 +1201,15 @@ impl<S: Storage + 'static> Queue<S> {
             return (records, size);
         }
         crate::metrics::QUEUE_BODY_SYNCS.add(syncs.len() as u64);
+        // Only a new body file needs its directory flushed: a body log
+        // segment's name was made durable when it was created.
+        let files = syncs.iter().any(|(i, _)| match &records[*i].0 {
+            Staged::Envelope(env, _) | Staged::Replacement(env, _) => !matches!(env.body, Body::Log { .. }),
+            Staged::Completion(_) => false,
+        });
         let (indexes, futures): (Vec<usize>, Vec<BodySync>) = syncs.into_iter().unzip();
         let results = match self.params.body_sync {
+            BodySyncMode::Each if !files => join_all(futures).await,
             BodySyncMode::Each => {
                 // A new file's name is durable only once its directory is
                 // flushed (fsync(2)): one flush of the directory, in flight
@@ -1174,6 +1321,17 @@ impl<S: Storage + 'static> Queue<S> {
             let old = match staged {
                 Staged::Envelope(env, _) | Staged::Replacement(env, _) => {
                     let qid = env.queue_id();
+                    if let Some((first, last)) = self.body_refs.borrow_mut().remove(&qid) {
+                        self.body_log.remove_live(first, last);
+                    }
+                    if let Some((first, last)) = env.body.log_segments() {
+                        assert!(
+                            matches!(staged, Staged::Envelope(..)),
+                            "invariant: only a fresh envelope names the body log"
+                        );
+                        self.body_log.add_live(first, last);
+                        self.body_refs.borrow_mut().insert(qid, (first, last));
+                    }
                     let entry = Entry {
                         location: *location,
                         attempt_count: env.attempt_count,
@@ -1196,6 +1354,10 @@ impl<S: Storage + 'static> Queue<S> {
                     old
                 }
                 Staged::Completion(c) => {
+                    self.bodies_copied.borrow_mut().remove(&c.queue_id);
+                    if let Some((first, last)) = self.body_refs.borrow_mut().remove(&c.queue_id) {
+                        self.body_log.remove_live(first, last);
+                    }
                     let old = index.remove(&c.queue_id);
                     if let Some(old) = old {
                         if old.body_file {
@@ -1273,6 +1435,11 @@ impl<S: Storage + 'static> Queue<S> {
                     crate::log::event("queue_gc_error", &[("shard", &self.shard_index), ("error", &e)]);
                 }
             }
+            for sequence in self.body_log.collectable() {
+                if let Err(e) = self.body_log.remove(sequence).await {
+                    crate::log::event("queue_gc_error", &[("shard", &self.shard_index), ("error", &e)]);
+                }
+            }
             let bodies = std::mem::take(&mut *self.bodies_dead.borrow_mut());
             for name in bodies {
                 if let Err(e) = self.storage.remove(&name).await {
@@ -1315,12 +1482,23 @@ impl<S: Storage + 'static> Queue<S> {
 }
 
 /// A message being received. Up to `queue.inline_max_bytes` its content is
-/// kept in memory for the envelope record; past that it goes to its body
-/// file, its final resting place, in 64 KiB writes, through the queue's
-/// [`Storage`]. A write that fails removes the body file at once: a
-/// message that will not be acknowledged leaves nothing behind.
+/// kept in memory for the envelope record; past that it goes to the body
+/// log (`queue.body_store = "log"`) or to its body file, its final resting
+/// place either way, in 64 KiB writes, through the queue's [`Storage`]. A
+/// write that fails removes the body file at once: a message that will not
+/// be acknowledged leaves nothing behind (its extents in the body log are
+/// dead space, reclaimed with their segment).
 pub struct MessageWriter<S: Storage = DiskStorage> {
     storage: Rc<S>,
+    /// Where a body past the inline limit goes; None: a body file.
+    body_log: Option<Rc<bodylog::BodyLog<S>>>,
+    /// The content is past the inline limit and goes to the body log.
+    in_log: bool,
+    /// The body log extents written so far, in order.
+    extents: Vec<queue_format::BodyExtent>,
+    /// The body log segments those extents are in, kept from collection
+    /// until the envelope is committed or the message given up.
+    pins: bodylog::Pins,
     id: String,
     /// The body file's name (`body-<id>`).
     name: String,
@@ -1353,10 +1531,28 @@ async fn write_all_at<F: BodyFile>(file: &F, bytes: Vec<u8>, offset: u64) -> Res
     Ok(())
 }
 
+impl<S: Storage> Drop for MessageWriter<S> {
+    /// However the message ends, its body log segments are let go.
+    fn drop(&mut self) {
+        if let Some(body_log) = &self.body_log {
+            body_log.release(&mut self.pins);
+        }
+    }
+}
+
 impl<S: Storage + 'static> MessageWriter<S> {
-    fn new(storage: Rc<S>, id: String, inline_max_bytes: usize) -> MessageWriter<S> {
+    fn new(
+        storage: Rc<S>,
+        body_log: Option<Rc<bodylog::BodyLog<S>>>,
+        id: String,
+        inline_max_bytes: usize,
+    ) -> MessageWriter<S> {
         MessageWriter {
             storage,
+            body_log,
+            in_log: false,
+            extents: Vec::new(),
+            pins: bodylog::Pins::default(),
             name: body_name(&id),
             id,
             inline: Vec::new(),
@@ -1398,17 +1594,29 @@ impl<S: Storage + 'static> MessageWriter<S> {
     /// Creates the body file once the content outgrows the inline limit, and
     /// writes the buffer out whenever a whole write's worth is gathered.
     async fn write_out(&mut self) -> Result<(), QueueError> {
-        if self.file.is_none() && self.inline.len() > self.inline_max_bytes {
-            self.file_named = true;
-            self.file = Some(self.storage.create_body(&self.name).await?);
+        if !self.spilled() && self.inline.len() > self.inline_max_bytes {
+            if self.body_log.is_some() {
+                self.in_log = true;
+            } else {
+                self.file_named = true;
+                self.file = Some(self.storage.create_body(&self.name).await?);
+            }
         }
-        if self.file.is_some() && self.inline.len() >= BODY_WRITE_BYTES {
+        if self.spilled() && self.inline.len() >= BODY_WRITE_BYTES {
             self.flush_buffer().await?;
         }
         Ok(())
     }
 
+    /// The content is past the inline limit.
+    fn spilled(&self) -> bool {
+        self.in_log || self.file.is_some()
+    }
+
     async fn flush_buffer(&mut self) -> Result<(), QueueError> {
+        if self.in_log {
+            return self.append_extents().await;
+        }
         let file = self.file.as_ref().expect("a body file is open");
         // The buffer grows again from empty: one allocated at its full size
         // for every session in DATA was measured to raise the resident
@@ -1419,6 +1627,51 @@ impl<S: Storage + 'static> MessageWriter<S> {
         self.file_offset_bytes += len;
         assert_eq!(self.file_offset_bytes, self.size_bytes, "every byte received is in the body file");
         Ok(())
+    }
+
+    /// Appends the buffer to the body log, in extents of at most what one
+    /// takes; an extent that continues the previous one in its segment
+    /// (no other session wrote between them) is merged with it.
+    async fn append_extents(&mut self) -> Result<(), QueueError> {
+        let body_log = self.body_log.clone().expect("a body in the log has one");
+        let mut bytes = std::mem::take(&mut self.inline);
+        let max = body_log.extent_bytes_max();
+        while !bytes.is_empty() {
+            let rest = if bytes.len() > max { bytes.split_off(max) } else { Vec::new() };
+            let piece = std::mem::replace(&mut bytes, rest);
+            let len = piece.len() as u64;
+            let extent = body_log.append(piece, &mut self.pins).await?;
+            self.file_offset_bytes += len;
+            match self.extents.last_mut() {
+                Some(last)
+                    if last.segment_sequence == extent.segment_sequence
+                        && u64::from(last.offset_bytes) + u64::from(last.size_bytes)
+                            == u64::from(extent.offset_bytes)
+                        && u32::try_from(u64::from(last.size_bytes) + u64::from(extent.size_bytes)).is_ok() =>
+                {
+                    last.size_bytes += extent.size_bytes;
+                }
+                _ => {
+                    if self.extents.len() == queue_format::BODY_EXTENTS_MAX {
+                        return Err(QueueError::Io(std::io::Error::other(format!(
+                            "message {}: more than {} body log extents",
+                            self.id,
+                            queue_format::BODY_EXTENTS_MAX
+                        ))));
+                    }
+                    self.extents.push(extent);
+                }
+            }
+        }
+        assert_eq!(self.file_offset_bytes, self.size_bytes, "every byte received is in the body log");
+        Ok(())
+    }
+
+    /// The body as the body log holds it so far.
+    fn log_body(&self) -> Body {
+        let mut table = Vec::with_capacity(self.extents.len() * queue_format::BODY_EXTENT_SIZE_BYTES);
+        queue_format::encode_body_extents(&self.extents, &mut table);
+        Body::Log { size_bytes: self.size_bytes, checksum: self.checksum, extents: std::sync::Arc::from(table) }
     }
 
     /// Makes the message durable: the body file (if any) flushed, then the
@@ -1445,8 +1698,19 @@ impl<S: Storage + 'static> MessageWriter<S> {
             }
         };
         // The body file is flushed by the committer with the others of its
-        // batch; the session keeps it open until then.
-        let sync = body.clone().map(|file| -> BodySync { Box::pin(async move { file.sync().await }) });
+        // batch; the session keeps it open until then. Extents in the body
+        // log: one flush of each segment covers every body of the batch.
+        let sync = match (&body, env.body.log_segments(), &self.body_log) {
+            (Some(file), _, _) => {
+                let file = file.clone();
+                Some(Box::pin(async move { file.sync().await }) as BodySync)
+            }
+            (None, Some((first, last)), Some(body_log)) => {
+                let body_log = body_log.clone();
+                Some(Box::pin(async move { body_log.sync(first, last).await }) as BodySync)
+            }
+            _ => None,
+        };
         let appended = queue.append_with_body(LogKind::Head, Staged::envelope(env.clone()), sync).await;
         if let Some(file) = body {
             match Rc::try_unwrap(file) {
@@ -1460,7 +1724,7 @@ impl<S: Storage + 'static> MessageWriter<S> {
                 Err(_) => debug_assert!(false, "the committer keeps no body file after the batch"),
             }
         }
-        match appended {
+        let result = match appended {
             Ok(location) => {
                 queue.hand_fresh(env, location);
                 Ok(())
@@ -1468,16 +1732,32 @@ impl<S: Storage + 'static> MessageWriter<S> {
             Err((error, maybe_on_disk)) => {
                 if !maybe_on_disk {
                     self.discard().await;
+                } else if let Some((first, last)) = env.body.log_segments() {
+                    // The envelope may be recovered from the failed batch:
+                    // its extents stay until the next start decides.
+                    queue.body_log.add_live(first, last);
                 }
                 Err(error)
             }
+        };
+        if let Some(body_log) = &self.body_log {
+            body_log.release(&mut self.pins);
         }
+        result
     }
 
-    /// The body, complete: the inline bytes, or the body file with every
-    /// byte written out (not yet flushed: the committer flushes it before
-    /// the envelope is written, writer rule 4), returned to be flushed.
+    /// The body, complete: the inline bytes, the body log's extents, or the
+    /// body file with every byte written out (not yet flushed: the
+    /// committer flushes it, or the extents' segments, before the envelope
+    /// is written, writer rule 4), returned to be flushed.
     async fn finish_body(&mut self, env: &mut Envelope) -> Result<Option<Rc<S::Body>>, QueueError> {
+        if self.in_log {
+            if !self.inline.is_empty() {
+                self.flush_buffer().await?;
+            }
+            env.body = self.log_body();
+            return Ok(None);
+        }
         if self.file.is_none() {
             env.body = Body::Inline(std::sync::Arc::from(std::mem::take(&mut self.inline)));
             return Ok(None);
@@ -1495,11 +1775,16 @@ impl<S: Storage + 'static> MessageWriter<S> {
         if self.failed {
             return Err(QueueError::Io(std::io::Error::other(format!("message {}: an earlier write failed", self.id))));
         }
-        if self.file.is_some() {
-            if let Err(error) = self.flush_buffer().await {
-                self.failed = true;
-                self.discard().await;
-                return Err(error);
+        if self.spilled() {
+            if !self.inline.is_empty() {
+                if let Err(error) = self.flush_buffer().await {
+                    self.failed = true;
+                    self.discard().await;
+                    return Err(error);
+                }
+            }
+            if self.in_log {
+                return Ok(self.log_body());
             }
             Ok(Body::File { size_bytes: self.size_bytes, checksum: self.checksum })
         } else {
@@ -1514,6 +1799,9 @@ impl<S: Storage + 'static> MessageWriter<S> {
 
     /// Closes and removes the body file, if there is one. Safe to repeat.
     async fn discard(&mut self) {
+        if let Some(body_log) = &self.body_log {
+            body_log.release(&mut self.pins);
+        }
         if let Some(file) = self.file.take() {
             let _ = file.close().await;
         }
@@ -1587,11 +1875,15 @@ impl<S: Storage + 'static> Queue<S> {
     /// On a mismatch it logs one `queue_body_damaged` line and returns the
     /// problem; the caller defers the message.
     pub async fn check_body(&self, env: &Envelope) -> Result<(), BodyDamaged> {
-        let Body::File { size_bytes, checksum } = env.body else {
-            return Ok(());
+        let (size_bytes, checksum) = match env.body {
+            Body::Inline(_) => return Ok(()),
+            Body::File { size_bytes, checksum } | Body::Log { size_bytes, checksum, .. } => (size_bytes, checksum),
         };
-        let name = body_name(&env.id);
-        let problem = match self.body_checksum(&name, size_bytes).await {
+        let name = match env.body {
+            Body::Log { .. } => format!("body log ({})", StorageReader::<S>::names(&env.id, &env.body).join(" ")),
+            _ => body_name(&env.id),
+        };
+        let problem = match self.body_checksum(env, size_bytes).await {
             Ok(found) if found == checksum => return Ok(()),
             Ok(found) => BodyProblem::Checksum { expected: checksum, found },
             Err(problem) => problem,
@@ -1603,43 +1895,156 @@ impl<S: Storage + 'static> Queue<S> {
         Err(BodyDamaged { id: env.id.clone(), file: name, problem })
     }
 
-    /// The CRC32C of body file `name`, which must be `size_bytes` long.
-    async fn body_checksum(&self, name: &str, size_bytes: u64) -> Result<u32, BodyProblem> {
-        let file = self.storage.open_body(name).await.map_err(|e| match e.kind() {
+    /// The CRC32C of a message's stored body, which must be `size_bytes`
+    /// long: a body file of another size, or extents the body log's files
+    /// do not hold whole, are refused.
+    async fn body_checksum(&self, env: &Envelope, size_bytes: u64) -> Result<u32, BodyProblem> {
+        let unreadable = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => BodyProblem::Missing,
             _ => BodyProblem::Unreadable(e),
-        })?;
-        let result = checksum_of(&file, size_bytes).await;
-        let _ = file.close().await;
-        result
+        };
+        if let Body::File { .. } = env.body {
+            let file = self.storage.open_body(&body_name(&env.id)).await.map_err(unreadable)?;
+            let found_bytes = file.size_bytes().await.map_err(BodyProblem::Unreadable);
+            let _ = file.close().await;
+            let found_bytes = found_bytes?;
+            if found_bytes != size_bytes {
+                return Err(BodyProblem::Size { expected_bytes: size_bytes, found_bytes });
+            }
+        }
+        let mut reader = StorageReader::new(self.storage.clone(), &env.id, &env.body);
+        let mut checksum = 0u32;
+        let mut found_bytes = 0u64;
+        let result = loop {
+            match reader.read(BODY_CHECK_CHUNK_BYTES).await {
+                Ok(bytes) if bytes.is_empty() => break Ok(()),
+                Ok(bytes) => {
+                    checksum = queue_format::checksum::crc32c_append(checksum, &bytes);
+                    found_bytes += bytes.len() as u64;
+                    glommio::yield_if_needed().await;
+                }
+                Err(e) => break Err(unreadable(e)),
+            }
+        };
+        reader.close().await;
+        result?;
+        if found_bytes != size_bytes {
+            // Shorter than it said a moment ago, or extents past a file's end.
+            return Err(BodyProblem::Size { expected_bytes: size_bytes, found_bytes });
+        }
+        Ok(checksum)
+    }
+
+    /// The body log's segments, and those of them the collector may delete
+    /// now; checks the body log's invariants.
+    #[cfg(test)]
+    pub fn body_log_segments(&self) -> (Vec<u64>, Vec<u64>) {
+        self.body_log.check();
+        (self.body_log.kept(), self.body_log.collectable())
     }
 
     /// Opens a message's body file for reading (after [`Queue::check_body`]).
     pub async fn open_body(&self, id: &str) -> std::io::Result<S::Body> {
         self.storage.open_body(&body_name(id)).await
     }
+
+    /// A message's whole stored content, read through the queue's storage
+    /// after [`Queue::check_body`] (the simulation's deliveries).
+    #[cfg(test)]
+    pub async fn read_body(&self, env: &Envelope) -> Option<Vec<u8>> {
+        if let Body::Inline(bytes) = &env.body {
+            return Some(bytes.to_vec());
+        }
+        self.check_body(env).await.ok()?;
+        let mut reader = StorageReader::new(self.storage.clone(), &env.id, &env.body);
+        let mut content = Vec::new();
+        let result = loop {
+            match reader.read(BODY_CHECK_CHUNK_BYTES).await {
+                Ok(bytes) if bytes.is_empty() => break Some(()),
+                Ok(bytes) => content.extend_from_slice(&bytes),
+                Err(_) => break None,
+            }
+        };
+        reader.close().await;
+        result.map(|()| content)
+    }
 }
 
-/// Reads `file` sequentially, `BODY_CHECK_CHUNK_BYTES` at a time; each
-/// read advances, so the loop ends after at most `size_bytes` reads.
-async fn checksum_of<F: BodyFile>(file: &F, size_bytes: u64) -> Result<u32, BodyProblem> {
-    let found_bytes = file.size_bytes().await.map_err(BodyProblem::Unreadable)?;
-    if found_bytes != size_bytes {
-        return Err(BodyProblem::Size { expected_bytes: size_bytes, found_bytes });
+/// Reads a stored body (a body file, or the body log's extents) through
+/// the queue's [`Storage`], front to back: a file is opened once for all
+/// its pieces in a row. A file shorter than a piece ends the body there;
+/// the caller compares the bytes it got with the envelope's size.
+struct StorageReader<S: Storage> {
+    storage: Rc<S>,
+    /// (file name, offset, size) per piece.
+    pieces: Vec<(String, u64, u64)>,
+    piece: usize,
+    /// Into the current piece.
+    offset_bytes: u64,
+    file: Option<(String, S::Body)>,
+}
+
+impl<S: Storage> StorageReader<S> {
+    fn new(storage: Rc<S>, id: &str, body: &Body) -> StorageReader<S> {
+        let pieces = StorageReader::<S>::new_pieces(id, body);
+        StorageReader { storage, pieces, piece: 0, offset_bytes: 0, file: None }
     }
-    let mut checksum = 0u32;
-    let mut offset = 0u64;
-    while offset < size_bytes {
-        let len = (size_bytes - offset).min(BODY_CHECK_CHUNK_BYTES as u64) as usize;
-        let bytes = file.read_at(offset, len).await.map_err(BodyProblem::Unreadable)?;
-        if bytes.is_empty() {
-            // Shorter than it said a moment ago.
-            return Err(BodyProblem::Size { expected_bytes: size_bytes, found_bytes: offset });
+
+    /// The files a body is in, each once, in order.
+    fn names(id: &str, body: &Body) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (name, _, _) in StorageReader::<S>::new_pieces(id, body) {
+            if names.last() != Some(&name) {
+                names.push(name);
+            }
         }
-        assert!(bytes.len() <= len, "a read returns at most what was asked");
-        checksum = queue_format::checksum::crc32c_append(checksum, &bytes);
-        offset += bytes.len() as u64;
-        glommio::yield_if_needed().await;
+        names
     }
-    Ok(checksum)
+
+    fn new_pieces(id: &str, body: &Body) -> Vec<(String, u64, u64)> {
+        match body {
+            Body::Inline(_) => Vec::new(),
+            Body::File { size_bytes, .. } => vec![(body_name(id), 0, *size_bytes)],
+            Body::Log { extents, .. } => queue_format::body_extents(extents)
+                .map(|e| {
+                    (bodylog::segment_name(e.segment_sequence), u64::from(e.offset_bytes), u64::from(e.size_bytes))
+                })
+                .collect(),
+        }
+    }
+
+    /// Up to `len` bytes; empty at the end.
+    async fn read(&mut self, len: usize) -> std::io::Result<Vec<u8>> {
+        while let Some((name, offset, size)) = self.pieces.get(self.piece) {
+            let left = size - self.offset_bytes;
+            if left == 0 {
+                self.piece += 1;
+                self.offset_bytes = 0;
+                continue;
+            }
+            if self.file.as_ref().map(|(open, _)| open) != Some(name) {
+                if let Some((_, file)) = self.file.take() {
+                    let _ = file.close().await;
+                }
+                self.file = Some((name.clone(), self.storage.open_body(name).await?));
+            }
+            let (_, file) = self.file.as_ref().expect("opened above");
+            let want = left.min(len as u64) as usize;
+            let bytes = file.read_at(offset + self.offset_bytes, want).await?;
+            if bytes.is_empty() {
+                self.piece = self.pieces.len();
+                return Ok(bytes);
+            }
+            assert!(bytes.len() <= want, "a read returns at most what was asked");
+            self.offset_bytes += bytes.len() as u64;
+            return Ok(bytes);
+        }
+        Ok(Vec::new())
+    }
+
+    async fn close(mut self) {
+        if let Some((_, file)) = self.file.take() {
+            let _ = file.close().await;
+        }
+    }
 }

@@ -40,6 +40,8 @@ pub struct Candidate {
     pub retry_next_unix_ms: u64,
     pub arrival_unix_ms: u64,
     pub body_file: bool,
+    /// The body log segments its body's extents are in, first and last.
+    pub body_log: Option<(u64, u64)>,
     /// The record carries the HELD flag: an operator held the message.
     pub held: bool,
     /// The decoded envelope, when the caller asked to keep it (boxed: a
@@ -91,6 +93,9 @@ pub struct RetryRecord {
 
 pub struct Scan<V = Candidate> {
     pub live: IdMap<V>,
+    /// The live messages whose newest envelope's body is in the body log:
+    /// the first and last segment of its extents.
+    pub body_log: IdMap<(u64, u64)>,
     pub completed: IdSet,
     pub segments: Vec<ScannedSegment>,
     /// Per log (head, retry): the last trusted record sequence number.
@@ -111,6 +116,7 @@ impl<V> Default for Scan<V> {
     fn default() -> Scan<V> {
         Scan {
             live: IdMap::default(),
+            body_log: IdMap::default(),
             completed: IdSet::default(),
             segments: Vec::new(),
             record_sequence_last: [None; 2],
@@ -125,6 +131,7 @@ pub fn log_index(kind: LogKind) -> usize {
     match kind {
         LogKind::Head => 0,
         LogKind::Retry => 1,
+        LogKind::Body => unreachable!("the body log holds no records"),
     }
 }
 
@@ -212,19 +219,29 @@ pub fn scan_segment(mut out: SegmentScan, bytes: &[u8], keep: bool) -> SegmentSc
             size_bytes: entry.size_bytes as u32,
         };
         match &entry.record.body {
-            RecordBody::Envelope(env) | RecordBody::ReplacementEnvelope(env) => out.items.push(ScanItem::Envelope(
-                env.queue_id,
-                Candidate {
-                    location,
-                    record_sequence: entry.record.frame.record_sequence,
-                    attempt_count: env.attempt_count,
-                    retry_next_unix_ms: env.retry_next_unix_ms,
-                    arrival_unix_ms: env.arrival_unix_ms,
-                    body_file: matches!(env.body, queue_format::BodyRef::File { .. }),
-                    held: env.flags.contains(queue_format::EnvelopeFlags::HELD),
-                    envelope: if keep { Envelope::from_format(env).ok().map(Box::new) } else { None },
-                },
-            )),
+            RecordBody::Envelope(env) | RecordBody::ReplacementEnvelope(env) => {
+                let body_log = match env.body {
+                    queue_format::BodyRef::Log { extents, .. } => {
+                        let mut segments = queue_format::body_extents(extents).map(|e| e.segment_sequence);
+                        segments.next().map(|first| (first, segments.last().unwrap_or(first)))
+                    }
+                    _ => None,
+                };
+                out.items.push(ScanItem::Envelope(
+                    env.queue_id,
+                    Candidate {
+                        location,
+                        record_sequence: entry.record.frame.record_sequence,
+                        attempt_count: env.attempt_count,
+                        retry_next_unix_ms: env.retry_next_unix_ms,
+                        arrival_unix_ms: env.arrival_unix_ms,
+                        body_file: matches!(env.body, queue_format::BodyRef::File { .. }),
+                        body_log,
+                        held: env.flags.contains(queue_format::EnvelopeFlags::HELD),
+                        envelope: if keep { Envelope::from_format(env).ok().map(Box::new) } else { None },
+                    },
+                ))
+            }
             RecordBody::Completion(c) => out.items.push(ScanItem::Completion(c.queue_id)),
             RecordBody::Padding { .. } => {}
         }
@@ -280,6 +297,7 @@ impl<V: Live> Scan<V> {
                         continue;
                     }
                     let location = candidate.location;
+                    let body_log = candidate.body_log;
                     if let Some(order) = self.retry_order.as_mut().filter(|_| slot == 1) {
                         order.push(RetryRecord {
                             location,
@@ -290,12 +308,22 @@ impl<V: Live> Scan<V> {
                     let dead = match self.live.entry(id) {
                         std::collections::hash_map::Entry::Vacant(slot) => {
                             slot.insert(V::of(candidate));
+                            if let Some(range) = body_log {
+                                self.body_log.insert(id, range);
+                            }
                             None
                         }
                         // Equal generations: the later record of the log wins.
                         std::collections::hash_map::Entry::Occupied(mut slot) => {
                             if candidate.attempt_count >= slot.get().attempt_count() {
-                                Some(slot.insert(V::of(candidate)).location())
+                                let old = slot.insert(V::of(candidate)).location();
+                                if !self.body_log.is_empty() {
+                                    self.body_log.remove(&id);
+                                }
+                                if let Some(range) = body_log {
+                                    self.body_log.insert(id, range);
+                                }
+                                Some(old)
                             } else {
                                 Some(location)
                             }
@@ -305,6 +333,9 @@ impl<V: Live> Scan<V> {
                 }
                 ScanItem::Completion(id) => {
                     let dead = self.live.remove(&id).map(|old| old.location());
+                    if !self.body_log.is_empty() {
+                        self.body_log.remove(&id);
+                    }
                     self.note_dead(dead);
                     self.completed.insert(id);
                 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use queue_format::{LogExpect, LogKind, LogReader, RecordBody};
 
 use super::envelope::Envelope;
-use super::log::{BatchOut, Location, Staged};
+use super::log::{BatchOut, Location};
 use super::storage::{SegmentFile, Storage};
 use super::Queue;
 
@@ -219,7 +219,7 @@ impl<S: Storage + 'static> Queue<S> {
     /// live and the message stays held.
     async fn carry_held(&self, env: Envelope) {
         if !self.closed.get() {
-            match self.append(LogKind::Retry, Staged::replacement(env.clone())).await {
+            match self.append_replacement(env.clone()).await {
                 Ok(_) => return,
                 Err(e) => crate::log::event("queue_error", &[("id", &env.id), ("error", &e)]),
             }

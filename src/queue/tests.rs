@@ -47,6 +47,7 @@ fn params() -> QueueParams {
         retry_lags: vec![Duration::from_millis(100), Duration::from_millis(300)],
         handoff_envelopes_max: 16,
         body_sync: crate::queue::BodySyncMode::Each,
+        body_store: crate::queue::BodyStore::Files,
     }
 }
 
@@ -1352,6 +1353,242 @@ fn batches_land_in_blocks_zeroed_ahead_of_them() {
             p.segment_size_bytes = 16 << 20;
             let q = open(&dir, p).await;
             assert_eq!(q.fresh.len(), 21, "every message is read back");
+        })
+    });
+}
+
+// --- The body log ---------------------------------------------------------
+
+fn log_params() -> QueueParams {
+    QueueParams { body_store: crate::queue::BodyStore::Log, ..params() }
+}
+
+/// Waits (a little) until the collector has deleted what it may.
+async fn collected(q: &Opened, dir: &std::path::Path, bodylog_files: usize) -> Vec<String> {
+    for _ in 0..200 {
+        if files(dir, "bodylog-").len() == bodylog_files {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    let (kept, collectable) = q.queue.body_log_segments();
+    assert!(collectable.is_empty(), "collectable but kept: {collectable:?} of {kept:?}");
+    files(dir, "bodylog-")
+}
+
+#[test]
+fn log_bodies_survive_a_restart_are_copied_to_a_body_file_when_deferred_and_their_segments_go() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("bodylog");
+            let q = open(&dir, log_params()).await;
+            let bodies: Vec<Vec<u8>> = (0..3).map(|i| large_body(5000 + i)).collect();
+            let mut envs = Vec::new();
+            for body in &bodies {
+                envs.push(accept(&q.queue, body).await.unwrap());
+            }
+            let small = accept(&q.queue, b"Subject: small\r\n\r\nhi\r\n").await.unwrap();
+            assert!(matches!(small.body, Body::Inline(_)));
+            for (env, body) in envs.iter().zip(&bodies) {
+                let Body::Log { size_bytes, .. } = env.body else { panic!("{:?}", env.body) };
+                assert_eq!(size_bytes, body.len() as u64);
+                q.queue.check_body(env).await.unwrap();
+                assert_eq!(q.queue.read_body(env).await.as_deref(), Some(&body[..]));
+            }
+            assert!(files(&dir, "body-").is_empty(), "no body file: {:?}", files(&dir, "body-"));
+            assert_eq!(files(&dir, "bodylog-").len(), 1, "the three bodies share a segment");
+            drop(q);
+            let q = open(&dir, log_params()).await;
+            assert_eq!(q.fresh, [envs.clone(), vec![small.clone()]].concat());
+            for (env, body) in envs.iter().zip(&bodies) {
+                assert_eq!(q.queue.read_body(env).await.as_deref(), Some(&body[..]), "after a restart");
+                // Readers outside the queue read it through its pieces.
+                let mut read = Vec::new();
+                std::io::Read::read_to_end(&mut q.queue.stored_body(env).sync_reader(), &mut read).unwrap();
+                assert_eq!(read, *body);
+            }
+            // Deferred: the body moves to a body file with the replacement.
+            let mut deferred = envs[0].clone();
+            deferred.attempt_count = 1;
+            deferred.next_retry_unix_ms = unix_now_ms() + 3_600_000;
+            q.queue.defer(&deferred).await.unwrap();
+            assert_eq!(files(&dir, "body-"), vec![format!("body-{}", deferred.id)]);
+            assert_eq!(std::fs::read(q.queue.body_path(&deferred.id)).unwrap(), bodies[0]);
+            // The others done: nothing names the segment, which goes.
+            q.queue.complete(&envs[1], CompletionReason::Done).unwrap();
+            q.queue.complete(&envs[2], CompletionReason::Done).unwrap();
+            q.queue.complete(&small, CompletionReason::Done).unwrap();
+            glommio::timer::sleep(Duration::from_millis(400)).await;
+            assert!(collected(&q, &dir, 0).await.is_empty(), "the segment is deleted");
+            drop(q);
+            // The deferred message is read from its body file after a restart.
+            let q = open(&dir, log_params()).await;
+            assert_eq!(q.queue.live_ids(), vec![deferred.id.clone()]);
+            let back = q.queue.read_envelope_at(q.queue.entry(&deferred.id).unwrap().location).await.unwrap();
+            assert!(matches!(back.body, Body::File { .. }), "{:?}", back.body);
+            assert_eq!(q.queue.read_body(&back).await.as_deref(), Some(&bodies[0][..]));
+        })
+    });
+}
+
+#[test]
+fn bodies_of_one_batch_share_one_flush_of_their_segment_and_a_failed_one_refuses_them() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("bodylog-group");
+            // Large enough for every body of the test.
+            let params =
+                QueueParams { commit_delay: Duration::from_secs(10), segment_size_bytes: 1 << 20, ..log_params() };
+            let q = open(&dir, params.clone()).await;
+            const MESSAGES: usize = 8;
+            let header_syncs = q.faults.body_syncs.get();
+            for result in commit_together(&q, MESSAGES).await {
+                result.unwrap();
+            }
+            assert_eq!(q.faults.body_syncs.get() - header_syncs, 1, "one fdatasync of the segment for the batch");
+            assert_eq!(q.faults.writes.get(), 1, "one batch");
+            assert!(files(&dir, "body-").is_empty());
+            // The segment's flush fails: no envelope of the batch is written,
+            // every session hears 451, and the next bodies go to a new segment.
+            let segments = files(&dir, "bodylog-");
+            q.faults.body_sync_error.set(Some(libc::EIO));
+            for result in commit_together(&q, MESSAGES).await {
+                assert!(is_451(&result.unwrap_err()));
+            }
+            assert_eq!(q.faults.writes.get(), 1, "writer rule 4");
+            assert_eq!(q.queue.take_ready().await.len(), MESSAGES, "the first batch's messages, handed over");
+            let ok = accept(&q.queue, &large_body(5000)).await.unwrap();
+            let now = files(&dir, "bodylog-");
+            assert!(now.len() == segments.len() + 1 || now.len() == segments.len(), "{segments:?} {now:?}");
+            let Body::Log { extents, .. } = &ok.body else { panic!() };
+            let first = queue_format::body_extents(extents).next().unwrap().segment_sequence;
+            assert!(!segments.contains(&bodylog::segment_name(first)), "a segment whose flush failed takes no more");
+            assert_eq!(q.queue.live_count(), MESSAGES + 1);
+            drop(q);
+            let q = open(&dir, params).await;
+            assert_eq!(q.fresh.len(), MESSAGES + 1);
+            for env in &q.fresh {
+                q.queue.check_body(env).await.unwrap();
+            }
+        })
+    });
+}
+
+#[test]
+fn a_full_disk_in_the_body_log_is_452_and_acknowledges_nothing() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("bodylog-enospc");
+            let q = open(&dir, log_params()).await;
+            let body = large_body(5000);
+            // No segment can be created, or a write fails, or one is short.
+            q.faults.body_create_error.set(Some(libc::ENOSPC));
+            assert!(is_452(&accept(&q.queue, &body).await.unwrap_err()));
+            assert!(files(&dir, "bodylog-").is_empty(), "no segment left behind");
+            q.faults.body_write_error.set(Some(libc::ENOSPC));
+            assert!(is_452(&accept(&q.queue, &body).await.unwrap_err()));
+            q.faults.body_write_short_bytes.set(Some(100));
+            let error = accept(&q.queue, &body).await.unwrap_err();
+            assert!(is_452(&error), "a short write is a full disk: {error:?}");
+            assert_eq!(q.queue.live_count(), 0, "nothing acknowledged");
+            assert_eq!(q.faults.writes.get(), 0, "no envelope was written");
+            let ok = accept(&q.queue, &body).await.unwrap();
+            q.queue.check_body(&ok).await.unwrap();
+            // Segments a failed write left are deleted once nothing names them.
+            assert_eq!(collected(&q, &dir, 1).await.len(), 1, "only the segment in use stays");
+            drop(q);
+            let q = open(&dir, log_params()).await;
+            assert_eq!(q.fresh.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec![ok.id.as_str()]);
+            q.queue.check_body(&q.fresh[0]).await.unwrap();
+        })
+    });
+}
+
+#[test]
+fn a_failed_envelope_flush_keeps_the_body_log_segment_for_the_next_start() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("bodylog-keep");
+            let q = open(&dir, log_params()).await;
+            accept(&q.queue, b"first\r\n").await.unwrap();
+            q.faults.sync_error.set(Some(libc::EIO));
+            let body = large_body(5000);
+            assert!(is_451(&accept(&q.queue, &body).await.unwrap_err()));
+            // The envelope may be on disk: the segment with its body stays.
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            let kept = files(&dir, "bodylog-");
+            assert_eq!(kept.len(), 1, "{kept:?}");
+            assert!(q.queue.body_log_segments().1.is_empty());
+            drop(q);
+            // After a restart the body serves its recovered envelope, or, if
+            // the envelope did not reach the disk, the segment goes.
+            let q = open(&dir, log_params()).await;
+            let recovered: Vec<&Envelope> = q.fresh.iter().filter(|e| matches!(e.body, Body::Log { .. })).collect();
+            match recovered.as_slice() {
+                [] => assert!(files(&dir, "bodylog-").is_empty()),
+                [env] => {
+                    assert_eq!(files(&dir, "bodylog-"), kept);
+                    assert_eq!(q.queue.read_body(env).await.as_deref(), Some(&body[..]));
+                }
+                more => panic!("{more:?}"),
+            }
+        })
+    });
+}
+
+#[test]
+fn check_body_refuses_a_body_log_segment_cut_short_or_changed() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("bodylog-check");
+            let q = open(&dir, QueueParams { segment_size_bytes: 1 << 20, ..log_params() }).await;
+            // Several extents: more than one write's worth each.
+            let body = large_body(BODY_WRITE_BYTES * 2 + 1234);
+            let a = accept(&q.queue, &body).await.unwrap();
+            let b = accept(&q.queue, &body).await.unwrap();
+            let Body::Log { extents, .. } = &b.body else { panic!() };
+            let extents: Vec<_> = queue_format::body_extents(extents).collect();
+            assert!(!extents.is_empty());
+            assert_eq!(extents.iter().map(|e| u64::from(e.size_bytes)).sum::<u64>(), body.len() as u64);
+            let path = dir.join(bodylog::segment_name(extents[0].segment_sequence));
+            // One byte of the first body changed.
+            let Body::Log { extents: a_extents, .. } = &a.body else { panic!() };
+            let a_first = queue_format::body_extents(a_extents).next().unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[a_first.offset_bytes as usize + 17] ^= 0x20;
+            std::fs::write(&path, &bytes).unwrap();
+            let damaged = q.queue.check_body(&a).await.unwrap_err();
+            assert!(matches!(damaged.problem, BodyProblem::Checksum { .. }), "{damaged}");
+            assert!(damaged.file.contains("bodylog-"), "{}", damaged.file);
+            // The segment cut inside the second body.
+            let last = extents.last().unwrap();
+            let cut = u64::from(last.offset_bytes) + u64::from(last.size_bytes) - 10;
+            std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+            let damaged = q.queue.check_body(&b).await.unwrap_err();
+            assert!(
+                matches!(damaged.problem, BodyProblem::Size { expected_bytes, found_bytes }
+                    if expected_bytes == body.len() as u64 && found_bytes == expected_bytes - 10),
+                "{damaged}"
+            );
+            // Gone.
+            std::fs::remove_file(&path).unwrap();
+            assert!(matches!(q.queue.check_body(&b).await.unwrap_err().problem, BodyProblem::Missing));
+        })
+    });
+}
+
+#[test]
+fn a_torn_body_log_write_is_caught_by_the_body_check() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("bodylog-torn");
+            let q = open(&dir, log_params()).await;
+            accept(&q.queue, &large_body(5000)).await.unwrap();
+            // The write claims success but only its first 512 bytes land.
+            q.faults.body_write_torn_bytes.set(Some(512));
+            let env = accept(&q.queue, &large_body(5000)).await.unwrap();
+            let damaged = q.queue.check_body(&env).await.unwrap_err();
+            assert!(matches!(damaged.problem, BodyProblem::Checksum { .. } | BodyProblem::Size { .. }), "{damaged}");
         })
     });
 }

@@ -25,6 +25,9 @@ pub struct ShardView {
     pub segment_bytes: [u64; 2],
     pub body_files: usize,
     pub body_bytes: u64,
+    /// Body log segment files, and their bytes.
+    pub body_log_segments: usize,
+    pub body_log_bytes: u64,
     pub free_segments: usize,
 }
 
@@ -58,12 +61,17 @@ pub fn scan_shard(dir: &Path) -> std::io::Result<ShardView> {
         segment_bytes: [0, 0],
         body_files: 0,
         body_bytes: 0,
+        body_log_segments: 0,
+        body_log_bytes: 0,
         free_segments: 0,
     };
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some((kind, seq)) = parse_segment_name(&name) {
+        if let Some((LogKind::Body, _)) = parse_segment_name(&name) {
+            view.body_log_segments += 1;
+            view.body_log_bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        } else if let Some((kind, seq)) = parse_segment_name(&name) {
             segments.push((kind, seq, name));
         } else if name.starts_with("body-") {
             view.body_files += 1;
@@ -203,6 +211,19 @@ pub fn show(config: &Config, id: &str) -> std::io::Result<Option<String>> {
         let body = match &env.body {
             Body::Inline(_) => "inline".to_string(),
             Body::File { checksum, .. } => format!("file body-{} (crc32c {checksum:08x})", env.id),
+            Body::Log { checksum, extents, .. } => {
+                let extents: Vec<String> = queue_format::body_extents(extents)
+                    .map(|e| {
+                        format!(
+                            "{}+{}:{}",
+                            super::bodylog::segment_name(e.segment_sequence),
+                            e.offset_bytes,
+                            e.size_bytes
+                        )
+                    })
+                    .collect();
+                format!("log {} (crc32c {checksum:08x})", extents.join(" "))
+            }
         };
         let _ = writeln!(out, "body: {body}");
         let _ =
@@ -240,7 +261,7 @@ pub fn stats(config: &Config) -> std::io::Result<String> {
         total_segments += view.scan.segments.len();
         let _ = writeln!(
             out,
-            "shard={} live={live} fresh={} deferred={deferred} head_segments={} retry_segments={} head_bytes={} retry_bytes={} free_segments={} body_files={} body_bytes={} records={} damaged={}",
+            "shard={} live={live} fresh={} deferred={deferred} head_segments={} retry_segments={} head_bytes={} retry_bytes={} free_segments={} body_files={} body_bytes={} body_log_segments={} body_log_bytes={} records={} damaged={}",
             dir.display(),
             per_log[0].0,
             per_log[0].1,
@@ -250,6 +271,8 @@ pub fn stats(config: &Config) -> std::io::Result<String> {
             view.free_segments,
             view.body_files,
             view.body_bytes,
+            view.body_log_segments,
+            view.body_log_bytes,
             view.scan.records,
             view.scan.damaged().count(),
         );

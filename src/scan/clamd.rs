@@ -103,7 +103,7 @@ fn verdict(reply: &[u8]) -> Result<Verdict, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use crate::queue::StoredBody;
     use std::thread::JoinHandle;
 
     use super::*;
@@ -162,7 +162,7 @@ mod tests {
         testing::run(move || {
             Box::pin(async move {
                 let env = inline(bytes);
-                let message = Message { env: &env, body_path: Path::new("/nonexistent") };
+                let message = Message { env: &env, stored: &StoredBody::default() };
                 let _ = tx.send(scan(&ClamdParams { address }, message).await);
             })
         });
@@ -174,7 +174,7 @@ mod tests {
         testing::run(move || {
             Box::pin(async move {
                 let (env, path) = in_file(&bytes);
-                let _ = tx.send(scan(&ClamdParams { address }, Message { env: &env, body_path: &path }).await);
+                let _ = tx.send(scan(&ClamdParams { address }, Message { env: &env, stored: &path }).await);
             })
         });
         rx.recv().unwrap()

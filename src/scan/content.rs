@@ -7,11 +7,9 @@
 //! …) and by the scanning stage at the final dot (`crate::scan`), which
 //! bounds their concurrency and applies their time limit and verdicts.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use glommio::io::BufferedFile;
-
-use crate::queue::{Body, Envelope};
+use crate::queue::{Body, BodyReader, Envelope, StoredBody};
 
 /// Bytes read from a body file at a time.
 pub const CHUNK_BYTES: usize = 64 * 1024;
@@ -50,8 +48,9 @@ impl std::fmt::Display for ScannerAddress {
 #[derive(Clone, Copy)]
 pub struct Message<'a> {
     pub env: &'a Envelope,
-    /// Where a `Body::File` is; unused for inline content.
-    pub body_path: &'a Path,
+    /// Where a body file's or the body log's content is; unused for
+    /// inline content.
+    pub stored: &'a StoredBody,
 }
 
 impl Message<'_> {
@@ -62,16 +61,16 @@ impl Message<'_> {
 
     /// The content in chunks of at most `CHUNK_BYTES`, in order.
     pub fn chunks(&self) -> Chunks<'_> {
-        Chunks { body: &self.env.body, body_path: self.body_path, offset_bytes: 0, file: None }
+        Chunks { body: &self.env.body, stored: self.stored, offset_bytes: 0, reader: None }
     }
 }
 
 /// Reads a message's content a chunk at a time.
 pub struct Chunks<'a> {
     body: &'a Body,
-    body_path: &'a Path,
+    stored: &'a StoredBody,
     offset_bytes: u64,
-    file: Option<BufferedFile>,
+    reader: Option<BodyReader>,
 }
 
 impl Chunks<'_> {
@@ -84,25 +83,22 @@ impl Chunks<'_> {
                 self.offset_bytes = end as u64;
                 Ok((start < end).then(|| bytes[start..end].to_vec()))
             }
-            Body::File { .. } => {
-                let file = match &self.file {
-                    Some(file) => file,
-                    None => self.file.insert(BufferedFile::open(self.body_path).await.map_err(std::io::Error::from)?),
-                };
-                let chunk = file.read_at(self.offset_bytes, CHUNK_BYTES).await.map_err(std::io::Error::from)?;
+            Body::File { .. } | Body::Log { .. } => {
+                let stored = self.stored;
+                let chunk = self.reader.get_or_insert_with(|| stored.reader()).read(CHUNK_BYTES).await?;
                 if chunk.is_empty() {
                     return Ok(None);
                 }
                 self.offset_bytes += chunk.len() as u64;
-                Ok(Some(chunk.to_vec()))
+                Ok(Some(chunk))
             }
         }
     }
 
     /// Closes the body file, if one was opened.
     pub async fn close(self) {
-        if let Some(file) = self.file {
-            let _ = file.close().await;
+        if let Some(reader) = self.reader {
+            reader.close().await;
         }
     }
 }

@@ -79,7 +79,7 @@ pub async fn scan(params: &PipeScanParams, message: Message<'_>) -> Result<Verdi
     let argv = expand(&params.argv, &message);
     let program = argv[0].clone();
     let body = message.env.body.clone();
-    let body_path = message.body_path.to_path_buf();
+    let stored = message.stored.clone();
     let line_ends = if message.env.body_binary { LineEnds::AsStored } else { LineEnds::Lf };
     let (uid, gid, timeout) = (params.uid, params.gid, params.timeout);
     let vars = [("QUEUE_ID", message.env.id.clone())];
@@ -87,7 +87,7 @@ pub async fn scan(params: &PipeScanParams, message: Message<'_>) -> Result<Verdi
         .spawn_blocking(move || {
             let feed = move |stdin: &mut ChildStdin| {
                 // A program may decide before it has read everything.
-                match write_message(stdin, b"", &body, &body_path, line_ends) {
+                match write_message(stdin, b"", &body, &stored, line_ends) {
                     Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
                     other => other,
                 }
@@ -151,6 +151,7 @@ fn bounded(line: &str) -> String {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+    use crate::queue::StoredBody;
 
     fn ran(code: i32, stdout: &str) -> Ran {
         Ran {
@@ -182,7 +183,7 @@ mod tests {
     #[test]
     fn arguments_are_expanded_from_the_envelope() {
         let env = crate::testing::envelope("0000000000000001", &["a@x.test", "b@x.test"], 0);
-        let message = Message { env: &env, body_path: std::path::Path::new("/nonexistent") };
+        let message = Message { env: &env, stored: &StoredBody::default() };
         let argv: Vec<String> =
             ["/bin/f", "--from={sender}", "{recipients}", "--to={recipients}", "{client_ip}", "{queue_id}"]
                 .iter()

@@ -296,14 +296,14 @@ impl Replicator {
             return Verdict::Continue;
         }
         let started = Instant::now();
-        let body_path = self.deliverer.body_path(&env.id);
+        let stored = self.deliverer.stored_body(env);
         let out = self.deliverer.outbound();
         let policy = self.deliverer.default_policy();
         // One transaction whose MAIL carries XREPLICA=<id>, with the content
         // delivery would send (the scanners' header lines above the body).
         let mut txn = outbound::transaction(env, &indexes);
         txn.replica_of = Some(env.id.clone());
-        let content = outbound::Content { body_path: &body_path, env };
+        let content = outbound::Content { stored: &stored, env };
         let sent = glommio::timer::timeout(self.timeout, async {
             Ok(outbound::send(&out, &self.peer, policy, content, &txn).await)
         })

@@ -357,7 +357,7 @@ fn verdict(report: &Report) -> Result<Verdict, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use crate::queue::StoredBody;
     use std::thread::JoinHandle;
 
     use super::*;
@@ -394,7 +394,7 @@ mod tests {
         testing::run(move || {
             Box::pin(async move {
                 let params = RspamdParams { address };
-                let _ = tx.send(scan(&params, Message { env: &env, body_path: Path::new("/nonexistent") }).await);
+                let _ = tx.send(scan(&params, Message { env: &env, stored: &StoredBody::default() }).await);
             })
         });
         rx.recv().unwrap()
@@ -542,7 +542,7 @@ mod tests {
         testing::run(move || {
             Box::pin(async move {
                 let (env, path) = in_file(&bytes);
-                let _ = tx.send(scan(&RspamdParams { address }, Message { env: &env, body_path: &path }).await);
+                let _ = tx.send(scan(&RspamdParams { address }, Message { env: &env, stored: &path }).await);
             })
         });
         assert!(matches!(rx.recv().unwrap(), Ok(Verdict::Accept { .. })));

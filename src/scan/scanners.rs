@@ -19,7 +19,6 @@
 //! without one never waits for it.
 
 use std::cell::Cell;
-use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -32,7 +31,7 @@ use super::rspamd::{self, RspamdParams};
 use super::spamd::{self, SpamdParams};
 use crate::config::{Config, OnFailure, Scanner as ScannerConfig, ScannerKind};
 use crate::log;
-use crate::queue::{Envelope, Queue};
+use crate::queue::{Envelope, Queue, StoredBody};
 use crate::smtp::reply::{Enhanced, Reply};
 
 /// Longest reason quoted in a reply (a reply line is at most 512 octets).
@@ -111,10 +110,10 @@ impl Scanners {
     /// Runs every scanner over `env` (its content complete at `env.body`,
     /// or in its body file), in order, until one refuses.
     pub async fn run(&self, env: &mut Envelope) -> Decision {
-        let body_path = self.queue.body_path(&env.id);
+        let stored = self.queue.stored_body(env);
         for pool in &self.pools {
             let started = Instant::now();
-            let (said, what) = pool.scan(env, &body_path).await;
+            let (said, what) = pool.scan(env, &stored).await;
             crate::metrics::SCANS.inc(match &said {
                 Outcome::Said(Said::Accept { .. }) => 0,
                 Outcome::Said(Said::Reject { .. }) => 1,
@@ -205,7 +204,7 @@ enum Outcome {
 impl Pool {
     /// Waits for a slot (within the scanner's time limit, its queue
     /// bounded) and scans: the outcome and its name for the log.
-    async fn scan(&self, env: &Envelope, body_path: &Path) -> (Outcome, String) {
+    async fn scan(&self, env: &Envelope, stored: &StoredBody) -> (Outcome, String) {
         if self.config.max_size_bytes.is_some_and(|max| env.size_bytes > max) {
             return (Outcome::Skipped, "skipped".to_string());
         }
@@ -223,7 +222,7 @@ impl Pool {
                 return Err("the scanner's pool is closed".to_string());
             };
             let _running = Counted::new(&self.running);
-            let message = Message { env, body_path };
+            let message = Message { env, stored };
             match (&self.target, self.config.kind) {
                 (Target::Address(address), ScannerKind::Spamd) => {
                     let params = SpamdParams {

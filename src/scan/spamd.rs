@@ -412,12 +412,11 @@ fn verdict(params: &SpamdParams, report: &Report) -> Verdict {
 #[cfg(test)]
 pub(super) mod tests {
     use std::io::{Read, Write};
-    use std::path::{Path, PathBuf};
     use std::thread::JoinHandle;
     use std::time::Duration;
 
     use super::*;
-    use crate::queue::{Body, Envelope};
+    use crate::queue::{Body, Envelope, StoredBody};
     use crate::scan::content::CHUNK_BYTES;
     use crate::testing;
 
@@ -472,13 +471,13 @@ pub(super) mod tests {
     }
 
     /// An envelope whose content is `bytes`, in a body file.
-    pub(crate) fn in_file(bytes: &[u8]) -> (Envelope, PathBuf) {
+    pub(crate) fn in_file(bytes: &[u8]) -> (Envelope, StoredBody) {
         let path = testing::tempdir("scanner-body").join("body-00000000000000A1");
         std::fs::write(&path, bytes).unwrap();
         let mut env = inline(b"");
         env.body = Body::File { size_bytes: bytes.len() as u64, checksum: 0 };
         env.size_bytes = bytes.len() as u64;
-        (env, path)
+        (env, StoredBody::file(&path, bytes.len() as u64))
     }
 
     /// Content of `len` bytes in CRLF lines, a different pattern per line.
@@ -547,7 +546,7 @@ pub(super) mod tests {
         testing::run(move || {
             Box::pin(async move {
                 let env = inline(bytes);
-                let _ = tx.send(scan(&params, Message { env: &env, body_path: Path::new("/nonexistent") }).await);
+                let _ = tx.send(scan(&params, Message { env: &env, stored: &StoredBody::default() }).await);
             })
         });
         rx.recv().unwrap()
@@ -648,7 +647,7 @@ pub(super) mod tests {
         testing::run(move || {
             Box::pin(async move {
                 let (env, path) = in_file(&bytes);
-                let _ = tx.send(scan(&params(address, None, None), Message { env: &env, body_path: &path }).await);
+                let _ = tx.send(scan(&params(address, None, None), Message { env: &env, stored: &path }).await);
             })
         });
         assert!(matches!(rx.recv().unwrap(), Ok(Verdict::Accept { .. })));
@@ -668,7 +667,7 @@ pub(super) mod tests {
                 let mut env = inline(b"Subject: x\r\n\r\nshort\r\n");
                 env.size_bytes += 10;
                 let _ =
-                    tx.send(scan(&params(address, None, None), Message { env: &env, body_path: Path::new("/") }).await);
+                    tx.send(scan(&params(address, None, None), Message { env: &env, stored: &StoredBody::default() }).await);
             })
         });
         let error = rx.recv().unwrap().unwrap_err();

@@ -242,6 +242,7 @@ fn params() -> QueueParams {
         retry_lags: retry_lags(),
         handoff_envelopes_max: PERMITS * 4,
         body_sync: BodySyncMode::Each,
+        body_store: crate::queue::BodyStore::Log,
     }
 }
 
@@ -520,16 +521,7 @@ fn marker_of(content: &[u8]) -> Option<Marker> {
 }
 
 async fn content_of(queue: &Queue<SimStorage>, env: &Envelope) -> Option<Vec<u8>> {
-    use crate::queue::storage::BodyFile;
-    match &env.body {
-        Body::Inline(bytes) => Some(bytes.to_vec()),
-        Body::File { size_bytes, .. } => {
-            queue.check_body(env).await.ok()?;
-            let file = queue.open_body(&env.id).await.ok()?;
-            let bytes = file.read_at(0, *size_bytes as usize).await.ok()?;
-            (bytes.len() as u64 == *size_bytes).then_some(bytes)
-        }
-    }
+    queue.read_body(env).await
 }
 
 /// One attempt, as `deliver::engine::Delivery::attempt` makes it.
@@ -928,6 +920,8 @@ struct Bound {
     head_newest_at_retry_sealed: std::collections::BTreeMap<u64, u64>,
     /// Per log: consecutive ticks with a segment older than allowed.
     over_ticks: [u64; 2],
+    /// Consecutive ticks with a body log segment kept or left too long.
+    body_over_ticks: u64,
     segments_max: [usize; 2],
 }
 
@@ -936,7 +930,12 @@ const GRACE_TICKS: u64 = 200;
 
 impl Bound {
     fn new() -> Bound {
-        Bound { head_newest_at_retry_sealed: Default::default(), over_ticks: [0; 2], segments_max: [0; 2] }
+        Bound {
+            head_newest_at_retry_sealed: Default::default(),
+            over_ticks: [0; 2],
+            body_over_ticks: 0,
+            segments_max: [0; 2],
+        }
     }
 
     /// The sequences of each log's segment files on disk, oldest first.
@@ -946,13 +945,40 @@ impl Bound {
             match crate::queue::log::parse_segment_name(&name) {
                 Some((LogKind::Head, seq)) => seqs[0].push(seq),
                 Some((LogKind::Retry, seq)) => seqs[1].push(seq),
-                None => {}
+                Some((LogKind::Body, _)) | None => {}
             }
         }
         for log in &mut seqs {
             log.sort_unstable();
         }
         seqs
+    }
+
+    /// The body log: a segment the collector may delete goes, and a file
+    /// the queue does not keep (one being created or deleted) is gone or
+    /// kept, within the grace ticks.
+    fn check_body_log(&mut self, world: &World, queue: &Queue<SimStorage>) {
+        let (kept, collectable) = queue.body_log_segments();
+        let strays: Vec<String> = world
+            .disk
+            .state
+            .borrow()
+            .names()
+            .into_iter()
+            .filter(|name| {
+                matches!(crate::queue::log::parse_segment_name(name), Some((LogKind::Body, seq)) if !kept.contains(&seq))
+            })
+            .collect();
+        if collectable.is_empty() && strays.is_empty() {
+            self.body_over_ticks = 0;
+            return;
+        }
+        self.body_over_ticks += 1;
+        assert!(
+            self.body_over_ticks <= GRACE_TICKS,
+            "body log: segments {collectable:x?} stayed {GRACE_TICKS} ticks though no envelope can name them, \
+             files {strays:?} though the queue does not keep them (it keeps {kept:x?})"
+        );
     }
 
     /// After recovery: the order of the two logs' older writes is unknown,
@@ -968,6 +994,7 @@ impl Bound {
     }
 
     fn check(&mut self, world: &World, queue: &Queue<SimStorage>) {
+        self.check_body_log(world, queue);
         let [head, retry] = Bound::on_disk(world);
         let live = queue.live_segments();
         for (slot, (_, agree)) in live.iter().enumerate() {

@@ -1,5 +1,6 @@
-"""The log-structured queue seen from outside: no file per small message,
-a body file for a large one, the queue tools on a running and a stopped
+"""The log-structured queue seen from outside: no file per message (a
+small one inside its envelope, a large one in the body log), a body file
+for a deferred large one, the queue tools on a running and a stopped
 spool, deferred mail coming back through the retry runners."""
 
 import re
@@ -41,7 +42,10 @@ def test_small_messages_create_no_files_and_tools_show_the_queue(ringpost, smtp_
     assert all(name.endswith(".seg") for name in after), after
     assert len(after) - len(before) <= 2, (before, after)
     big = send(rp.port, 1, body=b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 100)[0]
-    assert f"body-{big}" in spool_files(rp)
+    # Accepted into the body log; deferred (the next hop is down), its body
+    # moves to a file of its own with the replacement envelope.
+    assert any(name.startswith("bodylog-") for name in spool_files(rp)), spool_files(rp)
+    wait_for(lambda: f"body-{big}" in spool_files(rp), what="the deferred message's body file")
 
     listing = queue_cmd(rp, "list").stdout
     for queue_id in ids + [big]:
@@ -88,3 +92,39 @@ def test_deferred_mail_survives_restart_in_the_retry_log(ringpost, smtp_sink):
     assert delivered == 5, rp.log_text()[-3000:]
     for queue_id in ids:
         assert f"id={queue_id}" in rp.log_text()
+
+
+def test_large_messages_go_to_the_body_log_and_arrive_whole(ringpost, smtp_sink):
+    """Bodies above queue.inline_max_bytes, sent by smtplib, are appended to
+    the body log (no file per message), relayed to Postfix's smtp-sink
+    whole, and the body log segment is the only file they leave."""
+    port = free_port()
+    sink = smtp_sink(port=port)
+    rp = ringpost({"delivery.smarthost": f"127.0.0.1:{port}", "server.shards": "1"})
+    line = b"y" * 993
+    bodies = {}
+    for i in range(12):
+        lines = 70 + 13 * i  # 70 to 213 KiB
+        bodies[i] = (b"Subject: big %d\r\n\r\nstart-%05d\r\n" % (i, i)
+                     + (b"%05d " % i + line + b"\r\n") * lines + b"end-%05d\r\n" % i, lines)
+    with smtplib.SMTP("127.0.0.1", rp.port, timeout=30) as s:
+        s.ehlo("queue.test")
+        for i, (body, _) in bodies.items():
+            s.mail("alice@example.org")
+            assert s.rcpt("someone@example.net")[0] == 250
+            code, text = s.data(body)
+            assert code == 250, text
+    assert rp.body_files() == [], "no body file for a message accepted into the body log"
+    assert list(rp.spool.rglob("bodylog-*.seg")), sorted(p.name for p in rp.spool.rglob("*"))
+    wait_for(lambda: len(sink.messages()) >= len(bodies), timeout_s=30, what="every message relayed")
+    received = sink.messages()
+    for i, (_, lines) in bodies.items():
+        start = b"start-%05d" % i
+        (message,) = [m for m in received if start in m]
+        assert b"end-%05d" % i in message, f"message {i} cut short"
+        assert message.count(b"%05d " % i + line) == lines, f"message {i}: lines lost or doubled"
+    wait_for(lambda: rp.queue_live() == 0, what="queue to empty")
+    assert rp.body_files() == []
+    stats = queue_cmd(rp, "stats").stdout
+    assert "body_log_segments=1" in stats, stats
+    assert rp.stop() == 0

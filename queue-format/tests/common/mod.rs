@@ -82,6 +82,47 @@ pub fn envelope_body_file() -> Envelope<'static> {
     }
 }
 
+/// The pieces of a body in the body log as a receiving session appends
+/// them, 64 KiB at a time: two in segment 6 with another session's pieces
+/// between them, the last in segment 7 after a piece of another message.
+pub const BODY_LOG_EXTENTS: [BodyExtent; 3] = [
+    BodyExtent {
+        segment_sequence: 6,
+        offset_bytes: 4096,
+        size_bytes: 65536,
+    },
+    BodyExtent {
+        segment_sequence: 6,
+        offset_bytes: 4096 + 3 * 65536,
+        size_bytes: 65536,
+    },
+    BodyExtent {
+        segment_sequence: 7,
+        offset_bytes: 4096 + 65536,
+        size_bytes: 21845,
+    },
+];
+
+pub static BODY_LOG_TABLE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let mut table = Vec::new();
+    encode_body_extents(&BODY_LOG_EXTENTS, &mut table);
+    table
+});
+
+pub fn envelope_body_log() -> Envelope<'static> {
+    let mut envelope = envelope_inline();
+    envelope.queue_id = queue_id(5);
+    envelope.arrival_unix_ms = T0_UNIX_MS + 2_500;
+    envelope.retry_next_unix_ms = T0_UNIX_MS + 2_500;
+    envelope.headers_prepended = b"Received: from mail.example.org ([192.0.2.25])\r\n\tby mx.example.net with ESMTP id 00064723BB4A0503\r\n";
+    envelope.body = BodyRef::Log {
+        extents: &BODY_LOG_TABLE,
+        size_bytes: 65536 + 65536 + 21845,
+        checksum: 0x7e1f_a9c4,
+    };
+    envelope
+}
+
 pub fn replacement_envelope() -> Envelope<'static> {
     let mut envelope = envelope_inline();
     envelope.attempt_count = 2;
