@@ -67,6 +67,8 @@ struct Segment<F> {
     /// flush of it fails too (a failed fdatasync is never retried on the
     /// same pages: SPEC section 12).
     failed: bool,
+    /// That failure was a full disk: the sessions it refuses hear 452.
+    failed_no_space: bool,
 }
 
 struct State<F> {
@@ -152,6 +154,7 @@ impl<S: Storage> BodyLog<S> {
                             writes_synced: 0,
                             syncing: false,
                             failed: false,
+                            failed_no_space: false,
                         },
                     );
                 }
@@ -233,6 +236,7 @@ impl<S: Storage> BodyLog<S> {
         if let Some(failure) = failure {
             // Nothing more is appended after a possibly torn write.
             segment.failed = true;
+            segment.failed_no_space |= matches!(failure, QueueError::NoSpace(_));
             if state.active == Some(sequence) {
                 state.active = None;
             }
@@ -287,6 +291,7 @@ impl<S: Storage> BodyLog<S> {
                 writes_synced: 0,
                 syncing: false,
                 failed: false,
+                failed_no_space: false,
             },
         );
         state.active = Some(sequence);
@@ -351,14 +356,17 @@ impl<S: Storage> BodyLog<S> {
             let (file, target) = {
                 let mut state = self.state.borrow_mut();
                 let segment = state.segments.get_mut(&sequence).ok_or_else(gone)?;
-                if segment.failed {
-                    return Err(io::Error::other(format!(
-                        "an earlier write or flush of body log segment {} failed",
-                        segment.name
-                    )));
-                }
+                // Covered by a flush that succeeded: durable, whatever failed
+                // since.
                 if segment.writes_synced >= wanted {
                     return Ok(());
+                }
+                if segment.failed {
+                    let kind = if segment.failed_no_space { io::ErrorKind::StorageFull } else { io::ErrorKind::Other };
+                    return Err(io::Error::new(
+                        kind,
+                        format!("an earlier write or flush of body log segment {} failed", segment.name),
+                    ));
                 }
                 if segment.syncing {
                     None
@@ -378,8 +386,9 @@ impl<S: Storage> BodyLog<S> {
             segment.syncing = false;
             match &result {
                 Ok(()) => segment.writes_synced = segment.writes_synced.max(target),
-                Err(_) => {
+                Err(error) => {
                     segment.failed = true;
+                    segment.failed_no_space |= super::storage::is_no_space(error);
                     if state.active == Some(sequence) {
                         state.active = None;
                     }
