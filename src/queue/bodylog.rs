@@ -35,6 +35,14 @@ use super::envelope::Body;
 use super::storage::{BodyFile, Storage};
 use super::QueueError;
 
+/// Segments a body log keeps before the next message's body goes to a body
+/// file instead. Normally a shard keeps two or three (its messages are
+/// delivered within seconds); many more means first attempts that last
+/// (a slow next hop, a backlog in the hand-off), each keeping a whole
+/// segment for one body: past this the disk taken is bounded by the body
+/// files' one per message instead.
+pub const SEGMENTS_MAX: usize = 16;
+
 /// Largest single extent: a body's first write holds everything received
 /// up to `queue.inline_max_bytes` (at most 1 MiB) and one write more.
 const EXTENT_BYTES_MAX: usize = 1 << 20;
@@ -170,6 +178,13 @@ impl<S: Storage> BodyLog<S> {
             self.storage.sync_dir().await?;
         }
         Ok(removed)
+    }
+
+    /// Whether a new message's body may go here: fewer than
+    /// [`SEGMENTS_MAX`] segments are kept. A message already appending
+    /// may take one more.
+    pub fn has_room(&self) -> bool {
+        self.state.borrow().segments.len() < SEGMENTS_MAX
     }
 
     /// The largest extent [`BodyLog::append`] takes.

@@ -1321,9 +1321,7 @@ impl<S: Storage + 'static> Queue<S> {
             let old = match staged {
                 Staged::Envelope(env, _) | Staged::Replacement(env, _) => {
                     let qid = env.queue_id();
-                    if let Some((first, last)) = self.body_refs.borrow_mut().remove(&qid) {
-                        self.body_log.remove_live(first, last);
-                    }
+                    self.body_log_forget(&qid);
                     if let Some((first, last)) = env.body.log_segments() {
                         assert!(
                             matches!(staged, Staged::Envelope(..)),
@@ -1354,10 +1352,7 @@ impl<S: Storage + 'static> Queue<S> {
                     old
                 }
                 Staged::Completion(c) => {
-                    self.bodies_copied.borrow_mut().remove(&c.queue_id);
-                    if let Some((first, last)) = self.body_refs.borrow_mut().remove(&c.queue_id) {
-                        self.body_log.remove_live(first, last);
-                    }
+                    self.body_log_forget(&c.queue_id);
                     let old = index.remove(&c.queue_id);
                     if let Some(old) = old {
                         if old.body_file {
@@ -1374,6 +1369,20 @@ impl<S: Storage + 'static> Queue<S> {
                     segment.live_remove();
                 }
             }
+        }
+    }
+
+    /// Message `qid`'s newest envelope is superseded or done: the body log
+    /// segments it named lose it. Two emptiness checks for a message that
+    /// never had its body in the body log.
+    fn body_log_forget(&self, qid: &QueueId) {
+        if !self.body_refs.borrow().is_empty() {
+            if let Some((first, last)) = self.body_refs.borrow_mut().remove(qid) {
+                self.body_log.remove_live(first, last);
+            }
+        }
+        if !self.bodies_copied.borrow().is_empty() {
+            self.bodies_copied.borrow_mut().remove(qid);
         }
     }
 
@@ -1595,7 +1604,7 @@ impl<S: Storage + 'static> MessageWriter<S> {
     /// writes the buffer out whenever a whole write's worth is gathered.
     async fn write_out(&mut self) -> Result<(), QueueError> {
         if !self.spilled() && self.inline.len() > self.inline_max_bytes {
-            if self.body_log.is_some() {
+            if self.body_log.as_ref().is_some_and(|body_log| body_log.has_room()) {
                 self.in_log = true;
             } else {
                 self.file_named = true;

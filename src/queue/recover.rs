@@ -40,8 +40,6 @@ pub struct Candidate {
     pub retry_next_unix_ms: u64,
     pub arrival_unix_ms: u64,
     pub body_file: bool,
-    /// The body log segments its body's extents are in, first and last.
-    pub body_log: Option<(u64, u64)>,
     /// The record carries the HELD flag: an operator held the message.
     pub held: bool,
     /// The decoded envelope, when the caller asked to keep it (boxed: a
@@ -147,6 +145,10 @@ pub struct SegmentScan {
     /// The last trusted record's sequence number, all types.
     record_sequence_last: Option<u64>,
     items: Vec<ScanItem>,
+    /// The items whose body is in the body log, by index into `items`,
+    /// with the first and last body segment of their extents: few, and
+    /// kept beside the items so that every other candidate stays small.
+    body_log: Vec<(usize, (u64, u64))>,
 }
 
 /// One envelope or completion record of a segment, as the index needs it.
@@ -178,6 +180,7 @@ impl SegmentScan {
             record_sequence_first: None,
             record_sequence_last: None,
             items: Vec::with_capacity(SCAN_ITEMS_INITIAL),
+            body_log: Vec::new(),
         }
     }
 }
@@ -220,13 +223,12 @@ pub fn scan_segment(mut out: SegmentScan, bytes: &[u8], keep: bool) -> SegmentSc
         };
         match &entry.record.body {
             RecordBody::Envelope(env) | RecordBody::ReplacementEnvelope(env) => {
-                let body_log = match env.body {
-                    queue_format::BodyRef::Log { extents, .. } => {
-                        let mut segments = queue_format::body_extents(extents).map(|e| e.segment_sequence);
-                        segments.next().map(|first| (first, segments.last().unwrap_or(first)))
+                if let queue_format::BodyRef::Log { extents, .. } = env.body {
+                    let mut segments = queue_format::body_extents(extents).map(|e| e.segment_sequence);
+                    if let Some(first) = segments.next() {
+                        out.body_log.push((out.items.len(), (first, segments.last().unwrap_or(first))));
                     }
-                    _ => None,
-                };
+                }
                 out.items.push(ScanItem::Envelope(
                     env.queue_id,
                     Candidate {
@@ -236,7 +238,6 @@ pub fn scan_segment(mut out: SegmentScan, bytes: &[u8], keep: bool) -> SegmentSc
                         retry_next_unix_ms: env.retry_next_unix_ms,
                         arrival_unix_ms: env.arrival_unix_ms,
                         body_file: matches!(env.body, queue_format::BodyRef::File { .. }),
-                        body_log,
                         held: env.flags.contains(queue_format::EnvelopeFlags::HELD),
                         envelope: if keep { Envelope::from_format(env).ok().map(Box::new) } else { None },
                     },
@@ -273,7 +274,8 @@ impl<V: Live> Scan<V> {
     /// Merges one segment read by [`scan_segment`], in the order of
     /// [`Scan::add_segment`].
     pub fn add_scanned(&mut self, scan: SegmentScan) {
-        let SegmentScan { mut segment, record_sequence_first, record_sequence_last, items } = scan;
+        let SegmentScan { mut segment, record_sequence_first, record_sequence_last, items, body_log } = scan;
+        let mut in_body_log = body_log.into_iter().peekable();
         let slot = log_index(segment.kind);
         if let (Some(first), Some(last)) = (record_sequence_first, self.record_sequence_last[slot]) {
             if first <= last {
@@ -290,14 +292,14 @@ impl<V: Live> Scan<V> {
         if record_sequence_last.is_some() {
             self.record_sequence_last[slot] = record_sequence_last;
         }
-        for item in items {
+        for (index, item) in items.into_iter().enumerate() {
+            let body_log = in_body_log.next_if(|(at, _)| *at == index).map(|(_, range)| range);
             match item {
                 ScanItem::Envelope(id, candidate) => {
                     if self.completed.contains(&id) {
                         continue;
                     }
                     let location = candidate.location;
-                    let body_log = candidate.body_log;
                     if let Some(order) = self.retry_order.as_mut().filter(|_| slot == 1) {
                         order.push(RetryRecord {
                             location,

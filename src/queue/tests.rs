@@ -1592,3 +1592,33 @@ fn a_torn_body_log_write_is_caught_by_the_body_check() {
         })
     });
 }
+
+#[test]
+fn past_the_body_log_s_segment_bound_a_body_goes_to_a_body_file() {
+    run(|| {
+        Box::pin(async {
+            let dir = tempdir("bodylog-bound");
+            let q = open(&dir, log_params()).await;
+            // One body per 64 KiB segment: each keeps a segment of its own.
+            let body = large_body(40_000);
+            let mut envs = Vec::new();
+            for _ in 0..bodylog::SEGMENTS_MAX {
+                envs.push(accept(&q.queue, &body).await.unwrap());
+            }
+            assert!(envs.iter().all(|env| matches!(env.body, Body::Log { .. })));
+            assert_eq!(files(&dir, "bodylog-").len(), bodylog::SEGMENTS_MAX);
+            let spilled = accept(&q.queue, &body).await.unwrap();
+            assert!(matches!(spilled.body, Body::File { .. }), "{:?}", spilled.body);
+            assert_eq!(files(&dir, "body-"), vec![format!("body-{}", spilled.id)]);
+            assert_eq!(q.queue.read_body(&spilled).await.as_deref(), Some(&body[..]));
+            // Delivered: the segments go but the one appended to.
+            for env in envs.iter().chain([&spilled]) {
+                q.queue.complete(env, CompletionReason::Done).unwrap();
+            }
+            glommio::timer::sleep(Duration::from_millis(400)).await;
+            assert_eq!(collected(&q, &dir, 1).await.len(), 1);
+            assert!(files(&dir, "body-").is_empty());
+            assert!(matches!(accept(&q.queue, &body).await.unwrap().body, Body::Log { .. }), "room again");
+        })
+    });
+}
