@@ -218,6 +218,7 @@ pub struct Entry {
 /// the head log is fresh (with delivery at once), one in the retry log
 /// waits for its runner.
 impl recover::Live for Entry {
+    #[inline]
     fn of(candidate: recover::Candidate) -> Entry {
         Entry {
             location: candidate.location,

@@ -145,10 +145,10 @@ pub struct SegmentScan {
     /// The last trusted record's sequence number, all types.
     record_sequence_last: Option<u64>,
     items: Vec<ScanItem>,
-    /// The items whose body is in the body log, by index into `items`,
-    /// with the first and last body segment of their extents: few, and
-    /// kept beside the items so that every other candidate stays small.
-    body_log: Vec<(usize, (u64, u64))>,
+    /// The envelopes whose body is in the body log, with the first and
+    /// last body segment of their extents: few, and kept beside the items
+    /// so that the merge of every other record stays as it was.
+    body_log: Vec<(QueueId, Location, (u64, u64))>,
 }
 
 /// One envelope or completion record of a segment, as the index needs it.
@@ -226,7 +226,7 @@ pub fn scan_segment(mut out: SegmentScan, bytes: &[u8], keep: bool) -> SegmentSc
                 if let queue_format::BodyRef::Log { extents, .. } = env.body {
                     let mut segments = queue_format::body_extents(extents).map(|e| e.segment_sequence);
                     if let Some(first) = segments.next() {
-                        out.body_log.push((out.items.len(), (first, segments.last().unwrap_or(first))));
+                        out.body_log.push((env.queue_id, location, (first, segments.last().unwrap_or(first))));
                     }
                 }
                 out.items.push(ScanItem::Envelope(
@@ -275,7 +275,7 @@ impl<V: Live> Scan<V> {
     /// [`Scan::add_segment`].
     pub fn add_scanned(&mut self, scan: SegmentScan) {
         let SegmentScan { mut segment, record_sequence_first, record_sequence_last, items, body_log } = scan;
-        let mut in_body_log = body_log.into_iter().peekable();
+
         let slot = log_index(segment.kind);
         if let (Some(first), Some(last)) = (record_sequence_first, self.record_sequence_last[slot]) {
             if first <= last {
@@ -292,8 +292,7 @@ impl<V: Live> Scan<V> {
         if record_sequence_last.is_some() {
             self.record_sequence_last[slot] = record_sequence_last;
         }
-        for (index, item) in items.into_iter().enumerate() {
-            let body_log = in_body_log.next_if(|(at, _)| *at == index).map(|(_, range)| range);
+        for item in items {
             match item {
                 ScanItem::Envelope(id, candidate) => {
                     if self.completed.contains(&id) {
@@ -310,22 +309,15 @@ impl<V: Live> Scan<V> {
                     let dead = match self.live.entry(id) {
                         std::collections::hash_map::Entry::Vacant(slot) => {
                             slot.insert(V::of(candidate));
-                            if let Some(range) = body_log {
-                                self.body_log.insert(id, range);
-                            }
                             None
                         }
                         // Equal generations: the later record of the log wins.
                         std::collections::hash_map::Entry::Occupied(mut slot) => {
                             if candidate.attempt_count >= slot.get().attempt_count() {
-                                let old = slot.insert(V::of(candidate)).location();
                                 if !self.body_log.is_empty() {
                                     self.body_log.remove(&id);
                                 }
-                                if let Some(range) = body_log {
-                                    self.body_log.insert(id, range);
-                                }
-                                Some(old)
+                                Some(slot.insert(V::of(candidate)).location())
                             } else {
                                 Some(location)
                             }
@@ -341,6 +333,13 @@ impl<V: Live> Scan<V> {
                     self.note_dead(dead);
                     self.completed.insert(id);
                 }
+            }
+        }
+        // The segment's envelopes in the body log that are still their
+        // message's newest, after the whole segment is merged.
+        for (id, location, range) in body_log {
+            if self.live.get(&id).is_some_and(|live| live.location() == location) {
+                self.body_log.insert(id, range);
             }
         }
         self.segments.push(segment);
