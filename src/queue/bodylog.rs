@@ -504,6 +504,60 @@ impl<S: Storage> BodyLog<S> {
     }
 }
 
+/// A stored body's pieces, in order: (file name in the shard's directory,
+/// offset, size). A body file is one piece; a body in the body log one per
+/// extent; an inline body none.
+pub fn pieces(id: &str, body: &Body) -> Vec<(String, u64, u64)> {
+    match body {
+        Body::Inline(_) => Vec::new(),
+        Body::File { size_bytes, .. } => vec![(super::body_name(id), 0, *size_bytes)],
+        Body::Log { extents, .. } => queue_format::body_extents(extents)
+            .map(|e| (segment_name(e.segment_sequence), u64::from(e.offset_bytes), u64::from(e.size_bytes)))
+            .collect(),
+    }
+}
+
+/// A read position in a body made of pieces: the walk every reader of a
+/// stored body shares ([`BodyReader`], [`SyncBodyReader`], the queue's own
+/// reader through its storage).
+#[derive(Debug, Default)]
+pub struct PieceCursor {
+    piece: usize,
+    /// Into the current piece.
+    offset_bytes: u64,
+}
+
+impl PieceCursor {
+    /// The next read of at most `len` (at least one) bytes, given each
+    /// piece's (offset, size): (piece, offset in its file, length); None at
+    /// the body's end.
+    pub fn next(&mut self, piece: impl Fn(usize) -> Option<(u64, u64)>, len: usize) -> Option<(usize, u64, usize)> {
+        debug_assert!(len > 0, "a read of nothing");
+        loop {
+            let (offset, size) = piece(self.piece)?;
+            let left = size - self.offset_bytes;
+            if left == 0 {
+                self.piece += 1;
+                self.offset_bytes = 0;
+                continue;
+            }
+            return Some((self.piece, offset + self.offset_bytes, left.min(len as u64) as usize));
+        }
+    }
+
+    /// The read [`PieceCursor::next`] gave returned `read` bytes, at most
+    /// what it asked. None means its file ended early: so does the body
+    /// (the size check before delivery catches that).
+    pub fn advance(&mut self, read: usize, asked: usize) {
+        assert!(read <= asked, "a read returns at most what was asked");
+        if read == 0 {
+            self.piece = usize::MAX;
+        } else {
+            self.offset_bytes += read as u64;
+        }
+    }
+}
+
 /// Where a message's stored content is, for the readers outside the queue
 /// (delivery, content scanning, DKIM): nothing for an inline body, the
 /// body file, or the body log's extents, each a (file, offset, size)
@@ -523,19 +577,10 @@ struct Piece {
 impl StoredBody {
     /// Where `body` of message `id` is, in the spool directory `dir`.
     pub fn of(dir: &Path, id: &str, body: &Body) -> StoredBody {
-        let pieces = match body {
-            Body::Inline(_) => Vec::new(),
-            Body::File { size_bytes, .. } => {
-                vec![Piece { path: dir.join(super::body_name(id)), offset_bytes: 0, size_bytes: *size_bytes }]
-            }
-            Body::Log { extents, .. } => queue_format::body_extents(extents)
-                .map(|extent| Piece {
-                    path: dir.join(segment_name(extent.segment_sequence)),
-                    offset_bytes: u64::from(extent.offset_bytes),
-                    size_bytes: u64::from(extent.size_bytes),
-                })
-                .collect(),
-        };
+        let pieces = pieces(id, body)
+            .into_iter()
+            .map(|(name, offset_bytes, size_bytes)| Piece { path: dir.join(name), offset_bytes, size_bytes })
+            .collect();
         StoredBody { pieces }
     }
 
@@ -544,19 +589,18 @@ impl StoredBody {
         StoredBody { pieces: vec![Piece { path: path.to_path_buf(), offset_bytes: 0, size_bytes }] }
     }
 
-    /// The first file, for messages about one.
-    pub fn path(&self) -> Option<&Path> {
-        self.pieces.first().map(|piece| piece.path.as_path())
-    }
-
     /// A reader from the start, on io_uring.
     pub fn reader(&self) -> BodyReader {
-        BodyReader { body: self.clone(), piece: 0, offset_bytes: 0, file: None }
+        BodyReader { body: self.clone(), cursor: PieceCursor::default(), file: None }
     }
 
     /// A reader from the start for a thread that may block.
     pub fn sync_reader(&self) -> SyncBodyReader {
-        SyncBodyReader { pieces: self.pieces.clone(), piece: 0, offset_bytes: 0, file: None }
+        SyncBodyReader { body: self.clone(), cursor: PieceCursor::default(), file: None }
+    }
+
+    fn piece(&self, index: usize) -> Option<(u64, u64)> {
+        self.pieces.get(index).map(|piece| (piece.offset_bytes, piece.size_bytes))
     }
 }
 
@@ -564,45 +608,30 @@ impl StoredBody {
 /// a row is opened once.
 pub struct BodyReader {
     body: StoredBody,
-    piece: usize,
-    /// Into the current piece.
-    offset_bytes: u64,
-    file: Option<(usize, glommio::io::BufferedFile)>,
+    cursor: PieceCursor,
+    file: Option<(PathBuf, glommio::io::BufferedFile)>,
 }
 
 impl BodyReader {
     /// Up to `len` bytes (at least one, unless the body is at its end);
-    /// empty at the end. A file shorter than its piece ends the body there
-    /// (the size check before delivery catches that).
+    /// empty at the end.
     pub async fn read(&mut self, len: usize) -> io::Result<Vec<u8>> {
-        while let Some(piece) = self.body.pieces.get(self.piece) {
-            let left = piece.size_bytes - self.offset_bytes;
-            if left == 0 {
-                self.piece += 1;
-                self.offset_bytes = 0;
-                continue;
+        let body = &self.body;
+        let Some((index, offset, want)) = self.cursor.next(|i| body.piece(i), len) else {
+            return Ok(Vec::new());
+        };
+        let path = &body.pieces[index].path;
+        if self.file.as_ref().map(|(open, _)| open) != Some(path) {
+            if let Some((_, file)) = self.file.take() {
+                let _ = file.close().await;
             }
-            let same_file = self.file.as_ref().is_some_and(|(index, _)| self.body.pieces[*index].path == piece.path);
-            if !same_file {
-                if let Some((_, file)) = self.file.take() {
-                    let _ = file.close().await;
-                }
-                let file = glommio::io::BufferedFile::open(&piece.path).await.map_err(io::Error::from)?;
-                self.file = Some((self.piece, file));
-            }
-            let (_, file) = self.file.as_ref().expect("opened above");
-            let want = left.min(len as u64) as usize;
-            let bytes = file.read_at(piece.offset_bytes + self.offset_bytes, want).await.map_err(io::Error::from)?;
-            if bytes.is_empty() {
-                // The file ends early: so does the body.
-                self.piece = self.body.pieces.len();
-                return Ok(Vec::new());
-            }
-            assert!(bytes.len() <= want, "a read returns at most what was asked");
-            self.offset_bytes += bytes.len() as u64;
-            return Ok(bytes.to_vec());
+            let file = glommio::io::BufferedFile::open(path).await.map_err(io::Error::from)?;
+            self.file = Some((path.clone(), file));
         }
-        Ok(Vec::new())
+        let (_, file) = self.file.as_ref().expect("opened above");
+        let bytes = file.read_at(offset, want).await.map_err(io::Error::from)?;
+        self.cursor.advance(bytes.len(), want);
+        Ok(bytes.to_vec())
     }
 
     pub async fn close(mut self) {
@@ -614,39 +643,28 @@ impl BodyReader {
 
 /// [`BodyReader`] for a thread that may block: `std::io::Read`.
 pub struct SyncBodyReader {
-    pieces: Vec<Piece>,
-    piece: usize,
-    offset_bytes: u64,
-    file: Option<(usize, std::fs::File)>,
+    body: StoredBody,
+    cursor: PieceCursor,
+    file: Option<(PathBuf, std::fs::File)>,
 }
 
 impl io::Read for SyncBodyReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;
-        while let Some(piece) = self.pieces.get(self.piece) {
-            let left = piece.size_bytes - self.offset_bytes;
-            if left == 0 || out.is_empty() {
-                if out.is_empty() {
-                    return Ok(0);
-                }
-                self.piece += 1;
-                self.offset_bytes = 0;
-                continue;
-            }
-            let same_file = self.file.as_ref().is_some_and(|(index, _)| self.pieces[*index].path == piece.path);
-            if !same_file {
-                self.file = Some((self.piece, std::fs::File::open(&piece.path)?));
-            }
-            let (_, file) = self.file.as_ref().expect("opened above");
-            let want = left.min(out.len() as u64) as usize;
-            let n = file.read_at(&mut out[..want], piece.offset_bytes + self.offset_bytes)?;
-            if n == 0 {
-                self.piece = self.pieces.len();
-                return Ok(0);
-            }
-            self.offset_bytes += n as u64;
-            return Ok(n);
+        if out.is_empty() {
+            return Ok(0);
         }
-        Ok(0)
+        let body = &self.body;
+        let Some((index, offset, want)) = self.cursor.next(|i| body.piece(i), out.len()) else {
+            return Ok(0);
+        };
+        let path = &body.pieces[index].path;
+        if self.file.as_ref().map(|(open, _)| open) != Some(path) {
+            self.file = Some((path.clone(), std::fs::File::open(path)?));
+        }
+        let (_, file) = self.file.as_ref().expect("opened above");
+        let read = file.read_at(&mut out[..want], offset)?;
+        self.cursor.advance(read, want);
+        Ok(read)
     }
 }

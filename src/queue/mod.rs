@@ -4,8 +4,8 @@
 //! Place in the pipeline: ingress streams a message into a
 //! [`MessageWriter`] while it is received and calls [`MessageWriter::commit`];
 //! the 250 after DATA is sent only when `commit` returned, that is when the
-//! envelope record (and the body file, for a large message) is on stable
-//! storage. The committed message then goes to delivery through the
+//! envelope record (and, for a large message, its body in the body log or
+//! its body file) is on stable storage. The committed message then goes to delivery through the
 //! queue's one bounded hand-off (`handoff.rs`, [`Queue::take`]), as do the
 //! messages recovered at start-up and those the retry runners find due.
 //! Delivery records each attempt with [`Queue::defer`] (a replacement
@@ -15,7 +15,10 @@
 //! retry log, each a sequence of fixed-size segment files
 //! (`head-<seq>.seg`, `retry-<seq>.seg`), written in 4 KiB-aligned O_DIRECT
 //! batches; a message of at most `queue.inline_max_bytes` lives inside its
-//! envelope record (no file of its own), a larger one in `body-<id>`.
+//! envelope record (no file of its own), a larger one in the body log
+//! (`bodylog-<seq>.seg`, many bodies to a file: `bodylog.rs`) until its
+//! first attempt ends, and in `body-<id>` once deferred (or from the start
+//! with `queue.body_store = "files"`).
 //!
 //! Group commit: a record is staged in its log; the log's committer takes
 //! everything staged since its last flush, writes it as one batch, issues
@@ -25,7 +28,8 @@
 //! Garbage collection: the in-memory index knows the newest record of every
 //! live message and counts the live records of every segment; a segment
 //! whose records are all dead is deleted (or kept for reuse) whole, oldest
-//! first, by the rules of SPEC section 13.
+//! first, by the rules of SPEC section 13; a body log segment when no live
+//! envelope names it.
 
 pub mod admin;
 mod bodylog;
@@ -1890,7 +1894,11 @@ impl<S: Storage + 'static> Queue<S> {
             Body::File { size_bytes, checksum } | Body::Log { size_bytes, checksum, .. } => (size_bytes, checksum),
         };
         let name = match env.body {
-            Body::Log { .. } => format!("body log ({})", StorageReader::<S>::names(&env.id, &env.body).join(" ")),
+            Body::Log { .. } => {
+                let mut names: Vec<String> = bodylog::pieces(&env.id, &env.body).into_iter().map(|p| p.0).collect();
+                names.dedup();
+                format!("body log ({})", names.join(" "))
+            }
             _ => body_name(&env.id),
         };
         let problem = match self.body_checksum(env, size_bytes).await {
@@ -1988,68 +1996,34 @@ struct StorageReader<S: Storage> {
     storage: Rc<S>,
     /// (file name, offset, size) per piece.
     pieces: Vec<(String, u64, u64)>,
-    piece: usize,
-    /// Into the current piece.
-    offset_bytes: u64,
+    cursor: bodylog::PieceCursor,
     file: Option<(String, S::Body)>,
 }
 
 impl<S: Storage> StorageReader<S> {
     fn new(storage: Rc<S>, id: &str, body: &Body) -> StorageReader<S> {
-        let pieces = StorageReader::<S>::new_pieces(id, body);
-        StorageReader { storage, pieces, piece: 0, offset_bytes: 0, file: None }
-    }
-
-    /// The files a body is in, each once, in order.
-    fn names(id: &str, body: &Body) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for (name, _, _) in StorageReader::<S>::new_pieces(id, body) {
-            if names.last() != Some(&name) {
-                names.push(name);
-            }
-        }
-        names
-    }
-
-    fn new_pieces(id: &str, body: &Body) -> Vec<(String, u64, u64)> {
-        match body {
-            Body::Inline(_) => Vec::new(),
-            Body::File { size_bytes, .. } => vec![(body_name(id), 0, *size_bytes)],
-            Body::Log { extents, .. } => queue_format::body_extents(extents)
-                .map(|e| {
-                    (bodylog::segment_name(e.segment_sequence), u64::from(e.offset_bytes), u64::from(e.size_bytes))
-                })
-                .collect(),
-        }
+        StorageReader { storage, pieces: bodylog::pieces(id, body), cursor: Default::default(), file: None }
     }
 
     /// Up to `len` bytes; empty at the end.
     async fn read(&mut self, len: usize) -> std::io::Result<Vec<u8>> {
-        while let Some((name, offset, size)) = self.pieces.get(self.piece) {
-            let left = size - self.offset_bytes;
-            if left == 0 {
-                self.piece += 1;
-                self.offset_bytes = 0;
-                continue;
+        let pieces = &self.pieces;
+        let Some((index, offset, want)) =
+            self.cursor.next(|i| pieces.get(i).map(|&(_, offset, size)| (offset, size)), len)
+        else {
+            return Ok(Vec::new());
+        };
+        let name = &pieces[index].0;
+        if self.file.as_ref().map(|(open, _)| open) != Some(name) {
+            if let Some((_, file)) = self.file.take() {
+                let _ = file.close().await;
             }
-            if self.file.as_ref().map(|(open, _)| open) != Some(name) {
-                if let Some((_, file)) = self.file.take() {
-                    let _ = file.close().await;
-                }
-                self.file = Some((name.clone(), self.storage.open_body(name).await?));
-            }
-            let (_, file) = self.file.as_ref().expect("opened above");
-            let want = left.min(len as u64) as usize;
-            let bytes = file.read_at(offset + self.offset_bytes, want).await?;
-            if bytes.is_empty() {
-                self.piece = self.pieces.len();
-                return Ok(bytes);
-            }
-            assert!(bytes.len() <= want, "a read returns at most what was asked");
-            self.offset_bytes += bytes.len() as u64;
-            return Ok(bytes);
+            self.file = Some((name.clone(), self.storage.open_body(name).await?));
         }
-        Ok(Vec::new())
+        let (_, file) = self.file.as_ref().expect("opened above");
+        let bytes = file.read_at(offset, want).await?;
+        self.cursor.advance(bytes.len(), want);
+        Ok(bytes)
     }
 
     async fn close(mut self) {
