@@ -839,7 +839,8 @@ impl<S: Storage + 'static> Queue<S> {
     /// Stages a replacement envelope in the retry log and waits until it is
     /// durable. A body in the body log is copied to a body file first, flushed
     /// with the batch: the retry log never names the body log (SPEC section
-    /// 13), so that a body segment lives no longer than its head segments.
+    /// 13), so that a body segment lives no longer than the first attempts
+    /// of its messages.
     async fn append_replacement(&self, mut env: Envelope) -> Result<Location, QueueError> {
         let Body::Log { size_bytes, checksum, .. } = env.body else {
             return self.append(LogKind::Retry, Staged::replacement(env)).await;
