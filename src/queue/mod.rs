@@ -444,8 +444,12 @@ impl<S: Storage + 'static> Queue<S> {
                     segments.push((kind, seq, name));
                 }
             } else if name.starts_with("free-") && name.ends_with(".seg") {
-                let kind = if name.starts_with("free-head") { LogKind::Head } else { LogKind::Retry };
-                self.logs[log_slot(kind)].borrow_mut().free.push(log::FreeSegment { name, initialized_bytes: 0 });
+                // A segment kept for reuse holds records of its earlier life
+                // whose sequence numbers this start does not know: a log
+                // found empty starts its numbers again, and a stale batch
+                // with the very numbers a new one expects would be trusted
+                // (SPEC section 4.2). Reused only within one process life.
+                self.storage.remove(&name).await?;
             } else if let Some(id) = name.strip_prefix("body-") {
                 bodies.push(id.to_string());
             }
