@@ -78,12 +78,11 @@ fn segment_header_vector() {
     assert_eq!(&stored[..8], b"RINGPOSQ");
 }
 
-/// A version 1 header (the vector checked in with version 1, unchanged):
-/// still read, and encoded back to the same bytes.
-#[test]
-fn segment_header_v1_vector() {
+/// A header of an earlier `version`, as checked in with it under `name`
+/// (unchanged since): still read, and encoded back to the same bytes.
+fn earlier_header_vector(version: u16, name: &str) {
     let mut header = segment_header(LogKind::Head, 42, 1000);
-    header.format_version = 1;
+    header.format_version = version;
     let mut block = [0u8; SEGMENT_HEADER_SIZE_BYTES];
     header.encode(&mut block).unwrap();
     let text = |bytes: &[u8]| {
@@ -91,27 +90,22 @@ fn segment_header_v1_vector() {
         dump::segment_header(&SegmentHeader::decode(bytes).unwrap(), &mut out);
         out
     };
-    let stored = checked_in_bytes("segment_header_v1", &block, text);
+    let stored = checked_in_bytes(name, &block, text);
     assert_eq!(SegmentHeader::decode(&stored), Ok(header));
-    assert_eq!(&stored[8..10], &1u16.to_le_bytes());
+    assert_eq!(&stored[8..10], &version.to_le_bytes());
+}
+
+/// A version 1 header (the vector checked in with version 1).
+#[test]
+fn segment_header_v1_vector() {
+    earlier_header_vector(1, "segment_header_v1");
 }
 
 /// A version 2 header (the `segment_header` vector as checked in with
-/// version 2, unchanged): still read, and encoded back to the same bytes.
+/// version 2).
 #[test]
 fn segment_header_v2_vector() {
-    let mut header = segment_header(LogKind::Head, 42, 1000);
-    header.format_version = 2;
-    let mut block = [0u8; SEGMENT_HEADER_SIZE_BYTES];
-    header.encode(&mut block).unwrap();
-    let text = |bytes: &[u8]| {
-        let mut out = String::new();
-        dump::segment_header(&SegmentHeader::decode(bytes).unwrap(), &mut out);
-        out
-    };
-    let stored = checked_in_bytes("segment_header_v2", &block, text);
-    assert_eq!(SegmentHeader::decode(&stored), Ok(header));
-    assert_eq!(&stored[8..10], &2u16.to_le_bytes());
+    earlier_header_vector(2, "segment_header_v2");
 }
 
 /// A version 2 segment with its records: the version 2 header vector and

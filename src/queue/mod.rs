@@ -1743,7 +1743,8 @@ impl<S: Storage + 'static> MessageWriter<S> {
                 Err(_) => debug_assert!(false, "the committer keeps no body file after the batch"),
             }
         }
-        let result = match appended {
+        // The body log segments are let go as the writer drops, on return.
+        match appended {
             Ok(location) => {
                 queue.hand_fresh(env, location);
                 Ok(())
@@ -1758,11 +1759,7 @@ impl<S: Storage + 'static> MessageWriter<S> {
                 }
                 Err(error)
             }
-        };
-        if let Some(body_log) = &self.body_log {
-            body_log.release(&mut self.pins);
         }
-        result
     }
 
     /// The body, complete: the inline bytes, the body log's extents, or the
@@ -1926,16 +1923,26 @@ impl<S: Storage + 'static> Queue<S> {
             std::io::ErrorKind::NotFound => BodyProblem::Missing,
             _ => BodyProblem::Unreadable(e),
         };
+        let mut reader = StorageReader::new(self.storage.clone(), &env.id, &env.body);
         if let Body::File { .. } = env.body {
-            let file = self.storage.open_body(&body_name(&env.id)).await.map_err(unreadable)?;
+            // A body file longer than its envelope says is refused too: its
+            // size first, on the file the reader then reads.
+            let name = body_name(&env.id);
+            let file = self.storage.open_body(&name).await.map_err(unreadable)?;
             let found_bytes = file.size_bytes().await.map_err(BodyProblem::Unreadable);
-            let _ = file.close().await;
-            let found_bytes = found_bytes?;
+            reader.file = Some((name, file));
+            let found_bytes = match found_bytes {
+                Ok(found_bytes) => found_bytes,
+                Err(problem) => {
+                    reader.close().await;
+                    return Err(problem);
+                }
+            };
             if found_bytes != size_bytes {
+                reader.close().await;
                 return Err(BodyProblem::Size { expected_bytes: size_bytes, found_bytes });
             }
         }
-        let mut reader = StorageReader::new(self.storage.clone(), &env.id, &env.body);
         let mut checksum = 0u32;
         let mut found_bytes = 0u64;
         let result = loop {
@@ -1964,11 +1971,6 @@ impl<S: Storage + 'static> Queue<S> {
     pub fn body_log_segments(&self) -> (Vec<u64>, Vec<u64>) {
         self.body_log.check();
         (self.body_log.kept(), self.body_log.collectable())
-    }
-
-    /// Opens a message's body file for reading (after [`Queue::check_body`]).
-    pub async fn open_body(&self, id: &str) -> std::io::Result<S::Body> {
-        self.storage.open_body(&body_name(id)).await
     }
 
     /// A message's whole stored content, read through the queue's storage
