@@ -161,6 +161,16 @@ enum ScanItem {
 const SCAN_ITEMS_INITIAL: usize = 4096;
 
 impl SegmentScan {
+    /// Bytes of the segment's trusted records per envelope record among
+    /// them (completions and padding counted in): what sizes the index
+    /// for the rest of its log. None without an envelope record.
+    pub fn envelope_bytes(&self) -> Option<usize> {
+        let envelopes = self.items.iter().filter(|item| matches!(item, ScanItem::Envelope(..))).count();
+        let end = self.segment.stop?.offset;
+        let records_bytes = end.saturating_sub(queue_format::SEGMENT_HEADER_SIZE_BYTES);
+        (envelopes > 0).then(|| records_bytes.div_ceil(envelopes))
+    }
+
     /// An empty scan of one segment, allocated by the caller's thread:
     /// [`scan_segment`] may run on a helper thread, and the list it fills
     /// grows (realloc) in the arena it was allocated in, so that the
@@ -615,5 +625,28 @@ mod tests {
         scan.add_segment(LogKind::Head, 7, "one", &one, false);
         assert!(scan.live.is_empty());
         assert!(scan.segments[0].problem.as_ref().unwrap().contains("file name"));
+    }
+
+    /// What sizes the index: bytes of trusted records per envelope, the
+    /// log's unwritten rest not counted; nothing for a segment without an
+    /// envelope or whose header failed.
+    #[test]
+    fn envelope_bytes_counts_the_trusted_records_per_envelope() {
+        let batches: Vec<Vec<Staged>> = (0..6)
+            .map(|b| (0..10).map(|i| Staged::envelope(env(&format!("{:014X}{:02X}", b + 1, i), 0))).collect())
+            .collect();
+        let (bytes, _) = segment(LogKind::Head, 1, 1, batches);
+        let scanned = scan_segment(SegmentScan::new(LogKind::Head, 1, "head"), &bytes, false);
+        let end = scanned.segment.stop.unwrap().offset;
+        assert!(end > 10_000 && end < bytes.len(), "six batches, then unwritten space: {end}");
+        let per_envelope = scanned.envelope_bytes().unwrap();
+        assert_eq!(per_envelope, (end - queue_format::SEGMENT_HEADER_SIZE_BYTES).div_ceil(60));
+        assert!((150..1_000).contains(&per_envelope), "{per_envelope}");
+
+        let (bytes, _) = segment(LogKind::Head, 1, 1, vec![vec![completion(A)]]);
+        assert_eq!(scan_segment(SegmentScan::new(LogKind::Head, 1, "head"), &bytes, false).envelope_bytes(), None);
+        let mut bad = bytes.clone();
+        bad[20] ^= 1;
+        assert_eq!(scan_segment(SegmentScan::new(LogKind::Head, 1, "head"), &bad, false).envelope_bytes(), None);
     }
 }
