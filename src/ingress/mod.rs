@@ -854,11 +854,14 @@ mod session_tests {
     /// state, whichever state it is in, so this is most of what an idle
     /// session costs (perf/capacity measures the rest: glommio's readiness
     /// source, about 0.5 KiB). The reply to the final dot (the envelope,
-    /// the commit, 2.9 KiB; inside it the data-callout stages, boxed again)
-    /// and the Sieve work at RCPT are boxed and allocated only while they
-    /// run; what stays inline is the machine, the stream, the front line's
-    /// and the transaction's pointers and the smaller awaits, about 3 KiB.
-    const SESSION_FUTURE_BYTES_MAX: usize = 3584;
+    /// the commit, 2.9 KiB; inside it the data-callout stages, boxed again),
+    /// the Sieve work at RCPT and the message writer's slow paths (content
+    /// past the inline limit, a message given up: 1.1 KiB together) are
+    /// boxed and allocated only while they run; what stays inline is the
+    /// machine, the stream, the front line's and the transaction's pointers
+    /// and the smaller awaits, about 2.7 KiB. The bound is close above it,
+    /// so that growth is seen.
+    const SESSION_FUTURE_BYTES_MAX: usize = 2816;
     /// What waiting for input adds to the session's state: no read buffer.
     const WAIT_INPUT_FUTURE_BYTES_MAX: usize = 256;
 

@@ -1639,10 +1639,21 @@ impl<S: Storage + 'static> MessageWriter<S> {
         self.checksum = queue_format::checksum::crc32c_append(self.checksum, bytes);
         self.size_bytes += bytes.len() as u64;
         self.inline.extend_from_slice(bytes);
-        let result = self.write_out().await;
+        let write_out = if self.spilled() {
+            self.inline.len() >= BODY_WRITE_BYTES
+        } else {
+            self.inline.len() > self.inline_max_bytes
+        };
+        if !write_out {
+            return Ok(());
+        }
+        // Boxed, allocated only once the content is past the inline limit
+        // (once per write's worth there): the body file's creation and the
+        // body log's append would otherwise size every session's task.
+        let result = Box::pin(self.write_out()).await;
         if result.is_err() {
             self.failed = true;
-            self.discard().await;
+            Box::pin(self.discard()).await;
         }
         result
     }
@@ -1846,8 +1857,13 @@ impl<S: Storage + 'static> MessageWriter<S> {
     }
 
     /// Drops a message that will not be acknowledged.
-    pub async fn abort(mut self) {
-        self.discard().await;
+    /// Boxed, allocated only for a message given up: the writer and the
+    /// closing of its body file would otherwise size every session's task.
+    pub fn abort(mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
+    where
+        S: 'static,
+    {
+        Box::pin(async move { self.discard().await })
     }
 
     /// Closes and removes the body file, if there is one. Safe to repeat.
