@@ -103,9 +103,9 @@ const TRIM_THRESHOLD_BYTES: i32 = 8 << 20;
 /// resident after the scan, which `malloc_trim` does not give back
 /// (measured: 20 MiB for a million deferred messages in 64 MiB segments,
 /// 89 MiB in 16 MiB segments). Fixed, every large temporary is unmapped
-/// when freed. Process-wide and idempotent; every
-/// shard's recovery calls it before its scan (whose `malloc_trim` then
-/// gives back what the heaps' tops keep).
+/// when freed. Process-wide and idempotent; every shard's recovery calls
+/// it before its scan (whose `malloc_trim` then gives back what the
+/// heaps' tops keep).
 fn fix_mmap_threshold() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt(3) only changes the allocator's policy for later
@@ -1859,10 +1859,7 @@ impl<S: Storage + 'static> MessageWriter<S> {
     /// Drops a message that will not be acknowledged.
     /// Boxed, allocated only for a message given up: the writer and the
     /// closing of its body file would otherwise size every session's task.
-    pub fn abort(mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
-    where
-        S: 'static,
-    {
+    pub fn abort(mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
         Box::pin(async move { self.discard().await })
     }
 
