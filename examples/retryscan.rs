@@ -11,6 +11,9 @@
 //! the seconds the open took and the resident memory (KiB) before and
 //! after it, and at its peak.
 //!
+//! `RETRYSCAN_SEGMENT_MIB` sets the segment size in MiB (default 64);
+//! a scan reads segments up to that size.
+//!
 //! Usage: retryscan fill SPOOL COUNT [due] | retryscan scan SPOOL
 
 use std::path::PathBuf;
@@ -24,10 +27,20 @@ use ringpost::smtp::address::ReversePath;
 /// Deferrals in flight at once while filling.
 const FILL_TASKS: usize = 512;
 
+/// Segment size without `RETRYSCAN_SEGMENT_MIB`, in MiB.
+const SEGMENT_MIB_DEFAULT: u64 = 64;
+
 fn params() -> QueueParams {
+    let segment_mib = match std::env::var("RETRYSCAN_SEGMENT_MIB") {
+        Ok(mib) => mib.parse().unwrap_or_else(|_| {
+            eprintln!("retryscan: RETRYSCAN_SEGMENT_MIB={mib} is not a whole number of MiB");
+            std::process::exit(2)
+        }),
+        Err(_) => SEGMENT_MIB_DEFAULT,
+    };
     QueueParams {
         inline_max_bytes: 65536,
-        segment_size_bytes: 64 << 20,
+        segment_size_bytes: segment_mib << 20,
         commit_delay: Duration::ZERO,
         // Long lags: nothing is handed out while the scan is measured.
         retry_lags: vec![Duration::from_secs(3600)],
