@@ -530,9 +530,11 @@ impl<S: Storage + 'static> Queue<S> {
                 None => read.await?,
             };
             let slot = log_slot(scanned.segment.kind);
-            if let Some(bytes_per_envelope) = scanned.envelope_bytes().filter(|_| !log_reserved[slot]) {
-                log_reserved[slot] = true;
-                scan.live.reserve(log_bytes[slot] / bytes_per_envelope.max(1));
+            if !log_reserved[slot] {
+                if let Some(bytes_per_envelope) = scanned.envelope_bytes() {
+                    log_reserved[slot] = true;
+                    scan.live.reserve(log_bytes[slot] / bytes_per_envelope.max(1));
+                }
             }
             scan.add_scanned(scanned);
         }
