@@ -1641,12 +1641,7 @@ impl<S: Storage + 'static> MessageWriter<S> {
         self.checksum = queue_format::checksum::crc32c_append(self.checksum, bytes);
         self.size_bytes += bytes.len() as u64;
         self.inline.extend_from_slice(bytes);
-        let write_out = if self.spilled() {
-            self.inline.len() >= BODY_WRITE_BYTES
-        } else {
-            self.inline.len() > self.inline_max_bytes
-        };
-        if !write_out {
+        if !self.spill_due() && !self.flush_due() {
             return Ok(());
         }
         // Boxed, allocated only once the content is past the inline limit
@@ -1663,7 +1658,7 @@ impl<S: Storage + 'static> MessageWriter<S> {
     /// Creates the body file once the content outgrows the inline limit, and
     /// writes the buffer out whenever a whole write's worth is gathered.
     async fn write_out(&mut self) -> Result<(), QueueError> {
-        if !self.spilled() && self.inline.len() > self.inline_max_bytes {
+        if self.spill_due() {
             if self.body_log.as_ref().is_some_and(|body_log| body_log.has_room()) {
                 self.in_log = true;
             } else {
@@ -1671,10 +1666,20 @@ impl<S: Storage + 'static> MessageWriter<S> {
                 self.file = Some(self.storage.create_body(&self.name).await?);
             }
         }
-        if self.spilled() && self.inline.len() >= BODY_WRITE_BYTES {
+        if self.flush_due() {
             self.flush_buffer().await?;
         }
         Ok(())
+    }
+
+    /// The content has just outgrown the inline limit.
+    fn spill_due(&self) -> bool {
+        !self.spilled() && self.inline.len() > self.inline_max_bytes
+    }
+
+    /// Past the inline limit, a whole write's worth is gathered.
+    fn flush_due(&self) -> bool {
+        self.spilled() && self.inline.len() >= BODY_WRITE_BYTES
     }
 
     /// The content is past the inline limit.
@@ -1983,16 +1988,14 @@ impl<S: Storage + 'static> Queue<S> {
             let file = self.storage.open_body(&name).await.map_err(unreadable)?;
             let found_bytes = file.size_bytes().await.map_err(BodyProblem::Unreadable);
             reader.file = Some((name, file));
-            let found_bytes = match found_bytes {
-                Ok(found_bytes) => found_bytes,
-                Err(problem) => {
-                    reader.close().await;
-                    return Err(problem);
-                }
+            let problem = match found_bytes {
+                Ok(found_bytes) if found_bytes == size_bytes => None,
+                Ok(found_bytes) => Some(BodyProblem::Size { expected_bytes: size_bytes, found_bytes }),
+                Err(problem) => Some(problem),
             };
-            if found_bytes != size_bytes {
+            if let Some(problem) = problem {
                 reader.close().await;
-                return Err(BodyProblem::Size { expected_bytes: size_bytes, found_bytes });
+                return Err(problem);
             }
         }
         let mut checksum = 0u32;
