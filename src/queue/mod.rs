@@ -78,10 +78,12 @@ const COMPLETION_FLUSH_DELAY: Duration = Duration::from_millis(200);
 /// Whole envelopes the hand-off holds per concurrent delivery attempt.
 const HANDOFF_ENVELOPES_PER_ATTEMPT: usize = 4;
 
-/// Segments recovery reads and decodes at once, each on a helper thread of
-/// the shard (it has BLOCKING_THREADS_BASE of them at least): with the
-/// merge on the executor, two keep a two-core machine's cores busy and
-/// hold two segments' bytes in memory at most.
+/// Segments recovery reads and decodes at once while the executor merges
+/// an earlier one, each on a helper thread of the shard (it has
+/// BLOCKING_THREADS_BASE of them at least): two keep a two-core machine's
+/// cores busy and hold two segments' bytes in memory at most. The first
+/// segment is read alone, so that the first merge starts as early as it
+/// can.
 const RECOVERY_SEGMENTS_IN_FLIGHT: usize = 2;
 
 /// Allocations of this size and more get a mapping of their own, unmapped
@@ -268,6 +270,10 @@ impl recover::Live for Entry {
 
     fn location(&self) -> Location {
         self.location
+    }
+
+    fn body_file(&self) -> bool {
+        self.body_file
     }
 }
 
@@ -507,28 +513,36 @@ impl<S: Storage + 'static> Queue<S> {
         let mut log_reserved = [false; 2];
         // Segments are read and decoded RECOVERY_SEGMENTS_IN_FLIGHT at a
         // time, each on a helper thread (on the disk storage: started by
-        // polling its future once), while the executor merges the segments
-        // already done, in order. Every segment is decoded alone; only the
-        // merge sees them together.
+        // polling its future once, and decoded as its read brings it in),
+        // while the executor merges the segments already done, in order.
+        // Every segment is decoded alone; only the merge sees them together.
         let start = |i: usize| {
             let (kind, seq, name) = &segments[i];
             let out = recover::SegmentScan::new(*kind, *seq, name);
             Box::pin(files[i].read_with(sizes[i], move |bytes| recover::scan_segment(out, bytes, false)))
         };
+        async fn start_polled<F: std::future::Future + Unpin>(mut read: F) -> (F, Option<F::Output>) {
+            let done = futures_lite::future::poll_once(&mut read).await;
+            (read, done)
+        }
         let mut pending = std::collections::VecDeque::new();
         let mut started = 0;
         for _ in 0..segments.len() {
-            while started < segments.len() && pending.len() < RECOVERY_SEGMENTS_IN_FLIGHT {
-                let mut read = start(started);
+            if pending.is_empty() {
+                pending.push_back(start_polled(start(started)).await);
                 started += 1;
-                let done = futures_lite::future::poll_once(&mut read).await;
-                pending.push_back((read, done));
             }
             let (read, done) = pending.pop_front().expect("invariant: one read started per segment");
             let scanned = match done {
                 Some(done) => done?,
                 None => read.await?,
             };
+            // The next reads start before this segment's merge, so that the
+            // helpers read and decode while the executor merges.
+            while started < segments.len() && pending.len() < RECOVERY_SEGMENTS_IN_FLIGHT {
+                pending.push_back(start_polled(start(started)).await);
+                started += 1;
+            }
             let slot = log_slot(scanned.segment.kind);
             if !log_reserved[slot] {
                 if let Some(bytes_per_envelope) = scanned.envelope_bytes() {
@@ -583,6 +597,8 @@ impl<S: Storage + 'static> Queue<S> {
             };
         }
         // Index, live counts, fresh envelopes for delivery, spans for runners.
+        #[cfg(debug_assertions)]
+        scan.check_counts();
         let mut fresh = Vec::new();
         let mut index = self.index.borrow_mut();
         assert!(index.is_empty(), "invariant: recovery runs once, on an empty index");
@@ -590,23 +606,21 @@ impl<S: Storage + 'static> Queue<S> {
         if index.capacity() > 4 * index.len().max(INDEX_CAPACITY_KEPT) {
             index.shrink_to_fit();
         }
-        // Counted here and added once: a million entries would otherwise
-        // take a million borrows of the logs and of the metrics.
-        let mut live_per_segment: recover::SegmentMap<u32> = Default::default();
-        let (mut deferred, mut body_files) = (0i64, 0i64);
-        for (id, entry) in index.iter() {
-            *live_per_segment.entry((log_slot(entry.location.log), entry.location.segment_sequence)).or_default() += 1;
-            deferred += i64::from(!entry.in_flight);
-            body_files += i64::from(entry.body_file);
-            if entry.in_flight {
-                fresh.push((*id, entry.location));
-            }
-        }
-        for ((slot, sequence), live) in live_per_segment {
+        // Counted by the merge and added once: a million entries would
+        // otherwise take a walk of the index and a million borrows of the
+        // logs and of the metrics. Only the head log's messages, which go
+        // to delivery at once, are looked for in the index.
+        for ((slot, sequence), live) in std::mem::take(&mut scan.live_per_segment) {
             if let Some(segment) = self.logs[slot].borrow_mut().segments.get_mut(&sequence) {
                 segment.live_add_count(live);
             }
         }
+        if scan.live_in_head > 0 {
+            fresh.reserve_exact(scan.live_in_head);
+            fresh.extend(index.iter().filter(|(_, entry)| entry.in_flight).map(|(id, entry)| (*id, entry.location)));
+        }
+        let deferred = (index.len() - scan.live_in_head) as i64;
+        let body_files = scan.live_body_files as i64;
         crate::metrics::queue_entries(index.len() as i64, deferred, body_files);
         // A span for each retry record that is still its message's newest,
         // in log order; then in the order the runners pass them (written
@@ -639,8 +653,11 @@ impl<S: Storage + 'static> Queue<S> {
         self.body_log.recover(body_segments, &live_per_body_segment).await?;
         *self.body_refs.borrow_mut() = body_refs;
         // Body files no live envelope names are orphans (SPEC section 11, case 8).
-        let live_ids: std::collections::HashSet<String> =
-            self.index.borrow().iter().filter(|(_, e)| e.body_file).map(|(id, _)| id_text(id)).collect();
+        let live_ids: std::collections::HashSet<String> = if bodies.is_empty() || scan.live_body_files == 0 {
+            Default::default()
+        } else {
+            self.index.borrow().iter().filter(|(_, e)| e.body_file).map(|(id, _)| id_text(id)).collect()
+        };
         for id in bodies {
             if !live_ids.contains(&id) {
                 self.storage.remove(&body_name(&id)).await?;

@@ -10,10 +10,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use queue_format::{LogKind, LogReader, LogStop, QueueId, RecordBody, SegmentHeader, SegmentHeaderError, StopReason};
+use queue_format::{
+    LogExpect, LogKind, LogReader, LogStop, QueueId, RecordBody, SegmentHeader, SegmentHeaderError, StopReason,
+};
 
 use super::envelope::Envelope;
 use super::log::Location;
+use super::storage::Arriving;
 
 /// What the scan learnt about one segment file.
 #[derive(Clone, Debug)]
@@ -65,6 +68,7 @@ pub trait Live {
     /// The generation that decides which record is newest (SPEC section 11).
     fn attempt_count(&self) -> u16;
     fn location(&self) -> Location;
+    fn body_file(&self) -> bool;
 }
 
 impl Live for Candidate {
@@ -78,6 +82,10 @@ impl Live for Candidate {
 
     fn location(&self) -> Location {
         self.location
+    }
+
+    fn body_file(&self) -> bool {
+        self.body_file
     }
 }
 
@@ -108,6 +116,14 @@ pub struct Scan<V = Candidate> {
     /// completion killed: (segment, offset). Few: a spool's retry log
     /// holds about one record per message.
     retry_dead: HashSet<(u64, u32), foldhash::fast::FixedState>,
+    /// What `live` holds, counted as the merge goes (so that no walk of a
+    /// million entries follows the scan): live messages per segment, keyed
+    /// by (log slot, segment sequence), ...
+    pub live_per_segment: SegmentMap<u32>,
+    /// ... those in the head log, ...
+    pub live_in_head: usize,
+    /// ... and those whose body is a file of its own.
+    pub live_body_files: usize,
 }
 
 impl<V> Default for Scan<V> {
@@ -121,6 +137,9 @@ impl<V> Default for Scan<V> {
             records: 0,
             retry_order: None,
             retry_dead: HashSet::default(),
+            live_per_segment: SegmentMap::default(),
+            live_in_head: 0,
+            live_body_files: 0,
         }
     }
 }
@@ -137,6 +156,7 @@ pub fn log_index(kind: LogKind) -> usize {
 /// the segments before it. Made by [`scan_segment`] from the bytes alone,
 /// so that it can run beside the executor (a helper thread, while the next
 /// segment is read); [`Scan::add_scanned`] then merges segments in order.
+#[derive(Debug)]
 pub struct SegmentScan {
     pub segment: ScannedSegment,
     /// First record sequence number the header names, for the check
@@ -152,6 +172,7 @@ pub struct SegmentScan {
 }
 
 /// One envelope or completion record of a segment, as the index needs it.
+#[derive(Debug)]
 enum ScanItem {
     Envelope(QueueId, Candidate),
     Completion(QueueId),
@@ -197,10 +218,15 @@ impl SegmentScan {
 
 /// Reads one segment's records into `out` (from [`SegmentScan::new`]):
 /// every record checked whole (CRC, frame, envelope), the ones the index
-/// needs kept. `keep` says whether to keep the decoded envelopes.
-pub fn scan_segment(mut out: SegmentScan, bytes: &[u8], keep: bool) -> SegmentScan {
+/// needs kept. `keep` says whether to keep the decoded envelopes. The
+/// records are read as the bytes arrive: where a record reaches past what
+/// is in so far, the walk waits for more and takes it up again at that
+/// record, and only the bytes that are all in decide where the log ends,
+/// so the outcome is the one of a walk over the whole segment.
+pub fn scan_segment(mut out: SegmentScan, arriving: &Arriving<'_>, keep: bool) -> SegmentScan {
     let (kind, sequence) = (out.segment.kind, out.segment.sequence);
     let scanned = &mut out.segment;
+    let (mut bytes, mut all_in) = arriving.wait(queue_format::SEGMENT_HEADER_SIZE_BYTES);
     let (header, reader) = match LogReader::open_segment(bytes) {
         Ok(pair) => pair,
         Err(e) => {
@@ -218,46 +244,67 @@ pub fn scan_segment(mut out: SegmentScan, bytes: &[u8], keep: bool) -> SegmentSc
         return out;
     }
     out.record_sequence_first = Some(header.record_sequence_first);
+    // As `LogReader::open_segment` does: bytes past the header's size are
+    // not the segment's.
+    let size_bytes = usize::try_from(header.segment_size_bytes).unwrap_or(usize::MAX);
     // Without `keep`, the index needs only an envelope's fixed fields:
     // every record is still checked whole, but its recipients are not
     // collected.
-    let mut reader = if keep { reader } else { reader.summaries() };
-    for entry in reader.by_ref() {
-        scanned.records += 1;
-        out.record_sequence_last = Some(entry.record.frame.record_sequence);
-        let location = Location {
-            log: kind,
-            segment_sequence: sequence,
-            offset: entry.offset as u32,
-            size_bytes: entry.size_bytes as u32,
-        };
-        match &entry.record.body {
-            RecordBody::Envelope(env) | RecordBody::ReplacementEnvelope(env) => {
-                if let queue_format::BodyRef::Log { extents, .. } = env.body {
-                    let mut segments = queue_format::body_extents(extents).map(|e| e.segment_sequence);
-                    if let Some(first) = segments.next() {
-                        out.body_log.push((env.queue_id, location, (first, segments.last().unwrap_or(first))));
-                    }
-                }
-                out.items.push(ScanItem::Envelope(
-                    env.queue_id,
-                    Candidate {
-                        location,
-                        record_sequence: entry.record.frame.record_sequence,
-                        attempt_count: env.attempt_count,
-                        retry_next_unix_ms: env.retry_next_unix_ms,
-                        arrival_unix_ms: env.arrival_unix_ms,
-                        body_file: matches!(env.body, queue_format::BodyRef::File { .. }),
-                        held: env.flags.contains(queue_format::EnvelopeFlags::HELD),
-                        envelope: if keep { Envelope::from_format(env).ok().map(Box::new) } else { None },
-                    },
-                ))
-            }
-            RecordBody::Completion(c) => out.items.push(ScanItem::Completion(c.queue_id)),
-            RecordBody::Padding { .. } => {}
+    fn depth(reader: LogReader<'_>, keep: bool) -> LogReader<'_> {
+        if keep {
+            reader
+        } else {
+            reader.summaries()
         }
     }
-    let stop = reader.stop();
+    let mut reader = depth(reader, keep);
+    let stop = loop {
+        for entry in reader.by_ref() {
+            scanned.records += 1;
+            out.record_sequence_last = Some(entry.record.frame.record_sequence);
+            let location = Location {
+                log: kind,
+                segment_sequence: sequence,
+                offset: entry.offset as u32,
+                size_bytes: entry.size_bytes as u32,
+            };
+            match &entry.record.body {
+                RecordBody::Envelope(env) | RecordBody::ReplacementEnvelope(env) => {
+                    if let queue_format::BodyRef::Log { extents, .. } = env.body {
+                        let mut segments = queue_format::body_extents(extents).map(|e| e.segment_sequence);
+                        if let Some(first) = segments.next() {
+                            out.body_log.push((env.queue_id, location, (first, segments.last().unwrap_or(first))));
+                        }
+                    }
+                    out.items.push(ScanItem::Envelope(
+                        env.queue_id,
+                        Candidate {
+                            location,
+                            record_sequence: entry.record.frame.record_sequence,
+                            attempt_count: env.attempt_count,
+                            retry_next_unix_ms: env.retry_next_unix_ms,
+                            arrival_unix_ms: env.arrival_unix_ms,
+                            body_file: matches!(env.body, queue_format::BodyRef::File { .. }),
+                            held: env.flags.contains(queue_format::EnvelopeFlags::HELD),
+                            envelope: if keep { Envelope::from_format(env).ok().map(Box::new) } else { None },
+                        },
+                    ))
+                }
+                RecordBody::Completion(c) => out.items.push(ScanItem::Completion(c.queue_id)),
+                RecordBody::Padding { .. } => {}
+            }
+        }
+        if all_in || bytes.len() >= size_bytes {
+            break reader.stop();
+        }
+        // The walk stopped inside the bytes in so far: a record cut off by
+        // the end of what has arrived, or the log's true end. Either way it
+        // is taken up again where it stopped once more bytes are in.
+        let (offset, record_sequence_next) = (reader.offset(), reader.record_sequence_next());
+        (bytes, all_in) = arriving.wait(bytes.len() + 1);
+        let expect = LogExpect { log_kind: header.log_kind, shard_index: header.shard_index, record_sequence_next };
+        reader = depth(LogReader::new(&bytes[..bytes.len().min(size_bytes)], offset, expect), keep);
+    };
     scanned.stop = stop;
     if let Some(stop) = stop {
         if !stop.reason.is_clean() {
@@ -278,7 +325,7 @@ impl<V: Live> Scan<V> {
     /// sequence, then every retry segment by sequence. `keep` says whether
     /// to keep the decoded envelopes of this log.
     pub fn add_segment(&mut self, kind: LogKind, sequence: u64, name: &str, bytes: &[u8], keep: bool) {
-        self.add_scanned(scan_segment(SegmentScan::new(kind, sequence, name), bytes, keep));
+        self.add_scanned(scan_segment(SegmentScan::new(kind, sequence, name), &Arriving::whole(bytes), keep));
     }
 
     /// Merges one segment read by [`scan_segment`], in the order of
@@ -302,6 +349,9 @@ impl<V: Live> Scan<V> {
         if record_sequence_last.is_some() {
             self.record_sequence_last[slot] = record_sequence_last;
         }
+        // Live messages of this segment, counted here and added to
+        // `live_per_segment` once the segment is merged.
+        let mut live_here = 0u32;
         for item in items {
             match item {
                 ScanItem::Envelope(id, candidate) => {
@@ -316,10 +366,11 @@ impl<V: Live> Scan<V> {
                             retry_next_unix_ms: candidate.retry_next_unix_ms,
                         });
                     }
-                    let dead = match self.live.entry(id) {
+                    let body_file = candidate.body_file;
+                    let (dead, replaced) = match self.live.entry(id) {
                         std::collections::hash_map::Entry::Vacant(slot) => {
                             slot.insert(V::of(candidate));
-                            None
+                            (None, None)
                         }
                         // Equal generations: the later record of the log wins.
                         std::collections::hash_map::Entry::Occupied(mut slot) => {
@@ -327,23 +378,38 @@ impl<V: Live> Scan<V> {
                                 if !self.body_log.is_empty() {
                                     self.body_log.remove(&id);
                                 }
-                                Some(slot.insert(V::of(candidate)).location())
+                                let old = slot.insert(V::of(candidate));
+                                (Some(old.location()), Some(old))
                             } else {
-                                Some(location)
+                                (Some(location), None)
                             }
                         }
                     };
+                    if dead != Some(location) {
+                        live_here += 1;
+                        self.live_in_head += usize::from(location.log == LogKind::Head);
+                        self.live_body_files += usize::from(body_file);
+                    }
+                    if let Some(old) = replaced {
+                        self.untally(&old, &segment, &mut live_here);
+                    }
                     self.note_dead(dead);
                 }
                 ScanItem::Completion(id) => {
-                    let dead = self.live.remove(&id).map(|old| old.location());
+                    let old = self.live.remove(&id);
+                    if let Some(old) = &old {
+                        self.untally(old, &segment, &mut live_here);
+                    }
                     if !self.body_log.is_empty() {
                         self.body_log.remove(&id);
                     }
-                    self.note_dead(dead);
+                    self.note_dead(old.map(|old| old.location()));
                     self.completed.insert(id);
                 }
             }
+        }
+        if live_here > 0 {
+            *self.live_per_segment.entry((slot, segment.sequence)).or_default() += live_here;
         }
         // The segment's envelopes in the body log that are still their
         // message's newest, after the whole segment is merged.
@@ -353,6 +419,38 @@ impl<V: Live> Scan<V> {
             }
         }
         self.segments.push(segment);
+    }
+
+    /// Takes a live message that a newer record or a completion replaced
+    /// out of the counts; `live_here` counts the segment being merged.
+    fn untally(&mut self, old: &V, merging: &ScannedSegment, live_here: &mut u32) {
+        let location = old.location();
+        let key = (log_index(location.log), location.segment_sequence);
+        if key == (log_index(merging.kind), merging.sequence) {
+            *live_here -= 1;
+        } else {
+            let count = self.live_per_segment.get_mut(&key).expect("invariant: a live message's segment is counted");
+            *count -= 1;
+        }
+        self.live_in_head -= usize::from(location.log == LogKind::Head);
+        self.live_body_files -= usize::from(old.body_file());
+    }
+
+    /// Asserts that the counts kept during the merge are what `live` holds
+    /// (a walk of every entry: checked builds and tests only).
+    pub fn check_counts(&self) {
+        let mut per_segment = SegmentMap::<u32>::default();
+        for live in self.live.values() {
+            let location = live.location();
+            *per_segment.entry((log_index(location.log), location.segment_sequence)).or_default() += 1;
+        }
+        let mut counted = self.live_per_segment.clone();
+        counted.retain(|_, count| *count > 0);
+        assert_eq!(counted, per_segment, "invariant: live messages per segment counted during the merge");
+        let in_head = self.live.values().filter(|live| live.location().log == LogKind::Head).count();
+        assert_eq!(self.live_in_head, in_head, "invariant: live messages in the head log");
+        let body_files = self.live.values().filter(|live| live.body_file()).count();
+        assert_eq!(self.live_body_files, body_files, "invariant: live messages with a body file");
     }
 
     /// A record no longer its message's newest: forgotten by `retry_live`.
@@ -522,6 +620,12 @@ mod tests {
         assert_eq!(**c.envelope.as_ref().unwrap(), env(C, 0));
         assert_eq!(scan.record_sequence_last, [Some(5), Some(5)], "3 records and 2 paddings per log");
         assert_eq!(scan.damaged().count(), 0);
+        // Counted during the merge: C in the head segment, A in the retry
+        // segment (B's two records were counted, then taken back).
+        scan.check_counts();
+        assert_eq!(scan.live_in_head, 1);
+        assert_eq!(scan.live_per_segment.get(&(0, 1)), Some(&1));
+        assert_eq!(scan.live_per_segment.get(&(1, 1)), Some(&1));
     }
 
     /// The runners' spans after recovery: every retry record still its
@@ -566,6 +670,10 @@ mod tests {
         assert_eq!(live, vec![newest(B), newest(A)], "B (generation 2) then A (generation 2), in log order");
         assert_eq!((newest(B).segment_sequence, newest(A).segment_sequence), (1, 2));
         assert_eq!(scan.live.len(), 2, "C and D completed");
+        // A's first record taken back from segment 1, D's from segment 2
+        // while it was merged.
+        scan.check_counts();
+        assert_eq!((scan.live_per_segment[&(1, 1)], scan.live_per_segment[&(1, 2)], scan.live_in_head), (1, 1, 0));
         assert!(scan_of(false).retry_live().is_empty(), "no order kept unless asked");
     }
 
@@ -636,7 +744,7 @@ mod tests {
             .map(|b| (0..10).map(|i| Staged::envelope(env(&format!("{:014X}{:02X}", b + 1, i), 0))).collect())
             .collect();
         let (bytes, _) = segment(LogKind::Head, 1, 1, batches);
-        let scanned = scan_segment(SegmentScan::new(LogKind::Head, 1, "head"), &bytes, false);
+        let scanned = scan_segment(SegmentScan::new(LogKind::Head, 1, "head"), &Arriving::whole(&bytes), false);
         let end = scanned.segment.stop.unwrap().offset;
         assert!(end > 10_000 && end < bytes.len(), "six batches, then unwritten space: {end}");
         let per_envelope = scanned.envelope_bytes().unwrap();
@@ -644,9 +752,63 @@ mod tests {
         assert!((150..1_000).contains(&per_envelope), "{per_envelope}");
 
         let (bytes, _) = segment(LogKind::Head, 1, 1, vec![vec![completion(A)]]);
-        assert_eq!(scan_segment(SegmentScan::new(LogKind::Head, 1, "head"), &bytes, false).envelope_bytes(), None);
+        assert_eq!(
+            scan_segment(SegmentScan::new(LogKind::Head, 1, "head"), &Arriving::whole(&bytes), false).envelope_bytes(),
+            None
+        );
         let mut bad = bytes.clone();
         bad[20] ^= 1;
-        assert_eq!(scan_segment(SegmentScan::new(LogKind::Head, 1, "head"), &bad, false).envelope_bytes(), None);
+        assert_eq!(
+            scan_segment(SegmentScan::new(LogKind::Head, 1, "head"), &Arriving::whole(&bad), false).envelope_bytes(),
+            None
+        );
+    }
+    /// A segment decoded as its chunked read brings it in gives what a
+    /// decode of the whole segment gives, wherever the chunks cut the
+    /// records: a full log, a torn record in the middle, a file cut short,
+    /// a damaged header; and, keeping envelopes, the same envelopes.
+    #[test]
+    fn a_scan_following_a_chunked_read_equals_a_scan_of_the_whole() {
+        let batches: Vec<Vec<Staged>> = (0..12)
+            .map(|b| {
+                let mut batch: Vec<Staged> =
+                    (0..7).map(|i| Staged::envelope(env(&format!("{:014X}{:02X}", b + 1, i), 0))).collect();
+                batch.push(completion(&format!("{:014X}{:02X}", b + 1, 3)));
+                batch
+            })
+            .collect();
+        let (full, _) = segment(LogKind::Retry, 4, 1, batches);
+        let end = scan_segment(SegmentScan::new(LogKind::Retry, 4, "r"), &Arriving::whole(&full), false)
+            .segment
+            .stop
+            .unwrap()
+            .offset;
+        assert!(end > 12_000, "twelve batches: {end}");
+        let mut torn = full.clone();
+        torn[end / 2] ^= 0x40;
+        let mut header = full.clone();
+        header[20] ^= 1;
+        let cases: [(&str, &[u8]); 4] =
+            [("full", &full), ("torn", &torn), ("cut", &full[..end * 2 / 3]), ("header", &header)];
+        let dir = std::env::temp_dir().join(format!("ringpost-arriving-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in cases {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            for keep in [false, true] {
+                let whole = scan_segment(SegmentScan::new(LogKind::Retry, 4, "r"), &Arriving::whole(bytes), keep);
+                let whole = format!("{whole:?}");
+                for chunk_bytes in [1, 777, 4096, 10_000, 1 << 20] {
+                    let arriving = crate::queue::storage::read_arriving(&path, full.len(), chunk_bytes, |arriving| {
+                        scan_segment(SegmentScan::new(LogKind::Retry, 4, "r"), arriving, keep)
+                    })
+                    .unwrap();
+                    assert_eq!(format!("{arriving:?}"), whole, "{name}, keep {keep}, chunks of {chunk_bytes}");
+                }
+            }
+        }
+        let scanned = scan_segment(SegmentScan::new(LogKind::Retry, 4, "r"), &Arriving::whole(&torn), false);
+        assert!(scanned.segment.stop.unwrap().offset < end && scanned.segment.problem.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

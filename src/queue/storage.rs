@@ -95,16 +95,84 @@ pub trait SegmentFile {
         Ok(())
     }
     /// Reads the file's first `len` bytes (fewer at its end) and returns
-    /// what `work` makes of them. On the disk storage the read and `work`
-    /// run together on a helper thread, and the bytes never reach the
-    /// executor: recovery decodes several segments at once that way.
+    /// what `work` makes of them, handing `work` the bytes as they arrive.
+    /// On the disk storage `work` runs on a helper thread while a second
+    /// thread reads the file in chunks ahead of it, and the bytes never
+    /// reach the executor: recovery decodes several segments at once that
+    /// way, each following its read. Elsewhere the bytes arrive whole.
     async fn read_with<R, F>(&self, len: usize, work: F) -> io::Result<R>
     where
-        F: FnOnce(&[u8]) -> R + Send + 'static,
+        F: FnOnce(&Arriving<'_>) -> R + Send + 'static,
         R: Send + 'static,
     {
         let bytes = self.read_at(0, len).await?;
-        Ok(work(&bytes))
+        Ok(work(&Arriving::whole(&bytes)))
+    }
+}
+
+/// A file's first bytes as a read brings them in: a prefix that only
+/// grows, until the read has ended. Handed out by [`SegmentFile::read_with`]
+/// so that a decoder can start on a segment's first records while the rest
+/// is still being read (the read of a 64 MiB segment is as long as its
+/// decode).
+pub struct Arriving<'a> {
+    /// The buffer's first byte. Bytes `[0, in_bytes)` are written once and
+    /// never again (the reader writes only past `in_bytes`), so handing out
+    /// shared slices of that prefix is sound while the read goes on.
+    base: *const u8,
+    /// None: every byte is in (`whole_len` of them).
+    progress: Option<&'a ReadProgress>,
+    whole_len: usize,
+    _bytes: std::marker::PhantomData<&'a [u8]>,
+}
+
+/// How far a chunked read has come, published by the reading thread after
+/// each chunk (the mutex orders the chunk's bytes before the count).
+#[derive(Default)]
+struct ReadProgress {
+    state: std::sync::Mutex<ReadState>,
+    arrived: std::sync::Condvar,
+}
+
+#[derive(Default, Clone, Copy)]
+struct ReadState {
+    in_bytes: usize,
+    /// No more bytes will come: the read reached its length, the file's
+    /// end, or an error (which the read's result reports).
+    ended: bool,
+}
+
+impl ReadProgress {
+    fn publish(&self, in_bytes: usize, ended: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        debug_assert!(in_bytes >= state.in_bytes, "invariant: a read's prefix only grows");
+        *state = ReadState { in_bytes, ended };
+        self.arrived.notify_all();
+    }
+}
+
+impl<'a> Arriving<'a> {
+    /// Bytes that are all in already.
+    pub fn whole(bytes: &'a [u8]) -> Arriving<'a> {
+        Arriving { base: bytes.as_ptr(), progress: None, whole_len: bytes.len(), _bytes: std::marker::PhantomData }
+    }
+
+    /// Waits until at least `at_least` bytes are in or the read has ended;
+    /// returns the bytes in so far and whether they are all that will come.
+    pub fn wait(&self, at_least: usize) -> (&'a [u8], bool) {
+        let Some(progress) = self.progress else {
+            // SAFETY: `base` and `whole_len` come from one live slice of 'a.
+            return (unsafe { std::slice::from_raw_parts(self.base, self.whole_len) }, true);
+        };
+        let mut state = progress.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while !state.ended && state.in_bytes < at_least {
+            state = progress.arrived.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        let ReadState { in_bytes, ended } = *state;
+        drop(state);
+        // SAFETY: the first `in_bytes` bytes of the buffer (alive for 'a)
+        // were written before they were published and are not written again.
+        (unsafe { std::slice::from_raw_parts(self.base, in_bytes) }, ended)
     }
 }
 
@@ -116,12 +184,24 @@ const INITIALIZE_WRITE_BYTES: usize = 256 << 10;
 /// logical block size a spool's device is expected to have.
 const DIRECT_READ_ALIGN_BYTES: usize = 4096;
 
+/// Bytes a segment's chunked read asks for at a time: each chunk is handed
+/// to the decoder as soon as it is in, and each is still large enough for
+/// the device to get many requests at once.
+const READ_CHUNK_BYTES: usize = 4 << 20;
+
 /// Reads `path`'s first `len` bytes with O_DIRECT (the device writes into
 /// the buffer: no page-cache copy, and a scan does not evict the page
 /// cache), or through the page cache where the file system refuses direct
 /// I/O (tmpfs), and returns what `work` makes of them. Runs on a helper
-/// thread.
-fn read_direct<R>(path: &Path, len: usize, work: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
+/// thread; a second thread reads the file in chunks of `chunk_bytes`
+/// (rounded up to the alignment) while `work` follows the bytes in (see
+/// [`Arriving`]).
+pub(crate) fn read_arriving<R>(
+    path: &Path,
+    len: usize,
+    chunk_bytes: usize,
+    work: impl FnOnce(&Arriving<'_>) -> R,
+) -> io::Result<R> {
     use std::os::unix::fs::OpenOptionsExt;
     let direct = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path);
     let (file, align) = match direct {
@@ -133,9 +213,70 @@ fn read_direct<R>(path: &Path, len: usize, work: impl FnOnce(&[u8]) -> R) -> io:
     let mut buffer = vec![0u8; len_aligned + align];
     let start = buffer.as_ptr().align_offset(align);
     assert!(start < align, "a byte buffer can be aligned within `align` bytes");
-    let bytes = &mut buffer[start..start + len_aligned];
-    let done = read_fully(&file, &mut bytes[..], 0, len, align)?;
-    Ok(work(&bytes[..done.min(len)]))
+    let base = buffer[start..].as_mut_ptr();
+    let progress = ReadProgress::default();
+    let abandoned = std::sync::atomic::AtomicBool::new(false);
+    let chunk_bytes = chunk_bytes.max(1).div_ceil(align) * align;
+    let target = ChunkTarget { base, len, len_aligned, align, chunk_bytes };
+    let (result, read) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let read = read_chunks(&file, &target, &progress, &abandoned);
+            // Ended whatever happened, so that `work` never waits forever.
+            let in_bytes = progress.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).in_bytes;
+            progress.publish(in_bytes, true);
+            read
+        });
+        let arriving = Arriving { base, progress: Some(&progress), whole_len: 0, _bytes: std::marker::PhantomData };
+        let result = work(&arriving);
+        abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
+        (result, reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    drop(buffer);
+    read?;
+    Ok(result)
+}
+
+/// Where a chunked read puts its bytes: `len` of them wanted, into an
+/// `align`-aligned buffer of `len_aligned` bytes at `base`, `chunk_bytes`
+/// (a multiple of `align`) at a time.
+struct ChunkTarget {
+    base: *mut u8,
+    len: usize,
+    len_aligned: usize,
+    align: usize,
+    chunk_bytes: usize,
+}
+
+// SAFETY: the reading thread writes only the part of the buffer past what
+// it has published, which no other thread reads until it is published.
+unsafe impl Sync for ChunkTarget {}
+
+/// Reads `target.len` bytes chunk by chunk, publishing each;
+/// stops early at the file's end or once `abandoned` is set (`work` is done
+/// with the bytes).
+fn read_chunks(
+    file: &std::fs::File,
+    target: &ChunkTarget,
+    progress: &ReadProgress,
+    abandoned: &std::sync::atomic::AtomicBool,
+) -> io::Result<()> {
+    assert!(target.chunk_bytes.is_multiple_of(target.align), "invariant: chunks keep direct reads aligned");
+    let mut done = 0;
+    while done < target.len && !abandoned.load(std::sync::atomic::Ordering::Relaxed) {
+        let want = target.chunk_bytes.min(target.len - done);
+        let room = (want.div_ceil(target.align) * target.align).min(target.len_aligned - done);
+        // SAFETY: `[done, done + room)` lies inside the buffer, past every
+        // published byte, and only this thread writes it.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(target.base.add(done), room) };
+        let got = read_fully(file, chunk, done as u64, want, target.align)?.min(want);
+        done += got;
+        let ended = got < want || done == target.len;
+        progress.publish(done, ended);
+        if ended {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Reads from `offset` into `bytes` until `len` bytes are in or the file
@@ -443,11 +584,11 @@ impl SegmentFile for DiskFile {
 
     async fn read_with<R, F>(&self, len: usize, work: F) -> io::Result<R>
     where
-        F: FnOnce(&[u8]) -> R + Send + 'static,
+        F: FnOnce(&Arriving<'_>) -> R + Send + 'static,
         R: Send + 'static,
     {
         let path = self.path.clone();
-        glommio::executor().spawn_blocking(move || read_direct(&path, len, work)).await
+        glommio::executor().spawn_blocking(move || read_arriving(&path, len, READ_CHUNK_BYTES, work)).await
     }
 }
 
@@ -673,7 +814,7 @@ impl SegmentFile for FaultFile {
 
     async fn read_with<R, F>(&self, len: usize, work: F) -> io::Result<R>
     where
-        F: FnOnce(&[u8]) -> R + Send + 'static,
+        F: FnOnce(&Arriving<'_>) -> R + Send + 'static,
         R: Send + 'static,
     {
         self.inner.read_with(len, work).await
