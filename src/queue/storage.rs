@@ -218,18 +218,27 @@ pub(crate) fn read_arriving<R>(
     let abandoned = std::sync::atomic::AtomicBool::new(false);
     let chunk_bytes = chunk_bytes.max(1).div_ceil(align) * align;
     let target = ChunkTarget { base, len, len_aligned, align, chunk_bytes };
+    let read_all = || {
+        let read = read_chunks(&file, &target, &progress, &abandoned);
+        // Ended whatever happened, so that `work` never waits forever.
+        let in_bytes = progress.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).in_bytes;
+        progress.publish(in_bytes, true);
+        read
+    };
+    let arriving = Arriving { base, progress: Some(&progress), whole_len: 0, _bytes: std::marker::PhantomData };
     let (result, read) = std::thread::scope(|scope| {
-        let reader = scope.spawn(|| {
-            let read = read_chunks(&file, &target, &progress, &abandoned);
-            // Ended whatever happened, so that `work` never waits forever.
-            let in_bytes = progress.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).in_bytes;
-            progress.publish(in_bytes, true);
-            read
-        });
-        let arriving = Arriving { base, progress: Some(&progress), whole_len: 0, _bytes: std::marker::PhantomData };
-        let result = work(&arriving);
-        abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
-        (result, reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        match std::thread::Builder::new().name("ringpost-read".into()).spawn_scoped(scope, read_all) {
+            Ok(reader) => {
+                let result = work(&arriving);
+                abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
+                (result, reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            }
+            // No thread to spare: the read first, whole, then `work`.
+            Err(_) => {
+                let read = read_all();
+                (work(&arriving), read)
+            }
+        }
     });
     drop(buffer);
     read?;
