@@ -219,11 +219,10 @@ pub(crate) fn read_arriving<R>(
     let chunk_bytes = chunk_bytes.max(1).div_ceil(align) * align;
     let target = ChunkTarget { base, len, len_aligned, align, chunk_bytes };
     let read_all = || {
-        let read = read_chunks(&file, &target, &progress, &abandoned);
-        // Ended whatever happened, so that `work` never waits forever.
-        let in_bytes = progress.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).in_bytes;
-        progress.publish(in_bytes, true);
-        read
+        // Ended whatever happens, a panic included, so that `work` never
+        // waits forever.
+        let _end = EndOnDrop(&progress);
+        read_chunks(&file, &target, &progress, &abandoned)
     };
     let arriving = Arriving { base, progress: Some(&progress), whole_len: 0, _bytes: std::marker::PhantomData };
     let (result, read) = std::thread::scope(|scope| {
@@ -243,6 +242,16 @@ pub(crate) fn read_arriving<R>(
     drop(buffer);
     read?;
     Ok(result)
+}
+
+/// Marks a read ended when dropped, with the bytes it has published.
+struct EndOnDrop<'a>(&'a ReadProgress);
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        let in_bytes = self.0.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).in_bytes;
+        self.0.publish(in_bytes, true);
+    }
 }
 
 /// Where a chunked read puts its bytes: `len` of them wanted, into an
