@@ -367,33 +367,34 @@ impl<V: Live> Scan<V> {
                         });
                     }
                     let body_file = candidate.body_file;
-                    let (dead, replaced) = match self.live.entry(id) {
+                    // The message's earlier live record this one replaces.
+                    let replaced = match self.live.entry(id) {
                         std::collections::hash_map::Entry::Vacant(slot) => {
                             slot.insert(V::of(candidate));
-                            (None, None)
+                            None
                         }
                         // Equal generations: the later record of the log wins.
-                        std::collections::hash_map::Entry::Occupied(mut slot) => {
-                            if candidate.attempt_count >= slot.get().attempt_count() {
-                                if !self.body_log.is_empty() {
-                                    self.body_log.remove(&id);
-                                }
-                                let old = slot.insert(V::of(candidate));
-                                (Some(old.location()), Some(old))
-                            } else {
-                                (Some(location), None)
+                        std::collections::hash_map::Entry::Occupied(mut slot)
+                            if candidate.attempt_count >= slot.get().attempt_count() =>
+                        {
+                            if !self.body_log.is_empty() {
+                                self.body_log.remove(&id);
                             }
+                            Some(slot.insert(V::of(candidate)))
+                        }
+                        // An older generation: dead on arrival.
+                        std::collections::hash_map::Entry::Occupied(_) => {
+                            self.note_dead(Some(location));
+                            continue;
                         }
                     };
-                    if dead != Some(location) {
-                        live_here += 1;
-                        self.live_in_head += usize::from(location.log == LogKind::Head);
-                        self.live_body_files += usize::from(body_file);
-                    }
+                    live_here += 1;
+                    self.live_in_head += usize::from(location.log == LogKind::Head);
+                    self.live_body_files += usize::from(body_file);
                     if let Some(old) = replaced {
                         self.untally(&old, &segment, &mut live_here);
+                        self.note_dead(Some(old.location()));
                     }
-                    self.note_dead(dead);
                 }
                 ScanItem::Completion(id) => {
                     let old = self.live.remove(&id);
@@ -438,6 +439,7 @@ impl<V: Live> Scan<V> {
 
     /// Asserts that the counts kept during the merge are what `live` holds
     /// (a walk of every entry: checked builds and tests only).
+    #[cfg(debug_assertions)]
     pub fn check_counts(&self) {
         let mut per_segment = SegmentMap::<u32>::default();
         for live in self.live.values() {

@@ -115,15 +115,16 @@ pub trait SegmentFile {
 /// so that a decoder can start on a segment's first records while the rest
 /// is still being read (the read of a 64 MiB segment is as long as its
 /// decode).
-pub struct Arriving<'a> {
-    /// The buffer's first byte. Bytes `[0, in_bytes)` are written once and
-    /// never again (the reader writes only past `in_bytes`), so handing out
-    /// shared slices of that prefix is sound while the read goes on.
-    base: *const u8,
-    /// None: every byte is in (`whole_len` of them).
-    progress: Option<&'a ReadProgress>,
-    whole_len: usize,
-    _bytes: std::marker::PhantomData<&'a [u8]>,
+pub struct Arriving<'a>(Source<'a>);
+
+enum Source<'a> {
+    /// Every byte is in.
+    Whole(&'a [u8]),
+    /// A chunked read still going on into the buffer at `base`. Bytes
+    /// `[0, in_bytes)` are written once and never again (the reader writes
+    /// only past `in_bytes`), so handing out shared slices of that prefix
+    /// is sound while the read goes on.
+    Reading { base: *const u8, progress: &'a ReadProgress },
 }
 
 /// How far a chunked read has come, published by the reading thread after
@@ -149,20 +150,26 @@ impl ReadProgress {
         *state = ReadState { in_bytes, ended };
         self.arrived.notify_all();
     }
+
+    /// No more bytes will come than those published.
+    fn end(&self) {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).ended = true;
+        self.arrived.notify_all();
+    }
 }
 
 impl<'a> Arriving<'a> {
     /// Bytes that are all in already.
     pub fn whole(bytes: &'a [u8]) -> Arriving<'a> {
-        Arriving { base: bytes.as_ptr(), progress: None, whole_len: bytes.len(), _bytes: std::marker::PhantomData }
+        Arriving(Source::Whole(bytes))
     }
 
     /// Waits until at least `at_least` bytes are in or the read has ended;
     /// returns the bytes in so far and whether they are all that will come.
     pub fn wait(&self, at_least: usize) -> (&'a [u8], bool) {
-        let Some(progress) = self.progress else {
-            // SAFETY: `base` and `whole_len` come from one live slice of 'a.
-            return (unsafe { std::slice::from_raw_parts(self.base, self.whole_len) }, true);
+        let (base, progress) = match self.0 {
+            Source::Whole(bytes) => return (bytes, true),
+            Source::Reading { base, progress } => (base, progress),
         };
         let mut state = progress.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         while !state.ended && state.in_bytes < at_least {
@@ -172,7 +179,7 @@ impl<'a> Arriving<'a> {
         drop(state);
         // SAFETY: the first `in_bytes` bytes of the buffer (alive for 'a)
         // were written before they were published and are not written again.
-        (unsafe { std::slice::from_raw_parts(self.base, in_bytes) }, ended)
+        (unsafe { std::slice::from_raw_parts(base, in_bytes) }, ended)
     }
 }
 
@@ -224,7 +231,7 @@ pub(crate) fn read_arriving<R>(
         let _end = EndOnDrop(&progress);
         read_chunks(&file, &target, &progress, &abandoned)
     };
-    let arriving = Arriving { base, progress: Some(&progress), whole_len: 0, _bytes: std::marker::PhantomData };
+    let arriving = Arriving(Source::Reading { base, progress: &progress });
     let (result, read) = std::thread::scope(|scope| {
         match std::thread::Builder::new().name("ringpost-read".into()).spawn_scoped(scope, read_all) {
             Ok(reader) => {
@@ -249,8 +256,7 @@ struct EndOnDrop<'a>(&'a ReadProgress);
 
 impl Drop for EndOnDrop<'_> {
     fn drop(&mut self) {
-        let in_bytes = self.0.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).in_bytes;
-        self.0.publish(in_bytes, true);
+        self.0.end();
     }
 }
 
