@@ -550,7 +550,8 @@ impl Deliverer {
     }
 }
 
-/// Applies outcomes to `env` and logs them. Early: only deliveries
+/// Applies outcomes to `env` and logs them (deferred lines: the caller
+/// awaits `log::written` before the message's record). Early: only deliveries
 /// count (a refusal is left pending, for the normal attempt to meet
 /// again and report). Returns the number delivered.
 pub fn record(shard_index: usize, env: &mut Envelope, results: Vec<Attempted>, early: bool) -> usize {
@@ -580,7 +581,7 @@ pub fn record(shard_index: usize, env: &mut Envelope, results: Vec<Attempted>, e
             RcptState::Failed => "failed",
         };
         crate::metrics::DELIVERY_RECIPIENTS.inc_named(status);
-        log::event(
+        log::defer(
             "delivery",
             &[
                 ("shard", &shard_index),

@@ -259,6 +259,7 @@ impl Delivery {
         crate::metrics::DELIVERY_ACTIVE.dec();
         let successes = success_reports(&env, &results);
         attempt::record(self.deliverer.shard_index(), &mut env, results, false);
+        log::written().await;
         if !successes.is_empty() {
             // A success report lost to a queue error is not tried again:
             // the delivery it tells of is done either way.
@@ -373,7 +374,8 @@ impl Delivery {
             match recorded {
                 Ok(what) => {
                     if what == "removed" {
-                        log::event("removed", &[("id", &env.id)]);
+                        log::defer("removed", &[("id", &env.id)]);
+                        log::written().await;
                         if let Some(replicator) = &self.replicator {
                             replicator.note_done(&env.id);
                         }

@@ -154,7 +154,9 @@ async fn run_session(shard: &Shard, tcp: TcpStream, listening: &listener::Listen
     let _ = tcp.set_write_timeout(Some(config.smtp.command_timeout.0));
     let mut stream = Stream::Plain(tcp);
     let started = Instant::now();
-    log::event("connect", &[("shard", &shard.index), ("client", &peer)]);
+    // Written with the lines of the other tasks of this executor turn.
+    log::defer("connect", &[("shard", &shard.index), ("client", &peer)]);
+    log::written().await;
     let mut machine = Server::new(listening.params(shard), PeerInfo { addr: peer, local }, started);
     listening.prepare(&mut machine);
     if config.replicate.accept_from.iter().any(|net| net.contains(peer.ip())) {
@@ -428,7 +430,7 @@ async fn run_session(shard: &Shard, tcp: TcpStream, listening: &listener::Listen
         }
     }
     let _ = stream.close().await;
-    log::event(
+    log::defer(
         "disconnect",
         &[
             ("shard", &shard.index),
@@ -438,6 +440,7 @@ async fn run_session(shard: &Shard, tcp: TcpStream, listening: &listener::Listen
             ("duration_ms", &started.elapsed().as_millis()),
         ],
     );
+    log::written().await;
 }
 
 /// While draining, a session whose transaction just ended gets 421 instead
@@ -822,7 +825,9 @@ async fn finish_message(
                 let sending = Box::pin(after.send(&shard.queue, &id));
                 sending.await;
             }
-            log::event(
+            // The line is written before the reply goes out, in one write
+            // with the lines of the other messages the same flush made durable.
+            log::defer(
                 "queued",
                 &[
                     ("id", &id),
@@ -832,6 +837,7 @@ async fn finish_message(
                     ("size", &size_bytes),
                 ],
             );
+            log::written().await;
             Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {id}"))
         }
         Err(e) => {

@@ -53,6 +53,7 @@ impl EarlyDelivery {
         // states. A refusal is left pending, for the normal attempt to meet
         // again and report.
         let delivered = attempt::record(self.deliverer.shard_index(), env, results, true);
+        log::written().await;
         if delivered < env.recipients.len() {
             return Verdict::Continue;
         }
