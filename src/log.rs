@@ -20,6 +20,7 @@ use std::io::Write as _;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
+use std::task::Waker;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How lines are written.
@@ -222,8 +223,6 @@ impl Drop for Written {
         });
     }
 }
-
-use std::task::Waker;
 
 /// A thread's deferred lines.
 struct Deferred {
