@@ -167,6 +167,8 @@ async fn run_session(shard: &Shard, tcp: TcpStream, listening: &listener::Listen
     }
     drop(config);
     let mut incoming: Option<Incoming> = None;
+    // The listener for the shard's phase the waits for input share.
+    let mut phase_changed: Option<event_listener::EventListener> = None;
     // From an accepted MAIL until the envelope is staged: tells the
     // committer a record is coming (queue.commit_delay_us).
     let mut expected: Option<crate::queue::RecordExpected> = None;
@@ -226,7 +228,7 @@ async fn run_session(shard: &Shard, tcp: TcpStream, listening: &listener::Listen
                     close_reason = "write_error";
                     break;
                 }
-                match wait_input(shard, &mut stream, &mut machine).await {
+                match wait_input(shard, &mut stream, &mut machine, &mut phase_changed).await {
                     Wake::Input(Ok(0)) => {
                         close_reason = "client_closed";
                         break;
@@ -534,11 +536,22 @@ async fn flush(stream: &mut Stream, machine: &mut Server) -> std::io::Result<()>
 
 /// Reads once into the machine, unless the machine's deadline passes or
 /// the shard's phase changes in a way that concerns this session first.
-async fn wait_input(shard: &Shard, stream: &mut Stream, machine: &mut Server) -> Wake {
+///
+/// `phase_changed` is the session's listener for the shard's phase, kept
+/// from one wait to the next (one allocation per session, not per wait)
+/// and dropped once it has fired: a change it heard while the session was
+/// busy wakes the next wait at once, which then looks at the phase.
+async fn wait_input(
+    shard: &Shard,
+    stream: &mut Stream,
+    machine: &mut Server,
+    phase_changed: &mut Option<event_listener::EventListener>,
+) -> Wake {
     let (deadline, in_transaction) = (machine.deadline(), machine.in_transaction());
     let phase = shard.phase();
-    let phase_changed = shard.phase_listener();
+    let listener = phase_changed.get_or_insert_with(|| shard.phase_listener());
     if shard.phase() != phase {
+        *phase_changed = None;
         return Wake::PhaseChanged;
     }
     let wait = deadline.saturating_duration_since(Instant::now());
@@ -550,13 +563,17 @@ async fn wait_input(shard: &Shard, stream: &mut Stream, machine: &mut Server) ->
     let watch_phase = phase == Phase::Running || (phase == Phase::Draining && in_transaction);
     let phase_wait = async {
         if watch_phase {
-            phase_changed.await;
+            listener.await;
             Wake::PhaseChanged
         } else {
             futures_lite::future::pending().await
         }
     };
-    futures_lite::future::or(read, futures_lite::future::or(timer, phase_wait)).await
+    let wake = futures_lite::future::or(read, futures_lite::future::or(timer, phase_wait)).await;
+    if matches!(wake, Wake::PhaseChanged) {
+        *phase_changed = None;
+    }
+    wake
 }
 
 /// One read from the socket into the machine, through the shard's read
@@ -879,10 +896,16 @@ mod session_tests {
     #[test]
     fn session_future_bytes() {
         let session_bytes = future_bytes(run_session);
-        fn wait<'a>(shard: &'a Shard, stream: &'a mut Stream, machine: &'a mut Server) -> impl Future + 'a {
-            wait_input(shard, stream, machine)
+        type Listener = Option<event_listener::EventListener>;
+        fn wait<'a>(
+            shard: &'a Shard,
+            stream: &'a mut Stream,
+            machine: &'a mut Server,
+            phase: &'a mut Listener,
+        ) -> impl Future + 'a {
+            wait_input(shard, stream, machine, phase)
         }
-        fn wait_bytes<'a, F>(_: fn(&'a Shard, &'a mut Stream, &'a mut Server) -> F) -> usize {
+        fn wait_bytes<'a, F>(_: fn(&'a Shard, &'a mut Stream, &'a mut Server, &'a mut Listener) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let wait_input_bytes = wait_bytes(wait);

@@ -41,6 +41,10 @@ impl Reply {
     /// Appends the wire form (every line with code, enhanced code, CRLF),
     /// straight into `out`: no string per line.
     pub fn write_to(&self, out: &mut Vec<u8>) {
+        // Room for the whole reply at once (an enhanced code is at most
+        // "5.999.999 "): one allocation into an empty buffer, not one per
+        // doubling.
+        out.reserve(self.lines.iter().map(|line| line.len() + 4 + 10 + 2).sum());
         let n = self.lines.len();
         for (i, line) in self.lines.iter().enumerate() {
             out.extend_from_slice(itoa_code(self.code).as_slice());
