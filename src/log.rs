@@ -131,9 +131,7 @@ pub fn defer(event: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
             };
             format_event(&mut deferred.text, &mut buffers.1, event, fields);
             if deferred.text.len() > DEFERRED_BYTES_MAX {
-                let waiters = deferred.write();
-                drop(deferred);
-                waiters.into_iter().for_each(Waker::wake);
+                write_batch(deferred);
             }
             true
         })
@@ -174,37 +172,37 @@ impl std::future::Future for Written {
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         use std::task::Poll;
         let Some(batch) = self.batch else { return Poll::Ready(()) };
-        let woken = DEFERRED.with(|deferred| {
+        let ready = DEFERRED.with(|deferred| {
             let mut deferred = deferred.borrow_mut();
             if deferred.batch != batch {
-                return Some(Vec::new());
+                return true;
             }
             match self.state {
                 WrittenState::Start if !deferred.leading => {
                     deferred.leading = true;
                     self.state = WrittenState::Leading;
                     cx.waker().wake_by_ref();
-                    None
+                    false
                 }
-                WrittenState::Leading => Some(deferred.write()),
+                WrittenState::Leading => {
+                    write_batch(deferred);
+                    true
+                }
                 WrittenState::Start | WrittenState::Waiting => {
                     self.state = WrittenState::Waiting;
                     if !deferred.waiters.iter().any(|w| w.will_wake(cx.waker())) {
                         deferred.waiters.push(cx.waker().clone());
                     }
-                    None
+                    false
                 }
             }
         });
-        match woken {
-            Some(waiters) => {
-                waiters.into_iter().for_each(Waker::wake);
-                self.state = WrittenState::Start;
-                self.batch = None;
-                Poll::Ready(())
-            }
-            None => Poll::Pending,
+        if !ready {
+            return Poll::Pending;
         }
+        self.state = WrittenState::Start;
+        self.batch = None;
+        Poll::Ready(())
     }
 }
 
@@ -214,11 +212,9 @@ impl Drop for Written {
     fn drop(&mut self) {
         let (Some(batch), WrittenState::Leading) = (self.batch, self.state) else { return };
         let _ = DEFERRED.try_with(|deferred| {
-            let Ok(mut deferred) = deferred.try_borrow_mut() else { return };
+            let Ok(deferred) = deferred.try_borrow_mut() else { return };
             if deferred.batch == batch {
-                let waiters = deferred.write();
-                drop(deferred);
-                waiters.into_iter().for_each(Waker::wake);
+                write_batch(deferred);
             }
         });
     }
@@ -235,19 +231,19 @@ struct Deferred {
     waiters: Vec<Waker>,
 }
 
-impl Deferred {
-    /// Writes the batch; returns the tasks to wake (woken by the caller,
-    /// once this is no longer borrowed).
-    fn write(&mut self) -> Vec<Waker> {
-        write_stderr(self.text.as_bytes());
-        self.text.clear();
-        if self.text.capacity() > DEFERRED_BYTES_MAX * 2 {
-            self.text = String::new();
-        }
-        self.batch += 1;
-        self.leading = false;
-        std::mem::take(&mut self.waiters)
+/// Writes the thread's batch of deferred lines and wakes the tasks waiting
+/// for it, once the batch is no longer borrowed.
+fn write_batch(mut deferred: std::cell::RefMut<'_, Deferred>) {
+    write_stderr(deferred.text.as_bytes());
+    deferred.text.clear();
+    if deferred.text.capacity() > DEFERRED_BYTES_MAX * 2 {
+        deferred.text = String::new();
     }
+    deferred.batch += 1;
+    deferred.leading = false;
+    let waiters = std::mem::take(&mut deferred.waiters);
+    drop(deferred);
+    waiters.into_iter().for_each(Waker::wake);
 }
 
 impl Drop for Deferred {
@@ -324,17 +320,16 @@ fn write_line(line: &str, warning: bool) {
             return;
         }
     }
-    let waiters = DEFERRED.try_with(|deferred| {
-        let mut deferred = deferred.try_borrow_mut().ok()?;
-        if deferred.text.is_empty() {
-            return None;
-        }
+    let with_deferred = DEFERRED.try_with(|deferred| {
+        let Some(mut deferred) = deferred.try_borrow_mut().ok().filter(|d| !d.text.is_empty()) else {
+            return false;
+        };
         deferred.text.push_str(line);
-        Some(deferred.write())
+        write_batch(deferred);
+        true
     });
-    match waiters {
-        Ok(Some(waiters)) => waiters.into_iter().for_each(Waker::wake),
-        _ => write_stderr(line.as_bytes()),
+    if with_deferred != Ok(true) {
+        write_stderr(line.as_bytes());
     }
 }
 
